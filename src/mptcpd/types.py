@@ -1,0 +1,72 @@
+"""Value types shared by the daemon, the kernel layer and plugins.
+
+This module imports nothing of mptcpd, so every layer may use it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import ipaddress
+import socket
+from typing import NewType, Union
+
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+
+#: An MPTCP connection token, as the kernel reports it (u32).
+Token = NewType("Token", int)
+#: An MPTCP address ID, 0..255 (0 is the initial subflow's address).
+AddressId = NewType("AddressId", int)
+
+
+class AddrFlags(enum.IntFlag):
+    """Endpoint flags (``MPTCP_PM_ADDR_FLAG_*``), as ``--addr-flags`` sets them."""
+
+    SIGNAL = 0x01
+    SUBFLOW = 0x02
+    BACKUP = 0x04
+    FULLMESH = 0x08
+    IMPLICIT = 0x10  #: set by the kernel only, seen in dumps
+    LAMINAR = 0x20  #: kernel 6.18
+
+
+class NotifyFlags(enum.IntFlag):
+    """Address notification flags, as ``--notify-flags`` sets them."""
+
+    EXISTING = 0x1
+    SKIP_LINK_LOCAL = 0x2
+    SKIP_LOOPBACK = 0x4
+    CHECK_ROUTE = 0x8
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SockAddr:
+    """An IP address with a port (host order; 0 when there is none).
+
+    Immutable and hashable; two values are equal when family, address and
+    port are equal.  IPv6 flow info and scope are not kept.
+    """
+
+    ip: IPAddress
+    port: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.ip, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+            object.__setattr__(self, "ip", ipaddress.ip_address(self.ip))
+        if not 0 <= self.port <= 0xFFFF:
+            raise ValueError(f"port out of range: {self.port}")
+
+    @property
+    def family(self) -> int:
+        """``AF_INET`` or ``AF_INET6``."""
+        return socket.AF_INET if self.ip.version == 4 else socket.AF_INET6
+
+    def with_port(self, port: int) -> SockAddr:
+        return SockAddr(self.ip, port)
+
+    def __str__(self) -> str:
+        if not self.port:
+            return str(self.ip)
+        if self.ip.version == 6:
+            return f"[{self.ip}]:{self.port}"
+        return f"{self.ip}:{self.port}"

@@ -1,0 +1,42 @@
+"""Fixtures that build a two-host lab against the running kernel.
+
+``lab`` gives a fresh :class:`mptcpd.lab.Lab` per test: a client and a server
+namespace joined by veth links in documentation subnets, torn down even when
+the test fails.  Choose its shape with a marker::
+
+    @pytest.mark.lab(links=3, path_manager="userspace")
+    def test_something(lab): ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from mptcpd.lab import Lab, lab_requirements
+from tests.conftest import in_ci
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "lab(links=2, path_manager='kernel', ipv6=True): shape of the lab"
+    )
+
+
+@pytest.fixture(scope="session")
+def lab_available() -> None:
+    reason = lab_requirements()
+    if reason is None:
+        return
+    if in_ci():
+        pytest.fail(f"the lab cannot be built on this CI machine: {reason}")
+    pytest.skip(f"lab unavailable: {reason}")
+
+
+@pytest.fixture
+def lab(request: pytest.FixtureRequest, lab_available: None) -> Iterator[Lab]:
+    marker = request.node.get_closest_marker("lab")
+    kwargs = dict(marker.kwargs) if marker else {}
+    with Lab(**kwargs) as built:
+        yield built
