@@ -378,6 +378,30 @@ class Lab:
         """Start this interpreter inside ``ns`` with ``args``."""
         return self.spawn(ns, sys.executable, *args, name=name, env=env)
 
+    def start_mptcpd(self, *args: str, ns: str | None = None,
+                     config: str | None = None,
+                     env: dict[str, str] | None = None) -> Process:
+        """Start ``mptcpd`` with ``args`` inside ``ns`` (the client by default).
+
+        ``config`` is the text of the configuration file the daemon reads
+        (through ``MPTCPD_CONFIG``); without it the daemon is pointed at a
+        path that does not exist, so the host's /etc/mptcpd is never read.
+        """
+        ns = ns or self.client
+        path = self.workdir / f"mptcpd-{len(self._procs)}.conf"
+        if config is not None:
+            path.write_text(config)
+            path.chmod(0o644)
+        if env is None:
+            full_env = dict(os.environ)
+            # Never let a lab daemon notify the service manager of whatever
+            # runs the lab.
+            full_env.pop("NOTIFY_SOCKET", None)
+        else:
+            full_env = dict(env)
+        full_env["MPTCPD_CONFIG"] = str(path)
+        return self.python(ns, "-m", "mptcpd", *args, name="mptcpd", env=full_env)
+
     # -- kernel state ------------------------------------------------------
 
     def sysctl(self, ns: str, key: str, value: str) -> None:

@@ -1,0 +1,200 @@
+"""The plugin registry: a typed facade over pluggy with our dispatch rules.
+
+pluggy gives us hook specifications, argument validation and entry points.
+It calls every implementation of a hook, in reverse registration order, and
+one raising implementation aborts the whole call.  mptcpd needs something
+else: connection events go to *one* plugin, broadcasts go in priority order,
+and a raising plugin must never stop the others.  So the registry keeps
+pluggy as the catalogue and calls the implementations itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import pluggy
+
+from mptcpd import hookspecs
+from mptcpd.plugin import PluginInfo
+
+log = logging.getLogger(__name__)
+
+#: Every hook name, in hookspecs order.
+HOOKS: tuple[str, ...] = tuple(
+    name for name, obj in vars(hookspecs).items()
+    if callable(obj) and hasattr(obj, f"{hookspecs.PROJECT}_spec")
+)
+
+
+class PluginError(Exception):
+    """A plugin module cannot be registered; the message says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Plugin:
+    """A registered plugin."""
+
+    info: PluginInfo
+    module: object
+    source: str  #: file path or entry point the plugin came from
+    #: hook name -> (implementation, the parameter names it accepts)
+    impls: dict[str, tuple[Callable[..., Any], tuple[str, ...]]]
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def sort_key(self) -> tuple[int, str]:
+        return (self.info.priority, self.info.name)
+
+
+class PluginRegistry:
+    """Holds the loaded plugins in priority order and calls their hooks."""
+
+    def __init__(self) -> None:
+        self._pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self._pm.add_hookspecs(hookspecs)
+        self._plugins: list[Plugin] = []
+        self._by_name: dict[str, Plugin] = {}
+
+    # -- registration ------------------------------------------------------
+
+    def register(self, module: object, info: PluginInfo, source: str) -> Plugin:
+        """Validate and register ``module`` as the plugin described by ``info``.
+
+        Raises :class:`PluginError` (and leaves the registry unchanged) when a
+        plugin of that name is registered already, when a hook implementation
+        names no known hook or takes parameters the hook does not have, or
+        when one is a coroutine function.
+        """
+        if info.name in self._by_name:
+            raise PluginError(
+                f'Plugin "{info.name}" from {source} ignored: a plugin of that name '
+                f"was already loaded from {self._by_name[info.name].source}"
+            )
+        try:
+            self._pm.register(module, name=info.name)
+        except (pluggy.PluginValidationError, ValueError) as exc:
+            raise PluginError(f"{source}: {exc}") from exc
+        try:
+            impls = self._collect(info.name, source)
+        except PluginError:
+            self._pm.unregister(name=info.name)
+            raise
+        plugin = Plugin(info, module, source, impls)
+        self._plugins.append(plugin)
+        self._plugins.sort(key=lambda p: p.sort_key)
+        self._by_name[info.name] = plugin
+        return plugin
+
+    def _collect(
+        self, name: str, source: str
+    ) -> dict[str, tuple[Callable[..., Any], tuple[str, ...]]]:
+        impls: dict[str, tuple[Callable[..., Any], tuple[str, ...]]] = {}
+        plugin_obj = self._pm.get_plugin(name)
+        for caller in self._pm.get_hookcallers(plugin_obj) or ():
+            if not caller.has_spec():
+                raise PluginError(
+                    f"{source}: {caller.name!r} is not an mptcpd hook "
+                    f"(known hooks: {', '.join(HOOKS)})"
+                )
+            for impl in caller.get_hookimpls():
+                if impl.plugin_name != name:
+                    continue
+                if inspect.iscoroutinefunction(impl.function):
+                    raise PluginError(
+                        f"{source}: hook {caller.name!r} is a coroutine function; "
+                        "mptcpd hooks must be plain functions that do not block "
+                        "(kernel commands return futures)"
+                    )
+                impls[caller.name] = (impl.function, tuple(impl.argnames))
+        return impls
+
+    # -- queries -----------------------------------------------------------
+
+    @property
+    def plugins(self) -> list[Plugin]:
+        """The registered plugins, most favoured first (priority, then name)."""
+        return list(self._plugins)
+
+    def get(self, name: str) -> Plugin | None:
+        return self._by_name.get(name)
+
+    def __len__(self) -> int:
+        return len(self._plugins)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    # -- calling -----------------------------------------------------------
+
+    def call(self, plugin: Plugin, hook: str, **kwargs: Any) -> Any:
+        """Call ``plugin``'s implementation of ``hook``, if it has one.
+
+        Only the parameters the implementation declares are passed.  An
+        exception is logged with the plugin and the hook and swallowed; the
+        return value is then :data:`Failed` (which is false).
+        """
+        entry = plugin.impls.get(hook)
+        if entry is None:
+            return None
+        function, argnames = entry
+        try:
+            return function(*[kwargs[a] for a in argnames])
+        except (Exception, SystemExit):
+            log.exception('Plugin "%s" failed in hook %s', plugin.name, hook)
+            return Failed
+
+    def broadcast(self, hook: str, reverse: bool = False, **kwargs: Any) -> None:
+        """Call ``hook`` on every plugin, in priority order (or its reverse)."""
+        for plugin in (reversed(self._plugins) if reverse else list(self._plugins)):
+            self.call(plugin, hook, **kwargs)
+
+    def implementers(self, hook: str) -> Iterable[Plugin]:
+        return (p for p in self._plugins if hook in p.impls)
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def init_all(self, pm: object) -> None:
+        """Run ``plugin_init`` in priority order; a failure only warns."""
+        for plugin in list(self._plugins):
+            result = self.call(plugin, "plugin_init", pm=pm)
+            if result is Failed or result is False:
+                log.warning('Plugin "%s" failed to initialize', plugin.name)
+
+    def exit_all(self, pm: object) -> None:
+        """Run ``plugin_exit`` in reverse priority order (least favoured first)."""
+        self.broadcast("plugin_exit", reverse=True, pm=pm)
+
+    def select_default(self, name: str | None) -> Plugin | None:
+        """The default path manager: the plugin called ``name``, else the first.
+
+        An unknown ``name`` is warned about (the C mptcpd stays silent).
+        """
+        if not self._plugins:
+            return None
+        if name:
+            plugin = self._by_name.get(name)
+            if plugin is not None:
+                return plugin
+            log.warning('Default path manager plugin "%s" does not exist; '
+                        'using "%s".', name, self._plugins[0].name)
+        return self._plugins[0]
+
+
+class _Failed:
+    """The result of a hook call that raised (see :meth:`PluginRegistry.call`)."""
+
+    def __repr__(self) -> str:
+        return "Failed"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+Failed = _Failed()

@@ -1,0 +1,5 @@
+"""A file that is not valid Python."""
+
+from mptcpd.plugin import PluginInfo
+
+PLUGIN = PluginInfo(name="syntax_error"
