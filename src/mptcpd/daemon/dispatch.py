@@ -1,0 +1,146 @@
+"""Dispatch of kernel and network-monitor events to plugins (spec §3.3, §4.5).
+
+* ``new_connection`` goes to the default path manager and binds the
+  connection's token to it; the connection's later events go to the bound
+  plugin only.  The binding is dropped once ``connection_closed`` has run
+  (the C mptcpd keeps it forever).
+* Listener events go to the default path manager.
+* Network-monitor events go to every plugin, in priority order.
+
+Shared state is updated before plugins see an event, and each event is
+dispatched completely before the next one is handled, so plugins see every
+connection's events in kernel order.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from mptcpd import events as ev
+from mptcpd.plugins.registry import Plugin, PluginRegistry
+from mptcpd.types import SockAddr
+
+log = logging.getLogger(__name__)
+
+
+class Dispatcher:
+    """Routes events to plugins through a :class:`PluginRegistry`.
+
+    ``pm`` is the object plugins receive as their ``pm`` argument.
+    """
+
+    def __init__(self, registry: PluginRegistry, pm: object,
+                 default: Plugin | None = None) -> None:
+        self.registry = registry
+        self.pm = pm
+        self.default = default
+        self._bindings: dict[int, Plugin] = {}
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            ev.ConnectionCreated: self._created,
+            ev.ConnectionEstablished: self._connection,
+            ev.ConnectionClosed: self._closed,
+            ev.AddressAnnounced: self._announced,
+            ev.AddressRemoved: self._removed,
+            ev.SubflowEstablished: self._subflow,
+            ev.SubflowClosed: self._subflow,
+            ev.SubflowPriority: self._subflow,
+            ev.ListenerCreated: self._listener,
+            ev.ListenerClosed: self._listener,
+        }
+
+    # -- kernel events -----------------------------------------------------
+
+    def dispatch(self, event: ev.Event) -> None:
+        """Hand one kernel event to the plugin(s) it belongs to."""
+        self._handlers[type(event)](event)
+
+    @property
+    def bindings(self) -> dict[int, str]:
+        """Token → name of the plugin bound to it (a copy, for inspection)."""
+        return {token: plugin.name for token, plugin in self._bindings.items()}
+
+    def _bound(self, token: int) -> Plugin | None:
+        plugin = self._bindings.get(token)
+        if plugin is None:
+            log.error("Unable to match token to plugin.")
+        return plugin
+
+    def _created(self, event: ev.ConnectionCreated) -> None:
+        plugin = self.default
+        if plugin is None:
+            log.error("Unable to map connection to plugin.")
+            return
+        self._bindings[event.token] = plugin
+        self._call_connection(plugin, event)
+
+    def _connection(self, event: ev.ConnectionEstablished) -> None:
+        plugin = self._bound(event.token)
+        if plugin is not None:
+            self._call_connection(plugin, event)
+
+    def _call_connection(
+        self, plugin: Plugin, event: ev.ConnectionCreated | ev.ConnectionEstablished
+    ) -> None:
+        self.registry.call(
+            plugin, event.HOOK, token=event.token, laddr=event.laddr, raddr=event.raddr,
+            server_side=event.server_side, deny_join_id0=event.deny_join_id0, pm=self.pm,
+        )
+
+    def _closed(self, event: ev.ConnectionClosed) -> None:
+        plugin = self._bound(event.token)
+        if plugin is not None:
+            try:
+                self.registry.call(plugin, event.HOOK, token=event.token, pm=self.pm)
+            finally:
+                del self._bindings[event.token]
+
+    def _announced(self, event: ev.AddressAnnounced) -> None:
+        plugin = self._bound(event.token)
+        if plugin is not None:
+            self.registry.call(plugin, event.HOOK, token=event.token,
+                               addr_id=event.rem_id, addr=event.raddr, pm=self.pm)
+
+    def _removed(self, event: ev.AddressRemoved) -> None:
+        plugin = self._bound(event.token)
+        if plugin is not None:
+            self.registry.call(plugin, event.HOOK, token=event.token,
+                               addr_id=event.rem_id, pm=self.pm)
+
+    def _subflow(self, event: ev.SubflowEstablished) -> None:
+        plugin = self._bound(event.token)
+        if plugin is not None:
+            self.registry.call(plugin, event.HOOK, token=event.token, laddr=event.laddr,
+                               raddr=event.raddr, backup=event.backup, pm=self.pm)
+
+    def _listener(self, event: ev.ListenerCreated) -> None:
+        if self.default is not None:
+            self.registry.call(self.default, event.HOOK, laddr=event.laddr, pm=self.pm)
+
+    # -- network monitor events (broadcast) ---------------------------------
+
+    def new_interface(self, interface: object) -> None:
+        self.registry.broadcast("new_interface", interface=interface, pm=self.pm)
+
+    def update_interface(self, interface: object) -> None:
+        self.registry.broadcast("update_interface", interface=interface, pm=self.pm)
+
+    def delete_interface(self, interface: object) -> None:
+        self.registry.broadcast("delete_interface", interface=interface, pm=self.pm)
+
+    def new_local_address(self, interface: object, addr: SockAddr) -> None:
+        self.registry.broadcast("new_local_address", interface=interface, addr=addr,
+                                pm=self.pm)
+
+    def delete_local_address(self, interface: object, addr: SockAddr) -> None:
+        self.registry.broadcast("delete_local_address", interface=interface, addr=addr,
+                                pm=self.pm)
+
+    # -- path manager readiness (broadcast) ---------------------------------
+
+    def pm_ready(self) -> None:
+        self.registry.broadcast("pm_ready", pm=self.pm)
+
+    def pm_not_ready(self) -> None:
+        self.registry.broadcast("pm_not_ready", pm=self.pm)

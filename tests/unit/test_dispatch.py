@@ -1,0 +1,177 @@
+"""Dispatch rules (spec §3.3, §4.5), ported from the C test-plugin scenarios."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mptcpd import events as ev
+from mptcpd.daemon.dispatch import Dispatcher
+from mptcpd.plugin import PluginInfo, hookimpl
+from mptcpd.plugins.registry import PluginRegistry
+from mptcpd.types import SockAddr
+from tests.plugins import recording
+from tests.unit.test_plugin_loading import fixture_dir, load
+
+TOKEN1, TOKEN2, TOKEN3, BAD_TOKEN = 0x12345678, 0x23456789, 0x34567890, 0xFFFFFFFF
+LADDR = SockAddr(ipaddress.ip_address("192.0.2.1"), 0x3456)
+RADDR = SockAddr(ipaddress.ip_address("203.0.113.1"), 0x4567)
+RADDR6 = SockAddr(ipaddress.ip_address("2001:db8::1"), 0x5678)
+PM = object()
+
+
+@pytest.fixture(autouse=True)
+def fresh_recording() -> Iterator[None]:
+    recording.CALLS.clear()
+    yield
+    recording.CALLS.clear()
+
+
+def dispatcher(registry: PluginRegistry, path_manager: str | None = None) -> Dispatcher:
+    return Dispatcher(registry, PM, registry.select_default(path_manager))
+
+
+def connection_events(token: int) -> list[ev.Event]:
+    return [
+        ev.ConnectionCreated(token, LADDR, RADDR, server_side=True),
+        ev.ConnectionEstablished(token, LADDR, RADDR, server_side=True),
+        ev.AddressAnnounced(token, 3, RADDR6),
+        ev.AddressRemoved(token, 3),
+        ev.ConnectionClosed(token),
+    ]
+
+
+def test_path_manager_option_overrides_priorities(tmp_path: Path) -> None:
+    registry = load(fixture_dir(tmp_path, "security"))
+    d = dispatcher(registry, "plugin_four")
+    for event in connection_events(TOKEN1):
+        d.dispatch(event)
+    assert recording.counts("plugin_four") == {
+        "new_connection": 1, "connection_established": 1, "new_address": 1,
+        "address_removed": 1, "connection_closed": 1,
+    }
+    assert recording.counts("plugin_three") == {}
+
+
+def test_the_most_favoured_plugin_is_the_default(tmp_path: Path) -> None:
+    registry = load(fixture_dir(tmp_path, "priority"))
+    d = dispatcher(registry)
+    for token in (TOKEN1, TOKEN2):
+        for event in connection_events(token):
+            d.dispatch(event)
+    assert recording.counts("plugin_one") == {
+        "new_connection": 2, "connection_established": 2, "new_address": 2,
+        "address_removed": 2, "connection_closed": 2,
+    }
+    assert recording.counts("plugin_two") == {}
+
+
+def test_network_monitor_events_go_to_every_plugin_in_priority_order(tmp_path: Path) -> None:
+    registry = load(fixture_dir(tmp_path, "priority", "security"))
+    d = dispatcher(registry)
+    iface = object()
+    d.new_interface(iface)
+    d.update_interface(iface)
+    d.update_interface(iface)
+    d.delete_interface(iface)
+    for _ in range(3):
+        d.new_local_address(iface, LADDR)
+    d.delete_local_address(iface, LADDR)
+    expected = {"new_interface": 1, "update_interface": 2, "delete_interface": 1,
+                "new_local_address": 3, "delete_local_address": 1}
+    for name in ("plugin_one", "plugin_two", "plugin_three", "plugin_four"):
+        assert recording.counts(name) == expected
+    first_round = [name for name, hook, _ in recording.CALLS if hook == "new_interface"]
+    assert first_round == ["plugin_one", "plugin_three", "plugin_four", "plugin_two"]
+
+
+def test_an_unknown_token_is_not_dispatched(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    d = dispatcher(load(fixture_dir(tmp_path, "priority")))
+    d.dispatch(ev.ConnectionEstablished(BAD_TOKEN, LADDR, RADDR))
+    d.dispatch(ev.SubflowEstablished(BAD_TOKEN, LADDR, RADDR, backup=False))
+    assert recording.CALLS == []
+    assert caplog.text.count("Unable to match token to plugin.") == 2
+
+
+def test_the_binding_is_dropped_after_connection_closed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    d = dispatcher(load(fixture_dir(tmp_path, "priority")))
+    for event in connection_events(TOKEN1):
+        d.dispatch(event)
+    assert d.bindings == {}
+    d.dispatch(ev.AddressRemoved(TOKEN1, 3))
+    assert "Unable to match token to plugin." in caplog.text
+    assert recording.counts("plugin_one")["address_removed"] == 1
+
+
+def test_subflow_hooks_receive_the_real_backup_value(tmp_path: Path) -> None:
+    d = dispatcher(load(fixture_dir(tmp_path, "priority")))
+    d.dispatch(ev.ConnectionCreated(TOKEN3, LADDR, RADDR))
+    d.dispatch(ev.SubflowEstablished(TOKEN3, LADDR, RADDR, backup=False))
+    d.dispatch(ev.SubflowPriority(TOKEN3, LADDR, RADDR, backup=True))
+    d.dispatch(ev.SubflowClosed(TOKEN3, LADDR, RADDR, backup=True))
+    calls = [(hook, args.get("backup")) for _, hook, args in recording.CALLS]
+    assert calls == [("new_connection", None), ("new_subflow", False),
+                     ("subflow_priority", True), ("subflow_closed", True)]
+
+
+def test_listener_events_go_to_the_default(tmp_path: Path) -> None:
+    d = dispatcher(load(fixture_dir(tmp_path, "security")), "plugin_four")
+    d.dispatch(ev.ListenerCreated(LADDR))
+    d.dispatch(ev.ListenerClosed(LADDR))
+    assert recording.counts("plugin_four") == {"listener_created": 1, "listener_closed": 1}
+    assert recording.counts("plugin_three") == {}
+
+
+def test_an_unknown_default_name_warns_and_falls_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = load(fixture_dir(tmp_path, "priority"))
+    assert registry.select_default("nonexistent").name == "plugin_one"
+    assert 'Default path manager plugin "nonexistent" does not exist; using "plugin_one".' \
+        in caplog.text
+
+
+def test_a_plugin_without_hooks_tolerates_every_event(tmp_path: Path) -> None:
+    d = dispatcher(load(fixture_dir(tmp_path, "noop")))
+    for event in connection_events(TOKEN1):
+        d.dispatch(event)
+    d.dispatch(ev.ListenerCreated(LADDR))
+    d.new_interface(object())
+    d.pm_ready()
+
+
+class Raising:
+    PLUGIN = PluginInfo(name="aaa_raising", priority=-5)
+
+    @hookimpl
+    def new_interface(self, interface):
+        raise RuntimeError("plugin bug")
+
+    @hookimpl
+    def new_connection(self, token):
+        raise SystemExit(3)
+
+
+def test_a_raising_plugin_is_contained(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = load(fixture_dir(tmp_path, "priority"))
+    plugin = Raising()
+    registry.register(plugin, plugin.PLUGIN, "test")
+    d = Dispatcher(registry, PM, registry.select_default("aaa_raising"))
+    with caplog.at_level(logging.ERROR):
+        d.new_interface(object())
+        d.dispatch(ev.ConnectionCreated(TOKEN1, LADDR, RADDR))
+    assert recording.counts("plugin_one") == {"new_interface": 1}
+    assert recording.counts("plugin_two") == {"new_interface": 1}
+    assert 'Plugin "aaa_raising" failed in hook new_interface' in caplog.text
+    assert 'Plugin "aaa_raising" failed in hook new_connection' in caplog.text
+    assert d.bindings == {TOKEN1: "aaa_raising"}
