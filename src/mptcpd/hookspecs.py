@@ -298,3 +298,33 @@ def delete_local_address(interface: Interface, addr: SockAddr, pm: PathManager) 
 
     **Dispatch:** broadcast.  **C:** ``delete_local_address``.
     """
+
+
+@hookspec
+def link_down(interface: Interface, pm: PathManager) -> None:
+    """A ready interface lost its carrier but stays up with its addresses.
+
+    A cable was unplugged, or a radio link dropped (``IFF_RUNNING`` cleared
+    while ``IFF_UP`` stays set).  The interface and its addresses stay
+    tracked; no ``delete_local_address`` follows.  A path manager withdraws
+    the interface's endpoints here and restores them in :func:`link_up`.
+    The C mptcpd reports this as ``delete_interface`` and forgets the
+    addresses, which leaves stale endpoints behind (mptcpd #334).
+
+    :param interface: the interface, with its new flags.
+    :param pm: the path manager.
+
+    **Dispatch:** broadcast.  **C:** none (new in the Python port).
+    """
+
+
+@hookspec
+def link_up(interface: Interface, pm: PathManager) -> None:
+    """An interface that had lost its carrier is running again.
+
+    :param interface: the interface, with its new flags and the addresses it
+        kept.
+    :param pm: the path manager.
+
+    **Dispatch:** broadcast.  **C:** none (new in the Python port).
+    """

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mptcpd.lab import Lab, list_namespaces, path_manager_sysctl
+from mptcpd.lab import Lab, list_namespaces, path_manager_sysctl, wait_for
 
 
 def test_lab_builds_two_hosts_and_tears_down(lab_available: None) -> None:
@@ -47,10 +47,18 @@ def test_mptcp_traffic_uses_both_links(lab: Lab) -> None:
     server = lab.python(lab.server, "-m", "mptcpd.lab.traffic", "server",
                         "--duration", "30")
     server.wait_output("listening")
-    out = lab.exec(lab.client, lab_python(), "-m", "mptcpd.lab.traffic", "client",
-                   str(lab.links[0].server4), "5201", "--bytes", "200000",
-                   "--hold", "0.5").stdout
-    info = json.loads(out)["info"]
+    client = lab.python(lab.client, "-m", "mptcpd.lab.traffic", "client",
+                        str(lab.links[0].server4), "5201", "--bytes", "200000",
+                        "--hold", "3")
+
+    def joined() -> bool:
+        # The join really completed over link 2 (not just a SYN sent).
+        ss = lab.exec(lab.client, "ss", "-tnH", "state", "established").stdout
+        return f"{second.client4}%{second.client_if}:" in ss
+
+    wait_for(joined, 10, what="an established subflow on link 2")
+    assert client.wait(15) == 0
+    info = json.loads(client.output())["info"]
     assert info["subflows"] == 1  # one subflow beside the initial one
     assert info["bytes_acked"] >= 200000
 
@@ -62,8 +70,3 @@ def test_carrier_loss_keeps_the_address(lab: Lab) -> None:
     assert "NO-CARRIER" in state["flags"] and "UP" in state["flags"]
     lab.set_carrier(link, up=True)
     assert "LOWER_UP" in lab.link_state(lab.client, link.client_if)["flags"]
-
-
-def lab_python() -> str:
-    import sys
-    return sys.executable

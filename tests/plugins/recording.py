@@ -113,4 +113,10 @@ def make_recorder(name: str) -> dict[str, Any]:
     def delete_local_address(interface, addr, pm):
         record("delete_local_address", interface=interface, addr=addr)
 
+    @hookimpl
+    def link_down(interface, pm): record("link_down", interface=interface)
+
+    @hookimpl
+    def link_up(interface, pm): record("link_up", interface=interface)
+
     return {k: v for k, v in locals().items() if hasattr(v, "mptcpd_impl")}

@@ -64,14 +64,14 @@ def test_a_missing_optional_directory_falls_back_to_installed_plugins(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     registry = PluginRegistry()
-    with pytest.raises(PluginLoadError, match="Unable to load path manager plugins."):
+    with pytest.raises(PluginLoadError, match="No path manager plugin was loaded."):
         load_plugins(registry, str(tmp_path / "missing"), None, entry_points=False,
                      dir_optional=True)
     assert "does not exist; using installed plugins only" in caplog.text
 
 
 def test_an_empty_directory_fails(tmp_path: Path) -> None:
-    with pytest.raises(PluginLoadError, match=r"^Unable to load path manager plugins\.$"):
+    with pytest.raises(PluginLoadError, match=r"^No path manager plugin was loaded\.$"):
         load(fixture_dir(tmp_path))
 
 

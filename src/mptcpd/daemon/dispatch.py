@@ -137,6 +137,12 @@ class Dispatcher:
         self.registry.broadcast("delete_local_address", interface=interface, addr=addr,
                                 pm=self.pm)
 
+    def link_down(self, interface: object) -> None:
+        self.registry.broadcast("link_down", interface=interface, pm=self.pm)
+
+    def link_up(self, interface: object) -> None:
+        self.registry.broadcast("link_up", interface=interface, pm=self.pm)
+
     # -- path manager readiness (broadcast) ---------------------------------
 
     def pm_ready(self) -> None:

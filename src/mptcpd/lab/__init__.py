@@ -315,7 +315,10 @@ class Lab:
                     self.ip(ns, "-6", "addr", "add", f"{a6}/{link.subnet6.prefixlen}",
                             "dev", ifname, "nodad")
                 self.ip(ns, "link", "set", ifname, "up")
-                if self.source_routing:
+                # Only the client: the server answers a join on the link it
+                # came in by through its connected routes, and the client's
+                # subflow socket, bound to its link, takes nothing else.
+                if self.source_routing and ns == self.client:
                     self._source_route(ns, ifname, link, a4, a6)
         for link in self.links:
             self.wait_link_running(self.client, link.client_if)
@@ -323,7 +326,9 @@ class Lab:
 
     def _source_route(self, ns: str, ifname: str, link: Link,
                       a4: ipaddress.IPv4Address, a6: ipaddress.IPv6Address) -> None:
-        """Traffic sourced from a link's address leaves on that link."""
+        """Traffic sourced from a link's address leaves on that link, whatever
+        its destination (so a subflow from link 2 to the server's link-1
+        address really crosses link 2)."""
         table = str(link.table)
         self.ip(ns, "route", "add", str(link.subnet4), "dev", ifname, "table", table)
         self.ip(ns, "route", "add", "default", "dev", ifname, "table", table)

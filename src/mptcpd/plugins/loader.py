@@ -210,4 +210,4 @@ def load_plugins(
                 log.error("%s: %s", where, os.strerror(errno.ENOENT))
     load_into(registry, candidates)
     if not len(registry):
-        raise PluginLoadError("Unable to load path manager plugins.")
+        raise PluginLoadError("No path manager plugin was loaded.")

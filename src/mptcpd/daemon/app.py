@@ -1,0 +1,281 @@
+"""The daemon's lifecycle: startup, the event loop, shutdown (spec §2, DESIGN 5).
+
+Startup is deterministic::
+
+    kernel check → network monitor (link and address dumps) → wait for the
+    ``mptcp_pm`` family → ID sync (endpoint dump) → load and init plugins →
+    join ``mptcp_pm_events`` → ``pm_ready`` → replay the monitor's state to
+    plugins → ``READY=1``
+
+so plugins are loaded before any event reaches them, and the addresses that
+exist at startup reach them exactly once (with ``existing``), whichever of
+the kernel's answers comes first: the C daemon leaves both to a race.
+
+Shutdown on SIGINT or SIGTERM: ``STOPPING=1``, stop reading events, plugin
+exits in reverse priority order, close listeners and sockets, exit 0.
+SIGHUP is logged and ignored (configuration reload is not implemented; C
+dies of it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from typing import Any
+
+from mptcpd import events as ev
+from mptcpd.config import DEFAULT_PLUGIN_DIR, Config
+from mptcpd.daemon.dispatch import Dispatcher
+from mptcpd.daemon.systemd import Notifier
+from mptcpd.errors import KernelError
+from mptcpd.netlink.family import FamilyWatcher
+from mptcpd.netlink.genl_commands import CommandChannel
+from mptcpd.netlink.genl_events import EventReader
+from mptcpd.netlink.sysctl import check_kernel, kernel_path_manager
+from mptcpd.plugins.loader import PluginLoadError, load_plugins
+from mptcpd.plugins.registry import PluginRegistry
+from mptcpd.pm.id_manager import IdManager
+from mptcpd.pm.kernel import UpstreamKernelPM
+from mptcpd.pm.listener_manager import ListenerManager
+from mptcpd.pm.network_monitor import NetworkMonitor
+from mptcpd.pm.path_manager import PathManager
+
+log = logging.getLogger(__name__)
+
+PLUGIN_LOAD_FAILED = "Unable to load path manager plugins."
+#: How long shutdown may take before what is left is cancelled.
+SHUTDOWN_TIMEOUT = 10.0
+
+
+class StartupError(Exception):
+    """Startup failed; the message has been logged and the exit status is 1."""
+
+
+class Daemon:
+    """Owns every resource of one daemon run on one asyncio loop."""
+
+    def __init__(self, config: Config, notifier: Notifier | None = None,
+                 entry_points: bool = True) -> None:
+        self.config = config
+        self.notifier = notifier or Notifier()
+        self.entry_points = entry_points
+        self.registry = PluginRegistry()
+        self.channel = CommandChannel()
+        self.network_monitor = NetworkMonitor(config.notify_flags)
+        self.id_manager = IdManager()
+        self.listener_manager = ListenerManager()
+        self.pm = PathManager(
+            UpstreamKernelPM(self.channel), config=config,
+            network_monitor=self.network_monitor, id_manager=self.id_manager,
+            listener_manager=self.listener_manager,
+        )
+        self.dispatcher = Dispatcher(self.registry, self.pm)
+        self.watcher = FamilyWatcher(self._family_appeared, self._family_vanished)
+        self.reader: EventReader | None = None
+        self._plugins_loaded = False
+        self._stop = asyncio.Event()
+        self._fatal: str | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._init_task: asyncio.Task[None] | None = None
+        self._replayed = False
+
+    # -- running ------------------------------------------------------------
+
+    async def serve(self) -> int:
+        """Run until a stop signal; return the exit status."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stop, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._sighup)
+        try:
+            await self.startup()
+        except StartupError:
+            await self.shutdown()
+            return 1
+        await self._stop.wait()
+        await self.shutdown()
+        if self._fatal:
+            return 1
+        return 0
+
+    def stop(self, sig: int | None = None) -> None:
+        if sig is not None and not self._stop.is_set():
+            log.debug("\nTerminating %s", sys.argv[0])
+        self._stop.set()
+
+    def _fail(self, message: str) -> None:
+        """A fatal error after startup (plugin loading): log it and stop, exit 1."""
+        log.error("%s", message)
+        self._fatal = message
+        self._stop.set()
+
+    @staticmethod
+    def _sighup() -> None:
+        log.warning("SIGHUP received: configuration reload is not supported; "
+                    "carrying on with the current configuration.")
+
+    # -- startup -----------------------------------------------------------
+
+    async def startup(self) -> None:
+        if not check_kernel():
+            log.error("Required kernel MPTCP support not available.")
+            raise StartupError
+        pm_type = kernel_path_manager()
+        if pm_type:
+            log.info("The kernel uses the %s path manager.", pm_type)
+        self.notifier.status("Waiting for the mptcp_pm generic netlink family")
+        try:
+            await self.network_monitor.start()
+        except Exception as exc:
+            log.debug("network monitor: %s", exc)
+            log.error("Unable to create network monitor.")
+            raise StartupError from exc
+        try:
+            await self.watcher.start()
+        except Exception as exc:
+            log.debug("family watch: %s", exc)
+            log.error('Unable to watch or request "mptcp_pm" generic netlink family.')
+            raise StartupError from exc
+
+    def _family_appeared(self, family_id: int) -> None:
+        self.pm.set_ready(True)
+        if self._init_task is None or self._init_task.done():
+            self._init_task = self._spawn(self._complete_init(), "initialisation")
+
+    def _family_vanished(self) -> None:
+        self.pm.set_ready(False)
+        if self._init_task is not None:
+            self._init_task.cancel()
+        self._close_reader()
+        self.notifier.status("Waiting for the mptcp_pm generic netlink family")
+        self.dispatcher.pm_not_ready()
+
+    async def _complete_init(self) -> None:
+        """Spec §2.1 step 5: ID sync, plugins, event join, ready."""
+        try:
+            if not self.channel.is_open:
+                await self.channel.open()
+            await self._sync_ids()
+            if not self._plugins_loaded:
+                self._load_plugins()
+            await self._join_events()
+        except PluginLoadError as exc:
+            self._fail(str(exc))
+            return
+        except Exception:
+            log.exception("Unable to complete the path manager initialisation.")
+            self._fail("initialisation failed")
+            return
+        self.dispatcher.pm_ready()
+        if not self._replayed:
+            # No await between the replay and the subscription: no address
+            # change can slip in between, and none is reported twice.
+            self._replayed = True
+            self.network_monitor.replay(self.dispatcher)
+            self.network_monitor.register(self.dispatcher)
+        names = ", ".join(p.name for p in self.registry.plugins)
+        default = self.dispatcher.default.name if self.dispatcher.default else "none"
+        self.notifier.ready(f"Managing MPTCP paths; plugins: {names}; default: {default}")
+        log.info("mptcpd ready: plugins %s; default path manager %s.", names, default)
+
+    async def _sync_ids(self) -> None:
+        try:
+            endpoints = await self.channel.dump_addrs(op="dump_addrs")
+        except KernelError:
+            log.error("Unable to synchronize ID manager with kernel.")
+            return
+        for info in endpoints:
+            if info.address is None:
+                continue
+            if self.id_manager.map_id(info.address, info.id):
+                log.debug("ID sync: %d | %s", info.id, info.address.ip)
+            else:
+                log.error("ID sync failed: %d | %s", info.id, info.address.ip)
+
+    def _load_plugins(self) -> None:
+        config = self.config
+        try:
+            load_plugins(
+                self.registry, config.plugin_dir, config.load_plugins,
+                entry_points=self.entry_points,
+                dir_optional=config.plugin_dir == DEFAULT_PLUGIN_DIR,
+            )
+        except PluginLoadError as exc:
+            log.error("%s", exc)
+            raise PluginLoadError(PLUGIN_LOAD_FAILED) from exc
+        self._plugins_loaded = True
+        self.dispatcher.default = self.registry.select_default(config.path_manager)
+        self.registry.init_all(self.pm)
+
+    async def _join_events(self) -> None:
+        reader = EventReader(on_overrun=self._overrun)
+        try:
+            await reader.open()
+        except Exception as exc:
+            log.debug("event reader: %s", exc)
+            log.warning("Unable to register handler for mptcp_pm_events multicast messages")
+            return
+        self.reader = reader
+        self._spawn(self._read_events(reader), "mptcp_pm events")
+
+    async def _read_events(self, reader: EventReader) -> None:
+        dispatch = self.dispatcher.dispatch
+        async for event in reader:
+            dispatch(event)
+
+    def _overrun(self, count: int) -> None:
+        """Events were lost: resynchronise what the kernel lets us."""
+        self._spawn(self._sync_ids(), "ID resync after overrun")
+
+    def _close_reader(self) -> None:
+        reader, self.reader = self.reader, None
+        if reader is not None:
+            reader.close()
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            log.error("%s failed: %s", task.get_name(), exc, exc_info=exc)
+
+    # -- shutdown ----------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        self.notifier.stopping()
+        try:
+            async with asyncio.timeout(SHUTDOWN_TIMEOUT):
+                await self._shutdown()
+        except TimeoutError:
+            log.error("Shutdown took longer than %.0f s; cancelled what was left.",
+                      SHUTDOWN_TIMEOUT)
+
+    async def _shutdown(self) -> None:
+        self._close_reader()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.network_monitor.unregister(self.dispatcher)
+        if self._plugins_loaded:
+            self.registry.exit_all(self.pm)
+        self.listener_manager.destroy()
+        await self.network_monitor.close()
+        await self.watcher.stop()
+        await self.channel.close()
+
+
+def main(config: Config) -> int:
+    """Run the daemon; the process's exit status."""
+    try:
+        return asyncio.run(Daemon(config).serve())
+    except Exception:
+        log.exception("Main event loop failed.")
+        return 1

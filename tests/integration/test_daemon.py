@@ -1,0 +1,175 @@
+"""The daemon as a process in the lab: lifecycle, systemd, plugins on real events."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mptcpd.lab import Lab, Process, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "tests" / "plugins"
+READY = r"mptcpd ready: plugins"
+
+
+def plugin_dir(tmp_path: Path, *names: str) -> Path:
+    target = tmp_path / "plugins"
+    target.mkdir(exist_ok=True)
+    target.chmod(0o755)
+    for name in names:
+        for src in (FIXTURES / name).glob("*.py"):
+            shutil.copyfile(src, target / src.name)
+            (target / src.name).chmod(0o644)
+    return target
+
+
+def daemon_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("NOTIFY_SOCKET", None)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env.update(extra)
+    return env
+
+
+def start(lab: Lab, tmp_path: Path, *args: str, plugins: tuple[str, ...] = ("noop",),
+          config: str = "[core]\n", **env: str) -> Process:
+    directory = plugin_dir(tmp_path, *plugins)
+    return lab.start_mptcpd("--log=stderr", f"--plugin-dir={directory}", *args,
+                            config=config, env=daemon_env(**env))
+
+
+def test_start_and_stop_with_sigterm(lab: Lab, tmp_path: Path) -> None:
+    daemon = start(lab, tmp_path, "-d")
+    daemon.wait_output(READY, timeout=20)
+    out = daemon.output()
+    assert '"mptcp_pm" generic netlink family appeared' in out
+    assert "The kernel uses the kernel path manager." in out
+    assert daemon.stop(signal.SIGTERM) == 0
+    assert "Terminating" in daemon.output()
+
+
+def test_sigint_is_a_clean_shutdown_too(lab: Lab, tmp_path: Path) -> None:
+    daemon = start(lab, tmp_path)
+    daemon.wait_output(READY, timeout=20)
+    assert daemon.stop(signal.SIGINT) == 0
+
+
+def test_sighup_does_not_kill_the_daemon(lab: Lab, tmp_path: Path) -> None:
+    daemon = start(lab, tmp_path)
+    daemon.wait_output(READY, timeout=20)
+    daemon.send_signal(signal.SIGHUP)
+    daemon.wait_output("SIGHUP received", timeout=10)
+    assert daemon.popen.poll() is None
+    assert daemon.stop() == 0
+
+
+def test_mptcp_disabled_in_the_namespace_exits_1(lab: Lab, tmp_path: Path) -> None:
+    lab.sysctl(lab.client, "net.mptcp.enabled", "0")
+    daemon = start(lab, tmp_path)
+    assert daemon.wait(timeout=20) == 1
+    lines = daemon.output().splitlines()
+    assert lines == [
+        "MPTCP is not enabled in the kernel.",
+        "Try 'sysctl -w net.mptcp.enabled=1'.",
+        "Required kernel MPTCP support not available.",
+    ]
+
+
+def test_no_loadable_plugin_exits_1(lab: Lab, tmp_path: Path) -> None:
+    daemon = start(lab, tmp_path, plugins=())
+    assert daemon.wait(timeout=20) == 1
+    out = daemon.output()
+    assert "No path manager plugin was loaded." in out
+    assert "Unable to load path manager plugins." in out
+
+
+def test_a_world_writable_plugin_directory_exits_1(lab: Lab, tmp_path: Path) -> None:
+    directory = plugin_dir(tmp_path, "noop")
+    directory.chmod(0o777)
+    daemon = lab.start_mptcpd("--log=stderr", f"--plugin-dir={directory}",
+                              config="[core]\n", env=daemon_env())
+    assert daemon.wait(timeout=20) == 1
+    assert f'"{directory}" should be a directory that is not world writable.' \
+        in daemon.output()
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
+    path = str(tmp_path / "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(20)
+    yield sock, path
+    sock.close()
+
+
+def test_systemd_is_told_ready_and_stopping(
+    lab: Lab, tmp_path: Path, notify_socket: tuple[socket.socket, str]
+) -> None:
+    sock, path = notify_socket
+    daemon = start(lab, tmp_path, NOTIFY_SOCKET=path)
+    messages = []
+    while not any(m.startswith("READY=1") for m in messages):
+        messages.append(sock.recv(4096).decode())
+    ready = [m for m in messages if m.startswith("READY=1")][0]
+    assert "STATUS=Managing MPTCP paths; plugins: noop; default: noop" in ready
+    assert messages[0].startswith("STATUS=Waiting for the mptcp_pm")
+    assert daemon.stop() == 0
+    rest = []
+    sock.settimeout(5)
+    while not any(m.startswith("STOPPING=1") for m in rest):
+        rest.append(sock.recv(4096).decode())
+
+
+def recorded(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def test_a_recorder_plugin_sees_real_connections_in_kernel_order(
+    lab: Lab, tmp_path: Path
+) -> None:
+    log_path = tmp_path / "calls.jsonl"
+    lab.ip(lab.client, "mptcp", "limits", "set", "subflows", "2")
+    second = lab.links[1]
+    lab.ip(lab.client, "mptcp", "endpoint", "add", str(second.client4), "dev",
+           second.client_if, "subflow")
+    daemon = start(lab, tmp_path, plugins=("recorder",),
+                   MPTCPD_RECORDER_LOG=str(log_path))
+    daemon.wait_output(READY, timeout=20)
+    server = lab.python(lab.server, "-m", "mptcpd.lab.traffic", "server", "--duration", "60")
+    server.wait_output("listening")
+    server_addr = lab.links[0].server4
+    out = lab.exec(lab.client, sys.executable, "-m", "mptcpd.lab.traffic", "client",
+                   str(server_addr), "5201", "--bytes", "100000", "--hold", "0.5").stdout
+    token = json.loads(out)["info"]["token"]
+
+    def closed() -> list[dict]:
+        calls = recorded(log_path)
+        return calls if any(c["hook"] == "connection_closed" for c in calls) else []
+
+    calls = [c for c in wait_for(closed, 20, what="connection_closed")
+             if c["args"].get("token") == token]
+    hooks = [c["hook"] for c in calls]
+    assert hooks[:2] == ["new_connection", "connection_established"]
+    assert hooks[-1] == "connection_closed"
+    assert "new_subflow" in hooks
+    created = calls[0]["args"]
+    assert created["raddr"] == f"{server_addr}|5201"
+    assert created["laddr"].startswith(f"{lab.links[0].client4}|")
+    assert created["server_side"] is False
+    sub = next(c for c in calls if c["hook"] == "new_subflow")["args"]
+    assert sub["laddr"].startswith(f"{second.client4}|")
+    assert sub["backup"] is False  # the real value; the C mptcpd always says True
+    assert all(c["plugin"] == "recorder" for c in calls)
+    assert daemon.stop() == 0
+    assert recorded(log_path)[-1]["hook"] == "plugin_exit"

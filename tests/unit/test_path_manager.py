@@ -1,0 +1,170 @@
+"""The path-manager API plugins call: validation, readiness, listeners (spec §5)."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+from typing import Any
+
+import pytest
+
+from mptcpd.errors import KernelError, NotReady
+from mptcpd.pm.path_manager import PathManager
+from mptcpd.types import SockAddr
+
+A4 = SockAddr(ipaddress.ip_address("127.0.0.1"))
+R4 = SockAddr(ipaddress.ip_address("203.0.113.1"), 5201)
+TOKEN = 0x12345678
+
+
+class FakeKernel:
+    """Records each command and answers with a future the test resolves."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+        self.futures: list[asyncio.Future[Any]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        def command(*args: Any) -> asyncio.Future[Any]:
+            self.calls.append((name, args))
+            future = asyncio.get_running_loop().create_future()
+            self.futures.append(future)
+            return future
+
+        return command
+
+
+class FakeListeners:
+    def __init__(self) -> None:
+        self.open: dict[SockAddr, int] = {}
+
+    def listen(self, sa: SockAddr) -> SockAddr:
+        bound = sa if sa.port else sa.with_port(40000 + len(self.open))
+        self.open[bound] = self.open.get(bound, 0) + 1
+        return bound
+
+    def close(self, sa: SockAddr) -> None:
+        if sa not in self.open:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        self.open[sa] -= 1
+        if not self.open[sa]:
+            del self.open[sa]
+
+
+def manager(ready: bool = True) -> tuple[PathManager, FakeKernel, FakeListeners]:
+    kernel, listeners = FakeKernel(), FakeListeners()
+    pm = PathManager(kernel, listener_manager=listeners)  # type: ignore[arg-type]
+    pm.set_ready(ready)
+    return pm, kernel, listeners
+
+
+@pytest.mark.parametrize("call", [
+    lambda pm: pm.add_addr(None, 1, TOKEN),
+    lambda pm: pm.add_addr(A4, 0, TOKEN),
+    lambda pm: pm.add_addr_no_listener(A4, 0, TOKEN),
+    lambda pm: pm.remove_addr(A4, 0, TOKEN),
+    lambda pm: pm.add_subflow(TOKEN, 1, 2, A4, None),
+    lambda pm: pm.add_subflow(TOKEN, 1, 2, None, R4),  # C crashes here (defect 21)
+    lambda pm: pm.set_backup(TOKEN, None, R4, True),
+    lambda pm: pm.set_backup(TOKEN, A4, None, True),
+    lambda pm: pm.remove_subflow(TOKEN, A4, None),
+    lambda pm: pm.kpm_add_addr(None, 1),
+    lambda pm: pm.kpm_add_addr(A4, 0),
+    lambda pm: pm.kpm_add_addr(A4, 256),
+    lambda pm: pm.kpm_remove_addr(0),
+    lambda pm: pm.kpm_get_addr(0),
+    lambda pm: pm.kpm_set_limits([]),
+    lambda pm: pm.kpm_set_limits({1: -1}),
+    lambda pm: pm.kpm_set_flags(None, 4),
+])
+async def test_bad_arguments_raise_value_error_before_anything_is_sent(call: Any) -> None:
+    pm, kernel, listeners = manager(ready=False)
+    with pytest.raises(ValueError):
+        call(pm)
+    assert kernel.calls == [] and listeners.open == {}
+
+
+@pytest.mark.parametrize(("call", "function"), [
+    (lambda pm: pm.add_addr(A4, 1, TOKEN), "do_pm_add_addr"),
+    (lambda pm: pm.add_addr_no_listener(A4, 1, TOKEN), "do_pm_add_addr"),
+    (lambda pm: pm.remove_addr(A4, 1, TOKEN), "mptcpd_pm_remove_addr"),
+    (lambda pm: pm.add_subflow(TOKEN, 1, 2, A4, R4), "mptcpd_pm_add_subflow"),
+    (lambda pm: pm.set_backup(TOKEN, A4, R4, True), "mptcpd_pm_set_backup"),
+    (lambda pm: pm.remove_subflow(TOKEN, A4, R4), "mptcpd_pm_remove_subflow"),
+    (lambda pm: pm.kpm_add_addr(A4, 1), "mptcpd_kpm_add_addr"),
+    (lambda pm: pm.kpm_remove_addr(1), "mptcpd_kpm_remove_addr"),
+    (lambda pm: pm.kpm_get_addr(1), "mptcpd_kpm_get_addr"),
+    (lambda pm: pm.kpm_dump_addrs(), "mptcpd_kpm_dump_addrs"),
+    (lambda pm: pm.kpm_flush_addrs(), "mptcpd_kpm_flush_addrs"),
+    (lambda pm: pm.kpm_set_limits({1: 2}), "mptcpd_kpm_set_limits"),
+    (lambda pm: pm.kpm_get_limits(), "mptcpd_kpm_get_limits"),
+    (lambda pm: pm.kpm_set_flags(A4, 4), "mptcpd_kpm_set_flags"),
+])
+async def test_commands_before_the_family_appears_raise_not_ready(
+    call: Any, function: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    pm, kernel, listeners = manager(ready=False)
+    with pytest.raises(NotReady) as exc:
+        call(pm)
+    assert exc.value.errno == errno.EAGAIN
+    assert f"{function}: MPTCP family is not yet available" in caplog.text
+    assert kernel.calls == [] and listeners.open == {}
+
+
+async def test_add_addr_listens_first_and_announces_the_chosen_port() -> None:
+    pm, kernel, listeners = manager()
+    future = pm.add_addr(A4, 5, TOKEN)
+    bound = A4.with_port(40000)
+    assert kernel.calls == [("add_addr", (bound, 5, TOKEN))]
+    assert listeners.open == {bound: 1}
+    kernel.futures[0].set_result(None)
+    assert await future == bound
+
+
+async def test_a_refused_announcement_releases_its_listener() -> None:
+    pm, kernel, listeners = manager()
+    future = pm.add_addr(A4, 5, TOKEN)
+    kernel.futures[0].set_exception(KernelError("announce", errno.EINVAL, "bad"))
+    with pytest.raises(KernelError):
+        await future
+    assert listeners.open == {}
+
+
+async def test_add_addr_no_listener_opens_nothing() -> None:
+    pm, kernel, listeners = manager()
+    pm.add_addr_no_listener(A4, 5, TOKEN)
+    assert kernel.calls == [("add_addr", (A4, 5, TOKEN))] and listeners.open == {}
+
+
+async def test_remove_addr_releases_the_listener_once_the_kernel_agrees() -> None:
+    pm, kernel, listeners = manager()
+    pm.add_addr(R4, 5, TOKEN)
+    kernel.futures[0].set_result(None)
+    future = pm.remove_addr(R4, 5, TOKEN)
+    assert listeners.open == {R4: 1}
+    kernel.futures[1].set_result(None)
+    await future
+    await asyncio.sleep(0)
+    assert listeners.open == {}
+
+
+async def test_limits_keep_the_callers_order() -> None:
+    pm, kernel, _ = manager()
+    pm.kpm_set_limits([(1, 3), (0, 2)])
+    pm.kpm_set_limits({0: 4, 1: 5})
+    assert [args for _, args in kernel.calls] == [([(1, 3), (0, 2)],), ([(0, 4), (1, 5)],)]
+
+
+async def test_an_ignored_failed_future_is_not_reported_as_unretrieved(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pm, kernel, _ = manager()
+    pm.add_addr_no_listener(A4, 5, TOKEN)
+    kernel.futures[0].set_exception(KernelError("announce", errno.EINVAL))
+    await asyncio.sleep(0)
+    import gc
+    gc.collect()
+    await asyncio.sleep(0)
+    assert "exception was never retrieved" not in caplog.text
