@@ -126,7 +126,16 @@ def connection_established(
 ) -> None:
     """The connection is fully established (``MPTCP_EVENT_ESTABLISHED``).
 
-    Parameters as for :func:`new_connection`.
+    The kernel reports it once data has been exchanged; from then on subflows
+    can be added.
+
+    :param token: the connection's token.
+    :param laddr: local address and port of the initial subflow.
+    :param raddr: remote address and port of the initial subflow.
+    :param server_side: true when this host accepted the connection.
+    :param deny_join_id0: true when the peer asked that no subflow be created
+        to its initial address and port (RFC 8684 "C" flag).
+    :param pm: the path manager.
 
     **Dispatch:** bound.  **C:** ``connection_established``.
     """
@@ -193,7 +202,11 @@ def subflow_closed(
 ) -> None:
     """A subflow was closed (``MPTCP_EVENT_SUB_CLOSED``).
 
-    Parameters as for :func:`new_subflow`.
+    :param token: the connection's token.
+    :param laddr: local address and port of the subflow.
+    :param raddr: remote address and port of the subflow.
+    :param backup: the subflow's backup priority as the kernel reports it.
+    :param pm: the path manager.
 
     **Dispatch:** bound.  **C:** ``subflow_closed``.
     """
@@ -205,7 +218,11 @@ def subflow_priority(
 ) -> None:
     """A subflow's backup priority changed (``MPTCP_EVENT_SUB_PRIORITY``).
 
-    Parameters as for :func:`new_subflow`; ``backup`` is the new priority.
+    :param token: the connection's token.
+    :param laddr: local address and port of the subflow.
+    :param raddr: remote address and port of the subflow.
+    :param backup: the new backup priority.
+    :param pm: the path manager.
 
     **Dispatch:** bound.  **C:** ``subflow_priority``.
     """
