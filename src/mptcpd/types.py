@@ -70,3 +70,48 @@ class SockAddr:
         if self.ip.version == 6:
             return f"[{self.ip}]:{self.port}"
         return f"{self.ip}:{self.port}"
+
+
+#: ``IFF_*`` link flags the network monitor and plugins look at (``<net/if.h>``).
+IFF_UP = 0x1
+IFF_LOOPBACK = 0x8
+IFF_RUNNING = 0x40
+IFF_LOWER_UP = 0x10000
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Interface:
+    """A network interface as the network monitor tracks it (a snapshot).
+
+    ``addrs`` are the interface's recorded local addresses (port 0) in
+    arrival order.  ``flags`` are the ``IFF_*`` flags of the last link
+    message; ``operstate`` is the RFC 2863 state name (``"UP"``,
+    ``"DOWN"``, ``"LOWERLAYERDOWN"``, ...) and ``carrier`` the kernel's
+    ``IFLA_CARRIER`` (``None`` when the kernel did not say).
+    """
+
+    index: int
+    name: str
+    flags: int
+    type: int = 0  #: ``ARPHRD_*``
+    operstate: str = ""
+    carrier: bool | None = None
+    addrs: tuple[SockAddr, ...] = ()
+    family: int = 0  #: always ``AF_UNSPEC``, as in mptcpd
+
+    @property
+    def is_up(self) -> bool:
+        """Administratively up (``IFF_UP``)."""
+        return bool(self.flags & IFF_UP)
+
+    @property
+    def is_running(self) -> bool:
+        """Operationally up (``IFF_RUNNING``): the link has carrier."""
+        return bool(self.flags & IFF_RUNNING)
+
+    @property
+    def is_loopback(self) -> bool:
+        return bool(self.flags & IFF_LOOPBACK)
+
+    def __str__(self) -> str:
+        return f"{self.name or '?'}({self.index})"

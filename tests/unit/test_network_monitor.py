@@ -1,0 +1,652 @@
+"""The network monitor's state machine (spec section 6), fed with built records."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+import socket
+import struct
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from mptcpd.netlink.rtnl_monitor import (
+    AddressMessage,
+    LinkMessage,
+    Resync,
+    RouteLookup,
+    RouteMessage,
+    RtnlEvent,
+    parse,
+)
+from mptcpd.pm.network_monitor import AddressState, NetworkMonitor
+from mptcpd.types import IFF_LOOPBACK, IFF_LOWER_UP, IFF_RUNNING, IFF_UP, Interface, NotifyFlags, SockAddr
+
+BROADCAST_MULTICAST = 0x2 | 0x1000
+READY = IFF_UP | IFF_RUNNING | IFF_LOWER_UP | BROADCAST_MULTICAST
+NO_CARRIER = IFF_UP | BROADCAST_MULTICAST
+DOWN = BROADCAST_MULTICAST
+LOOPBACK = IFF_UP | IFF_RUNNING | IFF_LOOPBACK | IFF_LOWER_UP
+
+
+def link(index: int, flags: int = READY, name: str | None = None, deleted: bool = False) -> LinkMessage:
+    return LinkMessage(index, name or f"eth{index}", flags, 1, "UP" if flags & IFF_RUNNING else "DOWN",
+                       bool(flags & IFF_RUNNING), deleted)
+
+
+def addr(index: int, ip: str, scope: int = 0, deleted: bool = False) -> AddressMessage:
+    return AddressMessage(index, ipaddress.ip_address(ip), 24, scope, 0, None, deleted)
+
+
+class Recorder:
+    """A subscriber that writes down every call as (op, ifindex, address)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int, str | None]] = []
+        self.interfaces: list[Interface] = []
+
+    def _rec(self, op: str, iface: Interface, sa: SockAddr | None = None) -> None:
+        self.calls.append((op, iface.index, None if sa is None else str(sa)))
+        self.interfaces.append(iface)
+
+    def new_interface(self, i: Interface) -> None: self._rec("new_interface", i)
+    def update_interface(self, i: Interface) -> None: self._rec("update_interface", i)
+    def delete_interface(self, i: Interface) -> None: self._rec("delete_interface", i)
+    def new_local_address(self, i: Interface, a: SockAddr) -> None: self._rec("new_local_address", i, a)
+    def delete_local_address(self, i: Interface, a: SockAddr) -> None: self._rec("delete_local_address", i, a)
+    def link_down(self, i: Interface) -> None: self._rec("link_down", i)
+    def link_up(self, i: Interface) -> None: self._rec("link_up", i)
+
+
+def monitor(flags: NotifyFlags = NotifyFlags(0), **kwargs: Any) -> tuple[NetworkMonitor, Recorder]:
+    nm = NetworkMonitor(flags, **kwargs)
+    rec = Recorder()
+    assert nm.register(rec)
+    return nm, rec
+
+
+async def until(cond: Callable[[], object], timeout: float = 2.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.001)
+
+
+# -- interfaces ----------------------------------------------------------------
+
+
+def test_initial_dump_records_ready_interfaces_silently_in_index_order() -> None:
+    nm, rec = monitor()
+    for msg in (link(3), link(1, LOOPBACK, "lo"), link(2), link(4, DOWN)):
+        nm.handle_link(msg, initial=True)
+    assert rec.calls == []
+    assert [i.index for i in nm.interfaces()] == [2, 3]
+    seen: list[str] = []
+    nm.foreach_interface(lambda i: seen.append(i.name))
+    assert seen == ["eth2", "eth3"]
+
+
+def test_loopback_only_when_enabled() -> None:
+    nm, rec = monitor()
+    nm.handle_link(link(1, LOOPBACK, "lo"))
+    assert nm.interfaces() == []
+    assert nm.monitor_loopback(True)
+    nm.handle_link(link(1, LOOPBACK, "lo"))
+    assert rec.calls == [("new_interface", 1, None)]
+
+
+def test_new_then_update_interface_keeps_the_first_name() -> None:
+    nm, rec = monitor()
+    nm.handle_link(link(5, name="wan0"))
+    nm.handle_link(link(5, name="renamed"))
+    assert rec.calls == [("new_interface", 5, None), ("update_interface", 5, None)]
+    assert nm.get_interface(5) is not None and nm.get_interface(5).name == "wan0"  # type: ignore[union-attr]
+
+
+def test_admin_down_deletes_with_last_state_and_no_address_events() -> None:
+    nm, rec = monitor()
+    nm.handle_link(link(2))
+    nm.handle_address(addr(2, "192.0.2.1"))
+    rec.calls.clear()
+    nm.handle_link(link(2, DOWN))
+    assert rec.calls == [("delete_interface", 2, None)]
+    last = rec.interfaces[-1]
+    assert last.flags == READY and last.addrs == (SockAddr("192.0.2.1"),)
+    assert nm.interfaces() == []
+    # back up: the address is not re-read (defect 11, kept)
+    rec.calls.clear()
+    nm.handle_link(link(2))
+    assert rec.calls == [("new_interface", 2, None)]
+    assert nm.get_interface(2).addrs == ()  # type: ignore[union-attr]
+
+
+def test_fifteen_character_names_are_kept() -> None:
+    # mptcpd leaves a 15-character name empty; the port keeps it.
+    nm, _ = monitor()
+    nm.handle_link(link(2, name="abcdefghijklmno"))
+    assert nm.get_interface(2).name == "abcdefghijklmno"  # type: ignore[union-attr]
+
+
+def test_dellink_of_unknown_interface_is_ignored() -> None:
+    nm, rec = monitor()
+    nm.handle_link(link(9, deleted=True))
+    nm.handle_link(link(9, DOWN))
+    assert rec.calls == []
+
+
+def test_dellink_reports_delete_interface() -> None:
+    nm, rec = monitor()
+    nm.handle_link(link(2))
+    nm.handle_link(link(2, deleted=True))
+    assert rec.calls == [("new_interface", 2, None), ("delete_interface", 2, None)]
+
+
+# -- carrier -------------------------------------------------------------------
+
+
+def test_carrier_loss_and_recovery_are_link_down_and_link_up() -> None:
+    nm, rec = monitor()
+    nm.handle_link(link(2))
+    nm.handle_address(addr(2, "192.0.2.1"))
+    rec.calls.clear()
+    nm.handle_link(link(2, NO_CARRIER))
+    assert rec.calls == [("link_down", 2, None)]
+    down = rec.interfaces[-1]
+    assert not down.is_running and down.is_up and down.addrs == (SockAddr("192.0.2.1"),)
+    assert nm.get_interface(2) is not None
+    nm.handle_link(link(2, NO_CARRIER))  # another message while down
+    nm.handle_link(link(2))
+    assert rec.calls[1:] == [("update_interface", 2, None), ("link_up", 2, None)]
+    assert rec.interfaces[-1].addrs == (SockAddr("192.0.2.1"),)
+
+
+def test_address_changes_while_the_carrier_is_down_are_reported() -> None:
+    nm, rec = monitor()
+    nm.handle_link(link(2))
+    nm.handle_link(link(2, NO_CARRIER))
+    nm.handle_address(addr(2, "203.0.113.5"))
+    nm.handle_address(addr(2, "203.0.113.5", deleted=True))
+    assert rec.calls[2:] == [("new_local_address", 2, "203.0.113.5"),
+                             ("delete_local_address", 2, "203.0.113.5")]
+
+
+def test_carrier_events_off_behaves_like_c() -> None:
+    nm, rec = monitor(carrier_events=False)
+    nm.handle_link(link(2))
+    nm.handle_address(addr(2, "192.0.2.1"))
+    nm.handle_link(link(2, NO_CARRIER))
+    nm.handle_link(link(2))
+    assert rec.calls == [("new_interface", 2, None), ("new_local_address", 2, "192.0.2.1"),
+                         ("delete_interface", 2, None), ("new_interface", 2, None)]
+    assert nm.get_interface(2).addrs == ()  # type: ignore[union-attr]
+
+
+def test_up_without_carrier_collects_addresses_until_ready() -> None:
+    nm, rec = monitor()
+    nm.handle_link(link(4, NO_CARRIER))
+    nm.handle_address(addr(4, "198.51.100.9"))
+    assert rec.calls == [] and nm.interfaces() == []
+    nm.handle_link(link(4))
+    assert rec.calls == [("new_interface", 4, None), ("new_local_address", 4, "198.51.100.9")]
+
+
+def test_up_without_carrier_then_down_is_forgotten_silently() -> None:
+    nm, rec = monitor()
+    nm.handle_link(link(4, NO_CARRIER))
+    nm.handle_address(addr(4, "198.51.100.9"))
+    nm.handle_link(link(4, DOWN))
+    nm.handle_link(link(4))
+    assert rec.calls == [("new_interface", 4, None)]
+
+
+# -- addresses -----------------------------------------------------------------
+
+
+def test_initial_addresses_without_existing_are_silent_and_unfiltered() -> None:
+    nm, rec = monitor(NotifyFlags.SKIP_LINK_LOCAL)
+    nm.handle_link(link(2), initial=True)
+    nm.handle_address(addr(2, "192.0.2.1"), initial=True)
+    nm.handle_address(addr(2, "fe80::1", scope=253), initial=True)
+    assert rec.calls == []
+    assert nm.get_interface(2).addrs == (SockAddr("192.0.2.1"), SockAddr("fe80::1"))  # type: ignore[union-attr]
+    late = Recorder()
+    nm.replay(late)
+    assert late.calls == []
+    nm.handle_address(addr(2, "192.0.2.1", deleted=True))
+    assert rec.calls == [("delete_local_address", 2, "192.0.2.1")]
+
+
+def test_existing_notifies_startup_addresses_with_filters() -> None:
+    nm, rec = monitor(NotifyFlags.EXISTING | NotifyFlags.SKIP_LINK_LOCAL)
+    nm.handle_link(link(2), initial=True)
+    nm.handle_address(addr(2, "192.0.2.1"), initial=True)
+    nm.handle_address(addr(2, "fe80::1", scope=253), initial=True)
+    nm.handle_address(addr(2, "2001:db8:1::1"), initial=True)
+    assert rec.calls == [("new_local_address", 2, "192.0.2.1"),
+                         ("new_local_address", 2, "2001:db8:1::1")]
+    assert nm.get_interface(2).addrs == (SockAddr("192.0.2.1"), SockAddr("2001:db8:1::1"))  # type: ignore[union-attr]
+
+
+def test_replay_gives_a_late_subscriber_the_announced_addresses() -> None:
+    nm, _ = monitor(NotifyFlags.EXISTING)
+    nm.handle_link(link(3), initial=True)
+    nm.handle_link(link(2), initial=True)
+    nm.handle_address(addr(3, "198.51.100.1"), initial=True)
+    nm.handle_address(addr(2, "192.0.2.1"), initial=True)
+    nm.handle_address(addr(2, "192.0.2.2"))
+    late = Recorder()
+    nm.replay(late)
+    assert late.calls == [("new_local_address", 2, "192.0.2.1"),
+                          ("new_local_address", 2, "192.0.2.2"),
+                          ("new_local_address", 3, "198.51.100.1")]
+    both = Recorder()
+    nm.handle_link(link(3, NO_CARRIER))
+    nm.replay(both, interfaces=True)
+    assert both.calls[:2] == [("new_interface", 2, None), ("new_local_address", 2, "192.0.2.1")]
+    assert ("link_down", 3, None) in both.calls
+
+
+def test_skip_link_local_at_runtime() -> None:
+    nm, rec = monitor(NotifyFlags.SKIP_LINK_LOCAL)
+    nm.handle_link(link(2))
+    nm.handle_address(addr(2, "fe80::abcd", scope=253))
+    nm.handle_address(addr(2, "2001:db8:1::1"))
+    assert rec.calls[1:] == [("new_local_address", 2, "2001:db8:1::1")]
+    assert nm.get_interface(2).addrs == (SockAddr("2001:db8:1::1"),)  # type: ignore[union-attr]
+
+
+def test_link_local_reported_without_the_flag() -> None:
+    nm, rec = monitor()
+    nm.handle_link(link(2))
+    nm.handle_address(addr(2, "fe80::abcd", scope=253))
+    assert rec.calls[1:] == [("new_local_address", 2, "fe80::abcd")]
+
+
+def test_skip_loopback_at_runtime() -> None:
+    nm, rec = monitor(NotifyFlags.SKIP_LOOPBACK, monitor_loopback=True)
+    nm.handle_link(link(1, LOOPBACK, "lo"))
+    nm.handle_address(addr(1, "127.0.0.1", scope=254))
+    nm.handle_address(addr(1, "::1", scope=254))
+    nm.handle_address(addr(1, "203.0.113.1"))
+    assert rec.calls == [("new_interface", 1, None), ("new_local_address", 1, "203.0.113.1")]
+
+
+def test_loopback_addresses_reported_without_skip_loopback() -> None:
+    nm, rec = monitor(monitor_loopback=True)
+    nm.handle_link(link(1, LOOPBACK, "lo"))
+    nm.handle_address(addr(1, "127.0.0.1", scope=254))
+    assert rec.calls[1:] == [("new_local_address", 1, "127.0.0.1")]
+
+
+def test_duplicate_newaddr_is_not_notified(caplog: pytest.LogCaptureFixture) -> None:
+    nm, rec = monitor()
+    nm.handle_link(link(2))
+    caplog.set_level(logging.DEBUG, "mptcpd.pm.network_monitor")
+    nm.handle_address(addr(2, "192.0.2.1"))
+    nm.handle_address(addr(2, "192.0.2.1"))
+    assert rec.calls.count(("new_local_address", 2, "192.0.2.1")) == 1
+    assert "Network address information updated." in caplog.messages
+
+
+def test_unknown_deladdr_and_untracked_interface_are_ignored() -> None:
+    nm, rec = monitor()
+    nm.handle_link(link(2))
+    nm.handle_address(addr(2, "192.0.2.1", deleted=True))
+    nm.handle_address(addr(7, "192.0.2.9"))
+    assert rec.calls == [("new_interface", 2, None)]
+
+
+def test_find_interface_by_ip_ignores_port() -> None:
+    nm, _ = monitor()
+    nm.handle_link(link(2))
+    nm.handle_link(link(3))
+    nm.handle_address(addr(3, "198.51.100.1"))
+    found = nm.find_interface(SockAddr("198.51.100.1", 8080))
+    assert found is not None and found.index == 3
+    assert nm.find_interface(SockAddr("198.51.100.2")) is None
+
+
+# -- IFA_LOCAL versus IFA_ADDRESS ------------------------------------------------
+
+
+RTM_NEWADDR = 20
+IFA_ADDRESS = 1
+IFA_LOCAL = 2
+
+
+def _ifaddr(family: int, attrs: list[tuple[int, str]], prefixlen: int = 32,
+            scope: int = 0, index: int = 6) -> bytes:
+    """A raw RTM_NEWADDR message: nlmsghdr, struct ifaddrmsg, rtattrs."""
+    body = struct.pack("=BBBBI", family, prefixlen, 0x80, scope, index)
+    for kind, ip in attrs:
+        packed = ipaddress.ip_address(ip).packed
+        body += struct.pack("=HH", 4 + len(packed), kind) + packed
+    return struct.pack("=IHHII", 16 + len(body), RTM_NEWADDR, 0, 0, 0) + body
+
+
+def _one_address(data: bytes) -> AddressMessage:
+    events = parse(data)
+    assert len(events) == 1 and isinstance(events[0], AddressMessage)
+    return events[0]
+
+
+def test_ifa_local_is_preferred_on_point_to_point_links() -> None:
+    rec = _one_address(_ifaddr(socket.AF_INET, [(IFA_ADDRESS, "198.51.100.2"),
+                                                (IFA_LOCAL, "198.51.100.1")]))
+    assert rec.ip == ipaddress.ip_address("198.51.100.1")
+    assert rec.peer == ipaddress.ip_address("198.51.100.2")
+    assert rec.index == 6 and not rec.deleted
+
+
+def test_ifa_address_is_used_without_ifa_local() -> None:
+    rec = _one_address(_ifaddr(socket.AF_INET6, [(IFA_ADDRESS, "fe80::5")], 64, scope=253))
+    assert rec.ip == ipaddress.ip_address("fe80::5") and rec.peer is None
+    assert rec.scope == 253 and rec.family == socket.AF_INET6
+
+
+def test_same_local_and_address_has_no_peer() -> None:
+    rec = _one_address(_ifaddr(socket.AF_INET, [(IFA_ADDRESS, "192.0.2.1"),
+                                                (IFA_LOCAL, "192.0.2.1")], 24))
+    assert rec.peer is None and rec.prefixlen == 24
+
+
+def test_non_inet_addresses_are_dropped() -> None:
+    assert parse(_ifaddr(socket.AF_PACKET, [])) == []
+
+
+# -- check_route -----------------------------------------------------------------
+
+
+class FakeRoutes:
+    """A route lookup that fails until ``default`` is set."""
+
+    def __init__(self) -> None:
+        self.default: dict[int, int] = {}  # family -> oif of the default route
+        self.calls: list[tuple[int, int]] = []
+        self.answer: RouteLookup | None = None
+        self.gate: asyncio.Event | None = None
+        self.raise_error = False
+
+    async def __call__(self, family: int, ifindex: int) -> RouteLookup:
+        self.calls.append((family, ifindex))
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.raise_error:
+            raise OSError(errno.EBADF, "closed")
+        if self.answer is not None:
+            return self.answer
+        if family in self.default:
+            return RouteLookup(oif=self.default[family])
+        return RouteLookup(error=errno.EHOSTUNREACH)
+
+
+def route_monitor(routes: FakeRoutes, wait: float = 60.0,
+                  flags: NotifyFlags = NotifyFlags.CHECK_ROUTE) -> tuple[NetworkMonitor, Recorder]:
+    nm, rec = monitor(flags, route_lookup=routes, route_wait_timeout=wait)
+    nm.handle_link(link(2))
+    rec.calls.clear()
+    return nm, rec
+
+
+async def test_check_route_notifies_when_the_default_route_exists() -> None:
+    routes = FakeRoutes()
+    routes.default[socket.AF_INET] = 2
+    nm, rec = route_monitor(routes)
+    nm.handle_address(addr(2, "203.0.113.10"))
+    assert rec.calls == []  # held until the lookup answers
+    await until(lambda: rec.calls)
+    assert rec.calls == [("new_local_address", 2, "203.0.113.10")]
+    assert routes.calls == [(socket.AF_INET, 2)]
+    await nm.close()
+
+
+async def test_check_route_c_schedule_gives_up_after_five_lookups(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, "mptcpd.pm.network_monitor")
+    routes = FakeRoutes()
+    nm, rec = route_monitor(routes, wait=0)
+    nm.handle_address(addr(2, "203.0.113.10"))
+    await until(lambda: nm.address_state(SockAddr("203.0.113.10")) is AddressState.ABANDONED)
+    assert len(routes.calls) == 5
+    assert rec.calls == []
+    assert caplog.messages.count(
+        "can't resolved default route from 203.0.113.10 interface 2: -113") == 5
+    assert "timeout while waiting for default route on address 203.0.113.10" in caplog.messages
+    # the address stays recorded, and its deletion is still reported
+    nm.handle_address(addr(2, "203.0.113.10", deleted=True))
+    assert rec.calls == [("delete_local_address", 2, "203.0.113.10")]
+    await nm.close()
+
+
+async def test_check_route_waits_for_a_route_event_then_notifies() -> None:
+    routes = FakeRoutes()
+    nm, rec = route_monitor(routes)
+    nm.handle_address(addr(2, "203.0.113.10"))
+    await until(lambda: len(routes.calls) == 5)
+    # no polling while nothing changes
+    for _ in range(20):
+        await asyncio.sleep(0.002)
+    assert len(routes.calls) == 5
+    assert nm.address_state(SockAddr("203.0.113.10")) is AddressState.PENDING
+    # a route of the other family does not wake an IPv4 check
+    nm.handle_route(RouteMessage(socket.AF_INET6, None, 0, 2, 254))
+    for _ in range(5):
+        await asyncio.sleep(0.002)
+    assert len(routes.calls) == 5
+    # an unrelated IPv4 route: one more lookup, still no default route
+    nm.handle_route(RouteMessage(socket.AF_INET, ipaddress.ip_address("198.51.100.0"), 24, 3, 254))
+    await until(lambda: len(routes.calls) == 6)
+    assert rec.calls == []
+    # the DHCP client installs the default route
+    routes.default[socket.AF_INET] = 2
+    nm.handle_route(RouteMessage(socket.AF_INET, None, 0, 2, 254))
+    await until(lambda: rec.calls)
+    assert rec.calls == [("new_local_address", 2, "203.0.113.10")]
+    assert len(routes.calls) == 7
+    assert nm.address_state(SockAddr("203.0.113.10")) is AddressState.ANNOUNCED
+    await nm.close()
+
+
+async def test_check_route_gives_up_at_the_deadline(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, "mptcpd.pm.network_monitor")
+    routes = FakeRoutes()
+    nm, rec = route_monitor(routes, wait=0.2)
+    nm.handle_address(addr(2, "203.0.113.10"))
+    await until(lambda: nm.address_state(SockAddr("203.0.113.10")) is AddressState.ABANDONED)
+    assert "timeout while waiting for default route on address 203.0.113.10" in caplog.messages
+    # a later route change does not revive it
+    routes.default[socket.AF_INET] = 2
+    nm.handle_route(RouteMessage(socket.AF_INET, None, 0, 2, 254))
+    await asyncio.sleep(0.01)
+    assert rec.calls == []
+    await nm.close()
+
+
+@pytest.mark.parametrize("answer,message", [
+    (RouteLookup(dst=ipaddress.ip_address("192.0.2.0"), dst_len=24, oif=2),
+     "found non-default route with destination 192.0.2.0"),
+    (RouteLookup(oif=3), "interface mismatch 3:2"),
+])
+async def test_check_route_rejects_non_default_or_other_interface(
+        caplog: pytest.LogCaptureFixture, answer: RouteLookup, message: str) -> None:
+    caplog.set_level(logging.INFO, "mptcpd.pm.network_monitor")
+    routes = FakeRoutes()
+    routes.answer = answer
+    nm, rec = route_monitor(routes, wait=0)
+    nm.handle_address(addr(2, "203.0.113.10"))
+    await until(lambda: nm.address_state(SockAddr("203.0.113.10")) is AddressState.ABANDONED)
+    assert caplog.messages.count(message) == 5
+    assert rec.calls == []
+    await nm.close()
+
+
+async def test_check_route_lookup_that_cannot_be_sent(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, "mptcpd.pm.network_monitor")
+    routes = FakeRoutes()
+    routes.raise_error = True
+    nm, rec = route_monitor(routes)
+    nm.handle_address(addr(2, "203.0.113.10"))
+    await until(lambda: nm.address_state(SockAddr("203.0.113.10")) is AddressState.ABANDONED)
+    assert "Route lookup failed" in caplog.messages
+    assert len(routes.calls) == 1 and rec.calls == []
+    await nm.close()
+
+
+async def test_address_deleted_during_route_check_is_never_notified() -> None:
+    routes = FakeRoutes()
+    routes.default[socket.AF_INET] = 2
+    routes.gate = asyncio.Event()  # the lookup hangs until released
+    nm, rec = route_monitor(routes)
+    nm.handle_address(addr(2, "203.0.113.10"))
+    await until(lambda: routes.calls)
+    nm.handle_address(addr(2, "203.0.113.10", deleted=True))
+    routes.gate.set()
+    await asyncio.sleep(0.01)
+    assert rec.calls == [("delete_local_address", 2, "203.0.113.10")]
+    await nm.close()
+
+
+async def test_interface_removed_during_route_check_is_never_notified() -> None:
+    routes = FakeRoutes()
+    nm, rec = route_monitor(routes)
+    nm.handle_address(addr(2, "203.0.113.10"))
+    await until(lambda: len(routes.calls) == 5)
+    nm.handle_link(link(2, deleted=True))
+    routes.default[socket.AF_INET] = 2
+    nm.handle_route(RouteMessage(socket.AF_INET, None, 0, 2, 254))
+    await asyncio.sleep(0.01)
+    assert rec.calls == [("delete_interface", 2, None)]
+    assert len(routes.calls) == 5
+    await nm.close()
+
+
+async def test_existing_with_check_route_at_startup() -> None:
+    routes = FakeRoutes()
+    routes.default[socket.AF_INET6] = 2
+    nm, rec = monitor(NotifyFlags.EXISTING | NotifyFlags.CHECK_ROUTE, route_lookup=routes)
+    nm.handle_link(link(2), initial=True)
+    nm.handle_address(addr(2, "2001:db8:1::1"), initial=True)
+    await until(lambda: rec.calls)
+    assert rec.calls == [("new_local_address", 2, "2001:db8:1::1")]
+    await nm.close()
+
+
+# -- subscribers -------------------------------------------------------------------
+
+
+def test_register_rejects_an_object_without_ops(caplog: pytest.LogCaptureFixture) -> None:
+    nm = NetworkMonitor()
+    assert not nm.register(object())
+    assert not nm.register(None)
+    assert "No network monitor event tracking ops were set." in caplog.messages
+
+
+def test_subscribers_in_registration_order_and_isolated() -> None:
+    nm = NetworkMonitor()
+    order: list[str] = []
+
+    class Broken:
+        def new_interface(self, i: Interface) -> None:
+            order.append("broken")
+            raise RuntimeError("boom")
+
+    class Partial:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def new_interface(self, i: Interface) -> None:
+            order.append(self.name)
+
+    assert nm.register(Partial("first"))
+    assert nm.register(Broken())
+    assert nm.register(Partial("third"))
+    nm.handle_link(link(2))
+    nm.handle_address(addr(2, "192.0.2.1"))  # no subscriber has the op: fine
+    assert order == ["first", "broken", "third"]
+
+
+# -- resynchronisation ---------------------------------------------------------------
+
+
+def test_reconcile_reports_only_the_differences() -> None:
+    nm, rec = monitor()
+    for msg in (link(2), link(3), link(4)):
+        nm.handle_link(msg, initial=True)
+    nm.handle_address(addr(2, "192.0.2.1"), initial=True)
+    nm.handle_address(addr(2, "192.0.2.2"), initial=True)
+    nm.handle_address(addr(3, "198.51.100.1"), initial=True)
+    nm.reconcile(
+        [link(2), link(3, NO_CARRIER), link(5)],
+        [addr(2, "192.0.2.1"), addr(2, "192.0.2.3"), addr(3, "198.51.100.1"),
+         addr(5, "203.0.113.5")],
+    )
+    assert sorted(rec.calls, key=str) == sorted([
+        ("delete_interface", 4, None),
+        ("link_down", 3, None),
+        ("new_interface", 5, None),
+        ("delete_local_address", 2, "192.0.2.2"),
+        ("new_local_address", 2, "192.0.2.3"),
+        ("new_local_address", 5, "203.0.113.5"),
+    ], key=str)
+
+
+# -- start() with a fake kernel side -------------------------------------------------
+
+
+class FakeSource:
+    def __init__(self, links: list[LinkMessage], addrs: list[AddressMessage]) -> None:
+        self.links = links
+        self.addrs = addrs
+        self.log: list[str] = []
+        self.queue: asyncio.Queue[RtnlEvent] = asyncio.Queue()
+        self.closed = False
+
+    async def open(self) -> None:
+        self.log.append("open")
+
+    async def dump_links(self) -> list[LinkMessage]:
+        self.log.append("links")
+        return self.links
+
+    async def dump_addresses(self) -> list[AddressMessage]:
+        self.log.append("addrs")
+        return self.addrs
+
+    async def events(self) -> AsyncIterator[RtnlEvent]:
+        while True:
+            yield await self.queue.get()
+
+    async def lookup_default_route(self, family: int, ifindex: int) -> RouteLookup:
+        return RouteLookup(oif=ifindex)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def test_start_dumps_links_then_addresses_and_follows_events() -> None:
+    src = FakeSource([link(2), link(1, LOOPBACK, "lo")], [addr(2, "192.0.2.1")])
+    nm, rec = monitor()
+    await nm.start(source=src)
+    assert src.log == ["open", "links", "addrs"]
+    assert rec.calls == [] and nm.get_interface(2).addrs == (SockAddr("192.0.2.1"),)  # type: ignore[union-attr]
+    src.queue.put_nowait(addr(2, "192.0.2.7"))
+    src.queue.put_nowait(Resync((link(2),), (addr(2, "192.0.2.7"),)))
+    await until(lambda: len(rec.calls) == 2)
+    assert rec.calls == [("new_local_address", 2, "192.0.2.7"),
+                         ("delete_local_address", 2, "192.0.2.1")]
+    assert nm.running
+    await nm.close()
+    assert src.closed and not nm.running
+
+
+async def test_start_skips_the_address_dump_without_interfaces() -> None:
+    src = FakeSource([link(1, LOOPBACK, "lo")], [])
+    nm, _ = monitor()
+    await nm.start(source=src)
+    assert src.log == ["open", "links"]
+    await nm.close()
