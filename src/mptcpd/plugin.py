@@ -23,15 +23,20 @@ import asyncio
 import dataclasses
 import enum
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import pluggy
 
 from mptcpd.hookspecs import PROJECT
-from mptcpd.types import AddressId, AddrFlags, IPAddress, NotifyFlags, SockAddr, Token
-
-if TYPE_CHECKING:
-    from mptcpd.types import Interface
+from mptcpd.types import (
+    AddressId,
+    AddrFlags,
+    Interface,
+    IPAddress,
+    NotifyFlags,
+    SockAddr,
+    Token,
+)
 
 __all__ = [
     "AddrFlags",
@@ -181,13 +186,3 @@ class PathManager(Protocol):
 
     def kpm_set_flags(self, addr: SockAddr, flags: AddrFlags | int) -> asyncio.Future[Any]:
         """Change the flags of the endpoint with address ``addr``."""
-
-
-def __getattr__(name: str) -> Any:
-    # Interface lives with the network monitor's types; import it lazily so
-    # that this module stays importable on its own.
-    if name == "Interface":
-        from mptcpd import types
-
-        return types.Interface
-    raise AttributeError(name)

@@ -100,6 +100,11 @@ class Interface:
     family: int = 0  #: always ``AF_UNSPEC``, as in mptcpd
 
     @property
+    def addresses(self) -> tuple[SockAddr, ...]:
+        """The interface's local addresses (port 0), in arrival order."""
+        return self.addrs
+
+    @property
     def is_up(self) -> bool:
         """Administratively up (``IFF_UP``)."""
         return bool(self.flags & IFF_UP)

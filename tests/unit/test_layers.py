@@ -20,7 +20,8 @@ SRC = ROOT / "src" / "mptcpd"
 def imported_modules(path: Path) -> set[str]:
     tree = ast.parse(path.read_text(), str(path))
     names: set[str] = set()
-    package = ".".join(path.relative_to(SRC.parent).with_suffix("").parts[:-1])
+    base = SRC.parent if path.is_relative_to(SRC.parent) else path.parent
+    package = ".".join(path.relative_to(base).with_suffix("").parts[:-1])
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)

@@ -1,0 +1,64 @@
+"""Exceptions raised by mptcpd's path-manager API and kernel layer.
+
+* :class:`MptcpdError` is the root of everything mptcpd raises on purpose.
+* :class:`NotReady` (``EAGAIN``) and :class:`NotSupported` (``ENOTSUP``) are
+  the C API's readiness and capability errors (spec §5.1).  They are
+  :class:`OSError` subclasses so ``exc.errno`` carries the C return value.
+* :class:`KernelError` is a kernel NACK of a ``mptcp_pm`` command: the
+  operation name of spec §3.4, the kernel's errno and its extended-ACK text.
+
+Argument errors are plain :class:`ValueError` (C: ``EINVAL``).
+
+This module imports nothing of mptcpd.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+
+
+class MptcpdError(Exception):
+    """Base class of mptcpd's own exceptions."""
+
+
+class NotReady(MptcpdError, OSError):
+    """The ``mptcp_pm`` family is not (yet) available (C: ``EAGAIN``)."""
+
+    def __init__(self, message: str = "MPTCP family is not yet available") -> None:
+        super().__init__(_errno.EAGAIN, message)
+
+
+class NotSupported(MptcpdError, OSError):
+    """The kernel variant does not implement the operation (C: ``ENOTSUP``)."""
+
+    def __init__(self, message: str = "operation not supported") -> None:
+        super().__init__(_errno.ENOTSUP, message)
+
+
+class KernelError(MptcpdError, OSError):
+    """The kernel refused a ``mptcp_pm`` command.
+
+    :ivar op: the operation name used in logs (``add_addr``, ``announce``, …).
+    :ivar errno: the kernel's error number (positive).
+    :ivar extack: the kernel's extended-ACK message, or None when it sent none.
+
+    ``str()`` gives the log form of spec §3.5: ``<op>: <extack>: <strerror>``,
+    or ``<op>: <strerror>`` without an extack message.
+    """
+
+    op: str
+    extack: str | None
+
+    def __init__(self, op: str, code: int, extack: str | None = None) -> None:
+        super().__init__(code, os.strerror(code))
+        self.op = op
+        self.extack = extack or None
+
+    def __str__(self) -> str:
+        if self.extack:
+            return f"{self.op}: {self.extack}: {self.strerror}"
+        return f"{self.op}: {self.strerror}"
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self.op, self.errno, self.extack))
