@@ -59,17 +59,6 @@ def test_a_missing_directory_fails(tmp_path: Path) -> None:
     assert str(exc.value) == "Unable to open plugin directory: No such file or directory"
 
 
-def test_a_missing_optional_directory_falls_back_to_installed_plugins(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.DEBUG)
-    registry = PluginRegistry()
-    with pytest.raises(PluginLoadError, match="No path manager plugin was loaded."):
-        load_plugins(registry, str(tmp_path / "missing"), None, entry_points=False,
-                     dir_optional=True)
-    assert "does not exist; using installed plugins only" in caplog.text
-
-
 def test_an_empty_directory_fails(tmp_path: Path) -> None:
     with pytest.raises(PluginLoadError, match=r"^No path manager plugin was loaded\.$"):
         load(fixture_dir(tmp_path))

@@ -26,7 +26,7 @@ import sys
 from typing import Any
 
 from mptcpd import events as ev
-from mptcpd.config import DEFAULT_PLUGIN_DIR, Config
+from mptcpd.config import Config
 from mptcpd.daemon.dispatch import Dispatcher
 from mptcpd.daemon.systemd import Notifier
 from mptcpd.errors import KernelError
@@ -149,6 +149,9 @@ class Daemon:
         if self._init_task is not None:
             self._init_task.cancel()
         self._close_reader()
+        # The channel is bound to the family's id: open it anew when the
+        # family comes back.
+        self._spawn(self.channel.close(), "closing the command channel")
         self.notifier.status("Waiting for the mptcp_pm generic netlink family")
         self.dispatcher.pm_not_ready()
 
@@ -200,7 +203,6 @@ class Daemon:
             load_plugins(
                 self.registry, config.plugin_dir, config.load_plugins,
                 entry_points=self.entry_points,
-                dir_optional=config.plugin_dir == DEFAULT_PLUGIN_DIR,
             )
         except PluginLoadError as exc:
             log.error("%s", exc)

@@ -405,6 +405,8 @@ class Lab:
         else:
             full_env = dict(env)
         full_env["MPTCPD_CONFIG"] = str(path)
+        # Plugins keep their state files in the lab, not in the host's /run.
+        full_env.setdefault("MPTCPD_STATE_DIR", str(self.workdir / "state"))
         return self.python(ns, "-m", "mptcpd", *args, name="mptcpd", env=full_env)
 
     # -- kernel state ------------------------------------------------------
@@ -474,6 +476,17 @@ class Lab:
                 .get("flags", ()),
                 SETUP_TIMEOUT, what=f"{link.client_if} to lose carrier",
             )
+
+    def limit_rate(self, link: Link, mbit: int) -> None:
+        """Limit the client's sending rate on ``link`` (a tbf qdisc), so that a
+        transfer needs every subflow and the scheduler spreads it."""
+        self.exec(self.client, "tc", "qdisc", "replace", "dev", link.client_if, "root",
+                  "tbf", "rate", f"{mbit}mbit", "burst", "64kb", "latency", "100ms")
+
+    def tx_bytes(self, ns: str, ifname: str) -> int:
+        """Bytes sent so far by ``ifname`` in ``ns`` (the kernel's link counter)."""
+        out = self.ip(ns, "-s", "-j", "link", "show", "dev", ifname).stdout
+        return int(json.loads(out)[0]["stats64"]["tx"]["bytes"])
 
     def namespaces(self) -> Iterator[str]:
         yield self.client

@@ -3,7 +3,8 @@
 Two sources, in this order, through the same checks:
 
 1. ``*.py`` files in the plugin directory (sorted by name; symbolic links are
-   skipped, as the C mptcpd skips them).  The directory, and each file, must
+   skipped, as the C mptcpd skips them, and so are names starting with ``_``
+   or ``.``, which are private modules).  The directory, and each file, must
    not be world-writable.
 2. Modules named by entry points in the group ``mptcpd.plugins`` (how the
    bundled path managers and pip-installed plugins are found).
@@ -115,7 +116,7 @@ def directory_candidates(directory: str, names: Iterable[str] | None) -> Iterato
     except OSError as exc:
         raise PluginLoadError(f"Error during plugin directory read: {os.strerror(exc.errno or 0)}")
     for entry in entries:
-        if not entry.name.endswith(".py") or entry.name.startswith("."):
+        if not entry.name.endswith(".py") or entry.name.startswith((".", "_")):
             continue
         if entry.is_symlink():
             log.debug("Skipping symbolic link %s", entry.path)
@@ -178,28 +179,18 @@ def load_plugins(
     plugin_dir: str | None,
     names: Iterable[str] | None = None,
     entry_points: bool = True,
-    dir_optional: bool = False,
 ) -> None:
     """Load the plugins of ``plugin_dir`` and of the entry points into ``registry``.
 
     ``names`` (``load-plugins``) restricts loading to those names, in that
-    order for the directory.  ``dir_optional`` lets a missing directory pass
-    (the compiled-in default, when plugins also come from entry points).
-    Raises :class:`PluginLoadError` when the directory is unsafe or nothing
+    order for the directory.  Raises :class:`PluginLoadError` when the directory is unsafe or nothing
     at all was loaded.
     """
     names = list(names) if names is not None else None
     candidates: list[Candidate] = []
     if plugin_dir is not None:
-        try:
-            check_directory(plugin_dir)
-        except PluginLoadError:
-            if not (dir_optional and not os.path.lexists(plugin_dir)):
-                raise
-            log.debug('Plugin directory "%s" does not exist; using installed plugins only',
-                      plugin_dir)
-        else:
-            candidates.extend(directory_candidates(plugin_dir, names))
+        check_directory(plugin_dir)
+        candidates.extend(directory_candidates(plugin_dir, names))
     if entry_points:
         candidates.extend(entry_point_candidates(names))
     if names is not None:

@@ -1,0 +1,452 @@
+"""mptcpd configuration: defaults, the ``[core]`` file section, and the merge.
+
+Precedence is command line > configuration file > compile-time defaults, as
+in the C daemon.  A value that is ``None`` (strings, lists) or ``0`` (flag
+sets) counts as unset and is taken from the next source down.
+
+The configuration file uses the ELL "settings" dialect (an INI variant).  It
+is parsed here by :func:`parse_settings`, which reproduces ELL's rules,
+including the ones that make a whole file unreadable.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from mptcpd.types import AddrFlags, NotifyFlags
+
+logger = logging.getLogger(__name__)
+
+#: The system configuration file.
+DEFAULT_CONFIG_PATH = "/etc/mptcpd/mptcpd.conf"
+#: Environment variable naming another configuration file to read instead.
+CONFIG_ENV = "MPTCPD_CONFIG"
+
+
+def _bundled_plugin_dir() -> str:
+    """Where the bundled path managers (``plugins/`` of the source tree) are
+    installed: the package ``mptcpd_bundled_plugins``.  This plays the role of
+    the C build's ``<libdir>/mptcpd``; ``/usr/lib/mptcpd`` when not installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("mptcpd_bundled_plugins")
+    if spec is not None and spec.submodule_search_locations:
+        return str(list(spec.submodule_search_locations)[0])
+    return "/usr/lib/mptcpd"
+
+
+#: Default plugin directory: the installed bundled path managers.
+DEFAULT_PLUGIN_DIR = _bundled_plugin_dir()
+#: Compile-time default log destination (also used for early logging).
+DEFAULT_LOG = "stderr"
+#: The accepted log destinations.
+LOG_DESTINATIONS = ("stderr", "syslog", "journal", "null")
+#: The only group read from the configuration file.
+CORE_GROUP = "core"
+#: Longest default path-manager name kept (the generic netlink name size).
+MAX_PATH_MANAGER_NAME = 16
+
+#: ``addr-flags`` tokens, in the order they are tried and printed.
+ADDR_FLAG_TOKENS: tuple[tuple[str, AddrFlags], ...] = (
+    ("subflow", AddrFlags.SUBFLOW),
+    ("signal", AddrFlags.SIGNAL),
+    ("backup", AddrFlags.BACKUP),
+    ("fullmesh", AddrFlags.FULLMESH),
+)
+#: ``notify-flags`` tokens, in the order they are tried and printed.
+NOTIFY_FLAG_TOKENS: tuple[tuple[str, NotifyFlags], ...] = (
+    ("existing", NotifyFlags.EXISTING),
+    ("skip_link_local", NotifyFlags.SKIP_LINK_LOCAL),
+    ("skip_loopback", NotifyFlags.SKIP_LOOPBACK),
+    ("check_route", NotifyFlags.CHECK_ROUTE),
+)
+
+
+NO_ADDR_FLAGS = AddrFlags(0)
+NO_NOTIFY_FLAGS = NotifyFlags(0)
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the daemon must not start.
+
+    ``exit_status`` is the process exit status to use (1 unless told).
+    The message is meant to be logged at error level as it is.
+    """
+
+    def __init__(self, message: str, exit_status: int = 1) -> None:
+        super().__init__(message)
+        self.exit_status = exit_status
+
+
+@dataclass(frozen=True)
+class ConfigValues:
+    """Settings from one source (command line or file); unset values are None/0."""
+
+    log: str | None = None
+    debug: bool = False
+    plugin_dir: str | None = None
+    path_manager: str | None = None
+    addr_flags: AddrFlags = NO_ADDR_FLAGS
+    notify_flags: NotifyFlags = NO_NOTIFY_FLAGS
+    load_plugins: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    """The merged, validated daemon configuration."""
+
+    log: str = DEFAULT_LOG  # 'stderr' | 'syslog' | 'journal' | 'null'
+    debug: bool = False
+    plugin_dir: str = DEFAULT_PLUGIN_DIR
+    path_manager: str | None = None
+    addr_flags: AddrFlags = NO_ADDR_FLAGS
+    notify_flags: NotifyFlags = NO_NOTIFY_FLAGS
+    load_plugins: tuple[str, ...] | None = None
+    config_file: str = (
+        DEFAULT_CONFIG_PATH  # the path that was read (or would have been)
+    )
+
+
+# ---------------------------------------------------------------------------
+# Flag lists
+# ---------------------------------------------------------------------------
+
+
+def _parse_flags(text: str, tokens: Iterable[tuple[str, int]], warn: bool) -> int:
+    bits = 0
+    pos = 0
+    table = tuple(tokens)
+    while pos < len(text):
+        for name, bit in table:
+            end = pos + len(name)
+            if text.startswith(name, pos) and (end == len(text) or text[end] == ","):
+                bits |= bit
+                pos = end + 1 if end < len(text) else end
+                break
+        else:
+            if warn:
+                logger.warning("unknown flag %s", text[pos:])
+            return bits
+    return bits
+
+
+def parse_addr_flags(text: str, *, warn: bool = True) -> AddrFlags:
+    """Parse an ``addr-flags`` list such as ``subflow,backup``.
+
+    Tokens must match exactly and be followed by ``,`` or the end.  At the
+    first unknown token the warning ``unknown flag <rest>`` is logged (unless
+    *warn* is false) and the bits collected so far are returned.
+    """
+    return AddrFlags(_parse_flags(text, ADDR_FLAG_TOKENS, warn))
+
+
+def parse_notify_flags(text: str, *, warn: bool = True) -> NotifyFlags:
+    """Parse a ``notify-flags`` list; same rules as :func:`parse_addr_flags`."""
+    return NotifyFlags(_parse_flags(text, NOTIFY_FLAG_TOKENS, warn))
+
+
+def addr_flags_to_str(flags: int) -> str:
+    """Known address flags as text, in the fixed order subflow,signal,backup,fullmesh."""
+    return ",".join(name for name, bit in ADDR_FLAG_TOKENS if flags & bit)
+
+
+def notify_flags_to_str(flags: int) -> str:
+    """Notify flags as text: existing,skip_link_local,skip_loopback,check_route order."""
+    return ",".join(name for name, bit in NOTIFY_FLAG_TOKENS if flags & bit)
+
+
+def parse_plugin_list(text: str) -> tuple[str, ...]:
+    """Split a ``load-plugins`` list on commas, dropping empty fields (like strtok)."""
+    return tuple(name for name in text.split(",") if name)
+
+
+# ---------------------------------------------------------------------------
+# ELL settings (INI) dialect
+# ---------------------------------------------------------------------------
+
+_BLANKS = b" \t"
+_KEY_EXTRA = frozenset(b"_-.")
+_ESCAPES = {"s": " ", "n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+
+
+class SettingsSyntaxError(ValueError):
+    """The settings text cannot be parsed; ELL rejects the whole file."""
+
+    def __init__(self, line: int, reason: str) -> None:
+        super().__init__(f"line {line}: {reason}")
+        self.line = line
+        self.reason = reason
+
+
+class Settings:
+    """Parsed settings: groups in file order, each with its keys in file order.
+
+    Duplicates are kept but never found: lookups return the first group of a
+    name and, in it, the first occurrence of a key (ELL behaviour).
+    """
+
+    def __init__(self) -> None:
+        self.groups: list[tuple[str, list[tuple[str, str]]]] = []
+
+    def get_value(self, group: str, key: str) -> str | None:
+        """The raw (still escaped) value of *key* in the first *group*, or None."""
+        for name, pairs in self.groups:
+            if name == group:
+                for pair_key, value in pairs:
+                    if pair_key == key:
+                        return value
+                return None
+        return None
+
+    def get_string(self, group: str, key: str) -> str | None:
+        """The unescaped value, or None if absent or the escapes are invalid."""
+        raw = self.get_value(group, key)
+        return None if raw is None else unescape_value(raw)
+
+
+def unescape_value(raw: str) -> str | None:
+    r"""Undo ELL value escapes (``\s \n \t \r \\``); None for any other escape."""
+    out: list[str] = []
+    chars = iter(raw)
+    for char in chars:
+        if char != "\\":
+            out.append(char)
+            continue
+        escaped = _ESCAPES.get(next(chars, ""))
+        if escaped is None:
+            return None
+        out.append(escaped)
+    return "".join(out)
+
+
+def _is_key_byte(byte: int) -> bool:
+    return (
+        0x30 <= byte <= 0x39
+        or 0x41 <= byte <= 0x5A
+        or 0x61 <= byte <= 0x7A
+        or byte in _KEY_EXTRA
+    )
+
+
+def _parse_group(line: bytes, lineno: int, settings: Settings) -> None:
+    end = 1
+    while end < len(line) and line[end] != ord("]"):
+        if not 0x20 <= line[end] <= 0x7E or line[end] == ord("["):
+            raise SettingsSyntaxError(lineno, "invalid group name")
+        end += 1
+    if end >= len(line):
+        raise SettingsSyntaxError(lineno, "unterminated group name")
+    if line[end + 1 :].strip(_BLANKS):
+        raise SettingsSyntaxError(lineno, "junk characters after the group name")
+    settings.groups.append((line[1:end].decode("ascii"), []))
+
+
+def _parse_key_value(line: bytes, lineno: int, settings: Settings) -> None:
+    equal = line.find(b"=")
+    if equal < 0:
+        raise SettingsSyntaxError(lineno, "delimiter '=' not found")
+    if equal == 0:
+        raise SettingsSyntaxError(lineno, "empty key name")
+    key = line[:equal].rstrip(_BLANKS)
+    if not all(_is_key_byte(byte) for byte in key):
+        raise SettingsSyntaxError(lineno, "invalid character in key")
+    if not settings.groups:
+        raise SettingsSyntaxError(lineno, "key-value pair before any group")
+    try:
+        value = line[equal + 1 :].lstrip(_BLANKS).decode("utf-8")
+    except UnicodeDecodeError:
+        raise SettingsSyntaxError(lineno, "value is not valid UTF-8") from None
+    # ELL copies the value as a C string: it ends at the first NUL.
+    value = value.split("\0", 1)[0]
+    settings.groups[-1][1].append((key.decode("ascii"), value))
+
+
+def parse_settings(data: bytes) -> Settings:
+    """Parse settings text with ELL's rules.
+
+    * lines are split on ``\\n`` only; leading blanks (space, tab) are skipped;
+    * blank lines and lines whose first non-blank is ``#`` are ignored
+      (there are no inline comments);
+    * ``[name]``: printable ASCII without ``[``; only blanks may follow ``]``;
+    * ``key = value``: key of ``[A-Za-z0-9_.-]``, blanks allowed before ``=``,
+      blanks after ``=`` skipped, trailing whitespace kept, value valid UTF-8.
+
+    Any other line, or a key before the first group, raises
+    :class:`SettingsSyntaxError`: the whole text is rejected.
+    """
+    settings = Settings()
+    for lineno, raw_line in enumerate(data.split(b"\n"), start=1):
+        line = raw_line.lstrip(_BLANKS)
+        if not line or line.startswith(b"#"):
+            continue
+        if line.startswith(b"["):
+            _parse_group(line, lineno, settings)
+        else:
+            _parse_key_value(line, lineno, settings)
+    return settings
+
+
+# ---------------------------------------------------------------------------
+# Configuration file
+# ---------------------------------------------------------------------------
+
+
+def config_path(path: str | None = None) -> str:
+    """The file to read: *path*, else ``$MPTCPD_CONFIG`` if set and non-empty, else the default."""
+    if path is not None:
+        return path
+    return os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH
+
+
+def check_file_permissions(path: str) -> bool:
+    """Security check of the configuration file; True if it exists and is safe.
+
+    A missing file is fine (returns False).  A file that is not a regular
+    file or is world-writable, or any other ``stat`` failure, raises
+    :class:`ConfigError` (exit status 1).
+    """
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        logger.debug('File "%s" does not exist.', path)
+        return False
+    except OSError as err:
+        # C mptcpd only logs this at debug level; we make it an error.
+        raise ConfigError(
+            f'Unexpected error during file permissions check of "{path}": {err.strerror}'
+        ) from err
+    if not stat.S_ISREG(info.st_mode) or info.st_mode & stat.S_IWOTH:
+        raise ConfigError(f'"{path}" should be a file that is not world writable.')
+    return True
+
+
+def _check_plugin_names(names: tuple[str, ...], where: str) -> None:
+    if not names:
+        raise ConfigError(f"The load-plugins list {where} names no plugin.")
+    for name in names:
+        if "/" in name or ".." in name:
+            raise ConfigError(
+                f'Invalid plugin name "{name}" in the load-plugins list {where}: '
+                'a name may not contain "/" or "..".'
+            )
+
+
+def read_config_file(path: str) -> ConfigValues:
+    """Read the ``[core]`` group of the configuration file at *path*.
+
+    Runs :func:`check_file_permissions` first.  A file that cannot be read or
+    parsed is reported at debug level and treated as empty.  Unknown keys and
+    groups are ignored; an unknown ``log`` word is ignored silently; flag
+    lists are parsed with warnings.  Raises :class:`ConfigError` for unsafe
+    permissions and for a bad ``load-plugins`` list.
+    """
+    if not check_file_permissions(path):
+        return ConfigValues()
+    try:
+        with open(path, "rb") as file:
+            settings = parse_settings(file.read())
+    except (OSError, SettingsSyntaxError) as err:
+        logger.debug("Unable to load mptcpd settings from file '%s'", path)
+        logger.debug("%s", err)
+        return ConfigValues()
+
+    def get(key: str) -> str | None:
+        return settings.get_string(CORE_GROUP, key)
+
+    # Same order as C mptcpd, so warnings come out in the same order.
+    log = get("log")
+    plugin_dir = get("plugin-dir") or None  # empty means unset (C: "")
+    notify_text = get("notify-flags")
+    notify_flags = (
+        parse_notify_flags(notify_text) if notify_text is not None else NotifyFlags(0)
+    )
+    addr_text = get("addr-flags")
+    addr_flags = parse_addr_flags(addr_text) if addr_text is not None else AddrFlags(0)
+    path_manager = get("path-manager")
+    plugins_text = get("load-plugins")
+    load_plugins = None
+    if plugins_text is not None:
+        load_plugins = parse_plugin_list(plugins_text)
+        _check_plugin_names(load_plugins, f'in "{path}"')
+
+    return ConfigValues(
+        log=log if log in LOG_DESTINATIONS else None,
+        plugin_dir=plugin_dir,
+        path_manager=path_manager,
+        addr_flags=addr_flags,
+        notify_flags=notify_flags,
+        load_plugins=load_plugins,
+    )
+
+
+def merge(first: ConfigValues, second: ConfigValues) -> ConfigValues:
+    """Fill every unset value of *first* (None, or 0 for flags) from *second*."""
+    return ConfigValues(
+        log=first.log if first.log is not None else second.log,
+        debug=first.debug or second.debug,
+        plugin_dir=first.plugin_dir
+        if first.plugin_dir is not None
+        else second.plugin_dir,
+        path_manager=(
+            first.path_manager
+            if first.path_manager is not None
+            else second.path_manager
+        ),
+        addr_flags=first.addr_flags or second.addr_flags,
+        notify_flags=first.notify_flags or second.notify_flags,
+        load_plugins=first.load_plugins
+        if first.load_plugins is not None
+        else second.load_plugins,
+    )
+
+
+def load_config(cli: ConfigValues | None = None, path: str | None = None) -> Config:
+    """Build the daemon configuration from command-line values and the file.
+
+    *path* defaults to :func:`config_path` (``$MPTCPD_CONFIG`` or
+    ``/etc/mptcpd/mptcpd.conf``).  The file is always read, even when the
+    command line sets everything, so its warnings always show.  Raises
+    :class:`ConfigError` when the daemon must not start.
+    """
+    cli = cli if cli is not None else ConfigValues()
+    path = config_path(path)
+    if cli.load_plugins is not None:
+        _check_plugin_names(cli.load_plugins, "given with --load-plugins")
+    values = merge(cli, read_config_file(path))
+    path_manager = values.path_manager
+    if path_manager is not None and len(path_manager) > MAX_PATH_MANAGER_NAME:
+        logger.warning(
+            "Default plugin name length truncated from %d to %d.",
+            len(path_manager),
+            MAX_PATH_MANAGER_NAME,
+        )
+        path_manager = path_manager[:MAX_PATH_MANAGER_NAME]
+    return Config(
+        log=values.log if values.log is not None else DEFAULT_LOG,
+        debug=values.debug,
+        plugin_dir=values.plugin_dir
+        if values.plugin_dir is not None
+        else DEFAULT_PLUGIN_DIR,
+        path_manager=path_manager,
+        addr_flags=values.addr_flags,
+        notify_flags=values.notify_flags,
+        load_plugins=values.load_plugins,
+        config_file=path,
+    )
+
+
+def log_config(config: Config) -> None:
+    """Log the configuration at debug level, in C mptcpd's order, set values only."""
+    logger.debug("path manager plugin directory: %s", config.plugin_dir)
+    if config.path_manager is not None:
+        logger.debug("default path manager plugin: %s", config.path_manager)
+    if config.addr_flags:
+        logger.debug("address flags: %s", addr_flags_to_str(config.addr_flags))
+    if config.notify_flags:
+        logger.debug("notify flags: %s", notify_flags_to_str(config.notify_flags))
+    if config.load_plugins is not None:
+        logger.debug("plugins to load: %s", ",".join(config.load_plugins))

@@ -1,0 +1,174 @@
+"""Log destinations of the daemon.  This is the only module that configures handlers.
+
+Every module logs to ``logging.getLogger(__name__)``, plugins to
+``mptcpd.plugins.<name>``; all of them sit under the ``mptcpd`` logger, which
+:func:`setup_logging` equips with exactly one handler:
+
+* ``stderr``: the bare message and a newline.  Debug messages start with
+  ``<file>:<function>() `` (C mptcpd prints ``file.c:function() ``).
+* ``syslog``: one datagram per message to ``/dev/log``, identity ``mptcpd``,
+  facility ``daemon``.
+* ``journal``: the systemd journal, ``SYSLOG_IDENTIFIER=mptcpd``.
+* ``null``: nothing.
+
+If the syslog or journal socket cannot be reached, or systemd-python is
+missing, the destination silently becomes ``null`` (as in C mptcpd).
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import socket
+import sys
+from collections.abc import Callable
+from typing import Any
+
+LOGGER_NAME = "mptcpd"
+DESTINATIONS = ("stderr", "syslog", "journal", "null")
+SYSLOG_ADDRESS = "/dev/log"
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+SYSLOG_IDENTITY = "mptcpd"
+
+_OURS = "_mptcpd_handler"
+
+
+class MessageFormatter(logging.Formatter):
+    """The message text; debug messages get a ``file:function() `` prefix."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # logging's name
+        if record.levelno <= logging.DEBUG:
+            return f"{record.filename}:{record.funcName}() {record.message}"
+        return record.message
+
+
+class _SyslogFormatter(MessageFormatter):
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return f"{SYSLOG_IDENTITY}[{record.process}]: {super().formatMessage(record)}"
+
+
+class StderrHandler(logging.Handler):
+    """Writes to whatever ``sys.stderr`` is at the time of each message."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            stream = sys.stderr
+            stream.write(self.format(record) + "\n")
+            stream.flush()
+        except Exception:  # noqa: BLE001 (logging's own policy: never raise from emit)
+            self.handleError(record)
+
+
+def _can_connect(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(path)
+        except OSError:
+            return False
+    return True
+
+
+class _QuietSysLogHandler(logging.handlers.SysLogHandler):
+    """Drops a message it cannot send, as C mptcpd does, instead of printing a traceback."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
+
+
+def _syslog_handler(address: str) -> logging.Handler | None:
+    if not _can_connect(address):
+        return None
+    try:
+        handler = _QuietSysLogHandler(
+            address=address, facility=logging.handlers.SysLogHandler.LOG_DAEMON
+        )
+    except OSError:
+        return None
+    handler.append_nul = False
+    handler.setFormatter(_SyslogFormatter())
+    return handler
+
+
+def _journal_handler(
+    socket_path: str, sender: Callable[..., Any] | None
+) -> logging.Handler | None:
+    try:
+        from systemd.journal import JournalHandler  # type: ignore[import-untyped]
+    except ImportError:
+        return None
+    if sender is None and not _can_connect(socket_path):
+        return None
+
+    class _QuietJournalHandler(JournalHandler):  # type: ignore[misc]
+        def handleError(self, record: logging.LogRecord) -> None:
+            pass
+
+    kwargs: dict[str, Any] = {"SYSLOG_IDENTIFIER": SYSLOG_IDENTITY}
+    if sender is not None:
+        kwargs["sender_function"] = sender
+    handler: logging.Handler = _QuietJournalHandler(**kwargs)
+    handler.setFormatter(MessageFormatter())
+    return handler
+
+
+def _make_handler(
+    destination: str,
+    syslog_address: str,
+    journal_socket: str,
+    journal_sender: Callable[..., Any] | None,
+) -> logging.Handler:
+    handler: logging.Handler | None
+    if destination == "stderr":
+        handler = StderrHandler()
+        handler.setFormatter(MessageFormatter())
+    elif destination == "syslog":
+        handler = _syslog_handler(syslog_address)
+    elif destination == "journal":
+        handler = _journal_handler(journal_socket, journal_sender)
+    elif destination == "null":
+        handler = None
+    else:
+        raise ValueError(f"unknown log destination: {destination!r}")
+    return handler if handler is not None else logging.NullHandler()
+
+
+def _remove_ours(root: logging.Logger) -> None:
+    for old in list(root.handlers):
+        if getattr(old, _OURS, False):
+            root.removeHandler(old)
+            old.close()
+
+
+def setup_logging(
+    destination: str = "stderr",
+    debug: bool = False,
+    *,
+    syslog_address: str = SYSLOG_ADDRESS,
+    journal_socket: str = JOURNAL_SOCKET,
+    journal_sender: Callable[..., Any] | None = None,
+) -> logging.Handler:
+    """Send everything logged under ``mptcpd`` to *destination*; return the handler.
+
+    May be called again: the previous handler is removed and closed.  The
+    daemon calls it once at start (``stderr``, for early messages) and once
+    with the configured destination.  *debug* sets the whole ``mptcpd``
+    logger tree to DEBUG (otherwise INFO).  The keyword arguments exist for
+    tests: the syslog socket path, the journal socket whose presence is
+    checked, and a replacement for ``systemd.journal.send``.
+    """
+    root = logging.getLogger(LOGGER_NAME)
+    handler = _make_handler(destination, syslog_address, journal_socket, journal_sender)
+    setattr(handler, _OURS, True)
+    _remove_ours(root)
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    root.propagate = False
+    return handler
+
+
+def reset_logging() -> None:
+    """Remove what :func:`setup_logging` installed (for tests and embedding)."""
+    root = logging.getLogger(LOGGER_NAME)
+    _remove_ours(root)
+    root.setLevel(logging.NOTSET)
+    root.propagate = True

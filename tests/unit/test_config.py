@@ -1,0 +1,629 @@
+"""Configuration file, flag lists and merging (spec sections 1.3 to 1.6)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mptcpd import config as cfg
+from mptcpd.config import (
+    Config,
+    ConfigError,
+    ConfigValues,
+    Settings,
+    SettingsSyntaxError,
+    load_config,
+    parse_settings,
+    read_config_file,
+)
+from mptcpd.log import reset_logging
+from mptcpd.types import AddrFlags, NotifyFlags
+
+
+@pytest.fixture(autouse=True)
+def _clean_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.delenv(cfg.CONFIG_ENV, raising=False)
+    reset_logging()
+    yield
+    reset_logging()
+
+
+@pytest.fixture
+def debug_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.DEBUG, logger="mptcpd")
+    return caplog
+
+
+def write(path: Path, text: str | bytes, mode: int = 0o644) -> str:
+    if isinstance(text, str):
+        text = text.encode()
+    path.write_bytes(text)
+    path.chmod(mode)
+    return str(path)
+
+
+def messages(caplog: pytest.LogCaptureFixture, level: int | None = None) -> list[str]:
+    return [
+        r.getMessage() for r in caplog.records if level is None or r.levelno == level
+    ]
+
+
+# ---------------------------------------------------------------------------
+# ELL settings dialect
+# ---------------------------------------------------------------------------
+
+
+def core(text: str | bytes) -> dict[str, str]:
+    settings = parse_settings(text.encode() if isinstance(text, str) else text)
+    for name, pairs in settings.groups:
+        if name == "core":
+            return dict(reversed(pairs))  # first occurrence wins
+    return {}
+
+
+def test_empty_text_is_valid_and_empty() -> None:
+    assert parse_settings(b"").groups == []
+
+
+def test_blank_and_comment_lines_are_skipped() -> None:
+    text = (
+        "\n   \n\t# comment\n# another = one\n[core]\n  # indented comment\nlog=null\n"
+    )
+    assert core(text) == {"log": "null"}
+
+
+def test_no_inline_comments() -> None:
+    assert core("[core]\nlog=stderr # x\n") == {"log": "stderr # x"}
+
+
+def test_leading_blanks_before_group_and_key() -> None:
+    assert core(" \t[core]\n\t  log=null") == {"log": "null"}
+
+
+def test_blanks_around_equal_skipped_but_trailing_whitespace_kept() -> None:
+    assert core("[core]\npath-manager \t=  \tsspi  \n") == {"path-manager": "sspi  "}
+
+
+def test_carriage_return_is_kept_in_values() -> None:
+    assert core("[core]\nlog=null\r\n") == {"log": "null\r"}
+
+
+def test_empty_value_is_kept() -> None:
+    assert core("[core]\nplugin-dir=\n") == {"plugin-dir": ""}
+
+
+def test_key_characters() -> None:
+    assert core("[core]\nA-z_0.9=v\n") == {"A-z_0.9": "v"}
+
+
+def test_group_name_may_hold_printable_characters_and_trailing_blanks() -> None:
+    settings = parse_settings(b"[my group!]  \t\nk=v\n")
+    assert settings.get_value("my group!", "k") == "v"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("log=null\n[core]\n", id="key-before-group"),
+        pytest.param("[core]\nlog\n", id="no-equal"),
+        pytest.param("[core]\n=null\n", id="empty-key"),
+        pytest.param("[core]\n  =null\n", id="empty-key-after-blanks"),
+        pytest.param("[core]\nl og=null\n", id="blank-inside-key"),
+        pytest.param("[core]\nlog!=null\n", id="bad-key-char"),
+        pytest.param("[core] x\nlog=null\n", id="junk-after-bracket"),
+        pytest.param("[core\nlog=null\n", id="unterminated-group"),
+        pytest.param("[co[re]\nlog=null\n", id="bracket-in-group"),
+        pytest.param("[core]\r\nlog=null\n", id="cr-after-bracket"),
+        pytest.param("[core]\n\r\n", id="lone-carriage-return"),
+        pytest.param(b"[core]\nlog=\xff\n", id="value-not-utf8"),
+        pytest.param(b"[c\xc3\xa9]\nlog=null\n", id="group-not-ascii"),
+    ],
+)
+def test_unparsable_text(text: str | bytes) -> None:
+    with pytest.raises(SettingsSyntaxError):
+        parse_settings(text.encode() if isinstance(text, str) else text)
+
+
+def test_utf8_values_are_fine() -> None:
+    assert core("[core]\npath-manager=caf\u00e9\n") == {"path-manager": "caf\u00e9"}
+
+
+def test_first_duplicate_group_and_key_win() -> None:
+    settings = parse_settings(
+        b"[core]\nlog=null\nlog=syslog\n[other]\nx=1\n[core]\nlog=journal\nplugin-dir=/p\n"
+    )
+    assert settings.get_value("core", "log") == "null"
+    # The second [core] is never looked at, even for keys the first lacks.
+    assert settings.get_value("core", "plugin-dir") is None
+    assert settings.get_value("other", "x") == "1"
+    assert settings.get_value("missing", "x") is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [
+        (r"a\sb", "a b"),
+        (r"a\nb", "a\nb"),
+        (r"a\tb", "a\tb"),
+        (r"a\rb", "a\rb"),
+        (r"a\\b", "a\\b"),
+        (r"a\xb", None),
+        ("a\\", None),
+        ("plain", "plain"),
+    ],
+)
+def test_value_unescaping(raw: str, value: str | None) -> None:
+    settings = Settings()
+    settings.groups.append(("core", [("k", raw)]))
+    assert settings.get_string("core", "k") == value
+
+
+# ---------------------------------------------------------------------------
+# Flag lists (1.5) and plugin lists (1.6)
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "flags", "warning"),
+    [
+        ("subflow", AddrFlags.SUBFLOW, None),
+        ("subflow,", AddrFlags.SUBFLOW, None),
+        (
+            "signal,backup,fullmesh",
+            AddrFlags.SIGNAL | AddrFlags.BACKUP | AddrFlags.FULLMESH,
+            None,
+        ),
+        ("subflow,subflow", AddrFlags.SUBFLOW, None),
+        (",subflow", AddrFlags(0), "unknown flag ,subflow"),
+        ("subflowx,backup", AddrFlags(0), "unknown flag subflowx,backup"),
+        ("backup,bogus,subflow", AddrFlags.BACKUP, "unknown flag bogus,subflow"),
+        ("SUBFLOW", AddrFlags(0), "unknown flag SUBFLOW"),
+        ("subflow, backup", AddrFlags.SUBFLOW, "unknown flag  backup"),
+        ("", AddrFlags(0), None),
+    ],
+)
+def test_addr_flags(
+    debug_log: pytest.LogCaptureFixture,
+    text: str,
+    flags: AddrFlags,
+    warning: str | None,
+) -> None:
+    assert cfg.parse_addr_flags(text) == flags
+    assert messages(debug_log, logging.WARNING) == ([warning] if warning else [])
+
+
+@pytest.mark.parametrize(
+    ("text", "flags", "warning"),
+    [
+        ("existing", NotifyFlags.EXISTING, None),
+        (
+            "existing,skip_link_local,skip_loopback,check_route",
+            NotifyFlags.EXISTING
+            | NotifyFlags.SKIP_LINK_LOCAL
+            | NotifyFlags.SKIP_LOOPBACK
+            | NotifyFlags.CHECK_ROUTE,
+            None,
+        ),
+        (
+            "existing,bogus,skip_loopback",
+            NotifyFlags.EXISTING,
+            "unknown flag bogus,skip_loopback",
+        ),
+        ("skip_link_localx", NotifyFlags(0), "unknown flag skip_link_localx"),
+    ],
+)
+def test_notify_flags(
+    debug_log: pytest.LogCaptureFixture,
+    text: str,
+    flags: NotifyFlags,
+    warning: str | None,
+) -> None:
+    assert cfg.parse_notify_flags(text) == flags
+    assert messages(debug_log, logging.WARNING) == ([warning] if warning else [])
+
+
+def test_flag_parsing_can_be_silent(debug_log: pytest.LogCaptureFixture) -> None:
+    assert cfg.parse_addr_flags("bogus", warn=False) == 0
+    assert debug_log.records == []
+
+
+def test_flags_to_text_in_fixed_order() -> None:
+    assert cfg.addr_flags_to_str(AddrFlags(0xF)) == "subflow,signal,backup,fullmesh"
+    assert cfg.addr_flags_to_str(AddrFlags.BACKUP | AddrFlags.SIGNAL) == "signal,backup"
+    assert cfg.addr_flags_to_str(AddrFlags(0)) == ""
+    assert (
+        cfg.notify_flags_to_str(NotifyFlags(0xF))
+        == "existing,skip_link_local,skip_loopback,check_route"
+    )
+    assert cfg.notify_flags_to_str(NotifyFlags.CHECK_ROUTE | NotifyFlags.EXISTING) == (
+        "existing,check_route"
+    )
+
+
+def test_plugin_list_drops_empty_fields() -> None:
+    assert cfg.parse_plugin_list("sspi,,addr_adv,") == ("sspi", "addr_adv")
+    assert cfg.parse_plugin_list(",,") == ()
+
+
+# ---------------------------------------------------------------------------
+# Reading the file: security check and per-key rules (1.3)
+# ---------------------------------------------------------------------------
+
+
+def test_missing_file_is_fine(
+    debug_log: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    path = str(tmp_path / "none.conf")
+    assert read_config_file(path) == ConfigValues()
+    assert f'File "{path}" does not exist.' in messages(debug_log, logging.DEBUG)
+
+
+def test_world_writable_file_refused(tmp_path: Path) -> None:
+    path = write(tmp_path / "m.conf", "[core]\n", mode=0o666)
+    with pytest.raises(ConfigError) as err:
+        read_config_file(path)
+    assert str(err.value) == f'"{path}" should be a file that is not world writable.'
+    assert err.value.exit_status == 1
+
+
+def test_directory_refused(tmp_path: Path) -> None:
+    (tmp_path / "dir.conf").mkdir(mode=0o755)
+    path = str(tmp_path / "dir.conf")
+    with pytest.raises(ConfigError) as err:
+        read_config_file(path)
+    assert str(err.value) == f'"{path}" should be a file that is not world writable.'
+    assert err.value.exit_status == 1
+
+
+def test_group_writable_file_accepted(tmp_path: Path) -> None:
+    path = write(tmp_path / "m.conf", "[core]\nlog=null\n", mode=0o664)
+    assert read_config_file(path).log == "null"
+
+
+def test_symlink_to_safe_file_followed(tmp_path: Path) -> None:
+    target = write(tmp_path / "real.conf", "[core]\nlog=journal\n")
+    (tmp_path / "link.conf").symlink_to(target)
+    assert read_config_file(str(tmp_path / "link.conf")).log == "journal"
+
+
+def test_other_stat_error_is_an_error(tmp_path: Path) -> None:
+    write(tmp_path / "file", "")
+    path = str(tmp_path / "file" / "mptcpd.conf")  # ENOTDIR
+    with pytest.raises(ConfigError) as err:
+        read_config_file(path)
+    assert str(err.value) == (
+        f'Unexpected error during file permissions check of "{path}": Not a directory'
+    )
+    assert err.value.exit_status == 1
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "log=null\n[core]\n",
+        "[core]\nlog\n",
+        b"[core]\nlog=\xfe\n",
+        "[core]\nlog=null\nbad key=1\n",
+    ],
+)
+def test_unparsable_file_is_ignored(
+    debug_log: pytest.LogCaptureFixture, tmp_path: Path, text: str | bytes
+) -> None:
+    path = write(tmp_path / "m.conf", text)
+    assert read_config_file(path) == ConfigValues()
+    assert f"Unable to load mptcpd settings from file '{path}'" in messages(
+        debug_log, logging.DEBUG
+    )
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    assert read_config_file(write(tmp_path / "m.conf", "")) == ConfigValues()
+
+
+def test_unreadable_file_is_ignored(
+    debug_log: pytest.LogCaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path / "m.conf", "[core]\nlog=null\n")
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("builtins.open", refuse)
+    assert read_config_file(path) == ConfigValues()
+    assert f"Unable to load mptcpd settings from file '{path}'" in messages(debug_log)
+
+
+def test_every_key_is_read(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "m.conf",
+        "[core]\nlog=syslog\nplugin-dir=/opt/p\npath-manager=sspi\n"
+        "addr-flags=subflow,fullmesh\nnotify-flags=existing,check_route\n"
+        "load-plugins=sspi,,addr_adv\nunknown-key=whatever\n[other]\nlog=null\n",
+    )
+    assert read_config_file(path) == ConfigValues(
+        log="syslog",
+        plugin_dir="/opt/p",
+        path_manager="sspi",
+        addr_flags=AddrFlags.SUBFLOW | AddrFlags.FULLMESH,
+        notify_flags=NotifyFlags.EXISTING | NotifyFlags.CHECK_ROUTE,
+        load_plugins=("sspi", "addr_adv"),
+    )
+
+
+def test_unknown_log_word_in_file_ignored_silently(
+    debug_log: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    path = write(tmp_path / "m.conf", "[core]\nlog=stderr # x\n")
+    assert read_config_file(path).log is None
+    assert messages(debug_log, logging.WARNING) == []
+
+
+def test_values_are_unescaped_and_bad_escape_means_absent(tmp_path: Path) -> None:
+    path = write(tmp_path / "m.conf", "[core]\nplugin-dir=/a\\sb\npath-manager=x\\qy\n")
+    values = read_config_file(path)
+    assert values.plugin_dir == "/a b"
+    assert values.path_manager is None
+
+
+def test_trailing_blanks_kept_in_file_value(tmp_path: Path) -> None:
+    path = write(tmp_path / "m.conf", "[core]\npath-manager = sspi  \n")
+    assert read_config_file(path).path_manager == "sspi  "
+
+
+def test_empty_path_manager_in_file_is_kept(tmp_path: Path) -> None:
+    assert (
+        read_config_file(
+            write(tmp_path / "m.conf", "[core]\npath-manager=\n")
+        ).path_manager
+        == ""
+    )
+
+
+def test_fix_empty_plugin_dir_in_file_means_unset(tmp_path: Path) -> None:
+    path = write(tmp_path / "m.conf", "[core]\nplugin-dir=\n")
+    assert read_config_file(path).plugin_dir is None
+    assert load_config(ConfigValues(), path).plugin_dir == cfg.DEFAULT_PLUGIN_DIR
+
+
+def test_file_warnings_in_c_order(
+    debug_log: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    path = write(tmp_path / "m.conf", "[core]\naddr-flags=a1\nnotify-flags=n1\n")
+    read_config_file(path)
+    assert messages(debug_log, logging.WARNING) == [
+        "unknown flag n1",
+        "unknown flag a1",
+    ]
+
+
+@pytest.mark.parametrize("value", ["", ",", ",,"])
+def test_fix_empty_load_plugins_in_file_is_an_error(tmp_path: Path, value: str) -> None:
+    path = write(tmp_path / "m.conf", f"[core]\nload-plugins={value}\n")
+    with pytest.raises(ConfigError) as err:
+        read_config_file(path)
+    assert str(err.value) == f'The load-plugins list in "{path}" names no plugin.'
+    assert err.value.exit_status == 1
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/b", "/abs", "x..y", ".."])
+def test_fix_plugin_names_with_path_parts_rejected(tmp_path: Path, name: str) -> None:
+    path = write(tmp_path / "m.conf", f"[core]\nload-plugins=sspi,{name}\n")
+    with pytest.raises(ConfigError) as err:
+        read_config_file(path)
+    assert str(err.value) == (
+        f'Invalid plugin name "{name}" in the load-plugins list in "{path}": '
+        'a name may not contain "/" or "..".'
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(ConfigValues(load_plugins=("sspi", name)), str(tmp_path / "none"))
+    assert str(err.value) == (
+        f'Invalid plugin name "{name}" in the load-plugins list given with --load-plugins: '
+        'a name may not contain "/" or "..".'
+    )
+    assert err.value.exit_status == 1
+
+
+def test_fix_empty_load_plugins_from_cli_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(ConfigValues(load_plugins=()), str(tmp_path / "none"))
+    assert (
+        str(err.value)
+        == "The load-plugins list given with --load-plugins names no plugin."
+    )
+    assert err.value.exit_status == 1
+
+
+# ---------------------------------------------------------------------------
+# Merging (1.4)
+# ---------------------------------------------------------------------------
+
+
+def test_defaults_without_file(tmp_path: Path) -> None:
+    path = str(tmp_path / "none.conf")
+    assert load_config(ConfigValues(), path) == Config(
+        log="stderr",
+        debug=False,
+        plugin_dir=cfg.DEFAULT_PLUGIN_DIR,
+        path_manager=None,
+        addr_flags=AddrFlags(0),
+        notify_flags=NotifyFlags(0),
+        load_plugins=None,
+        config_file=path,
+    )
+
+
+FULL_FILE = (
+    "[core]\nlog=syslog\nplugin-dir=/file/dir\npath-manager=file_pm\n"
+    "addr-flags=backup\nnotify-flags=skip_loopback\nload-plugins=file_a\n"
+)
+
+
+def test_file_over_defaults(tmp_path: Path) -> None:
+    path = write(tmp_path / "m.conf", FULL_FILE)
+    assert load_config(ConfigValues(), path) == Config(
+        log="syslog",
+        plugin_dir="/file/dir",
+        path_manager="file_pm",
+        addr_flags=AddrFlags.BACKUP,
+        notify_flags=NotifyFlags.SKIP_LOOPBACK,
+        load_plugins=("file_a",),
+        config_file=path,
+    )
+
+
+def test_cli_over_file(tmp_path: Path) -> None:
+    path = write(tmp_path / "m.conf", FULL_FILE)
+    cli = ConfigValues(
+        log="null",
+        debug=True,
+        plugin_dir="/cli/dir",
+        path_manager="cli_pm",
+        addr_flags=AddrFlags.SIGNAL,
+        notify_flags=NotifyFlags.EXISTING,
+        load_plugins=("cli_a", "cli_b"),
+    )
+    assert load_config(cli, path) == Config(
+        log="null",
+        debug=True,
+        plugin_dir="/cli/dir",
+        path_manager="cli_pm",
+        addr_flags=AddrFlags.SIGNAL,
+        notify_flags=NotifyFlags.EXISTING,
+        load_plugins=("cli_a", "cli_b"),
+        config_file=path,
+    )
+
+
+def test_zero_flags_count_as_unset_both_ways(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "m.conf", "[core]\naddr-flags=bogus\nnotify-flags=existing\n"
+    )
+    config = load_config(ConfigValues(addr_flags=AddrFlags.SUBFLOW), path)
+    assert config.addr_flags == AddrFlags.SUBFLOW
+    assert config.notify_flags == NotifyFlags.EXISTING
+
+
+def test_file_warnings_print_even_when_cli_sets_everything(
+    debug_log: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    path = write(tmp_path / "m.conf", "[core]\naddr-flags=nope\n")
+    load_config(ConfigValues(addr_flags=AddrFlags.SUBFLOW), path)
+    assert "unknown flag nope" in messages(debug_log, logging.WARNING)
+
+
+def test_config_path_from_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    assert cfg.config_path() == "/etc/mptcpd/mptcpd.conf"
+    monkeypatch.setenv("MPTCPD_CONFIG", "")
+    assert cfg.config_path() == "/etc/mptcpd/mptcpd.conf"
+    path = write(tmp_path / "env.conf", "[core]\nlog=null\n")
+    monkeypatch.setenv("MPTCPD_CONFIG", path)
+    assert cfg.config_path() == path
+    assert cfg.config_path("/explicit") == "/explicit"
+    config = load_config()
+    assert (config.log, config.config_file) == ("null", path)
+
+
+@pytest.mark.parametrize(
+    ("name", "kept", "warned"),
+    [
+        ("a" * 16, "a" * 16, False),
+        ("b" * 17, "b" * 16, True),
+        ("c" * 30, "c" * 16, True),
+    ],
+)
+def test_fix_long_path_manager_name_truncated_with_warning(
+    debug_log: pytest.LogCaptureFixture,
+    tmp_path: Path,
+    name: str,
+    kept: str,
+    warned: bool,
+) -> None:
+    config = load_config(ConfigValues(path_manager=name), str(tmp_path / "none"))
+    assert config.path_manager == kept
+    expected = (
+        [f"Default plugin name length truncated from {len(name)} to 16."]
+        if warned
+        else []
+    )
+    assert messages(debug_log, logging.WARNING) == expected
+
+
+def test_config_echo(debug_log: pytest.LogCaptureFixture) -> None:
+    cfg.log_config(
+        Config(
+            plugin_dir="/p",
+            path_manager="sspi",
+            addr_flags=AddrFlags.BACKUP | AddrFlags.SUBFLOW,
+            notify_flags=NotifyFlags.SKIP_LOOPBACK | NotifyFlags.EXISTING,
+            load_plugins=("a", "b"),
+        )
+    )
+    assert messages(debug_log, logging.DEBUG) == [
+        "path manager plugin directory: /p",
+        "default path manager plugin: sspi",
+        "address flags: subflow,backup",
+        "notify flags: existing,skip_loopback",
+        "plugins to load: a,b",
+    ]
+
+
+def test_config_echo_only_set_values(debug_log: pytest.LogCaptureFixture) -> None:
+    cfg.log_config(Config())
+    assert messages(debug_log) == [f"path manager plugin directory: {cfg.DEFAULT_PLUGIN_DIR}"]
+
+
+def test_config_is_frozen() -> None:
+    with pytest.raises(AttributeError):
+        Config().log = "null"  # type: ignore[misc]
+
+
+def test_shipped_config_file_parses(debug_log: pytest.LogCaptureFixture) -> None:
+    shipped = Path(__file__).resolve().parents[2] / "etc" / "mptcpd.conf"
+    if not shipped.exists():
+        pytest.skip("etc/mptcpd.conf not present")
+    assert not os.stat(shipped).st_mode & 0o002
+    config = load_config(ConfigValues(), str(shipped))
+    assert (config.log, config.plugin_dir, config.path_manager) == (
+        "stderr",
+        cfg.DEFAULT_PLUGIN_DIR,
+        "addr_adv",
+    )
+    assert (
+        config.addr_flags == 0
+        and config.notify_flags == 0
+        and config.load_plugins is None
+    )
+    assert messages(debug_log, logging.WARNING) == []
+    # Every commented example is valid once uncommented.
+    text = shipped.read_text()
+    examples = [
+        line.lstrip("# ").rstrip()
+        for line in text.splitlines()
+        if line.startswith("#")
+        and "=" in line
+        and line.lstrip("# ").split("=")[0]
+        in (
+            "addr-flags",
+            "notify-flags",
+            "load-plugins",
+            "log",
+            "plugin-dir",
+            "path-manager",
+        )
+    ]
+    keys = {line.split("=", 1)[0] for line in examples}
+    assert keys >= {"addr-flags", "notify-flags", "load-plugins"}
+    settings = parse_settings(("[core]\n" + "\n".join(examples) + "\n").encode())
+    assert settings.groups
+    for key, value in settings.groups[0][1]:
+        if key == "addr-flags":
+            assert cfg.parse_addr_flags(value) != 0
+        elif key == "notify-flags":
+            assert cfg.parse_notify_flags(value) != 0
+    assert messages(debug_log, logging.WARNING) == []

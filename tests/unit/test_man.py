@@ -1,0 +1,141 @@
+"""The manual page and the systemd unit stay in step with the code."""
+
+from __future__ import annotations
+
+import configparser
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from mptcpd import cli, config
+
+ROOT = Path(__file__).resolve().parents[2]
+MAN = ROOT / "man" / "mptcpd.8"
+SERVICE = ROOT / "etc" / "mptcpd.service"
+
+CONFIG_KEYS = (
+    "log",
+    "plugin-dir",
+    "path-manager",
+    "addr-flags",
+    "notify-flags",
+    "load-plugins",
+)
+SECTIONS = (
+    "NAME",
+    "SYNOPSIS",
+    "DESCRIPTION",
+    "OPTIONS",
+    "CONFIGURATION FILE",
+    "PLUGIN HOOKS",
+    "ENVIRONMENT",
+    "EXIT STATUS",
+    "FILES",
+    "REPORTING BUGS",
+    "SEE ALSO",
+)
+
+
+def _env() -> dict[str, str]:
+    return {
+        **os.environ,
+        "LANG": "C",
+        "LC_ALL": "C",
+        "MANWIDTH": "80",
+        "MAN_KEEP_FORMATTING": "",
+    }
+
+
+@pytest.fixture(scope="module")
+def rendered() -> str:
+    if shutil.which("man") is None:
+        pytest.skip("man is not installed")
+    proc = subprocess.run(
+        ["man", "-l", str(MAN)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    return re.sub(r".\x08", "", proc.stdout)  # drop any overstriking
+
+
+def test_groff_has_no_warnings() -> None:
+    if shutil.which("groff") is None:
+        pytest.skip("groff is not installed")
+    proc = subprocess.run(
+        ["groff", "-man", "-ww", "-z", str(MAN)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=60,
+        check=False,
+    )
+    assert (proc.returncode, proc.stderr) == (0, "")
+
+
+def test_sections(rendered: str) -> None:
+    headings = [
+        line for line in rendered.splitlines() if re.fullmatch(r"[A-Z][A-Z ]+", line)
+    ]
+    assert headings == list(SECTIONS)
+
+
+def test_every_option_documented(rendered: str) -> None:
+    for opt in cli.OPTIONS:
+        if opt.doc is None:  # argp's hidden options
+            continue
+        assert f"--{opt.name}" in rendered, opt.name
+        if opt.short:
+            assert f"-{opt.short}, --{opt.name}" in rendered, opt.short
+
+
+def test_every_config_key_documented(rendered: str) -> None:
+    for key in CONFIG_KEYS:
+        assert re.search(rf"^\s+{re.escape(key)}=", rendered, re.MULTILINE), key
+    for word in config.LOG_DESTINATIONS:
+        assert word in rendered
+    names = [name for name, _ in config.ADDR_FLAG_TOKENS]
+    names += [name for name, _ in config.NOTIFY_FLAG_TOKENS]
+    for name in names:
+        assert name in rendered
+
+
+def test_environment_exit_status_and_files(rendered: str) -> None:
+    assert config.CONFIG_ENV in rendered
+    exit_status = rendered.split("EXIT STATUS", 1)[1].split("FILES", 1)[0]
+    assert re.findall(r"^\s{7}(\d+)\s", exit_status, re.MULTILINE) == ["0", "1", "64"]
+    assert config.DEFAULT_CONFIG_PATH in rendered
+    assert "mptcpd_bundled_plugins" in rendered
+    assert "mptcp@lists.linux.dev" in rendered
+    assert "ip-mptcp(8)" in rendered
+
+
+def test_plugin_hooks_section_is_marked() -> None:
+    text = MAN.read_text()
+    assert ".SH PLUGIN HOOKS" in text
+
+
+def test_service_unit() -> None:
+    unit = configparser.ConfigParser(strict=True, interpolation=None)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit.read_string(SERVICE.read_text())
+    assert unit["Unit"]["Documentation"] == "man:mptcpd(8)"
+    service = unit["Service"]
+    assert service["Type"] == "notify"
+    assert service["NotifyAccess"] == "main"
+    assert service["DynamicUser"] == "yes"
+    assert service["CapabilityBoundingSet"] == "CAP_NET_ADMIN"
+    assert service["AmbientCapabilities"] == "CAP_NET_ADMIN"
+    command = service["ExecStart"].split()
+    assert command[0] == "/usr/bin/mptcpd"
+    # The unit's options must be ones the command line accepts.
+    assert cli.scan(command[1:]) == ["--log=journal"]
+    assert unit["Install"]["WantedBy"] == "multi-user.target"
