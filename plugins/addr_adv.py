@@ -1,0 +1,293 @@
+"""addr_adv: the address advertiser, for the in-kernel path manager.
+
+For every local address the network monitor reports, addr_adv adds an
+in-kernel PM endpoint (``ip mptcp endpoint``) with the flags of
+``--addr-flags`` and the address's interface, and raises the ``subflows``
+limit (and ``add_addr_accepted`` with the ``subflow`` flag) to match; when
+the address goes away, it removes the endpoint and lowers the limits.  This is
+the C plugin's behaviour, limits arithmetic, order and messages included
+(spec §8.1).  It needs ``net.mptcp.path_manager=kernel``.
+
+What it does better than the C plugin (each is in the changelog):
+
+* **Carrier.**  When a link loses its carrier but keeps its addresses (a cable
+  unplugged: mptcpd #334, #282, #263) the endpoints of that link are
+  withdrawn, so the kernel stops using a dead path and stops announcing it;
+  when the carrier comes back they are restored with the same IDs.
+* **Ownership.**  Only endpoints this plugin created are ever changed.  An
+  endpoint that already exists for an address (made by an administrator, by
+  NetworkManager, or by a previous mptcpd) is neither duplicated nor removed.
+  The endpoints it created are remembered in a small state file (one per
+  network namespace, under ``$MPTCPD_STATE_DIR``, ``$RUNTIME_DIRECTORY`` or
+  ``/run/mptcpd``), so a restarted daemon takes them over again instead of
+  piling up duplicates or leaving them unmanaged.
+* **The endpoint limit.**  The kernel keeps at most 8 endpoints per network
+  namespace; the 9th is refused with ``ERANGE``.  That is reported as the
+  kernel's limit of 8 endpoints, not as a bare errno.
+
+Kept from C on purpose (spec §12.2, defect 17): the limits are raised even
+when the kernel then refuses the endpoint, and without ``subflow`` in the
+address flags ``add_addr_accepted`` is set to 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from mptcpd.plugin import AddrFlags, LimitType, PluginInfo, Priority, SockAddr, hookimpl
+
+PLUGIN = PluginInfo(
+    name="addr_adv",
+    description="Address advertiser path manager: one in-kernel PM endpoint per "
+                "local address",
+    priority=Priority.DEFAULT,
+)
+
+log = logging.getLogger("mptcpd.plugins.addr_adv")
+
+#: The kernel's bounds for the subflows limit as addr_adv manages it.
+MIN_LIMIT, MAX_LIMIT = 2, 8
+#: ``MPTCP_PM_ADDR_MAX``: endpoints per network namespace.
+KERNEL_MAX_ENDPOINTS = 8
+
+
+@dataclasses.dataclass
+class Endpoint:
+    """An endpoint this plugin created."""
+
+    addr: SockAddr
+    id: int
+    ifindex: int
+    flags: int
+    active: bool = True  #: False while withdrawn for lack of carrier
+
+
+def state_file() -> Path:
+    """Where the endpoints this plugin created are remembered (per netns)."""
+    base = os.environ.get("MPTCPD_STATE_DIR") or os.environ.get("RUNTIME_DIRECTORY") \
+        or "/run/mptcpd"
+    try:
+        netns = os.stat("/proc/self/ns/net").st_ino
+    except OSError:
+        netns = 0
+    return Path(base.split(":")[0]) / f"addr_adv-netns-{netns}.json"
+
+
+class AddressAdvertiser:
+    """The plugin's state; the module-level hooks delegate to one instance."""
+
+    def __init__(self) -> None:
+        self.subflows_limit = 0
+        self.rcv_limit = 0
+        self.owned: dict[SockAddr, Endpoint] = {}
+        self.foreign: set[SockAddr] = set()  #: addresses with endpoints not ours
+        self.synced = False
+        self.pending: list[tuple[str, Any, SockAddr]] = []
+        self.remembered: dict[SockAddr, int] = {}
+
+    # -- limits (C: update_limits) ------------------------------------------
+
+    def update_limits(self, pm: Any, delta: int) -> None:
+        self.subflows_limit += delta
+        if not MIN_LIMIT <= self.subflows_limit <= MAX_LIMIT:
+            return
+        if pm.config is not None and pm.config.addr_flags & AddrFlags.SUBFLOW:
+            self.rcv_limit = self.subflows_limit
+        try:
+            pm.kpm_set_limits([(LimitType.SUBFLOWS, self.subflows_limit),
+                               (LimitType.RCV_ADD_ADDRS, self.rcv_limit)])
+        except OSError as exc:
+            if exc.errno != errno.ENOTSUP:
+                log.warning("can't update limit to %d: %d", self.subflows_limit,
+                            exc.errno or 0)
+
+    # -- start-up: which endpoints exist already -----------------------------
+
+    def init(self, pm: Any) -> None:
+        self.update_limits(pm, +2)
+        self.remembered = self._load_state()
+        try:
+            dump = pm.kpm_dump_addrs()
+        except OSError as exc:
+            log.warning("Unable to list the existing endpoints: %s", exc)
+            self.synced = True
+            return
+        dump.add_done_callback(lambda f: self._synced(pm, f))
+        log.info("MPTCP address advertiser path manager initialized.")
+
+    def _synced(self, pm: Any, future: Any) -> None:
+        if not future.cancelled() and future.exception() is None:
+            for info in future.result():
+                if info.address is None:
+                    continue
+                addr = SockAddr(info.address.ip)
+                if self.remembered.get(addr) == info.id:
+                    # Created by an earlier run of this plugin: ours again.
+                    self.owned[addr] = Endpoint(addr, info.id, info.ifindex, info.flags)
+                else:
+                    self.foreign.add(addr)
+        else:
+            log.warning("Unable to list the existing endpoints; "
+                        "assuming there are none.")
+        self.synced = True
+        pending, self.pending = self.pending, []
+        for op, interface, addr in pending:
+            getattr(self, op)(pm, interface, addr)
+        self._save_state()
+
+    # -- addresses -----------------------------------------------------------
+
+    def new_local_address(self, pm: Any, interface: Any, addr: SockAddr) -> None:
+        if not self.synced:
+            self.pending.append(("new_local_address", interface, addr))
+            return
+        key = SockAddr(addr.ip)
+        adopted = self.owned.get(key)
+        if adopted is not None and adopted.active:
+            # Taken over at start-up: the monitor says where it lives now.
+            adopted.ifindex = interface.index
+            return
+        addr_id = pm.id_manager.get_id(key)
+        if addr_id == 0:
+            log.error("Unable to map addr to ID.")
+            return
+        self.update_limits(pm, +1)
+        if key in self.foreign:
+            log.info("Endpoint for %s exists already and is not ours; "
+                     "leaving it alone.", key)
+            return
+        if key in self.owned:
+            return
+        flags = int(pm.config.addr_flags) if pm.config is not None else 0
+        self._add(pm, Endpoint(key, addr_id, interface.index, flags))
+
+    def _add(self, pm: Any, endpoint: Endpoint) -> None:
+        try:
+            future = pm.kpm_add_addr(endpoint.addr, endpoint.id, endpoint.flags,
+                                     endpoint.ifindex)
+        except (OSError, ValueError):
+            log.error("Unable to advertise IP address.")
+            return
+        self.owned[endpoint.addr] = endpoint
+        endpoint.active = True
+
+        def done(f: Any) -> None:
+            if f.cancelled() or f.exception() is None:
+                self._save_state()
+                return
+            if self.owned.get(endpoint.addr) is endpoint:
+                del self.owned[endpoint.addr]
+            if getattr(f.exception(), "errno", None) == errno.ERANGE:
+                log.error("Unable to advertise %s: the kernel's limit of %d endpoints "
+                          "per network namespace is reached.", endpoint.addr,
+                          KERNEL_MAX_ENDPOINTS)
+            else:
+                log.error("Unable to advertise IP address %s.", endpoint.addr)
+
+        future.add_done_callback(done)
+
+    def delete_local_address(self, pm: Any, interface: Any, addr: SockAddr) -> None:
+        if not self.synced:
+            self.pending.append(("delete_local_address", interface, addr))
+            return
+        key = SockAddr(addr.ip)
+        endpoint = self.owned.pop(key, None)
+        if endpoint is None:
+            if pm.id_manager.lookup(key) == 0:
+                log.info("No address ID associated with addr.")
+            return
+        pm.id_manager.remove_id(key)
+        self.update_limits(pm, -1)
+        if endpoint.active:
+            self._remove(pm, endpoint)
+        self._save_state()
+
+    def _remove(self, pm: Any, endpoint: Endpoint) -> None:
+        try:
+            pm.kpm_remove_addr(endpoint.id)
+        except (OSError, ValueError):
+            log.error("Unable to stop advertising IP address.")
+
+    # -- carrier -------------------------------------------------------------
+
+    def link_down(self, pm: Any, interface: Any) -> None:
+        for endpoint in self.owned.values():
+            if endpoint.ifindex == interface.index and endpoint.active:
+                log.info("%s lost its carrier: withdrawing endpoint %d (%s).",
+                         interface.name, endpoint.id, endpoint.addr)
+                endpoint.active = False
+                self.update_limits(pm, -1)
+                self._remove(pm, endpoint)
+
+    def link_up(self, pm: Any, interface: Any) -> None:
+        present = {SockAddr(a.ip) for a in interface.addresses}
+        for endpoint in list(self.owned.values()):
+            if endpoint.ifindex == interface.index and not endpoint.active \
+                    and endpoint.addr in present:
+                log.info("%s has its carrier back: restoring endpoint %d (%s).",
+                         interface.name, endpoint.id, endpoint.addr)
+                self.update_limits(pm, +1)
+                self._add(pm, endpoint)
+
+    # -- persistence ---------------------------------------------------------
+
+    def _load_state(self) -> dict[SockAddr, int]:
+        try:
+            data = json.loads(state_file().read_text())
+            return {SockAddr(ip): int(i) for ip, i in data.get("endpoints", {}).items()}
+        except (OSError, ValueError, TypeError, AttributeError):
+            return {}
+
+    def _save_state(self) -> None:
+        path = state_file()
+        data = {"endpoints": {str(e.addr.ip): e.id for e in self.owned.values()}}
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False,
+                                             prefix=".addr_adv-") as tmp:
+                json.dump(data, tmp)
+            os.replace(tmp.name, path)
+        except OSError as exc:
+            log.debug("Unable to remember the endpoints in %s: %s", path, exc)
+
+
+_advertiser = AddressAdvertiser()
+
+
+@hookimpl
+def plugin_init(pm: Any) -> None:
+    global _advertiser
+    _advertiser = AddressAdvertiser()
+    _advertiser.init(pm)
+
+
+@hookimpl
+def plugin_exit(pm: Any) -> None:
+    log.info("MPTCP address advertiser path manager exited.")
+
+
+@hookimpl
+def new_local_address(interface: Any, addr: SockAddr, pm: Any) -> None:
+    _advertiser.new_local_address(pm, interface, addr)
+
+
+@hookimpl
+def delete_local_address(interface: Any, addr: SockAddr, pm: Any) -> None:
+    _advertiser.delete_local_address(pm, interface, addr)
+
+
+@hookimpl
+def link_down(interface: Any, pm: Any) -> None:
+    _advertiser.link_down(pm, interface)
+
+
+@hookimpl
+def link_up(interface: Any, pm: Any) -> None:
+    _advertiser.link_up(pm, interface)

@@ -1,0 +1,198 @@
+"""addr_adv's logic (spec §8.1 plus ownership and carrier) against a recording pm."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mptcpd.errors import KernelError
+from mptcpd.plugins.loader import load_plugins
+from mptcpd.plugins.registry import PluginRegistry
+from mptcpd.pm.id_manager import IdManager
+from mptcpd.types import AddrFlags, Interface, SockAddr
+
+ROOT = Path(__file__).resolve().parents[2]
+A1 = SockAddr(ipaddress.ip_address("192.0.2.1"))
+A2 = SockAddr(ipaddress.ip_address("198.51.100.1"))
+A3 = SockAddr(ipaddress.ip_address("2001:db8:1::1"))
+IF2 = Interface(index=2, name="c1", flags=0x41, addrs=(A1, A3))
+IF3 = Interface(index=3, name="c2", flags=0x41, addrs=(A2,))
+
+
+class AddrInfo:
+    def __init__(self, address: SockAddr, id: int, ifindex: int = 0) -> None:
+        self.address, self.id, self.flags, self.ifindex = address, id, 0, ifindex
+
+
+class FakePM:
+    """Records kernel commands; each returns a future the test may settle."""
+
+    def __init__(self, addr_flags: AddrFlags = AddrFlags(0)) -> None:
+        self.config = types.SimpleNamespace(addr_flags=addr_flags)
+        self.id_manager = IdManager()
+        self.calls: list[tuple[str, Any]] = []
+        self.futures: dict[str, list[asyncio.Future[Any]]] = {}
+
+    def _command(self, name: str, *args: Any) -> asyncio.Future[Any]:
+        self.calls.append((name, args))
+        future = asyncio.get_running_loop().create_future()
+        self.futures.setdefault(name, []).append(future)
+        return future
+
+    def kpm_set_limits(self, limits: Any) -> asyncio.Future[Any]:
+        return self._command("set_limits", [(int(k), v) for k, v in limits])
+
+    def kpm_add_addr(self, addr: SockAddr, id: int, flags: int, ifindex: int) -> Any:
+        return self._command("add", addr, id, flags, ifindex)
+
+    def kpm_remove_addr(self, id: int) -> asyncio.Future[Any]:
+        return self._command("remove", id)
+
+    def kpm_dump_addrs(self) -> asyncio.Future[Any]:
+        return self._command("dump")
+
+    def commands(self, *names: str) -> list[tuple[str, Any]]:
+        return [c for c in self.calls if not names or c[0] in names]
+
+
+@pytest.fixture
+def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+           caplog: pytest.LogCaptureFixture) -> Any:
+    caplog.set_level(logging.INFO)
+    monkeypatch.setenv("MPTCPD_STATE_DIR", str(tmp_path / "state"))
+    registry = PluginRegistry()
+    load_plugins(registry, str(ROOT / "plugins"), ["addr_adv"], entry_points=False)
+    return registry.get("addr_adv").module  # type: ignore[union-attr]
+
+
+async def started(plugin: Any, pm: FakePM, existing: list[AddrInfo] = ()) -> None:
+    plugin.plugin_init(pm)
+    pm.futures["dump"][-1].set_result(list(existing))
+    await asyncio.sleep(0)
+
+
+async def test_init_sets_the_limits_subflows_first(plugin: Any,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    pm = FakePM()
+    await started(plugin, pm)
+    assert pm.commands("set_limits") == [("set_limits", ([(1, 2), (0, 0)],))]
+    assert "MPTCP address advertiser path manager initialized." in caplog.text
+
+
+async def test_with_the_subflow_flag_add_addr_accepted_follows(plugin: Any) -> None:
+    pm = FakePM(AddrFlags.SUBFLOW)
+    await started(plugin, pm)
+    plugin.new_local_address(IF2, A1, pm)
+    assert pm.commands("set_limits") == [("set_limits", ([(1, 2), (0, 2)],)),
+                                         ("set_limits", ([(1, 3), (0, 3)],))]
+    assert pm.commands("add") == [("add", (A1, 1, int(AddrFlags.SUBFLOW), 2))]
+
+
+async def test_addresses_wait_for_the_endpoint_dump(plugin: Any) -> None:
+    pm = FakePM()
+    plugin.plugin_init(pm)
+    plugin.new_local_address(IF2, A1, pm)
+    assert pm.commands("add") == []
+    pm.futures["dump"][0].set_result([])
+    await asyncio.sleep(0)
+    assert pm.commands("add") == [("add", (A1, 1, 0, 2))]
+
+
+async def test_limits_stop_at_eight(plugin: Any) -> None:
+    pm = FakePM()
+    await started(plugin, pm)
+    for i in range(8):
+        addr = SockAddr(ipaddress.ip_address(f"203.0.113.{i + 1}"))
+        plugin.new_local_address(IF2, addr, pm)
+    limits = [args[0][0][1] for _, args in pm.commands("set_limits")]
+    assert limits == [2, 3, 4, 5, 6, 7, 8]  # the 7th and 8th additions send nothing
+    assert len(pm.commands("add")) == 8
+
+
+async def test_an_existing_endpoint_is_neither_duplicated_nor_removed(
+    plugin: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    pm = FakePM()
+    pm.id_manager.map_id(A2, 7)  # the daemon's ID sync
+    await started(plugin, pm, [AddrInfo(A2, 7)])
+    plugin.new_local_address(IF3, A2, pm)
+    assert pm.commands("add") == []
+    assert pm.commands("set_limits")[-1] == ("set_limits", ([(1, 3), (0, 0)],))
+    assert "exists already and is not ours" in caplog.text
+    plugin.link_down(IF3, pm)
+    plugin.delete_local_address(IF3, A2, pm)
+    assert pm.commands("remove") == []
+
+
+async def test_deleting_an_address_removes_its_endpoint(plugin: Any) -> None:
+    pm = FakePM()
+    await started(plugin, pm)
+    plugin.new_local_address(IF2, A1, pm)
+    plugin.new_local_address(IF3, A2, pm)
+    plugin.delete_local_address(IF2, A1, pm)
+    assert pm.commands("remove") == [("remove", (1,))]
+    assert pm.id_manager.lookup(A1) == 0
+    assert pm.commands("set_limits")[-1] == ("set_limits", ([(1, 3), (0, 0)],))
+
+
+async def test_an_unknown_address_is_only_logged(plugin: Any,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    pm = FakePM()
+    await started(plugin, pm)
+    plugin.delete_local_address(IF2, A1, pm)
+    assert pm.commands("remove") == []
+    assert "No address ID associated with addr." in caplog.text
+
+
+async def test_carrier_loss_withdraws_and_recovery_restores_with_the_same_id(
+    plugin: Any,
+) -> None:
+    pm = FakePM()
+    await started(plugin, pm)
+    plugin.new_local_address(IF2, A1, pm)
+    plugin.new_local_address(IF3, A2, pm)
+    plugin.link_down(IF3, pm)
+    assert pm.commands("remove") == [("remove", (2,))]
+    plugin.link_down(IF3, pm)  # twice: nothing more
+    assert len(pm.commands("remove")) == 1
+    plugin.link_up(IF3, pm)
+    assert pm.commands("add")[-1] == ("add", (A2, 2, 0, 3))
+    limits = [args[0][0][1] for _, args in pm.commands("set_limits")]
+    assert limits == [2, 3, 4, 3, 4]
+
+
+async def test_the_ninth_endpoint_is_reported_as_the_kernel_limit(
+    plugin: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    pm = FakePM()
+    await started(plugin, pm)
+    plugin.new_local_address(IF2, A1, pm)
+    pm.futures["add"][0].set_exception(
+        KernelError("add_addr", errno.ERANGE, "too many addresses or duplicate one"))
+    await asyncio.sleep(0)
+    assert "the kernel's limit of 8 endpoints per network namespace is reached" in caplog.text
+    plugin.link_down(IF2, pm)
+    assert pm.commands("remove") == []  # it was never ours
+
+
+async def test_a_restarted_plugin_takes_its_endpoints_over(plugin: Any) -> None:
+    pm = FakePM()
+    await started(plugin, pm)
+    plugin.new_local_address(IF3, A2, pm)
+    pm.futures["add"][0].set_result(None)
+    await asyncio.sleep(0)
+    # A new daemon: the kernel still has the endpoint made by the last one.
+    pm2 = FakePM()
+    pm2.id_manager.map_id(A2, 1)
+    await started(plugin, pm2, [AddrInfo(A2, 1), AddrInfo(A1, 5)])
+    plugin.new_local_address(IF3, A2, pm2)
+    assert pm2.commands("add") == []  # no duplicate
+    plugin.link_down(IF3, pm2)
+    assert pm2.commands("remove") == [("remove", (1,))]  # but managed as ours
