@@ -139,3 +139,15 @@ def test_service_unit() -> None:
     # The unit's options must be ones the command line accepts.
     assert cli.scan(command[1:]) == ["--log=journal"]
     assert unit["Install"]["WantedBy"] == "multi-user.target"
+
+
+def test_every_hook_is_in_the_man_page_with_its_signature(rendered: str) -> None:
+    import inspect
+
+    from mptcpd import hookspecs
+    from mptcpd.plugins.registry import HOOKS
+
+    flat = " ".join(rendered.split())
+    for name in HOOKS:
+        params = ", ".join(inspect.signature(getattr(hookspecs, name)).parameters)
+        assert f"{name}({params})" in flat, name

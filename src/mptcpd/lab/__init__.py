@@ -220,7 +220,10 @@ class Process:
                     )
             return m
 
-        return wait_for(found, timeout, what=f"{self.name} to print {pattern!r}")
+        try:
+            return wait_for(found, timeout, what=f"{self.name} to print {pattern!r}")
+        except LabError as exc:
+            raise LabError(f"{exc}; its output so far:\n{self.output()}") from None
 
     def send_signal(self, sig: int) -> None:
         if self.popen.poll() is None:
