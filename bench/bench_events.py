@@ -1,0 +1,241 @@
+"""Benchmarks for the kernel event path (see bench/README.md).
+
+Two parts:
+
+``decode``
+    Cost per event of each decoder on datagrams captured from the kernel
+    (``tests/unit/data/events_*.json``): pyroute2's marshal + message class +
+    :func:`~mptcpd.netlink.genl_events.decode` (what a pyroute2-only reader
+    pays), and the lean :func:`~mptcpd.netlink.genl_events.decode_message`
+    / ``decode_datagram``.  No privileges needed.
+
+``flood`` (root)
+    End to end: a lab (client and server namespaces), an
+    :class:`~mptcpd.netlink.genl_events.EventReader` in the client
+    namespace, and flooder processes opening and closing MPTCP connections
+    as fast as they can.  Reports events the kernel emitted in the client
+    namespace (2 per connection: CREATED and CLOSED), events the reader
+    delivered, overruns, events/s, and the reader's CPU time per event.
+
+Usage::
+
+    python bench/bench_events.py decode [--rounds N]
+    python bench/bench_events.py flood [--seconds S] [--flooders K] [--mode lean|pyroute2|both]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from mptcpd.netlink.event_messages import MarshalMptcpEvent
+from mptcpd.netlink.genl_events import (
+    DEFAULT_RCVBUF,
+    EventReader,
+    decode,
+    decode_datagram,
+    decode_message,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "tests" / "unit" / "data"
+FAMILY_ID = 0x1C
+
+
+def load_captures() -> list[tuple[str, bytes]]:
+    out = []
+    for path in sorted(DATA.glob("events_*.json")):
+        doc = json.loads(path.read_text())
+        for rec in doc["captures"]:
+            out.append((doc["event"], bytes.fromhex(rec["hex"])))
+    return out
+
+
+def per_call_us(fn: Any, items: list[bytes], rounds: int) -> float:
+    """Best of 5 runs of ``rounds`` calls cycling over ``items``, µs per call."""
+    best = float("inf")
+    n = len(items)
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for i in range(rounds):
+            fn(items[i % n])
+        best = min(best, (time.perf_counter() - t0) / rounds * 1e6)
+    return best
+
+
+def bench_decode(rounds: int) -> dict[str, Any]:
+    caps = load_captures()
+    marshal = MarshalMptcpEvent()
+
+    def pyroute2_path(data: bytes) -> Any:
+        return [decode(m) for m in marshal.parse(data)]
+
+    def lean_path(data: bytes) -> Any:
+        return decode_datagram(data, family_id=FAMILY_ID)
+
+    datas = [d for _, d in caps]
+    assert [pyroute2_path(d) for d in datas] == [lean_path(d) for d in datas]
+    result: dict[str, Any] = {
+        "events": len(datas),
+        "all": {
+            "pyroute2_us": per_call_us(pyroute2_path, datas, rounds),
+            "lean_us": per_call_us(lean_path, datas, rounds),
+            "lean_message_us": per_call_us(decode_message, datas, rounds),
+        },
+        "by_event": {},
+    }
+    for name in sorted({n for n, _ in caps}):
+        sub = [d for n, d in caps if n == name]
+        r = max(rounds // 5, 1000)
+        result["by_event"][name] = {
+            "pyroute2_us": per_call_us(pyroute2_path, sub, r),
+            "lean_us": per_call_us(lean_path, sub, r),
+        }
+    return result
+
+
+# -- end to end ------------------------------------------------------------------
+
+SERVER = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 5300)); s.listen(4096); s.settimeout(0.5)
+print("listening", flush=True)
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    try:
+        c, _ = s.accept()
+    except OSError:
+        continue
+    c.close()
+"""
+
+FLOODER = """
+import socket, sys, time
+end = time.monotonic() + float(sys.argv[2])
+n = 0
+while time.monotonic() < end:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x00")
+    try:
+        s.connect((sys.argv[1], 5300))
+        n += 1
+    except OSError:
+        pass
+    s.close()
+print(n, flush=True)
+"""
+
+
+async def flood_once(lean: bool, seconds: float, flooders: int,
+                     rcvbuf: int = DEFAULT_RCVBUF) -> dict[str, Any]:
+    from mptcpd.lab import Lab
+
+    with Lab(links=1, ipv6=False) as lab:
+        srv = lab.python(lab.server, "-c", SERVER, str(seconds + 20), name="server")
+        srv.wait_output("listening")
+        overruns: list[int] = []
+        counts: dict[str, int] = {}
+        async with EventReader(netns=lab.client, lean=lean, rcvbuf=rcvbuf,
+                               on_overrun=overruns.append) as reader:
+            procs = [lab.python(lab.client, "-c", FLOODER, str(lab.links[0].server4),
+                                str(seconds), name=f"flood{i}") for i in range(flooders)]
+            cpu0, t0 = time.process_time(), time.monotonic()
+            last = t0
+            idle_deadline = t0 + seconds + 10
+
+            async def consume() -> None:
+                nonlocal last
+                async for event in reader:
+                    name = type(event).__name__
+                    counts[name] = counts.get(name, 0) + 1
+                    last = time.monotonic()
+
+            task = asyncio.create_task(consume())
+            # Run until the flooders are done and no event came for 1 s.
+            while time.monotonic() < idle_deadline:
+                await asyncio.sleep(0.2)
+                done = all(p.popen.poll() is not None for p in procs)
+                if done and time.monotonic() - last > 1.0:
+                    break
+            cpu = time.process_time() - cpu0
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        connections = sum(int(p.output().split()[-1]) for p in procs)
+    received = sum(counts.values())
+    elapsed = max(last - t0, 1e-9)
+    # Every connection gives one CREATED and one CLOSED in the client
+    # namespace (ESTABLISHED only when the handshake completed in time), so
+    # losses are counted on those two.
+    lost = (max(connections - counts.get("ConnectionCreated", 0), 0)
+            + max(connections - counts.get("ConnectionClosed", 0), 0))
+    return {
+        "mode": "lean" if lean else "pyroute2",
+        "rcvbuf": rcvbuf,
+        "flooders": flooders,
+        "connections": connections,
+        "kernel_events": 2 * connections + counts.get("ConnectionEstablished", 0),
+        "received": received,
+        "lost": lost,
+        "overruns": len(overruns),
+        "seconds": round(elapsed, 2),
+        "events_per_s": round(received / elapsed),
+        "kernel_events_per_s": round((2 * connections + counts.get(
+            "ConnectionEstablished", 0)) / seconds),
+        "reader_cpu_us_per_event": round(cpu / max(received, 1) * 1e6, 2),
+        "by_type": counts,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    d = sub.add_parser("decode")
+    d.add_argument("--rounds", type=int, default=20000)
+    f = sub.add_parser("flood")
+    f.add_argument("--seconds", type=float, default=5.0)
+    f.add_argument("--flooders", type=int, default=2)
+    f.add_argument("--mode", choices=("lean", "pyroute2", "both"), default="both")
+    f.add_argument("--rcvbuf", type=int, default=DEFAULT_RCVBUF)
+    args = parser.parse_args(argv)
+    if args.what == "decode":
+        res = bench_decode(args.rounds)
+        a = res["all"]
+        print(f"{res['events']} captured kernel datagrams, µs per event (best of 5):")
+        print(f"  pyroute2 marshal+decode : {a['pyroute2_us']:7.2f}")
+        print(f"  lean decode_datagram    : {a['lean_us']:7.2f}")
+        print(f"  lean decode_message     : {a['lean_message_us']:7.2f}")
+        print(f"  speed-up                : {a['pyroute2_us'] / a['lean_us']:7.1f}x")
+        for name, r in res["by_event"].items():
+            print(f"  {name:17s} pyroute2 {r['pyroute2_us']:6.2f}  lean {r['lean_us']:5.2f}")
+        print(json.dumps(res))
+        return 0
+    modes = {"lean": [True], "pyroute2": [False], "both": [True, False]}[args.mode]
+    results = []
+    for lean in modes:
+        res = asyncio.run(flood_once(lean, args.seconds, args.flooders, args.rcvbuf))
+        results.append(res)
+        print(json.dumps(res))
+    print(f"{'mode':9s} {'conns':>7s} {'kernel ev/s':>11s} {'recv ev/s':>9s} "
+          f"{'lost':>6s} {'overruns':>8s} {'cpu µs/ev':>9s}")
+    for r in results:
+        print(f"{r['mode']:9s} {r['connections']:7d} {r['kernel_events_per_s']:11d} "
+              f"{r['events_per_s']:9d} {r['lost']:6d} {r['overruns']:8d} "
+              f"{r['reader_cpu_us_per_event']:9.2f}")
+    print("median cpu µs/event:",
+          statistics.median(r["reader_cpu_us_per_event"] for r in results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,483 @@
+"""Decoding kernel events: bytes captured from Linux 6.18, messages built with
+our own pyroute2 class, and the lean decoder against the pyroute2 one."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import errno
+import ipaddress
+import logging
+import socket
+import struct
+from typing import Any, cast
+
+import pytest
+
+from mptcpd import events as ev
+from mptcpd.netlink import constants as C
+from mptcpd.netlink.genl_events import (
+    OVERRUN,
+    EventReader,
+    decode,
+    decode_datagram,
+    decode_message,
+)
+from mptcpd.types import AddressId, SockAddr, Token
+from tests.unit.events_support import (
+    FAMILY_ID,
+    build,
+    captures,
+    pyroute2_parse,
+    raw_message,
+)
+
+LOGGER = "mptcpd.netlink.genl_events"
+CLASS_OF = {
+    "CREATED": ev.ConnectionCreated,
+    "ESTABLISHED": ev.ConnectionEstablished,
+    "CLOSED": ev.ConnectionClosed,
+    "ANNOUNCED": ev.AddressAnnounced,
+    "REMOVED": ev.AddressRemoved,
+    "SUB_ESTABLISHED": ev.SubflowEstablished,
+    "SUB_CLOSED": ev.SubflowClosed,
+    "SUB_PRIORITY": ev.SubflowPriority,
+    "LISTENER_CREATED": ev.ListenerCreated,
+    "LISTENER_CLOSED": ev.ListenerClosed,
+}
+HOOKS = {
+    ev.ConnectionCreated: "new_connection",
+    ev.ConnectionEstablished: "connection_established",
+    ev.ConnectionClosed: "connection_closed",
+    ev.AddressAnnounced: "new_address",
+    ev.AddressRemoved: "address_removed",
+    ev.SubflowEstablished: "new_subflow",
+    ev.SubflowClosed: "subflow_closed",
+    ev.SubflowPriority: "subflow_priority",
+    ev.ListenerCreated: "listener_created",
+    ev.ListenerClosed: "listener_closed",
+}
+CAPTURES = captures()
+
+
+def both(data: bytes) -> tuple[ev.Event | None, ev.Event | None]:
+    return decode(pyroute2_parse(data)), decode_message(data)
+
+
+def sa(ip: str, port: int) -> SockAddr:
+    return SockAddr(ipaddress.ip_address(ip), port)
+
+
+def by_what(event: str, fragment: str) -> bytes:
+    for name, rec in CAPTURES:
+        if name == event and fragment in rec["what"]:
+            return bytes.fromhex(rec["hex"])
+    raise LookupError(f"no {event} capture with {fragment!r}")
+
+
+# -- the event classes ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", list(HOOKS))
+def test_event_classes_are_frozen_slotted_and_name_their_hook(cls: type[Any]) -> None:
+    assert cls.HOOK == HOOKS[cls]
+    assert dataclasses.is_dataclass(cls)
+    assert "__slots__" in cls.__dict__
+    assert dataclasses.fields(cls)
+    doc = cls.__doc__ or ""
+    for field in dataclasses.fields(cls):
+        assert f":ivar {field.name}:" in doc, f"{cls.__name__}.{field.name} undocumented"
+
+
+def test_events_are_immutable() -> None:
+    event = ev.ConnectionClosed(token=Token(1))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(event, "token", 2)  # noqa: B010 - the frozen check is the point
+
+
+# -- captured from the kernel ------------------------------------------------------
+
+
+def test_every_event_type_has_a_kernel_capture() -> None:
+    assert {name for name, _ in CAPTURES} == set(CLASS_OF)
+
+
+@pytest.mark.parametrize(("name", "rec"), CAPTURES,
+                         ids=[f"{n}-{r['ns']}-{i}" for i, (n, r) in enumerate(CAPTURES)])
+def test_captures_decode_alike_with_both_decoders(name: str, rec: dict[str, str],
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    data = bytes.fromhex(rec["hex"])
+    caplog.set_level(logging.DEBUG, LOGGER)
+    ref, lean = both(data)
+    assert caplog.records == [], "a real kernel message must decode silently"
+    assert ref is not None
+    assert type(ref) is CLASS_OF[name]
+    assert lean == ref
+    # The datagram path gives the same, with the family id checked.
+    assert decode_datagram(data, family_id=FAMILY_ID) == [ref]
+    assert decode_datagram(data, family_id=FAMILY_ID + 1) == []
+    # Every value pyroute2's own attribute dump shows is in the event.
+    fields = dict(p.split("=", 1) for p in rec["what"].split(", ") if "=" in p)
+    if "token" in fields:
+        assert getattr(ref, "token") == int(fields["token"])  # noqa: B009
+    if "rem_id" in fields and hasattr(ref, "rem_id"):
+        assert ref.rem_id == int(fields["rem_id"])
+    if "sport" in fields and hasattr(ref, "laddr"):
+        saddr = fields.get("saddr4", fields.get("saddr6"))
+        assert saddr is not None
+        assert ref.laddr.port == int(fields["sport"])
+        assert ref.laddr.ip == ipaddress.ip_address(saddr)
+    if "dport" in fields and hasattr(ref, "raddr"):
+        daddr = fields.get("daddr4", fields.get("daddr6"))
+        assert daddr is not None
+        assert ref.raddr.port == int(fields["dport"])
+        assert ref.raddr.ip == ipaddress.ip_address(daddr)
+    if "backup" in fields:
+        assert getattr(ref, "backup") is (fields["backup"] == "1")  # noqa: B009
+
+
+def test_client_connection_created_v4() -> None:
+    event = decode_message(by_what("CREATED", "token=1998741224"))
+    assert event == ev.ConnectionCreated(
+        token=Token(1998741224), laddr=sa("192.0.2.1", 19140), raddr=sa("192.0.2.2", 5201),
+        server_side=False, deny_join_id0=False, loc_id=AddressId(0), rem_id=AddressId(0),
+        family=socket.AF_INET, flags=0,
+    )
+
+
+def test_client_connection_established_v6() -> None:
+    event = decode_message(by_what("ESTABLISHED", "saddr6=2001:db8:1::1"))
+    assert isinstance(event, ev.ConnectionEstablished)
+    assert event.token == 1095024504
+    assert event.laddr == sa("2001:db8:1::1", 11822)
+    assert event.raddr == sa("2001:db8:1::2", 5201)
+    assert event.family == socket.AF_INET6
+    assert not event.server_side
+
+
+def test_server_side_from_flags_and_deprecated_attribute() -> None:
+    event = decode_message(by_what("CREATED", "server_side=1"))
+    assert isinstance(event, ev.ConnectionCreated)
+    assert event.server_side and not event.deny_join_id0
+    assert event.flags == C.MPTCP_PM_EV_FLAG_SERVER_SIDE
+    # A dual-stack listener reports v4-mapped addresses.
+    assert event.laddr == sa("::ffff:192.0.2.2", 5201)
+
+
+def test_deny_join_id0_from_flags() -> None:
+    for name in ("CREATED", "ESTABLISHED"):
+        event = decode_message(by_what(name, "flags=1,"))
+        assert isinstance(event, (ev.ConnectionCreated, ev.ConnectionEstablished))
+        assert event.deny_join_id0 and not event.server_side
+
+
+def test_announced_carries_rem_id_and_port() -> None:
+    event = decode_message(by_what("ANNOUNCED", "daddr4=198.51.100.2"))
+    assert event == ev.AddressAnnounced(
+        token=Token(1998741224), rem_id=AddressId(5), raddr=sa("198.51.100.2", 5201))
+
+
+def test_removed() -> None:
+    assert decode_message(by_what("REMOVED", "token=1998741224")) == ev.AddressRemoved(
+        token=Token(1998741224), rem_id=AddressId(5))
+
+
+def test_subflow_backup_is_the_real_value() -> None:
+    """C mptcpd passes backup=True for every subflow event; we pass the value."""
+    established = decode_message(by_what("SUB_ESTABLISHED", "daddr4=198.51.100.2"))
+    priority = decode_message(by_what("SUB_PRIORITY", "daddr4=198.51.100.2"))
+    assert isinstance(established, ev.SubflowEstablished)
+    assert isinstance(priority, ev.SubflowPriority)
+    assert established.backup is False
+    assert priority.backup is True
+    assert established.laddr == priority.laddr == sa("198.51.100.1", 10187)
+    assert (established.loc_id, established.rem_id) == (1, 5)
+
+
+def test_subflow_closed_with_error_and_interface() -> None:
+    event = decode_message(by_what("SUB_CLOSED", "error=104"))
+    assert isinstance(event, ev.SubflowClosed)
+    assert event.error == errno.ECONNRESET
+    assert event.if_idx == 3
+    assert event.raddr == sa("192.0.2.2", 0)
+    assert event.loc_id == 7
+
+
+def test_listeners_wildcards() -> None:
+    created = decode_message(by_what("LISTENER_CREATED", "saddr6=::"))
+    closed = decode_message(by_what("LISTENER_CLOSED", "saddr4=0.0.0.0"))
+    assert created == ev.ListenerCreated(sa("::", 6000), family=socket.AF_INET6)
+    assert closed == ev.ListenerClosed(sa("0.0.0.0", 6000), family=socket.AF_INET)
+
+
+# -- built with our message class -------------------------------------------------
+
+FULL_V4 = [
+    ("MPTCP_ATTR_TOKEN", 0xDEADBEEF), ("MPTCP_ATTR_FAMILY", 2),
+    ("MPTCP_ATTR_LOC_ID", 3), ("MPTCP_ATTR_REM_ID", 4),
+    ("MPTCP_ATTR_SADDR4", "203.0.113.1"), ("MPTCP_ATTR_DADDR4", "203.0.113.2"),
+    ("MPTCP_ATTR_SPORT", 40000), ("MPTCP_ATTR_DPORT", 443),
+]
+EXTRAS = [
+    ("MPTCP_ATTR_BACKUP", 1), ("MPTCP_ATTR_ERROR", 110), ("MPTCP_ATTR_IF_IDX", 42),
+    ("MPTCP_ATTR_RESET_REASON", 4), ("MPTCP_ATTR_RESET_FLAGS", 1),
+    ("MPTCP_ATTR_TIMEOUT", 120), ("MPTCP_ATTR_FLAGS", 3),
+]
+
+
+@pytest.mark.parametrize("cmd", [C.MPTCP_EVENT_SUB_ESTABLISHED, C.MPTCP_EVENT_SUB_CLOSED,
+                                 C.MPTCP_EVENT_SUB_PRIORITY])
+def test_built_subflow_event_with_every_attribute(cmd: int) -> None:
+    ref, lean = both(build(cmd, FULL_V4 + EXTRAS))
+    assert lean == ref
+    assert isinstance(ref, ev.SubflowClosed | ev.SubflowEstablished | ev.SubflowPriority)
+    assert ref.token == 0xDEADBEEF
+    assert ref.laddr == sa("203.0.113.1", 40000)
+    assert ref.raddr == sa("203.0.113.2", 443)
+    assert (ref.loc_id, ref.rem_id, ref.family) == (3, 4, 2)
+    assert (ref.backup, ref.error, ref.if_idx) == (True, 110, 42)
+    assert (ref.reset_reason, ref.reset_flags, ref.timeout) == (4, 1, 120)
+    assert ref.flags == 3 and ref.server_side and ref.deny_join_id0
+
+
+def test_built_created_with_only_the_deprecated_server_side_attribute() -> None:
+    ref, lean = both(build(C.MPTCP_EVENT_CREATED,
+                           FULL_V4 + [("MPTCP_ATTR_SERVER_SIDE", 1)]))
+    assert lean == ref
+    assert isinstance(ref, ev.ConnectionCreated)
+    assert ref.server_side and not ref.deny_join_id0 and ref.flags == 0
+
+
+def test_server_side_attribute_zero_means_client() -> None:
+    ref, lean = both(build(C.MPTCP_EVENT_ESTABLISHED,
+                           FULL_V4 + [("MPTCP_ATTR_SERVER_SIDE", 0)]))
+    assert lean == ref
+    assert isinstance(ref, ev.ConnectionEstablished) and not ref.server_side
+
+
+def test_v4_wins_over_v6() -> None:
+    attrs = FULL_V4 + [("MPTCP_ATTR_SADDR6", "2001:db8::1"),
+                       ("MPTCP_ATTR_DADDR6", "2001:db8::2")]
+    ref, lean = both(build(C.MPTCP_EVENT_CREATED, attrs))
+    assert lean == ref
+    assert isinstance(ref, ev.ConnectionCreated)
+    assert ref.laddr.ip.version == 4 and ref.raddr.ip.version == 4
+
+
+def test_announced_without_port_gets_port_zero() -> None:
+    ref, lean = both(build(C.MPTCP_EVENT_ANNOUNCED, [
+        ("MPTCP_ATTR_TOKEN", 9), ("MPTCP_ATTR_REM_ID", 2),
+        ("MPTCP_ATTR_DADDR6", "2001:db8:3::2")]))
+    assert lean == ref == ev.AddressAnnounced(Token(9), AddressId(2), sa("2001:db8:3::2", 0))
+
+
+# -- log lines and dropped events (spec 3.2, 3.3) ---------------------------------
+
+MISSING = {
+    C.MPTCP_EVENT_CREATED: "Required MPTCP_EVENT_CREATED message attributes are missing.",
+    C.MPTCP_EVENT_ESTABLISHED:
+        "Required MPTCP_EVENT_ESTABLISHED message attributes are missing.",
+    C.MPTCP_EVENT_CLOSED: "Required MPTCP_EVENT_CLOSED message attributes are missing.",
+    C.MPTCP_EVENT_ANNOUNCED: "Required MPTCP_EVENT_ANNOUNCED message attributes are missing.",
+    C.MPTCP_EVENT_REMOVED: "Required MPTCP_EVENT_REMOVED message attributes are missing.",
+    C.MPTCP_EVENT_SUB_ESTABLISHED: "Required MPTCP_EVENT_SUB_* message attributes are missing.",
+    C.MPTCP_EVENT_SUB_CLOSED: "Required MPTCP_EVENT_SUB_* message attributes are missing.",
+    C.MPTCP_EVENT_SUB_PRIORITY: "Required MPTCP_EVENT_SUB_* message attributes are missing.",
+    C.MPTCP_EVENT_LISTENER_CREATED:
+        "Required MPTCP_EVENT_LISTENER_*message attributes are missing.",
+    C.MPTCP_EVENT_LISTENER_CLOSED:
+        "Required MPTCP_EVENT_LISTENER_*message attributes are missing.",
+}
+
+
+def logs_of(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
+    return [(r.levelno, r.getMessage()) for r in caplog.records if r.name == LOGGER]
+
+
+def check_both(data: bytes, caplog: pytest.LogCaptureFixture) -> tuple[
+        ev.Event | None, list[tuple[int, str]]]:
+    """Decode with both decoders; assert same result and same log lines."""
+    caplog.set_level(logging.DEBUG, LOGGER)
+    caplog.clear()
+    ref = decode(pyroute2_parse(data))
+    ref_logs = logs_of(caplog)
+    caplog.clear()
+    lean = decode_message(data)
+    assert lean == ref
+    assert logs_of(caplog) == ref_logs
+    return ref, ref_logs
+
+
+@pytest.mark.parametrize("cmd", sorted(MISSING))
+def test_empty_message_logs_both_errors_and_is_dropped(
+        cmd: int, caplog: pytest.LogCaptureFixture) -> None:
+    event, logs = check_both(build(cmd, []), caplog)
+    assert event is None
+    assert logs == [(logging.ERROR, "Unable to initialize genl attribute"),
+                    (logging.ERROR, MISSING[cmd])]
+
+
+@pytest.mark.parametrize(("cmd", "drop"), [
+    (C.MPTCP_EVENT_CREATED, "MPTCP_ATTR_SPORT"),
+    (C.MPTCP_EVENT_ESTABLISHED, "MPTCP_ATTR_DADDR4"),
+    (C.MPTCP_EVENT_CLOSED, "MPTCP_ATTR_TOKEN"),
+    (C.MPTCP_EVENT_ANNOUNCED, "MPTCP_ATTR_REM_ID"),
+    (C.MPTCP_EVENT_REMOVED, "MPTCP_ATTR_REM_ID"),
+    (C.MPTCP_EVENT_SUB_ESTABLISHED, "MPTCP_ATTR_BACKUP"),
+    (C.MPTCP_EVENT_SUB_CLOSED, "MPTCP_ATTR_DPORT"),
+    (C.MPTCP_EVENT_SUB_PRIORITY, "MPTCP_ATTR_SADDR4"),
+    (C.MPTCP_EVENT_LISTENER_CREATED, "MPTCP_ATTR_SPORT"),
+    (C.MPTCP_EVENT_LISTENER_CLOSED, "MPTCP_ATTR_SADDR4"),
+])
+def test_missing_required_attribute_drops_the_event(
+        cmd: int, drop: str, caplog: pytest.LogCaptureFixture) -> None:
+    attrs = [a for a in FULL_V4 + [("MPTCP_ATTR_BACKUP", 0)] if a[0] != drop]
+    event, logs = check_both(build(cmd, attrs), caplog)
+    assert event is None
+    assert logs == [(logging.ERROR, MISSING[cmd])]
+
+
+def test_wrong_length_is_logged_and_treated_as_absent(
+        caplog: pytest.LogCaptureFixture) -> None:
+    token = struct.pack("=I", 5)
+    # REM_ID sent as 2 bytes: logged, ignored, so REMOVED lacks it.
+    data = raw_message(C.MPTCP_EVENT_REMOVED,
+                       [(C.MPTCP_ATTR_TOKEN, token), (C.MPTCP_ATTR_REM_ID, b"\x01\x00")])
+    event, logs = check_both(data, caplog)
+    assert event is None
+    assert logs == [(logging.ERROR, "Attribute length (2) is not the expected length (1)"),
+                    (logging.ERROR, MISSING[C.MPTCP_EVENT_REMOVED])]
+    # An optional attribute of the wrong size does not drop the event.
+    data = raw_message(C.MPTCP_EVENT_REMOVED, [
+        (C.MPTCP_ATTR_TOKEN, token), (C.MPTCP_ATTR_REM_ID, b"\x01"),
+        (C.MPTCP_ATTR_FAMILY, b"\x02\x00\x00\x00")])
+    event, logs = check_both(data, caplog)
+    assert event == ev.AddressRemoved(Token(5), AddressId(1))
+    assert logs == [(logging.ERROR, "Attribute length (4) is not the expected length (2)")]
+
+
+def test_unknown_attribute_is_logged_at_info_and_skipped(
+        caplog: pytest.LogCaptureFixture) -> None:
+    data = raw_message(C.MPTCP_EVENT_CLOSED, [
+        (C.MPTCP_ATTR_TOKEN, struct.pack("=I", 77)), (42, b"abcd"), (0, b"")])
+    event, logs = check_both(data, caplog)
+    assert event == ev.ConnectionClosed(Token(77))
+    assert logs == [(logging.INFO, "Unknown MPTCP genl attribute: 42"),
+                    (logging.INFO, "Unknown MPTCP genl attribute: 0")]
+
+
+@pytest.mark.parametrize("cmd", [0, 4, 5, 8, 9, 12, 14, 17, 255])
+def test_unknown_event_is_logged(cmd: int, caplog: pytest.LogCaptureFixture) -> None:
+    event, logs = check_both(build(cmd, [("MPTCP_ATTR_TOKEN", 1)]), caplog)
+    assert event is None
+    assert logs == [(logging.ERROR, f"Unhandled MPTCP event: {cmd}")]
+
+
+def test_nested_and_byteorder_flag_bits_are_ignored_in_the_type() -> None:
+    data = raw_message(C.MPTCP_EVENT_CLOSED,
+                       [(C.MPTCP_ATTR_TOKEN | 0x4000, struct.pack("=I", 3))])
+    ref, lean = both(data)
+    assert ref == lean == ev.ConnectionClosed(Token(3))
+
+
+def test_last_duplicate_attribute_wins_in_both() -> None:
+    data = raw_message(C.MPTCP_EVENT_CLOSED, [
+        (C.MPTCP_ATTR_TOKEN, struct.pack("=I", 1)), (C.MPTCP_ATTR_TOKEN, struct.pack("=I", 2))])
+    ref, lean = both(data)
+    assert ref == lean == ev.ConnectionClosed(Token(2))
+
+
+# -- datagrams ---------------------------------------------------------------------
+
+
+def test_datagram_with_several_messages_keeps_their_order() -> None:
+    msgs = [bytes.fromhex(rec["hex"]) for _, rec in CAPTURES[:6]]
+    data = b"".join(msgs)
+    assert decode_datagram(data) == [decode_message(m) for m in msgs]
+
+
+def test_enobufs_error_message_is_an_overrun() -> None:
+    err = struct.pack("=IHHIIi", 36, 2, 0, 0, 0, -errno.ENOBUFS) + b"\0" * 16
+    closed = build(C.MPTCP_EVENT_CLOSED, [("MPTCP_ATTR_TOKEN", 4)])
+    assert decode_datagram(err + closed) == [OVERRUN, ev.ConnectionClosed(Token(4))]
+    other = struct.pack("=IHHIIi", 36, 2, 0, 0, 0, -errno.EINVAL) + b"\0" * 16
+    assert decode_datagram(other) == []
+
+
+def test_truncated_datagram_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    data = bytes.fromhex(CAPTURES[0][1]["hex"])
+    caplog.set_level(logging.DEBUG, LOGGER)
+    assert decode_datagram(data[:-3]) == []
+    assert decode_datagram(data[:10]) == []
+    assert any("Unable to decode MPTCP event message" in m for _, m in logs_of(caplog))
+
+
+# -- the reader's receive path, without a kernel -------------------------------------
+
+
+class _Overrunning:
+    """A stand-in socket: ENOBUFS once, then the queued datagrams."""
+
+    def __init__(self, datagrams: list[bytes]) -> None:
+        self.items: list[bytes | OSError] = [OSError(errno.ENOBUFS, "No buffer space")]
+        self.items += datagrams
+
+    def recv_into(self, buf: bytearray) -> int:
+        if not self.items:
+            raise BlockingIOError
+        item = self.items.pop(0)
+        if isinstance(item, OSError):
+            raise item
+        buf[:len(item)] = item
+        return len(item)
+
+
+def test_reader_reports_an_overrun_and_keeps_reading(
+        caplog: pytest.LogCaptureFixture) -> None:
+    calls: list[int] = []
+    reader = EventReader(on_overrun=calls.append)
+    datagrams = [bytes.fromhex(rec["hex"]) for _, rec in CAPTURES[:3]]
+    reader._raw = cast(socket.socket, _Overrunning(datagrams))
+    caplog.set_level(logging.WARNING, LOGGER)
+    reader._on_readable()
+    assert calls == [1] and reader.overruns == 1 and reader.overrun_pending
+    warning = ("MPTCP event socket receive buffer overrun (ENOBUFS), events were lost; "
+               "overrun #1, resynchronising")
+    assert [r.getMessage() for r in caplog.records] == [warning]
+    # Events after the overrun are delivered.
+    assert reader.drain() == [decode_message(d) for d in datagrams]
+    # A callback that raises is logged, not propagated.
+    def broken(count: int) -> None:
+        raise RuntimeError(count)
+
+    reader.on_overrun = broken
+    reader._raw = cast(socket.socket, _Overrunning([]))
+    reader._on_readable()
+    assert reader.overruns == 2
+
+
+async def test_reader_pauses_when_the_consumer_lags_and_resumes() -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        b.setblocking(False)
+        reader = EventReader(max_pending=4)
+        reader._loop = asyncio.get_running_loop()
+        reader._raw, reader._fd = b, b.fileno()
+        reader._start_reading()
+        closed = [build(C.MPTCP_EVENT_CLOSED, [("MPTCP_ATTR_TOKEN", i)]) for i in range(10)]
+        for d in closed:
+            a.send(d)
+        await asyncio.sleep(0.05)
+        # Reading stopped once max_pending events were waiting.
+        assert not reader._reading
+        got = []
+        async for event in reader:
+            got.append(event)
+            if len(got) == 10:
+                break
+        assert got == [ev.ConnectionClosed(Token(i)) for i in range(10)]
+        assert reader._reading
+        reader._stop_reading()
+    finally:
+        a.close()
+        b.close()
