@@ -88,6 +88,8 @@ class AddressAdvertiser:
         self.rcv_limit = 0
         self.owned: dict[SockAddr, Endpoint] = {}
         self.foreign: set[SockAddr] = set()  #: addresses with endpoints not ours
+        #: Addresses that count in the limits now (reported, carrier up).
+        self.counted: set[SockAddr] = set()
         self.synced = False
         self.pending: list[tuple[str, Any, SockAddr]] = []
         self.remembered: dict[SockAddr, int] = {}
@@ -149,21 +151,22 @@ class AddressAdvertiser:
             self.pending.append(("new_local_address", interface, addr))
             return
         key = SockAddr(addr.ip)
-        adopted = self.owned.get(key)
-        if adopted is not None and adopted.active:
-            # Taken over at start-up: the monitor says where it lives now.
-            adopted.ifindex = interface.index
-            return
+        if key in self.counted:
+            return  # reported twice
         addr_id = pm.id_manager.get_id(key)
         if addr_id == 0:
             log.error("Unable to map addr to ID.")
             return
         self.update_limits(pm, +1)
+        self.counted.add(key)
         if key in self.foreign:
             log.info("Endpoint for %s exists already and is not ours; "
                      "leaving it alone.", key)
             return
-        if key in self.owned:
+        adopted = self.owned.get(key)
+        if adopted is not None:
+            # Taken over at start-up: the monitor says where it lives now.
+            adopted.ifindex = interface.index
             return
         flags = int(pm.config.addr_flags) if pm.config is not None else 0
         self._add(pm, Endpoint(key, addr_id, interface.index, flags))
@@ -199,12 +202,17 @@ class AddressAdvertiser:
             return
         key = SockAddr(addr.ip)
         endpoint = self.owned.pop(key, None)
+        counted = key in self.counted
+        self.counted.discard(key)
         if endpoint is None:
-            if pm.id_manager.lookup(key) == 0:
+            if counted:
+                self.update_limits(pm, -1)  # a foreign endpoint: leave it alone
+            elif pm.id_manager.lookup(key) == 0:
                 log.info("No address ID associated with addr.")
             return
         pm.id_manager.remove_id(key)
-        self.update_limits(pm, -1)
+        if counted:
+            self.update_limits(pm, -1)
         if endpoint.active:
             self._remove(pm, endpoint)
         self._save_state()
@@ -223,7 +231,9 @@ class AddressAdvertiser:
                 log.info("%s lost its carrier: withdrawing endpoint %d (%s).",
                          interface.name, endpoint.id, endpoint.addr)
                 endpoint.active = False
-                self.update_limits(pm, -1)
+                if endpoint.addr in self.counted:
+                    self.counted.discard(endpoint.addr)
+                    self.update_limits(pm, -1)
                 self._remove(pm, endpoint)
 
     def link_up(self, pm: Any, interface: Any) -> None:
@@ -233,6 +243,7 @@ class AddressAdvertiser:
                     and endpoint.addr in present:
                 log.info("%s has its carrier back: restoring endpoint %d (%s).",
                          interface.name, endpoint.id, endpoint.addr)
+                self.counted.add(endpoint.addr)
                 self.update_limits(pm, +1)
                 self._add(pm, endpoint)
 

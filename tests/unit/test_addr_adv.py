@@ -129,6 +129,8 @@ async def test_an_existing_endpoint_is_neither_duplicated_nor_removed(
     plugin.link_down(IF3, pm)
     plugin.delete_local_address(IF3, A2, pm)
     assert pm.commands("remove") == []
+    # It counted in the limits while its address existed, as in C.
+    assert pm.commands("set_limits")[-1] == ("set_limits", ([(1, 2), (0, 0)],))
 
 
 async def test_deleting_an_address_removes_its_endpoint(plugin: Any) -> None:
@@ -194,5 +196,6 @@ async def test_a_restarted_plugin_takes_its_endpoints_over(plugin: Any) -> None:
     await started(plugin, pm2, [AddrInfo(A2, 1), AddrInfo(A1, 5)])
     plugin.new_local_address(IF3, A2, pm2)
     assert pm2.commands("add") == []  # no duplicate
+    assert pm2.commands("set_limits")[-1] == ("set_limits", ([(1, 3), (0, 0)],))
     plugin.link_down(IF3, pm2)
     assert pm2.commands("remove") == [("remove", (1,))]  # but managed as ours

@@ -50,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
+import itertools
 import logging
 import socket
 import time
@@ -149,6 +150,9 @@ class AddressState(enum.Enum):
     ABANDONED = "abandoned"  #: route check gave up
 
 
+_arrival = itertools.count()
+
+
 @dataclasses.dataclass(eq=False)
 class _Address:
     addr: SockAddr
@@ -156,6 +160,8 @@ class _Address:
     state: AddressState
     check: asyncio.Task[None] | None = None
     wake: asyncio.Event | None = None
+    #: Order in which the kernel reported the address, across interfaces.
+    seq: int = dataclasses.field(default_factory=lambda: next(_arrival))
 
 
 @dataclasses.dataclass(eq=False)
@@ -336,8 +342,9 @@ class NetworkMonitor:
 
     def replay(self, ops: object, *, interfaces: bool = False) -> None:
         """Tell ``ops`` about the current state, as if it had been subscribed
-        all along: ``new_local_address`` for every announced address, in
-        ifindex and arrival order.
+        all along: ``new_local_address`` for every announced address, in the
+        order the kernel reported them (across interfaces, as mptcpd notifies
+        them while the startup dump arrives: IPv4 addresses, then IPv6).
 
         With ``interfaces`` it first gets ``new_interface`` for each tracked
         interface (and ``link_down`` for one without carrier).  Addresses
@@ -345,15 +352,20 @@ class NetworkMonitor:
         is pending or gave up, are not replayed.  This is how the daemon
         hands the ``existing`` addresses to plugins after loading them.
         """
-        for iface in list(self._visible()):
-            snap = iface.snapshot()
-            if interfaces:
+        visible = list(self._visible())
+        if interfaces:
+            for iface in visible:
+                snap = iface.snapshot()
                 self._call(ops, "new_interface", snap)
                 if not iface.running:
                     self._call(ops, "link_down", snap)
-            for entry in list(iface.addrs):
-                if entry.state is AddressState.ANNOUNCED:
-                    self._call(ops, "new_local_address", snap, entry.addr)
+        announced = sorted(
+            ((entry.seq, iface, entry) for iface in visible for entry in iface.addrs
+             if entry.state is AddressState.ANNOUNCED),
+            key=lambda item: item[0],
+        )
+        for _, iface, entry in announced:
+            self._call(ops, "new_local_address", iface.snapshot(), entry.addr)
 
     @staticmethod
     def _call(ops: object, op: str, *args: object) -> None:
