@@ -93,7 +93,7 @@ def _journal_handler(
     socket_path: str, sender: Callable[..., Any] | None
 ) -> logging.Handler | None:
     try:
-        from systemd.journal import JournalHandler  # type: ignore[import-untyped]
+        from systemd.journal import JournalHandler
     except ImportError:
         return None
     if sender is None and not _can_connect(socket_path):

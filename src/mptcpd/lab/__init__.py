@@ -54,8 +54,12 @@ class LabError(RuntimeError):
     """A lab set-up step or a wait on kernel state failed."""
 
 
+class LabTimeout(LabError):
+    """A wait on kernel state or on a process ran out of time."""
+
+
 def wait_for(
-    condition: Callable[[], T],
+    condition: Callable[[], T | None],
     timeout: float = 5.0,
     interval: float = 0.02,
     what: str = "condition",
@@ -72,7 +76,7 @@ def wait_for(
         if value:
             return value
         if time.monotonic() >= deadline:
-            raise LabError(f"timed out after {timeout:.1f} s waiting for {what}")
+            raise LabTimeout(f"timed out after {timeout:.1f} s waiting for {what}")
         time.sleep(delay)
         delay = min(delay * 1.5, 0.25)
 
@@ -222,8 +226,8 @@ class Process:
 
         try:
             return wait_for(found, timeout, what=f"{self.name} to print {pattern!r}")
-        except LabError as exc:
-            raise LabError(f"{exc}; its output so far:\n{self.output()}") from None
+        except LabTimeout as exc:
+            raise LabTimeout(f"{exc}; its output so far:\n{self.output()}") from None
 
     def send_signal(self, sig: int) -> None:
         if self.popen.poll() is None:

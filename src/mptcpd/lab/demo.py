@@ -24,6 +24,8 @@ import re
 import sys
 import textwrap
 import time
+from collections.abc import Callable
+from typing import Any
 
 from mptcpd.lab import Lab, LabError, Process, lab_requirements, wait_for
 
@@ -83,7 +85,8 @@ def transfer(lab: Lab, nbytes: int, hold: float = 0.0) -> Process:
                       "--hold", str(hold), "--timeout", "60")
 
 
-def watch(lab: Lab, client: Process, base: list[int], on_tick=None,
+def watch(lab: Lab, client: Process, base: list[int],
+          on_tick: Callable[[int], None] | None = None,
           limit: float = 60.0) -> list[int]:
     """Print the bytes each link has sent until the client is done."""
     deadline = time.monotonic() + limit
@@ -117,7 +120,7 @@ def part_addr_adv(lab: Lab, nbytes: int) -> bool:
     base = [lab.tx_bytes(lab.client, l.client_if) for l in lab.links]
     client = transfer(lab, nbytes)
     second = lab.links[1]
-    state = {"pulled": False, "restored": False}
+    state: dict[str, Any] = {"pulled": False, "restored": False}
 
     def cable(tick: int) -> None:
         sent2 = lab.tx_bytes(lab.client, second.client_if) - base[1]

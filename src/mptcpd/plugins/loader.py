@@ -19,6 +19,7 @@ skipped; the first plugin of a given name wins.
 from __future__ import annotations
 
 import errno
+import functools
 import importlib
 import importlib.metadata
 import importlib.util
@@ -109,7 +110,7 @@ def directory_candidates(directory: str, names: Iterable[str] | None) -> Iterato
         for name in names:
             path = base / f"{name}.py"
             if path.exists():
-                yield Candidate(name, str(path), lambda p=path: _import_file(p))
+                yield Candidate(name, str(path), functools.partial(_import_file, path))
         return
     try:
         entries = sorted(os.scandir(base), key=lambda e: e.name)
@@ -124,7 +125,7 @@ def directory_candidates(directory: str, names: Iterable[str] | None) -> Iterato
         if not entry.is_file():
             continue
         path = Path(entry.path)
-        yield Candidate(path.stem, str(path), lambda p=path: _import_file(p))
+        yield Candidate(path.stem, str(path), functools.partial(_import_file, path))
 
 
 def entry_point_candidates(names: Iterable[str] | None) -> Iterator[Candidate]:
@@ -134,7 +135,7 @@ def entry_point_candidates(names: Iterable[str] | None) -> Iterator[Candidate]:
         if wanted is not None and ep.name not in wanted:
             continue
         yield Candidate(ep.name, f"entry point {ep.name} = {ep.value}",
-                        lambda e=ep: _import_entry_point(e))
+                        functools.partial(_import_entry_point, ep))
 
 
 def plugin_info(module: ModuleType, source: str) -> PluginInfo:
