@@ -175,3 +175,22 @@ def test_a_raising_plugin_is_contained(
     assert 'Plugin "aaa_raising" failed in hook new_interface' in caplog.text
     assert 'Plugin "aaa_raising" failed in hook new_connection' in caplog.text
     assert d.bindings == {TOKEN1: "aaa_raising"}
+
+
+def test_reconcile_closes_vanished_and_adopts_missed_connections(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    d = dispatcher(load(fixture_dir(tmp_path, "priority")))
+    d.dispatch(ev.ConnectionCreated(TOKEN1, LADDR, RADDR))
+    d.dispatch(ev.ConnectionCreated(TOKEN2, LADDR, RADDR))
+    recording.CALLS.clear()
+    d.reconcile({TOKEN2: (LADDR, RADDR, False, True),
+                 TOKEN3: (LADDR, RADDR6, True, True)})
+    calls = [(hook, args.get("token")) for _, hook, args in recording.CALLS]
+    assert calls == [("connection_closed", TOKEN1), ("new_connection", TOKEN3),
+                     ("connection_established", TOKEN3)]
+    assert recording.CALLS[1][2]["server_side"] is True
+    assert d.bindings == {TOKEN2: "plugin_one", TOKEN3: "plugin_one"}
+    assert f"Connection {TOKEN1:08x} closed while events were lost." in caplog.text
+    assert f'Connection {TOKEN3:08x} was created while events were lost; adopted by ' \
+        '"plugin_one".' in caplog.text

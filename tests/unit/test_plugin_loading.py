@@ -156,3 +156,66 @@ def test_a_failing_init_warns_and_the_plugin_stays(
     registry.init_all(pm=None)
     assert 'Plugin "plugin_failed_init" failed to initialize' in caplog.text
     assert "plugin_failed_init" in registry
+
+
+@pytest.fixture
+def installed_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A plugin package 'installed' with an entry point in mptcpd.plugins."""
+    import importlib
+    import sys
+
+    site = tmp_path / "site"
+    site.mkdir()
+    module = site / "mptcpd_ep_demo.py"
+    module.write_text(
+        f"open({str(tmp_path / 'imported')!r}, 'a').close()\n"
+        "from mptcpd.plugin import PluginInfo, hookimpl\n"
+        "PLUGIN = PluginInfo(name='ep_demo', priority=-5)\n"
+        "@hookimpl\n"
+        "def new_connection(token):\n"
+        "    pass\n"
+    )
+    module.chmod(0o644)
+    dist = site / "mptcpd_ep_demo-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: mptcpd-ep-demo\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[mptcpd.plugins]\nep_demo = mptcpd_ep_demo\n")
+    monkeypatch.syspath_prepend(str(site))
+    importlib.invalidate_caches()
+    yield module
+    sys.modules.pop("mptcpd_ep_demo", None)
+
+
+def test_entry_point_plugins_load_after_the_directory(
+    tmp_path: Path, installed_plugin: Path
+) -> None:
+    registry = PluginRegistry()
+    load_plugins(registry, str(fixture_dir(tmp_path, "noop")), None)
+    assert [(p.name, p.source) for p in registry.plugins] == [
+        ("ep_demo", "entry point ep_demo = mptcpd_ep_demo"),
+        ("noop", str(tmp_path / "plugins" / "noop.py")),
+    ]
+    assert set(registry.get("ep_demo").impls) == {"new_connection"}  # type: ignore[union-attr]
+
+
+def test_load_plugins_filters_entry_points_by_name(
+    tmp_path: Path, installed_plugin: Path
+) -> None:
+    directory = fixture_dir(tmp_path, "noop")
+    registry = PluginRegistry()
+    load_plugins(registry, str(directory), ["ep_demo"])
+    assert [p.name for p in registry.plugins] == ["ep_demo"]
+    registry = PluginRegistry()
+    load_plugins(registry, str(directory), ["noop"])
+    assert [p.name for p in registry.plugins] == ["noop"]
+
+
+def test_a_world_writable_entry_point_module_is_refused(
+    tmp_path: Path, installed_plugin: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    installed_plugin.chmod(0o666)
+    registry = PluginRegistry()
+    load_plugins(registry, str(fixture_dir(tmp_path, "noop")), None)
+    assert [p.name for p in registry.plugins] == ["noop"]
+    assert f'"{installed_plugin}" should be a file that is not world writable.' in caplog.text
+    assert not (tmp_path / "imported").exists()  # refused before any of it ran

@@ -20,7 +20,7 @@ from typing import Any
 
 from mptcpd import events as ev
 from mptcpd.plugins.registry import Plugin, PluginRegistry
-from mptcpd.types import SockAddr
+from mptcpd.types import SockAddr, Token
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,34 @@ class Dispatcher:
     def _listener(self, event: ev.ListenerCreated) -> None:
         if self.default is not None:
             self.registry.call(self.default, event.HOOK, laddr=event.laddr, pm=self.pm)
+
+    # -- reconciliation after lost events ------------------------------------
+
+    def reconcile(self, live: dict[int, tuple[SockAddr, SockAddr, bool, bool]]) -> None:
+        """Bring the token bindings in line with the connections that exist.
+
+        ``live`` maps each live connection's token to ``(laddr, raddr,
+        server_side, established)`` (from sock_diag).  Called after a
+        receive overrun lost events: a bound connection that no longer
+        exists gets the ``connection_closed`` it missed; a live one that is
+        not bound is adopted by the default path manager, which gets the
+        ``new_connection`` (and ``connection_established``) it missed.
+        """
+        for token in [t for t in self._bindings if t not in live]:
+            log.warning("Connection %08x closed while events were lost.", token)
+            self._closed(ev.ConnectionClosed(Token(token)))
+        if self.default is None:
+            return
+        for token, (laddr, raddr, server_side, established) in live.items():
+            if token in self._bindings:
+                continue
+            log.warning("Connection %08x was created while events were lost; "
+                        'adopted by "%s".', token, self.default.name)
+            self._created(ev.ConnectionCreated(Token(token), laddr, raddr,
+                                               server_side=server_side))
+            if established:
+                self._connection(ev.ConnectionEstablished(Token(token), laddr, raddr,
+                                                          server_side=server_side))
 
     # -- network monitor events (broadcast) ---------------------------------
 

@@ -93,14 +93,19 @@ def _import_file(path: Path) -> ModuleType:
 
 
 def _import_entry_point(ep: importlib.metadata.EntryPoint) -> ModuleType:
-    module = ep.load()
+    # Check the module's file before anything of it runs (find_spec may
+    # import the parent packages of a dotted name, not the module itself).
+    spec = importlib.util.find_spec(ep.module)
+    if spec is None:
+        raise PluginError(f"entry point {ep.name} = {ep.value}: no module {ep.module}")
+    if spec.origin and os.path.exists(spec.origin):
+        if _world_writable(os.stat(spec.origin).st_mode):
+            raise PluginError(f'"{spec.origin}" should be a file that is not world writable.')
+    module = importlib.import_module(ep.module)
+    if ep.attr:
+        module = getattr(module, ep.attr)
     if not isinstance(module, ModuleType):
         raise PluginError(f"entry point {ep.name} = {ep.value}: names no module")
-    path = getattr(module, "__file__", None)
-    if path:
-        st = os.stat(path)
-        if _world_writable(st.st_mode):
-            raise PluginError(f'"{path}" should be a file that is not world writable.')
     return module
 
 
