@@ -42,7 +42,24 @@ __all__ = [
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class ConnectionCreated:
+class _ConnectionEvent:
+    """Fields shared by CREATED and ESTABLISHED (documented on each)."""
+
+    HOOK: ClassVar[str] = ""
+    token: Token
+    laddr: SockAddr
+    raddr: SockAddr
+    server_side: bool = False
+    deny_join_id0: bool = False
+    loc_id: AddressId | None = None
+    rem_id: AddressId | None = None
+    family: int | None = None
+    flags: int = 0
+    timeout: int | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ConnectionCreated(_ConnectionEvent):
     """A new MPTCP connection exists (``MPTCP_EVENT_CREATED``).
 
     :ivar token: the connection's token.
@@ -61,20 +78,10 @@ class ConnectionCreated:
     """
 
     HOOK: ClassVar[str] = "new_connection"
-    token: Token
-    laddr: SockAddr
-    raddr: SockAddr
-    server_side: bool = False
-    deny_join_id0: bool = False
-    loc_id: AddressId | None = None
-    rem_id: AddressId | None = None
-    family: int | None = None
-    flags: int = 0
-    timeout: int | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class ConnectionEstablished:
+class ConnectionEstablished(_ConnectionEvent):
     """An MPTCP connection is established (``MPTCP_EVENT_ESTABLISHED``).
 
     The kernel sends it once data has been exchanged; from then on subflows
@@ -83,26 +90,19 @@ class ConnectionEstablished:
     :ivar token: the connection's token.
     :ivar laddr: local address and port of the initial subflow.
     :ivar raddr: remote address and port of the initial subflow.
-    :ivar server_side: this host accepted the connection.
-    :ivar deny_join_id0: the peer refuses joins to its initial address/port.
+    :ivar server_side: this host accepted the connection (FLAGS bit
+        ``MPTCP_PM_EV_FLAG_SERVER_SIDE``, or the deprecated ``SERVER_SIDE``
+        attribute non-zero).
+    :ivar deny_join_id0: the peer refuses joins to its initial address and
+        port (FLAGS bit ``MPTCP_PM_EV_FLAG_DENY_JOIN_ID0``).
     :ivar loc_id: local address ID of the initial subflow, if sent.
     :ivar rem_id: remote address ID of the initial subflow, if sent.
-    :ivar family: ``MPTCP_ATTR_FAMILY``, if sent.
+    :ivar family: ``MPTCP_ATTR_FAMILY`` (``AF_INET``/``AF_INET6``), if sent.
     :ivar flags: the raw ``MPTCP_ATTR_FLAGS`` value (0 when absent).
     :ivar timeout: ``MPTCP_ATTR_TIMEOUT``, if sent.
     """
 
     HOOK: ClassVar[str] = "connection_established"
-    token: Token
-    laddr: SockAddr
-    raddr: SockAddr
-    server_side: bool = False
-    deny_join_id0: bool = False
-    loc_id: AddressId | None = None
-    rem_id: AddressId | None = None
-    family: int | None = None
-    flags: int = 0
-    timeout: int | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -21,37 +21,14 @@ from mptcpd.lab import Lab, list_namespaces
 from mptcpd.netlink.rtnl_monitor import RouteLookup, RtnlMonitor, RtnlMonitorError
 from mptcpd.pm.network_monitor import AddressState, NetworkMonitor
 from mptcpd.types import Interface, NotifyFlags, SockAddr
+from tests.nm_support import Recorder as NmRecorder
 
 TIMEOUT = 10.0
 
 
-class Recorder:
-    """Subscriber that records (op, interface name, address) tuples."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str, str | None]] = []
-        self.interfaces: list[Interface] = []
-
-    def _rec(self, op: str, iface: Interface, sa: SockAddr | None = None) -> None:
-        self.calls.append((op, iface.name, None if sa is None else str(sa)))
-        self.interfaces.append(iface)
-
-    def new_interface(self, i: Interface) -> None: self._rec("new_interface", i)
-    def update_interface(self, i: Interface) -> None: self._rec("update_interface", i)
-    def delete_interface(self, i: Interface) -> None: self._rec("delete_interface", i)
-    def new_local_address(self, i: Interface, a: SockAddr) -> None: self._rec("new_local_address", i, a)
-    def delete_local_address(self, i: Interface, a: SockAddr) -> None: self._rec("delete_local_address", i, a)
-    def link_down(self, i: Interface) -> None: self._rec("link_down", i)
-    def link_up(self, i: Interface) -> None: self._rec("link_up", i)
-
-    def last(self, op: str, name: str) -> Interface:
-        for call, iface in zip(reversed(self.calls), reversed(self.interfaces)):
-            if call[0] == op and call[1] == name:
-                return iface
-        raise KeyError((op, name))
-
-    def ops(self, *names: str) -> list[tuple[str, str, str | None]]:
-        return [c for c in self.calls if c[0] in names]
+def Recorder() -> NmRecorder:
+    """A subscriber recording (op, interface name, address)."""
+    return NmRecorder(key=lambda i: i.name)
 
 
 async def until(cond: Callable[[], object], what: str, timeout: float = TIMEOUT) -> None:

@@ -24,6 +24,7 @@ from mptcpd.netlink.rtnl_monitor import (
 )
 from mptcpd.pm.network_monitor import AddressState, NetworkMonitor
 from mptcpd.types import IFF_LOOPBACK, IFF_LOWER_UP, IFF_RUNNING, IFF_UP, Interface, NotifyFlags, SockAddr
+from tests.nm_support import Recorder
 
 BROADCAST_MULTICAST = 0x2 | 0x1000
 READY = IFF_UP | IFF_RUNNING | IFF_LOWER_UP | BROADCAST_MULTICAST
@@ -39,26 +40,6 @@ def link(index: int, flags: int = READY, name: str | None = None, deleted: bool 
 
 def addr(index: int, ip: str, scope: int = 0, deleted: bool = False) -> AddressMessage:
     return AddressMessage(index, ipaddress.ip_address(ip), 24, scope, 0, None, deleted)
-
-
-class Recorder:
-    """A subscriber that writes down every call as (op, ifindex, address)."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, int, str | None]] = []
-        self.interfaces: list[Interface] = []
-
-    def _rec(self, op: str, iface: Interface, sa: SockAddr | None = None) -> None:
-        self.calls.append((op, iface.index, None if sa is None else str(sa)))
-        self.interfaces.append(iface)
-
-    def new_interface(self, i: Interface) -> None: self._rec("new_interface", i)
-    def update_interface(self, i: Interface) -> None: self._rec("update_interface", i)
-    def delete_interface(self, i: Interface) -> None: self._rec("delete_interface", i)
-    def new_local_address(self, i: Interface, a: SockAddr) -> None: self._rec("new_local_address", i, a)
-    def delete_local_address(self, i: Interface, a: SockAddr) -> None: self._rec("delete_local_address", i, a)
-    def link_down(self, i: Interface) -> None: self._rec("link_down", i)
-    def link_up(self, i: Interface) -> None: self._rec("link_up", i)
 
 
 def monitor(flags: NotifyFlags = NotifyFlags(0), **kwargs: Any) -> tuple[NetworkMonitor, Recorder]:
