@@ -138,6 +138,15 @@ class Daemon:
             log.debug("family watch: %s", exc)
             log.error('Unable to watch or request "mptcp_pm" generic netlink family.')
             raise StartupError from exc
+        # The daemon waits for the family as long as it takes (as the C one
+        # does); tell systemd it is up by then, so that a Type=notify unit is
+        # not killed for a slow start.  READY=1 follows again when it is.
+        loop = asyncio.get_running_loop()
+        loop.call_later(self.watcher.timeout, self._still_waiting)
+
+    def _still_waiting(self) -> None:
+        if not self.pm.ready and not self._stop.is_set():
+            self.notifier.ready("Waiting for the mptcp_pm generic netlink family")
 
     def _family_appeared(self, family_id: int) -> None:
         self.pm.set_ready(True)
@@ -225,7 +234,10 @@ class Daemon:
     async def _read_events(self, reader: EventReader) -> None:
         dispatch = self.dispatcher.dispatch
         async for event in reader:
-            dispatch(event)
+            try:
+                dispatch(event)
+            except Exception:  # never let one event end the reader
+                log.exception("Unable to dispatch %r", event)
 
     def _overrun(self, count: int) -> None:
         """Events were lost: resynchronise what the kernel lets us."""
