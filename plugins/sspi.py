@@ -126,8 +126,7 @@ def plain(addr: SockAddr) -> SockAddr:
     and looks up addresses in their plain form, and sends the kernel's own
     form back in commands about existing subflows.
     """
-    mapped = getattr(addr.ip, "ipv4_mapped", None)
-    return SockAddr(mapped, addr.port) if mapped is not None else addr
+    return addr.unmapped()
 
 
 @dataclasses.dataclass

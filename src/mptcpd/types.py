@@ -64,6 +64,12 @@ class SockAddr:
     def with_port(self, port: int) -> SockAddr:
         return SockAddr(self.ip, port)
 
+    def unmapped(self) -> SockAddr:
+        """This address with an IPv4-mapped IPv6 address (``::ffff:192.0.2.1``,
+        as dual-stack sockets report IPv4 peers) turned into plain IPv4."""
+        mapped = getattr(self.ip, "ipv4_mapped", None)
+        return SockAddr(mapped, self.port) if mapped is not None else self
+
     def __str__(self) -> str:
         if not self.port:
             return str(self.ip)

@@ -92,3 +92,11 @@ def test_exhaustion_at_255() -> None:
     assert idm.get_id(SockAddr(base + MAX_ID)) == 0
     idm.remove_id(SockAddr(base + 9))
     assert idm.get_id(SockAddr(base + MAX_ID)) == 10
+
+
+def test_an_ipv4_mapped_address_is_its_ipv4_address() -> None:
+    idm = IdManager()
+    v4 = SockAddr(ipaddress.ip_address("192.0.2.1"))
+    mapped = SockAddr(ipaddress.ip_address("::ffff:192.0.2.1"), 5201)
+    assert idm.get_id(v4) == idm.get_id(mapped) == idm.lookup(mapped) == 1
+    assert mapped.unmapped() == v4.with_port(5201)

@@ -633,3 +633,11 @@ async def test_start_skips_the_address_dump_without_interfaces() -> None:
     await nm.start(source=src)
     assert src.log == ["open", "links"]
     await nm.close()
+
+
+def test_find_interface_takes_an_ipv4_mapped_address() -> None:
+    nm, _ = monitor()
+    nm.handle_link(link(2))
+    nm.handle_address(addr(2, "192.0.2.1"))
+    found = nm.find_interface(SockAddr(ipaddress.ip_address("::ffff:192.0.2.1"), 5201))
+    assert found is not None and found.index == 2

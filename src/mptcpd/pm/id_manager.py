@@ -30,10 +30,13 @@ AddressKey = tuple[int, bytes]
 
 
 def _key(addr: SockAddr | IPAddress) -> AddressKey:
-    """The mapping key of ``addr``: (family, packed IP); the port is ignored."""
+    """The mapping key of ``addr``: (family, packed IP); the port is ignored,
+    and an IPv4-mapped IPv6 address is the IPv4 address it maps."""
     ip = addr.ip if isinstance(addr, SockAddr) else addr
     if not isinstance(ip, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
         raise TypeError(f"not an IP address: {ip!r}")
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
     family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
     return family, ip.packed
 

@@ -324,8 +324,9 @@ class NetworkMonitor:
         return iface.snapshot() if iface is not None and iface.visible else None
 
     def find_interface(self, addr: SockAddr) -> Interface | None:
-        """The tracked interface holding the IP of ``addr`` (port ignored)."""
-        key = SockAddr(addr.ip)
+        """The tracked interface holding the IP of ``addr`` (port ignored; an
+        IPv4-mapped IPv6 address is looked up as IPv4)."""
+        key = SockAddr(addr.ip).unmapped()
         for iface in self._visible():
             if iface.find(key) is not None:
                 return iface.snapshot()
@@ -333,7 +334,7 @@ class NetworkMonitor:
 
     def address_state(self, addr: SockAddr) -> AddressState | None:
         """Where a recorded address stands (None when not recorded)."""
-        key = SockAddr(addr.ip)
+        key = SockAddr(addr.ip).unmapped()
         for index in sorted(self._interfaces):
             entry = self._interfaces[index].find(key)
             if entry is not None:
