@@ -194,3 +194,17 @@ def test_reconcile_closes_vanished_and_adopts_missed_connections(
     assert f"Connection {TOKEN1:08x} closed while events were lost." in caplog.text
     assert f'Connection {TOKEN3:08x} was created while events were lost; adopted by ' \
         '"plugin_one".' in caplog.text
+
+
+def test_reconcile_leaves_alone_what_happened_while_listing(tmp_path: Path) -> None:
+    d = dispatcher(load(fixture_dir(tmp_path, "priority")))
+    d.dispatch(ev.ConnectionCreated(TOKEN1, LADDR, RADDR))
+    d.begin_reconcile()
+    # While the list is made: TOKEN2 appears (not in the list yet) and
+    # TOKEN1 closes (still in the list).
+    d.dispatch(ev.ConnectionCreated(TOKEN2, LADDR, RADDR))
+    d.dispatch(ev.ConnectionClosed(TOKEN1))
+    recording.CALLS.clear()
+    d.reconcile({TOKEN1: (LADDR, RADDR, False, True)})
+    assert recording.CALLS == []
+    assert d.bindings == {TOKEN2: "plugin_one"}

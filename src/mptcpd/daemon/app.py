@@ -32,6 +32,7 @@ from mptcpd.daemon.systemd import Notifier
 from mptcpd.errors import KernelError
 from mptcpd.netlink.family import FamilyWatcher
 from mptcpd.netlink.genl_commands import CommandChannel
+from mptcpd.netlink.diag import list_mptcp_connections
 from mptcpd.netlink.genl_events import EventReader
 from mptcpd.netlink.sysctl import check_kernel, kernel_path_manager
 from mptcpd.plugins.loader import PluginLoadError, load_plugins
@@ -80,6 +81,7 @@ class Daemon:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._init_task: asyncio.Task[None] | None = None
         self._replayed = False
+        self._resync_task: asyncio.Task[None] | None = None
 
     # -- running ------------------------------------------------------------
 
@@ -241,7 +243,28 @@ class Daemon:
 
     def _overrun(self, count: int) -> None:
         """Events were lost: resynchronise what the kernel lets us."""
-        self._spawn(self._sync_ids(), "ID resync after overrun")
+        if self._resync_task is None or self._resync_task.done():
+            self._resync_task = self._spawn(self._resync(), "resync after lost events")
+
+    async def _resync(self) -> None:
+        """The endpoint IDs from an endpoint dump, the connections from sock_diag:
+        plugins get the ``new_connection``/``connection_closed`` they missed."""
+        await self._sync_ids()
+        self.dispatcher.begin_reconcile()
+        try:
+            connections = await list_mptcp_connections()
+        except OSError as exc:
+            self.dispatcher.reconcile_cancel()
+            log.warning("Unable to list the MPTCP connections after lost events: %s", exc)
+            return
+        self.dispatcher.reconcile({
+            c.token: (c.laddr, c.raddr, c.server_side, c.established)
+            for c in connections if not c.fallback  # no events exist for those
+        })
+        if self.reader is not None:
+            self.reader.overrun_pending = False
+        log.info("Resynchronised after lost events: %d live MPTCP connection(s).",
+                 len(connections))
 
     def _close_reader(self) -> None:
         reader, self.reader = self.reader, None

@@ -37,6 +37,9 @@ class Dispatcher:
         self.pm = pm
         self.default = default
         self._bindings: dict[int, Plugin] = {}
+        #: Tokens created or closed since :meth:`begin_reconcile` (None: not
+        #: recording).
+        self._recent: set[int] | None = None
         self._handlers: dict[type, Callable[[Any], None]] = {
             ev.ConnectionCreated: self._created,
             ev.ConnectionEstablished: self._connection,
@@ -73,6 +76,8 @@ class Dispatcher:
             log.error("Unable to map connection to plugin.")
             return
         self._bindings[event.token] = plugin
+        if self._recent is not None:
+            self._recent.add(event.token)
         self._call_connection(plugin, event)
 
     def _connection(self, event: ev.ConnectionEstablished) -> None:
@@ -95,6 +100,8 @@ class Dispatcher:
                 self.registry.call(plugin, event.HOOK, token=event.token, pm=self.pm)
             finally:
                 del self._bindings[event.token]
+                if self._recent is not None:
+                    self._recent.add(event.token)
 
     def _announced(self, event: ev.AddressAnnounced) -> None:
         plugin = self._bound(event.token)
@@ -120,6 +127,19 @@ class Dispatcher:
 
     # -- reconciliation after lost events ------------------------------------
 
+    def begin_reconcile(self) -> None:
+        """Start noting the connections created or closed from now on.
+
+        Call it before listing the live connections: what happens while the
+        list is made is known from the events themselves, and
+        :meth:`reconcile` leaves those connections alone.
+        """
+        self._recent = set()
+
+    def reconcile_cancel(self) -> None:
+        """Stop noting connections: the listing failed."""
+        self._recent = None
+
     def reconcile(self, live: dict[int, tuple[SockAddr, SockAddr, bool, bool]]) -> None:
         """Bring the token bindings in line with the connections that exist.
 
@@ -130,13 +150,14 @@ class Dispatcher:
         not bound is adopted by the default path manager, which gets the
         ``new_connection`` (and ``connection_established``) it missed.
         """
-        for token in [t for t in self._bindings if t not in live]:
+        recent, self._recent = self._recent or set(), None
+        for token in [t for t in self._bindings if t not in live and t not in recent]:
             log.warning("Connection %08x closed while events were lost.", token)
             self._closed(ev.ConnectionClosed(Token(token)))
         if self.default is None:
             return
         for token, (laddr, raddr, server_side, established) in live.items():
-            if token in self._bindings:
+            if token in self._bindings or token in recent:
                 continue
             log.warning("Connection %08x was created while events were lost; "
                         'adopted by "%s".', token, self.default.name)

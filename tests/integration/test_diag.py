@@ -1,0 +1,224 @@
+"""Listing MPTCP connections through sock_diag, against the real kernel.
+
+Traffic clients in the lab's client namespace hold MPTCP connections to a
+traffic server; :func:`list_mptcp_connections` (called with ``netns=``, the
+test process stays in its own namespace) must list exactly those
+connections, with the tokens the clients read from ``MPTCP_INFO`` and the
+addresses ``ss -MniH`` shows in the same namespace, on both sides, for IPv4
+and IPv6, and nothing once they have closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import json
+import re
+import socket
+from typing import Any
+
+import pytest
+from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
+
+from mptcpd.lab import Lab, Process, list_namespaces, wait_for
+from mptcpd.netlink.diag import (
+    AsyncMptcpDiagSocket,
+    MptcpConnection,
+    dump_family,
+    list_mptcp_connections,
+)
+from mptcpd.types import SockAddr
+
+PORT = 5201
+#: Seconds the traffic clients stay connected: long enough for the checks
+#: below, which wait on conditions and do not depend on it otherwise.
+HOLD = 6.0
+
+Row = tuple[int, SockAddr, SockAddr]
+
+
+def listing(ns: str) -> list[MptcpConnection]:
+    return asyncio.run(list_mptcp_connections(ns))
+
+
+def rows(conns: list[MptcpConnection]) -> set[Row]:
+    return {(c.token, c.laddr, c.raddr) for c in conns}
+
+
+_SS_ADDR = re.compile(r"^\[?(.+?)\]?:(\d+)$")
+
+
+def _sockaddr(text: str) -> SockAddr:
+    m = _SS_ADDR.match(text)
+    assert m, text
+    return SockAddr(ipaddress.ip_address(m.group(1)), int(m.group(2)))
+
+
+def ss_rows(lab: Lab, ns: str) -> set[Row]:
+    """``ss -MniH`` in ``ns``: (token, local, peer) of each MPTCP connection."""
+    out = lab.exec(ns, "ss", "-MniH").stdout
+    result = set()
+    current: tuple[SockAddr, SockAddr] | None = None
+    for line in out.splitlines():
+        if not line.strip():
+            continue
+        if not line[0].isspace():
+            words = line.split()
+            current = (_sockaddr(words[3]), _sockaddr(words[4]))
+            continue
+        m = re.search(r"\btoken:([0-9a-f]+)", line)
+        if m and current is not None:
+            result.add((int(m.group(1), 16), *current))
+            current = None
+    return result
+
+
+def start_server(lab: Lab) -> Process:
+    srv = lab.python(lab.server, "-m", "mptcpd.lab.traffic", "server",
+                     "--port", str(PORT), "--duration", "60", name="server")
+    srv.wait_output("listening")
+    return srv
+
+
+def start_client(lab: Lab, dst: Any) -> Process:
+    return lab.python(lab.client, "-m", "mptcpd.lab.traffic", "client", str(dst),
+                      str(PORT), "--hold", str(HOLD), name="client")
+
+
+def client_result(proc: Process) -> dict[str, Any]:
+    assert proc.wait(HOLD + 20) == 0, proc.output()
+    return dict(json.loads(proc.output().strip().splitlines()[-1]))
+
+
+def established(ns: str, count: int) -> list[MptcpConnection] | None:
+    conns = listing(ns)
+    if len(conns) == count and all(c.established for c in conns):
+        return conns
+    return None
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_lists_the_live_connections_on_both_sides(lab: Lab, version: int) -> None:
+    l1, l2 = lab.links
+    servers = [l.server4 if version == 4 else l.server6 for l in (l1, l2)]
+    clients = [l.client4 if version == 4 else l.client6 for l in (l1, l2)]
+    start_server(lab)
+    procs = [start_client(lab, ip) for ip in servers]
+
+    # client side
+    ours = wait_for(lambda: established(lab.client, 2), 10, what="two connections")
+    assert rows(ours) == ss_rows(lab, lab.client)
+    assert {c.raddr for c in ours} == {SockAddr(ip, PORT) for ip in servers}
+    assert {c.laddr.ip for c in ours} == set(clients)
+    assert all(c.state == 1 and not c.fallback for c in ours)
+    assert not any(c.server_side for c in ours)
+
+    # server side: the server listens on "::", so its IPv4 connections are
+    # dual-stack sockets with IPv4-mapped addresses (as ss shows them); its
+    # listener is not listed
+    theirs = wait_for(lambda: established(lab.server, 2), 10, what="server side")
+    assert rows(theirs) == ss_rows(lab, lab.server)
+    assert all(c.server_side for c in theirs)  # accepted by the listener on PORT
+
+    def seen_by_server(a: SockAddr) -> SockAddr:
+        ip = ipaddress.IPv6Address(f"::ffff:{a.ip}") if version == 4 else a.ip
+        return SockAddr(ip, a.port)
+
+    assert {(c.laddr, c.raddr) for c in theirs} == {
+        (seen_by_server(c.raddr), seen_by_server(c.laddr)) for c in ours
+    }
+
+    # the tokens the clients read from MPTCP_INFO, on their own sockets
+    results = [client_result(p) for p in procs]
+    printed = {
+        (r["info"]["token"], SockAddr(ipaddress.ip_address(r["local"][0]), r["local"][1]))
+        for r in results
+    }
+    assert printed == {(c.token, c.laddr) for c in ours}
+
+    # closed: gone on both sides
+    wait_for(lambda: listing(lab.client) == [], 10, what="client side to be empty")
+    wait_for(lambda: listing(lab.server) == [], 10, what="server side to be empty")
+    assert ss_rows(lab, lab.client) == set()
+
+
+def test_a_listener_alone_lists_nothing(lab: Lab) -> None:
+    start_server(lab)
+    assert lab.exec(lab.server, "ss", "-MlnH").stdout.strip()  # the listener
+    assert listing(lab.server) == []
+    assert listing(lab.client) == []
+
+
+FALLBACK_SERVER = f"""
+import socket, time
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # plain TCP
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", {PORT}))
+s.listen(4)
+s.settimeout(20)
+print("listening", flush=True)
+c, _ = s.accept()
+c.settimeout(20)
+c.recv(100)
+c.sendall(b"ok\\n")
+c.recv(100)  # until the client closes (bounded by the timeout)
+"""
+
+FALLBACK_CLIENT = f"""
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)
+s.settimeout(20)
+s.connect((sys.argv[1], {PORT}))
+s.sendall(b"hello\\n")
+s.recv(100)
+print("connected", s.getsockname()[1], flush=True)
+time.sleep({HOLD})
+s.close()
+"""
+
+
+def test_a_connection_that_fell_back_to_tcp_is_flagged(lab: Lab) -> None:
+    """The peer does not speak MPTCP: the client's socket keeps a token but
+    the connection is plain TCP (ss: ``fallback``)."""
+    link = lab.links[0]
+    srv = lab.python(lab.server, "-c", FALLBACK_SERVER, name="tcp-server")
+    srv.wait_output("listening")
+    client = lab.python(lab.client, "-c", FALLBACK_CLIENT, str(link.server4),
+                        name="fallback-client")
+    port = int(client.wait_output(r"connected (\d+)").group(1))
+    (conn,) = wait_for(lambda: listing(lab.client), 10, what="the connection")
+    assert conn.fallback
+    assert conn.laddr == SockAddr(link.client4, port)
+    assert conn.raddr == SockAddr(link.server4, PORT)
+    assert rows([conn]) == ss_rows(lab, lab.client)
+    assert "fallback" in lab.exec(lab.client, "ss", "-MniH").stdout
+    assert client.wait(HOLD + 20) == 0
+    wait_for(lambda: listing(lab.client) == [], 10, what="client side to be empty")
+
+
+def test_a_missing_namespace_is_an_oserror_and_is_not_created(lab: Lab) -> None:
+    name = f"{lab.tag}-missing"
+    with pytest.raises(OSError) as info:
+        listing(name)
+    assert info.value.errno == errno.ENOENT
+    assert repr(name) in str(info.value)
+    assert "cannot open a sock_diag socket" in str(info.value)
+    assert name not in list_namespaces()
+
+
+def test_a_protocol_without_diag_support_is_an_error(lab: Lab) -> None:
+    """The kernel ends a dump for a protocol without an inet_diag handler
+    with an NLMSG_DONE carrying -ENOENT; it must surface as an error (this
+    is what a kernel without mptcp_diag answers for MPTCP)."""
+
+    async def dump() -> None:
+        sock = AsyncMptcpDiagSocket(netns=lab.client, flags=0)
+        try:
+            await dump_family(sock, socket.AF_INET, protocol=200)
+        finally:
+            sock.close()
+
+    with pytest.raises(NetlinkError) as info:
+        asyncio.run(dump())
+    assert info.value.code == errno.ENOENT

@@ -1,0 +1,99 @@
+"""Lost events: the daemon recovers from a receive overrun without restarting.
+
+The daemon is frozen (SIGSTOP) while a flood of short MPTCP connections
+fills its event socket's receive buffer, then one long-lived connection is
+opened, whose CREATED event cannot be queued any more.  When the daemon
+resumes it must notice the overrun, keep receiving events, and adopt the
+long-lived connection from the kernel's list of live connections, so the
+plugin gets the new_connection it missed and, later, its connection_closed.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+
+from mptcpd.lab import Lab, wait_for
+from tests.integration.test_daemon import READY, recorded, start
+
+SINK = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 5300)); s.listen(4096); s.settimeout(0.5)
+print("listening", flush=True)
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    try:
+        c, _ = s.accept()
+    except OSError:
+        continue
+    c.close()
+"""
+
+FLOODER = """
+import socket, sys, time
+end = time.monotonic() + float(sys.argv[2])
+n = 0
+while time.monotonic() < end:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x00")
+    try:
+        s.connect((sys.argv[1], 5300))
+        n += 1
+    except OSError:
+        pass
+    s.close()
+print(n, flush=True)
+"""
+
+
+def test_an_overrun_is_recovered_and_missed_connections_adopted(
+    lab: Lab, tmp_path: Path
+) -> None:
+    log_path = tmp_path / "calls.jsonl"
+    daemon = start(lab, tmp_path, plugins=("recorder",), MPTCPD_RECORDER_LOG=str(log_path))
+    daemon.wait_output(READY, timeout=20)
+    server = lab.python(lab.server, "-m", "mptcpd.lab.traffic", "server", "--duration", "120")
+    server.wait_output("listening")
+    sink = lab.python(lab.server, "-c", SINK, "60", name="sink")
+    sink.wait_output("listening")
+    server_addr = str(lab.links[0].server4)
+
+    daemon.send_signal(signal.SIGSTOP)
+    try:
+        flooders = [lab.python(lab.client, "-c", FLOODER, server_addr, "3", name="flooder")
+                    for _ in range(2)]
+        assert all(f.wait(30) == 0 for f in flooders)
+        flood = sum(int(f.output().split()[-1]) for f in flooders)
+        held = lab.python(lab.client, "-m", "mptcpd.lab.traffic", "client", server_addr,
+                          "5201", "--hold", "6", name="held")
+        wait_for(lambda: lab.exec(lab.client, "ss", "-MnH").stdout.strip(), 10,
+                 what="the held MPTCP connection")
+    finally:
+        daemon.send_signal(signal.SIGCONT)
+
+    daemon.wait_output(r"receive overrun|lost", timeout=30)
+    daemon.wait_output(r"Resynchronised after lost events", timeout=30)
+    assert held.wait(30) == 0
+    token = json.loads(held.output())["info"]["token"]
+
+    def closed_after_adoption() -> list[dict]:
+        calls = [c for c in recorded(log_path) if c["args"].get("token") == token]
+        return calls if [c["hook"] for c in calls][-1:] == ["connection_closed"] else []
+
+    calls = wait_for(closed_after_adoption, 20, what=f"connection_closed for {token:08x}")
+    hooks = [c["hook"] for c in calls]
+    assert hooks[0] == "new_connection", (flood, hooks)
+    assert calls[0]["args"]["raddr"] == f"{server_addr}|5201"
+    assert calls[0]["args"]["server_side"] is False
+    assert f"Connection {token:08x} was created while events were lost" in daemon.output()
+    # Events flow again after the recovery: a new connection is seen normally.
+    out = lab.exec(lab.client, sys.executable, "-m", "mptcpd.lab.traffic", "client",
+                   server_addr, "5201").stdout
+    fresh = json.loads(out)["info"]["token"]
+    wait_for(lambda: any(c["hook"] == "connection_closed" and c["args"].get("token") == fresh
+                         for c in recorded(log_path)), 20, what="the fresh connection")
+    assert daemon.stop() == 0
