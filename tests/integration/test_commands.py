@@ -18,12 +18,15 @@ from typing import Any
 
 import pytest
 
+from mptcpd import events as ev
 from mptcpd.errors import KernelError, NotReady
 from mptcpd.lab import Lab, Process, wait_for
 from mptcpd.netlink.command_messages import AddrInfo, Limits
 from mptcpd.netlink.genl_commands import CommandChannel
+from mptcpd.netlink.genl_events import EventReader
 from mptcpd.pm.kernel import MPTCPD_LIMIT_RCV_ADD_ADDRS, MPTCPD_LIMIT_SUBFLOWS, UpstreamKernelPM
 from mptcpd.types import AddrFlags, SockAddr
+from tests.integration.test_events import collect, has, of
 
 LOGGER = "mptcpd.netlink.genl_commands"
 
@@ -221,23 +224,31 @@ def subflow_count(lab: Lab) -> int:
 
 @pytest.mark.lab(links=2, path_manager="userspace")
 async def test_userspace_pm_commands_on_a_live_connection(lab: Lab) -> None:
+    """Each userspace-PM command acts on a real connection, seen three ways:
+    the kernel's own state, ``ip mptcp monitor`` and our event reader, on
+    the side where the kernel reports it."""
     lab.set_path_manager(lab.server, "kernel")
     l2 = lab.links[1]
     srvmon, climon, token = live_connection(lab)
     local = sa(l2.client4)
     remote = sa(l2.server4, 5201)
-    async with CommandChannel(lab.client) as ch:
+    async with CommandChannel(lab.client) as ch, \
+            EventReader(netns=lab.server) as srv_events, \
+            EventReader(netns=lab.client) as cli_events:
         pm = UpstreamKernelPM(ch)
 
         # ANNOUNCE: the server learns the address (remid 5)
         await pm.add_addr(local, 5, token)
         srvmon.wait_output(rf"ANNOUNCED\].*remid=5 daddr4={re.escape(str(l2.client4))}")
+        got = await collect(srv_events, has(ev.AddressAnnounced, rem_id=5))
+        assert of(got, ev.AddressAnnounced)[-1].raddr.ip == l2.client4
         assert await ch.dump_addrs(token) == [AddrInfo(local, 5, AddrFlags.SIGNAL, 0)]
         assert await ch.get_addr(5, token) == AddrInfo(local, 5, AddrFlags.SIGNAL, 0)
 
         # REMOVE: the server hears the removal
         await pm.remove_addr(local, 5, token)
         srvmon.wait_output(r"REMOVED\].*remid=5")
+        await collect(srv_events, has(ev.AddressRemoved, rem_id=5))
         assert await ch.dump_addrs(token) == []
 
         # SUBFLOW_CREATE from the second link
@@ -246,6 +257,10 @@ async def test_userspace_pm_commands_on_a_live_connection(lab: Lab) -> None:
             rf"SF_ESTABLISHED\].*saddr4={re.escape(str(l2.client4))} "
             rf"daddr4={re.escape(str(l2.server4))} sport=(\d+) dport=5201 backup=0")
         sport = int(est.group(1))
+        got = await collect(cli_events, has(ev.SubflowEstablished, token=token))
+        sub = of(got, ev.SubflowEstablished)[-1]
+        assert (sub.laddr, sub.raddr, sub.backup, sub.loc_id) == \
+            (sa(l2.client4, sport), remote, False, 6)
         assert subflow_count(lab) == 1
         assert AddrInfo(local, 6, 0, 0) in [
             AddrInfo(i.address, i.id, 0, 0) for i in await ch.dump_addrs(token)]
@@ -253,10 +268,15 @@ async def test_userspace_pm_commands_on_a_live_connection(lab: Lab) -> None:
         # SET_FLAGS backup on that subflow: the peer sees MP_PRIO
         await pm.set_backup(token, sa(l2.client4, sport), remote, True)
         srvmon.wait_output(rf"SF_PRIO\].*dport={sport} backup=1")
+        got = await collect(srv_events, has(ev.SubflowPriority, backup=True))
+        prio = of(got, ev.SubflowPriority)[-1]
+        assert prio.raddr.unmapped() == sa(l2.client4, sport)
 
         # SUBFLOW_DESTROY
         await pm.remove_subflow(token, sa(l2.client4, sport), remote)
         climon.wait_output(rf"SF_CLOSED\].*sport={sport} dport=5201")
+        got = await collect(cli_events, has(ev.SubflowClosed, token=token))
+        assert of(got, ev.SubflowClosed)[-1].laddr == sa(l2.client4, sport)
         assert subflow_count(lab) == 0
 
 
