@@ -57,11 +57,9 @@ class StartupError(Exception):
 class Daemon:
     """Owns every resource of one daemon run on one asyncio loop."""
 
-    def __init__(self, config: Config, notifier: Notifier | None = None,
-                 entry_points: bool = True) -> None:
+    def __init__(self, config: Config, notifier: Notifier | None = None) -> None:
         self.config = config
         self.notifier = notifier or Notifier()
-        self.entry_points = entry_points
         self.registry = PluginRegistry()
         self.channel = CommandChannel()
         self.network_monitor = NetworkMonitor(config.notify_flags)
@@ -211,10 +209,7 @@ class Daemon:
     def _load_plugins(self) -> None:
         config = self.config
         try:
-            load_plugins(
-                self.registry, config.plugin_dir, config.load_plugins,
-                entry_points=self.entry_points,
-            )
+            load_plugins(self.registry, config.plugin_dir, config.load_plugins)
         except PluginLoadError as exc:
             log.error("%s", exc)
             raise PluginLoadError(PLUGIN_LOAD_FAILED) from exc
