@@ -66,6 +66,10 @@ NOTIFY_FLAG_TOKENS: tuple[tuple[str, NotifyFlags], ...] = (
 )
 
 
+#: How long (seconds) a ``check_route`` address waits for a default route
+#: before it is given up on; 0 gives up after the C daemon's five lookups.
+DEFAULT_CHECK_ROUTE_TIMEOUT = 60.0
+
 NO_ADDR_FLAGS = AddrFlags(0)
 NO_NOTIFY_FLAGS = NotifyFlags(0)
 
@@ -93,6 +97,7 @@ class ConfigValues:
     addr_flags: AddrFlags = NO_ADDR_FLAGS
     notify_flags: NotifyFlags = NO_NOTIFY_FLAGS
     load_plugins: tuple[str, ...] | None = None
+    check_route_timeout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,8 @@ class Config:
     addr_flags: AddrFlags = NO_ADDR_FLAGS
     notify_flags: NotifyFlags = NO_NOTIFY_FLAGS
     load_plugins: tuple[str, ...] | None = None
+    #: ``check-route-timeout`` (file only; not in the C mptcpd).
+    check_route_timeout: float = DEFAULT_CHECK_ROUTE_TIMEOUT
     config_file: str = (
         DEFAULT_CONFIG_PATH  # the path that was read (or would have been)
     )
@@ -367,6 +374,7 @@ def read_config_file(path: str) -> ConfigValues:
     addr_text = get("addr-flags")
     addr_flags = parse_addr_flags(addr_text) if addr_text is not None else AddrFlags(0)
     path_manager = get("path-manager")
+    check_route_timeout = _parse_timeout(get("check-route-timeout"), path)
     plugins_text = get("load-plugins")
     load_plugins = None
     if plugins_text is not None:
@@ -380,7 +388,24 @@ def read_config_file(path: str) -> ConfigValues:
         addr_flags=addr_flags,
         notify_flags=notify_flags,
         load_plugins=load_plugins,
+        check_route_timeout=check_route_timeout,
     )
+
+
+def _parse_timeout(text: str | None, path: str) -> float | None:
+    """``check-route-timeout``: seconds, a number >= 0; anything else is
+    warned about and ignored (the default applies)."""
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        logger.warning('Ignoring check-route-timeout "%s" in "%s": not a number of '
+                       "seconds.", text, path)
+        return None
+    return value
 
 
 def merge(first: ConfigValues, second: ConfigValues) -> ConfigValues:
@@ -401,6 +426,9 @@ def merge(first: ConfigValues, second: ConfigValues) -> ConfigValues:
         load_plugins=first.load_plugins
         if first.load_plugins is not None
         else second.load_plugins,
+        check_route_timeout=first.check_route_timeout
+        if first.check_route_timeout is not None
+        else second.check_route_timeout,
     )
 
 
@@ -435,6 +463,9 @@ def load_config(cli: ConfigValues | None = None, path: str | None = None) -> Con
         addr_flags=values.addr_flags,
         notify_flags=values.notify_flags,
         load_plugins=values.load_plugins,
+        check_route_timeout=values.check_route_timeout
+        if values.check_route_timeout is not None
+        else DEFAULT_CHECK_ROUTE_TIMEOUT,
         config_file=path,
     )
 
@@ -450,3 +481,5 @@ def log_config(config: Config) -> None:
         logger.debug("notify flags: %s", notify_flags_to_str(config.notify_flags))
     if config.load_plugins is not None:
         logger.debug("plugins to load: %s", ",".join(config.load_plugins))
+    if config.check_route_timeout != DEFAULT_CHECK_ROUTE_TIMEOUT:
+        logger.debug("check_route timeout: %g s", config.check_route_timeout)

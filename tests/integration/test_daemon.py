@@ -173,3 +173,40 @@ def test_a_recorder_plugin_sees_real_connections_in_kernel_order(
     assert all(c["plugin"] == "recorder" for c in calls)
     assert daemon.stop() == 0
     assert recorded(log_path)[-1]["hook"] == "plugin_exit"
+
+
+@pytest.mark.parametrize("timeout", ["30", "0"])
+def test_check_route_waits_for_a_default_route_as_configured(
+    lab: Lab, tmp_path: Path, timeout: str
+) -> None:
+    log_path = tmp_path / "calls.jsonl"
+    first, second = lab.links
+    # The route check probes 192.0.2.1 (as C does), which is inside link 1's
+    # subnet here: take that connected route out of the main table so that
+    # only a default route can answer the probe.
+    lab.ip(lab.client, "route", "del", str(first.subnet4), "dev", first.client_if)
+    daemon = start(lab, tmp_path, "-d", "--notify-flags=check_route", plugins=("recorder",),
+                   config=f"[core]\ncheck-route-timeout={timeout}\n",
+                   MPTCPD_RECORDER_LOG=str(log_path))
+    daemon.wait_output(READY, timeout=20)
+
+    def announced(ip: str) -> bool:
+        return any(c["hook"] == "new_local_address" and c["args"]["addr"] == f"{ip}|0"
+                   for c in recorded(log_path))
+
+    lab.ip(lab.client, "addr", "add", "203.0.113.1/24", "dev", second.client_if)
+    daemon.wait_output(r"can't resolved default route from 203\.0\.113\.1")
+    if timeout == "0":
+        daemon.wait_output(r"timeout while waiting for default route on address 203\.0\.113\.1")
+    assert not announced("203.0.113.1")  # held (or given up) without a default route
+    lab.ip(lab.client, "route", "add", "default", "dev", second.client_if)
+    if timeout == "0":
+        # Given up after C's five lookups: the route does not bring it back,
+        # while a new address is checked, and found, at once.
+        lab.ip(lab.client, "addr", "add", "203.0.113.9/24", "dev", second.client_if)
+        wait_for(lambda: announced("203.0.113.9"), 10, what="203.0.113.9")
+        assert not announced("203.0.113.1")
+    else:
+        wait_for(lambda: announced("203.0.113.1"), 10,
+                 what="203.0.113.1 once a default route exists")
+    assert daemon.stop() == 0

@@ -627,3 +627,18 @@ def test_shipped_config_file_parses(debug_log: pytest.LogCaptureFixture) -> None
         elif key == "notify-flags":
             assert cfg.parse_notify_flags(value) != 0
     assert messages(debug_log, logging.WARNING) == []
+
+
+def test_check_route_timeout_from_the_file(tmp_path: Path,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "mptcpd.conf"
+    path.write_text("[core]\ncheck-route-timeout=2.5\n")
+    assert load_config(ConfigValues(), str(path)).check_route_timeout == 2.5
+    path.write_text("[core]\ncheck-route-timeout=0\n")
+    assert load_config(ConfigValues(), str(path)).check_route_timeout == 0
+    for bad in ("soon", "-1", "inf", ""):
+        path.write_text(f"[core]\ncheck-route-timeout={bad}\n")
+        config = load_config(ConfigValues(), str(path))
+        assert config.check_route_timeout == cfg.DEFAULT_CHECK_ROUTE_TIMEOUT
+        assert f'Ignoring check-route-timeout "{bad}"' in caplog.text
+    assert load_config(ConfigValues(), str(tmp_path / "none")).check_route_timeout == 60.0

@@ -62,7 +62,8 @@ class Daemon:
         self.notifier = notifier or Notifier()
         self.registry = PluginRegistry()
         self.channel = CommandChannel()
-        self.network_monitor = NetworkMonitor(config.notify_flags)
+        self.network_monitor = NetworkMonitor(
+            config.notify_flags, route_wait_timeout=config.check_route_timeout)
         self.id_manager = IdManager()
         self.listener_manager = ListenerManager()
         self.pm = PathManager(
