@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -143,3 +144,16 @@ def test_a_restart_leaves_no_duplicates_and_keeps_managing(lab: Lab, tmp_path: P
     lab.set_carrier(lab.links[1], up=False)
     wait_endpoints(lab, {str(lab.links[0].client4), str(lab.links[0].client6)})
     assert os.listdir(state)
+
+
+def test_the_ninth_endpoint_is_reported_as_the_kernel_limit(lab: Lab) -> None:
+    daemon = start(lab)
+    wait_endpoints(lab, lab_addresses(lab))
+    extra = [f"203.0.113.{i}" for i in range(1, 6)]  # 4 + 5 = 9 addresses
+    for ip in extra:
+        lab.ip(lab.client, "addr", "add", f"{ip}/24", "dev", lab.links[0].client_if)
+    daemon.wait_output(r"Unable to advertise 203\.0\.113\.5: the kernel's limit of 8 "
+                       r"endpoints per network namespace is reached\.")
+    assert len(lab.endpoints(lab.client)) == 8
+    # The kernel's own words are logged too, by the command channel.
+    assert re.search(r"add_addr: .*: Numerical result out of range", daemon.output())
