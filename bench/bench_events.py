@@ -171,51 +171,21 @@ def bench_dispatch(rounds: int) -> dict[str, Any]:
 
 # -- end to end ------------------------------------------------------------------
 
-SERVER = """
-import socket, sys, time
-s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", 5300)); s.listen(4096); s.settimeout(0.5)
-print("listening", flush=True)
-end = time.monotonic() + float(sys.argv[1])
-while time.monotonic() < end:
-    try:
-        c, _ = s.accept()
-    except OSError:
-        continue
-    c.close()
-"""
-
-FLOODER = """
-import socket, sys, time
-end = time.monotonic() + float(sys.argv[2])
-n = 0
-while time.monotonic() < end:
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x00")
-    try:
-        s.connect((sys.argv[1], 5300))
-        n += 1
-    except OSError:
-        pass
-    s.close()
-print(n, flush=True)
-"""
-
-
 async def flood_once(lean: bool, seconds: float, flooders: int,
                      rcvbuf: int = DEFAULT_RCVBUF) -> dict[str, Any]:
     from mptcpd.lab import Lab
 
     with Lab(links=1, ipv6=False) as lab:
-        srv = lab.python(lab.server, "-c", SERVER, str(seconds + 20), name="server")
+        srv = lab.python(lab.server, "-m", "mptcpd.lab.traffic", "sink", "--port", "5300",
+                         "--duration", str(seconds + 20), name="server")
         srv.wait_output("listening")
         overruns: list[int] = []
         counts: dict[str, int] = {}
         async with EventReader(netns=lab.client, lean=lean, rcvbuf=rcvbuf,
                                on_overrun=overruns.append) as reader:
-            procs = [lab.python(lab.client, "-c", FLOODER, str(lab.links[0].server4),
-                                str(seconds), name=f"flood{i}") for i in range(flooders)]
+            procs = [lab.python(lab.client, "-m", "mptcpd.lab.traffic", "flood",
+                                str(lab.links[0].server4), "5300", "--seconds", str(seconds),
+                                name=f"flood{i}") for i in range(flooders)]
             cpu0, t0 = time.process_time(), time.monotonic()
             last = t0
             idle_deadline = t0 + seconds + 10

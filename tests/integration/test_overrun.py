@@ -18,38 +18,6 @@ from pathlib import Path
 from mptcpd.lab import Lab, wait_for
 from tests.integration.test_daemon import READY, recorded, start
 
-SINK = """
-import socket, sys, time
-s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", 5300)); s.listen(4096); s.settimeout(0.5)
-print("listening", flush=True)
-end = time.monotonic() + float(sys.argv[1])
-while time.monotonic() < end:
-    try:
-        c, _ = s.accept()
-    except OSError:
-        continue
-    c.close()
-"""
-
-FLOODER = """
-import socket, sys, time
-end = time.monotonic() + float(sys.argv[2])
-n = 0
-while time.monotonic() < end:
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x00")
-    try:
-        s.connect((sys.argv[1], 5300))
-        n += 1
-    except OSError:
-        pass
-    s.close()
-print(n, flush=True)
-"""
-
-
 def test_an_overrun_is_recovered_and_missed_connections_adopted(
     lab: Lab, tmp_path: Path
 ) -> None:
@@ -58,14 +26,15 @@ def test_an_overrun_is_recovered_and_missed_connections_adopted(
     daemon.wait_output(READY, timeout=20)
     server = lab.python(lab.server, "-m", "mptcpd.lab.traffic", "server", "--duration", "120")
     server.wait_output("listening")
-    sink = lab.python(lab.server, "-c", SINK, "60", name="sink")
+    sink = lab.python(lab.server, "-m", "mptcpd.lab.traffic", "sink", "--port", "5300",
+                      "--duration", "60", name="sink")
     sink.wait_output("listening")
     server_addr = str(lab.links[0].server4)
 
     daemon.send_signal(signal.SIGSTOP)
     try:
-        flooders = [lab.python(lab.client, "-c", FLOODER, server_addr, "3", name="flooder")
-                    for _ in range(2)]
+        flooders = [lab.python(lab.client, "-m", "mptcpd.lab.traffic", "flood", server_addr,
+                               "5300", "--seconds", "3", name="flooder") for _ in range(2)]
         assert all(f.wait(30) == 0 for f in flooders)
         flood = sum(int(f.output().split()[-1]) for f in flooders)
         held = lab.python(lab.client, "-m", "mptcpd.lab.traffic", "client", server_addr,

@@ -4,14 +4,18 @@ Run inside a lab namespace::
 
     python -m mptcpd.lab.traffic server --port 5201
     python -m mptcpd.lab.traffic client 192.0.2.2 5201 --bytes 1000000 --hold 2
+    python -m mptcpd.lab.traffic sink --port 5300 --duration 30
+    python -m mptcpd.lab.traffic flood 192.0.2.2 5300 --seconds 3
 
 The server accepts MPTCP connections (IPv4 and IPv6), answers a first line
 with ``ok`` and then discards what it receives.  The client sends a line, waits
 for the answer (the kernel reports a connection established, and the in-kernel
 PM adds subflows, only after data has been exchanged), optionally sends a
 number of bytes and stays connected for a while, then prints one JSON line
-with what ``MPTCP_INFO`` says about the connection.  Every loop here is bounded
-in time.
+with what ``MPTCP_INFO`` says about the connection.  ``sink`` and ``flood``
+make connections as fast as they can (accept-and-close, connect-and-reset) to
+load the kernel's event stream; ``flood`` prints how many it made.  Every loop
+here is bounded in time.
 """
 
 from __future__ import annotations
@@ -132,6 +136,43 @@ def client(addr: str, port: int, nbytes: int, hold: float, bind: str | None,
     return 0
 
 
+def sink(port: int, duration: float) -> int:
+    """Accept MPTCP connections and close them at once, for ``duration`` s."""
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM, IPPROTO_MPTCP)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("0.0.0.0", port))
+    srv.listen(4096)
+    srv.settimeout(0.5)
+    print(f"listening on 0.0.0.0 port {port}", flush=True)
+    deadline = time.monotonic() + duration
+    while time.monotonic() < deadline:
+        try:
+            conn, _ = srv.accept()
+        except OSError:
+            continue
+        conn.close()
+    srv.close()
+    return 0
+
+
+def flood(addr: str, port: int, seconds: float) -> int:
+    """Open and reset MPTCP connections back to back; print how many."""
+    linger = struct.pack("ii", 1, 0)  # close with a reset: no TIME_WAIT pile-up
+    made = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        sock = socket.socket(_family(addr), socket.SOCK_STREAM, IPPROTO_MPTCP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+        try:
+            sock.connect((addr, port))
+            made += 1
+        except OSError:
+            pass
+        sock.close()
+    print(made, flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mptcpd.lab.traffic")
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -148,9 +189,20 @@ def main(argv: list[str] | None = None) -> int:
                    help="stay connected this many seconds after sending")
     c.add_argument("--bind", default=None, help="local address to bind")
     c.add_argument("--timeout", type=float, default=10.0)
+    k = sub.add_parser("sink", help="accept and close MPTCP connections at once")
+    k.add_argument("--port", type=int, default=5300)
+    k.add_argument("--duration", type=float, default=60.0)
+    f = sub.add_parser("flood", help="open and reset MPTCP connections back to back")
+    f.add_argument("addr")
+    f.add_argument("port", type=int)
+    f.add_argument("--seconds", type=float, default=3.0)
     args = parser.parse_args(argv)
     if args.mode == "server":
         return serve(args.port, args.bind, args.duration)
+    if args.mode == "sink":
+        return sink(args.port, args.duration)
+    if args.mode == "flood":
+        return flood(args.addr, args.port, args.seconds)
     return client(args.addr, args.port, args.nbytes, args.hold, args.bind, args.timeout)
 
 
