@@ -29,7 +29,7 @@ from mptcpd import events as ev
 from mptcpd.config import Config
 from mptcpd.daemon.dispatch import Dispatcher
 from mptcpd.daemon.systemd import Notifier
-from mptcpd.errors import KernelError
+from mptcpd.errors import KernelError, NotReady
 from mptcpd.netlink.family import FamilyWatcher
 from mptcpd.netlink.genl_commands import CommandChannel
 from mptcpd.netlink.diag import list_mptcp_connections
@@ -176,6 +176,10 @@ class Daemon:
             await self._join_events()
         except PluginLoadError as exc:
             self._fail(str(exc))
+            return
+        except NotReady:
+            # The family vanished while we were at it: wait for it again.
+            log.debug("mptcp_pm vanished during the initialisation")
             return
         except Exception:
             log.exception("Unable to complete the path manager initialisation.")
