@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -282,7 +282,6 @@ class Lab:
         self.initial_path_manager = path_manager
         self.workdir = Path(tempfile.mkdtemp(prefix=f"{self.tag}-"))
         self._procs: list[Process] = []
-        self._built = False
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -301,7 +300,6 @@ class Lab:
         remove_stale_namespaces()
         for ns in (self.client, self.server):
             run(["ip", "netns", "add", ns])
-            self._built = True
             self.ip(ns, "link", "set", "lo", "up")
             self.sysctl(ns, "net.mptcp.enabled", "1")
             self.sysctl(ns, "net.ipv4.conf.all.rp_filter", "0")
@@ -354,7 +352,6 @@ class Lab:
         for ns in (self.client, self.server):
             if ns in list_namespaces():
                 run(["ip", "netns", "del", ns], check=False)
-        self._built = False
 
     # -- running things inside the lab ------------------------------------
 
@@ -461,12 +458,6 @@ class Lab:
         words = self.ip(ns, "mptcp", "limits", "show").stdout.split()
         return {words[i]: int(words[i + 1]) for i in range(0, len(words) - 1, 2)}
 
-    def link_for(self, ifname: str) -> Link:
-        for link in self.links:
-            if ifname in (link.client_if, link.server_if):
-                return link
-        raise KeyError(ifname)
-
     def set_carrier(self, link: Link, up: bool) -> None:
         """Take the carrier of ``link`` away (or give it back) on the client side.
 
@@ -494,7 +485,3 @@ class Lab:
         """Bytes sent so far by ``ifname`` in ``ns`` (the kernel's link counter)."""
         out = self.ip(ns, "-s", "-j", "link", "show", "dev", ifname).stdout
         return int(json.loads(out)[0]["stats64"]["tx"]["bytes"])
-
-    def namespaces(self) -> Iterator[str]:
-        yield self.client
-        yield self.server

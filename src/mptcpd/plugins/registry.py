@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import pluggy
@@ -154,9 +154,6 @@ class PluginRegistry:
         """Call ``hook`` on every plugin, in priority order (or its reverse)."""
         for plugin in (reversed(self._plugins) if reverse else list(self._plugins)):
             self.call(plugin, hook, **kwargs)
-
-    def implementers(self, hook: str) -> Iterable[Plugin]:
-        return (p for p in self._plugins if hook in p.impls)
 
     # -- lifecycle ---------------------------------------------------------
 
