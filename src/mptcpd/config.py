@@ -69,6 +69,23 @@ NOTIFY_FLAG_TOKENS: tuple[tuple[str, NotifyFlags], ...] = (
 #: How long (seconds) a ``check_route`` address waits for a default route
 #: before it is given up on; 0 gives up after the C daemon's five lookups.
 DEFAULT_CHECK_ROUTE_TIMEOUT = 60.0
+#: Commands a plugin may have waiting for the kernel before new ones are
+#: refused (``command-queue-size``).  A burst of 1000 connections with the
+#: userspace PM queues about one command per connection; the bound only
+#: stops a queue that the kernel no longer drains from growing without limit.
+DEFAULT_COMMAND_QUEUE_SIZE = 4096
+
+#: The keys of the ``[core]`` group, in the order the file is read.
+FILE_KEYS = (
+    "log",
+    "plugin-dir",
+    "notify-flags",
+    "addr-flags",
+    "path-manager",
+    "check-route-timeout",
+    "command-queue-size",
+    "load-plugins",
+)
 
 NO_ADDR_FLAGS = AddrFlags(0)
 NO_NOTIFY_FLAGS = NotifyFlags(0)
@@ -98,6 +115,7 @@ class ConfigValues:
     notify_flags: NotifyFlags = NO_NOTIFY_FLAGS
     load_plugins: tuple[str, ...] | None = None
     check_route_timeout: float | None = None
+    command_queue_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +131,8 @@ class Config:
     load_plugins: tuple[str, ...] | None = None
     #: ``check-route-timeout`` (file only; not in the C mptcpd).
     check_route_timeout: float = DEFAULT_CHECK_ROUTE_TIMEOUT
+    #: ``command-queue-size`` (file only; not in the C mptcpd).
+    command_queue_size: int = DEFAULT_COMMAND_QUEUE_SIZE
     config_file: str = (
         DEFAULT_CONFIG_PATH  # the path that was read (or would have been)
     )
@@ -362,6 +382,7 @@ def read_config_file(path: str) -> ConfigValues:
         return ConfigValues()
 
     def get(key: str) -> str | None:
+        assert key in FILE_KEYS, key  # the documented list is the one read
         return settings.get_string(CORE_GROUP, key)
 
     # Same order as C mptcpd, so warnings come out in the same order.
@@ -375,6 +396,7 @@ def read_config_file(path: str) -> ConfigValues:
     addr_flags = parse_addr_flags(addr_text) if addr_text is not None else AddrFlags(0)
     path_manager = get("path-manager")
     check_route_timeout = _parse_timeout(get("check-route-timeout"), path)
+    command_queue_size = _parse_queue_size(get("command-queue-size"), path)
     plugins_text = get("load-plugins")
     load_plugins = None
     if plugins_text is not None:
@@ -389,7 +411,24 @@ def read_config_file(path: str) -> ConfigValues:
         notify_flags=notify_flags,
         load_plugins=load_plugins,
         check_route_timeout=check_route_timeout,
+        command_queue_size=command_queue_size,
     )
+
+
+def _parse_queue_size(text: str | None, path: str) -> int | None:
+    """``command-queue-size``: a whole number >= 1; anything else is warned
+    about and ignored (the default applies)."""
+    if text is None:
+        return None
+    try:
+        value = int(text, 10)
+    except ValueError:
+        value = 0
+    if value < 1:
+        logger.warning('Ignoring command-queue-size "%s" in "%s": not a whole number '
+                       "of at least 1.", text, path)
+        return None
+    return value
 
 
 def _parse_timeout(text: str | None, path: str) -> float | None:
@@ -429,6 +468,9 @@ def merge(first: ConfigValues, second: ConfigValues) -> ConfigValues:
         check_route_timeout=first.check_route_timeout
         if first.check_route_timeout is not None
         else second.check_route_timeout,
+        command_queue_size=first.command_queue_size
+        if first.command_queue_size is not None
+        else second.command_queue_size,
     )
 
 
@@ -466,6 +508,9 @@ def load_config(cli: ConfigValues | None = None, path: str | None = None) -> Con
         check_route_timeout=values.check_route_timeout
         if values.check_route_timeout is not None
         else DEFAULT_CHECK_ROUTE_TIMEOUT,
+        command_queue_size=values.command_queue_size
+        if values.command_queue_size is not None
+        else DEFAULT_COMMAND_QUEUE_SIZE,
         config_file=path,
     )
 
@@ -483,3 +528,5 @@ def log_config(config: Config) -> None:
         logger.debug("plugins to load: %s", ",".join(config.load_plugins))
     if config.check_route_timeout != DEFAULT_CHECK_ROUTE_TIMEOUT:
         logger.debug("check_route timeout: %g s", config.check_route_timeout)
+    if config.command_queue_size != DEFAULT_COMMAND_QUEUE_SIZE:
+        logger.debug("command queue size: %d", config.command_queue_size)

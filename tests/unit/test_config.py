@@ -607,18 +607,13 @@ def test_shipped_config_file_parses(debug_log: pytest.LogCaptureFixture) -> None
         for line in text.splitlines()
         if line.startswith("#")
         and "=" in line
-        and line.lstrip("# ").split("=")[0]
-        in (
-            "addr-flags",
-            "notify-flags",
-            "load-plugins",
-            "log",
-            "plugin-dir",
-            "path-manager",
-        )
+        and line.lstrip("# ").split("=")[0] in cfg.FILE_KEYS
     ]
     keys = {line.split("=", 1)[0] for line in examples}
-    assert keys >= {"addr-flags", "notify-flags", "load-plugins"}
+    set_keys = {line.split("=", 1)[0] for line in text.splitlines()
+                if "=" in line and not line.startswith("#")}
+    # Every key the daemon reads is shown in the shipped file.
+    assert keys | set_keys == set(cfg.FILE_KEYS)
     settings = parse_settings(("[core]\n" + "\n".join(examples) + "\n").encode())
     assert settings.groups
     for key, value in settings.groups[0][1]:
@@ -642,3 +637,17 @@ def test_check_route_timeout_from_the_file(tmp_path: Path,
         assert config.check_route_timeout == cfg.DEFAULT_CHECK_ROUTE_TIMEOUT
         assert f'Ignoring check-route-timeout "{bad}"' in caplog.text
     assert load_config(ConfigValues(), str(tmp_path / "none")).check_route_timeout == 60.0
+
+
+def test_command_queue_size_from_the_file(tmp_path: Path,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "mptcpd.conf"
+    path.write_text("[core]\ncommand-queue-size=16\n")
+    assert load_config(ConfigValues(), str(path)).command_queue_size == 16
+    for bad in ("many", "0", "-3", "1.5", ""):
+        path.write_text(f"[core]\ncommand-queue-size={bad}\n")
+        config = load_config(ConfigValues(), str(path))
+        assert config.command_queue_size == cfg.DEFAULT_COMMAND_QUEUE_SIZE
+        assert f'Ignoring command-queue-size "{bad}"' in caplog.text
+    default = load_config(ConfigValues(), str(tmp_path / "none")).command_queue_size
+    assert default == cfg.DEFAULT_COMMAND_QUEUE_SIZE == 4096

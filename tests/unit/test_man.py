@@ -17,14 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 MAN = ROOT / "man" / "mptcpd.8"
 SERVICE = ROOT / "etc" / "mptcpd.service"
 
-CONFIG_KEYS = (
-    "log",
-    "plugin-dir",
-    "path-manager",
-    "addr-flags",
-    "notify-flags",
-    "load-plugins",
-)
+CONFIG_KEYS = config.FILE_KEYS
 SECTIONS = (
     "NAME",
     "SYNOPSIS",
