@@ -10,9 +10,11 @@ pluggy as the catalogue and calls the implementations itself.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import inspect
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +24,13 @@ from mptcpd import hookspecs
 from mptcpd.plugin import PluginInfo
 
 log = logging.getLogger(__name__)
+
+#: A hook call that takes longer than this (seconds) is logged: hooks run on
+#: the event loop, so a slow one delays every event, and shutdown, by as much.
+SLOW_HOOK_SECONDS = 0.1
+#: The same failure (plugin, hook, exception type and text) is logged in full
+#: once per this many seconds; the repeats in between are counted.
+REPEAT_WINDOW_SECONDS = 60.0
 
 #: Every hook name, in hookspecs order.
 HOOKS: tuple[str, ...] = tuple(
@@ -61,6 +70,8 @@ class PluginRegistry:
         self._pm.add_hookspecs(hookspecs)
         self._plugins: list[Plugin] = []
         self._by_name: dict[str, Plugin] = {}
+        #: failure key -> [time it was last logged in full, repeats since]
+        self._failures: dict[tuple[str, str, type, str], list[float]] = {}
 
     # -- registration ------------------------------------------------------
 
@@ -106,13 +117,24 @@ class PluginRegistry:
             for impl in caller.get_hookimpls():
                 if impl.plugin_name != name:
                     continue
-                if inspect.iscoroutinefunction(impl.function):
+                kind = _not_a_plain_function(impl.function)
+                if kind:
                     raise PluginError(
-                        f"{source}: hook {caller.name!r} is a coroutine function; "
+                        f"{source}: hook {caller.name!r} is {kind}; "
                         "mptcpd hooks must be plain functions that do not block "
                         "(kernel commands return futures)"
                     )
                 impls[caller.name] = (impl.function, tuple(impl.argnames))
+        # pluggy skips marked objects it cannot call as functions (classes,
+        # for one): such a hook would silently never run.
+        marker = f"{hookspecs.PROJECT}_impl"
+        for attr, value in vars(plugin_obj).items() if hasattr(plugin_obj, "__dict__") else ():
+            if attr not in impls and hasattr(value, marker):
+                kind = _not_a_plain_function(value) or "not a function pluggy can call"
+                raise PluginError(
+                    f"{source}: hook {attr!r} is {kind}; mptcpd hooks must be plain "
+                    "functions that do not block (kernel commands return futures)"
+                )
         return impls
 
     # -- queries -----------------------------------------------------------
@@ -144,11 +166,39 @@ class PluginRegistry:
         if entry is None:
             return None
         function, argnames = entry
+        start = time.perf_counter()
         try:
             return function(*[kwargs[a] for a in argnames])
-        except (Exception, SystemExit):
-            log.exception('Plugin "%s" failed in hook %s', plugin.name, hook)
+        except BaseException as exc:  # noqa: B036 - nothing a plugin raises may end a loop
+            self._failed(plugin, hook, exc)
             return Failed
+        finally:
+            elapsed = time.perf_counter() - start
+            if elapsed > SLOW_HOOK_SECONDS:
+                log.warning('Plugin "%s" took %.3f s in hook %s; hooks must not block '
+                            "(every event waits for them).", plugin.name, elapsed, hook)
+
+    def _failed(self, plugin: Plugin, hook: str, exc: BaseException) -> None:
+        """Log a hook's exception: in full the first time, then once per
+        :data:`REPEAT_WINDOW_SECONDS` with the count of repeats."""
+        key = (plugin.name, hook, type(exc), str(exc)[:200])
+        now = time.monotonic()
+        entry = self._failures.get(key)
+        if entry is not None and now - entry[0] < REPEAT_WINDOW_SECONDS:
+            entry[1] += 1
+            return
+        repeats = int(entry[1]) if entry is not None else 0
+        if len(self._failures) > 1000:  # bounded: forget the old ones
+            self._failures.clear()
+        self._failures[key] = [now, 0]
+        what = ("was cancelled" if isinstance(exc, asyncio.CancelledError)
+                else "failed")
+        if repeats:
+            log.error('Plugin "%s" %s in hook %s (the same failure repeated %d '
+                      "time(s) since it was last logged)", plugin.name, what, hook,
+                      repeats, exc_info=exc)
+        else:
+            log.error('Plugin "%s" %s in hook %s', plugin.name, what, hook, exc_info=exc)
 
     def broadcast(self, hook: str, reverse: bool = False, **kwargs: Any) -> None:
         """Call ``hook`` on every plugin, in priority order (or its reverse)."""
@@ -182,6 +232,21 @@ class PluginRegistry:
             log.warning('Default path manager plugin "%s" does not exist; '
                         'using "%s".', name, self._plugins[0].name)
         return self._plugins[0]
+
+
+def _not_a_plain_function(function: object) -> str:
+    """What makes ``function`` unusable as a hook ("" when it is usable)."""
+    if inspect.isclass(function):
+        return "a class"
+    if inspect.iscoroutinefunction(function):
+        return "a coroutine function"
+    if inspect.isasyncgenfunction(function):
+        return "an asynchronous generator function"
+    if inspect.isgeneratorfunction(function):
+        return "a generator function (its body would never run)"
+    if not callable(function):
+        return "not callable"
+    return ""
 
 
 class _Failed:
