@@ -192,6 +192,9 @@ class Daemon:
             self._replayed = True
             self.network_monitor.replay(self.dispatcher)
             self.network_monitor.register(self.dispatcher)
+            # Connections that were open before the daemon started get their
+            # path manager too (C never learns of them).
+            await self._reconcile_connections("at startup")
         names = ", ".join(p.name for p in self.registry.plugins)
         default = self.dispatcher.default.name if self.dispatcher.default else "none"
         self.notifier.ready(f"Managing MPTCP paths; plugins: {names}; default: {default}")
@@ -250,21 +253,30 @@ class Daemon:
         """The endpoint IDs from an endpoint dump, the connections from sock_diag:
         plugins get the ``new_connection``/``connection_closed`` they missed."""
         await self._sync_ids()
+        if await self._reconcile_connections("after lost events"):
+            if self.reader is not None:
+                self.reader.overrun_pending = False
+
+    async def _reconcile_connections(self, when: str) -> bool:
+        """Bring the connection bindings in line with sock_diag's listing;
+        False when the listing failed (logged)."""
         self.dispatcher.begin_reconcile()
         try:
             connections = await list_mptcp_connections()
-        except OSError as exc:
+        except Exception as exc:  # any failure must end the recording
             self.dispatcher.reconcile_cancel()
-            log.warning("Unable to list the MPTCP connections after lost events: %s", exc)
-            return
+            log.warning("Unable to list the MPTCP connections %s: %s", when, exc)
+            return False
         self.dispatcher.reconcile({
             c.token: (c.laddr, c.raddr, c.server_side, c.established)
             for c in connections if not c.fallback  # no events exist for those
         })
-        if self.reader is not None:
-            self.reader.overrun_pending = False
-        log.info("Resynchronised after lost events: %d live MPTCP connection(s).",
-                 len(connections))
+        if when == "at startup":
+            log.info("%d MPTCP connection(s) existed at startup.", len(connections))
+        else:
+            log.info("Resynchronised %s: %d live MPTCP connection(s).",
+                     when, len(connections))
+        return True
 
     def _close_reader(self) -> None:
         reader, self.reader = self.reader, None
