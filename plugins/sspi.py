@@ -98,6 +98,7 @@ Differences from the C sspi (mptcpd 0.12/0.13)
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -107,7 +108,7 @@ from mptcpd.plugin import AddressId, PluginInfo, Priority, SockAddr, Token, hook
 if TYPE_CHECKING:
     import asyncio
 
-    from mptcpd.plugin import Interface, PathManager
+    from mptcpd.plugin import Interface, IPAddress, PathManager
 
 PLUGIN = PluginInfo(
     name="sspi",
@@ -190,11 +191,18 @@ class Connection:
         return None
 
 
+@functools.lru_cache(maxsize=1024)
+def _ordinary(ip: IPAddress) -> bool:
+    """Neither link-local nor loopback (cached: ``ipaddress`` computes both
+    by network membership on every call)."""
+    return not ip.is_link_local and not ip.is_loopback
+
+
 def usable_address(interface: Interface, family: int) -> SockAddr | None:
     """The first address of ``interface`` in ``family`` that is not link-local."""
     for addr in interface.addrs:
-        if addr.family == family and not addr.ip.is_link_local and not addr.ip.is_loopback:
-            return SockAddr(addr.ip)
+        if addr.family == family and _ordinary(addr.ip):
+            return addr if not addr.port else SockAddr(addr.ip)
     return None
 
 

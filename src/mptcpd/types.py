@@ -67,7 +67,9 @@ class SockAddr:
     def unmapped(self) -> SockAddr:
         """This address with an IPv4-mapped IPv6 address (``::ffff:192.0.2.1``,
         as dual-stack sockets report IPv4 peers) turned into plain IPv4."""
-        mapped = getattr(self.ip, "ipv4_mapped", None)
+        if self.ip.version == 4:
+            return self
+        mapped = self.ip.ipv4_mapped
         return SockAddr(mapped, self.port) if mapped is not None else self
 
     def __str__(self) -> str:
