@@ -111,11 +111,6 @@ def open_directory(path: str) -> int:
     return fd
 
 
-def check_directory(path: str) -> None:
-    """Refuse a plugin directory that is missing, not a directory, or unsafe."""
-    os.close(open_directory(path))
-
-
 def _read_plugin(dir_fd: int, directory: str, filename: str) -> tuple[str, bytes]:
     """Open *filename* in the directory without following links, check the
     descriptor and return (path for messages, contents)."""
