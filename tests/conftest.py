@@ -5,15 +5,28 @@ Unit tests (tests/unit) need no privileges.  Integration tests
 a kernel with MPTCP; they skip with the reason otherwise, except under CI
 (``CI`` set to a true value), where a missing lab is a failure: CI machines
 have everything, so a skip there would hide a broken suite.
+
+Hypothesis runs under the profile ``mptcpd``: the current one (hypothesis
+loads its ``ci`` profile under CI) but never derandomised, with one fresh
+random seed per run, printed in the header so that a failure can be
+replayed with ``--hypothesis-seed=N``.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
+
+hypothesis_settings.register_profile(
+    "mptcpd", parent=hypothesis_settings.default, derandomize=False, database=None,
+    print_blob=True,
+)
+hypothesis_settings.load_profile("mptcpd")
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -23,6 +36,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if Path(str(item.fspath)).is_relative_to(TESTS / "integration"):
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    # Before hypothesis's own pytest_configure, which applies the option.
+    if config.getoption("hypothesis_seed", None) is None:
+        config.option.hypothesis_seed = random.SystemRandom().randrange(2**32)
+
+
+def _seed_line(config: pytest.Config) -> str:
+    seed = config.getoption("hypothesis_seed", None)
+    return (f"hypothesis seed: {seed} (profile {hypothesis_settings.get_current_profile_name()}"
+            f", derandomize={hypothesis_settings.default.derandomize}); replay with "
+            f"--hypothesis-seed={seed}")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return _seed_line(config)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter,
+                            config: pytest.Config) -> None:
+    terminalreporter.write_line(_seed_line(config))  # also shown with -q
 
 
 def in_ci() -> bool:

@@ -5,8 +5,10 @@ in the C daemon.  A value that is ``None`` (strings, lists) or ``0`` (flag
 sets) counts as unset and is taken from the next source down.
 
 The configuration file uses the ELL "settings" dialect (an INI variant).  It
-is parsed here by :func:`parse_settings`, which reproduces ELL's rules,
-including the ones that make a whole file unreadable.
+is parsed here by :func:`parse_settings`, which follows ELL's rules, except
+that CRLF line ends and a UTF-8 byte order mark are accepted.  A file that
+cannot be read or parsed is ignored, as in C, but with a warning; unknown
+keys and repeated groups or keys are warned about too.
 """
 
 from __future__ import annotations
@@ -196,6 +198,7 @@ def parse_plugin_list(text: str) -> tuple[str, ...]:
 # ---------------------------------------------------------------------------
 
 _BLANKS = b" \t"
+_BOM = b"\xef\xbb\xbf"
 _KEY_EXTRA = frozenset(b"_-.")
 _ESCAPES = {"s": " ", "n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
 
@@ -214,10 +217,13 @@ class Settings:
 
     Duplicates are kept but never found: lookups return the first group of a
     name and, in it, the first occurrence of a key (ELL behaviour).
+    ``lines`` holds, for each parsed group, its line number and those of its
+    keys (for messages).
     """
 
     def __init__(self) -> None:
         self.groups: list[tuple[str, list[tuple[str, str]]]] = []
+        self.lines: list[tuple[int, list[int]]] = []
 
     def get_value(self, group: str, key: str) -> str | None:
         """The raw (still escaped) value of *key* in the first *group*, or None."""
@@ -270,6 +276,7 @@ def _parse_group(line: bytes, lineno: int, settings: Settings) -> None:
     if line[end + 1 :].strip(_BLANKS):
         raise SettingsSyntaxError(lineno, "junk characters after the group name")
     settings.groups.append((line[1:end].decode("ascii"), []))
+    settings.lines.append((lineno, []))
 
 
 def _parse_key_value(line: bytes, lineno: int, settings: Settings) -> None:
@@ -290,12 +297,16 @@ def _parse_key_value(line: bytes, lineno: int, settings: Settings) -> None:
     # ELL copies the value as a C string: it ends at the first NUL.
     value = value.split("\0", 1)[0]
     settings.groups[-1][1].append((key.decode("ascii"), value))
+    settings.lines[-1][1].append(lineno)
 
 
 def parse_settings(data: bytes) -> Settings:
-    """Parse settings text with ELL's rules.
+    """Parse settings text with ELL's rules, CRLF and a BOM being accepted.
 
-    * lines are split on ``\\n`` only; leading blanks (space, tab) are skipped;
+    * a leading UTF-8 byte order mark is skipped;
+    * lines are split on ``\\n``, and a ``\\r`` ending a line is dropped
+      (ELL keeps it, so that a CRLF file is unreadable);
+    * leading blanks (space, tab) are skipped;
     * blank lines and lines whose first non-blank is ``#`` are ignored
       (there are no inline comments);
     * ``[name]``: printable ASCII without ``[``; only blanks may follow ``]``;
@@ -306,8 +317,9 @@ def parse_settings(data: bytes) -> Settings:
     :class:`SettingsSyntaxError`: the whole text is rejected.
     """
     settings = Settings()
+    data = data.removeprefix(_BOM)
     for lineno, raw_line in enumerate(data.split(b"\n"), start=1):
-        line = raw_line.lstrip(_BLANKS)
+        line = raw_line.removesuffix(b"\r").lstrip(_BLANKS)
         if not line or line.startswith(b"#"):
             continue
         if line.startswith(b"["):
@@ -365,21 +377,79 @@ def _check_plugin_names(names: tuple[str, ...], where: str) -> None:
 def read_config_file(path: str) -> ConfigValues:
     """Read the ``[core]`` group of the configuration file at *path*.
 
-    Runs :func:`check_file_permissions` first.  A file that cannot be read or
-    parsed is reported at debug level and treated as empty.  Unknown keys and
-    groups are ignored; an unknown ``log`` word is ignored silently; flag
-    lists are parsed with warnings.  Raises :class:`ConfigError` for unsafe
+    Runs :func:`check_file_permissions` first, then checks the opened file
+    again (so the file read is the file checked).  A file that cannot be
+    read or parsed is ignored with a warning giving the path and the reason
+    (the daemon starts without it, as C does).  Otherwise as
+    :func:`parse_config`.  Raises :class:`ConfigError` for unsafe
     permissions and for a bad ``load-plugins`` list.
     """
     if not check_file_permissions(path):
         return ConfigValues()
     try:
-        with open(path, "rb") as file:
-            settings = parse_settings(file.read())
-    except (OSError, SettingsSyntaxError) as err:
-        logger.debug("Unable to load mptcpd settings from file '%s'", path)
-        logger.debug("%s", err)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as err:
+        _ignored(path, err.strerror or str(err))
         return ConfigValues()
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_mode & stat.S_IWOTH:
+            raise ConfigError(f'"{path}" should be a file that is not world writable.')
+        try:
+            data = file.read()
+        except OSError as err:
+            _ignored(path, err.strerror or str(err))
+            return ConfigValues()
+    return parse_config(data, path)
+
+
+def _ignored(path: str, reason: str) -> None:
+    logger.warning("Unable to load mptcpd settings from file '%s': %s; the file is "
+                   "ignored.", path, reason)
+
+
+def _check_layout(settings: Settings, path: str) -> None:
+    """Warn about what ELL silently ignores: repeated groups, and unknown or
+    repeated keys in ``[core]``."""
+    first_group: dict[str, int] = {}
+    for (name, pairs), (group_line, key_lines) in zip(settings.groups, settings.lines):
+        if name in first_group:
+            logger.warning('Duplicate group [%s] at line %d of "%s" ignored: the first, '
+                           "at line %d, applies.", name, group_line, path,
+                           first_group[name])
+            continue
+        first_group[name] = group_line
+        if name != CORE_GROUP:
+            continue
+        first_key: dict[str, int] = {}
+        for (key, _value), line in zip(pairs, key_lines):
+            if key not in FILE_KEYS:
+                near = key.lower().replace("_", "-")
+                hint = f' (did you mean "{near}"?)' if near in FILE_KEYS else ""
+                logger.warning('Unknown key "%s" at line %d of "%s" ignored%s.', key, line,
+                               path, hint)
+            elif key in first_key:
+                logger.warning('Duplicate key "%s" at line %d of "%s" ignored: the first, '
+                               "at line %d, applies.", key, line, path, first_key[key])
+            else:
+                first_key[key] = line
+
+
+def parse_config(data: bytes, path: str) -> ConfigValues:
+    """The ``[core]`` settings of configuration-file contents *data*.
+
+    *path* is for messages only.  Unparsable contents are warned about and
+    give empty values; unknown keys and repeated groups and keys are warned
+    about; an unknown ``log`` word is ignored silently; flag lists are parsed
+    with warnings.  Raises :class:`ConfigError` (only) for a bad
+    ``load-plugins`` list.
+    """
+    try:
+        settings = parse_settings(data)
+    except SettingsSyntaxError as err:
+        _ignored(path, str(err))
+        return ConfigValues()
+    _check_layout(settings, path)
 
     def get(key: str) -> str | None:
         assert key in FILE_KEYS, key  # the documented list is the one read

@@ -618,19 +618,34 @@ def test_no_debug_output_without_d(
     assert run_main(capsys) == (0, "", "")
 
 
-def test_unparsable_file_reported_at_debug_level(
+def test_fix_unparsable_file_reported_as_a_warning(
     capsys: pytest.CaptureFixture[str],
     fake_run: FakeRun,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     path = conf(tmp_path, monkeypatch, "log=null\n[core]\n")
-    code, _, err = run_main(capsys, "-d", "-lnull")
+    code, _, err = run_main(capsys, "--addr-flags=subflow")
     assert code == 0
-    assert err.splitlines()[0] == (
-        f"config.py:read_config_file() Unable to load mptcpd settings from file '{path}'"
+    assert err == (
+        f"Unable to load mptcpd settings from file '{path}': line 1: key-value pair "
+        "before any group; the file is ignored.\n"
     )
-    assert fake_run.config.log == "null"
+    assert fake_run.config.addr_flags == AddrFlags.SUBFLOW
+
+
+def test_fix_unknown_key_warned_on_stderr(
+    capsys: pytest.CaptureFixture[str],
+    fake_run: FakeRun,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = conf(tmp_path, monkeypatch, "[core]\nload_plugins=sspi\n")
+    code, _, err = run_main(capsys)
+    assert code == 0
+    assert err == (f'Unknown key "load_plugins" at line 2 of "{path}" ignored '
+                   '(did you mean "load-plugins"?).\n')
+    assert fake_run.config.load_plugins is None
 
 
 # ---------------------------------------------------------------------------

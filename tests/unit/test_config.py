@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -88,8 +92,18 @@ def test_blanks_around_equal_skipped_but_trailing_whitespace_kept() -> None:
     assert core("[core]\npath-manager \t=  \tsspi  \n") == {"path-manager": "sspi  "}
 
 
-def test_carriage_return_is_kept_in_values() -> None:
-    assert core("[core]\nlog=null\r\n") == {"log": "null\r"}
+def test_fix_crlf_line_ends_are_accepted() -> None:
+    # ELL keeps the \r, so that a whole CRLF file is unreadable.
+    assert core("[core]\r\nlog=null\r\n\r\n# c\r\npath-manager = a\rb \r\n") == {
+        "log": "null", "path-manager": "a\rb ",
+    }
+    assert core("[core]\r\nlog=null\r") == {"log": "null"}
+
+
+def test_fix_a_utf8_byte_order_mark_is_accepted() -> None:
+    assert core(b"\xef\xbb\xbf[core]\r\nlog=null\r\n") == {"log": "null"}
+    with pytest.raises(SettingsSyntaxError):  # only at the start of the file
+        parse_settings(b"[core]\n\xef\xbb\xbflog=null\n")
 
 
 def test_empty_value_is_kept() -> None:
@@ -117,8 +131,8 @@ def test_group_name_may_hold_printable_characters_and_trailing_blanks() -> None:
         pytest.param("[core] x\nlog=null\n", id="junk-after-bracket"),
         pytest.param("[core\nlog=null\n", id="unterminated-group"),
         pytest.param("[co[re]\nlog=null\n", id="bracket-in-group"),
-        pytest.param("[core]\r\nlog=null\n", id="cr-after-bracket"),
-        pytest.param("[core]\n\r\n", id="lone-carriage-return"),
+        pytest.param("[core]\rlog=null\n", id="cr-alone-is-no-line-end"),
+        pytest.param("[core]\n\r\r\n", id="two-carriage-returns"),
         pytest.param(b"[core]\nlog=\xff\n", id="value-not-utf8"),
         pytest.param(b"[c\xc3\xa9]\nlog=null\n", id="group-not-ascii"),
     ],
@@ -302,29 +316,29 @@ def test_other_stat_error_is_an_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "text",
+    ("text", "reason"),
     [
-        "log=null\n[core]\n",
-        "[core]\nlog\n",
-        b"[core]\nlog=\xfe\n",
-        "[core]\nlog=null\nbad key=1\n",
+        ("log=null\n[core]\n", "line 1: key-value pair before any group"),
+        ("[core]\nlog\n", "line 2: delimiter '=' not found"),
+        (b"[core]\nlog=\xfe\n", "line 2: value is not valid UTF-8"),
+        ("[core]\nlog=null\nbad key=1\n", "line 3: invalid character in key"),
     ],
 )
-def test_unparsable_file_is_ignored(
-    debug_log: pytest.LogCaptureFixture, tmp_path: Path, text: str | bytes
+def test_fix_unparsable_file_is_ignored_with_a_warning(
+    debug_log: pytest.LogCaptureFixture, tmp_path: Path, text: str | bytes, reason: str
 ) -> None:
     path = write(tmp_path / "m.conf", text)
     assert read_config_file(path) == ConfigValues()
-    assert f"Unable to load mptcpd settings from file '{path}'" in messages(
-        debug_log, logging.DEBUG
-    )
+    assert messages(debug_log, logging.WARNING) == [
+        f"Unable to load mptcpd settings from file '{path}': {reason}; the file is ignored."
+    ]
 
 
 def test_empty_file(tmp_path: Path) -> None:
     assert read_config_file(write(tmp_path / "m.conf", "")) == ConfigValues()
 
 
-def test_unreadable_file_is_ignored(
+def test_fix_unreadable_file_is_ignored_with_a_warning(
     debug_log: pytest.LogCaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = write(tmp_path / "m.conf", "[core]\nlog=null\n")
@@ -332,9 +346,115 @@ def test_unreadable_file_is_ignored(
     def refuse(*args: object, **kwargs: object) -> None:
         raise PermissionError(13, "Permission denied")
 
+    monkeypatch.setattr(os, "open", refuse)
     monkeypatch.setattr("builtins.open", refuse)
     assert read_config_file(path) == ConfigValues()
-    assert f"Unable to load mptcpd settings from file '{path}'" in messages(debug_log)
+    monkeypatch.undo()
+    assert messages(debug_log, logging.WARNING) == [
+        f"Unable to load mptcpd settings from file '{path}': Permission denied; "
+        "the file is ignored."
+    ]
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory everyone may search (tmp_path's parents are private)."""
+    directory = Path(tempfile.mkdtemp(prefix="mptcpd-conf-"))
+    directory.chmod(0o755)
+    yield directory
+    shutil.rmtree(directory)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a process as nobody")
+def test_fix_a_root_only_file_warns_a_dynamic_user_daemon(shared_dir: Path) -> None:
+    """The case of a DynamicUser= daemon and a 0600 root-owned file: the
+    real EACCES from open(), in a process running as nobody."""
+    path = write(shared_dir / "mptcpd.conf", "[core]\nlog=null\n", mode=0o600)
+    code = (
+        "import logging, sys\n"
+        "logging.basicConfig(stream=sys.stderr, format='%(levelname)s %(message)s')\n"
+        "from mptcpd.config import read_config_file\n"
+        f"print(read_config_file({path!r}))\n"
+    )
+    src = str(Path(cfg.__file__).resolve().parents[1])
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          user=65534, group=65534, extra_groups=[],
+                          env={**os.environ, "PYTHONPATH": src}, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == repr(ConfigValues())
+    assert proc.stderr == (
+        f"WARNING Unable to load mptcpd settings from file '{path}': Permission denied; "
+        "the file is ignored.\n"
+    )
+
+
+def test_fix_the_file_read_is_the_file_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A world-writable file swapped in right after the permission check is
+    refused: the opened file is checked again."""
+    path = write(tmp_path / "m.conf", "[core]\nlog=null\n")
+    evil = write(tmp_path / "evil", "[core]\nlog=journal\nplugin-dir=/tmp/x\n", mode=0o666)
+    real_stat = os.stat
+
+    def stat_then_swap(name: object, *args: object, **kwargs: object) -> os.stat_result:
+        result = real_stat(name, *args, **kwargs)  # type: ignore[arg-type]
+        if str(name) == path and os.path.exists(evil):
+            os.replace(evil, path)
+        return result
+
+    monkeypatch.setattr(os, "stat", stat_then_swap)
+    with pytest.raises(ConfigError) as err:
+        read_config_file(path)
+    monkeypatch.undo()
+    assert str(err.value) == f'"{path}" should be a file that is not world writable.'
+
+
+def test_fix_unknown_keys_are_warned_about_with_their_line(
+    debug_log: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    path = write(
+        tmp_path / "m.conf",
+        "# comment\n[core]\naddr_flags=subflow\nAddr-Flags=backup\nbogus=1\n"
+        "log=null\n[other]\nbogus=2\n",
+    )
+    assert read_config_file(path) == ConfigValues(log="null")
+    assert messages(debug_log, logging.WARNING) == [
+        f'Unknown key "addr_flags" at line 3 of "{path}" ignored (did you mean "addr-flags"?).',
+        f'Unknown key "Addr-Flags" at line 4 of "{path}" ignored (did you mean "addr-flags"?).',
+        f'Unknown key "bogus" at line 5 of "{path}" ignored.',
+    ]
+
+
+def test_fix_duplicate_groups_and_keys_are_warned_about(
+    debug_log: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    path = write(
+        tmp_path / "m.conf",
+        "[core]\nlog=null\n[other]\nx=1\n[core]\nplugin-dir=/p\nnope=1\n[other]\n"
+        "[core]\n",
+    )
+    path2 = write(tmp_path / "k.conf", "[core]\nlog=null\nlog=journal\n")
+    assert read_config_file(path) == ConfigValues(log="null")
+    assert read_config_file(path2) == ConfigValues(log="null")
+    assert messages(debug_log, logging.WARNING) == [
+        f'Duplicate group [core] at line 5 of "{path}" ignored: the first, at line 1, applies.',
+        f'Duplicate group [other] at line 8 of "{path}" ignored: the first, at line 3, '
+        "applies.",
+        f'Duplicate group [core] at line 9 of "{path}" ignored: the first, at line 1, applies.',
+        f'Duplicate key "log" at line 3 of "{path2}" ignored: the first, at line 2, applies.',
+    ]
+
+
+def test_fix_a_crlf_file_with_a_bom_is_read(
+    debug_log: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    path = write(tmp_path / "m.conf",
+                 b"\xef\xbb\xbf[core]\r\nlog=null\r\naddr-flags=subflow,backup\r\n")
+    assert read_config_file(path) == ConfigValues(
+        log="null", addr_flags=AddrFlags.SUBFLOW | AddrFlags.BACKUP
+    )
+    assert messages(debug_log, logging.WARNING) == []
 
 
 def test_every_key_is_read(tmp_path: Path) -> None:
