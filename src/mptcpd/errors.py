@@ -44,12 +44,18 @@ class QueueFull(MptcpdError, OSError):
     def __init__(self, message: str = "command queue full") -> None:
         super().__init__(_errno.ENOBUFS, message)
 
+    def __str__(self) -> str:
+        return str(self.strerror)
+
 
 class ConnectionClosed(MptcpdError, OSError):
     """The command's connection closed before it was sent (``ENOTCONN``)."""
 
     def __init__(self, message: str = "connection closed") -> None:
         super().__init__(_errno.ENOTCONN, message)
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 class KernelError(MptcpdError, OSError):

@@ -87,6 +87,8 @@ _MAX_BATCH_BYTES = 32768  # well below the socket's send buffer
 _READS_PER_WAKEUP = 64  # datagrams read before the loop gets its turn back
 _RECV_SIZE = 65536  # the kernel's dump datagrams are at most 32 KiB
 _FAMILY_TIMEOUT = 5.0
+_RCVBUF = 1 << 20  # room for the answers of max_in_flight requests
+_SO_RCVBUFFORCE = 33
 _CLONE_NEWNET = 0x40000000
 _NETLINK_GENERIC = 16
 
@@ -131,6 +133,10 @@ def _new_socket() -> socket.socket:
     try:
         sock.setsockopt(pm_codec.SOL_NETLINK, pm_codec.NETLINK_EXT_ACK, 1)
         sock.setsockopt(pm_codec.SOL_NETLINK, pm_codec.NETLINK_CAP_ACK, 1)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, _RCVBUF)
+        except PermissionError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
         sock.bind((0, 0))
     except BaseException:
         sock.close()
@@ -226,6 +232,8 @@ class CommandChannel:
         self._buf = bytearray(_RECV_SIZE)
         self._view = memoryview(self._buf)
         self._failed: asyncio.Future[str] | None = None
+        self._overrun = False
+        self._outgoing: list[_Request] = []
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -244,6 +252,10 @@ class CommandChannel:
         except BaseException:
             sock.close()
             raise
+        self._attach(loop, sock, family_id)
+
+    def _attach(self, loop: asyncio.AbstractEventLoop, sock: Any, family_id: int) -> None:
+        """Start serving requests on an open socket (tests give their own)."""
         self._sock, self._loop, self._family_id = sock, loop, family_id
         self._failed = loop.create_future()
         loop.add_reader(sock.fileno(), self._on_readable)
@@ -415,7 +427,7 @@ class CommandChannel:
         queue, inflight = self._queue, self._inflight
         room = self.max_in_flight - len(inflight)
         family, batch = self._family_id, self.batch
-        reqs: list[_Request] = []
+        out = self._outgoing  # taken from the queue, not yet sent
         datas: list[bytes] = []
         size = 0
         while queue and room > 0:
@@ -426,29 +438,32 @@ class CommandChannel:
                 continue
             command = req.command
             dump = command.kind == "dump"
-            if dump and (inflight or reqs):
+            if dump and (inflight or out):
                 break
             queue.popleft()
+            out.append(req)
             self._unqueue(req)
             seq = self._next_seq()
             try:
                 data = command.encode(family, seq, command.flags, *req.args)
             except Exception as exc:
+                out.pop()
                 log.error("%s: cannot encode the request: %r", command.op, exc)
                 _settle_exception(req.future, exc)
                 continue
             req.seq = seq
-            reqs.append(req)
             datas.append(data)
             room -= 1
             size += len(data)
             if dump:
                 break
             if not batch or size >= _MAX_BATCH_BYTES:
-                self._send(sock, reqs, datas)
-                reqs, datas, size = [], [], 0
-        if reqs:
-            self._send(sock, reqs, datas)
+                self._send(sock, out, datas)
+                out.clear()
+                datas, size = [], 0
+        if out:
+            self._send(sock, out, datas)
+            out.clear()
 
     def _send(self, sock: socket.socket, reqs: list[_Request], datas: list[bytes]) -> None:
         try:
@@ -510,17 +525,32 @@ class CommandChannel:
                 return
             try:
                 n = sock.recv_into(self._buf, size, socket.MSG_TRUNC)
-            except (BlockingIOError, InterruptedError):
+            except InterruptedError:
+                continue
+            except BlockingIOError:
+                if self._overrun:
+                    self._lost_answers()
                 return
             except OSError as exc:
                 if exc.errno == errno.ENOBUFS:
                     log.warning("mptcp_pm command socket overrun: replies were lost")
+                    self._overrun = True
                     continue
                 raise
             if n > size:
                 log.warning("mptcp_pm reply of %d bytes truncated to %d: ignored", n, size)
                 continue
             self._handle(view[:n])
+
+    def _lost_answers(self) -> None:
+        """After an overrun, once every queued answer is read: the kernel
+        answers a request inside the ``send`` that carried it, so a request
+        still unanswered now (but a dump, answered as it is read) lost its
+        answer."""
+        self._overrun = False
+        inflight = self._inflight
+        while inflight and inflight[0].command.kind != "dump":
+            self._fail_head(errno.ENOBUFS)
 
     def _match(self, seq: int) -> _Request | None:
         inflight = self._inflight
@@ -616,8 +646,9 @@ class CommandChannel:
                 handle.cancel()
         self._flush_handle = self._timer = self._warn_handle = None
         self._warn_dropped_now()
-        pending = list(self._inflight) + list(self._queue)
+        pending = list(self._inflight) + self._outgoing + list(self._queue)
         self._inflight.clear()
+        self._outgoing.clear()
         self._queue.clear()
         self._by_token.clear()
         self._dead = 0
