@@ -41,7 +41,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from mptcpd.plugin import AddrFlags, LimitType, PluginInfo, Priority, SockAddr, hookimpl
+from mptcpd.plugin import AddrFlags, Limits, PluginInfo, Priority, SockAddr, hookimpl
 
 PLUGIN = PluginInfo(
     name="addr_adv",
@@ -103,8 +103,8 @@ class AddressAdvertiser:
         if pm.config is not None and pm.config.addr_flags & AddrFlags.SUBFLOW:
             self.rcv_limit = self.subflows_limit
         try:
-            pm.kpm_set_limits([(LimitType.SUBFLOWS, self.subflows_limit),
-                               (LimitType.RCV_ADD_ADDRS, self.rcv_limit)])
+            pm.kpm_set_limits(Limits(subflows=self.subflows_limit,
+                                     rcv_add_addrs=self.rcv_limit))
         except OSError as exc:
             if exc.errno != errno.ENOTSUP:
                 log.warning("can't update limit to %d: %d", self.subflows_limit,

@@ -6,6 +6,8 @@
   :class:`OSError` subclasses so ``exc.errno`` carries the C return value.
 * :class:`KernelError` is a kernel NACK of a ``mptcp_pm`` command: the
   operation name of spec §3.4, the kernel's errno and its extended-ACK text.
+* :class:`QueueFull` and :class:`ConnectionClosed` fail a command that was
+  never sent: the command queue was full, or its connection closed first.
 
 Argument errors are plain :class:`ValueError` (C: ``EINVAL``).
 
@@ -34,6 +36,26 @@ class NotSupported(MptcpdError, OSError):
 
     def __init__(self, message: str = "operation not supported") -> None:
         super().__init__(_errno.ENOTSUP, message)
+
+
+class QueueFull(MptcpdError, OSError):
+    """The command queue was full: the command was dropped (``ENOBUFS``)."""
+
+    def __init__(self, message: str = "command queue full") -> None:
+        super().__init__(_errno.ENOBUFS, message)
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+class ConnectionClosed(MptcpdError, OSError):
+    """The command's connection closed before it was sent (``ENOTCONN``)."""
+
+    def __init__(self, message: str = "connection closed") -> None:
+        super().__init__(_errno.ENOTCONN, message)
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 class KernelError(MptcpdError, OSError):

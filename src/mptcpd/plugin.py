@@ -22,12 +22,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
-from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 import pluggy
 
 from mptcpd.hookspecs import PROJECT
+from mptcpd.netlink.pm_codec import AddrInfo, Limits
 from mptcpd.types import (
     AddressId,
     AddrFlags,
@@ -40,10 +40,12 @@ from mptcpd.types import (
 
 __all__ = [
     "AddrFlags",
+    "AddrInfo",
     "AddressId",
     "IPAddress",
     "Interface",
     "LimitType",
+    "Limits",
     "NotifyFlags",
     "PathManager",
     "PluginInfo",
@@ -66,7 +68,7 @@ class Priority(enum.IntEnum):
 
 
 class LimitType(enum.IntEnum):
-    """In-kernel PM resource limits (``MPTCPD_LIMIT_*``)."""
+    """The C API's limit types (``MPTCPD_LIMIT_*``); the values travel in :class:`Limits`."""
 
     RCV_ADD_ADDRS = 0  #: ``add_addr_accepted``
     SUBFLOWS = 1  #: ``subflows``
@@ -176,13 +178,11 @@ class PathManager(Protocol):
     def kpm_flush_addrs(self) -> asyncio.Future[Any]:
         """Remove every endpoint."""
 
-    def kpm_set_limits(
-        self, limits: Mapping[LimitType, int] | Iterable[tuple[LimitType, int]]
-    ) -> asyncio.Future[Any]:
-        """Set resource limits, in the order given."""
+    def kpm_set_limits(self, limits: Limits) -> asyncio.Future[Any]:
+        """Set the limits given (``Limits(subflows=4)``; None fields unchanged)."""
 
     def kpm_get_limits(self) -> asyncio.Future[Any]:
-        """Get the resource limits."""
+        """Get the resource limits, as :class:`Limits`."""
 
     def kpm_set_flags(self, addr: SockAddr, flags: AddrFlags | int) -> asyncio.Future[Any]:
         """Change the flags of the endpoint with address ``addr``."""

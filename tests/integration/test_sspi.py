@@ -24,7 +24,7 @@ import pytest
 
 from mptcpd.lab import Lab, Process, wait_for
 from mptcpd.netlink.genl_commands import CommandChannel
-from mptcpd.pm.kernel import UpstreamKernelPM
+from mptcpd.pm.path_manager import PathManager
 from mptcpd.types import SockAddr
 from tests.integration.test_daemon import READY, daemon_env
 
@@ -191,7 +191,9 @@ async def add_duplicate_join(lab: Lab, token: int, local: SockAddr, local_id: in
                              remote: SockAddr) -> None:
     """Ask the client's kernel for one more subflow, as another tool would."""
     async with CommandChannel(lab.client) as channel:
-        await UpstreamKernelPM(channel).add_subflow(token, local_id, 0, local, remote, False)
+        pm = PathManager(channel)
+        pm.set_ready(True)
+        await pm.add_subflow(token, local_id, 0, local, remote, False)
 
 
 # -- tests ------------------------------------------------------------------------

@@ -47,7 +47,7 @@ class FakePM:
         return future
 
     def kpm_set_limits(self, limits: Any) -> asyncio.Future[Any]:
-        return self._command("set_limits", [(int(k), v) for k, v in limits])
+        return self._command("set_limits", [(1, limits.subflows), (0, limits.rcv_add_addrs)])
 
     def kpm_add_addr(self, addr: SockAddr, id: int, flags: int, ifindex: int) -> Any:
         return self._command("add", addr, id, flags, ifindex)

@@ -38,7 +38,6 @@ from mptcpd.netlink.sysctl import check_kernel, kernel_path_manager
 from mptcpd.plugins.loader import PluginLoadError, load_plugins
 from mptcpd.plugins.registry import PluginRegistry
 from mptcpd.pm.id_manager import IdManager
-from mptcpd.pm.kernel import UpstreamKernelPM
 from mptcpd.pm.listener_manager import ListenerManager
 from mptcpd.pm.network_monitor import NetworkMonitor
 from mptcpd.pm.path_manager import PathManager
@@ -61,13 +60,13 @@ class Daemon:
         self.config = config
         self.notifier = notifier or Notifier()
         self.registry = PluginRegistry()
-        self.channel = CommandChannel()
+        self.channel = CommandChannel(on_failure=self._channel_failed)
         self.network_monitor = NetworkMonitor(
             config.notify_flags, route_wait_timeout=config.check_route_timeout)
         self.id_manager = IdManager()
         self.listener_manager = ListenerManager()
         self.pm = PathManager(
-            UpstreamKernelPM(self.channel), config=config,
+            self.channel, config=config,
             network_monitor=self.network_monitor, id_manager=self.id_manager,
             listener_manager=self.listener_manager,
         )
@@ -111,6 +110,9 @@ class Daemon:
         log.error("%s", message)
         self._fatal = message
         self._stop.set()
+
+    def _channel_failed(self, reason: str) -> None:
+        self._fail(f"The mptcp_pm command channel failed: {reason}")
 
     @staticmethod
     def _sighup() -> None:
@@ -202,7 +204,7 @@ class Daemon:
 
     async def _sync_ids(self) -> None:
         try:
-            endpoints = await self.channel.dump_addrs(op="dump_addrs")
+            endpoints = await self.pm.kpm_dump_addrs()
         except KernelError:
             log.error("Unable to synchronize ID manager with kernel.")
             return
@@ -237,12 +239,14 @@ class Daemon:
         self._spawn(self._read_events(reader), "mptcp_pm events")
 
     async def _read_events(self, reader: EventReader) -> None:
-        dispatch = self.dispatcher.dispatch
+        dispatch, forget = self.dispatcher.dispatch, self.channel.forget
         async for event in reader:
             try:
                 dispatch(event)
             except Exception:  # never let one event end the reader
                 log.exception("Unable to dispatch %r", event)
+            if type(event) is ev.ConnectionClosed:  # after its hook: drop what is unsent
+                forget(event.token)
 
     def _overrun(self, count: int) -> None:
         """Events were lost: resynchronise what the kernel lets us."""

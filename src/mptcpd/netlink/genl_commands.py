@@ -1,137 +1,240 @@
 """The ``mptcp_pm`` command channel: requests in, futures out.
 
-:class:`CommandChannel` owns one :class:`AsyncGenericNetlinkSocket` bound to
-the ``mptcp_pm`` family with the command message class
-(:class:`~mptcpd.netlink.command_messages.mptcp_pm_cmd_msg`).  It is never
-joined to a multicast group; events have their own socket (DESIGN decision 1).
+:class:`CommandChannel` owns one plain generic netlink socket (stdlib
+:mod:`socket`, read through the loop's reader callback) and never joins a
+multicast group; events have their own socket.  Requests are encoded and
+replies decoded by :mod:`mptcpd.netlink.pm_codec`.
 
-Every command method builds its message at once (bad arguments raise
-:class:`ValueError` before anything is queued) and returns an
-:class:`asyncio.Future` that is resolved when the kernel answered:
+``submit(name, args, token=None)`` queues one command, named after the
+path-manager call that sends it (:data:`~mptcpd.netlink.pm_codec.COMMANDS`;
+the public :class:`~mptcpd.pm.path_manager.PathManager` validates the
+arguments first) and returns an :class:`asyncio.Future` resolved when the
+kernel answered:
 
 * with ``None`` for an ACK,
-* with an :class:`~mptcpd.netlink.command_messages.AddrInfo` for a GET_ADDR
-  request, a list of them for a GET_ADDR dump,
-* with :class:`~mptcpd.netlink.command_messages.Limits` for GET_LIMITS,
+* with an :class:`~mptcpd.netlink.pm_codec.AddrInfo` (or None) for
+  ``kpm_get_addr``, a list of them for ``kpm_dump_addrs``,
+* with :class:`~mptcpd.netlink.pm_codec.Limits` for ``kpm_get_limits``,
 * or failed with :class:`~mptcpd.errors.KernelError` (the kernel's errno and
-  extended-ACK text).  The same error is logged at ERROR as
-  ``<op>: <extack message>: <strerror>`` (``<op>: <strerror>`` when the
-  kernel sent no extack), where ``op`` is the operation name of spec §3.4.
+  extended-ACK text), logged at ERROR as ``<op>: <extack>: <strerror>``
+  (``<op>: <strerror>`` without extack), ``op`` being the C daemon's
+  operation name.  A request without an answer after ``request_timeout``
+  fails with ``ETIMEDOUT``.
 
-Callers may ignore the future, as C plugins ignore the reply: a failure is
-logged once and never reported as "exception never retrieved".
+Callers may ignore the future: a failure is logged once and never reported
+as "exception never retrieved".
 
-Ordering (spec §3.6): requests are written by one writer task in submission
-order.  With ``max_in_flight=1`` (the default, and mptcpd's behaviour) the
-next request is written only after the previous one's reply, ACK or end of
-dump has been processed.  A larger ``max_in_flight`` pipelines requests:
-the kernel handles a netlink socket's requests synchronously in the order
-they are written, so results still arrive and futures still resolve in
-submission order; dumps are always run alone, because the kernel allows one
-running dump per socket.
+Flow: commands queued during one loop iteration leave together in one
+``sendmsg`` (the kernel handles the messages of a datagram in order), up to
+``max_in_flight`` requests awaiting their answer.  The kernel answers a
+socket's requests in the order it received them, so replies are matched by
+sequence number and futures resolve in submission order; a dump (the kernel
+runs one per socket at a time) is sent alone and nothing follows it until
+its end.  A request whose encoding or sending raises fails alone.
 
-Measured on kernel 6.18 in a lab namespace (2 vCPU, pyroute2 0.9.7, 2000
-to 3000 back-to-back requests per run, 1, 4, 8 and 16 in flight): GET_LIMITS
-5,300-6,600/s and SET_LIMITS 7,300-9,100/s whatever the depth; the spread
-between runs is larger than any effect of pipelining.  pyroute2's Python
-encode/decode per message, not the kernel round trip, is the cost, so the
-default stays at 1 (mptcpd's behaviour).
+Bounds: at most ``max_queue`` commands wait to be sent (default
+:data:`DEFAULT_MAX_QUEUE`); beyond, ``submit`` returns a future failed with
+:class:`~mptcpd.errors.QueueFull`, and a warning counting the commands
+dropped is logged at most once per second.  :meth:`forget` drops the queued
+commands of a closed connection before they are sent.
 
-GET_ADDR (do) and GET_LIMITS carry ``NLM_F_ACK`` like mptcpd's requests; the
-kernel then sends the reply and a separate ACK.  The future resolves on the
-reply; the late ACK arrives after pyroute2 released the sequence number and
-is read and dropped by a small reader of the socket's untagged queue.
+Supervision: if the channel's own reader or writer ever raises, it logs why,
+fails every pending command, closes, resolves :attr:`failed` with the reason
+and calls ``on_failure(reason)``: the daemon then exits non-zero rather than
+running on deaf.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import collections
 import errno
 import logging
 import os
-from collections.abc import Sequence
-from typing import Any, Literal
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
 
-from pyroute2.netlink import (  # type: ignore[import-untyped]
-    NLM_F_ACK,
-    NLM_F_DUMP,
-    NLM_F_REQUEST,
-    NLMSG_ERROR,
-)
-from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
-from pyroute2.netlink.generic import AsyncGenericNetlinkSocket  # type: ignore[import-untyped]
-
-from mptcpd.errors import KernelError, NotReady
-from mptcpd.netlink import command_messages as m
-from mptcpd.netlink.command_messages import AddrInfo, Limits
+from mptcpd.errors import ConnectionClosed, KernelError, NotReady, QueueFull
+from mptcpd.netlink import pm_codec
 from mptcpd.netlink.constants import MPTCP_PM_NAME
-from mptcpd.types import SockAddr
+from mptcpd.netlink.pm_codec import (
+    COMMANDS,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    Command,
+    decode_addr,
+    decode_done,
+    decode_error,
+    decode_limits,
+    messages,
+)
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["ack", "addr", "dump", "limits"]
-
 #: How long one request may wait for its answer before it fails (seconds).
 DEFAULT_REQUEST_TIMEOUT = 10.0
+#: Commands that may wait to be sent; more are refused (``max_queue``).
+DEFAULT_MAX_QUEUE = 4096
+#: Requests sent and not yet answered (``max_in_flight``): 64 gives about
+#: twice the one-at-a-time throughput on kernel 6.18, and its answers fit
+#: the receive buffer with room to spare.
+DEFAULT_MAX_IN_FLIGHT = 64
+#: Seconds between two "command queue full" warnings.
+QUEUE_FULL_WARNING_INTERVAL = 1.0
+
+_MAX_BATCH_BYTES = 32768  # well below the socket's send buffer
+_READS_PER_WAKEUP = 64  # datagrams read before the loop gets its turn back
+_RECV_SIZE = 65536  # the kernel's dump datagrams are at most 32 KiB
+_FAMILY_TIMEOUT = 5.0
+_RCVBUF = 1 << 20  # room for the answers of max_in_flight requests
+_SO_RCVBUFFORCE = 33
+_CLONE_NEWNET = 0x40000000
+_NETLINK_GENERIC = 16
 
 
-@dataclasses.dataclass(eq=False)
 class _Request:
-    op: str
-    msg: Any
-    kind: Kind
-    future: asyncio.Future[Any]
+    __slots__ = ("command", "args", "token", "future", "seq", "deadline", "result", "dead")
 
-    @property
-    def flags(self) -> int:
-        flags = int(NLM_F_REQUEST | NLM_F_ACK)
-        if self.kind == "dump":
-            flags |= int(NLM_F_DUMP)
-        return flags
+    def __init__(self, command: Command, args: tuple[Any, ...], token: int | None,
+                 future: asyncio.Future[Any]) -> None:
+        self.command = command
+        self.args = args
+        self.token = token
+        self.future = future
+        self.seq = 0
+        self.deadline = 0.0
+        self.result: Any = [] if command.kind == "dump" else None
+        self.dead = False
 
 
-def _silence(future: asyncio.Future[Any]) -> None:
-    """Mark a failed future's exception as retrieved (it was logged)."""
-    if not future.cancelled():
-        future.exception()
+def _settle_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+        future.exception()  # retrieved: logged already, or the caller's to read
+
+
+def _setns(path: str) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if libc.setns(fd, _CLONE_NEWNET) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code), path)
+    finally:
+        os.close(fd)
+
+
+def _new_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK,
+                         _NETLINK_GENERIC)
+    try:
+        sock.setsockopt(pm_codec.SOL_NETLINK, pm_codec.NETLINK_EXT_ACK, 1)
+        sock.setsockopt(pm_codec.SOL_NETLINK, pm_codec.NETLINK_CAP_ACK, 1)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, _RCVBUF)
+        except PermissionError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
+        sock.bind((0, 0))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def open_socket(netns: str | None = None) -> socket.socket:
+    """A non-blocking generic netlink socket with extended and capped ACKs.
+
+    With ``netns`` (a name under ``/run/netns`` or a path) the socket is made
+    inside that namespace by a short-lived thread, so the caller's own
+    namespace never changes.
+    """
+    if netns is None:
+        return _new_socket()
+    path = netns if "/" in netns else f"/run/netns/{netns}"
+    box: list[socket.socket | BaseException] = []
+
+    def make() -> None:
+        try:
+            _setns(path)
+            box.append(_new_socket())
+        except BaseException as exc:
+            box.append(exc)
+
+    thread = threading.Thread(target=make, name=f"netns {netns}", daemon=True)
+    thread.start()
+    thread.join()
+    result = box[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
 class CommandChannel:
-    """Asynchronous ``mptcp_pm`` command socket with a FIFO writer.
+    """Asynchronous ``mptcp_pm`` command socket; see the module docstring.
 
-    :param netns: name of the network namespace whose kernel receives the
-        commands (pyroute2 ``netns=``); None for the caller's namespace.
-    :param max_in_flight: requests written before the oldest is answered
-        (1 = mptcpd's one-at-a-time behaviour).
-    :param request_timeout: seconds a request may wait for its answer.
+    :param netns: network namespace whose kernel receives the commands; None
+        for the caller's (the daemon runs inside its namespace).
+    :param max_in_flight: requests sent and not yet answered (1 = mptcpd's
+        one-at-a-time behaviour).
+    :param batch: send the requests queued in one loop iteration in one
+        ``sendmsg`` (False: one ``send`` per request).
+    :param max_queue: commands that may wait to be sent.
+    :param request_timeout: seconds a request may wait for its answer (None:
+        forever).
     :param family: generic netlink family name (tests only).
+    :param on_failure: called with the reason if the channel dies.
 
     Use ``async with CommandChannel(...) as ch:`` or :meth:`open` /
-    :meth:`close`.  Methods must be called from the loop that opened it.
+    :meth:`close`, from one loop.
     """
 
     def __init__(
         self,
         netns: str | None = None,
         *,
-        max_in_flight: int = 1,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        batch: bool = True,
+        max_queue: int = DEFAULT_MAX_QUEUE,
         request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
         family: str = MPTCP_PM_NAME,
+        on_failure: Callable[[str], object] | None = None,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
+        if max_queue < 1:
+            raise ValueError("max_queue must be at least 1")
         self.netns = netns
         self.max_in_flight = max_in_flight
+        self.batch = batch
+        self.max_queue = max_queue
         self.request_timeout = request_timeout
         self.family = family
-        self._sock: Any = None
-        self._queue: asyncio.Queue[_Request] | None = None
-        self._writer: asyncio.Task[None] | None = None
-        self._stray: asyncio.Task[None] | None = None
-        self._inflight: set[asyncio.Task[None]] = set()
-        self._slots: asyncio.Semaphore | None = None
-        self._family_id: int | None = None
+        self.on_failure = on_failure
+        #: Commands refused because the queue was full, since creation.
+        self.dropped = 0
+        self._sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._family_id = 0
+        self._seq = 0
+        self._queue: collections.deque[_Request] = collections.deque()
+        self._dead = 0  # forgotten requests still in _queue
+        self._by_token: dict[int, list[_Request]] = {}
+        self._inflight: collections.deque[_Request] = collections.deque()
+        self._dump_seq: int | None = None
+        self._flush_handle: asyncio.Handle | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._warn_handle: asyncio.TimerHandle | None = None
+        self._unreported = 0
+        self._next_warning = 0.0
+        self._buf = bytearray(_RECV_SIZE)
+        self._view = memoryview(self._buf)
+        self._failed: asyncio.Future[str] | None = None
+        self._overrun = False
+        self._outgoing: list[_Request] = []
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -143,44 +246,41 @@ class CommandChannel:
         """
         if self._sock is not None:
             return
-        sock = AsyncGenericNetlinkSocket(netns=self.netns, ext_ack=True)
-        sock.module_err_level = "debug"  # pyroute2 would log "not found" on root
+        loop = asyncio.get_running_loop()
+        sock = open_socket(self.netns)
         try:
-            await sock.bind(self.family, m.mptcp_pm_cmd_msg)
-        except NetlinkError as exc:
-            sock.close()
-            if exc.code == errno.ENOENT:
-                raise NotReady(
-                    f'"{self.family}" generic netlink family not found'
-                ) from exc
-            raise OSError(exc.code, os.strerror(exc.code)) from exc
+            family_id = await self._resolve(loop, sock)
         except BaseException:
             sock.close()
             raise
-        self._sock = sock
-        self._family_id = int(sock.prid)
-        self._queue = asyncio.Queue()
-        self._slots = asyncio.Semaphore(self.max_in_flight)
-        self._writer = asyncio.create_task(self._write_loop(), name="mptcp_pm-writer")
-        self._stray = asyncio.create_task(self._stray_loop(), name="mptcp_pm-stray")
+        self._attach(loop, sock, family_id)
+
+    def _attach(self, loop: asyncio.AbstractEventLoop, sock: Any, family_id: int) -> None:
+        """Start serving requests on an open socket (tests give their own)."""
+        self._sock, self._loop, self._family_id = sock, loop, family_id
+        self._failed = loop.create_future()
+        loop.add_reader(sock.fileno(), self._on_readable)
+
+    async def _resolve(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> int:
+        seq = self._next_seq()
+        sock.send(pm_codec.get_family(seq, self.family))
+        async with asyncio.timeout(_FAMILY_TIMEOUT):
+            while True:
+                data = await loop.sock_recv(sock, _RECV_SIZE)
+                if any(m.seq == seq for m in messages(data)):
+                    break
+        family_id, code = pm_codec.decode_family(data, seq)
+        if family_id is not None:
+            return family_id
+        if code == errno.ENOENT:
+            raise NotReady(f'"{self.family}" generic netlink family not found')
+        raise OSError(code, os.strerror(code))
 
     async def close(self) -> None:
-        """Stop the writer, fail queued requests with NotReady, close the socket."""
-        if self._sock is None:
-            return
-        tasks = [t for t in (self._writer, self._stray, *self._inflight) if t]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._inflight.clear()
-        if self._queue is not None:
-            while not self._queue.empty():
-                self._fail(self._queue.get_nowait(), NotReady("command channel closed"))
-        self._sock.close()
-        self._sock = None
-        self._writer = self._stray = None
-        self._queue = None
-        self._family_id = None
+        """Fail queued and unanswered requests with NotReady, close the socket."""
+        self._shutdown(NotReady("command channel closed"))
+        if self._failed is not None and not self._failed.done():
+            self._failed.cancel()
 
     async def __aenter__(self) -> CommandChannel:
         await self.open()
@@ -196,239 +296,370 @@ class CommandChannel:
     @property
     def family_id(self) -> int | None:
         """The generic netlink id of ``mptcp_pm`` (None when closed)."""
-        return self._family_id
+        return self._family_id if self._sock is not None else None
+
+    @property
+    def failed(self) -> asyncio.Future[str] | None:
+        """Resolves with the reason if the channel died; cancelled by
+        :meth:`close`; None before the first :meth:`open`."""
+        return self._failed
+
+    @property
+    def queued(self) -> int:
+        """Commands waiting to be sent."""
+        return len(self._queue) - self._dead
+
+    @property
+    def in_flight(self) -> int:
+        """Requests sent and not yet answered."""
+        return len(self._inflight)
+
+    def fileno(self) -> int:
+        """The socket's file descriptor (-1 when closed)."""
+        return self._sock.fileno() if self._sock is not None else -1
+
+    def _next_seq(self) -> int:
+        self._seq = self._seq % 0xFFFFFFFF + 1
+        return self._seq
 
     # -- the queue ---------------------------------------------------------
 
-    def submit(self, op: str, msg: Any, kind: Kind = "ack") -> asyncio.Future[Any]:
-        """Queue a prepared command message; see the module docstring.
+    def submit(self, name: str, args: tuple[Any, ...] = (),
+               token: int | None = None) -> asyncio.Future[Any]:
+        """Queue the command ``name`` (a key of ``pm_codec.COMMANDS``) with
+        the arguments of that path-manager call; see the module docstring.
 
-        Raises :class:`~mptcpd.errors.NotReady` if the channel is not open.
+        ``token`` marks a command of that connection for :meth:`forget`.
+        Raises :class:`~mptcpd.errors.NotReady` when the channel is not open.
         """
-        if self._queue is None:
-            raise NotReady(f"{op}: MPTCP family is not yet available")
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Request(op, msg, kind, future))
+        command = COMMANDS[name]
+        loop = self._loop
+        if self._sock is None or loop is None:
+            raise NotReady(f"{command.op}: MPTCP family is not yet available")
+        future: asyncio.Future[Any] = loop.create_future()
+        if len(self._queue) - self._dead >= self.max_queue:
+            self._refuse(future, command.op)
+            return future
+        req = _Request(command, args, token, future)
+        self._queue.append(req)
+        if token is not None:
+            same = self._by_token.get(token)
+            if same is None:
+                self._by_token[token] = [req]
+            else:
+                same.append(req)
+        if self._flush_handle is None:
+            self._flush_handle = loop.call_soon(self._flush)
         return future
 
-    async def _write_loop(self) -> None:
-        assert self._queue is not None and self._slots is not None
-        while True:
-            req = await self._queue.get()
-            if req.future.done():  # cancelled by its caller before it left
-                continue
-            try:
-                await self._write_one(req)
-            except asyncio.CancelledError:
-                self._fail(req, NotReady("command channel closed"))
-                raise
+    def forget(self, token: int) -> int:
+        """Drop every queued, not yet sent command of connection ``token``.
 
-    async def _write_one(self, req: _Request) -> None:
-        assert self._slots is not None
-        if req.kind == "dump" or self.max_in_flight == 1:
-            await self._wait_idle()
-            await self._run(req, await self._send(req))
+        Their futures fail with :class:`~mptcpd.errors.ConnectionClosed`;
+        requests already sent are left to the kernel.  Returns how many were
+        dropped.
+        """
+        reqs = self._by_token.pop(token, None)
+        if not reqs:
+            return 0
+        dropped = 0
+        for req in reqs:
+            req.dead = True
+            self._dead += 1
+            if not req.future.done():
+                dropped += 1
+                _settle_exception(req.future, ConnectionClosed(
+                    f"{req.command.op}: connection {token:#010x} closed; command not sent"))
+        if dropped:
+            log.debug("connection %#010x closed: %d queued command(s) dropped",
+                      token, dropped)
+        return dropped
+
+    def _refuse(self, future: asyncio.Future[Any], op: str) -> None:
+        _settle_exception(future, QueueFull(
+            f"{op}: command queue full ({self.max_queue} waiting); command dropped"))
+        self.dropped += 1
+        self._unreported += 1
+        assert self._loop is not None
+        if self._loop.time() >= self._next_warning:
+            self._warn_dropped()
+        elif self._warn_handle is None:
+            self._warn_handle = self._loop.call_at(self._next_warning, self._warn_dropped)
+
+    def _warn_dropped(self) -> None:
+        self._warn_handle = None
+        if not self._unreported or self._loop is None:
             return
-        await self._slots.acquire()
-        replies = await self._send(req)
-        if replies is None:
-            self._slots.release()
-            return
-        task = asyncio.create_task(self._run(req, replies))
-        self._inflight.add(task)
-        task.add_done_callback(self._request_done)
+        log.warning("Command queue full (%d commands waiting): %d command(s) dropped "
+                    "since the last warning.", self.max_queue, self._unreported)
+        self._unreported = 0
+        self._next_warning = self._loop.time() + QUEUE_FULL_WARNING_INTERVAL
 
-    def _request_done(self, task: asyncio.Task[None]) -> None:
-        self._inflight.discard(task)
-        if self._slots is not None:
-            self._slots.release()
+    # -- writing -----------------------------------------------------------
 
-    async def _wait_idle(self) -> None:
-        if self._inflight:
-            await asyncio.gather(*self._inflight, return_exceptions=True)
-
-    async def _send(self, req: _Request) -> Any:
-        """Write one request; returns pyroute2's reply generator or None."""
-
-        def factory(error: Exception, msg: Any) -> Exception:
-            return self._kernel_error(req.op, error, msg)
-
+    def _flush(self) -> None:
+        self._flush_handle = None
         try:
-            return await self._sock.nlm_request(
-                req.msg,
-                msg_type=self._sock.prid,
-                msg_flags=req.flags,
-                exception_factory=factory,
-            )
-        except NetlinkError as exc:
-            self._fail(req, KernelError(req.op, exc.code))
+            self._write()
+        except Exception as exc:
+            self._die(f"the writer raised {exc!r}", exc)
+
+    def _unqueue(self, req: _Request) -> None:
+        if req.dead:
+            self._dead -= 1
+            return
+        token = req.token
+        if token is None:
+            return
+        same = self._by_token.get(token)
+        if same is None:
+            return
+        if same[0] is req:
+            del same[0]
+        else:
+            same.remove(req)
+        if not same:
+            del self._by_token[token]
+
+    def _write(self) -> None:
+        sock = self._sock
+        if sock is None or self._dump_seq is not None:
+            return
+        queue, inflight = self._queue, self._inflight
+        room = self.max_in_flight - len(inflight)
+        family, batch = self._family_id, self.batch
+        out = self._outgoing  # taken from the queue, not yet sent
+        datas: list[bytes] = []
+        size = 0
+        while queue and room > 0:
+            req = queue[0]
+            if req.future.done():  # forgotten, or cancelled by its caller
+                queue.popleft()
+                self._unqueue(req)
+                continue
+            command = req.command
+            dump = command.kind == "dump"
+            if dump and (inflight or out):
+                break
+            queue.popleft()
+            out.append(req)
+            self._unqueue(req)
+            seq = self._next_seq()
+            try:
+                data = command.encode(family, seq, command.flags, *req.args)
+            except Exception as exc:
+                out.pop()
+                log.error("%s: cannot encode the request: %r", command.op, exc)
+                _settle_exception(req.future, exc)
+                continue
+            req.seq = seq
+            datas.append(data)
+            room -= 1
+            size += len(data)
+            if dump:
+                break
+            if not batch or size >= _MAX_BATCH_BYTES:
+                self._send(sock, out, datas)
+                out.clear()
+                datas, size = [], 0
+        if out:
+            self._send(sock, out, datas)
+            out.clear()
+
+    def _send(self, sock: socket.socket, reqs: list[_Request], datas: list[bytes]) -> None:
+        try:
+            if len(datas) == 1:
+                sock.send(datas[0])
+            else:
+                sock.sendmsg(datas)
         except OSError as exc:
-            self._fail(req, KernelError(req.op, exc.errno or errno.EIO))
+            if len(reqs) > 1:  # nothing of the datagram was processed: one by one
+                for req, data in zip(reqs, datas):
+                    self._send(sock, [req], [data])
+                return
+            req = reqs[0]
+            error = KernelError(req.command.op, exc.errno or errno.EIO)
+            log.error("%s", error)
+            _settle_exception(req.future, error)
+            return
+        assert self._loop is not None
+        timeout = self.request_timeout
+        deadline = self._loop.time() + timeout if timeout is not None else 0.0
+        for req in reqs:
+            req.deadline = deadline
+        self._inflight.extend(reqs)
+        if reqs[-1].command.kind == "dump":
+            self._dump_seq = reqs[-1].seq
+        if timeout is not None and self._timer is None:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        try:
+            assert self._loop is not None
+            now = self._loop.time()
+            inflight = self._inflight
+            while inflight and inflight[0].deadline <= now:
+                self._fail_head(errno.ETIMEDOUT)
+            if inflight:
+                self._timer = self._loop.call_at(inflight[0].deadline, self._on_timer)
+            if self._queue:
+                self._write()
+        except Exception as exc:
+            self._die(f"the request timer raised {exc!r}", exc)
+
+    # -- reading -----------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        try:
+            self._read()
+            if self._queue:
+                self._write()
+        except Exception as exc:
+            self._die(f"the reader raised {exc!r}", exc)
+
+    def _read(self) -> None:
+        view, size = self._view, len(self._buf)
+        for _ in range(_READS_PER_WAKEUP):
+            sock = self._sock
+            if sock is None:
+                return
+            try:
+                n = sock.recv_into(self._buf, size, socket.MSG_TRUNC)
+            except InterruptedError:
+                continue
+            except BlockingIOError:
+                if self._overrun:
+                    self._lost_answers()
+                return
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    log.warning("mptcp_pm command socket overrun: replies were lost")
+                    self._overrun = True
+                    continue
+                raise
+            if n > size:
+                log.warning("mptcp_pm reply of %d bytes truncated to %d: ignored", n, size)
+                continue
+            self._handle(view[:n])
+
+    def _lost_answers(self) -> None:
+        """After an overrun, once every queued answer is read: the kernel
+        answers a request inside the ``send`` that carried it, so a request
+        still unanswered now (but a dump, answered as it is read) lost its
+        answer."""
+        self._overrun = False
+        inflight = self._inflight
+        while inflight and inflight[0].command.kind != "dump":
+            self._fail_head(errno.ENOBUFS)
+
+    def _match(self, seq: int) -> _Request | None:
+        inflight = self._inflight
+        if inflight and inflight[0].seq == seq:
+            return inflight[0]
+        for req in inflight:
+            if req.seq == seq:
+                return req
         return None
 
-    async def _run(self, req: _Request, replies: Any) -> None:
-        """Drain the reply generator of one request and settle its future."""
-        if replies is None:
-            return
-        try:
-            await self._collect(req, replies)
-        except asyncio.CancelledError:
-            self._fail(req, NotReady("command channel closed"))
-            raise
+    def _handle(self, data: Any) -> None:
+        family = self._family_id
+        for msg in messages(data):
+            req = self._match(msg.seq)
+            if req is None:
+                log.debug("mptcp_pm: message of type %d for no pending request (seq %d)",
+                          msg.type, msg.seq)
+                continue
+            kind = msg.type
+            if kind == NLMSG_ERROR:
+                self._finish(req, *decode_error(data, msg))
+            elif kind == NLMSG_DONE:
+                self._finish(req, *decode_done(data, msg))
+            elif kind == family:
+                command = req.command
+                if command.kind == "dump":
+                    info = decode_addr(data, msg, command.op)
+                    if info is not None:
+                        req.result.append(info)
+                elif command.kind == "addr":
+                    req.result = decode_addr(data, msg, command.op)
+                elif command.kind == "limits":
+                    req.result = decode_limits(data, msg)
+                else:
+                    log.debug("%s: unexpected reply of type %d", command.op, kind)
+            else:
+                log.debug("mptcp_pm: message of type %d ignored (seq %d)", kind, msg.seq)
 
-    async def _collect(self, req: _Request, replies: Any) -> None:
-        messages = []
-        try:
-            async with asyncio.timeout(self.request_timeout):
-                async for msg in replies:
-                    if msg["header"]["type"] == NLMSG_ERROR:
-                        continue  # the ACK (error 0) of a do request
-                    messages.append(msg)
-        except KernelError as exc:
-            self._fail(req, exc)
-            return
-        except TimeoutError:
-            self._fail(req, KernelError(req.op, errno.ETIMEDOUT))
-            return
-        except NetlinkError as exc:
-            self._fail(req, KernelError(req.op, exc.code))
-            return
-        except OSError as exc:
-            self._fail(req, KernelError(req.op, exc.errno or errno.EIO))
-            return
-        finally:
-            await replies.aclose()
-        if req.future.done():
-            return
-        try:
-            result = self._decode(req, messages)
-        except Exception as exc:  # a decoding bug must not stop the writer
-            log.exception("%s: cannot decode the kernel's reply", req.op)
-            req.future.set_exception(exc)
-            _silence(req.future)
-            return
-        req.future.set_result(result)
+    def _fail_head(self, code: int) -> None:
+        req = self._inflight.popleft()
+        if req.seq == self._dump_seq:
+            self._dump_seq = None
+        error = KernelError(req.command.op, code)
+        if not req.future.done():
+            log.error("%s", error)
+            _settle_exception(req.future, error)
 
-    @staticmethod
-    def _decode(req: _Request, messages: list[Any]) -> Any:
-        if req.kind == "ack":
-            return None
-        if req.kind == "dump":
-            infos = [m.decode_addr(msg, req.op) for msg in messages]
-            return [i for i in infos if i is not None]
-        if req.kind == "addr":
-            return m.decode_addr(messages[0], req.op) if messages else None
-        return m.decode_limits(messages[0]) if messages else Limits()
-
-    @staticmethod
-    def _kernel_error(op: str, error: Exception, msg: Any) -> KernelError:
-        code = getattr(error, "code", None) or getattr(error, "errno", None) or errno.EIO
-        extack = None
-        try:
-            extack = msg.get_attr("NLMSGERR_ATTR_MSG")
-        except Exception:
-            pass
-        return KernelError(op, abs(int(code)), extack)
-
-    @staticmethod
-    def _fail(req: _Request, exc: BaseException) -> None:
-        if req.future.done():
+    def _finish(self, req: _Request, code: int, extack: str | None) -> None:
+        inflight = self._inflight
+        # Answers come in request order: an older request lost its answer.
+        while inflight[0] is not req:
+            self._fail_head(errno.ENOBUFS)
+        inflight.popleft()
+        if req.seq == self._dump_seq:
+            self._dump_seq = None
+        future = req.future
+        if future.done():
             return
-        if isinstance(exc, KernelError):
-            log.error("%s", exc)
-        req.future.set_exception(exc)
-        _silence(req.future)
+        if code:
+            error = KernelError(req.command.op, code, extack)
+            log.error("%s", error)
+            _settle_exception(future, error)
+            return
+        kind = req.command.kind
+        if kind == "limits" and req.result is None:
+            req.result = pm_codec.Limits()
+        future.set_result(req.result)
 
-    async def _stray_loop(self) -> None:
-        """Read and drop untagged messages (late ACKs of GET requests)."""
-        while True:
-            count = 0
+    # -- ending --------------------------------------------------------------
+
+    def _die(self, reason: str, exc: BaseException | None = None) -> None:
+        if self._sock is None:
+            return
+        log.error("mptcp_pm command channel failed: %s", reason, exc_info=exc)
+        self._shutdown(NotReady(f"command channel failed: {reason}"))
+        if self._failed is not None and not self._failed.done():
+            self._failed.set_result(reason)
+        if self.on_failure is not None:
             try:
-                async for msg in self._sock.get():
-                    count += 1
-                    log.debug("dropped late/unsolicited message: type %s seq %s",
-                              msg["header"].get("type"),
-                              msg["header"].get("sequence_number"))
-            except NetlinkError as exc:
-                if exc.code == errno.ECONNRESET:
-                    return
-                log.debug("late error on the command socket: %s", exc)
-                count += 1
-            except OSError as exc:
-                log.debug("command socket: %s", exc)
-                return
-            if count == 0:  # the terminator pyroute2 queues on close()
-                return
+                self.on_failure(reason)
+            except Exception:
+                log.exception("command channel failure callback")
 
-    # -- typed commands ----------------------------------------------------
+    def _shutdown(self, exc: Exception) -> None:
+        sock, loop = self._sock, self._loop
+        if sock is None:
+            return
+        self._sock = None
+        if loop is not None:
+            loop.remove_reader(sock.fileno())
+        for handle in (self._flush_handle, self._timer, self._warn_handle):
+            if handle is not None:
+                handle.cancel()
+        self._flush_handle = self._timer = self._warn_handle = None
+        self._warn_dropped_now()
+        pending = list(self._inflight) + self._outgoing + list(self._queue)
+        self._inflight.clear()
+        self._outgoing.clear()
+        self._queue.clear()
+        self._by_token.clear()
+        self._dead = 0
+        self._dump_seq = None
+        for req in pending:
+            _settle_exception(req.future, exc)
+        sock.close()
 
-    def add_addr(self, addr: SockAddr, id: int = 0, flags: int = 0,
-                 ifindex: int = 0, *, op: str = "add_addr") -> asyncio.Future[None]:
-        """ADD_ADDR: create an in-kernel PM endpoint (SIGNAL added if port≠0)."""
-        return self.submit(op, m.msg_add_addr(addr, id, flags, ifindex))
-
-    def remove_addr(self, id: int, *, op: str = "remove_addr") -> asyncio.Future[None]:
-        """DEL_ADDR: delete the in-kernel PM endpoint ``id``."""
-        return self.submit(op, m.msg_del_addr(id))
-
-    def get_addr(self, id: int, token: int | None = None, *,
-                 op: str = "get_addr") -> asyncio.Future[AddrInfo | None]:
-        """GET_ADDR (do): one endpoint by ID (per connection with ``token``)."""
-        return self.submit(op, m.msg_get_addr(id, token), "addr")
-
-    def dump_addrs(self, token: int | None = None, *,
-                   op: str = "dump_addrs") -> asyncio.Future[list[AddrInfo]]:
-        """GET_ADDR (dump): every endpoint, or a connection's local addresses
-        with ``token`` (userspace PM)."""
-        return self.submit(op, m.msg_dump_addrs(token), "dump")
-
-    def flush_addrs(self, *, op: str = "flush_addrs") -> asyncio.Future[None]:
-        """FLUSH_ADDRS: delete every in-kernel PM endpoint."""
-        return self.submit(op, m.msg_flush_addrs())
-
-    def set_limits(self, limits: Sequence[tuple[str, int]] | None = None, *,
-                   op: str = "set_limits", **kwargs: int) -> asyncio.Future[None]:
-        """SET_LIMITS, attributes in the order given.
-
-        ``set_limits(subflows=2, rcv_add_addrs=1)`` or
-        ``set_limits([("rcv_add_addrs", 1), ("subflows", 2)])``; names are
-        ``subflows`` and ``rcv_add_addrs`` (alias ``add_addr_accepted``).
-        """
-        items = list(limits or ()) + list(kwargs.items())
-        if not items:
-            raise ValueError("set_limits needs at least one limit")
-        return self.submit(op, m.msg_set_limits(items))
-
-    def get_limits(self, *, op: str = "get_limits") -> asyncio.Future[Limits]:
-        """GET_LIMITS."""
-        return self.submit(op, m.msg_get_limits(), "limits")
-
-    def set_flags(self, addr: SockAddr | None, flags: int, token: int | None = None,
-                  remote: SockAddr | None = None, *, id: int = 0,
-                  op: str | None = None) -> asyncio.Future[None]:
-        """SET_FLAGS: endpoint flags (no token; op ``set_flags``) or a
-        subflow's backup flag (with token and remote; op ``set_backup``)."""
-        name = op or ("set_flags" if token is None else "set_backup")
-        return self.submit(name, m.msg_set_flags(addr, flags, token, remote, id))
-
-    def announce(self, addr: SockAddr, id: int, token: int, *,
-                 op: str = "announce") -> asyncio.Future[None]:
-        """ANNOUNCE (userspace PM): advertise ``addr`` as ``id`` on ``token``."""
-        return self.submit(op, m.msg_announce(addr, id, token))
-
-    def remove(self, token: int, loc_id: int, *,
-               op: str = "remove_addr") -> asyncio.Future[None]:
-        """REMOVE (userspace PM): withdraw local address ``loc_id``."""
-        return self.submit(op, m.msg_remove(token, loc_id))
-
-    def subflow_create(self, token: int, laddr: SockAddr, local_id: int,
-                       raddr: SockAddr, remote_id: int, *,
-                       op: str = "add_subflow") -> asyncio.Future[None]:
-        """SUBFLOW_CREATE (userspace PM)."""
-        return self.submit(op, m.msg_subflow_create(token, laddr, local_id,
-                                                    raddr, remote_id))
-
-    def subflow_destroy(self, token: int, laddr: SockAddr, raddr: SockAddr, *,
-                        op: str = "remove_subflow") -> asyncio.Future[None]:
-        """SUBFLOW_DESTROY (userspace PM)."""
-        return self.submit(op, m.msg_subflow_destroy(token, laddr, raddr))
+    def _warn_dropped_now(self) -> None:
+        if self._unreported:
+            log.warning("Command queue full (%d commands waiting): %d command(s) dropped "
+                        "since the last warning.", self.max_queue, self._unreported)
+            self._unreported = 0

@@ -1,37 +1,71 @@
 """The path manager plugins talk to (C: ``lib/path_manager.c``).
 
-Every command checks, in the C order (spec §5.1):
+This is the one place where commands are checked.  Every command checks, in
+the C order:
 
-1. its arguments: ``ValueError`` (C: ``EINVAL``);
+1. its arguments: ``ValueError`` (C: ``EINVAL``) for a wrong type or a value
+   out of range (IDs 1..255, or 0..255 where the kernel allows 0; tokens and
+   flags u32, flags only of known bits; ifindex s32; a
+   :class:`~mptcpd.types.SockAddr` where the kernel needs an address);
 2. readiness: the ``mptcp_pm`` family must be known, else a warning
    ``<function>: MPTCP family is not yet available`` and
    :class:`~mptcpd.errors.NotReady` (C: ``EAGAIN``);
 
-and then hands the command to the kernel layer, returning its
-:class:`asyncio.Future`.  Kernel errors fail that future and are logged by
-the command channel; callers may ignore the future, as C plugins ignore the
-return code.
+and then queues the command on the command channel under its own name,
+returning the channel's :class:`asyncio.Future`.  Nothing invalid is ever
+queued.  Kernel errors fail that future and are logged by the channel;
+callers may ignore the future, as C plugins ignore the return code.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from mptcpd.errors import NotReady
+from mptcpd.netlink.pm_codec import Limits
 from mptcpd.pm.id_manager import IdManager
-from mptcpd.pm.kernel import KernelPM
 from mptcpd.pm.listener_manager import ListenerManager
-from mptcpd.types import SockAddr
+from mptcpd.types import AddrFlags, SockAddr
 
 log = logging.getLogger(__name__)
 
+_U32 = 0xFFFFFFFF
+_KNOWN_FLAGS = int(AddrFlags.SIGNAL | AddrFlags.SUBFLOW | AddrFlags.BACKUP
+                   | AddrFlags.FULLMESH | AddrFlags.IMPLICIT | AddrFlags.LAMINAR)
 
-def _require(condition: object, message: str) -> None:
-    if not condition:
-        raise ValueError(message)
+
+class Commands(Protocol):
+    """Where validated commands go: :class:`~mptcpd.netlink.genl_commands.CommandChannel`."""
+
+    def submit(self, name: str, args: tuple[Any, ...] = (),
+               token: int | None = None) -> asyncio.Future[Any]: ...
+
+
+def _int(value: object, low: int, high: int, what: str) -> int:
+    if type(value) is not int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{what} must be an int, not {value!r}")
+        value = int(value)
+    if not low <= value <= high:
+        raise ValueError(f"{what} must be {low}..{high}, not {value}")
+    return value
+
+
+def _id(value: object, what: str = "address ID") -> int:
+    return _int(value, 1, 255, what)
+
+
+def _token(value: object) -> int:
+    return _int(value, 0, _U32, "token")
+
+
+def _flags(value: object) -> int:
+    flags = _int(value, 0, _U32, "flags")
+    if flags & ~_KNOWN_FLAGS:
+        raise ValueError(f"unknown address flags: {flags & ~_KNOWN_FLAGS:#x}")
+    return flags
 
 
 def _sockaddr(value: object, what: str) -> SockAddr:
@@ -40,16 +74,16 @@ def _sockaddr(value: object, what: str) -> SockAddr:
     return value
 
 
-def _address_id(value: object, what: str = "address ID") -> int:
-    if not isinstance(value, int) or not 0 < value <= 255:
-        raise ValueError(f"{what} must be 1..255, not {value!r}")
-    return value
+def _bool(value: object, what: str) -> bool:
+    if not isinstance(value, int):  # bool is an int
+        raise ValueError(f"{what} must be a bool, not {value!r}")
+    return bool(value)
 
 
 class PathManager:
     """The ``pm`` object handed to every plugin hook.
 
-    :param kernel: the kernel command layer (:class:`~mptcpd.pm.kernel.KernelPM`).
+    :param commands: the command channel the validated commands go to.
     :param config: the daemon configuration (``addr_flags``, ``notify_flags``…).
     :param network_monitor: the network monitor.
     :param id_manager: the process-wide address-ID manager.
@@ -58,13 +92,13 @@ class PathManager:
 
     def __init__(
         self,
-        kernel: KernelPM,
+        commands: Commands,
         config: Any = None,
         network_monitor: Any = None,
         id_manager: IdManager | None = None,
         listener_manager: ListenerManager | None = None,
     ) -> None:
-        self._kernel = kernel
+        self._submit = commands.submit
         self._config = config
         self._network_monitor = network_monitor
         self._id_manager = id_manager if id_manager is not None else IdManager()
@@ -108,18 +142,24 @@ class PathManager:
     # -- userspace path manager --------------------------------------------
 
     def add_addr(self, addr: SockAddr, id: int, token: int) -> asyncio.Future[Any]:
-        """Announce ``addr`` on connection ``token`` after listening on it.
+        """Announce ``addr`` on connection ``token`` after listening on it
+        (ANNOUNCE).
 
         The listener is opened (or shared) first; with port 0 the kernel
         picks a port, and the announcement carries it.  The future resolves
         with the address announced (with that port).
         """
         addr = _sockaddr(addr, "addr")
-        _address_id(id)
+        id = _id(id)
+        token = _token(token)
         self._check_ready("do_pm_add_addr")
         lm = self._listener_manager
         bound = lm.listen(addr)
-        future = self._kernel.add_addr(bound, id, token)
+        try:
+            future = self._submit("add_addr", (bound, id, token), token)
+        except BaseException:
+            lm.close(bound)
+            raise
 
         def release_on_failure(done: asyncio.Future[Any]) -> None:
             # The C daemon keeps the listener of a refused announcement.
@@ -133,19 +173,24 @@ class PathManager:
         return self._then(future, bound)
 
     def add_addr_no_listener(self, addr: SockAddr, id: int, token: int) -> asyncio.Future[Any]:
-        """Announce ``addr`` without opening a listener; port 0 sends no port."""
+        """Announce ``addr`` without opening a listener; port 0 sends no port
+        (ANNOUNCE)."""
         addr = _sockaddr(addr, "addr")
-        _address_id(id)
+        id = _id(id)
+        token = _token(token)
         self._check_ready("do_pm_add_addr")
-        return self._then(self._kernel.add_addr(addr, id, token), addr)
+        return self._then(self._submit("add_addr_no_listener", (addr, id, token), token),
+                          addr)
 
     def remove_addr(self, addr: SockAddr | None, id: int, token: int) -> asyncio.Future[Any]:
-        """Withdraw address ``id``; once the kernel agrees, release the listener of ``addr``."""
-        _address_id(id)
+        """Withdraw address ``id`` (REMOVE); once the kernel agrees, release
+        the listener of ``addr``."""
         if addr is not None:
             _sockaddr(addr, "addr")
+        id = _id(id)
+        token = _token(token)
         self._check_ready("mptcpd_pm_remove_addr")
-        future = self._kernel.remove_addr(addr, id, token)
+        future = self._submit("remove_addr", (addr, id, token), token)
         if addr is not None:
             lm, released = self._listener_manager, addr
 
@@ -161,76 +206,100 @@ class PathManager:
 
     def add_subflow(self, token: int, local_id: int, remote_id: int,
                     laddr: SockAddr, raddr: SockAddr, backup: bool = False) -> asyncio.Future[Any]:
-        """Create a subflow from ``laddr`` to ``raddr`` (both required)."""
+        """Create a subflow from ``laddr`` to ``raddr`` (SUBFLOW_CREATE; both
+        addresses required, IDs 0 to leave them out; ``backup`` is not sent,
+        as upstream)."""
+        token = _token(token)
+        local_id = _int(local_id, 0, 255, "local_id")
+        remote_id = _int(remote_id, 0, 255, "remote_id")
         _sockaddr(laddr, "laddr")
         _sockaddr(raddr, "raddr")
+        backup = _bool(backup, "backup")
         self._check_ready("mptcpd_pm_add_subflow")
-        return self._kernel.add_subflow(token, local_id, remote_id, laddr, raddr, backup)
+        return self._submit("add_subflow",
+                            (token, local_id, remote_id, laddr, raddr, backup), token)
 
     def set_backup(self, token: int, laddr: SockAddr, raddr: SockAddr,
                    backup: bool) -> asyncio.Future[Any]:
-        """Set (or clear) the backup priority of the subflow ``laddr``→``raddr``."""
+        """Set (or clear) the backup priority of the subflow ``laddr``→``raddr``
+        (SET_FLAGS with a token)."""
+        token = _token(token)
         _sockaddr(laddr, "laddr")
         _sockaddr(raddr, "raddr")
+        backup = _bool(backup, "backup")
         self._check_ready("mptcpd_pm_set_backup")
-        return self._kernel.set_backup(token, laddr, raddr, bool(backup))
+        return self._submit("set_backup", (token, laddr, raddr, backup), token)
 
     def remove_subflow(self, token: int, laddr: SockAddr, raddr: SockAddr) -> asyncio.Future[Any]:
-        """Close the subflow ``laddr``→``raddr`` of connection ``token``."""
+        """Close the subflow ``laddr``→``raddr`` of connection ``token``
+        (SUBFLOW_DESTROY)."""
+        token = _token(token)
         _sockaddr(laddr, "laddr")
         _sockaddr(raddr, "raddr")
         self._check_ready("mptcpd_pm_remove_subflow")
-        return self._kernel.remove_subflow(token, laddr, raddr)
+        return self._submit("remove_subflow", (token, laddr, raddr), token)
 
     # -- in-kernel path manager --------------------------------------------
 
     def kpm_add_addr(self, addr: SockAddr, id: int, flags: int = 0,
                      ifindex: int = 0) -> asyncio.Future[Any]:
-        """Add an endpoint; a non-zero port adds the SIGNAL flag."""
+        """Add an endpoint (ADD_ADDR); a non-zero port adds the SIGNAL flag."""
         _sockaddr(addr, "addr")
-        _address_id(id)
+        id = _id(id)
+        flags = _flags(flags)
+        ifindex = _int(ifindex, -0x80000000, 0x7FFFFFFF, "ifindex")
         self._check_ready("mptcpd_kpm_add_addr")
-        return self._kernel.kpm_add_addr(addr, id, int(flags), ifindex)
+        return self._submit("kpm_add_addr", (addr, id, flags, ifindex))
 
     def kpm_remove_addr(self, id: int) -> asyncio.Future[Any]:
-        _address_id(id)
+        """Remove the endpoint ``id`` (DEL_ADDR)."""
+        id = _id(id)
         self._check_ready("mptcpd_kpm_remove_addr")
-        return self._kernel.kpm_remove_addr(id)
+        return self._submit("kpm_remove_addr", (id,))
 
     def kpm_get_addr(self, id: int) -> asyncio.Future[Any]:
-        _address_id(id)
+        """The endpoint ``id`` as an ``AddrInfo`` (GET_ADDR)."""
+        id = _id(id)
         self._check_ready("mptcpd_kpm_get_addr")
-        return self._kernel.kpm_get_addr(id)
+        return self._submit("kpm_get_addr", (id,))
 
     def kpm_dump_addrs(self) -> asyncio.Future[Any]:
+        """Every endpoint, a list of ``AddrInfo`` (GET_ADDR dump)."""
         self._check_ready("mptcpd_kpm_dump_addrs")
-        return self._kernel.kpm_dump_addrs()
+        return self._submit("kpm_dump_addrs")
 
     def kpm_flush_addrs(self) -> asyncio.Future[Any]:
+        """Remove every endpoint (FLUSH_ADDRS)."""
         self._check_ready("mptcpd_kpm_flush_addrs")
-        return self._kernel.kpm_flush_addrs()
+        return self._submit("kpm_flush_addrs")
 
-    def kpm_set_limits(
-        self, limits: Mapping[int, int] | Iterable[tuple[int, int]]
-    ) -> asyncio.Future[Any]:
-        """Set limits given as ``{LimitType: value}`` or (type, value) pairs, in order."""
-        pairs = list(limits.items() if isinstance(limits, Mapping) else limits)
-        _require(pairs, "at least one limit is needed")
-        for kind, value in pairs:
-            _require(isinstance(value, int) and 0 <= value <= 0xFFFFFFFF,
-                     f"limit value out of range: {value!r}")
+    def kpm_set_limits(self, limits: Limits) -> asyncio.Future[Any]:
+        """Set the limits given in ``limits`` (SET_LIMITS); None fields are
+        left as they are."""
+        if not isinstance(limits, Limits):
+            raise ValueError(f"limits must be a Limits, not {limits!r}")
+        if limits.rcv_add_addrs is None and limits.subflows is None:
+            raise ValueError("at least one limit is needed")
+        limits = Limits(
+            None if limits.rcv_add_addrs is None
+            else _int(limits.rcv_add_addrs, 0, _U32, "rcv_add_addrs"),
+            None if limits.subflows is None else _int(limits.subflows, 0, _U32, "subflows"),
+        )
         self._check_ready("mptcpd_kpm_set_limits")
-        return self._kernel.kpm_set_limits([(int(k), v) for k, v in pairs])
+        return self._submit("kpm_set_limits", (limits,))
 
     def kpm_get_limits(self) -> asyncio.Future[Any]:
+        """The limits, as :class:`~mptcpd.netlink.pm_codec.Limits` (GET_LIMITS)."""
         self._check_ready("mptcpd_kpm_get_limits")
-        return self._kernel.kpm_get_limits()
+        return self._submit("kpm_get_limits")
 
     def kpm_set_flags(self, addr: SockAddr, flags: int) -> asyncio.Future[Any]:
-        """Change the flags of the endpoint of ``addr``; a non-zero port adds SIGNAL."""
+        """Change the flags of the endpoint of ``addr`` (SET_FLAGS); a non-zero
+        port adds SIGNAL, flags 0 sends none."""
         _sockaddr(addr, "addr")
+        flags = _flags(flags)
         self._check_ready("mptcpd_kpm_set_flags")
-        return self._kernel.kpm_set_flags(addr, int(flags))
+        return self._submit("kpm_set_flags", (addr, flags))
 
     # -- helpers -----------------------------------------------------------
 

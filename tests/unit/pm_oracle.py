@@ -1,9 +1,8 @@
-"""pyroute2 message classes for the ``mptcp_pm`` *command* attribute set.
+"""The oracle of the lean command codec: pyroute2 message classes.
 
-The kernel's ``mptcp_pm`` family uses two attribute sets: ``MPTCP_PM_ATTR_*``
-for commands (this module) and ``MPTCP_ATTR_*`` for events (the event
-reader's module).  pyroute2 maps one message class per family id and socket,
-so the command socket binds :class:`mptcp_pm_cmd_msg` and nothing else.
+These classes and builders were the daemon's command messages before the
+lean codec (``mptcpd.netlink.pm_codec``) replaced them; the tests hold the
+codec to them: same bytes for every request, same values for every reply.
 
 Kernel layout (``include/uapi/linux/mptcp_pm.h``)::
 
@@ -19,17 +18,10 @@ Kernel layout (``include/uapi/linux/mptcp_pm.h``)::
     nested address (MPTCP_PM_ADDR_ATTR_*):
     FAMILY u16 | ID u8 | ADDR4 4 bytes n.b.o. | ADDR6 16 bytes |
     PORT u16 **host** byte order (the kernel htons() it) | FLAGS u32 | IF_IDX s32
-
-Besides the classes, this module has the two pure helpers the command
-channel is built from: :func:`build_command` (arguments → a message object
-whose attributes follow spec §3.4 exactly) and :func:`decode_addr` /
-:func:`decode_limits` (reply message → plain values).  Everything here is
-synchronous and free of I/O, so the unit tests exercise it byte for byte.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import logging
 import socket
@@ -40,11 +32,12 @@ from typing import Any
 from pyroute2.netlink import NLA_F_NESTED, genlmsg, nla  # type: ignore[import-untyped]
 
 from mptcpd.netlink import constants as c
+from mptcpd.netlink.pm_codec import AddrInfo, Limits
 from mptcpd.types import SockAddr
 
 log = logging.getLogger(__name__)
 
-#: Generic netlink header version sent with every request (spec §3.1).
+#: Generic netlink header version sent with every request.
 REQUEST_VERSION = 0
 
 
@@ -86,36 +79,6 @@ class mptcp_pm_cmd_msg(genlmsg):  # type: ignore[misc]
 assert c.NLA_F_NESTED == NLA_F_NESTED
 
 
-# -- value objects --------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class AddrInfo:
-    """One endpoint as a GET_ADDR reply or dump describes it.
-
-    Missing fields are 0 (spec §3.5).  ``address`` is None only when the
-    kernel sent neither ADDR4 nor ADDR6.
-    """
-
-    address: SockAddr | None
-    id: int = 0
-    flags: int = 0
-    ifindex: int = 0
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Limits:
-    """The in-kernel PM limits (GET_LIMITS reply); None when not reported."""
-
-    rcv_add_addrs: int | None = None
-    subflows: int | None = None
-
-    @property
-    def add_addr_accepted(self) -> int | None:
-        """The iproute2 name of :attr:`rcv_add_addrs`."""
-        return self.rcv_add_addrs
-
-
 # -- encoding ---------------------------------------------------------------
 
 
@@ -129,7 +92,7 @@ def addr_nest(
     """The nested-address value, in the kernel-required order.
 
     Order: FAMILY, ADDR4|ADDR6, PORT, ID, FLAGS, IF_IDX; PORT, ID, FLAGS and
-    IF_IDX are left out when zero (spec §3.4).  ``addr`` None gives a nest
+    IF_IDX are left out when zero.  ``addr`` None gives a nest
     without family and address (the ID-only form of DEL_ADDR/GET_ADDR).
     """
     attrs: list[tuple[str, Any]] = []
@@ -173,7 +136,7 @@ def _check_token(token: int) -> None:
 def msg_add_addr(addr: SockAddr, id: int = 0, flags: int = 0,
                  ifindex: int = 0) -> mptcp_pm_cmd_msg:
     """ADD_ADDR: A(family, addr, port≠0, id, flags≠0, ifindex≠0); SIGNAL OR-ed
-    into the flags when the port is not 0 (spec §3.4 ``kpm_add_addr``)."""
+    into the flags when the port is not 0."""
     _check_id(id)
     if addr.port:
         flags |= c.MPTCP_PM_ADDR_FLAG_SIGNAL
@@ -382,8 +345,8 @@ def decode_addr(msg: Any, op: str = "get_addr") -> AddrInfo | None:
     """Decode one GET_ADDR reply or dump part.
 
     The message must carry a top-level ``MPTCP_PM_ATTR_ADDR`` nest; any other
-    top-level attribute logs E ``<op>: unexpected attribute of type <t>``
-    (spec §3.5).  A TOKEN echoed by newer kernels in per-connection dumps is
+    top-level attribute logs E ``<op>: unexpected attribute of type <t>``.
+    A TOKEN echoed by newer kernels in per-connection dumps is
     accepted silently.  Returns None when the message has no address nest.
     """
     info = None
@@ -416,6 +379,51 @@ def decode_limits(msg: Any) -> Limits:
             t = _nla_type(slot) if name == "UNKNOWN" else _attr_number(name)
             log.warning("Unrecognized MPTCP resource limit type: %d.", t)
     return Limits(rcv, sub)
+
+
+def wire(msg: Any, family: int, seq: int, flags: int) -> bytes:
+    """pyroute2's encoding of ``msg`` with the given header (pid 0)."""
+    msg["header"]["type"] = family
+    msg["header"]["flags"] = flags
+    msg["header"]["sequence_number"] = seq
+    msg["header"]["pid"] = 0
+    msg.encode()
+    return bytes(msg.data)
+
+
+def _limit_items(limits: Limits) -> list[tuple[str, int]]:
+    items = []
+    if limits.rcv_add_addrs is not None:
+        items.append(("rcv_add_addrs", limits.rcv_add_addrs))
+    if limits.subflows is not None:
+        items.append(("subflows", limits.subflows))
+    return items
+
+
+#: The oracle message of each path-manager call, from that call's arguments.
+BUILDERS: dict[str, Any] = {
+    "add_addr": lambda addr, id, token: msg_announce(addr, id, token),
+    "add_addr_no_listener": lambda addr, id, token: msg_announce(addr, id, token),
+    "remove_addr": lambda addr, id, token: msg_remove(token, id),
+    "add_subflow": lambda token, lid, rid, laddr, raddr, backup=False:
+        msg_subflow_create(token, laddr, lid, raddr, rid),
+    "set_backup": lambda token, laddr, raddr, backup:
+        msg_set_flags(laddr, c.MPTCP_PM_ADDR_FLAG_BACKUP if backup else 0, token, raddr),
+    "remove_subflow": lambda token, laddr, raddr: msg_subflow_destroy(token, laddr, raddr),
+    "kpm_add_addr": lambda addr, id, flags=0, ifindex=0: msg_add_addr(addr, id, flags, ifindex),
+    "kpm_remove_addr": lambda id: msg_del_addr(id),
+    "kpm_get_addr": lambda id, token=None: msg_get_addr(id, token),
+    "kpm_dump_addrs": lambda token=None: msg_dump_addrs(token),
+    "kpm_flush_addrs": lambda: msg_flush_addrs(),
+    "kpm_set_limits": lambda limits: msg_set_limits(_limit_items(limits)),
+    "kpm_get_limits": lambda: msg_get_limits(),
+    "kpm_set_flags": lambda addr, flags, id=0: msg_set_flags(addr, flags, None, None, id),
+}
+
+
+def encode(name: str, family: int, seq: int, flags: int, *args: Any) -> bytes:
+    """The oracle's bytes for the path-manager call ``name`` with ``args``."""
+    return wire(BUILDERS[name](*args), family, seq, flags)
 
 
 def parse(data: bytes) -> list[mptcp_pm_cmd_msg]:

@@ -1,0 +1,224 @@
+"""Benchmarks for the ``mptcp_pm`` command path (see bench/README.md).
+
+``codec`` (no privileges)
+    Cost of encoding each command and decoding each captured reply with the
+    lean codec (:mod:`mptcpd.netlink.pm_codec`) and with pyroute2's message
+    classes (the oracle in ``tests/unit/pm_oracle.py``, what the daemon paid
+    per message before the codec).
+
+``channel`` (root)
+    A lab (client and server namespaces) and a
+    :class:`~mptcpd.netlink.genl_commands.CommandChannel` in the client
+    namespace sending back-to-back requests, in these modes:
+
+    * ``serial``: each request awaited before the next is submitted (one
+      round trip per request, the caller's pace);
+    * ``depth1``: all submitted at once, one in flight at a time (mptcpd's
+      one-at-a-time writer);
+    * ``inflight-N``: N in flight, one ``send`` per request;
+    * ``batched-N``: N in flight, the requests queued in one loop iteration
+      sent in one ``sendmsg``.
+
+    Scenarios: ``limits`` (SET_LIMITS then GET_LIMITS), ``addr`` (ADD_ADDR
+    then DEL_ADDR of one endpoint: the kernel's own cost dominates),
+    ``error`` (ANNOUNCE on an unknown token, answered with an extended
+    ACK; the error log lines are silenced).  Reports requests/s and CPU per
+    request of the whole process (user, and user + system: the kernel
+    handles a request inside our ``sendmsg``).
+
+Usage::
+
+    python bench/bench_commands.py codec [--rounds N]
+    python bench/bench_commands.py channel [--requests N] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mptcpd.netlink import pm_codec  # noqa: E402
+from mptcpd.netlink.pm_codec import Limits  # noqa: E402
+from mptcpd.types import AddrFlags, SockAddr  # noqa: E402
+
+FAMILY_ID = 0x1C
+V4 = SockAddr(ipaddress.ip_address("192.0.2.1"), 40000)
+R4 = SockAddr(ipaddress.ip_address("198.51.100.2"), 5201)
+V6 = SockAddr(ipaddress.ip_address("2001:db8:1::1"))
+TOKEN = 0x12345678
+
+CODEC_CASES: list[tuple[str, tuple[Any, ...]]] = [
+    ("add_subflow", (TOKEN, 1, 0, V4, R4, False)),
+    ("add_addr", (V4, 5, TOKEN)),
+    ("remove_subflow", (TOKEN, V4, R4)),
+    ("set_backup", (TOKEN, V4, R4, True)),
+    ("kpm_add_addr", (V6, 3, int(AddrFlags.SUBFLOW), 2)),
+    ("kpm_remove_addr", (3,)),
+    ("kpm_set_limits", (Limits(8, 8),)),
+    ("kpm_get_limits", ()),
+]
+
+
+def best(fn: Any, rounds: int, repeat: int = 5) -> float:
+    """Best per-call time in µs over ``repeat`` runs of ``rounds`` calls."""
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for _ in range(rounds):
+            fn()
+        times.append((time.perf_counter() - t0) / rounds * 1e6)
+    return min(times)
+
+
+def bench_codec(rounds: int) -> dict[str, Any]:
+    from pyroute2.netlink.marshal import Marshal
+
+    from tests.unit import pm_oracle
+    from tests.unit.test_commands_encode import CAPTURES
+
+    logging.disable(logging.CRITICAL)
+    out: dict[str, Any] = {"encode": {}, "decode": {}}
+    print(f"{'encode':16s} {'lean µs':>8s} {'pyroute2 µs':>12s}")
+    for name, args in CODEC_CASES:
+        cmd = pm_codec.COMMANDS[name]
+        lean = best(lambda: cmd.encode(FAMILY_ID, 7, cmd.flags, *args), rounds)
+        old = best(lambda: pm_oracle.encode(name, FAMILY_ID, 7, cmd.flags, *args),
+                   max(1, rounds // 10))
+        out["encode"][name] = {"lean_us": lean, "pyroute2_us": old}
+        print(f"{name:16s} {lean:8.2f} {old:12.1f}")
+    marshal = Marshal()
+    marshal.msg_map[FAMILY_ID] = pm_oracle.mptcp_pm_cmd_msg
+    print(f"\n{'decode':32s} {'lean µs':>8s} {'pyroute2 µs':>12s}")
+    for record in CAPTURES:
+        for i, hexdata in enumerate(record["datagrams"]):
+            data = bytes.fromhex(hexdata)
+
+            def lean_decode(data: bytes = data) -> None:
+                for msg in pm_codec.messages(data):
+                    if msg.type == pm_codec.NLMSG_ERROR:
+                        pm_codec.decode_error(data, msg)
+                    elif msg.type == pm_codec.NLMSG_DONE:
+                        pm_codec.decode_done(data, msg)
+                    elif record["name"] == "kpm_get_limits":
+                        pm_codec.decode_limits(data, msg)
+                    else:
+                        pm_codec.decode_addr(data, msg)
+
+            def old_decode(data: bytes = data) -> None:
+                for msg in marshal.parse(data):
+                    if msg["header"]["type"] == FAMILY_ID:
+                        if record["name"] == "kpm_get_limits":
+                            pm_oracle.decode_limits(msg)
+                        else:
+                            pm_oracle.decode_addr(msg)
+
+            what = f"{record['what'][:28]} #{i}"
+            lean = best(lean_decode, rounds)
+            old = best(old_decode, max(1, rounds // 10))
+            out["decode"][what] = {"lean_us": lean, "pyroute2_us": old}
+            print(f"{what:32s} {lean:8.2f} {old:12.1f}")
+    return out
+
+
+# -- channel ------------------------------------------------------------------
+
+
+def make_pair(scenario: str, lab: Any) -> Any:
+    if scenario == "limits":
+        return lambda ch, i: [ch.submit("kpm_set_limits", (Limits(subflows=i % 8),)),
+                              ch.submit("kpm_get_limits")]
+    if scenario == "addr":
+        addr = SockAddr(ipaddress.ip_address("203.0.113.1"))
+        return lambda ch, i: [ch.submit("kpm_add_addr", (addr, 1, 2, 0)),
+                              ch.submit("kpm_remove_addr", (1,))]
+    addr = SockAddr(ipaddress.ip_address(str(lab.links[0].client4)))
+    return lambda ch, i: [ch.submit("add_addr", (addr, 1, TOKEN), TOKEN),
+                          ch.submit("add_addr", (addr, 2, TOKEN), TOKEN)]
+
+
+async def run_channel(ns: str, scenario: str, mode: str, requests: int, lab: Any) -> dict[str, Any]:
+    from mptcpd.netlink.genl_commands import CommandChannel
+
+    if mode in ("serial", "depth1"):
+        depth, batch = 1, False
+    else:
+        kind, n = mode.split("-")
+        depth, batch = int(n), kind == "batched"
+    pair = make_pair(scenario, lab)
+    async with CommandChannel(ns, max_in_flight=depth, batch=batch,
+                              max_queue=requests + 10) as ch:
+        for i in range(20):  # warm up
+            await asyncio.gather(*pair(ch, i), return_exceptions=True)
+        t0, c0 = time.perf_counter(), os.times()
+        if mode == "serial":
+            for i in range(requests // 2):
+                for f in pair(ch, i):
+                    try:
+                        await f
+                    except OSError:
+                        pass
+        else:
+            futures = []
+            for i in range(requests // 2):
+                futures += pair(ch, i)
+            await asyncio.gather(*futures, return_exceptions=True)
+        wall = time.perf_counter() - t0
+        c1 = os.times()
+    user = (c1.user - c0.user) / requests * 1e6
+    total = (c1.user + c1.system - c0.user - c0.system) / requests * 1e6
+    return {"scenario": scenario, "mode": mode, "requests": requests,
+            "per_s": requests / wall, "user_us": user, "cpu_us": total}
+
+
+def bench_channel(requests: int, modes: list[str], scenarios: list[str]) -> list[dict[str, Any]]:
+    from mptcpd.lab import Lab
+
+    logging.getLogger("mptcpd.netlink.genl_commands").setLevel(logging.CRITICAL)
+    results = []
+    with Lab(links=1) as lab:
+        print(f"{'scenario':8s} {'mode':12s} {'req/s':>9s} {'user µs/req':>12s} "
+              f"{'CPU µs/req':>11s}")
+        for scenario in scenarios:
+            n = min(requests, 1000) if scenario == "addr" else requests
+            for mode in modes:
+                r = asyncio.run(run_channel(lab.client, scenario, mode, n, lab))
+                results.append(r)
+                print(f"{scenario:8s} {mode:12s} {r['per_s']:9.0f} {r['user_us']:12.1f} "
+                      f"{r['cpu_us']:11.1f}", flush=True)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    codec = sub.add_parser("codec")
+    codec.add_argument("--rounds", type=int, default=20000)
+    codec.add_argument("--json", type=Path)
+    channel = sub.add_parser("channel")
+    channel.add_argument("--requests", type=int, default=20000)
+    channel.add_argument("--modes", default="serial,depth1,inflight-8,inflight-64,"
+                         "batched-8,batched-64,batched-256")
+    channel.add_argument("--scenarios", default="limits,error,addr")
+    channel.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    if args.what == "codec":
+        result: Any = bench_codec(args.rounds)
+    else:
+        result = bench_channel(args.requests, args.modes.split(","), args.scenarios.split(","))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
