@@ -60,7 +60,8 @@ class Daemon:
         self.config = config
         self.notifier = notifier or Notifier()
         self.registry = PluginRegistry()
-        self.channel = CommandChannel(on_failure=self._channel_failed)
+        self.channel = CommandChannel(max_queue=config.command_queue_size,
+                                      on_failure=self._channel_failed)
         self.network_monitor = NetworkMonitor(
             config.notify_flags, route_wait_timeout=config.check_route_timeout)
         self.id_manager = IdManager()
