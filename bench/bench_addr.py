@@ -251,7 +251,30 @@ def wait_idle(pid: int, quiet: float = 0.3, timeout: float = 30.0) -> None:
         last = now
 
 
-def start(lab: Lab, impl: str, c_daemon: str, notify: str | None = None) -> tuple[Process, float]:
+#: Runs the daemon under cProfile, enabled once it is ready (on the first
+#: READY notification), dumping the statistics when it exits.
+PROFILER = """
+import cProfile, sys
+from mptcpd.daemon import systemd
+from mptcpd import cli
+out = sys.argv.pop(1)
+prof = cProfile.Profile()
+ready = systemd.Notifier.ready
+def patched(self, status):
+    ready(self, status)
+    prof.enable()
+systemd.Notifier.ready = patched
+sys.argv[0] = "mptcpd"
+try:
+    cli.main()
+finally:
+    prof.disable()
+    prof.dump_stats(out)
+"""
+
+
+def start(lab: Lab, impl: str, c_daemon: str, notify: str | None = None,
+          profile: str | None = None) -> tuple[Process, float]:
     """Start a daemon in the client namespace; returns it and exec → ready (s)."""
     env = dict(os.environ)
     env.pop("NOTIFY_SOCKET", None)
@@ -278,8 +301,15 @@ def start(lab: Lab, impl: str, c_daemon: str, notify: str | None = None) -> tupl
                 raise RuntimeError(f"C mptcpd exited:\n{proc.output()}")
         else:
             env["PYTHONPATH"] = str(ROOT / "src")
-            proc = lab.start_mptcpd("--log=stderr", f"--plugin-dir={ROOT / 'plugins'}",
-                                    *DAEMON_ARGS, config="[core]\n", env=env)
+            daemon_args = ("--log=stderr", f"--plugin-dir={ROOT / 'plugins'}", *DAEMON_ARGS)
+            if profile:
+                config = lab.workdir / "profile.conf"
+                config.write_text("[core]\n")
+                env["MPTCPD_CONFIG"] = str(config)
+                proc = lab.python(lab.client, "-c", PROFILER, profile, *daemon_args,
+                                  name="mptcpd", env=env)
+            else:
+                proc = lab.start_mptcpd(*daemon_args, config="[core]\n", env=env)
             if sock is not None:
                 while True:
                     try:
@@ -313,7 +343,9 @@ def run_impl(impl: str, args: argparse.Namespace) -> dict[str, Any]:
         for i in range(args.starts):
             if proc is not None:
                 proc.stop()
-            proc, ready = start(lab, impl, args.c_daemon, str(lab.workdir / f"notify-{i}"))
+            last = i == args.starts - 1
+            proc, ready = start(lab, impl, args.c_daemon, str(lab.workdir / f"notify-{i}"),
+                                profile=args.profile if last and impl == "ours" else None)
             readies.append(ready)
         assert proc is not None
         pid = proc.pid
@@ -393,6 +425,8 @@ def main() -> int:
     parser.add_argument("--cycles", type=int, default=200)
     parser.add_argument("--churn", type=int, default=2000)
     parser.add_argument("--starts", type=int, default=5)
+    parser.add_argument("--profile", metavar="FILE",
+                        help="run our daemon under cProfile once ready; stats to FILE")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args()
     if os.geteuid() != 0 or shutil.which("ip") is None:
