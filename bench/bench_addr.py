@@ -222,11 +222,12 @@ def cpu_ns(pid: int) -> int:
     return total
 
 
-def cpu_ticks_ns(pid: int) -> int:
-    """utime + stime of ``pid`` (all threads), in ns (clock-tick resolution)."""
+def cpu_ticks_ns(pid: int) -> tuple[int, int]:
+    """utime and stime of ``pid`` (all threads), in ns (clock-tick resolution)."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+    tick = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) * tick, int(fields[12]) * tick
 
 
 def memory(pid: int) -> dict[str, int]:
@@ -381,7 +382,8 @@ def run_impl(impl: str, args: argparse.Namespace) -> dict[str, Any]:
             result["add_to_endpoint_ms"] = {"p50": pct(adds, 0.5) * 1e3, "p90": pct(adds, 0.9) * 1e3}
             result["del_to_gone_ms"] = {"p50": pct(dels, 0.5) * 1e3, "p90": pct(dels, 0.9) * 1e3}
             result["cpu_per_event_us"] = (c1 - c0) / events / 1e3
-            result["cpu_per_event_ticks_us"] = (t1 - t0) / events / 1e3
+            result["user_per_event_us"] = (t1[0] - t0[0]) / events / 1e3
+            result["system_per_event_us"] = (t1[1] - t0[1]) / events / 1e3
             # Churn.
             c0 = cpu_ns(pid)
             for n in range(args.churn):

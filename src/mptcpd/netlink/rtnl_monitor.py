@@ -25,7 +25,6 @@ to ``IFA_ADDRESS`` otherwise.  On point-to-point links ``IFA_ADDRESS`` is the
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import dataclasses
 import errno
 import ipaddress
@@ -34,7 +33,6 @@ import logging
 import os
 import socket
 import struct
-import threading
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Union
@@ -323,6 +321,8 @@ def _rtattr(kind: int, payload: bytes) -> bytes:
 
 
 def _setns(fd: int) -> None:
+    import ctypes  # only for a namespace other than ours
+
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.setns(fd, CLONE_NEWNET) != 0:
         code = ctypes.get_errno()
@@ -359,6 +359,8 @@ def open_socket(netns: str | None, rcvbuf: int) -> socket.socket:
             result.append(_make_socket(rcvbuf))
         except BaseException as exc:
             result.append(exc)
+
+    import threading
 
     try:
         thread = threading.Thread(target=inside, name="rtnl-netns")
