@@ -175,7 +175,7 @@ _U32 = struct.Struct("=I")
 _ERRNO = struct.Struct("=i")
 
 
-def _attrs(data: bytes, offset: int) -> dict[int, bytes]:
+def attributes(data: bytes, offset: int) -> dict[int, bytes]:
     """The rtattrs of ``data`` from ``offset``, by type (the first one wins)."""
     out: dict[int, bytes] = {}
     end = len(data)
@@ -211,7 +211,7 @@ def decode_link(mtype: int, body: bytes) -> LinkMessage | None:
     if len(body) < _IFINFOMSG.size:
         return None
     _, ifi_type, index, flags, _ = _IFINFOMSG.unpack_from(body)
-    attrs = _attrs(body, _IFINFOMSG.size)
+    attrs = attributes(body, _IFINFOMSG.size)
     name = attrs.get(IFLA_IFNAME)
     oper = attrs.get(IFLA_OPERSTATE)
     carrier = attrs.get(IFLA_CARRIER)
@@ -234,7 +234,7 @@ def decode_address(mtype: int, body: bytes) -> AddressMessage | None:
     family, prefixlen, flags, scope, index = _IFADDRMSG.unpack_from(body)
     if family != socket.AF_INET and family != socket.AF_INET6:
         return None
-    attrs = _attrs(body, _IFADDRMSG.size)
+    attrs = attributes(body, _IFADDRMSG.size)
     local = _raw_ip(family, attrs.get(IFA_LOCAL))
     address = _raw_ip(family, attrs.get(IFA_ADDRESS))
     ip = local or address
@@ -257,7 +257,7 @@ def decode_route(mtype: int, body: bytes) -> RouteMessage | None:
     if len(body) < _RTMSG.size:
         return None
     family, dst_len, _, _, table, _, _, _, _ = _RTMSG.unpack_from(body)
-    attrs = _attrs(body, _RTMSG.size)
+    attrs = attributes(body, _RTMSG.size)
     long_table = _u32(attrs.get(RTA_TABLE))
     return RouteMessage(
         family=family,
@@ -312,7 +312,7 @@ def _request(mtype: int, flags: int, seq: int, body: bytes) -> bytes:
     return _NLMSGHDR.pack(16 + len(body), mtype, flags, seq, 0) + body
 
 
-def _rtattr(kind: int, payload: bytes) -> bytes:
+def rtattr(kind: int, payload: bytes) -> bytes:
     length = 4 + len(payload)
     return _RTATTR.pack(length, kind) + payload + b"\0" * (-length % 4)
 
@@ -329,9 +329,8 @@ def _setns(fd: int) -> None:
         raise OSError(code, os.strerror(code))
 
 
-def _make_socket(rcvbuf: int) -> socket.socket:
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                         NETLINK_ROUTE)
+def _make_socket(rcvbuf: int, proto: int) -> socket.socket:
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         sock.bind((0, 0))
@@ -342,13 +341,14 @@ def _make_socket(rcvbuf: int) -> socket.socket:
     return sock
 
 
-def open_socket(netns: str | None, rcvbuf: int) -> socket.socket:
-    """A non-blocking ``NETLINK_ROUTE`` socket in namespace ``netns`` (a name
+def open_socket(netns: str | None, rcvbuf: int,
+                proto: int = NETLINK_ROUTE) -> socket.socket:
+    """A non-blocking netlink socket in namespace ``netns`` (a name
     under /run/netns or a path; ``None``: ours).  The namespace is never
     created; the socket is made in a short-lived thread that enters it, so
     this thread's namespace is not touched."""
     if netns is None:
-        return _make_socket(rcvbuf)
+        return _make_socket(rcvbuf, proto)
     path = netns if netns.startswith("/") else f"/run/netns/{netns}"
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     result: list[socket.socket | BaseException] = []
@@ -356,7 +356,7 @@ def open_socket(netns: str | None, rcvbuf: int) -> socket.socket:
     def inside() -> None:
         try:
             _setns(fd)
-            result.append(_make_socket(rcvbuf))
+            result.append(_make_socket(rcvbuf, proto))
         except BaseException as exc:
             result.append(exc)
 
@@ -377,7 +377,7 @@ def open_socket(netns: str | None, rcvbuf: int) -> socket.socket:
 _seq = itertools.count(1)
 
 
-class _Socket:
+class NetlinkSocket:
     """A netlink socket read through the loop's reader callback.
 
     Replies to our requests are told apart from notifications by sequence
@@ -414,13 +414,18 @@ class _Socket:
                 if not self.closed:
                     loop.remove_reader(self.fd)
 
+    def send(self, mtype: int, flags: int, body: bytes) -> int:
+        """Send one request; its sequence number."""
+        seq = next(_seq) & 0xFFFFFFFF
+        self.sock.send(_request(mtype, flags, seq, body))
+        return seq
+
     async def request(self, mtype: int, flags: int, body: bytes) -> list[tuple[int, bytes]]:
         """Send one request; return its reply messages ``(type, payload)``
         up to ``NLMSG_DONE`` (dumps) or the first reply (others).  An error
         reply raises ``OSError`` after the messages it follows are kept in
         ``OSError.replies``."""
-        seq = next(_seq) & 0xFFFFFFFF
-        self.sock.send(_request(mtype, flags, seq, body))
+        seq = self.send(mtype, flags, body)
         replies: list[tuple[int, bytes]] = []
         while True:
             data = await self.recv()
@@ -488,8 +493,8 @@ class RtnlMonitor:
         self.netns = netns
         self.routes = routes
         self.rcvbuf = rcvbuf
-        self._sock: _Socket | None = None
-        self._lookup_sock: _Socket | None = None
+        self._sock: NetlinkSocket | None = None
+        self._lookup_sock: NetlinkSocket | None = None
         self._lookup_lock: asyncio.Lock | None = None
         self._closed = False
         #: How many times the event socket was reopened after ENOBUFS.
@@ -528,9 +533,9 @@ class RtnlMonitor:
                 log.error(message)
                 sock.close()
                 raise RtnlMonitorError(message) from exc
-        self._sock = _Socket(sock)
+        self._sock = NetlinkSocket(sock)
 
-    def _require(self) -> _Socket:
+    def _require(self) -> NetlinkSocket:
         if self._sock is None:
             raise RtnlMonitorError("the rtnetlink monitor is not open")
         return self._sock
@@ -652,10 +657,10 @@ class RtnlMonitor:
             self._lookup_lock = asyncio.Lock()
         async with self._lookup_lock:
             if self._lookup_sock is None:
-                self._lookup_sock = _Socket(open_socket(self.netns, DEFAULT_RCVBUF))
+                self._lookup_sock = NetlinkSocket(open_socket(self.netns, DEFAULT_RCVBUF))
             body = _RTMSG.pack(family, dst.max_prefixlen, 0, 0, 0, 0, 0, 0,
                                RTM_F_LOOKUP_TABLE | RTM_F_FIB_MATCH)
-            body += _rtattr(RTA_DST, dst.packed) + _rtattr(RTA_OIF, _U32.pack(ifindex))
+            body += rtattr(RTA_DST, dst.packed) + rtattr(RTA_OIF, _U32.pack(ifindex))
             try:
                 replies = await self._lookup_sock.request(RTM_GETROUTE, NLM_F_REQUEST, body)
             except OSError as exc:
