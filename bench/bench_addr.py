@@ -399,6 +399,7 @@ def run_impl(impl: str, args: argparse.Namespace) -> dict[str, Any]:
             result["churn_drain_s"] = time.monotonic() - churn_sent
             mem = memory(pid)
             result["peak_rss_kb"] = mem["VmHWM"]
+            result["overruns_logged"] = proc.output().count("receive buffer overrun")
             result["errors_logged"] = sum(1 for line in proc.output().splitlines()
                                           if "Unable" in line or "Traceback" in line)
         finally:
@@ -446,6 +447,8 @@ def main() -> int:
             line += f"  {values[0] / values[1]:9.2f}×"
         print(line)
     for impl in impls:
+        if results[impl]["overruns_logged"]:
+            print(f"{impl}: {results[impl]['overruns_logged']} receive-buffer overruns logged")
         if results[impl]["errors_logged"]:
             print(f"{impl}: {results[impl]['errors_logged']} error lines in the daemon's log")
     if args.json:

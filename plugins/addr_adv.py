@@ -20,7 +20,8 @@ What it does better than the C plugin (each is in the changelog):
   The endpoints it created are remembered in a small state file (one per
   network namespace, under ``$MPTCPD_STATE_DIR``, ``$RUNTIME_DIRECTORY`` or
   ``/run/mptcpd``), so a restarted daemon takes them over again instead of
-  piling up duplicates or leaving them unmanaged.
+  piling up duplicates or leaving them unmanaged.  Changes are written
+  within 50 ms (together when they come in a burst), and at exit.
 * **The endpoint limit.**  The kernel keeps at most 8 endpoints per network
   namespace; the 9th is refused with ``ERANGE``.  That is reported as the
   kernel's limit of 8 endpoints, not as a bare errno.
