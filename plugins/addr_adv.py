@@ -20,7 +20,8 @@ What it does better than the C plugin (each is in the changelog):
   The endpoints it created are remembered in a small state file (one per
   network namespace, under ``$MPTCPD_STATE_DIR``, ``$RUNTIME_DIRECTORY`` or
   ``/run/mptcpd``), so a restarted daemon takes them over again instead of
-  piling up duplicates or leaving them unmanaged.
+  piling up duplicates or leaving them unmanaged.  Changes are written
+  within 50 ms (together when they come in a burst), and at exit.
 * **The endpoint limit.**  The kernel keeps at most 8 endpoints per network
   namespace; the 9th is refused with ``ERANGE``.  That is reported as the
   kernel's limit of 8 endpoints, not as a bare errno.
@@ -32,12 +33,12 @@ address flags ``add_addr_accepted`` is set to 0.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import errno
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,8 @@ log = logging.getLogger("mptcpd.plugins.addr_adv")
 MIN_LIMIT, MAX_LIMIT = 2, 8
 #: ``MPTCP_PM_ADDR_MAX``: endpoints per network namespace.
 KERNEL_MAX_ENDPOINTS = 8
+#: Changes to the state file within this many seconds are written together.
+STATE_WRITE_DELAY = 0.05
 
 
 @dataclasses.dataclass
@@ -93,6 +96,10 @@ class AddressAdvertiser:
         self.synced = False
         self.pending: list[tuple[str, Any, SockAddr]] = []
         self.remembered: dict[SockAddr, int] = {}
+        self._state_path: Path | None = None
+        self._state_written: str | None = None
+        self._state_timer: asyncio.TimerHandle | None = None
+        self._state_dirty = False
 
     # -- limits (C: update_limits) ------------------------------------------
 
@@ -257,14 +264,40 @@ class AddressAdvertiser:
             return {}
 
     def _save_state(self) -> None:
-        path = state_file()
-        data = {"endpoints": {str(e.addr.ip): e.id for e in self.owned.values()}}
+        """Remember the owned endpoints; changes made within
+        :data:`STATE_WRITE_DELAY` are written together (at once when no
+        loop runs), and :meth:`flush_state` writes what is left."""
+        self._state_dirty = True
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False,
-                                             prefix=".addr_adv-") as tmp:
-                json.dump(data, tmp)
-            os.replace(tmp.name, path)
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush_state()
+            return
+        if self._state_timer is None:
+            self._state_timer = loop.call_later(STATE_WRITE_DELAY, self.flush_state)
+
+    def flush_state(self) -> None:
+        """Write the state file now if a change is waiting."""
+        timer, self._state_timer = self._state_timer, None
+        if timer is not None:
+            timer.cancel()
+        if not self._state_dirty:
+            return
+        self._state_dirty = False
+        if self._state_path is None:
+            self._state_path = state_file()
+        path = self._state_path
+        text = json.dumps({"endpoints": {str(e.addr.ip): e.id for e in self.owned.values()}})
+        if text == self._state_written:
+            return
+        tmp = path.parent / f".addr_adv-{os.getpid()}.tmp"
+        try:
+            if self._state_written is None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "w") as f:
+                f.write(text)
+            os.replace(tmp, path)
+            self._state_written = text
         except OSError as exc:
             log.debug("Unable to remember the endpoints in %s: %s", path, exc)
 
@@ -275,12 +308,14 @@ _advertiser = AddressAdvertiser()
 @hookimpl
 def plugin_init(pm: Any) -> None:
     global _advertiser
+    _advertiser.flush_state()  # a change the previous instance has not written yet
     _advertiser = AddressAdvertiser()
     _advertiser.init(pm)
 
 
 @hookimpl
 def plugin_exit(pm: Any) -> None:
+    _advertiser.flush_state()
     log.info("MPTCP address advertiser path manager exited.")
 
 

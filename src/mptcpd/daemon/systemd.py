@@ -12,18 +12,25 @@ import asyncio
 import logging
 import os
 from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
-try:
-    from systemd import daemon as _sd_daemon
-except ImportError:  # pragma: no cover - systemd-python is a dependency
-    _sd_daemon = None
+_sd_daemon: Any = None
 
 
 def _default_send(state: str) -> bool:
-    if _sd_daemon is None:
+    # sd_notify(3) is a no-op without NOTIFY_SOCKET: systemd-python is only
+    # imported when there is somewhere to send to.
+    global _sd_daemon
+    if not os.environ.get("NOTIFY_SOCKET"):
         return False
+    if _sd_daemon is None:
+        try:
+            from systemd import daemon
+        except ImportError:  # pragma: no cover - systemd-python is a dependency
+            return False
+        _sd_daemon = daemon
     return bool(_sd_daemon.notify(state))
 
 

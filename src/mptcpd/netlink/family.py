@@ -19,6 +19,10 @@ Log lines (exact spec strings):
   W ``Verify MPTCP netlink path manager kernel support.`` when the timer fires
   while the family is unknown.
 
+The socket is a plain ``NETLINK_GENERIC`` socket read through the loop's
+reader callback (:class:`~mptcpd.netlink.rtnl_monitor.NetlinkSocket`); one
+reader handles the notifications and the request's answer alike.
+
 The callbacks are plain functions called on the loop:
 ``on_appeared(family_id)`` and ``on_vanished()``.  An exception in one is
 logged and does not stop the watcher.
@@ -29,30 +33,42 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import struct
 from collections.abc import Callable
-from typing import Any
-
-from pyroute2.netlink import (  # type: ignore[import-untyped]
-    CTRL_CMD_DELFAMILY,
-    CTRL_CMD_GETFAMILY,
-    CTRL_CMD_NEWFAMILY,
-    GENL_ID_CTRL,
-    NLM_F_ACK,
-    NLM_F_REQUEST,
-    ctrlmsg,
-)
-from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
-from pyroute2.netlink.generic import AsyncGenericNetlinkSocket  # type: ignore[import-untyped]
 
 from mptcpd.netlink.constants import MPTCP_PM_NAME
+from mptcpd.netlink.rtnl_monitor import (
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    SOL_NETLINK,
+    NETLINK_ADD_MEMBERSHIP,
+    NetlinkSocket,
+    attributes,
+    messages,
+    open_socket,
+    rtattr,
+)
 
 log = logging.getLogger(__name__)
 
 #: Seconds after start (or a vanish) before the "has not appeared" warning.
 FAMILY_TIMEOUT_SECONDS = 10.0
 
-#: nlctrl's multicast group for family changes.
+NETLINK_GENERIC = 16
+GENL_ID_CTRL = 0x10
+NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
+CTRL_CMD_NEWFAMILY, CTRL_CMD_DELFAMILY, CTRL_CMD_GETFAMILY = 1, 2, 3
+CTRL_ATTR_FAMILY_ID, CTRL_ATTR_FAMILY_NAME = 1, 2
+#: nlctrl's multicast group for family changes ("notify"); the kernel gives
+#: it the id GENL_ID_CTRL.
 NLCTRL_NOTIFY_GROUP = "notify"
+NLCTRL_NOTIFY_GROUP_ID = GENL_ID_CTRL
+#: Receive buffer of the nlctrl socket (family changes are rare).
+NLCTRL_RCVBUF = 1 << 16
+
+_GENLMSGHDR = struct.Struct("=BBH")
+_U16 = struct.Struct("=H")
+_ERRNO = struct.Struct("=i")
 
 
 class FamilyWatcher:
@@ -61,8 +77,8 @@ class FamilyWatcher:
     :param on_appeared: called with the family id when the family becomes
         known (once per appearance).
     :param on_vanished: called when a known family is unregistered.
-    :param netns: network namespace to watch (pyroute2 ``netns=``); None for
-        the caller's.
+    :param netns: network namespace to watch (a name under /run/netns); None
+        for the caller's.
     :param timeout: seconds before the "has not appeared" warnings.
     :param family: family name (tests only; the log texts keep "MPTCP").
     """
@@ -82,7 +98,8 @@ class FamilyWatcher:
         self.timeout = timeout
         self.family = family
         self._family_id: int | None = None
-        self._sock: Any = None
+        self._sock: NetlinkSocket | None = None
+        self._pending: dict[int, asyncio.Future[int | None]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._request: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -113,20 +130,19 @@ class FamilyWatcher:
     async def start(self) -> None:
         """Join nlctrl's notifications, request the family, arm the timer.
 
-        Raises :class:`OSError` (or pyroute2's ``NetlinkError``) when the
-        socket cannot be opened or the watch cannot be set up; the daemon
-        maps that to spec §2.1's exit messages.
+        Raises :class:`OSError` when the socket cannot be opened or the
+        watch cannot be set up; the daemon maps that to mptcpd's exit
+        messages.
         """
         if self._sock is not None:
             return
-        sock = AsyncGenericNetlinkSocket(netns=self.netns)
+        raw = open_socket(self.netns, NLCTRL_RCVBUF, NETLINK_GENERIC)
         try:
-            await sock.bind("nlctrl", ctrlmsg)
-            sock.add_membership(NLCTRL_NOTIFY_GROUP)
+            raw.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, NLCTRL_NOTIFY_GROUP_ID)
         except BaseException:
-            sock.close()
+            raw.close()
             raise
-        self._sock = sock
+        self._sock = NetlinkSocket(raw)
         self._reader = asyncio.create_task(self._read_loop(), name="nlctrl-notify")
         self._arm_timer()
         self._request = asyncio.create_task(self.request(), name="nlctrl-getfamily")
@@ -139,6 +155,9 @@ class FamilyWatcher:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._reader = self._request = None
+        for future in self._pending.values():
+            future.cancel()
+        self._pending.clear()
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -154,22 +173,21 @@ class FamilyWatcher:
 
     async def request(self) -> None:
         """Send one ``CTRL_CMD_GETFAMILY`` for the family and handle the answer."""
-        msg = ctrlmsg()
-        msg["cmd"] = CTRL_CMD_GETFAMILY
-        msg["version"] = 1
-        msg["attrs"] = [["CTRL_ATTR_FAMILY_NAME", self.family]]
+        sock = self._sock
         found: int | None = None
         try:
-            replies = await self._sock.nlm_request(
-                msg, msg_type=GENL_ID_CTRL, msg_flags=NLM_F_REQUEST | NLM_F_ACK
-            )
+            if sock is None:
+                raise OSError(errno.EBADF, "the nlctrl socket is closed")
+            body = _GENLMSGHDR.pack(CTRL_CMD_GETFAMILY, 1, 0) + rtattr(
+                CTRL_ATTR_FAMILY_NAME, self.family.encode() + b"\0")
+            seq = sock.send(GENL_ID_CTRL, NLM_F_REQUEST | NLM_F_ACK, body)
+            future: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+            self._pending[seq] = future
             try:
-                async for reply in replies:
-                    if reply["header"]["type"] == GENL_ID_CTRL and found is None:
-                        found = reply.get_attr("CTRL_ATTR_FAMILY_ID")
+                found = await future
             finally:
-                await replies.aclose()
-        except (NetlinkError, OSError):
+                self._pending.pop(seq, None)
+        except OSError:
             log.debug("Request for MPTCP generic netlink family failed. Waiting.")
             return
         if found is None:
@@ -180,47 +198,61 @@ class FamilyWatcher:
     # -- notifications -------------------------------------------------------
 
     async def _read_loop(self) -> None:
-        while True:
-            count = 0
+        sock = self._sock
+        while sock is not None and not sock.closed:
             try:
-                async for msg in self._sock.get():
-                    count += 1
-                    self.handle_ctrl_message(msg)
-            except NetlinkError as exc:
-                if exc.code == errno.ECONNRESET:
-                    return
-                log.debug("nlctrl socket: %s", exc)
-                count += 1
+                data = sock.backlog.popleft() if sock.backlog else await sock.recv()
             except OSError as exc:
+                if exc.errno in (errno.ECONNRESET, errno.EBADF) or sock.closed:
+                    return
                 if exc.errno != errno.ENOBUFS:
                     log.warning("nlctrl notification socket failed: %s", exc)
                     return
                 # Notifications were lost: ask again rather than guess.
                 log.warning("nlctrl notifications overrun; asking for the "
                             "family again")
-                count += 1
                 if self._request is None or self._request.done():
                     self._request = asyncio.create_task(self.request())
-            if count == 0:  # pyroute2's terminator on close()
-                return
+                continue
+            self.handle_ctrl_message(data)
 
-    def handle_ctrl_message(self, msg: Any) -> None:
-        """Act on one nlctrl message (a NEWFAMILY/DELFAMILY notification).
+    def handle_ctrl_message(self, data: bytes) -> None:
+        """Act on one nlctrl datagram: NEWFAMILY/DELFAMILY notifications and
+        the answer (reply, error, ACK) to our request.
 
         Messages for other families, other commands and late ACKs are
         ignored.  Public so tests can feed synthetic notifications.
         """
-        if msg["header"].get("type") != GENL_ID_CTRL:
-            return
-        if msg.get_attr("CTRL_ATTR_FAMILY_NAME") != self.family:
-            return
-        cmd = msg.get("cmd")
-        if cmd == CTRL_CMD_NEWFAMILY:
-            family_id = msg.get_attr("CTRL_ATTR_FAMILY_ID")
-            if family_id is not None:
-                self._family_appeared(int(family_id))
-        elif cmd == CTRL_CMD_DELFAMILY:
-            self._family_vanished()
+        for mtype, _, seq, pid, payload in messages(data):
+            future = self._pending.get(seq) if self._sock is not None \
+                and pid == self._sock.port else None
+            if mtype in (NLMSG_ERROR, NLMSG_DONE):
+                if future is not None and not future.done():
+                    code = -int(_ERRNO.unpack_from(payload)[0]) if len(payload) >= 4 else 0
+                    if code:
+                        future.set_exception(OSError(code, "GETFAMILY failed"))
+                    else:
+                        future.set_result(None)  # ACK without a reply
+                continue
+            if mtype != GENL_ID_CTRL or len(payload) < 4:
+                continue
+            cmd = payload[0]
+            attrs = attributes(payload, 4)
+            name = attrs.get(CTRL_ATTR_FAMILY_NAME, b"").split(b"\0", 1)[0]
+            if name != self.family.encode():
+                continue
+            raw_id = attrs.get(CTRL_ATTR_FAMILY_ID)
+            family_id = int(_U16.unpack_from(raw_id)[0]) if raw_id and len(raw_id) >= 2 \
+                else None
+            if future is not None:
+                if not future.done():
+                    future.set_result(family_id)
+                continue
+            if cmd == CTRL_CMD_NEWFAMILY:
+                if family_id is not None:
+                    self._family_appeared(family_id)
+            elif cmd == CTRL_CMD_DELFAMILY:
+                self._family_vanished()
 
     # -- transitions ---------------------------------------------------------
 

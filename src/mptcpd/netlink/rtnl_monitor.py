@@ -1,12 +1,16 @@
-"""The rtnetlink side of the network monitor (spec section 6.2).
+"""The rtnetlink side of the network monitor.
 
-:class:`RtnlMonitor` wraps pyroute2's :class:`~pyroute2.AsyncIPRoute`.  It
-subscribes to link and IPv4/IPv6 address changes (and, when asked, to route
-changes for the ``check_route`` recheck), dumps the current links and then
-the addresses, streams later changes, and looks up the default route of an
-interface.  Everything it hands out is a plain frozen record defined here
-(:class:`LinkMessage`, :class:`AddressMessage`, :class:`RouteMessage`,
-:class:`Resync`, :class:`RouteLookup`); no pyroute2 object leaves this module.
+:class:`RtnlMonitor` owns plain ``NETLINK_ROUTE`` sockets (stdlib
+:mod:`socket` and the loop's reader callback).  It subscribes to link and
+IPv4/IPv6 address changes (and, when asked, to route changes for the
+``check_route`` recheck), dumps the current links and then the addresses,
+streams later changes, and looks up the default route of an interface.
+Messages are decoded by the pure functions of this module (:func:`parse`,
+:func:`decode_link`, :func:`decode_address`, :func:`decode_route`), which a
+unit test holds to pyroute2's message classes; everything handed out is a
+plain frozen record defined here (:class:`LinkMessage`,
+:class:`AddressMessage`, :class:`RouteMessage`, :class:`Resync`,
+:class:`RouteLookup`).
 
 A receive-buffer overrun (``ENOBUFS``: the kernel dropped messages because
 we read too slowly) is logged, the socket is reopened and resubscribed, links
@@ -20,37 +24,43 @@ to ``IFA_ADDRESS`` otherwise.  On point-to-point links ``IFA_ADDRESS`` is the
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import errno
 import ipaddress
+import itertools
 import logging
 import os
 import socket
+import struct
+from collections import deque
 from collections.abc import AsyncIterator
-from typing import Any, Union
-
-from pyroute2 import AsyncIPRoute  # type: ignore[import-untyped]
-from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST  # type: ignore[import-untyped]
-from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
-from pyroute2.netlink.rtnl import (  # type: ignore[import-untyped]
-    RTM_DELADDR,
-    RTM_DELLINK,
-    RTM_DELROUTE,
-    RTM_GETADDR,
-    RTM_GETLINK,
-    RTM_GETROUTE,
-    RTM_NEWADDR,
-    RTM_NEWLINK,
-    RTM_NEWROUTE,
-)
-from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg  # type: ignore[import-untyped]
-from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg  # type: ignore[import-untyped]
-from pyroute2.netlink.rtnl.marshal import MarshalRtnl  # type: ignore[import-untyped]
-from pyroute2.netlink.rtnl.rtmsg import rtmsg  # type: ignore[import-untyped]
+from typing import Union
 
 from mptcpd.types import IPAddress
 
 log = logging.getLogger(__name__)
+
+# -- netlink and rtnetlink constants (linux/netlink.h, linux/rtnetlink.h) ---
+NETLINK_ROUTE = 0
+SOL_NETLINK = 270
+NETLINK_ADD_MEMBERSHIP = 1
+NLM_F_REQUEST = 0x1
+NLM_F_MULTI = 0x2
+NLM_F_DUMP = 0x300
+NLMSG_NOOP, NLMSG_ERROR, NLMSG_DONE, NLMSG_OVERRUN = 1, 2, 3, 4
+RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
+RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
+RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
+IFLA_IFNAME, IFLA_OPERSTATE, IFLA_CARRIER = 3, 16, 33
+IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
+RTA_DST, RTA_OIF, RTA_TABLE = 1, 4, 15
+#: ``IF_OPER_*`` names, as ``ip link`` shows them.
+OPERSTATES = ("UNKNOWN", "NOTPRESENT", "DOWN", "LOWERLAYERDOWN", "TESTING",
+              "DORMANT", "UP")
+CLONE_NEWNET = 0x40000000
+#: Receive buffer for one datagram (the kernel's dump datagrams are <= 32 KiB).
+RECV_SIZE = 1 << 16
 
 # -- rtnetlink multicast groups (enum rtnetlink_groups) ---------------------
 RTNLGRP_LINK = 1
@@ -156,86 +166,129 @@ RtnlEvent = Union[LinkMessage, AddressMessage, RouteMessage, Resync]
 
 # -- decoding -----------------------------------------------------------------
 
+_NLMSGHDR = struct.Struct("=IHHII")
+_IFINFOMSG = struct.Struct("=BxHiII")
+_IFADDRMSG = struct.Struct("=BBBBI")
+_RTMSG = struct.Struct("=BBBBBBBBI")
+_RTATTR = struct.Struct("=HH")
+_U32 = struct.Struct("=I")
+_ERRNO = struct.Struct("=i")
 
-def _ip(value: Any) -> IPAddress | None:
-    if value is None:
-        return None
-    try:
-        return ipaddress.ip_address(value)
-    except ValueError:
-        return None
+
+def attributes(data: bytes, offset: int) -> dict[int, bytes]:
+    """The rtattrs of ``data`` from ``offset``, by type (the first one wins)."""
+    out: dict[int, bytes] = {}
+    end = len(data)
+    unpack = _RTATTR.unpack_from
+    while offset + 4 <= end:
+        length, kind = unpack(data, offset)
+        if length < 4 or offset + length > end:
+            break
+        out.setdefault(kind & 0x3FFF, data[offset + 4:offset + length])
+        offset += (length + 3) & ~3
+    return out
 
 
-def link_from_msg(msg: Any) -> LinkMessage | None:
-    """Turn a pyroute2 ``ifinfmsg`` into a :class:`LinkMessage`."""
-    mtype = msg["header"].get("type")
-    if mtype not in (RTM_NEWLINK, RTM_DELLINK):
+def _raw_ip(family: int, raw: bytes | None) -> IPAddress | None:
+    if raw is None:
         return None
-    carrier = msg.get("IFLA_CARRIER")
+    if family == socket.AF_INET and len(raw) == 4:
+        return ipaddress.IPv4Address(raw)
+    if family == socket.AF_INET6 and len(raw) == 16:
+        return ipaddress.IPv6Address(raw)
+    return None
+
+
+def _u32(raw: bytes | None) -> int | None:
+    if raw is None or len(raw) < 4:
+        return None
+    return int(_U32.unpack_from(raw)[0])
+
+
+def decode_link(mtype: int, body: bytes) -> LinkMessage | None:
+    """A link record from an ``RTM_NEWLINK``/``RTM_DELLINK`` payload (after
+    the netlink header)."""
+    if len(body) < _IFINFOMSG.size:
+        return None
+    _, ifi_type, index, flags, _ = _IFINFOMSG.unpack_from(body)
+    attrs = attributes(body, _IFINFOMSG.size)
+    name = attrs.get(IFLA_IFNAME)
+    oper = attrs.get(IFLA_OPERSTATE)
+    carrier = attrs.get(IFLA_CARRIER)
     return LinkMessage(
-        index=int(msg["index"]),
-        name=str(msg.get("IFLA_IFNAME") or ""),
-        flags=int(msg["flags"]),
-        type=int(msg["ifi_type"]),
-        operstate=str(msg.get("IFLA_OPERSTATE") or ""),
-        carrier=None if carrier is None else bool(carrier),
+        index=index,
+        name=name.split(b"\0", 1)[0].decode("utf-8", "replace") if name else "",
+        flags=flags,
+        type=ifi_type,
+        operstate=OPERSTATES[oper[0]] if oper and oper[0] < len(OPERSTATES) else "",
+        carrier=bool(carrier[0]) if carrier else None,
         deleted=mtype == RTM_DELLINK,
     )
 
 
-def address_from_msg(msg: Any) -> AddressMessage | None:
-    """Turn a pyroute2 ``ifaddrmsg`` into an :class:`AddressMessage`.
-
-    Only ``AF_INET`` and ``AF_INET6`` addresses are kept.
-    """
-    mtype = msg["header"].get("type")
-    if mtype not in (RTM_NEWADDR, RTM_DELADDR):
+def decode_address(mtype: int, body: bytes) -> AddressMessage | None:
+    """An address record from an ``RTM_NEWADDR``/``RTM_DELADDR`` payload;
+    None for a family other than ``AF_INET``/``AF_INET6``."""
+    if len(body) < _IFADDRMSG.size:
         return None
-    if msg["family"] not in (socket.AF_INET, socket.AF_INET6):
+    family, prefixlen, flags, scope, index = _IFADDRMSG.unpack_from(body)
+    if family != socket.AF_INET and family != socket.AF_INET6:
         return None
-    local = _ip(msg.get("IFA_LOCAL"))
-    address = _ip(msg.get("IFA_ADDRESS"))
+    attrs = attributes(body, _IFADDRMSG.size)
+    local = _raw_ip(family, attrs.get(IFA_LOCAL))
+    address = _raw_ip(family, attrs.get(IFA_ADDRESS))
     ip = local or address
     if ip is None:
         return None
-    flags = msg.get("IFA_FLAGS")
+    long_flags = _u32(attrs.get(IFA_FLAGS))
     return AddressMessage(
-        index=int(msg["index"]),
+        index=index,
         ip=ip,
-        prefixlen=int(msg["prefixlen"]),
-        scope=int(msg["scope"]),
-        flags=int(flags if flags is not None else msg["flags"]),
+        prefixlen=prefixlen,
+        scope=scope,
+        flags=flags if long_flags is None else long_flags,
         peer=address if local is not None and address != local else None,
         deleted=mtype == RTM_DELADDR,
     )
 
 
-def route_from_msg(msg: Any) -> RouteMessage | None:
-    """Turn a pyroute2 ``rtmsg`` into a :class:`RouteMessage`."""
-    mtype = msg["header"].get("type")
-    if mtype not in (RTM_NEWROUTE, RTM_DELROUTE):
+def decode_route(mtype: int, body: bytes) -> RouteMessage | None:
+    """A route record from an ``RTM_NEWROUTE``/``RTM_DELROUTE`` payload."""
+    if len(body) < _RTMSG.size:
         return None
-    table = msg.get("RTA_TABLE")
-    oif = msg.get("RTA_OIF")
+    family, dst_len, _, _, table, _, _, _, _ = _RTMSG.unpack_from(body)
+    attrs = attributes(body, _RTMSG.size)
+    long_table = _u32(attrs.get(RTA_TABLE))
     return RouteMessage(
-        family=int(msg["family"]),
-        dst=_ip(msg.get("RTA_DST")),
-        dst_len=int(msg["dst_len"]),
-        oif=None if oif is None else int(oif),
-        table=int(table if table is not None else msg["table"]),
+        family=family,
+        dst=_raw_ip(family, attrs.get(RTA_DST)),
+        dst_len=dst_len,
+        oif=_u32(attrs.get(RTA_OIF)),
+        table=table if long_table is None else long_table,
         deleted=mtype == RTM_DELROUTE,
     )
 
 
-def _convert(msg: Any) -> RtnlEvent | None:
-    mtype = msg["header"].get("type")
-    if mtype in (RTM_NEWLINK, RTM_DELLINK):
-        return link_from_msg(msg)
-    if mtype in (RTM_NEWADDR, RTM_DELADDR):
-        return address_from_msg(msg)
-    if mtype in (RTM_NEWROUTE, RTM_DELROUTE):
-        return route_from_msg(msg)
-    return None
+_DECODERS = {
+    RTM_NEWLINK: decode_link, RTM_DELLINK: decode_link,
+    RTM_NEWADDR: decode_address, RTM_DELADDR: decode_address,
+    RTM_NEWROUTE: decode_route, RTM_DELROUTE: decode_route,
+}
+
+
+def messages(data: bytes) -> list[tuple[int, int, int, int, bytes]]:
+    """Split a datagram into ``(type, flags, seq, pid, payload)`` tuples; a
+    truncated tail is dropped."""
+    out = []
+    offset, end = 0, len(data)
+    unpack = _NLMSGHDR.unpack_from
+    while offset + 16 <= end:
+        length, mtype, flags, seq, pid = unpack(data, offset)
+        if length < 16 or offset + length > end:
+            break
+        out.append((mtype, flags, seq, pid, data[offset + 16:offset + length]))
+        offset += (length + 3) & ~3
+    return out
 
 
 def parse(data: bytes) -> list[RtnlEvent]:
@@ -245,13 +298,173 @@ def parse(data: bytes) -> list[RtnlEvent]:
     is what the stream does with each datagram; tests feed it bytes built by
     hand or captured from the kernel.
     """
-    marshal = MarshalRtnl()
-    events = []
-    for msg in marshal.parse(data):
-        event = _convert(msg)
-        if event is not None:
-            events.append(event)
+    events: list[RtnlEvent] = []
+    for mtype, _, _, _, body in messages(data):
+        decoder = _DECODERS.get(mtype)
+        if decoder is not None:
+            event = decoder(mtype, body)
+            if event is not None:
+                events.append(event)
     return events
+
+
+def _request(mtype: int, flags: int, seq: int, body: bytes) -> bytes:
+    return _NLMSGHDR.pack(16 + len(body), mtype, flags, seq, 0) + body
+
+
+def rtattr(kind: int, payload: bytes) -> bytes:
+    length = 4 + len(payload)
+    return _RTATTR.pack(length, kind) + payload + b"\0" * (-length % 4)
+
+
+# -- sockets ------------------------------------------------------------------
+
+
+def _setns(fd: int) -> None:
+    import ctypes  # only for a namespace other than ours
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+def _make_socket(rcvbuf: int, proto: int) -> socket.socket:
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.bind((0, 0))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def open_socket(netns: str | None, rcvbuf: int,
+                proto: int = NETLINK_ROUTE) -> socket.socket:
+    """A non-blocking netlink socket in namespace ``netns`` (a name
+    under /run/netns or a path; ``None``: ours).  The namespace is never
+    created; the socket is made in a short-lived thread that enters it, so
+    this thread's namespace is not touched."""
+    if netns is None:
+        return _make_socket(rcvbuf, proto)
+    path = netns if netns.startswith("/") else f"/run/netns/{netns}"
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    result: list[socket.socket | BaseException] = []
+
+    def inside() -> None:
+        try:
+            _setns(fd)
+            result.append(_make_socket(rcvbuf, proto))
+        except BaseException as exc:
+            result.append(exc)
+
+    import threading
+
+    try:
+        thread = threading.Thread(target=inside, name="rtnl-netns")
+        thread.start()
+        thread.join()
+    finally:
+        os.close(fd)
+    made = result[0]
+    if isinstance(made, BaseException):
+        raise made
+    return made
+
+
+_seq = itertools.count(1)
+
+
+class NetlinkSocket:
+    """A netlink socket read through the loop's reader callback.
+
+    Replies to our requests are told apart from notifications by sequence
+    number and port id; notifications read while waiting for a reply are
+    kept (``backlog``) for the event stream, in order.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.port = int(sock.getsockname()[0])
+        self.backlog: deque[bytes] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.closed = False
+
+    async def recv(self) -> bytes:
+        """The next datagram; raises the socket's error (ENOBUFS...) and
+        ``OSError(EBADF)`` once closed."""
+        while True:
+            if self.closed:
+                raise OSError(errno.EBADF, "the rtnetlink socket is closed")
+            try:
+                return self.sock.recv(RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                pass
+            loop = self._loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            loop.add_reader(self.fd, _wake, waiter)
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+                if not self.closed:
+                    loop.remove_reader(self.fd)
+
+    def send(self, mtype: int, flags: int, body: bytes) -> int:
+        """Send one request; its sequence number."""
+        seq = next(_seq) & 0xFFFFFFFF
+        self.sock.send(_request(mtype, flags, seq, body))
+        return seq
+
+    async def request(self, mtype: int, flags: int, body: bytes) -> list[tuple[int, bytes]]:
+        """Send one request; return its reply messages ``(type, payload)``
+        up to ``NLMSG_DONE`` (dumps) or the first reply (others).  An error
+        reply raises ``OSError`` after the messages it follows are kept in
+        ``OSError.replies``."""
+        seq = self.send(mtype, flags, body)
+        replies: list[tuple[int, bytes]] = []
+        while True:
+            data = await self.recv()
+            mine = False
+            for kind, mflags, mseq, pid, payload in messages(data):
+                if mseq != seq or pid != self.port:
+                    continue
+                mine = True
+                if kind == NLMSG_ERROR:
+                    code = -int(_ERRNO.unpack_from(payload)[0]) if len(payload) >= 4 else 0
+                    if code:
+                        exc = OSError(code, os.strerror(code))
+                        exc.replies = replies  # type: ignore[attr-defined]
+                        raise exc
+                    return replies
+                if kind == NLMSG_DONE:
+                    return replies
+                if kind in (NLMSG_NOOP, NLMSG_OVERRUN):
+                    continue
+                replies.append((kind, payload))
+                if not mflags & NLM_F_MULTI:
+                    return replies
+            if not mine:
+                self.backlog.append(data)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self.fd)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+        self.sock.close()
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 # -- the monitor ----------------------------------------------------------------
@@ -280,17 +493,14 @@ class RtnlMonitor:
         self.netns = netns
         self.routes = routes
         self.rcvbuf = rcvbuf
-        self._sock: Any = None
-        self._lookup_sock: Any = None
+        self._sock: NetlinkSocket | None = None
+        self._lookup_sock: NetlinkSocket | None = None
+        self._lookup_lock: asyncio.Lock | None = None
         self._closed = False
         #: How many times the event socket was reopened after ENOBUFS.
         self.resyncs = 0
 
     # -- set-up ----------------------------------------------------------
-
-    def _new_socket(self, rcvbuf: int) -> Any:
-        # flags=0: never create the namespace (pyroute2 defaults to O_CREAT).
-        return AsyncIPRoute(netns=self.netns, flags=0, groups=0, rcvbuf=rcvbuf)
 
     async def open(self) -> None:
         """Open the event socket and join the groups.
@@ -300,13 +510,9 @@ class RtnlMonitor:
             after logging it at error level.
         """
         self._closed = False
-        sock: Any = None
         try:
-            sock = self._new_socket(self.rcvbuf)
-            await sock.bind(groups=0)
-        except (OSError, NetlinkError, TimeoutError) as exc:
-            if sock is not None:
-                sock.close()
+            sock = open_socket(self.netns, self.rcvbuf)
+        except OSError as exc:
             message = "Unable to monitor network device changes."
             log.error(message)
             raise RtnlMonitorError(message) from exc
@@ -322,33 +528,30 @@ class RtnlMonitor:
             ]
         for group, message in groups:
             try:
-                sock.add_membership(group)
+                sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
             except OSError as exc:
                 log.error(message)
                 sock.close()
                 raise RtnlMonitorError(message) from exc
-        self._sock = sock
+        self._sock = NetlinkSocket(sock)
 
-    def _require(self) -> Any:
+    def _require(self) -> NetlinkSocket:
         if self._sock is None:
             raise RtnlMonitorError("the rtnetlink monitor is not open")
         return self._sock
 
-    async def _dump(self, msg: Any, msg_type: int, what: str, handler: str) -> list[Any]:
+    async def _dump(self, mtype: int, body: bytes, what: str,
+                    handler: str) -> list[tuple[int, bytes]]:
         sock = self._require()
-        msg["family"] = socket.AF_UNSPEC
         try:
-            replies = await sock.nlm_request(msg, msg_type, NLM_F_REQUEST | NLM_F_DUMP)
-        except (OSError, NetlinkError) as exc:
-            log.error(what)
-            raise RtnlMonitorError(what) from exc
-        result = []
-        try:
-            async for reply in replies:
-                result.append(reply)
-        except NetlinkError as exc:
-            log.error("%s failed: %s", handler, os.strerror(exc.code))
-        return result
+            return await sock.request(mtype, NLM_F_REQUEST | NLM_F_DUMP, body)
+        except OSError as exc:
+            replies = getattr(exc, "replies", None)
+            if replies is None:
+                log.error(what)
+                raise RtnlMonitorError(what) from exc
+            log.error("%s failed: %s", handler, os.strerror(exc.errno or 0))
+            return list(replies)
 
     async def dump_links(self) -> list[LinkMessage]:
         """Dump every link (``RTM_GETLINK``, ``AF_UNSPEC``).
@@ -357,10 +560,16 @@ class RtnlMonitor:
             the request cannot be sent.  An error in the reply is logged
             (``get_link failed: <strerror>``) and ends the dump early.
         """
-        msgs = await self._dump(
-            ifinfmsg(), RTM_GETLINK, "Unable to obtain network devices.", "get_link"
-        )
-        return [r for r in map(link_from_msg, msgs) if r is not None]
+        body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+        replies = await self._dump(RTM_GETLINK, body, "Unable to obtain network devices.",
+                                   "get_link")
+        out = []
+        for mtype, payload in replies:
+            if mtype in (RTM_NEWLINK, RTM_DELLINK):
+                link = decode_link(mtype, payload)
+                if link is not None:
+                    out.append(link)
+        return out
 
     async def dump_addresses(self) -> list[AddressMessage]:
         """Dump every IPv4/IPv6 address (``RTM_GETADDR``, ``AF_UNSPEC``).
@@ -368,10 +577,16 @@ class RtnlMonitor:
         :raises RtnlMonitorError: ``Unable to obtain IP addresses.`` when
             the request cannot be sent (mptcpd logs it and carries on).
         """
-        msgs = await self._dump(
-            ifaddrmsg(), RTM_GETADDR, "Unable to obtain IP addresses.", "get_addr"
-        )
-        return [r for r in map(address_from_msg, msgs) if r is not None]
+        body = _IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+        replies = await self._dump(RTM_GETADDR, body, "Unable to obtain IP addresses.",
+                                   "get_addr")
+        out = []
+        for mtype, payload in replies:
+            if mtype in (RTM_NEWADDR, RTM_DELADDR):
+                addr = decode_address(mtype, payload)
+                if addr is not None:
+                    out.append(addr)
+        return out
 
     # -- the stream ------------------------------------------------------
 
@@ -388,20 +603,25 @@ class RtnlMonitor:
         while not self._closed:
             sock = self._require()
             try:
-                async for msg in sock.get():
-                    event = _convert(msg)
-                    if event is not None:
-                        yield event
-            except NetlinkError as exc:
-                if self._closed or exc.code in (errno.ECONNRESET, errno.EBADF):
-                    return
-                log.error("Network monitor: rtnetlink error: %s", os.strerror(exc.code))
+                data = sock.backlog.popleft() if sock.backlog else await sock.recv()
             except OSError as exc:
-                if self._closed:
+                if self._closed or exc.errno in (errno.ECONNRESET, errno.EBADF):
                     return
                 if exc.errno != errno.ENOBUFS:
                     raise
                 yield await self._resync()
+                continue
+            for mtype, _, _, _, body in messages(data):
+                decoder = _DECODERS.get(mtype)
+                if decoder is not None:
+                    event = decoder(mtype, body)
+                    if event is not None:
+                        yield event
+                elif mtype == NLMSG_ERROR and len(body) >= 4:
+                    code = -int(_ERRNO.unpack_from(body)[0])
+                    if code:
+                        log.error("Network monitor: rtnetlink error: %s",
+                                  os.strerror(code))
 
     async def _resync(self) -> Resync:
         log.warning(
@@ -411,10 +631,7 @@ class RtnlMonitor:
         self.resyncs += 1
         old, self._sock = self._sock, None
         if old is not None:
-            try:
-                old.close()
-            except Exception:  # the socket is already in error
-                log.debug("closing the overrun rtnetlink socket failed", exc_info=True)
+            old.close()
         await self.open()
         links = await self.dump_links()
         addresses = await self.dump_addresses()
@@ -424,7 +641,7 @@ class RtnlMonitor:
 
     async def lookup_default_route(self, family: int, ifindex: int) -> RouteLookup:
         """Ask which route the kernel would use towards a documentation address
-        through interface ``ifindex`` (spec 6.5).
+        through interface ``ifindex``.
 
         ``RTM_GETROUTE`` with ``RTM_F_LOOKUP_TABLE|RTM_F_FIB_MATCH``,
         ``RTA_OIF`` = ``ifindex`` and ``RTA_DST`` = 192.0.2.1 or 2001:db8::.
@@ -436,29 +653,30 @@ class RtnlMonitor:
         if self._closed:
             raise OSError(errno.EBADF, "the rtnetlink monitor is closed")
         dst = ROUTE_PROBE_DST[family]
-        if self._lookup_sock is None:
-            self._lookup_sock = self._new_socket(DEFAULT_RCVBUF)
-        msg = rtmsg()
-        msg["family"] = family
-        msg["dst_len"] = dst.max_prefixlen
-        msg["flags"] = RTM_F_LOOKUP_TABLE | RTM_F_FIB_MATCH
-        msg["attrs"] = [("RTA_DST", str(dst)), ("RTA_OIF", ifindex)]
-        try:
-            replies = await self._lookup_sock.nlm_request(msg, RTM_GETROUTE, NLM_F_REQUEST)
-        except NetlinkError as exc:
-            raise OSError(exc.code, os.strerror(exc.code)) from exc
+        if self._lookup_lock is None:
+            self._lookup_lock = asyncio.Lock()
+        async with self._lookup_lock:
+            if self._lookup_sock is None:
+                self._lookup_sock = NetlinkSocket(open_socket(self.netns, DEFAULT_RCVBUF))
+            body = _RTMSG.pack(family, dst.max_prefixlen, 0, 0, 0, 0, 0, 0,
+                               RTM_F_LOOKUP_TABLE | RTM_F_FIB_MATCH)
+            body += rtattr(RTA_DST, dst.packed) + rtattr(RTA_OIF, _U32.pack(ifindex))
+            try:
+                replies = await self._lookup_sock.request(RTM_GETROUTE, NLM_F_REQUEST, body)
+            except OSError as exc:
+                if getattr(exc, "replies", None) is None:
+                    raise
+                return RouteLookup(error=exc.errno or 0)
         result = RouteLookup(error=errno.ENODATA)
-        try:
-            async for reply in replies:
-                route = route_from_msg(reply)
+        for mtype, payload in replies:
+            if mtype in (RTM_NEWROUTE, RTM_DELROUTE):
+                route = decode_route(mtype, payload)
                 if route is not None:
                     result = RouteLookup(
                         dst=route.dst if route.dst_len else None,
                         dst_len=route.dst_len,
                         oif=route.oif,
                     )
-        except NetlinkError as exc:
-            return RouteLookup(error=exc.code)
         return result
 
     # -- teardown --------------------------------------------------------
