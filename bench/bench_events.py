@@ -5,8 +5,8 @@ Two parts:
 ``decode``
     Cost per event of each decoder on datagrams captured from the kernel
     (``tests/unit/data/events_*.json``): pyroute2's marshal + message class +
-    :func:`~mptcpd.netlink.genl_events.decode` (what a pyroute2-only reader
-    pays), and the lean :func:`~mptcpd.netlink.genl_events.decode_message`
+    :func:`tests.unit.event_oracle.decode` (what a pyroute2-only reader
+    pays), and the production :func:`~mptcpd.netlink.event_codec.decode_message`
     / ``decode_datagram``.  No privileges needed.
 
 ``dispatch``
@@ -27,7 +27,7 @@ Usage::
 
     python bench/bench_events.py decode [--rounds N]
     python bench/bench_events.py dispatch [--rounds N]
-    python bench/bench_events.py flood [--seconds S] [--flooders K] [--mode lean|pyroute2|both]
+    python bench/bench_events.py flood [--seconds S] [--flooders K]
 """
 
 from __future__ import annotations
@@ -41,16 +41,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mptcpd.netlink.event_messages import MarshalMptcpEvent
-from mptcpd.netlink.genl_events import (
-    DEFAULT_RCVBUF,
-    EventReader,
-    decode,
-    decode_datagram,
-    decode_message,
-)
+from mptcpd.netlink.event_codec import decode_datagram, decode_message
+from mptcpd.netlink.genl_events import DEFAULT_RCVBUF, EventReader
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tests.unit.event_oracle import MarshalMptcpEvent, decode  # noqa: E402  (the oracle)
 DATA = ROOT / "tests" / "unit" / "data"
 FAMILY_ID = 0x1C
 
@@ -181,7 +177,7 @@ async def flood_once(lean: bool, seconds: float, flooders: int,
         srv.wait_output("listening")
         overruns: list[int] = []
         counts: dict[str, int] = {}
-        async with EventReader(netns=lab.client, lean=lean, rcvbuf=rcvbuf,
+        async with EventReader(netns=lab.client, rcvbuf=rcvbuf,
                                on_overrun=overruns.append) as reader:
             procs = [lab.python(lab.client, "-m", "mptcpd.lab.traffic", "flood",
                                 str(lab.links[0].server4), "5300", "--seconds", str(seconds),
@@ -246,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     f = sub.add_parser("flood")
     f.add_argument("--seconds", type=float, default=5.0)
     f.add_argument("--flooders", type=int, default=2)
-    f.add_argument("--mode", choices=("lean", "pyroute2", "both"), default="both")
+    f.add_argument("--mode", choices=("lean",), default="lean")
     f.add_argument("--rcvbuf", type=int, default=DEFAULT_RCVBUF)
     args = parser.parse_args(argv)
     if args.what == "decode":
@@ -268,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  dispatch to the bound plugin : {res['dispatch_us']:6.2f}")
         print(f"  lean decode + dispatch       : {res['decode_and_dispatch_us']:6.2f}")
         return 0
-    modes = {"lean": [True], "pyroute2": [False], "both": [True, False]}[args.mode]
+    modes = [True]  # one production reader
     results = []
     for lean in modes:
         res = asyncio.run(flood_once(lean, args.seconds, args.flooders, args.rcvbuf))

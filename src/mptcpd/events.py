@@ -1,8 +1,10 @@
 """Typed MPTCP path-management events, one class per kernel event.
 
 Each class is a frozen, slotted dataclass built from one ``mptcp_pm``
-generic-netlink event (see :mod:`mptcpd.netlink.genl_events`).  ``HOOK``
-names the plugin hook the event feeds (the C ``mptcpd_plugin_ops`` field).
+generic-netlink event (see :mod:`mptcpd.netlink.event_codec`).  ``HOOK``
+names the plugin hook the event feeds (the C ``mptcpd_plugin_ops`` field)
+and ``HOOK_ARGS`` the fields passed to it, which carry the names of the
+hook's parameters (``pm`` is added by the dispatcher).
 
 Addresses are :class:`~mptcpd.types.SockAddr` values with the port in host
 order.  Attributes the kernel did not send are ``None`` (numbers) or
@@ -46,6 +48,8 @@ class _ConnectionEvent:
     """Fields shared by CREATED and ESTABLISHED (documented on each)."""
 
     HOOK: ClassVar[str] = ""
+    HOOK_ARGS: ClassVar[tuple[str, ...]] = (
+        "token", "laddr", "raddr", "server_side", "deny_join_id0")
     token: Token
     laddr: SockAddr
     raddr: SockAddr
@@ -113,6 +117,7 @@ class ConnectionClosed:
     """
 
     HOOK: ClassVar[str] = "connection_closed"
+    HOOK_ARGS: ClassVar[tuple[str, ...]] = ("token",)
     token: Token
 
 
@@ -121,16 +126,17 @@ class AddressAnnounced:
     """The peer announced an address (``MPTCP_EVENT_ANNOUNCED``, ADD_ADDR).
 
     :ivar token: the connection's token.
-    :ivar rem_id: the address ID the peer gave the address.
-    :ivar raddr: the announced address; the port is 0 when none was
+    :ivar addr_id: the address ID the peer gave the address (``REM_ID``).
+    :ivar addr: the announced address; the port is 0 when none was
         announced.
     :ivar family: ``MPTCP_ATTR_FAMILY``, if sent.
     """
 
     HOOK: ClassVar[str] = "new_address"
+    HOOK_ARGS: ClassVar[tuple[str, ...]] = ("token", "addr_id", "addr")
     token: Token
-    rem_id: AddressId
-    raddr: SockAddr
+    addr_id: AddressId
+    addr: SockAddr
     family: int | None = None
 
 
@@ -139,12 +145,13 @@ class AddressRemoved:
     """The peer withdrew an address (``MPTCP_EVENT_REMOVED``, RM_ADDR).
 
     :ivar token: the connection's token.
-    :ivar rem_id: the withdrawn address ID.
+    :ivar addr_id: the withdrawn address ID (``REM_ID``).
     """
 
     HOOK: ClassVar[str] = "address_removed"
+    HOOK_ARGS: ClassVar[tuple[str, ...]] = ("token", "addr_id")
     token: Token
-    rem_id: AddressId
+    addr_id: AddressId
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -170,6 +177,7 @@ class _SubflowEvent:
     """
 
     HOOK: ClassVar[str] = ""
+    HOOK_ARGS: ClassVar[tuple[str, ...]] = ("token", "laddr", "raddr", "backup")
     token: Token
     laddr: SockAddr
     raddr: SockAddr
@@ -269,6 +277,7 @@ class ListenerCreated:
     """
 
     HOOK: ClassVar[str] = "listener_created"
+    HOOK_ARGS: ClassVar[tuple[str, ...]] = ("laddr",)
     laddr: SockAddr
     family: int | None = None
 
@@ -282,6 +291,7 @@ class ListenerClosed:
     """
 
     HOOK: ClassVar[str] = "listener_closed"
+    HOOK_ARGS: ClassVar[tuple[str, ...]] = ("laddr",)
     laddr: SockAddr
     family: int | None = None
 

@@ -416,8 +416,8 @@ async def test_userspace_pm_commands_on_a_live_connection(lab: Lab) -> None:
         # ANNOUNCE: the server learns the address (remid 5)
         assert await pm.add_addr_no_listener(local, 5, token) == local
         srvmon.wait_output(rf"ANNOUNCED\].*remid=5 daddr4={re.escape(str(l2.client4))}")
-        got = await collect(srv_events, has(ev.AddressAnnounced, rem_id=5))
-        assert of(got, ev.AddressAnnounced)[-1].raddr.ip == l2.client4
+        got = await collect(srv_events, has(ev.AddressAnnounced, addr_id=5))
+        assert of(got, ev.AddressAnnounced)[-1].addr.ip == l2.client4
         assert await ch.submit("kpm_dump_addrs", (token,)) == [
             AddrInfo(local, 5, AddrFlags.SIGNAL, 0)]
         assert await ch.submit("kpm_get_addr", (5, token)) == AddrInfo(
@@ -426,7 +426,7 @@ async def test_userspace_pm_commands_on_a_live_connection(lab: Lab) -> None:
         # REMOVE: the server hears the removal
         await pm.remove_addr(None, 5, token)
         srvmon.wait_output(r"REMOVED\].*remid=5")
-        await collect(srv_events, has(ev.AddressRemoved, rem_id=5))
+        await collect(srv_events, has(ev.AddressRemoved, addr_id=5))
         assert await ch.submit("kpm_dump_addrs", (token,)) == []
 
         # SUBFLOW_CREATE from the second link

@@ -8,7 +8,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from mptcpd.netlink.event_messages import mptcp_event_msg
+from tests.unit.event_oracle import mptcp_event_msg
 
 DATA = Path(__file__).resolve().parent / "data"
 #: The family id the kernel gave ``mptcp_pm`` when the fixtures were taken.

@@ -16,13 +16,9 @@ import pytest
 
 from mptcpd import events as ev
 from mptcpd.netlink import constants as C
-from mptcpd.netlink.genl_events import (
-    OVERRUN,
-    EventReader,
-    decode,
-    decode_datagram,
-    decode_message,
-)
+from mptcpd.netlink.event_codec import OVERRUN, decode_datagram, decode_message
+from mptcpd.netlink.genl_events import EventReader
+from tests.unit.event_oracle import decode
 from mptcpd.types import AddressId, SockAddr, Token
 from tests.unit.events_support import (
     FAMILY_ID,
@@ -32,7 +28,7 @@ from tests.unit.events_support import (
     raw_message,
 )
 
-LOGGER = "mptcpd.netlink.genl_events"
+LOGGER = "mptcpd.netlink.event_codec"
 CLASS_OF = {
     "CREATED": ev.ConnectionCreated,
     "ESTABLISHED": ev.ConnectionEstablished,
@@ -171,15 +167,15 @@ def test_deny_join_id0_from_flags() -> None:
         assert event.deny_join_id0 and not event.server_side
 
 
-def test_announced_carries_rem_id_and_port() -> None:
+def test_announced_carries_addr_id_and_port() -> None:
     event = decode_message(by_what("ANNOUNCED", "daddr4=198.51.100.2"))
     assert event == ev.AddressAnnounced(
-        token=Token(1998741224), rem_id=AddressId(5), raddr=sa("198.51.100.2", 5201))
+        token=Token(1998741224), addr_id=AddressId(5), addr=sa("198.51.100.2", 5201))
 
 
 def test_removed() -> None:
     assert decode_message(by_what("REMOVED", "token=1998741224")) == ev.AddressRemoved(
-        token=Token(1998741224), rem_id=AddressId(5))
+        token=Token(1998741224), addr_id=AddressId(5))
 
 
 def test_subflow_backup_is_the_real_value() -> None:

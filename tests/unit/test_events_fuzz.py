@@ -1,11 +1,11 @@
-"""Fuzzing the event decoders and the reader's receive path (hypothesis).
+"""Fuzzing the event decoder and the reader's receive path (hypothesis).
 
 About 11 000 generated cases in all: random bytes, well-framed messages with
 random attributes, mutated and truncated kernel captures, captures followed
 by garbage, and random datagrams pushed through :class:`EventReader`.
 Properties: nothing raises; the lean decoder never falls into its
 "unexpected exception" branch; wherever the netlink framing is intact the
-lean and pyroute2 decoders give the same event and the same log lines; and
+production decoder and the pyroute2 oracle give the same event and the same log lines; and
 kernel captures decode as before.
 """
 
@@ -22,14 +22,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mptcpd.netlink import constants as C
-from mptcpd.netlink.event_messages import MarshalMptcpEvent
-from mptcpd.netlink.genl_events import (
-    OVERRUN,
-    EventReader,
-    decode,
-    decode_datagram,
-    decode_message,
-)
+from mptcpd.netlink.event_codec import OVERRUN, decode_datagram, decode_message
+from mptcpd.netlink.genl_events import EventReader
+from tests.unit.event_oracle import MarshalMptcpEvent, decode
 from tests.unit.events_support import (
     FAMILY_ID,
     capture_bytes,
@@ -40,7 +35,7 @@ from tests.unit.events_support import (
 CAPTURES = capture_bytes()
 EXPECTED = [decode_message(d) for d in CAPTURES]
 EVENTS = [int(e) for e in C.MptcpEvent]
-LOGGER = logging.getLogger("mptcpd.netlink.genl_events")
+LOGGER = logging.getLogger("mptcpd.netlink")
 
 FUZZ = settings(deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

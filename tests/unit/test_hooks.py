@@ -8,9 +8,11 @@ hook.  The guide's coverage of every hook is checked in test_docs.py.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import ipaddress
 import sys
+import typing
 from collections.abc import Iterator
 
 import pytest
@@ -18,6 +20,7 @@ import pytest
 from mptcpd import events as ev
 from mptcpd import hookspecs
 from mptcpd.daemon.dispatch import Dispatcher
+from mptcpd.netlink import constants as C
 from mptcpd.plugin import PluginInfo, hookimpl
 from mptcpd.plugins.registry import HOOKS, PluginRegistry
 from mptcpd.types import SockAddr
@@ -61,14 +64,25 @@ def test_every_hook_takes_pm_last_and_is_documented() -> None:
         assert "**Dispatch:**" in doc and "**C:**" in doc, name
 
 
+#: Every kernel event class, read off the ``Event`` union.
+EVENT_CLASSES = typing.get_args(ev.Event)
+
+
 def test_every_event_class_feeds_exactly_one_hook() -> None:
-    classes = [ev.ConnectionCreated, ev.ConnectionEstablished, ev.ConnectionClosed,
-               ev.AddressAnnounced, ev.AddressRemoved, ev.SubflowEstablished,
-               ev.SubflowClosed, ev.SubflowPriority, ev.ListenerCreated,
-               ev.ListenerClosed]
-    hooks = [cls.HOOK for cls in classes]
-    assert len(set(hooks)) == len(classes)
+    assert len(EVENT_CLASSES) == len(C.MptcpEvent) == 10
+    hooks = [cls.HOOK for cls in EVENT_CLASSES]
+    assert len(set(hooks)) == len(EVENT_CLASSES)
     assert set(hooks) <= set(HOOKS)
+
+
+@pytest.mark.parametrize("cls", EVENT_CLASSES, ids=lambda c: c.__name__)
+def test_event_fields_carry_the_hook_parameters(cls: type) -> None:
+    """The dispatcher passes ``HOOK_ARGS`` by name: they are exactly the
+    hook's parameters (``pm`` aside), and fields of the event."""
+    params = list(inspect.signature(getattr(hookspecs, cls.HOOK)).parameters)
+    assert list(cls.HOOK_ARGS) + ["pm"] == params  # type: ignore[attr-defined]
+    fields = {f.name for f in dataclasses.fields(cls)}
+    assert set(cls.HOOK_ARGS) <= fields  # type: ignore[attr-defined]
 
 
 @pytest.fixture(autouse=True)

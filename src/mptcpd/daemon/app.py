@@ -275,7 +275,7 @@ class Daemon:
         self.dispatcher.reconcile({
             c.token: (c.laddr, c.raddr, c.server_side, c.established)
             for c in connections if not c.fallback  # no events exist for those
-        })
+        }, at_startup=when == "at startup")
         if when == "at startup":
             log.info("%d MPTCP connection(s) existed at startup.", len(connections))
         else:

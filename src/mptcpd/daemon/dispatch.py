@@ -40,15 +40,11 @@ class Dispatcher:
         #: Tokens created or closed since :meth:`begin_reconcile` (None: not
         #: recording).
         self._recent: set[int] | None = None
+        #: Tokens adopted from a listing whose CREATED may still be unread.
+        self._adopted: set[int] = set()
         self._handlers: dict[type, Callable[[Any], None]] = {
             ev.ConnectionCreated: self._created,
-            ev.ConnectionEstablished: self._connection,
             ev.ConnectionClosed: self._closed,
-            ev.AddressAnnounced: self._announced,
-            ev.AddressRemoved: self._removed,
-            ev.SubflowEstablished: self._subflow,
-            ev.SubflowClosed: self._subflow,
-            ev.SubflowPriority: self._subflow,
             ev.ListenerCreated: self._listener,
             ev.ListenerClosed: self._listener,
         }
@@ -57,73 +53,53 @@ class Dispatcher:
 
     def dispatch(self, event: ev.Event) -> None:
         """Hand one kernel event to the plugin(s) it belongs to."""
-        self._handlers[type(event)](event)
+        handler = self._handlers.get(type(event))
+        if handler is not None:
+            handler(event)
+            return
+        # Every other event belongs to the plugin its connection is bound to.
+        plugin = self._bindings.get(event.token)  # type: ignore[union-attr]
+        if plugin is None:
+            log.error("Unable to match token to plugin.")
+            return
+        self.registry.call_event(plugin, event, self.pm)
 
     @property
     def bindings(self) -> dict[int, str]:
         """Token → name of the plugin bound to it (a copy, for inspection)."""
         return {token: plugin.name for token, plugin in self._bindings.items()}
 
-    def _bound(self, token: int) -> Plugin | None:
-        plugin = self._bindings.get(token)
-        if plugin is None:
-            log.error("Unable to match token to plugin.")
-        return plugin
-
     def _created(self, event: ev.ConnectionCreated) -> None:
         plugin = self.default
         if plugin is None:
             log.error("Unable to map connection to plugin.")
             return
+        if event.token in self._adopted:
+            # Adopted from a listing taken while this CREATED was unread:
+            # the plugin has had its new_connection already.
+            self._adopted.discard(event.token)
+            return
         self._bindings[event.token] = plugin
         if self._recent is not None:
             self._recent.add(event.token)
-        self._call_connection(plugin, event)
-
-    def _connection(self, event: ev.ConnectionEstablished) -> None:
-        plugin = self._bound(event.token)
-        if plugin is not None:
-            self._call_connection(plugin, event)
-
-    def _call_connection(
-        self, plugin: Plugin, event: ev.ConnectionCreated | ev.ConnectionEstablished
-    ) -> None:
-        self.registry.call(
-            plugin, event.HOOK, token=event.token, laddr=event.laddr, raddr=event.raddr,
-            server_side=event.server_side, deny_join_id0=event.deny_join_id0, pm=self.pm,
-        )
+        self.registry.call_event(plugin, event, self.pm)
 
     def _closed(self, event: ev.ConnectionClosed) -> None:
-        plugin = self._bound(event.token)
-        if plugin is not None:
-            try:
-                self.registry.call(plugin, event.HOOK, token=event.token, pm=self.pm)
-            finally:
-                del self._bindings[event.token]
-                if self._recent is not None:
-                    self._recent.add(event.token)
+        plugin = self._bindings.get(event.token)
+        if plugin is None:
+            log.error("Unable to match token to plugin.")
+            return
+        try:
+            self.registry.call_event(plugin, event, self.pm)
+        finally:
+            del self._bindings[event.token]
+            self._adopted.discard(event.token)
+            if self._recent is not None:
+                self._recent.add(event.token)
 
-    def _announced(self, event: ev.AddressAnnounced) -> None:
-        plugin = self._bound(event.token)
-        if plugin is not None:
-            self.registry.call(plugin, event.HOOK, token=event.token,
-                               addr_id=event.rem_id, addr=event.raddr, pm=self.pm)
-
-    def _removed(self, event: ev.AddressRemoved) -> None:
-        plugin = self._bound(event.token)
-        if plugin is not None:
-            self.registry.call(plugin, event.HOOK, token=event.token,
-                               addr_id=event.rem_id, pm=self.pm)
-
-    def _subflow(self, event: ev.SubflowEstablished) -> None:
-        plugin = self._bound(event.token)
-        if plugin is not None:
-            self.registry.call(plugin, event.HOOK, token=event.token, laddr=event.laddr,
-                               raddr=event.raddr, backup=event.backup, pm=self.pm)
-
-    def _listener(self, event: ev.ListenerCreated) -> None:
+    def _listener(self, event: ev.ListenerCreated | ev.ListenerClosed) -> None:
         if self.default is not None:
-            self.registry.call(self.default, event.HOOK, laddr=event.laddr, pm=self.pm)
+            self.registry.call_event(self.default, event, self.pm)
 
     # -- reconciliation after lost events ------------------------------------
 
@@ -140,7 +116,8 @@ class Dispatcher:
         """Stop noting connections: the listing failed."""
         self._recent = None
 
-    def reconcile(self, live: dict[int, tuple[SockAddr, SockAddr, bool, bool]]) -> None:
+    def reconcile(self, live: dict[int, tuple[SockAddr, SockAddr, bool, bool]],
+                  at_startup: bool = False) -> None:
         """Bring the token bindings in line with the connections that exist.
 
         ``live`` maps each live connection's token to ``(laddr, raddr,
@@ -148,7 +125,10 @@ class Dispatcher:
         receive overrun lost events: a bound connection that no longer
         exists gets the ``connection_closed`` it missed; a live one that is
         not bound is adopted by the default path manager, which gets the
-        ``new_connection`` (and ``connection_established``) it missed.
+        ``new_connection`` (and ``connection_established``) it missed.  With
+        ``at_startup`` the connections are those open before the daemon
+        started.  A CREATED of an adopted connection read afterwards (it was
+        still queued when the listing was taken) is not dispatched again.
         """
         recent, self._recent = self._recent or set(), None
         for token in [t for t in self._bindings if t not in live and t not in recent]:
@@ -159,13 +139,18 @@ class Dispatcher:
         for token, (laddr, raddr, server_side, established) in live.items():
             if token in self._bindings or token in recent:
                 continue
-            log.warning("Connection %08x was created while events were lost; "
-                        'adopted by "%s".', token, self.default.name)
+            if at_startup:
+                log.info('Connection %08x existed before mptcpd started; adopted by "%s".',
+                         token, self.default.name)
+            else:
+                log.warning("Connection %08x was created while events were lost; "
+                            'adopted by "%s".', token, self.default.name)
             self._created(ev.ConnectionCreated(Token(token), laddr, raddr,
                                                server_side=server_side))
+            self._adopted.add(token)
             if established:
-                self._connection(ev.ConnectionEstablished(Token(token), laddr, raddr,
-                                                          server_side=server_side))
+                self.dispatch(ev.ConnectionEstablished(Token(token), laddr, raddr,
+                                                       server_side=server_side))
 
     # -- network monitor events (broadcast) ---------------------------------
 

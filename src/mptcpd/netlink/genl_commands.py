@@ -52,13 +52,20 @@ import errno
 import logging
 import os
 import socket
-import threading
 from collections.abc import Callable
 from typing import Any
 
 from mptcpd.errors import ConnectionClosed, KernelError, NotReady, QueueFull
 from mptcpd.netlink import pm_codec
 from mptcpd.netlink.constants import MPTCP_PM_NAME
+from mptcpd.netlink.nlsock import (
+    NETLINK_CAP_ACK,
+    NETLINK_EXT_ACK,
+    NETLINK_GENERIC,
+    SOL_NETLINK,
+    netlink_socket,
+    set_rcvbuf,
+)
 from mptcpd.netlink.pm_codec import (
     COMMANDS,
     NLMSG_DONE,
@@ -89,9 +96,6 @@ _READS_PER_WAKEUP = 64  # datagrams read before the loop gets its turn back
 _RECV_SIZE = 65536  # the kernel's dump datagrams are at most 32 KiB
 _FAMILY_TIMEOUT = 5.0
 _RCVBUF = 1 << 20  # room for the answers of max_in_flight requests
-_SO_RCVBUFFORCE = 33
-_CLONE_NEWNET = 0x40000000
-_NETLINK_GENERIC = 16
 
 
 class _Request:
@@ -115,29 +119,12 @@ def _settle_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
         future.exception()  # retrieved: logged already, or the caller's to read
 
 
-def _setns(path: str) -> None:
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+def _new_socket(netns: str | None) -> socket.socket:
+    sock = netlink_socket(NETLINK_GENERIC, netns)
     try:
-        if libc.setns(fd, _CLONE_NEWNET) != 0:
-            code = ctypes.get_errno()
-            raise OSError(code, os.strerror(code), path)
-    finally:
-        os.close(fd)
-
-
-def _new_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK,
-                         _NETLINK_GENERIC)
-    try:
-        sock.setsockopt(pm_codec.SOL_NETLINK, pm_codec.NETLINK_EXT_ACK, 1)
-        sock.setsockopt(pm_codec.SOL_NETLINK, pm_codec.NETLINK_CAP_ACK, 1)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, _RCVBUF)
-        except PermissionError:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
+        sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
+        sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+        set_rcvbuf(sock, _RCVBUF)
         sock.bind((0, 0))
     except BaseException:
         sock.close()
@@ -146,31 +133,9 @@ def _new_socket() -> socket.socket:
 
 
 def open_socket(netns: str | None = None) -> socket.socket:
-    """A non-blocking generic netlink socket with extended and capped ACKs.
-
-    With ``netns`` (a name under ``/run/netns`` or a path) the socket is made
-    inside that namespace by a short-lived thread, so the caller's own
-    namespace never changes.
-    """
-    if netns is None:
-        return _new_socket()
-    path = netns if "/" in netns else f"/run/netns/{netns}"
-    box: list[socket.socket | BaseException] = []
-
-    def make() -> None:
-        try:
-            _setns(path)
-            box.append(_new_socket())
-        except BaseException as exc:
-            box.append(exc)
-
-    thread = threading.Thread(target=make, name=f"netns {netns}", daemon=True)
-    thread.start()
-    thread.join()
-    result = box[0]
-    if isinstance(result, BaseException):
-        raise result
-    return result
+    """A bound, non-blocking generic netlink socket with extended and capped
+    ACKs, in ``netns`` if given (see :mod:`mptcpd.netlink.nlsock`)."""
+    return _new_socket(netns)
 
 
 class CommandChannel:

@@ -56,15 +56,15 @@ NLM_F_ACK_TLVS = 0x200  #: in an NLMSG_ERROR/DONE: extended-ACK attributes follo
 
 NLMSGERR_ATTR_MSG = 1
 
-SOL_NETLINK = 270
-NETLINK_CAP_ACK = 10
-NETLINK_EXT_ACK = 11
 
 GENL_ID_CTRL = 0x10
 CTRL_CMD_NEWFAMILY = 1
 CTRL_CMD_GETFAMILY = 3
 CTRL_ATTR_FAMILY_ID = 1
 CTRL_ATTR_FAMILY_NAME = 2
+CTRL_ATTR_MCAST_GROUPS = 7
+CTRL_ATTR_MCAST_GRP_NAME = 1
+CTRL_ATTR_MCAST_GRP_ID = 2
 
 NLA_TYPE_MASK = 0x3FFF  #: without NLA_F_NESTED / NLA_F_NET_BYTEORDER
 
@@ -499,17 +499,39 @@ def decode_family(data: bytes, seq: int) -> tuple[int | None, int]:
     ``(None, errno)`` for an error (``ENOENT``: no such family) or an answer
     without an id (``EPROTO``).
     """
+    family_id, _, code = decode_family_groups(data, seq)
+    return family_id, code
+
+
+def decode_family_groups(data: bytes, seq: int) -> tuple[int | None, dict[str, int], int]:
+    """(family id, multicast group name -> id, errno) from the answer to
+    :func:`get_family`; as :func:`decode_family` for errors."""
     for msg in messages(data):
         if msg.seq != seq:
             continue
         if msg.type == NLMSG_ERROR:
             code, _ = decode_error(data, msg)
-            return None, code or errno.EPROTO
-        if msg.type == GENL_ID_CTRL:
-            try:
-                for type, start, stop in _attrs(data, msg.start + 4, msg.end):
-                    if type == CTRL_ATTR_FAMILY_ID and stop - start >= 2:
-                        return _U16_AT.unpack_from(data, start)[0], 0
-            except _Malformed as exc:
-                log.warning("nlctrl reply: %s", exc)
-    return None, errno.EPROTO
+            return None, {}, code or errno.EPROTO
+        if msg.type != GENL_ID_CTRL:
+            continue
+        family_id: int | None = None
+        groups: dict[str, int] = {}
+        try:
+            for type, start, stop in _attrs(data, msg.start + 4, msg.end):
+                if type == CTRL_ATTR_FAMILY_ID and stop - start >= 2:
+                    family_id = _U16_AT.unpack_from(data, start)[0]
+                elif type == CTRL_ATTR_MCAST_GROUPS:
+                    for _, g_start, g_stop in _attrs(data, start, stop):
+                        name, gid = None, None
+                        for g_type, a_start, a_stop in _attrs(data, g_start, g_stop):
+                            if g_type == CTRL_ATTR_MCAST_GRP_NAME:
+                                name = bytes(data[a_start:a_stop]).split(b"\0", 1)[0]
+                            elif g_type == CTRL_ATTR_MCAST_GRP_ID and a_stop - a_start >= 4:
+                                gid = _U32_AT.unpack_from(data, a_start)[0]
+                        if name is not None and gid is not None:
+                            groups[name.decode("utf-8", "replace")] = gid
+        except _Malformed as exc:
+            log.warning("nlctrl reply: %s", exc)
+        if family_id is not None:
+            return family_id, groups, 0
+    return None, {}, errno.EPROTO

@@ -166,9 +166,25 @@ class PluginRegistry:
         if entry is None:
             return None
         function, argnames = entry
+        return self._invoke(plugin, hook, function, [kwargs[a] for a in argnames])
+
+    def call_event(self, plugin: Plugin, event: Any, pm: object) -> Any:
+        """Call ``plugin``'s hook for a kernel ``event``: the hook named by
+        ``event.HOOK``, given the event's fields of the same names as its
+        parameters, and ``pm``.  Contained as :meth:`call`."""
+        hook = event.HOOK
+        entry = plugin.impls.get(hook)
+        if entry is None:
+            return None
+        function, argnames = entry
+        return self._invoke(plugin, hook, function,
+                            [pm if a == "pm" else getattr(event, a) for a in argnames])
+
+    def _invoke(self, plugin: Plugin, hook: str, function: Callable[..., Any],
+                args: list[Any]) -> Any:
         start = time.perf_counter()
         try:
-            return function(*[kwargs[a] for a in argnames])
+            return function(*args)
         except BaseException as exc:  # noqa: B036 - nothing a plugin raises may end a loop
             self._failed(plugin, hook, exc)
             return Failed

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from mptcpd.lab import Lab
 from mptcpd.netlink.constants import MptcpEvent
-from mptcpd.netlink.event_messages import mptcp_event_msg
+from tests.unit.event_oracle import mptcp_event_msg
 from mptcpd.netlink.genl_events import EventReader
 
 HERE = Path(__file__).resolve().parent

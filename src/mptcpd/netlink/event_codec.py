@@ -1,0 +1,355 @@
+"""The ``mptcp_pm`` event decoder: datagram bytes in, typed events out.
+
+Pure functions, no I/O: :func:`decode_datagram` walks the netlink messages
+of one received datagram and :func:`decode_message` turns one message into
+an event of :mod:`mptcpd.events`, or ``None`` plus the C daemon's log line
+when the message is unusable.  Attribute walking follows the kernel's
+rules (a declared length below 4 counts as 4, one running past the message
+is cut at its end, steps are 4-byte aligned); a known attribute whose
+length is not its size is logged and ignored.  Nothing malformed raises.
+
+Layout, as the kernel writes it: ``nlmsghdr`` (type = family id), then
+``genlmsghdr`` (cmd = ``MPTCP_EVENT_*``), then ``MPTCP_ATTR_*`` attributes;
+TOKEN, TIMEOUT, IF_IDX, RESET_* and FAMILY in host order, SADDR4/DADDR4 and
+SPORT/DPORT in network order.  The tests hold this decoder to pyroute2's
+message classes on captured kernel datagrams and under fuzzing.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from mptcpd.events import (
+    AddressAnnounced,
+    AddressRemoved,
+    ConnectionClosed,
+    ConnectionCreated,
+    ConnectionEstablished,
+    Event,
+    ListenerClosed,
+    ListenerCreated,
+    SubflowClosed,
+    SubflowEstablished,
+    SubflowPriority,
+)
+from mptcpd.netlink import constants as C
+from mptcpd.types import AddressId, SockAddr, Token
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "EVENT_ATTR_SIZES",
+    "NLMSG_ERROR",
+    "OVERRUN",
+    "build_event",
+    "decode_datagram",
+    "decode_message",
+]
+
+NLMSG_ERROR = 2
+
+_NLMSG_HDRLEN = 16
+_GENL_HDRLEN = 4
+_NLA_TYPE_MASK = ~(0x8000 | 0x4000) & 0xFFFF  # drop NLA_F_NESTED, NLA_F_NET_BYTEORDER
+
+_MISSING = {
+    C.MPTCP_EVENT_CREATED: "Required MPTCP_EVENT_CREATED message attributes are missing.",
+    C.MPTCP_EVENT_ESTABLISHED:
+        "Required MPTCP_EVENT_ESTABLISHED message attributes are missing.",
+    C.MPTCP_EVENT_CLOSED: "Required MPTCP_EVENT_CLOSED message attributes are missing.",
+    C.MPTCP_EVENT_ANNOUNCED: "Required MPTCP_EVENT_ANNOUNCED message attributes are missing.",
+    C.MPTCP_EVENT_REMOVED: "Required MPTCP_EVENT_REMOVED message attributes are missing.",
+    C.MPTCP_EVENT_SUB_ESTABLISHED: "Required MPTCP_EVENT_SUB_* message attributes are missing.",
+    C.MPTCP_EVENT_SUB_CLOSED: "Required MPTCP_EVENT_SUB_* message attributes are missing.",
+    C.MPTCP_EVENT_SUB_PRIORITY: "Required MPTCP_EVENT_SUB_* message attributes are missing.",
+    # "*message" without a space: the C daemon's text, kept.
+    C.MPTCP_EVENT_LISTENER_CREATED:
+        "Required MPTCP_EVENT_LISTENER_*message attributes are missing.",
+    C.MPTCP_EVENT_LISTENER_CLOSED:
+        "Required MPTCP_EVENT_LISTENER_*message attributes are missing.",
+}
+
+_u16 = struct.Struct("=H").unpack_from
+_u32 = struct.Struct("=I").unpack_from
+_be16 = struct.Struct(">H").unpack_from
+_nla_hdr = struct.Struct("=HH").unpack_from
+_nlmsg_hdr = struct.Struct("=IHHII").unpack_from
+
+
+#: Attribute number → payload size in bytes, for every attribute the
+#: event decoder knows; derived from the kernel's spec, used by both decoders.
+EVENT_ATTR_SIZES: dict[int, int] = {
+    C.MPTCP_ATTR_TOKEN: 4,
+    C.MPTCP_ATTR_FAMILY: 2,
+    C.MPTCP_ATTR_LOC_ID: 1,
+    C.MPTCP_ATTR_REM_ID: 1,
+    C.MPTCP_ATTR_SADDR4: 4,
+    C.MPTCP_ATTR_SADDR6: 16,
+    C.MPTCP_ATTR_DADDR4: 4,
+    C.MPTCP_ATTR_DADDR6: 16,
+    C.MPTCP_ATTR_SPORT: 2,
+    C.MPTCP_ATTR_DPORT: 2,
+    C.MPTCP_ATTR_BACKUP: 1,
+    C.MPTCP_ATTR_ERROR: 1,
+    C.MPTCP_ATTR_FLAGS: 2,
+    C.MPTCP_ATTR_TIMEOUT: 4,
+    C.MPTCP_ATTR_IF_IDX: 4,
+    C.MPTCP_ATTR_RESET_REASON: 4,
+    C.MPTCP_ATTR_RESET_FLAGS: 4,
+    C.MPTCP_ATTR_SERVER_SIDE: 1,
+}
+
+
+def build_event(cmd: int, attrs: dict[int, Any]) -> Event | None:
+    """Build the event for ``cmd`` from checked attribute values.
+
+    ``attrs`` maps ``MPTCP_ATTR_*`` numbers to decoded values (addresses as
+    :mod:`ipaddress` objects, ports in host order).  Returns ``None`` and
+    logs the spec's error when a required attribute is missing; ``cmd`` must
+    be one of the ten known events.
+    """
+    g = attrs.get
+    if cmd == C.MPTCP_EVENT_CLOSED:
+        token = g(C.MPTCP_ATTR_TOKEN)
+        if token is None:
+            log.error(_MISSING[cmd])
+            return None
+        return ConnectionClosed(Token(token))
+
+    if cmd == C.MPTCP_EVENT_REMOVED:
+        token = g(C.MPTCP_ATTR_TOKEN)
+        rem_id = g(C.MPTCP_ATTR_REM_ID)
+        if token is None or rem_id is None:
+            log.error(_MISSING[cmd])
+            return None
+        return AddressRemoved(Token(token), AddressId(rem_id))
+
+    if cmd == C.MPTCP_EVENT_ANNOUNCED:
+        token = g(C.MPTCP_ATTR_TOKEN)
+        rem_id = g(C.MPTCP_ATTR_REM_ID)
+        daddr = _pick(attrs, C.MPTCP_ATTR_DADDR4, C.MPTCP_ATTR_DADDR6)
+        if token is None or rem_id is None or daddr is None:
+            log.error(_MISSING[cmd])
+            return None
+        return AddressAnnounced(
+            Token(token), AddressId(rem_id),
+            _sockaddr(daddr, g(C.MPTCP_ATTR_DPORT) or 0),
+            g(C.MPTCP_ATTR_FAMILY),
+        )
+
+    if cmd in (C.MPTCP_EVENT_LISTENER_CREATED, C.MPTCP_EVENT_LISTENER_CLOSED):
+        saddr = _pick(attrs, C.MPTCP_ATTR_SADDR4, C.MPTCP_ATTR_SADDR6)
+        sport = g(C.MPTCP_ATTR_SPORT)
+        if saddr is None or sport is None:
+            log.error(_MISSING[cmd])
+            return None
+        cls = ListenerCreated if cmd == C.MPTCP_EVENT_LISTENER_CREATED else ListenerClosed
+        return cls(_sockaddr(saddr, sport), g(C.MPTCP_ATTR_FAMILY))
+
+    # CREATED, ESTABLISHED and the three subflow events: full 4-tuple.
+    token = g(C.MPTCP_ATTR_TOKEN)
+    saddr = _pick(attrs, C.MPTCP_ATTR_SADDR4, C.MPTCP_ATTR_SADDR6)
+    daddr = _pick(attrs, C.MPTCP_ATTR_DADDR4, C.MPTCP_ATTR_DADDR6)
+    sport = g(C.MPTCP_ATTR_SPORT)
+    dport = g(C.MPTCP_ATTR_DPORT)
+    subflow = cmd in (
+        C.MPTCP_EVENT_SUB_ESTABLISHED, C.MPTCP_EVENT_SUB_CLOSED, C.MPTCP_EVENT_SUB_PRIORITY
+    )
+    backup = g(C.MPTCP_ATTR_BACKUP)
+    if (token is None or saddr is None or daddr is None or sport is None
+            or dport is None or (subflow and backup is None)):
+        log.error(_MISSING[cmd])
+        return None
+    flags = g(C.MPTCP_ATTR_FLAGS) or 0
+    server_side = bool(flags & C.MPTCP_PM_EV_FLAG_SERVER_SIDE) or bool(
+        g(C.MPTCP_ATTR_SERVER_SIDE)
+    )
+    deny_join_id0 = bool(flags & C.MPTCP_PM_EV_FLAG_DENY_JOIN_ID0)
+    loc_id = g(C.MPTCP_ATTR_LOC_ID)
+    rem_id = g(C.MPTCP_ATTR_REM_ID)
+    laddr = _sockaddr(saddr, sport)
+    raddr = _sockaddr(daddr, dport)
+    if subflow:
+        cls_sf = (
+            SubflowEstablished if cmd == C.MPTCP_EVENT_SUB_ESTABLISHED
+            else SubflowClosed if cmd == C.MPTCP_EVENT_SUB_CLOSED
+            else SubflowPriority
+        )
+        return cls_sf(
+            Token(token), laddr, raddr, bool(backup),
+            loc_id=loc_id, rem_id=rem_id, family=g(C.MPTCP_ATTR_FAMILY),
+            error=g(C.MPTCP_ATTR_ERROR), if_idx=g(C.MPTCP_ATTR_IF_IDX),
+            reset_reason=g(C.MPTCP_ATTR_RESET_REASON),
+            reset_flags=g(C.MPTCP_ATTR_RESET_FLAGS), flags=flags,
+            server_side=server_side, deny_join_id0=deny_join_id0,
+            timeout=g(C.MPTCP_ATTR_TIMEOUT),
+        )
+    cls_conn = ConnectionCreated if cmd == C.MPTCP_EVENT_CREATED else ConnectionEstablished
+    return cls_conn(
+        Token(token), laddr, raddr, server_side, deny_join_id0,
+        loc_id=loc_id, rem_id=rem_id, family=g(C.MPTCP_ATTR_FAMILY),
+        flags=flags, timeout=g(C.MPTCP_ATTR_TIMEOUT),
+    )
+
+
+def _pick(attrs: dict[int, Any], v4: int, v6: int) -> Any:
+    """The IPv4 address when present (v4 wins, as in C), else the IPv6 one."""
+    addr = attrs.get(v4)
+    return addr if addr is not None else attrs.get(v6)
+
+
+def _sockaddr(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> SockAddr:
+    return SockAddr(ip, port)
+
+
+_be32 = struct.Struct(">I").unpack_from
+_CACHE_MAX = 4096
+_ip4_cache: dict[int, ipaddress.IPv4Address] = {}
+_ip6_cache: dict[bytes, ipaddress.IPv6Address] = {}
+
+
+def _v_ip4(buf: Any, p: int) -> ipaddress.IPv4Address:
+    key = _be32(buf, p)[0]
+    addr = _ip4_cache.get(key)
+    if addr is None:
+        if len(_ip4_cache) >= _CACHE_MAX:
+            _ip4_cache.clear()
+        addr = _ip4_cache[key] = ipaddress.IPv4Address(key)
+    return addr
+
+
+def _v_ip6(buf: Any, p: int) -> ipaddress.IPv6Address:
+    key = bytes(buf[p:p + 16])
+    addr = _ip6_cache.get(key)
+    if addr is None:
+        if len(_ip6_cache) >= _CACHE_MAX:
+            _ip6_cache.clear()
+        addr = _ip6_cache[key] = ipaddress.IPv6Address(key)
+    return addr
+
+
+def _v_u32(buf: Any, p: int) -> int:
+    return _u32(buf, p)[0]  # type: ignore[no-any-return]
+
+
+def _v_u16(buf: Any, p: int) -> int:
+    return _u16(buf, p)[0]  # type: ignore[no-any-return]
+
+
+def _v_be16(buf: Any, p: int) -> int:
+    return _be16(buf, p)[0]  # type: ignore[no-any-return]
+
+
+_ValueFn = Callable[[Any, int], Any]
+
+#: MPTCP_ATTR_* -> (payload size, value reader); ``None`` reads a u8.
+_LEAN: dict[int, tuple[int, _ValueFn | None]] = {}
+for _t, _size in EVENT_ATTR_SIZES.items():
+    if _t in (C.MPTCP_ATTR_SADDR4, C.MPTCP_ATTR_DADDR4):
+        _fn: _ValueFn | None = _v_ip4
+    elif _t in (C.MPTCP_ATTR_SADDR6, C.MPTCP_ATTR_DADDR6):
+        _fn = _v_ip6
+    elif _t in (C.MPTCP_ATTR_SPORT, C.MPTCP_ATTR_DPORT):
+        _fn = _v_be16
+    elif _size == 4:
+        _fn = _v_u32
+    elif _size == 2:
+        _fn = _v_u16
+    else:
+        _fn = None
+    _LEAN[_t] = (_size, _fn)
+
+
+def decode_message(buf: Any, offset: int = 0, end: int | None = None) -> Event | None:
+    """Decode one event message at ``buf[offset:]`` with :mod:`struct`.
+
+    ``buf`` is any bytes-like object holding the netlink header, the genl
+    header and the attributes; ``end`` (default: the header's length,
+    bounded by the buffer) ends the message.  Same results and logs as
+    :func:`decode`; never raises for malformed input.
+    """
+    try:
+        size = len(buf)
+        if end is None:
+            if size - offset < _NLMSG_HDRLEN:
+                log.error("Unable to decode MPTCP event message")
+                return None
+            end = min(offset + max(_u32(buf, offset)[0], 4), size)
+        if end - offset < _NLMSG_HDRLEN + _GENL_HDRLEN:
+            log.error("Unable to decode MPTCP event message")
+            return None
+        cmd = buf[offset + _NLMSG_HDRLEN]
+        if cmd not in _MISSING:
+            log.error("Unhandled MPTCP event: %s", cmd)
+            return None
+        p = offset + _NLMSG_HDRLEN + _GENL_HDRLEN
+        if p > end - 4:
+            log.error("Unable to initialize genl attribute")
+        attrs: dict[int, Any] = {}
+        lean = _LEAN.get
+        while p <= end - 4:
+            declared, nla_type = _nla_hdr(buf, p)
+            nla_type &= _NLA_TYPE_MASK
+            nla_len = declared
+            if nla_len < 4:
+                nla_len = 4
+            elif nla_len > end - p:
+                nla_len = end - p
+            spec = lean(nla_type)
+            if spec is None:
+                log.info("Unknown MPTCP genl attribute: %d", nla_type)
+            elif declared != nla_len or nla_len - 4 != spec[0]:
+                log.error("Attribute length (%d) is not the expected length (%d)",
+                          max(declared, 4) - 4, spec[0])
+            else:
+                fn = spec[1]
+                attrs[nla_type] = buf[p + 4] if fn is None else fn(buf, p + 4)
+            p += (nla_len + 3) & ~3
+        return build_event(cmd, attrs)
+    except Exception:  # nothing malformed may escape
+        log.exception("Unable to decode MPTCP event message")
+        return None
+
+
+#: Sentinel yielded by :func:`decode_datagram` for a netlink error message
+#: carrying ``ENOBUFS`` (a receive overrun reported in-band).
+OVERRUN = object()
+
+
+def decode_datagram(data: Any, length: int | None = None,
+                    family_id: int | None = None) -> list[Any]:
+    """Decode every netlink message of one received datagram.
+
+    Returns the events in order (messages that give no event are left out;
+    an in-band ``ENOBUFS`` error gives :data:`OVERRUN`).  Messages whose
+    type is not ``family_id`` (when given) are skipped, as are netlink
+    control messages.  A message whose header does not fit the datagram
+    ends the walk with a log line.  Never raises.
+    """
+    out: list[Any] = []
+    end = len(data) if length is None else min(length, len(data))
+    offset = 0
+    try:
+        while end - offset >= _NLMSG_HDRLEN:
+            msg_len, msg_type, _flags, _seq, _pid = _nlmsg_hdr(data, offset)
+            if msg_len < _NLMSG_HDRLEN or msg_len > end - offset:
+                log.error("Unable to decode MPTCP event message")
+                break
+            if msg_type == NLMSG_ERROR:
+                if msg_len >= _NLMSG_HDRLEN + 4:
+                    code = abs(struct.unpack_from("=i", data, offset + 16)[0])
+                    if code == errno.ENOBUFS:
+                        out.append(OVERRUN)
+            elif msg_type >= 0x10 and (family_id is None or msg_type == family_id):
+                event = decode_message(data, offset, offset + msg_len)
+                if event is not None:
+                    out.append(event)
+            offset += (msg_len + 3) & ~3
+    except Exception:  # nothing malformed may escape
+        log.exception("Unable to decode MPTCP event datagram")
+    return out
