@@ -344,6 +344,7 @@ def churn(impl: str, o: argparse.Namespace) -> dict[str, Any]:
         daemon.settle(timeout=60)
         cpu = daemon.cpu() - cpu0
         drops = daemon.drops()
+        alive = daemon.proc.popen.poll() is None
         rss1, hwm = daemon.rss_kb(), daemon.hwm_kb()
         events = watcher.result()
         log = daemon.log()
@@ -355,7 +356,8 @@ def churn(impl: str, o: argparse.Namespace) -> dict[str, Any]:
         "seconds": o.seconds, "connections": made, "conn_per_s": made / o.seconds,
         "events": total, "events_by_type": events["counts"],
         "cpu_us_per_event": cpu / 1e3 / max(total, 1),
-        "events_lost": drops, "overrun_log_lines": overrun_lines(log),
+        "cpu_us_per_handled_event": cpu / 1e3 / max(total - drops, 1),
+        "events_lost": drops, "daemon_alive": alive, "overrun_log_lines": overrun_lines(log),
         "peak_rss_kb": hwm, "rss_growth_b_per_conn": (rss1 - rss0) * 1024 / max(made, 1),
         "invalid_token": invalid_tokens(log), "watcher_drops": events["drops"],
     }
@@ -386,6 +388,7 @@ def addr_own(impl: str, o: argparse.Namespace) -> dict[str, Any]:
         probe.wait(o.addr_churn_seconds + 60)
         daemon.settle()
         cpu_churn = daemon.cpu() - cpu0 - cpu_rounds
+        rtnl_drops = netlink_drops(daemon.pid, 0)
         doc = json.loads(out.read_text())
         daemon.stop()
     finally:
@@ -397,7 +400,7 @@ def addr_own(impl: str, o: argparse.Namespace) -> dict[str, Any]:
         "cpu_us_per_addr_event": cpu_rounds / 1e3 / (2 * o.addr_rounds),
         "churn_events": doc["churn_events"],
         "churn_cpu_us_per_event": cpu_churn / 1e3 / max(doc["churn_events"], 1),
-        "source": "bench_load minimal",
+        "rtnetlink_drops": rtnl_drops, "source": "bench_load minimal",
     }
 
 
@@ -484,6 +487,7 @@ ROWS = [
     ("server-burst", "cpu_us_per_conn", "sspi server burst: CPU µs/conn"),
     ("churn", "conn_per_s", "churn: connections/s"),
     ("churn", "cpu_us_per_event", "churn: CPU µs/event"),
+    ("churn", "cpu_us_per_handled_event", "churn: CPU µs/event handled (not lost)"),
     ("churn", "events_lost", "churn: events lost (socket drops)"),
     ("churn", "overrun_log_lines", "churn: overrun log lines"),
     ("churn", "peak_rss_kb", "churn: peak RSS KiB"),
@@ -492,6 +496,7 @@ ROWS = [
     ("addr", "add_to_endpoint_p50_ms", "addr_adv: address→endpoint p50 ms"),
     ("addr", "cpu_us_per_addr_event", "addr_adv: CPU µs/address event"),
     ("addr", "churn_cpu_us_per_event", "addr_adv churn: CPU µs/event"),
+    ("addr", "rtnetlink_drops", "addr_adv churn: rtnetlink drops"),
     ("startup", "idle_rss_kb", "idle RSS KiB"),
     ("startup", "start_to_ready_ms", "start→ready ms"),
     ("served-rate", "max_served_per_s", "sspi served conn/s (steady, ≥99 %)"),
