@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from mptcpd.lab import Lab, LabError, Process, wait_for  # noqa: E402
-from mptcpd.lab.pmwatch import netlink_drops  # noqa: E402
+from mptcpd.lab.pmwatch import netlink_drops, netlink_sockets  # noqa: E402
 
 C_DAEMON = "/usr/libexec/mptcpd"
 C_PLUGIN_DIR = "/usr/lib/x86_64-linux-gnu/mptcpd"
@@ -391,6 +391,7 @@ def addr_own(impl: str, o: argparse.Namespace) -> dict[str, Any]:
         daemon.settle()
         cpu_churn = daemon.cpu() - cpu0 - cpu_rounds
         rtnl_drops = netlink_drops(daemon.pid, 0)
+        rtnl_sockets = len(netlink_sockets(daemon.pid, 0))
         doc = json.loads(out.read_text())
         daemon.stop()
     finally:
@@ -402,7 +403,8 @@ def addr_own(impl: str, o: argparse.Namespace) -> dict[str, Any]:
         "cpu_us_per_addr_event": cpu_rounds / 1e3 / (2 * o.addr_rounds),
         "churn_events": doc["churn_events"],
         "churn_cpu_us_per_event": cpu_churn / 1e3 / max(doc["churn_events"], 1),
-        "rtnetlink_drops": rtnl_drops, "source": "bench_load minimal",
+        "rtnetlink_drops": rtnl_drops, "rtnetlink_sockets_after": rtnl_sockets,
+        "source": "bench_load minimal",
     }
 
 
@@ -503,6 +505,7 @@ ROWS = [
     ("addr", "cpu_us_per_addr_event", "addr_adv: CPU µs/address event"),
     ("addr", "churn_cpu_us_per_event", "addr_adv churn: CPU µs/event"),
     ("addr", "rtnetlink_drops", "addr_adv churn: rtnetlink drops"),
+    ("addr", "rtnetlink_sockets_after", "addr_adv churn: rtnetlink sockets left"),
     ("startup", "idle_rss_kb", "idle RSS KiB"),
     ("startup", "start_to_ready_ms", "start→ready ms"),
     ("served-rate", "max_served_per_s", "sspi served conn/s (steady, ≥99 %)"),

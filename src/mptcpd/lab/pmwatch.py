@@ -121,6 +121,11 @@ def netlink_drops(pid: int | str = "self", protocol: int = NETLINK_GENERIC) -> i
     """Datagrams the kernel dropped (receive overrun) on ``pid``'s netlink
     sockets of ``protocol``, from ``/proc/PID/net/netlink`` (the process's
     own namespace) matched by socket inode."""
+    return sum(netlink_sockets(pid, protocol))
+
+
+def netlink_sockets(pid: int | str = "self", protocol: int = NETLINK_GENERIC) -> list[int]:
+    """The drop counts of ``pid``'s open netlink sockets of ``protocol``."""
     inodes = set()
     fd_dir = f"/proc/{pid}/fd"
     for fd in os.listdir(fd_dir):
@@ -130,13 +135,13 @@ def netlink_drops(pid: int | str = "self", protocol: int = NETLINK_GENERIC) -> i
             continue
         if target.startswith("socket:["):
             inodes.add(target[8:-1])
-    drops = 0
+    drops = []
     with open(f"/proc/{pid}/net/netlink") as table:
         next(table)
         for line in table:
             cols = line.split()
             if len(cols) >= 10 and int(cols[1]) == protocol and cols[9] in inodes:
-                drops += int(cols[8])
+                drops.append(int(cols[8]))
     return drops
 
 
