@@ -6,6 +6,8 @@ Run inside a lab namespace::
     python -m mptcpd.lab.traffic client 192.0.2.2 5201 --bytes 1000000 --hold 2
     python -m mptcpd.lab.traffic sink --port 5300 --duration 30
     python -m mptcpd.lab.traffic flood 192.0.2.2 5300 --seconds 3
+    python -m mptcpd.lab.traffic hold --port 5201 --duration 60
+    python -m mptcpd.lab.traffic conns 192.0.2.2 5201 --count 1000 --want-subflows 1
 
 The server accepts MPTCP connections (IPv4 and IPv6), answers a first line
 with ``ok`` and then discards what it receives.  The client sends a line, waits
@@ -14,14 +16,24 @@ PM adds subflows, only after data has been exchanged), optionally sends a
 number of bytes and stays connected for a while, then prints one JSON line
 with what ``MPTCP_INFO`` says about the connection.  ``sink`` and ``flood``
 make connections as fast as they can (accept-and-close, connect-and-reset) to
-load the kernel's event stream; ``flood`` prints how many it made.  Every loop
-here is bounded in time.
+load the kernel's event stream; ``flood`` prints how many it made.  ``hold``
+and ``conns`` are their many-connection counterparts for the load benchmark:
+``hold`` serves thousands of connections from one thread (answer ``ok`` to
+the first line, keep the connection until the peer closes it), ``conns``
+opens many connections at once or at a given rate, records when it called
+``connect()`` and the token of each, keeps each open until ``MPTCP_INFO``
+shows the wanted number of extra subflows or its deadline passes, and prints
+one JSON document.  Every loop here is bounded in time.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
+import resource
+import selectors
 import socket
 import struct
 import sys
@@ -173,6 +185,194 @@ def flood(addr: str, port: int, seconds: float) -> int:
     return 0
 
 
+def _raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 65536
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+def hold(port: int, bind: str, duration: float) -> int:
+    """Serve many connections from one thread: answer ``ok`` to the first
+    line, then discard data until the peer closes; for ``duration`` s."""
+    _raise_fd_limit()
+    srv = socket.socket(_family(bind), socket.SOCK_STREAM, IPPROTO_MPTCP)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if srv.family == socket.AF_INET6:
+        srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    srv.bind((bind, port))
+    srv.listen(4096)
+    srv.setblocking(False)
+    sel = selectors.DefaultSelector()
+    sel.register(srv, selectors.EVENT_READ, None)
+    answered: set[socket.socket] = set()
+    print(f"listening on {bind} port {port}", flush=True)
+    deadline = time.monotonic() + duration
+    while time.monotonic() < deadline:
+        for key, _ in sel.select(0.5):
+            if key.data is None:
+                for _ in range(256):
+                    try:
+                        conn, _ = srv.accept()
+                    except (BlockingIOError, InterruptedError):
+                        break
+                    except OSError:
+                        break
+                    conn.setblocking(False)
+                    sel.register(conn, selectors.EVENT_READ, True)
+                continue
+            conn = key.fileobj  # type: ignore[assignment]
+            assert isinstance(conn, socket.socket)
+            try:
+                data = conn.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                sel.unregister(conn)
+                answered.discard(conn)
+                conn.close()
+            elif conn not in answered and b"\n" in data:
+                answered.add(conn)
+                try:
+                    conn.send(b"ok\n")
+                except OSError:
+                    pass
+    for key in list(sel.get_map().values()):
+        obj = key.fileobj
+        if isinstance(obj, socket.socket):
+            obj.close()
+    sel.close()
+    return 0
+
+
+class _Conn:
+    __slots__ = ("sock", "index", "t_connect", "t_ok", "t_served", "token", "subflows",
+                 "state", "error", "reply")
+
+    def __init__(self, sock: socket.socket, index: int, t_connect: float) -> None:
+        self.sock = sock
+        self.index = index
+        self.t_connect = t_connect
+        self.t_ok: float | None = None
+        self.t_served: float | None = None
+        self.token: int | None = None
+        self.subflows = 0
+        self.state = "connecting"
+        self.error: str | None = None
+        self.reply = b""
+
+
+def conns(addr: str, port: int, count: int, rate: float, want: int, deadline: float,
+          poll: float, bind: str | None) -> int:
+    """Open ``count`` MPTCP connections (all at once when ``rate`` is 0, else
+    ``rate`` per second); send a line, wait for the answer, read the token;
+    keep each until ``MPTCP_INFO`` shows ``want`` extra subflows (0: until
+    its deadline) or ``deadline`` s after its ``connect()``; print JSON."""
+    _raise_fd_limit()
+    sel = selectors.DefaultSelector()
+    started: list[_Conn] = []
+    open_: set[_Conn] = set()
+    t_begin = time.monotonic()
+    hard_end = t_begin + (count / rate if rate else 0) + deadline + 30
+    next_poll = 0.0
+
+    def start_one(i: int) -> None:
+        sock = socket.socket(_family(addr), socket.SOCK_STREAM, IPPROTO_MPTCP)
+        sock.setblocking(False)
+        if bind:
+            sock.bind((bind, 0))
+        t0 = time.monotonic()
+        c = _Conn(sock, i, t0)
+        try:
+            sock.connect((addr, port))
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as exc:
+            c.state, c.error = "failed", exc.strerror
+            sock.close()
+            started.append(c)
+            return
+        started.append(c)
+        open_.add(c)
+        sel.register(sock, selectors.EVENT_WRITE, c)
+
+    def finish(c: _Conn) -> None:
+        if c in open_:
+            open_.discard(c)
+            try:
+                sel.unregister(c.sock)
+            except (KeyError, ValueError):
+                pass
+            c.sock.close()
+
+    while (len(started) < count or open_) and time.monotonic() < hard_end:
+        now = time.monotonic()
+        if len(started) < count:
+            due = count if not rate else min(count, int((now - t_begin) * rate) + 1)
+            while len(started) < due:
+                start_one(len(started))
+        for key, _ in sel.select(0.002 if rate or len(started) < count else poll / 2):
+            c = key.data
+            assert isinstance(c, _Conn)
+            try:
+                if c.state == "connecting":
+                    err = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    if err:
+                        c.state, c.error = "failed", os.strerror(err)
+                        finish(c)
+                        continue
+                    c.sock.send(b"hello\n")
+                    c.state = "waiting"
+                    sel.modify(c.sock, selectors.EVENT_READ, c)
+                elif c.state == "waiting":
+                    chunk = c.sock.recv(64)
+                    if not chunk:
+                        c.state, c.error = "failed", "closed by peer"
+                        finish(c)
+                        continue
+                    c.reply += chunk
+                    if c.reply.endswith(b"\n"):
+                        c.t_ok = time.monotonic()
+                        c.token = mptcp_info(c.sock)["token"]
+                        c.state = "up"
+                        sel.unregister(c.sock)
+                elif c.state == "up":
+                    pass
+            except OSError as exc:
+                if exc.errno in (errno.EAGAIN, errno.EINTR):
+                    continue
+                c.state, c.error = "failed", exc.strerror
+                finish(c)
+        now = time.monotonic()
+        if now >= next_poll:
+            next_poll = now + poll
+            for c in list(open_):
+                if c.state == "up":
+                    try:
+                        c.subflows = mptcp_info(c.sock)["subflows"]
+                    except OSError:
+                        pass
+                    if want and c.subflows >= want and c.t_served is None:
+                        c.t_served = now
+                        finish(c)
+                        continue
+                if now - c.t_connect >= deadline:
+                    finish(c)
+    for c in list(open_):
+        finish(c)
+    sel.close()
+    print(json.dumps({
+        "count": count, "rate": rate, "want_subflows": want, "deadline": deadline,
+        "t_begin": t_begin, "t_end": time.monotonic(),
+        "fields": ["t_connect", "t_ok", "t_served", "token", "subflows", "error"],
+        "conns": [[c.t_connect, c.t_ok, c.t_served, c.token, c.subflows, c.error]
+                  for c in started],
+    }), flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mptcpd.lab.traffic")
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -196,7 +396,28 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("addr")
     f.add_argument("port", type=int)
     f.add_argument("--seconds", type=float, default=3.0)
+    h = sub.add_parser("hold", help="serve many connections from one thread")
+    h.add_argument("--port", type=int, default=5201)
+    h.add_argument("--bind", default="::")
+    h.add_argument("--duration", type=float, default=120.0)
+    m = sub.add_parser("conns", help="open many MPTCP connections, report tokens and times")
+    m.add_argument("addr")
+    m.add_argument("port", type=int)
+    m.add_argument("--count", type=int, default=100)
+    m.add_argument("--rate", type=float, default=0.0,
+                   help="connections per second (0: all at once)")
+    m.add_argument("--want-subflows", type=int, default=0,
+                   help="close a connection once it has this many extra subflows")
+    m.add_argument("--deadline", type=float, default=5.0,
+                   help="close a connection this many seconds after its connect()")
+    m.add_argument("--poll", type=float, default=0.02, help="MPTCP_INFO poll interval")
+    m.add_argument("--bind", default=None)
     args = parser.parse_args(argv)
+    if args.mode == "hold":
+        return hold(args.port, args.bind, args.duration)
+    if args.mode == "conns":
+        return conns(args.addr, args.port, args.count, args.rate, args.want_subflows,
+                     args.deadline, args.poll, args.bind)
     if args.mode == "server":
         return serve(args.port, args.bind, args.duration)
     if args.mode == "sink":

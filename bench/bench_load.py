@@ -1,0 +1,604 @@
+"""Load benchmark: this mptcpd against Debian's C mptcpd, in the same run.
+
+Each scenario builds a fresh lab (network namespaces) per daemon, runs the
+daemon inside a lab namespace, loads it, and reads what happened from the
+kernel through an independent listener (``mptcpd.lab.pmwatch``), never from
+the daemon.  Daemon CPU comes from ``/proc/PID/task/*/schedstat`` (on-CPU
+time, user and system, in ns), memory from ``/proc/PID/status``, events lost
+to a receive overrun from the kernel's per-socket drop counter
+(``/proc/PID/net/netlink``).  See bench/README.md.  Needs root.
+
+    .venv/bin/python bench/bench_load.py all [--impl ours|c|both] [--json FILE]
+    .venv/bin/python bench/bench_load.py client-burst --conns 1000
+    .venv/bin/python bench/bench_load.py smoke --impl ours      # < 1 min
+
+Scenarios: client-burst, server-burst, churn, addr, startup, served-rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from mptcpd.lab import Lab, LabError, Process, wait_for  # noqa: E402
+from mptcpd.lab.pmwatch import netlink_drops, netlink_sockets  # noqa: E402
+
+C_DAEMON = "/usr/libexec/mptcpd"
+C_PLUGIN_DIR = "/usr/lib/x86_64-linux-gnu/mptcpd"
+OURS_READY = "mptcpd ready"
+C_READY = "path manager initialized"
+SUB_ESTABLISHED, SUB_CLOSED = 10, 11
+
+
+# -- daemons -------------------------------------------------------------------
+
+def host_netns() -> str:
+    """The namespace the benchmark runs in (the host's, which daemons never get)."""
+    return os.readlink("/proc/self/ns/net")
+
+
+def check_host_clean(c_daemon: str) -> None:
+    """Refuse to run when a C mptcpd already runs in the host namespace."""
+    host = host_netns()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            exe = os.readlink(f"/proc/{pid}/exe")
+            ns = os.readlink(f"/proc/{pid}/ns/net")
+        except OSError:
+            continue
+        if exe == os.path.realpath(c_daemon) and ns == host:
+            raise SystemExit(f"a C mptcpd (PID {pid}) runs in the host namespace "
+                             "(the package's service?); stop it first")
+
+
+def cpu_ns(pid: int) -> int:
+    """On-CPU time of every live thread of ``pid``, in ns."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as fh:
+                total += int(fh.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
+def status_kb(pid: int, key: str) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+class Daemon:
+    """One daemon (ours or C) running inside a lab namespace."""
+
+    def __init__(self, lab: Lab, impl: str, ns: str, args: list[str], c_daemon: str):
+        self.impl = impl
+        t0 = time.monotonic()
+        if impl == "c":
+            self.proc = lab.spawn(ns, c_daemon, "--log=stderr",
+                                  f"--plugin-dir={C_PLUGIN_DIR}", *args, name="c-mptcpd")
+            ready = C_READY
+        else:
+            env = dict(os.environ)
+            env.pop("NOTIFY_SOCKET", None)
+            env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + str(ROOT)
+            self.proc = lab.start_mptcpd("--log=stderr", f"--plugin-dir={ROOT / 'plugins'}",
+                                         *args, ns=ns, config="[core]\n", env=env)
+            ready = OURS_READY
+        self.pid = self.proc.pid
+        # Never let a daemon manage the host namespace.
+        wait_for(lambda: self._in_lab_ns() or self.proc.popen.poll() is not None, 5,
+                 interval=0.001, what="the daemon to enter its namespace")
+        if not self._in_lab_ns():
+            self.proc.stop(signal.SIGKILL)
+            raise LabError(f"{impl} daemon is not in a lab namespace:\n{self.proc.output()}")
+        wait_for(lambda: ready in self.proc.output() or self.proc.popen.poll() is not None,
+                 30, interval=0.001, what=f"{impl} daemon to be ready")
+        self.start_s = time.monotonic() - t0
+        if self.proc.popen.poll() is not None:
+            raise LabError(f"{impl} daemon exited:\n{self.proc.output()}")
+
+    def _in_lab_ns(self) -> bool:
+        try:
+            ns = os.readlink(f"/proc/{self.pid}/ns/net")
+            exe = os.path.basename(os.readlink(f"/proc/{self.pid}/exe"))
+            return ns != host_netns() and exe != "ip"
+        except OSError:
+            return False
+
+    def cpu(self) -> int:
+        return cpu_ns(self.pid)
+
+    def rss_kb(self) -> int:
+        return status_kb(self.pid, "VmRSS")
+
+    def hwm_kb(self) -> int:
+        return status_kb(self.pid, "VmHWM")
+
+    def drops(self) -> int:
+        return netlink_drops(self.pid)
+
+    def log(self) -> str:
+        return self.proc.output()
+
+    def settle(self, quiet: float = 0.5, timeout: float = 30.0) -> None:
+        """Wait until the daemon used no CPU for ``quiet`` s (bounded)."""
+        deadline = time.monotonic() + timeout
+        last = self.cpu()
+        while time.monotonic() < deadline:
+            time.sleep(quiet)
+            now = self.cpu()
+            if now - last < quiet * 1e9 * 0.01:
+                return
+            last = now
+
+    def stop(self) -> None:
+        self.proc.stop(signal.SIGTERM, timeout=10)
+
+
+class Watcher:
+    """The independent event listener (``mptcpd.lab.pmwatch watch``)."""
+
+    def __init__(self, lab: Lab, ns: str, count_only: bool = False):
+        self.out = lab.workdir / f"watch-{time.monotonic_ns()}.json"
+        args = ["-m", "mptcpd.lab.pmwatch", "watch", "--out", str(self.out)]
+        if count_only:
+            args.append("--count-only")
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(ROOT / "src")
+        self.proc = lab.python(ns, *args, name="pmwatch", env=env)
+        self.proc.wait_output("listening", timeout=15)
+
+    def result(self) -> dict[str, Any]:
+        self.proc.stop(signal.SIGTERM, timeout=15)
+        doc: dict[str, Any] = json.loads(self.out.read_text())
+        return doc
+
+
+def py_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT / "src")
+    return env
+
+
+def lab_for(client_pm: str, server_pm: str, links: int = 2) -> Lab:
+    lab = Lab(links=links, path_manager="kernel", ipv6=False)
+    lab.__enter__()
+    try:
+        for ns, pm in ((lab.client, client_pm), (lab.server, server_pm)):
+            lab.set_path_manager(ns, pm)
+            lab.ip(ns, "mptcp", "limits", "set", "subflows", "8", "add_addr_accepted", "8")
+    except BaseException:
+        lab.close()
+        raise
+    return lab
+
+
+def run_conns(lab: Lab, ns: str, addr: str, count: int, *, rate: float = 0.0,
+              want: int = 0, deadline: float = 5.0) -> dict[str, Any]:
+    proc = lab.python(ns, "-m", "mptcpd.lab.traffic", "conns", addr, "5201",
+                      "--count", str(count), "--rate", str(rate), "--want-subflows",
+                      str(want), "--deadline", str(deadline), name="conns", env=py_env())
+    limit = (count / rate if rate else 0) + deadline + 60
+    proc.wait(limit)
+    out = proc.output().strip().splitlines()
+    if not out:
+        raise LabError("the connection client printed nothing")
+    doc: dict[str, Any] = json.loads(out[-1])
+    return doc
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def first_sub_established(events: list[list[Any]]) -> dict[int, float]:
+    first: dict[int, float] = {}
+    for t, cmd, token, *_ in events:
+        if cmd == SUB_ESTABLISHED and token is not None and token not in first:
+            first[token] = t
+    return first
+
+
+def unmapped(addr: str | None) -> str | None:
+    """``::ffff:192.0.2.2`` (a dual-stack listener's IPv4 peer) as ``192.0.2.2``."""
+    if addr and addr.startswith("::ffff:") and "." in addr:
+        return addr[7:]
+    return addr
+
+
+def invalid_tokens(log: str) -> int:
+    return sum(1 for line in log.splitlines() if "invalid token" in line.lower())
+
+
+def overrun_lines(log: str) -> int:
+    return sum(1 for line in log.splitlines()
+               if "overrun" in line.lower() or "enobufs" in line.lower()
+               or "no buffer space" in line.lower())
+
+
+# -- scenarios -----------------------------------------------------------------
+
+SSPI = ["--path-manager=sspi", "--load-plugins=sspi"]
+
+
+def client_burst(impl: str, o: argparse.Namespace) -> dict[str, Any]:
+    """sspi on the client; a burst of connections; connect → extra subflow."""
+    lab = lab_for("userspace", "kernel")
+    try:
+        server = lab.python(lab.server, "-m", "mptcpd.lab.traffic", "hold", "--bind", "0.0.0.0", "--duration",
+                            "600", name="hold", env=py_env())
+        server.wait_output("listening")
+        daemon = Daemon(lab, impl, lab.client, SSPI, o.c_daemon)
+        watcher = Watcher(lab, lab.client)
+        cpu0 = daemon.cpu()
+        res = run_conns(lab, lab.client, str(lab.links[0].server4), o.conns, want=1,
+                        deadline=o.deadline)
+        daemon.settle()
+        cpu = daemon.cpu() - cpu0
+        events = watcher.result()
+        hwm = daemon.hwm_kb()
+        drops, alive = daemon.drops(), daemon.proc.popen.poll() is None
+        log = daemon.log()
+        daemon.stop()
+    finally:
+        lab.close()
+    first = first_sub_established(events["events"])
+    lat = []
+    for t_connect, _t_ok, _t_served, token, _sub, _err in res["conns"]:
+        t = first.get(token) if token is not None else None
+        if t is not None and t - t_connect <= o.deadline:
+            lat.append((t - t_connect) * 1e3)
+    opened = sum(1 for c in res["conns"] if c[3] is not None)
+    return {
+        "connections": o.conns, "opened": opened, "served": len(lat),
+        "served_pct": 100.0 * len(lat) / o.conns,
+        "p50_ms": pct(lat, 0.5), "p90_ms": pct(lat, 0.9),
+        "cpu_us_per_conn": cpu / 1e3 / o.conns,
+        "peak_rss_kb": hwm, "invalid_token": invalid_tokens(log),
+        "events_lost": drops, "daemon_alive": alive, "watcher_drops": events["drops"],
+    }
+
+
+def server_burst(impl: str, o: argparse.Namespace) -> dict[str, Any]:
+    """sspi on the server; the client's in-kernel PM joins from its second
+    link to the server's initial address, which sspi closes as a duplicate
+    on that interface: that join's SUB_ESTABLISHED → SUB_CLOSED."""
+    lab = lab_for("kernel", "userspace")
+    try:
+        second = lab.links[1]
+        lab.ip(lab.client, "mptcp", "endpoint", "add", str(second.client4), "dev",
+               second.client_if, "subflow")
+        lab.ip(lab.client, "mptcp", "limits", "set", "subflows", "8", "add_addr_accepted", "0")
+        server = lab.python(lab.server, "-m", "mptcpd.lab.traffic", "hold", "--bind", "0.0.0.0", "--duration",
+                            "600", name="hold", env=py_env())
+        server.wait_output("listening")
+        daemon = Daemon(lab, impl, lab.server, SSPI, o.c_daemon)
+        watcher = Watcher(lab, lab.server)
+        cpu0 = daemon.cpu()
+        run_conns(lab, lab.client, str(lab.links[0].server4), o.conns,
+                  deadline=o.server_hold)
+        daemon.settle()
+        cpu = daemon.cpu() - cpu0
+        events = watcher.result()
+        drops, alive = daemon.drops(), daemon.proc.popen.poll() is None
+        log = daemon.log()
+        daemon.stop()
+    finally:
+        lab.close()
+    dup_addr = (str(lab.links[0].server4), str(second.client4))
+    established: dict[tuple[int, int, int], float] = {}
+    lat = []
+    for t, cmd, token, saddr, sport, daddr, dport in events["events"]:
+        key = (token, sport, dport)
+        pair = (unmapped(saddr), unmapped(daddr))
+        if cmd == SUB_ESTABLISHED and pair == dup_addr:
+            established[key] = t
+        elif cmd == SUB_CLOSED and key in established:
+            lat.append((t - established.pop(key)) * 1e3)
+    joins = len(lat) + len(established)
+    return {
+        "connections": o.conns, "duplicate_joins": joins, "closed": len(lat),
+        "closed_pct": 100.0 * len(lat) / joins if joins else 0.0,
+        "p50_ms": pct(lat, 0.5), "p90_ms": pct(lat, 0.9),
+        "cpu_us_per_conn": cpu / 1e3 / o.conns, "invalid_token": invalid_tokens(log),
+        "events_lost": drops, "daemon_alive": alive, "watcher_drops": events["drops"],
+    }
+
+
+def churn(impl: str, o: argparse.Namespace) -> dict[str, Any]:
+    """Userspace PM + sspi on the client; flooders open and reset
+    connections back to back for ``--seconds``."""
+    lab = lab_for("userspace", "kernel")
+    try:
+        sink = lab.python(lab.server, "-m", "mptcpd.lab.traffic", "sink", "--port", "5201",
+                          "--duration", str(o.seconds + 120), name="sink", env=py_env())
+        sink.wait_output("listening")
+        daemon = Daemon(lab, impl, lab.client, SSPI, o.c_daemon)
+        time.sleep(0.5)  # let start-up allocations finish before the baseline
+        rss0 = daemon.rss_kb()
+        watcher = Watcher(lab, lab.client, count_only=True)
+        cpu0 = daemon.cpu()
+        flooders = [lab.python(lab.client, "-m", "mptcpd.lab.traffic", "flood",
+                               str(lab.links[0].server4), "5201", "--seconds", str(o.seconds),
+                               name=f"flood{i}", env=py_env()) for i in range(o.flooders)]
+        for f in flooders:
+            f.wait(o.seconds + 60)
+        made = sum(int(f.output().split()[-1]) for f in flooders)
+        daemon.settle(timeout=60)
+        cpu = daemon.cpu() - cpu0
+        drops = daemon.drops()
+        alive = daemon.proc.popen.poll() is None
+        rss1, hwm = daemon.rss_kb(), daemon.hwm_kb()
+        events = watcher.result()
+        log = daemon.log()
+        daemon.stop()
+    finally:
+        lab.close()
+    total = events["total"]
+    return {
+        "seconds": o.seconds, "connections": made, "conn_per_s": made / o.seconds,
+        "events": total, "events_by_type": events["counts"],
+        "cpu_us_per_event": cpu / 1e3 / max(total, 1),
+        "cpu_us_per_handled_event": cpu / 1e3 / max(total - drops, 1),
+        "events_lost": drops, "daemon_alive": alive, "overrun_log_lines": overrun_lines(log),
+        "peak_rss_kb": hwm, "rss_growth_b_per_conn": (rss1 - rss0) * 1024 / max(made, 1),
+        "invalid_token": invalid_tokens(log), "watcher_drops": events["drops"],
+    }
+
+
+def addr_own(impl: str, o: argparse.Namespace) -> dict[str, Any]:
+    """Minimal address scenario: addr_adv with the in-kernel PM; addresses
+    added and removed one at a time (address → endpoint), then back to back."""
+    lab = lab_for("kernel", "kernel", links=1)
+    try:
+        daemon = Daemon(lab, impl, lab.client,
+                        ["--path-manager=addr_adv", "--load-plugins=addr_adv",
+                         "--addr-flags=subflow", "--notify-flags=existing,skip_link_local"],
+                        o.c_daemon)
+        time.sleep(0.3)
+        out = lab.workdir / "addr.json"
+        cpu0 = daemon.cpu()
+        probe = lab.python(lab.client, "-m", "mptcpd.lab.pmwatch", "addr", "--dev", "c1",
+                           "--rounds", str(o.addr_rounds), "--churn-seconds",
+                           str(o.addr_churn_seconds), "--out", str(out), name="addrprobe",
+                           env=py_env())
+        probe.wait_output(r"^churn ", timeout=o.addr_rounds * 5 + 30)
+        t_churn = float(probe.output().split("churn ")[1].split()[0])
+        # CPU of the one-at-a-time part, read as soon as the churn starts.
+        cpu_rounds = daemon.cpu() - cpu0
+        while time.monotonic() < t_churn:
+            time.sleep(0.001)
+        probe.wait(o.addr_churn_seconds + 60)
+        daemon.settle()
+        cpu_churn = daemon.cpu() - cpu0 - cpu_rounds
+        rtnl_drops = netlink_drops(daemon.pid, 0)
+        rtnl_sockets = len(netlink_sockets(daemon.pid, 0))
+        doc = json.loads(out.read_text())
+        daemon.stop()
+    finally:
+        lab.close()
+    added = [t * 1e3 for t in doc["added_s"] if t is not None]
+    return {
+        "rounds": o.addr_rounds, "endpoint_added": len(added),
+        "add_to_endpoint_p50_ms": pct(added, 0.5),
+        "cpu_us_per_addr_event": cpu_rounds / 1e3 / (2 * o.addr_rounds),
+        "churn_events": doc["churn_events"],
+        "churn_cpu_us_per_event": cpu_churn / 1e3 / max(doc["churn_events"], 1),
+        "rtnetlink_drops": rtnl_drops, "rtnetlink_sockets_after": rtnl_sockets,
+        "source": "bench_load minimal",
+    }
+
+
+def addr(impl: str, o: argparse.Namespace) -> dict[str, Any]:
+    """The address scenario: ``bench_addr.load_scenario(impl, options)`` when
+    bench/bench_addr.py provides it, else the minimal version here."""
+    try:
+        import bench_addr  # type: ignore[import-not-found]
+    except ImportError:
+        bench_addr = None
+    hook: Callable[[str, argparse.Namespace], dict[str, Any]] | None = getattr(
+        bench_addr, "load_scenario", None)
+    if hook is not None:
+        return hook(impl, o)
+    return addr_own(impl, o)
+
+
+def startup(impl: str, o: argparse.Namespace) -> dict[str, Any]:
+    """Start → ready (median of ``--starts``) and idle RSS (sspi, userspace PM)."""
+    times, rss = [], []
+    for _ in range(o.starts):
+        lab = lab_for("userspace", "kernel")
+        try:
+            daemon = Daemon(lab, impl, lab.client, SSPI, o.c_daemon)
+            times.append(daemon.start_s * 1e3)
+            time.sleep(1.0)
+            rss.append(daemon.rss_kb())
+            daemon.stop()
+        finally:
+            lab.close()
+    return {"start_to_ready_ms": statistics.median(times), "idle_rss_kb": statistics.median(rss),
+            "starts": o.starts}
+
+
+def served_rate(impl: str, o: argparse.Namespace) -> dict[str, Any]:
+    """sspi client side at increasing offered rates: connections served
+    (extra subflow within ``--rate-deadline``) per second."""
+    steps = []
+    lab = lab_for("userspace", "kernel")
+    try:
+        server = lab.python(lab.server, "-m", "mptcpd.lab.traffic", "hold", "--bind", "0.0.0.0", "--duration",
+                            "900", name="hold", env=py_env())
+        server.wait_output("listening")
+        daemon = Daemon(lab, impl, lab.client, SSPI, o.c_daemon)
+        for rate in o.rates:
+            count = max(int(rate * o.rate_seconds), 1)
+            res = run_conns(lab, lab.client, str(lab.links[0].server4), count, rate=rate,
+                            want=1, deadline=o.rate_deadline)
+            served = sum(1 for c in res["conns"] if c[2] is not None)
+            span = max(res["t_end"] - res["t_begin"], 1e-9)
+            steps.append({"offered_per_s": rate, "connections": count, "served": served,
+                          "served_fraction": served / count,
+                          "achieved_conn_per_s": count / max(
+                              res["conns"][-1][0] - res["t_begin"], 1e-9),
+                          "served_per_s": served / span})
+            # Two failing steps in a row end the ramp (one may be noise).
+            if served / count < 0.99 and len(steps) > 1 \
+                    and steps[-2]["served_fraction"] < 0.99:
+                break
+            daemon.settle(quiet=0.3)
+        daemon.stop()
+    finally:
+        lab.close()
+    good = [s for s in steps if s["served_fraction"] >= 0.99]
+    return {"steps": steps,
+            "max_served_per_s": max((s["served_per_s"] for s in good), default=0.0)}
+
+
+SCENARIOS: dict[str, Callable[[str, argparse.Namespace], dict[str, Any]]] = {
+    "client-burst": client_burst,
+    "server-burst": server_burst,
+    "churn": churn,
+    "addr": addr,
+    "startup": startup,
+    "served-rate": served_rate,
+}
+
+#: The rows of the printed table: scenario, key, label.
+ROWS = [
+    ("client-burst", "served_pct", "sspi client burst: % served"),
+    ("client-burst", "p50_ms", "sspi client burst: connect→subflow p50 ms"),
+    ("client-burst", "p90_ms", "sspi client burst: connect→subflow p90 ms"),
+    ("client-burst", "cpu_us_per_conn", "sspi client burst: CPU µs/conn"),
+    ("client-burst", "events_lost", "sspi client burst: events lost"),
+    ("server-burst", "closed_pct", "sspi server burst: % duplicates closed"),
+    ("server-burst", "p50_ms", "sspi server burst: join→closed p50 ms"),
+    ("server-burst", "cpu_us_per_conn", "sspi server burst: CPU µs/conn"),
+    ("server-burst", "events_lost", "sspi server burst: events lost"),
+    ("churn", "conn_per_s", "churn: connections/s"),
+    ("churn", "cpu_us_per_event", "churn: CPU µs/event"),
+    ("churn", "cpu_us_per_handled_event", "churn: CPU µs/event handled (not lost)"),
+    ("churn", "events_lost", "churn: events lost (socket drops)"),
+    ("churn", "overrun_log_lines", "churn: overrun log lines"),
+    ("churn", "peak_rss_kb", "churn: peak RSS KiB"),
+    ("churn", "rss_growth_b_per_conn", "churn: RSS growth B/conn"),
+    ("churn", "invalid_token", "churn: invalid token errors"),
+    ("addr", "add_to_endpoint_p50_ms", "addr_adv: address→endpoint p50 ms"),
+    ("addr", "cpu_us_per_addr_event", "addr_adv: CPU µs/address event"),
+    ("addr", "churn_cpu_us_per_event", "addr_adv churn: CPU µs/event"),
+    ("addr", "rtnetlink_drops", "addr_adv churn: rtnetlink drops"),
+    ("addr", "rtnetlink_sockets_after", "addr_adv churn: rtnetlink sockets left"),
+    ("startup", "idle_rss_kb", "idle RSS KiB"),
+    ("startup", "start_to_ready_ms", "start→ready ms"),
+    ("served-rate", "max_served_per_s", "sspi served conn/s (steady, ≥99 %)"),
+]
+
+
+def fmt(v: Any) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
+    return str(v)
+
+
+def print_table(results: dict[str, dict[str, Any]]) -> None:
+    print(f"\n{'figure':44s} {'ours':>10s} {'C':>10s} {'ours/C':>8s}")
+    for scen, key, label in ROWS:
+        if scen not in results:
+            continue
+        ours = results[scen].get("ours", {}).get(key)
+        c = results[scen].get("c", {}).get(key)
+        ratio = (f"{ours / c:.2f}" if isinstance(ours, (int, float))
+                 and isinstance(c, (int, float)) and c else "—")
+        print(f"{label:44s} {fmt(ours):>10s} {fmt(c):>10s} {ratio:>8s}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("scenario", choices=[*SCENARIOS, "all", "smoke"])
+    parser.add_argument("--impl", choices=("ours", "c", "both"), default="both")
+    parser.add_argument("--json", dest="json_file")
+    parser.add_argument("--c-daemon", default=C_DAEMON)
+    parser.add_argument("--conns", type=int, default=1000, help="burst size")
+    parser.add_argument("--deadline", type=float, default=5.0,
+                        help="a connection is served when its extra subflow came within this")
+    parser.add_argument("--server-hold", type=float, default=5.0,
+                        help="server burst: how long each connection stays open")
+    parser.add_argument("--seconds", type=float, default=30.0, help="churn duration")
+    parser.add_argument("--flooders", type=int, default=2)
+    parser.add_argument("--addr-rounds", type=int, default=50)
+    parser.add_argument("--addr-churn-seconds", type=float, default=5.0)
+    parser.add_argument("--starts", type=int, default=3)
+    parser.add_argument("--rates", type=lambda s: [float(x) for x in s.split(",")],
+                        default=[100.0, 250.0, 500.0, 1000.0, 2000.0, 4000.0])
+    parser.add_argument("--rate-seconds", type=float, default=3.0)
+    parser.add_argument("--rate-deadline", type=float, default=1.0)
+    o = parser.parse_args(argv)
+    if o.scenario == "smoke":
+        o.conns, o.deadline, o.server_hold, o.seconds = 20, 3.0, 1.5, 2.0
+        o.addr_rounds, o.addr_churn_seconds, o.starts = 5, 1.0, 1
+        o.rates, o.rate_seconds, o.rate_deadline = [50.0], 1.0, 2.0
+    if os.geteuid() != 0:
+        print("needs root (network namespaces)", file=sys.stderr)
+        return 1
+    impls = ["ours", "c"] if o.impl == "both" else [o.impl]
+    if "c" in impls:
+        if not Path(o.c_daemon).exists():
+            print(f"no C mptcpd at {o.c_daemon}: apt-get install -y mptcpd mptcpd-plugins",
+                  file=sys.stderr)
+            return 1
+        check_host_clean(o.c_daemon)
+    names = list(SCENARIOS) if o.scenario in ("all", "smoke") else [o.scenario]
+
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    results: dict[str, dict[str, Any]] = {}
+    meta = {"uname": os.uname().release, "python": sys.version.split()[0],
+            "cpus": os.cpu_count(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "args": {k: v for k, v in vars(o).items() if k != "json_file"}}
+    try:
+        for name in names:
+            for impl in impls:
+                if name == "served-rate" and impl == "c":
+                    continue  # C's sspi creates no subflow: nothing to serve
+                print(f"# {name} / {impl} ...", file=sys.stderr, flush=True)
+                t0 = time.monotonic()
+                try:
+                    r = SCENARIOS[name](impl, o)
+                except LabError as exc:
+                    r = {"error": str(exc)[:2000]}
+                r["wall_s"] = round(time.monotonic() - t0, 1)
+                results.setdefault(name, {})[impl] = r
+                print(f"#   {json.dumps(r)[:600]}", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        print("interrupted; labs removed", file=sys.stderr)
+    print_table(results)
+    if o.json_file:
+        Path(o.json_file).write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+        print(f"\nJSON written to {o.json_file}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""The load benchmark's quickest mode works, for this daemon (no timings checked)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from mptcpd.lab import list_namespaces
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_bench_load_smoke_runs_every_scenario(lab_available: None, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "bench_load.py"), "smoke", "--impl", "ours",
+         "--json", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        _, stderr = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 0, stderr
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {"client-burst", "server-burst", "churn", "addr", "startup",
+                            "served-rate"}
+    for name, by_impl in results.items():
+        assert list(by_impl) == ["ours"], name
+        assert "error" not in by_impl["ours"], (name, by_impl["ours"])
+    burst = results["client-burst"]["ours"]
+    assert burst["opened"] == burst["connections"] == 20
+    assert burst["served"] == 20 and burst["served_pct"] == 100.0
+    assert burst["p50_ms"] is not None and burst["cpu_us_per_conn"] > 0
+    server = results["server-burst"]["ours"]
+    assert server["duplicate_joins"] == 20 and server["closed"] == 20
+    churn = results["churn"]["ours"]
+    assert churn["connections"] > 0
+    assert churn["events_by_type"]["CREATED"] + churn["watcher_drops"] >= churn["connections"]
+    assert churn["daemon_alive"] is True and churn["peak_rss_kb"] > 0
+    addr = results["addr"]["ours"]
+    assert addr["endpoint_added"] == addr["rounds"]
+    assert results["startup"]["ours"]["idle_rss_kb"] > 0
+    step = results["served-rate"]["ours"]["steps"][0]
+    assert step["served"] == step["connections"]
+    # Every lab namespace the benchmark made is gone.
+    assert not [ns for ns in list_namespaces() if ns.startswith(f"mptcpd-lab-{proc.pid}-")]
