@@ -94,6 +94,13 @@ MPTCP_PM_EV_FLAG_SERVER_SIDE = 1 << 1
 
 NLA_F_NESTED = 0x8000
 
+# -- nlctrl, the generic netlink controller (linux/genetlink.h) --------------
+GENL_ID_CTRL = 0x10
+CTRL_CMD_NEWFAMILY, CTRL_CMD_DELFAMILY, CTRL_CMD_GETFAMILY = 1, 2, 3
+CTRL_ATTR_FAMILY_ID, CTRL_ATTR_FAMILY_NAME = 1, 2
+CTRL_ATTR_MCAST_GROUPS = 7
+CTRL_ATTR_MCAST_GRP_NAME, CTRL_ATTR_MCAST_GRP_ID = 1, 2
+
 
 class MptcpEvent(enum.IntEnum):
     """The kernel's ``mptcp_pm`` event numbers."""

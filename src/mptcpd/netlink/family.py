@@ -36,12 +36,19 @@ import logging
 import struct
 from collections.abc import Callable
 
-from mptcpd.netlink.constants import MPTCP_PM_NAME
+from mptcpd.netlink.constants import (
+    CTRL_ATTR_FAMILY_ID,
+    CTRL_ATTR_FAMILY_NAME,
+    CTRL_CMD_DELFAMILY,
+    CTRL_CMD_GETFAMILY,
+    CTRL_CMD_NEWFAMILY,
+    GENL_ID_CTRL,
+    MPTCP_PM_NAME,
+)
+from mptcpd.netlink.nlsock import NETLINK_ADD_MEMBERSHIP, NETLINK_GENERIC, SOL_NETLINK
 from mptcpd.netlink.rtnl_monitor import (
     NLMSG_DONE,
     NLMSG_ERROR,
-    SOL_NETLINK,
-    NETLINK_ADD_MEMBERSHIP,
     NetlinkSocket,
     attributes,
     messages,
@@ -54,11 +61,7 @@ log = logging.getLogger(__name__)
 #: Seconds after start (or a vanish) before the "has not appeared" warning.
 FAMILY_TIMEOUT_SECONDS = 10.0
 
-NETLINK_GENERIC = 16
-GENL_ID_CTRL = 0x10
 NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
-CTRL_CMD_NEWFAMILY, CTRL_CMD_DELFAMILY, CTRL_CMD_GETFAMILY = 1, 2, 3
-CTRL_ATTR_FAMILY_ID, CTRL_ATTR_FAMILY_NAME = 1, 2
 #: nlctrl's multicast group for family changes ("notify"); the kernel gives
 #: it the id GENL_ID_CTRL.
 NLCTRL_NOTIFY_GROUP = "notify"

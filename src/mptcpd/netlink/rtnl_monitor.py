@@ -37,14 +37,17 @@ from collections import deque
 from collections.abc import AsyncIterator
 from typing import Union
 
+from mptcpd.netlink.nlsock import (
+    NETLINK_ADD_MEMBERSHIP,
+    NETLINK_ROUTE,
+    SOL_NETLINK,
+    netlink_socket,
+)
 from mptcpd.types import IPAddress
 
 log = logging.getLogger(__name__)
 
 # -- netlink and rtnetlink constants (linux/netlink.h, linux/rtnetlink.h) ---
-NETLINK_ROUTE = 0
-SOL_NETLINK = 270
-NETLINK_ADD_MEMBERSHIP = 1
 NLM_F_REQUEST = 0x1
 NLM_F_MULTI = 0x2
 NLM_F_DUMP = 0x300
@@ -58,7 +61,6 @@ RTA_DST, RTA_OIF, RTA_TABLE = 1, 4, 15
 #: ``IF_OPER_*`` names, as ``ip link`` shows them.
 OPERSTATES = ("UNKNOWN", "NOTPRESENT", "DOWN", "LOWERLAYERDOWN", "TESTING",
               "DORMANT", "UP")
-CLONE_NEWNET = 0x40000000
 #: Receive buffer for one datagram (the kernel's dump datagrams are <= 32 KiB).
 RECV_SIZE = 1 << 16
 
@@ -320,58 +322,19 @@ def rtattr(kind: int, payload: bytes) -> bytes:
 # -- sockets ------------------------------------------------------------------
 
 
-def _setns(fd: int) -> None:
-    import ctypes  # only for a namespace other than ours
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code))
-
-
-def _make_socket(rcvbuf: int, proto: int) -> socket.socket:
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, proto)
+def open_socket(netns: str | None, rcvbuf: int,
+                proto: int = NETLINK_ROUTE) -> socket.socket:
+    """A bound, non-blocking netlink socket of ``proto`` in namespace
+    ``netns`` (see :func:`mptcpd.netlink.nlsock.netlink_socket`) with a
+    receive buffer of ``rcvbuf`` bytes."""
+    sock = netlink_socket(proto, netns)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         sock.bind((0, 0))
-        sock.setblocking(False)
     except BaseException:
         sock.close()
         raise
     return sock
-
-
-def open_socket(netns: str | None, rcvbuf: int,
-                proto: int = NETLINK_ROUTE) -> socket.socket:
-    """A non-blocking netlink socket in namespace ``netns`` (a name
-    under /run/netns or a path; ``None``: ours).  The namespace is never
-    created; the socket is made in a short-lived thread that enters it, so
-    this thread's namespace is not touched."""
-    if netns is None:
-        return _make_socket(rcvbuf, proto)
-    path = netns if netns.startswith("/") else f"/run/netns/{netns}"
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    result: list[socket.socket | BaseException] = []
-
-    def inside() -> None:
-        try:
-            _setns(fd)
-            result.append(_make_socket(rcvbuf, proto))
-        except BaseException as exc:
-            result.append(exc)
-
-    import threading
-
-    try:
-        thread = threading.Thread(target=inside, name="rtnl-netns")
-        thread.start()
-        thread.join()
-    finally:
-        os.close(fd)
-    made = result[0]
-    if isinstance(made, BaseException):
-        raise made
-    return made
 
 
 _seq = itertools.count(1)
