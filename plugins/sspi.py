@@ -246,11 +246,17 @@ class SingleSubflowPerInterface:
             targets.append((initial, AddressId(0)))
         return targets
 
-    def _choose_target(self, conn: Connection,
-                       index: int) -> tuple[SockAddr, AddressId] | None:
-        targets = [t for t in self._targets(conn) if (index, t[0]) not in conn.attempted]
+    def _choose_target(self, conn: Connection, index: int,
+                       targets: list[tuple[SockAddr, AddressId]] | None = None,
+                       ) -> tuple[SockAddr, AddressId] | None:
+        if targets is None:
+            targets = self._targets(conn)
+        attempted = conn.attempted
+        targets = [t for t in targets if (index, t[0]) not in attempted]
         if not targets:
             return None
+        if len(targets) == 1:
+            return targets[0]
         used = [plain(subflow.raddr) for subflow in conn.subflows.values()]
         # The least used target; the first one on a tie.
         return min(targets, key=lambda target: used.count(target[0]))
@@ -259,11 +265,12 @@ class SingleSubflowPerInterface:
         """Client side: create a subflow on each ready interface that has none."""
         if conn.server_side or not conn.established:
             return
+        targets = self._targets(conn)
         for interface, local in candidate_interfaces(pm, conn.family):
             index = int(interface.index)
             if index in conn.subflows:
                 continue
-            target = self._choose_target(conn, index)
+            target = self._choose_target(conn, index, targets)
             if target is None:
                 if conn.deny_join_id0 and not conn.peer_addrs:
                     log.debug("Connection %08x: the peer denies joins to its initial "

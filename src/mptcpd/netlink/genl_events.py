@@ -46,6 +46,9 @@ __all__ = ["DEFAULT_RCVBUF", "EventReader"]
 #: machine still overran a few times; with 16 MiB none did up to ~85 000
 #: events/s.  Memory is only used while a backlog exists.
 DEFAULT_RCVBUF = 16 << 20
+#: Events handed out in a row before the loop is given a turn (see
+#: :meth:`EventReader.events`).
+YIELD_EVERY = 32
 #: Seconds the family lookup at open may take.
 LOOKUP_TIMEOUT = 5.0
 
@@ -259,11 +262,21 @@ class EventReader:
     # -- iteration --------------------------------------------------------
 
     async def events(self) -> AsyncIterator[Event]:
-        """Yield decoded events in kernel order until :meth:`close`."""
+        """Yield decoded events in kernel order until :meth:`close`.
+
+        Every :data:`YIELD_EVERY` events handed out in a row, the loop gets a
+        turn: the commands the consumer issued meanwhile are sent and their
+        answers read while a burst is still being worked through.
+        """
+        run = 0
         while True:
+            if run >= YIELD_EVERY:
+                run = 0
+                await asyncio.sleep(0)
             event = await self._next()
             if event is None:
                 return
+            run = run + 1 if self._pending else 0
             yield event
 
     def __aiter__(self) -> AsyncIterator[Event]:
