@@ -477,3 +477,26 @@ async def test_reader_pauses_when_the_consumer_lags_and_resumes() -> None:
     finally:
         a.close()
         b.close()
+
+
+# -- learnt layouts -------------------------------------------------------------
+
+
+def test_a_learnt_layout_decodes_as_the_walk_does(caplog: pytest.LogCaptureFixture) -> None:
+    """The second message of a kind is read through the layout learnt from
+    the first; a message of the same length whose headers differ (here an
+    attribute's type changed to an unknown one) takes the walk again, with
+    the walk's log line."""
+    from mptcpd.netlink import event_codec
+
+    data = by_what("CREATED", "daddr4=")
+    first = decode_message(data)
+    key = (data[16], len(data) - 20)
+    assert event_codec._templates.get(key) is not None
+    assert decode_message(data) == first == decode(pyroute2_parse(data))
+    changed = bytearray(data)
+    struct.pack_into("=H", changed, 20 + 2, 99)  # the first attribute's type
+    caplog.set_level(logging.DEBUG, LOGGER)
+    got = decode_message(bytes(changed))
+    assert "Unknown MPTCP genl attribute: 99" in caplog.text
+    assert got == decode(pyroute2_parse(bytes(changed)))

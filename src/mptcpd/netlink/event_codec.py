@@ -265,6 +265,101 @@ for _t, _size in EVENT_ATTR_SIZES.items():
     _LEAN[_t] = (_size, _fn)
 
 
+class _Template:
+    """The attribute layout of a message already decoded the slow way, read
+    back with two struct calls: one takes every attribute header, which
+    must equal the learnt ones, the other every value.
+
+    The kernel writes each kind of event the same way every time, so after
+    the first of a kind (command and length) the walk is a comparison.
+    Only layouts without unknown, malformed or repeated attributes are
+    learnt, so the fast path logs nothing, as the walk would not.
+    """
+
+    __slots__ = ("headers", "expected", "values", "types", "ip4", "ip6", "be16")
+    headers: Callable[[Any, int], tuple[Any, ...]]
+    values: Callable[[Any, int], tuple[Any, ...]]
+    expected: tuple[int, ...]
+    types: list[int]
+    ip4: list[tuple[int, int]]
+    ip6: list[tuple[int, int]]
+    be16: list[tuple[int, int]]
+
+    @classmethod
+    def learn(cls, layout: list[tuple[int, int, int]]) -> _Template | None:
+        types = [t for _, _, t in layout]
+        if len(set(types)) != len(types):
+            return None
+        self = cls()
+        head_fmt, value_fmt = ["="], ["="]
+        head_pos = value_pos = 0
+        self.ip4, self.ip6, self.be16 = [], [], []
+        for index, (off, _header, attr_type) in enumerate(layout):
+            size, fn = _LEAN[attr_type]
+            head_fmt.append(f"{off - head_pos}xI" if off > head_pos else "I")
+            head_pos = off + 4
+            value_off = off + 4
+            value_fmt.append(f"{value_off - value_pos}x" if value_off > value_pos else "")
+            if fn is _v_ip4:
+                value_fmt.append("4s")
+                self.ip4.append((index, attr_type))
+            elif fn is _v_ip6:
+                value_fmt.append("16s")
+                self.ip6.append((index, attr_type))
+            elif fn is _v_be16:
+                value_fmt.append("H")
+                self.be16.append((index, attr_type))
+            else:
+                value_fmt.append({1: "B", 2: "H", 4: "I"}[size])
+            value_pos = value_off + size
+        self.headers = struct.Struct("".join(head_fmt)).unpack_from
+        self.values = struct.Struct("".join(value_fmt)).unpack_from
+        self.expected = tuple(header for _, header, _ in layout)
+        self.types = types
+        return self
+
+    def read(self, buf: Any, p: int) -> dict[int, Any] | None:
+        """The attributes at ``buf[p:]``, or None when the headers differ."""
+        if self.headers(buf, p) != self.expected:
+            return None
+        values = self.values(buf, p)
+        attrs = dict(zip(self.types, values))
+        for index, attr_type in self.ip4:
+            attrs[attr_type] = _ip4_from_bytes(values[index])
+        for index, attr_type in self.ip6:
+            attrs[attr_type] = _ip6_from_bytes(values[index])
+        for index, attr_type in self.be16:
+            value = values[index]
+            attrs[attr_type] = ((value & 0xFF) << 8) | (value >> 8)
+        return attrs
+
+
+#: (command, attribute bytes) -> learnt layout (None: not learnable).
+_templates: dict[tuple[int, int], _Template | None] = {}
+_TEMPLATES_MAX = 256
+
+
+def _ip4_from_bytes(raw: bytes) -> ipaddress.IPv4Address:
+    addr = _ip4b_cache.get(raw)
+    if addr is None:
+        if len(_ip4b_cache) >= _CACHE_MAX:
+            _ip4b_cache.clear()
+        addr = _ip4b_cache[raw] = ipaddress.IPv4Address(raw)
+    return addr
+
+
+def _ip6_from_bytes(raw: bytes) -> ipaddress.IPv6Address:
+    addr = _ip6_cache.get(raw)
+    if addr is None:
+        if len(_ip6_cache) >= _CACHE_MAX:
+            _ip6_cache.clear()
+        addr = _ip6_cache[raw] = ipaddress.IPv6Address(raw)
+    return addr
+
+
+_ip4b_cache: dict[bytes, ipaddress.IPv4Address] = {}
+
+
 def decode_message(buf: Any, offset: int = 0, end: int | None = None) -> Event | None:
     """Decode one event message at ``buf[offset:]`` with :mod:`struct`.
 
@@ -288,10 +383,18 @@ def decode_message(buf: Any, offset: int = 0, end: int | None = None) -> Event |
             log.error("Unhandled MPTCP event: %s", cmd)
             return None
         p = offset + _NLMSG_HDRLEN + _GENL_HDRLEN
+        key = (cmd, end - p)
+        template = _templates.get(key)
+        if template is not None:
+            attrs = template.read(buf, p)
+            if attrs is not None:
+                return build_event(cmd, attrs)
         if p > end - 4:
             log.error("Unable to initialize genl attribute")
-        attrs: dict[int, Any] = {}
+        attrs = {}
         lean = _LEAN.get
+        layout: list[tuple[int, int, int]] | None = []  # (offset, header, type)
+        start = p
         while p <= end - 4:
             declared, nla_type = _nla_hdr(buf, p)
             nla_type &= _NLA_TYPE_MASK
@@ -303,13 +406,19 @@ def decode_message(buf: Any, offset: int = 0, end: int | None = None) -> Event |
             spec = lean(nla_type)
             if spec is None:
                 log.info("Unknown MPTCP genl attribute: %d", nla_type)
+                layout = None
             elif declared != nla_len or nla_len - 4 != spec[0]:
                 log.error("Attribute length (%d) is not the expected length (%d)",
                           max(declared, 4) - 4, spec[0])
+                layout = None
             else:
                 fn = spec[1]
                 attrs[nla_type] = buf[p + 4] if fn is None else fn(buf, p + 4)
+                if layout is not None:
+                    layout.append((p - start, _u32(buf, p)[0], nla_type))
             p += (nla_len + 3) & ~3
+        if layout and p == end and len(_templates) < _TEMPLATES_MAX:
+            _templates[key] = _Template.learn(layout)
         return build_event(cmd, attrs)
     except Exception:  # nothing malformed may escape
         log.exception("Unable to decode MPTCP event message")
