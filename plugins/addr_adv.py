@@ -5,8 +5,8 @@ in-kernel PM endpoint (``ip mptcp endpoint``) with the flags of
 ``--addr-flags`` and the address's interface, and raises the ``subflows``
 limit (and ``add_addr_accepted`` with the ``subflow`` flag) to match; when
 the address goes away, it removes the endpoint and lowers the limits.  This is
-the C plugin's behaviour, limits arithmetic, order and messages included
-(spec §8.1).  It needs ``net.mptcp.path_manager=kernel``.
+the C plugin's behaviour, limits arithmetic, order and messages included.
+It needs ``net.mptcp.path_manager=kernel``.
 
 What it does better than the C plugin (each is in the changelog):
 
@@ -26,7 +26,7 @@ What it does better than the C plugin (each is in the changelog):
   namespace; the 9th is refused with ``ERANGE``.  That is reported as the
   kernel's limit of 8 endpoints, not as a bare errno.
 
-Kept from C on purpose (spec §12.2, defect 17): the limits are raised even
+Kept from C on purpose: the limits are raised even
 when the kernel then refuses the endpoint, and without ``subflow`` in the
 address flags ``add_addr_accepted`` is set to 0.
 """

@@ -87,7 +87,7 @@ Differences from the C sspi (mptcpd 0.12/0.13)
   the ID manager.
 * ``connection_closed`` forgets only that connection (C dropped the whole
   interface record, so other connections on the interface lost their
-  tracking: spec 12.2 defect 4).
+  tracking).
 * ``deny_join_id0`` is honoured.
 * The subflows sspi closes as duplicates, and those it expects to close, do
   not produce ``Closed subflow was not tracked ...`` errors.

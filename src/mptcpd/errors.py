@@ -2,10 +2,10 @@
 
 * :class:`MptcpdError` is the root of everything mptcpd raises on purpose.
 * :class:`NotReady` (``EAGAIN``) and :class:`NotSupported` (``ENOTSUP``) are
-  the C API's readiness and capability errors (spec §5.1).  They are
+  the C API's readiness and capability errors.  They are
   :class:`OSError` subclasses so ``exc.errno`` carries the C return value.
 * :class:`KernelError` is a kernel NACK of a ``mptcp_pm`` command: the
-  operation name of spec §3.4, the kernel's errno and its extended-ACK text.
+  C operation name (as in its logs), the kernel's errno and its extended-ACK text.
 * :class:`QueueFull` and :class:`ConnectionClosed` fail a command that was
   never sent: the command queue was full, or its connection closed first.
 
@@ -65,7 +65,7 @@ class KernelError(MptcpdError, OSError):
     :ivar errno: the kernel's error number (positive).
     :ivar extack: the kernel's extended-ACK message, or None when it sent none.
 
-    ``str()`` gives the log form of spec §3.5: ``<op>: <extack>: <strerror>``,
+    ``str()`` gives the C daemon's log form: ``<op>: <extack>: <strerror>``,
     or ``<op>: <strerror>`` without an extack message.
     """
 

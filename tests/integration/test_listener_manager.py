@@ -1,4 +1,4 @@
-"""The listener manager (spec 7.2), ported from mptcpd's test-listener-manager.
+"""The listener manager, ported from mptcpd's test-listener-manager.
 
 The sockets must be opened inside a lab namespace, never in the host's, so
 each test runs a small script under ``ip netns exec`` in the lab's client

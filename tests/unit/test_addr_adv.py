@@ -1,4 +1,4 @@
-"""addr_adv's logic (spec §8.1 plus ownership and carrier) against a recording pm."""
+"""addr_adv's logic against a recording pm."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The mptcpd command line (spec sections 1.1, 1.2, 1.4 and 1.7).
+"""The mptcpd command line.
 
 Ports C mptcpd's tests/test-bad-* scripts, which meant to check exit status
 64 but could never fail, and test-configuration.c.
@@ -111,7 +111,7 @@ def conf(
 
 
 # ---------------------------------------------------------------------------
-# Usage errors: exit 64, exact first line, then the "Try" line (spec 1.2)
+# Usage errors: exit 64, exact first line, then the "Try" line
 # ---------------------------------------------------------------------------
 
 USAGE_ERRORS = [

@@ -1,4 +1,4 @@
-"""Configuration file, flag lists and merging (spec sections 1.3 to 1.6)."""
+"""Configuration file, flag lists and merging."""
 
 from __future__ import annotations
 

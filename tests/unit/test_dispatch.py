@@ -1,4 +1,4 @@
-"""Dispatch rules (spec §3.3, §4.5), ported from the C test-plugin scenarios."""
+"""Dispatch rules, ported from the C test-plugin scenarios."""
 
 from __future__ import annotations
 

@@ -267,7 +267,7 @@ def test_announced_without_port_gets_port_zero() -> None:
     assert lean == ref == ev.AddressAnnounced(Token(9), AddressId(2), sa("2001:db8:3::2", 0))
 
 
-# -- log lines and dropped events (spec 3.2, 3.3) ---------------------------------
+# -- log lines and dropped events ---------------------------------
 
 MISSING = {
     C.MPTCP_EVENT_CREATED: "Required MPTCP_EVENT_CREATED message attributes are missing.",

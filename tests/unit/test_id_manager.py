@@ -1,4 +1,4 @@
-"""The address ID manager (spec 7.1), ported from mptcpd's test-id-manager."""
+"""The address ID manager, ported from mptcpd's test-id-manager."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Log destinations (spec section 1.7)."""
+"""Log destinations."""
 
 from __future__ import annotations
 

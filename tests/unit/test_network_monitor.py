@@ -1,4 +1,4 @@
-"""The network monitor's state machine (spec section 6), fed with built records."""
+"""The network monitor's state machine, fed with built records."""
 
 from __future__ import annotations
 

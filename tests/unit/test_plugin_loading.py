@@ -1,4 +1,4 @@
-"""Plugin loading (spec §4.3–4.7), ported from the C test-plugin scenarios."""
+"""Plugin loading, ported from the C test-plugin scenarios."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The daemon's lifecycle: startup, the event loop, shutdown (spec §2, DESIGN 5).
+"""The daemon's lifecycle: startup, the event loop, shutdown.
 
 Startup is deterministic::
 
@@ -169,7 +169,7 @@ class Daemon:
         self.dispatcher.pm_not_ready()
 
     async def _complete_init(self) -> None:
-        """Spec §2.1 step 5: ID sync, plugins, event join, ready."""
+        """Once the family is there: ID sync, plugins, event join, ready."""
         try:
             if not self.channel.is_open:
                 await self.channel.open()

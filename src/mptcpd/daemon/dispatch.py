@@ -1,4 +1,4 @@
-"""Dispatch of kernel and network-monitor events to plugins (spec §3.3, §4.5).
+"""Dispatch of kernel and network-monitor events to plugins.
 
 * ``new_connection`` goes to the default path manager and binds the
   connection's token to it; the connection's later events go to the bound

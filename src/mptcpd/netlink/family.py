@@ -1,4 +1,4 @@
-"""Lifecycle of the ``mptcp_pm`` generic netlink family (spec §2.1, §2.3).
+"""Lifecycle of the ``mptcp_pm`` generic netlink family.
 
 :class:`FamilyWatcher` tells the daemon when ``mptcp_pm`` is usable:
 

@@ -76,7 +76,7 @@ RTM_F_LOOKUP_TABLE = 0x1000
 RTM_F_FIB_MATCH = 0x2000
 
 #: The destinations looked up to find an interface's default route: two
-#: documentation addresses, as in mptcpd (spec 6.5).
+#: documentation addresses, as in mptcpd.
 ROUTE_PROBE_DST: dict[int, IPAddress] = {
     socket.AF_INET: ipaddress.IPv4Address("192.0.2.1"),
     socket.AF_INET6: ipaddress.IPv6Address("2001:db8::"),

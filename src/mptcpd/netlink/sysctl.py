@@ -1,4 +1,4 @@
-"""MPTCP sysctls the daemon reads at startup (spec §2.2).
+"""MPTCP sysctls the daemon reads at startup.
 
 Both functions read ``/proc/sys/net/mptcp/*`` of the network namespace the
 *process* runs in (``/proc/sys/net`` is resolved against the reader's

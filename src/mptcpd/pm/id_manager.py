@@ -1,4 +1,4 @@
-"""MPTCP address ID manager (spec section 7.1; C: ``mptcpd_idm``).
+"""MPTCP address ID manager (C: ``mptcpd_idm``).
 
 One :class:`IdManager` per daemon hands out the address IDs that the path
 manager puts on endpoints and announcements.  IDs live in ``1..255``; ``0``
@@ -6,7 +6,7 @@ means "invalid" or "no ID", as in the C API.  The key of a mapping is the IP
 address only (family and raw bytes): the port, and for IPv6 the flow info and
 scope, are ignored.
 
-Kept from C on purpose (spec 12.2, defect 20 "Keep"): :meth:`IdManager.map_id`
+Kept from C on purpose: :meth:`IdManager.map_id`
 replaces an older mapping of the same address *without* freeing the old ID,
 so that ID stays marked as used (it leaks) and two addresses may end up
 sharing one ID.  The kernel's IDs are synchronised only once, at startup.

@@ -1,4 +1,4 @@
-"""MPTCP listener manager (spec section 7.2; C: ``mptcpd_lm``).
+"""MPTCP listener manager (C: ``mptcpd_lm``).
 
 With the userspace path manager an ANNOUNCEd address needs a listening
 MPTCP socket, or the peer's MP_JOINs to it are refused.  The

@@ -1,4 +1,4 @@
-"""The network monitor (spec section 6; C: ``lib/network_monitor.c``).
+"""The network monitor (C: ``lib/network_monitor.c``).
 
 :class:`NetworkMonitor` keeps the interfaces of the daemon's namespace and
 their IPv4/IPv6 addresses, and tells its subscribers (an object with some of
@@ -6,7 +6,7 @@ the :class:`NetworkMonitorOps` methods; plugins through the daemon's bridge)
 what changed.  The kernel side is :class:`mptcpd.netlink.rtnl_monitor.RtnlMonitor`;
 the state machine here is fed plain records, so it can be driven by a test.
 
-Semantics are mptcpd's (spec 6.3-6.5), with these deliberate differences:
+Semantics are mptcpd's, with these deliberate differences:
 
 * **Carrier events** (users' mptcpd #334, #282, #263).  A tracked interface
   that loses ``IFF_RUNNING`` (carrier, dormant) but stays administratively up
@@ -37,9 +37,9 @@ Semantics are mptcpd's (spec 6.3-6.5), with these deliberate differences:
   and the others are still called.
 * :meth:`NetworkMonitor.replay` hands the current state to a subscriber that
   joined late (the daemon calls it once the plugins are loaded, which fixes
-  the startup race of spec 2.1 deterministically).
+  the C daemon's startup race deterministically).
 
-Kept from C (spec 12.2, defect 11): removing an interface sends no
+Kept from C: removing an interface sends no
 ``delete_local_address`` for its addresses; an interface that comes back
 after an administrative down does not get its remaining addresses re-read;
 renames are not tracked (the first name stays).
