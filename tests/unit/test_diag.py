@@ -4,10 +4,11 @@ The replies below were captured from Linux 6.18 (``mptcp_diag`` built in) in
 a lab (``mptcpd.lab.Lab``, default shape) while two ``python -m
 mptcpd.lab.traffic client ... --hold 4`` connections ran from the client
 namespace to a traffic server listening on ``::`` port 5201, one to
-192.0.2.2 and one to 2001:db8:1::2.  They are the datagrams
-:class:`~mptcpd.netlink.diag.AsyncMptcpDiagSocket` received (a
-``MarshalMptcpDiag.parse`` wrapper recorded them) for the requests
-:func:`~mptcpd.netlink.diag.build_request` builds.  At that moment:
+192.0.2.2 and one to 2001:db8:1::2.  They are the datagrams the
+daemon's sock_diag socket received for the requests
+:func:`~mptcpd.netlink.diag.build_request` builds.  Every reply here is
+also parsed by the pyroute2 oracle (:mod:`tests.unit.diag_oracle`), which
+must agree with the production decoder.  At that moment:
 
 client ``ss -MniH``::
 
@@ -40,6 +41,7 @@ import struct
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from pyroute2.netlink.diag import MarshalDiag  # type: ignore[import-untyped]
@@ -49,11 +51,15 @@ from mptcpd.netlink.diag import (
     MptcpConnection,
     MptcpDiagUnsupported,
     build_request,
+    decode_datagram,
     decode_mptcp_info,
     list_mptcp_connections,
     parse_datagram,
 )
 from mptcpd.types import SockAddr
+from tests.unit import diag_oracle
+
+ROOT = Path(__file__).resolve().parents[2]
 
 LOGGER = "mptcpd.netlink.diag"
 
@@ -207,25 +213,25 @@ def test_pyroute2s_own_class_does_not_give_the_token() -> None:
     value = msg.get_attr("INET_DIAG_INFO")
     assert isinstance(value, bytes) and len(value) == 100
     assert struct.unpack_from("=I", value, 12)[0] != 0x0A4AC871
-    (ours,) = diag.MarshalMptcpDiag().parse(CLIENT_V4)
+    (ours,) = diag_oracle.MarshalMptcpDiag().parse(CLIENT_V4)
     assert ours.get_attr("INET_DIAG_INFO") == info_of(CLIENT_V4)
 
 
-def test_our_reply_class_is_right_after_pyroute2s_was_used() -> None:
+def test_the_oracles_reply_class_is_right_after_pyroute2s_was_used() -> None:
     """pyroute2 caches each class's compiled attribute table and finds it
     through inheritance; in a fresh process that decodes with pyroute2's
-    inet_diag_msg first, our subclass must still use its own table."""
+    inet_diag_msg first, the oracle's subclass must still use its own table."""
     code = (
         "import sys; from pyroute2.netlink.diag import MarshalDiag\n"
-        "from mptcpd.netlink import diag\n"
+        "from tests.unit import diag_oracle\n"
         "data = bytes.fromhex(sys.argv[1])\n"
         "list(MarshalDiag().parse(data))[0].get_attr('INET_DIAG_INFO')\n"
-        "(m,) = diag.MarshalMptcpDiag().parse(data)\n"
-        "print(len(m.get_attr('INET_DIAG_INFO')), diag.parse_datagram(data)[0].token)\n"
+        "(m,) = diag_oracle.MarshalMptcpDiag().parse(data)\n"
+        "print(len(m.get_attr('INET_DIAG_INFO')), diag_oracle.decode(data)[0][0].token)\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code, CLIENT_V4.hex()],
-        capture_output=True, text=True, timeout=60, check=True,
+        capture_output=True, text=True, timeout=60, check=True, cwd=ROOT,
     ).stdout.split()
     assert out == ["96", str(0x0A4AC871)]
 
@@ -348,9 +354,7 @@ def test_done_with_enoent_means_no_mptcp_diag() -> None:
 
 
 def test_nlmsg_error_is_an_oserror() -> None:
-    request = build_request(socket.AF_INET)
-    request.encode()
-    body = struct.pack("=i", -errno.EPERM) + bytes(request.data[:16])
+    body = struct.pack("=i", -errno.EPERM) + build_request(socket.AF_INET)[:16]
     error = struct.pack("=IHHII", 16 + len(body), 2, 0, 255, 0x4131) + body
     with pytest.raises(OSError) as info:
         parse_datagram(error)
@@ -363,13 +367,7 @@ def test_nlmsg_error_is_an_oserror() -> None:
 
 @pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6])
 def test_request_bytes(family: int) -> None:
-    request = build_request(family)
-    request["header"]["type"] = diag.SOCK_DIAG_BY_FAMILY
-    request["header"]["flags"] = 0x301
-    request["header"]["sequence_number"] = 7
-    request["header"]["pid"] = 0
-    request.encode()
-    data = bytes(request.data)
+    data = build_request(family, seq=7)
     assert len(data) == 16 + 56 + 8
     length, kind, flags, seq, _ = NLMSG_HDR.unpack_from(data)
     assert (length, kind, flags, seq) == (80, 20, 0x301, 7)
@@ -386,7 +384,7 @@ def test_request_bytes(family: int) -> None:
 
 
 class FakeKernel:
-    """The far end of the socket pyroute2 writes its requests to.
+    """The far end of the socket the dump writes its requests to.
 
     Each request is checked and answered with captured datagrams, whose
     sequence numbers are set to the request's.
@@ -424,13 +422,14 @@ class FakeKernel:
 @pytest.fixture
 def fake_kernel(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[FakeKernel]]:
     made: list[FakeKernel] = []
-    real = diag.AsyncMptcpDiagSocket
 
-    def factory(**kwargs: object) -> diag.AsyncMptcpDiagSocket:
-        assert kwargs.get("flags") == 0  # never create a namespace
-        return real(use_socket=made[-1].theirs)
+    def factory(protocol: int, netns: str | None = None) -> socket.socket:
+        assert protocol == diag.NETLINK_SOCK_DIAG == 4
+        sock = made[-1].theirs
+        sock.setblocking(False)
+        return sock
 
-    monkeypatch.setattr(diag, "AsyncMptcpDiagSocket", factory)
+    monkeypatch.setattr(diag, "netlink_socket", factory)
     yield made
     for kernel in made:
         kernel.close()
