@@ -19,15 +19,16 @@ import socket
 from typing import Any
 
 import pytest
-from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
 
 from mptcpd.lab import Lab, Process, list_namespaces, wait_for
 from mptcpd.netlink.diag import (
-    AsyncMptcpDiagSocket,
+    NETLINK_SOCK_DIAG,
     MptcpConnection,
+    MptcpDiagUnsupported,
     dump_family,
     list_mptcp_connections,
 )
+from mptcpd.netlink.nlsock import netlink_socket
 from mptcpd.types import SockAddr
 
 PORT = 5201
@@ -213,12 +214,12 @@ def test_a_protocol_without_diag_support_is_an_error(lab: Lab) -> None:
     is what a kernel without mptcp_diag answers for MPTCP)."""
 
     async def dump() -> None:
-        sock = AsyncMptcpDiagSocket(netns=lab.client, flags=0)
+        sock = netlink_socket(NETLINK_SOCK_DIAG, lab.client)
         try:
             await dump_family(sock, socket.AF_INET, protocol=200)
         finally:
             sock.close()
 
-    with pytest.raises(NetlinkError) as info:
+    with pytest.raises(MptcpDiagUnsupported) as info:
         asyncio.run(dump())
-    assert info.value.code == errno.ENOENT
+    assert info.value.errno == errno.ENOENT

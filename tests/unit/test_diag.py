@@ -4,10 +4,11 @@ The replies below were captured from Linux 6.18 (``mptcp_diag`` built in) in
 a lab (``mptcpd.lab.Lab``, default shape) while two ``python -m
 mptcpd.lab.traffic client ... --hold 4`` connections ran from the client
 namespace to a traffic server listening on ``::`` port 5201, one to
-192.0.2.2 and one to 2001:db8:1::2.  They are the datagrams
-:class:`~mptcpd.netlink.diag.AsyncMptcpDiagSocket` received (a
-``MarshalMptcpDiag.parse`` wrapper recorded them) for the requests
-:func:`~mptcpd.netlink.diag.build_request` builds.  At that moment:
+192.0.2.2 and one to 2001:db8:1::2.  They are the datagrams the
+daemon's sock_diag socket received for the requests
+:func:`~mptcpd.netlink.diag.build_request` builds.  Every reply here is
+also parsed by the pyroute2 oracle (:mod:`tests.unit.diag_oracle`), which
+must agree with the production decoder.  At that moment:
 
 client ``ss -MniH``::
 
@@ -40,6 +41,7 @@ import struct
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from pyroute2.netlink.diag import MarshalDiag  # type: ignore[import-untyped]
@@ -49,11 +51,15 @@ from mptcpd.netlink.diag import (
     MptcpConnection,
     MptcpDiagUnsupported,
     build_request,
+    decode_datagram,
     decode_mptcp_info,
     list_mptcp_connections,
     parse_datagram,
 )
 from mptcpd.types import SockAddr
+from tests.unit import diag_oracle
+
+ROOT = Path(__file__).resolve().parents[2]
 
 LOGGER = "mptcpd.netlink.diag"
 
@@ -207,25 +213,25 @@ def test_pyroute2s_own_class_does_not_give_the_token() -> None:
     value = msg.get_attr("INET_DIAG_INFO")
     assert isinstance(value, bytes) and len(value) == 100
     assert struct.unpack_from("=I", value, 12)[0] != 0x0A4AC871
-    (ours,) = diag.MarshalMptcpDiag().parse(CLIENT_V4)
+    (ours,) = diag_oracle.MarshalMptcpDiag().parse(CLIENT_V4)
     assert ours.get_attr("INET_DIAG_INFO") == info_of(CLIENT_V4)
 
 
-def test_our_reply_class_is_right_after_pyroute2s_was_used() -> None:
+def test_the_oracles_reply_class_is_right_after_pyroute2s_was_used() -> None:
     """pyroute2 caches each class's compiled attribute table and finds it
     through inheritance; in a fresh process that decodes with pyroute2's
-    inet_diag_msg first, our subclass must still use its own table."""
+    inet_diag_msg first, the oracle's subclass must still use its own table."""
     code = (
         "import sys; from pyroute2.netlink.diag import MarshalDiag\n"
-        "from mptcpd.netlink import diag\n"
+        "from tests.unit import diag_oracle\n"
         "data = bytes.fromhex(sys.argv[1])\n"
         "list(MarshalDiag().parse(data))[0].get_attr('INET_DIAG_INFO')\n"
-        "(m,) = diag.MarshalMptcpDiag().parse(data)\n"
-        "print(len(m.get_attr('INET_DIAG_INFO')), diag.parse_datagram(data)[0].token)\n"
+        "(m,) = diag_oracle.MarshalMptcpDiag().parse(data)\n"
+        "print(len(m.get_attr('INET_DIAG_INFO')), diag_oracle.decode(data)[0][0].token)\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code, CLIENT_V4.hex()],
-        capture_output=True, text=True, timeout=60, check=True,
+        capture_output=True, text=True, timeout=60, check=True, cwd=ROOT,
     ).stdout.split()
     assert out == ["96", str(0x0A4AC871)]
 
@@ -348,9 +354,7 @@ def test_done_with_enoent_means_no_mptcp_diag() -> None:
 
 
 def test_nlmsg_error_is_an_oserror() -> None:
-    request = build_request(socket.AF_INET)
-    request.encode()
-    body = struct.pack("=i", -errno.EPERM) + bytes(request.data[:16])
+    body = struct.pack("=i", -errno.EPERM) + build_request(socket.AF_INET)[:16]
     error = struct.pack("=IHHII", 16 + len(body), 2, 0, 255, 0x4131) + body
     with pytest.raises(OSError) as info:
         parse_datagram(error)
@@ -363,13 +367,7 @@ def test_nlmsg_error_is_an_oserror() -> None:
 
 @pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6])
 def test_request_bytes(family: int) -> None:
-    request = build_request(family)
-    request["header"]["type"] = diag.SOCK_DIAG_BY_FAMILY
-    request["header"]["flags"] = 0x301
-    request["header"]["sequence_number"] = 7
-    request["header"]["pid"] = 0
-    request.encode()
-    data = bytes(request.data)
+    data = build_request(family, seq=7)
     assert len(data) == 16 + 56 + 8
     length, kind, flags, seq, _ = NLMSG_HDR.unpack_from(data)
     assert (length, kind, flags, seq) == (80, 20, 0x301, 7)
@@ -386,7 +384,7 @@ def test_request_bytes(family: int) -> None:
 
 
 class FakeKernel:
-    """The far end of the socket pyroute2 writes its requests to.
+    """The far end of the socket the dump writes its requests to.
 
     Each request is checked and answered with captured datagrams, whose
     sequence numbers are set to the request's.
@@ -424,13 +422,14 @@ class FakeKernel:
 @pytest.fixture
 def fake_kernel(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[FakeKernel]]:
     made: list[FakeKernel] = []
-    real = diag.AsyncMptcpDiagSocket
 
-    def factory(**kwargs: object) -> diag.AsyncMptcpDiagSocket:
-        assert kwargs.get("flags") == 0  # never create a namespace
-        return real(use_socket=made[-1].theirs)
+    def factory(protocol: int, netns: str | None = None) -> socket.socket:
+        assert protocol == diag.NETLINK_SOCK_DIAG == 4
+        sock = made[-1].theirs
+        sock.setblocking(False)
+        return sock
 
-    monkeypatch.setattr(diag, "AsyncMptcpDiagSocket", factory)
+    monkeypatch.setattr(diag, "netlink_socket", factory)
     yield made
     for kernel in made:
         kernel.close()
@@ -480,3 +479,177 @@ async def test_list_times_out_as_oserror(fake_kernel: list[FakeKernel]) -> None:
         await run_with(kernel, timeout=0.1)
     assert info.value.errno == errno.ETIMEDOUT
     assert "took longer than 0.1 s" in str(info.value)
+
+
+# -- the pyroute2 oracle ---------------------------------------------------------------
+
+
+def build_reply(family: int, state: int, src: str, sport: int, dst: str, dport: int,
+                attrs: list[tuple[int, bytes]], seq: int = 255) -> bytes:
+    """One ``SOCK_DIAG_BY_FAMILY`` reply, as ``mptcp_diag`` lays it out."""
+    def addr(text: str) -> bytes:
+        return socket.inet_pton(family, text).ljust(16, b"\0")
+
+    head = struct.pack("=BBBB", family, state, 0, 0)
+    sockid = struct.pack("!HH", sport, dport) + addr(src) + addr(dst) + bytes(12)
+    tail = struct.pack("=IIIII", 0, 0, 0, 0, 4242)
+    body = head + sockid + tail
+    assert len(body) == DIAG_MSG_LEN
+    msg = NLMSG_HDR.pack(16 + len(body), diag.SOCK_DIAG_BY_FAMILY, 2, seq, 0x4131) + body
+    return rebuild(msg, attrs)
+
+
+def mptcp_info(token: int, flags: int = 2, size: int = 96) -> bytes:
+    return struct.pack("=6B2xII", 1, 0, 0, 2, 0, 0, flags, token).ljust(size, b"\x07")
+
+
+DONE = NLMSG_HDR.pack(20, 3, 2, 255, 0x4131) + struct.pack("=i", 0)
+ULP = (20, b"mptcp\0\0\0")  # INET_DIAG_ULP_INFO, not read
+BUILT = {
+    "listener then connection": (
+        build_reply(socket.AF_INET6, diag.TCP_LISTEN, "::", 5201, "::", 0, [])
+        + build_reply(socket.AF_INET6, 1, "::ffff:192.0.2.2", 5201,
+                      "::ffff:192.0.2.1", 40000, [ULP, (INET_DIAG_INFO, mptcp_info(7))])
+        + DONE
+    ),
+    "fallback, closing, ipv4": (
+        build_reply(socket.AF_INET, 8, "198.51.100.1", 1, "203.0.113.9", 65535,
+                    [(INET_DIAG_INFO, mptcp_info(0xFFFFFFFF, flags=3, size=16))])
+        + build_reply(socket.AF_INET, 1, "192.0.2.1", 2, "192.0.2.2", 3,
+                      [(1, b"\0" * 16), (INET_DIAG_INFO, mptcp_info(1)), ULP])
+    ),
+    "ipv4 listener on an address": (
+        build_reply(socket.AF_INET, diag.TCP_LISTEN, "192.0.2.2", 80, "0.0.0.0", 0, [])
+        + DONE
+    ),
+    "nested-flag info": build_reply(socket.AF_INET6, 2, "2001:db8::1", 9, "2001:db8::2",
+                                    10, [(INET_DIAG_INFO | 0x8000, mptcp_info(99))]),
+}
+CAPTURED = {
+    "client v4": CLIENT_V4, "client v4 done": CLIENT_V4_DONE, "client v6": CLIENT_V6,
+    "client v6 done": CLIENT_V6_DONE, "server v4 done": SERVER_V4_DONE,
+    "server v6": SERVER_V6, "server v6 done": SERVER_V6_DONE,
+    "two in one": CLIENT_V4 + CLIENT_V6,
+    "missing info": with_info(CLIENT_V4, None) + CLIENT_V6,
+    "short info": with_info(CLIENT_V4, info_of(CLIENT_V4)[:15]),
+    "exactly 16": with_info(CLIENT_V4, info_of(CLIENT_V4)[:16]),
+    "fin wait": set_state(CLIENT_V6, 5),
+    "listener": set_state(CLIENT_V4, diag.TCP_LISTEN) + CLIENT_V6,
+}
+
+
+@pytest.mark.parametrize("name", sorted({**CAPTURED, **BUILT}))
+def test_every_reply_decodes_as_the_oracle_decodes_it(name: str) -> None:
+    data = {**CAPTURED, **BUILT}[name]
+    batch = decode_datagram(data)
+    assert (batch.connections, batch.listeners, batch.done) == diag_oracle.decode(data)
+
+
+def test_built_replies_give_what_was_built() -> None:
+    batch = decode_datagram(BUILT["listener then connection"])
+    assert batch.done
+    assert batch.listeners == [SockAddr(ipaddress.ip_address("::"), 5201)]
+    (c,) = batch.connections
+    assert (c.token, c.laddr.port, c.raddr.port, c.established) == (7, 5201, 40000, True)
+    first, second = parse_datagram(BUILT["fallback, closing, ipv4"])
+    assert (first.token, first.fallback, first.state, first.established) == (
+        0xFFFFFFFF, True, 8, False)
+    assert (second.token, second.fallback) == (1, False)
+    assert [c.token for c in parse_datagram(BUILT["nested-flag info"])] == [99]
+
+
+@pytest.mark.parametrize("errno_", [errno.EPERM, errno.ENOENT, errno.EINVAL])
+def test_errors_decode_as_the_oracle_decodes_them(errno_: int) -> None:
+    # pyroute2 decodes an echoed request by its own layout and fails on the
+    # kernel's; the oracle is given an echo of type 0, which it leaves alone.
+    echo = NLMSG_HDR.pack(80, 0, 0x301, 255, 0)
+    error = NLMSG_HDR.pack(20 + len(echo), 2, 0, 255, 0x4131) + \
+        struct.pack("=i", -errno_) + echo
+    done = NLMSG_HDR.pack(20, 3, 2, 255, 0x4131) + struct.pack("=i", -errno_)
+    for data in (error, CLIENT_V4 + done):
+        with pytest.raises(OSError) as ours:
+            decode_datagram(data)
+        with pytest.raises(OSError) as theirs:
+            diag_oracle.decode(data)
+        assert ours.value.errno == theirs.value.errno == errno_
+        assert type(ours.value) is type(theirs.value)
+
+
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6])
+@pytest.mark.parametrize("protocol", [diag.IPPROTO_MPTCP, 200, 0])
+@pytest.mark.parametrize("seq", [0, 1, 0xFFFFFFFF])
+def test_request_bytes_equal_pyroute2s(family: int, protocol: int, seq: int) -> None:
+    assert build_request(family, protocol, seq) == diag_oracle.request(family, protocol, seq)
+
+
+def test_messages_of_another_sequence_are_ignored() -> None:
+    batch = decode_datagram(CLIENT_V4 + DONE_ENOENT, seq=1)
+    assert (batch.connections, batch.done) == ([], False)
+    batch = decode_datagram(CLIENT_V4 + CLIENT_V4_DONE, seq=255)
+    assert (batch.connections, batch.done) == ([CLIENT_V4_CONN], True)
+
+
+# -- malformed bytes: an OSError or a result, never another exception ---------------
+
+
+@pytest.mark.parametrize("kind", [2, 3])  # NLMSG_ERROR, NLMSG_DONE
+def test_int_min_in_an_error_or_done_is_an_oserror(kind: int) -> None:
+    data = NLMSG_HDR.pack(20, kind, 0, 1, 0) + struct.pack("=i", -(2 ** 31))
+    with pytest.raises(OSError) as info:
+        decode_datagram(data)
+    assert info.value.errno == errno.EIO
+    assert "malformed error code 2147483648" in str(info.value)
+
+
+def test_an_error_code_out_of_errno_range_is_eio() -> None:
+    data = NLMSG_HDR.pack(20, 2, 0, 1, 0) + struct.pack("=i", 2 ** 31 - 1)
+    with pytest.raises(OSError) as info:
+        decode_datagram(data)
+    assert info.value.errno == errno.EIO
+
+
+def test_an_error_whose_echo_runs_past_the_end() -> None:
+    """The echoed request header says 4000 bytes; only the code is read."""
+    echo = NLMSG_HDR.pack(4000, 20, 0x301, 1, 0)
+    data = NLMSG_HDR.pack(16 + 4 + 16, 2, 0, 1, 0) + struct.pack("=i", -errno.EPERM) + echo
+    with pytest.raises(OSError) as info:
+        decode_datagram(data)
+    assert info.value.errno == errno.EPERM
+
+
+def test_a_truncated_error_message_is_an_oserror() -> None:
+    with pytest.raises(OSError) as info:
+        decode_datagram(NLMSG_HDR.pack(18, 2, 0, 1, 0) + b"\xff\xff")
+    assert info.value.errno == errno.EIO
+
+
+def test_a_family_0_listener_is_skipped(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, LOGGER)
+    listener = bytearray(set_state(CLIENT_V4, diag.TCP_LISTEN))
+    listener[16] = 0
+    batch = decode_datagram(bytes(listener) + CLIENT_V6 + CLIENT_V6_DONE)
+    assert (batch.listeners, batch.connections, batch.done) == ([], [CLIENT_V6_CONN], True)
+    assert "unknown family 0" in caplog.text
+
+
+def test_attributes_running_past_the_end_of_the_datagram() -> None:
+    """The message length is right, the last attribute's is not."""
+    msg = bytearray(with_info(CLIENT_V4, info_of(CLIENT_V4)))
+    struct.pack_into("=H", msg, len(msg) - 100, 60000)
+    assert parse_datagram(bytes(msg)) == []
+    msg = bytearray(CLIENT_V4)
+    struct.pack_into("=I", msg, 0, 16 + DIAG_MSG_LEN + 2)  # half an attribute header
+    assert parse_datagram(bytes(msg[:16 + DIAG_MSG_LEN + 2])) == []
+
+
+def test_a_reply_too_short_for_inet_diag_msg(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, LOGGER)
+    short = NLMSG_HDR.pack(16 + 40, diag.SOCK_DIAG_BY_FAMILY, 2, 1, 0) + bytes(40)
+    assert parse_datagram(short + CLIENT_V4) == [CLIENT_V4_CONN]
+    assert "undecodable reply (type 20, 56 bytes)" in caplog.text
+
+
+@pytest.mark.parametrize("length", [0, 1, 15])
+def test_a_message_length_below_the_header(length: int) -> None:
+    data = NLMSG_HDR.pack(length, 3, 0, 1, 0) + bytes(4)
+    assert decode_datagram(data).done is False

@@ -91,3 +91,15 @@ def test_bundled_plugins_import_only_the_public_api() -> None:
         for p in modules_under(ROOT / "plugins")
     }
     assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_the_daemon_and_the_cli_do_not_import_pyroute2() -> None:
+    """pyroute2 costs about 30 MB and 100 ms at startup; the daemon's and
+    the command line's modules must not load it (the lab and the tests may)."""
+    import subprocess
+    import sys
+
+    code = 'import sys, mptcpd.daemon.app, mptcpd.cli; print("pyroute2" in sys.modules)'
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True, cwd=ROOT)
+    assert out.stdout.split() == ["False"], out.stderr
