@@ -67,8 +67,7 @@ __all__ = [
 
 #: ``NETLINK_SOCK_DIAG`` (``linux/netlink.h``).
 NETLINK_SOCK_DIAG = 4
-#: ``IPPROTO_MPTCP`` (``socket.IPPROTO_MPTCP`` exists from Python 3.10 on Linux).
-IPPROTO_MPTCP = 262
+IPPROTO_MPTCP = socket.IPPROTO_MPTCP
 #: ``SOCK_DIAG_BY_FAMILY`` (``linux/sock_diag.h``): request and reply type.
 SOCK_DIAG_BY_FAMILY = 20
 #: ``INET_DIAG_INFO`` (``enum`` in ``linux/inet_diag.h``), reply attribute.

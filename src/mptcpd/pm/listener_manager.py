@@ -36,8 +36,7 @@ from mptcpd.types import SockAddr
 
 log = logging.getLogger(__name__)
 
-#: ``IPPROTO_MPTCP`` (``socket.IPPROTO_MPTCP`` exists from Python 3.10 on Linux).
-IPPROTO_MPTCP = getattr(socket, "IPPROTO_MPTCP", 262)
+IPPROTO_MPTCP = socket.IPPROTO_MPTCP
 
 #: Backlog of the listening sockets, as in mptcpd.
 BACKLOG = 0
