@@ -19,6 +19,11 @@
     * ``batched-N``: N in flight, the requests queued in one loop iteration
       sent in one ``sendmsg``.
 
+    Each mode runs with the channel's ``send_in_thread`` setting (``slow``:
+    datagrams holding DEL_ADDR or FLUSH_ADDRS written by the worker thread,
+    ``all``, ``never``: all from the loop), and a probe rescheduled every
+    millisecond on the loop reports the loop's worst stall (``lag``).
+
     Scenarios: ``limits`` (SET_LIMITS then GET_LIMITS), ``addr`` (ADD_ADDR
     then DEL_ADDR of one endpoint: the kernel's own cost dominates),
     ``error`` (ANNOUNCE on an unknown token, answered with an extended
@@ -26,10 +31,16 @@
     request of the whole process (user, and user + system: the kernel
     handles a request inside our ``sendmsg``).
 
+``sendtime`` (root)
+    Wall and CPU time of one blocking ``send`` of each command on a plain
+    socket in a lab namespace (the kernel handles the request inside it),
+    userspace-PM commands on a live connection.
+
 Usage::
 
     python bench/bench_commands.py codec [--rounds N]
-    python bench/bench_commands.py channel [--requests N] [--json FILE]
+    python bench/bench_commands.py channel [--requests N] [--threads slow,all,never] [--json FILE]
+    python bench/bench_commands.py sendtime [--rounds N]
 """
 
 from __future__ import annotations
@@ -147,7 +158,26 @@ def make_pair(scenario: str, lab: Any) -> Any:
                           ch.submit("add_addr", (addr, 2, TOKEN), TOKEN)]
 
 
-async def run_channel(ns: str, scenario: str, mode: str, requests: int, lab: Any) -> dict[str, Any]:
+class _LagProbe:
+    """The worst delay of a callback asked for every millisecond."""
+
+    def __init__(self) -> None:
+        self.worst = 0.0
+        self.loop = asyncio.get_running_loop()
+        self.handle = self.loop.call_later(0.001, self.tick, self.loop.time() + 0.001)
+
+    def tick(self, due: float) -> None:
+        now = self.loop.time()
+        self.worst = max(self.worst, now - due)
+        self.handle = self.loop.call_later(0.001, self.tick, now + 0.001)
+
+    def stop(self) -> float:
+        self.handle.cancel()
+        return self.worst * 1e3
+
+
+async def run_channel(ns: str, scenario: str, mode: str, requests: int, lab: Any,
+                      thread: str = "slow") -> dict[str, Any]:
     from mptcpd.netlink.genl_commands import CommandChannel
 
     if mode in ("serial", "depth1"):
@@ -157,9 +187,10 @@ async def run_channel(ns: str, scenario: str, mode: str, requests: int, lab: Any
         depth, batch = int(n), kind == "batched"
     pair = make_pair(scenario, lab)
     async with CommandChannel(ns, max_in_flight=depth, batch=batch,
-                              max_queue=requests + 10) as ch:
+                              max_queue=requests + 10, send_in_thread=thread) as ch:
         for i in range(20):  # warm up
             await asyncio.gather(*pair(ch, i), return_exceptions=True)
+        probe = _LagProbe()
         t0, c0 = time.perf_counter(), os.times()
         if mode == "serial":
             for i in range(requests // 2):
@@ -175,27 +206,31 @@ async def run_channel(ns: str, scenario: str, mode: str, requests: int, lab: Any
             await asyncio.gather(*futures, return_exceptions=True)
         wall = time.perf_counter() - t0
         c1 = os.times()
+        lag = probe.stop()
     user = (c1.user - c0.user) / requests * 1e6
     total = (c1.user + c1.system - c0.user - c0.system) / requests * 1e6
-    return {"scenario": scenario, "mode": mode, "requests": requests,
-            "per_s": requests / wall, "user_us": user, "cpu_us": total}
+    return {"scenario": scenario, "mode": mode, "thread": thread, "requests": requests,
+            "per_s": requests / wall, "user_us": user, "cpu_us": total, "lag_ms": lag}
 
 
-def bench_channel(requests: int, modes: list[str], scenarios: list[str]) -> list[dict[str, Any]]:
+def bench_channel(requests: int, modes: list[str], scenarios: list[str],
+                  threads: list[str]) -> list[dict[str, Any]]:
     from mptcpd.lab import Lab
 
     logging.getLogger("mptcpd.netlink.genl_commands").setLevel(logging.CRITICAL)
     results = []
     with Lab(links=1) as lab:
-        print(f"{'scenario':8s} {'mode':12s} {'req/s':>9s} {'user µs/req':>12s} "
-              f"{'CPU µs/req':>11s}")
+        print(f"{'scenario':8s} {'mode':12s} {'thread':6s} {'req/s':>9s} {'user µs/req':>12s} "
+              f"{'CPU µs/req':>11s} {'lag ms':>7s}")
         for scenario in scenarios:
             n = min(requests, 1000) if scenario == "addr" else requests
             for mode in modes:
-                r = asyncio.run(run_channel(lab.client, scenario, mode, n, lab))
-                results.append(r)
-                print(f"{scenario:8s} {mode:12s} {r['per_s']:9.0f} {r['user_us']:12.1f} "
-                      f"{r['cpu_us']:11.1f}", flush=True)
+                for thread in threads:
+                    r = asyncio.run(run_channel(lab.client, scenario, mode, n, lab, thread))
+                    results.append(r)
+                    print(f"{scenario:8s} {mode:12s} {thread:6s} {r['per_s']:9.0f} "
+                          f"{r['user_us']:12.1f} {r['cpu_us']:11.1f} {r['lag_ms']:7.1f}",
+                          flush=True)
     return results
 # -- sendtime (inserted) --
 
@@ -330,6 +365,8 @@ def main() -> None:
     channel.add_argument("--modes", default="serial,depth1,inflight-8,inflight-64,"
                          "batched-8,batched-64,batched-256")
     channel.add_argument("--scenarios", default="limits,error,addr")
+    channel.add_argument("--threads", default="slow",
+                         help="send_in_thread settings to run each mode with (slow,all,never)")
     channel.add_argument("--json", type=Path)
     sendtime = sub.add_parser("sendtime")
     sendtime.add_argument("--rounds", type=int, default=20)
@@ -340,7 +377,8 @@ def main() -> None:
     elif args.what == "sendtime":
         result = bench_sendtime(args.rounds)
     else:
-        result = bench_channel(args.requests, args.modes.split(","), args.scenarios.split(","))
+        result = bench_channel(args.requests, args.modes.split(","), args.scenarios.split(","),
+                               args.threads.split(","))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
 

@@ -37,9 +37,11 @@ carries it, and it waits for an RCU grace period (several milliseconds of
 wall time, almost no CPU) on deleting or flushing endpoints.  A datagram
 holding such a command (:data:`SLOW_COMMANDS`) is written by a worker
 thread while the loop goes on reading events and answers; the channel
-writes nothing else until that ``sendmsg`` returns, so order, batching and
-the bounds are the same (``send_in_thread="all"`` sends every datagram that
-way, ``"never"`` none).
+writes nothing else until the kernel is done with that datagram (the answer
+to its last request is read, or the ``sendmsg`` returned), so order,
+batching and the bounds are the same.  ``send_in_thread="all"`` sends every
+datagram that way (a hand-off costs far more than a fast request),
+``"never"`` none.
 
 Bounds: at most ``max_queue`` commands wait to be sent (default
 :data:`DEFAULT_MAX_QUEUE`); beyond, ``submit`` returns a future failed with
@@ -237,6 +239,7 @@ class CommandChannel:
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._sending: list[_Request] | None = None  # handed to the worker thread
         self._send_done: concurrent.futures.Future[None] | None = None
+        self._wake_asked = False
         self._resend: collections.deque[tuple[_Request, bytes]] = collections.deque()
 
     # -- lifecycle ---------------------------------------------------------
@@ -525,9 +528,13 @@ class CommandChannel:
     def _send_in_thread(self, sock: socket.socket, reqs: list[_Request],
                         datas: list[bytes]) -> None:
         """Have the worker thread write the datagram; nothing else is
-        written until :meth:`_on_sent` ran.  The requests wait for their
-        answers at once: the kernel answers inside that ``sendmsg``, and the
-        loop may read the answers before the thread returns."""
+        written until the kernel is done with it.  The requests wait for
+        their answers at once: the kernel answers each inside that
+        ``sendmsg``, in order, so the answer to the last one (read by the
+        loop, perhaps before the thread returned) frees the channel without
+        waking the loop twice.  The thread wakes the loop itself only if the
+        ``sendmsg`` failed; :meth:`_await_send` asks it to when no answer
+        will tell."""
         loop = self._loop
         assert loop is not None
         reqs, datas = list(reqs), list(datas)  # the writer reuses its lists
@@ -539,25 +546,53 @@ class CommandChannel:
             req.sending = True
         self._sent(reqs)
         self._sending = reqs
-        done = self._send_done = executor.submit(_send_datagram, sock, datas)
+        self._wake_asked = False
+        self._send_done = executor.submit(self._thread_send, loop, sock, reqs, datas)
 
-        def wake(_: concurrent.futures.Future[None]) -> None:  # in the worker thread
+    def _thread_send(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
+                     reqs: list[_Request], datas: list[bytes]) -> None:
+        """In the worker thread."""
+        try:
+            _send_datagram(sock, datas)
+        except BaseException as exc:
             try:
-                loop.call_soon_threadsafe(self._on_sent, reqs, datas, done)
+                loop.call_soon_threadsafe(self._on_sent, reqs, datas, exc)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                pass
+
+    def _await_send(self) -> None:
+        """Have the loop run :meth:`_on_sent` once the thread's ``sendmsg``
+        returned: the datagram's last request ended without its answer
+        (timed out, or lost to an overrun)."""
+        reqs, done, loop = self._sending, self._send_done, self._loop
+        if reqs is None or done is None or loop is None or self._wake_asked:
+            return
+        self._wake_asked = True
+
+        def wake(_: concurrent.futures.Future[None]) -> None:
+            try:
+                loop.call_soon_threadsafe(self._on_sent, reqs, [], None)
             except RuntimeError:  # the loop is closed: nobody waits any more
                 pass
 
         done.add_done_callback(wake)
 
+    def _release(self) -> None:
+        """The kernel is done with the thread's datagram: writing resumes."""
+        reqs = self._sending
+        if reqs is not None:
+            for req in reqs:
+                req.sending = False
+            self._sending = None
+
     def _on_sent(self, reqs: list[_Request], datas: list[bytes],
-                 done: concurrent.futures.Future[None]) -> None:
-        if self._sending is not reqs:  # the channel closed meanwhile
+                 exc: BaseException | None) -> None:
+        """On the loop, after the thread's ``sendmsg`` returned (``exc``:
+        what it raised)."""
+        if self._sending is not reqs:  # freed by its answers, or closed
             return
-        self._sending = self._send_done = None
-        for req in reqs:
-            req.sending = False
+        self._release()
         try:
-            exc = done.exception()
             if exc is not None:
                 if not isinstance(exc, OSError):
                     raise exc
@@ -565,8 +600,8 @@ class CommandChannel:
             if self._overrun:
                 self._read()
             self._write()
-        except Exception as exc:
-            self._die(f"the writer raised {exc!r}", exc)
+        except Exception as error:
+            self._die(f"the writer raised {error!r}", error)
 
     def _unsent(self, reqs: list[_Request], datas: list[bytes], exc: OSError) -> None:
         """The kernel refused the datagram the thread wrote: none of it was
@@ -642,10 +677,16 @@ class CommandChannel:
         answer."""
         inflight = self._inflight
         while inflight and inflight[0].command.kind != "dump":
-            if inflight[0].sending:  # the thread's sendmsg has not returned:
-                return  # its answers may be still to come; seen after it
+            if inflight[0].sending and not self._send_returned():
+                # the kernel may not have answered it yet: look again
+                self._await_send()  # once the thread's sendmsg returned
+                return
             self._fail_head(errno.ENOBUFS)
         self._overrun = False
+
+    def _send_returned(self) -> bool:
+        done = self._send_done
+        return done is None or done.done()
 
     def _match(self, seq: int) -> _Request | None:
         inflight = self._inflight
@@ -688,6 +729,11 @@ class CommandChannel:
         req = self._inflight.popleft()
         if req.seq == self._dump_seq:
             self._dump_seq = None
+        if req.sending and req is self._sending[-1]:  # type: ignore[index]
+            if self._send_returned():
+                self._release()
+            else:
+                self._await_send()
         error = KernelError(req.command.op, code)
         if not req.future.done():
             log.error("%s", error)
@@ -701,6 +747,8 @@ class CommandChannel:
         inflight.popleft()
         if req.seq == self._dump_seq:
             self._dump_seq = None
+        if req.sending and req is self._sending[-1]:  # type: ignore[index]
+            self._release()  # the kernel has processed the whole datagram
         future = req.future
         if future.done():
             return
@@ -754,7 +802,8 @@ class CommandChannel:
         for req in pending:
             _settle_exception(req.future, exc)
         done, executor = self._send_done, self._executor
-        self._sending = self._send_done = self._executor = None
+        self._release()
+        self._send_done = self._executor = None
         if executor is not None:
             executor.shutdown(wait=False)  # its thread ends after the current send
         if done is not None and not done.done():
