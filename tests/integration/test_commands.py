@@ -311,9 +311,11 @@ async def test_the_queue_bound_holds_while_the_kernels_answers_are_not_read(
 async def test_requests_time_out_and_late_answers_are_ignored(
         lab: Lab, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.ERROR, LOGGER)
+    # not a FLUSH_ADDRS (a slow command): the channel reads its answers
+    # itself once the worker thread's sendmsg returned
     async with path_manager(lab, request_timeout=0.3) as (pm, ch):
         stop_reading(ch)
-        slow = [pm.kpm_get_limits(), pm.kpm_flush_addrs()]
+        slow = [pm.kpm_get_limits(), pm.kpm_set_limits(Limits(subflows=2))]
         for f in slow:
             with pytest.raises(KernelError) as info:
                 await f
@@ -321,7 +323,7 @@ async def test_requests_time_out_and_late_answers_are_ignored(
         resume_reading(ch)  # the two answers arrive now, for no one
         assert isinstance(await pm.kpm_get_limits(), Limits)
     assert error_lines(caplog) == ["get_limits: Connection timed out",
-                                   "flush_addrs: Connection timed out"]
+                                   "set_limits: Connection timed out"]
 
 
 async def test_answers_lost_to_an_overrun_fail_at_once_not_by_timeout(

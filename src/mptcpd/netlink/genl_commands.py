@@ -240,6 +240,7 @@ class CommandChannel:
         self._sending: list[_Request] | None = None  # handed to the worker thread
         self._send_done: concurrent.futures.Future[None] | None = None
         self._wake_asked = False
+        self._paused = False  # reader off while the thread sends several requests
         self._resend: collections.deque[tuple[_Request, bytes]] = collections.deque()
 
     # -- lifecycle ---------------------------------------------------------
@@ -547,14 +548,23 @@ class CommandChannel:
         self._sent(reqs)
         self._sending = reqs
         self._wake_asked = False
-        self._send_done = executor.submit(self._thread_send, loop, sock, reqs, datas)
+        # Several requests: their answers, each waking the loop as the kernel
+        # makes it, are read in one go once the thread's sendmsg returned.
+        many = len(reqs) > 1
+        if many:
+            loop.remove_reader(sock.fileno())
+            self._paused = True
+        self._send_done = executor.submit(self._thread_send, loop, sock, reqs, datas, many)
 
     def _thread_send(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
-                     reqs: list[_Request], datas: list[bytes]) -> None:
-        """In the worker thread."""
+                     reqs: list[_Request], datas: list[bytes], wake: bool) -> None:
+        """In the worker thread: wakes the loop if asked to, or on failure."""
+        exc: BaseException | None = None
         try:
             _send_datagram(sock, datas)
-        except BaseException as exc:
+        except BaseException as error:
+            exc = error
+        if exc is not None or wake:
             try:
                 loop.call_soon_threadsafe(self._on_sent, reqs, datas, exc)
             except RuntimeError:  # the loop is closed: nobody waits any more
@@ -584,6 +594,10 @@ class CommandChannel:
             for req in reqs:
                 req.sending = False
             self._sending = None
+        if self._paused:
+            self._paused = False
+            if self._sock is not None and self._loop is not None:
+                self._loop.add_reader(self._sock.fileno(), self._on_readable)
 
     def _on_sent(self, reqs: list[_Request], datas: list[bytes],
                  exc: BaseException | None) -> None:
@@ -597,8 +611,7 @@ class CommandChannel:
                 if not isinstance(exc, OSError):
                     raise exc
                 self._unsent(reqs, datas, exc)
-            if self._overrun:
-                self._read()
+            self._read()  # the answers, all there now
             self._write()
         except Exception as error:
             self._die(f"the writer raised {error!r}", error)
