@@ -232,7 +232,7 @@ def bench_channel(requests: int, modes: list[str], scenarios: list[str],
                           f"{r['user_us']:12.1f} {r['cpu_us']:11.1f} {r['lag_ms']:7.1f}",
                           flush=True)
     return results
-# -- sendtime (inserted) --
+# -- sendtime ------------------------------------------------------------------
 
 
 def _drain(sock: Any, seq: int, timeout: float = 5.0) -> int:
