@@ -311,9 +311,11 @@ async def test_the_queue_bound_holds_while_the_kernels_answers_are_not_read(
 async def test_requests_time_out_and_late_answers_are_ignored(
         lab: Lab, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.ERROR, LOGGER)
+    # not a FLUSH_ADDRS (a slow command): the channel reads its answers
+    # itself once the worker thread's sendmsg returned
     async with path_manager(lab, request_timeout=0.3) as (pm, ch):
         stop_reading(ch)
-        slow = [pm.kpm_get_limits(), pm.kpm_flush_addrs()]
+        slow = [pm.kpm_get_limits(), pm.kpm_set_limits(Limits(subflows=2))]
         for f in slow:
             with pytest.raises(KernelError) as info:
                 await f
@@ -321,7 +323,7 @@ async def test_requests_time_out_and_late_answers_are_ignored(
         resume_reading(ch)  # the two answers arrive now, for no one
         assert isinstance(await pm.kpm_get_limits(), Limits)
     assert error_lines(caplog) == ["get_limits: Connection timed out",
-                                   "flush_addrs: Connection timed out"]
+                                   "set_limits: Connection timed out"]
 
 
 async def test_answers_lost_to_an_overrun_fail_at_once_not_by_timeout(
@@ -509,3 +511,76 @@ def test_commands_a_plugin_sends_when_its_connection_closed_are_dropped(
     assert {r["outcome"] for r in results()} == {"ConnectionClosed"}, results()
     assert "invalid token" not in daemon.output()
     assert daemon.stop() == 0
+
+
+# -- slow commands do not stall the loop -------------------------------------------
+
+
+class LoopProbe:
+    """Counts the runs of a callback rescheduled every millisecond: a loop
+    blocked inside a ``sendmsg`` does not run it."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+        self._handle: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        self._handle = asyncio.get_running_loop().call_later(0.001, self._tick)
+
+    def _tick(self) -> None:
+        self.runs += 1
+        self.start()
+
+    def stop(self) -> int:
+        if self._handle is not None:
+            self._handle.cancel()
+        return self.runs
+
+
+async def test_the_loop_runs_on_while_endpoints_are_removed(lab: Lab) -> None:
+    """50 endpoint removals (each DEL_ADDR keeps the sender waiting for an
+    RCU grace period in the kernel): the loop keeps running meanwhile, and
+    every command still completes in order."""
+    addr = sa(lab.links[0].client4)
+    async with path_manager(lab) as (pm, ch):
+        futures = []
+        for _ in range(50):
+            futures.append(pm.kpm_add_addr(addr, 1, AddrFlags.SUBFLOW, 0))
+            futures.append(pm.kpm_remove_addr(1))
+        order: list[int] = []
+        for i, f in enumerate(futures):
+            f.add_done_callback(lambda _f, i=i: order.append(i))
+        probe = LoopProbe()
+        probe.start()
+        async with asyncio.timeout(30):
+            results = await asyncio.gather(*futures)
+        runs = probe.stop()
+        assert results == [None] * 100 and order == list(range(100))
+        assert lab.endpoints(lab.client) == []
+        assert runs >= 20, f"the loop ran the probe only {runs} times during the removals"
+        await pm.kpm_add_addr(addr, 2, AddrFlags.SUBFLOW, 0)  # and the channel goes on
+        assert [e.id for e in lab.endpoints(lab.client)] == [2]
+
+
+async def test_close_while_the_thread_sends_a_removal(lab: Lab) -> None:
+    """Closed while the worker thread is inside the DEL_ADDR ``sendmsg``:
+    close returns without waiting, every future is settled, the thread
+    ends, and the kernel still carries out what it was given."""
+    ch = CommandChannel(lab.client)
+    await ch.open()
+    for i in range(1, 9):  # the most endpoints a namespace takes
+        await ch.submit("kpm_add_addr", (sa(f"203.0.113.{i}"), i, AddrFlags.SUBFLOW, 0))
+    removals = [ch.submit("kpm_remove_addr", (i,)) for i in range(1, 9)]
+    await asyncio.sleep(0)  # one loop turn: the writer hands the datagram over
+    assert ch._sending is not None and ch.queued == 0
+    executor = ch._executor
+    assert executor is not None
+    queued = ch.submit("kpm_get_limits")
+    async with asyncio.timeout(5):
+        await ch.close()
+    assert all(f.done() for f in removals) and isinstance(queued.exception(), NotReady)
+    threads = list(executor._threads)
+    for thread in threads:
+        thread.join(10)
+    assert threads and not any(t.is_alive() for t in threads)
+    wait_for(lambda: lab.endpoints(lab.client) == [], 10, what="the endpoint removed")

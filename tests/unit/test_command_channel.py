@@ -15,6 +15,7 @@ import ipaddress
 import logging
 import os
 import struct
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -121,14 +122,17 @@ def with_seq(captured: bytes, seq: int) -> bytes:
 @pytest.fixture
 async def fake() -> AsyncIterator[tuple[CommandChannel, FakeSocket]]:
     sock = FakeSocket()
-    ch = CommandChannel(request_timeout=None)
+    ch = CommandChannel(request_timeout=None, send_in_thread="never")
     ch._attach(asyncio.get_running_loop(), sock, FAMILY)
     yield ch, sock
     await ch.close()
 
 
 def make(**kwargs: Any) -> tuple[CommandChannel, FakeSocket]:
-    sock = FakeSocket()
+    """A channel on a fake socket; the loop writes every datagram unless
+    ``send_in_thread`` says otherwise."""
+    sock = kwargs.pop("sock", None) or FakeSocket()
+    kwargs.setdefault("send_in_thread", "never")
     ch = CommandChannel(**kwargs)
     ch._attach(asyncio.get_running_loop(), sock, FAMILY)
     return ch, sock
@@ -490,6 +494,241 @@ async def test_submit_before_open_is_not_ready_and_names_are_checked() -> None:
         CommandChannel(max_queue=0)
     with pytest.raises(ValueError):
         CommandChannel(max_in_flight=0)
+
+
+# -- slow commands: written by the worker thread -------------------------------
+
+
+class GatedSocket(FakeSocket):
+    """A fake socket whose ``send`` of a datagram holding one of ``blocking``
+    (command numbers; None: every datagram) waits until the test opens
+    ``gate``, as the kernel's DEL_ADDR keeps the sender waiting; the
+    datagram counts as sent from the moment it entered (the kernel answers
+    before the call returns).  It records which thread wrote each one."""
+
+    def __init__(self, blocking: set[int] | None = None) -> None:
+        super().__init__()
+        self.blocking = blocking
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.returned = threading.Event()
+        self.writers: list[str] = []
+
+    def _accept(self, data: bytes) -> None:
+        self.writers.append(threading.current_thread().name)
+        cmds = {data[m.start] for m in p.messages(data)}
+        if self.blocking is not None and not cmds & self.blocking:
+            super()._accept(data)
+            return
+        self.entered.set()
+        try:
+            if self.fail_send is None and self.fail_when is None:
+                self.datagrams.append(data)
+            if not self.gate.wait(10):
+                raise TimeoutError("the test never opened the gate")
+            if self.fail_send is not None or self.fail_when is not None:
+                super()._accept(data)
+        finally:
+            self.returned.set()
+
+
+SLOW = {c.MPTCP_PM_CMD_DEL_ADDR, c.MPTCP_PM_CMD_FLUSH_ADDRS}
+MAIN = threading.current_thread().name
+WORKER = "mptcp_pm-send_0"
+
+
+async def test_a_datagram_with_a_slow_command_is_written_by_the_thread_the_loop_runs_on(
+        ) -> None:
+    sock = GatedSocket(SLOW)
+    ch, _ = make(sock=sock, send_in_thread="slow", request_timeout=None)
+    first = [ch.submit("kpm_set_limits", (Limits(subflows=1),)),
+             ch.submit("kpm_remove_addr", (3,)),
+             ch.submit("kpm_get_limits")]
+    await wait_until(sock.entered.is_set)
+    # the loop is free: it runs callbacks, takes commands, reads answers
+    ticks: list[int] = []
+    for _ in range(3):
+        asyncio.get_running_loop().call_soon(ticks.append, 1)
+        await turn()
+    assert len(ticks) == 3
+    assert sock.writers == [WORKER] and len(sock.datagrams) == 1
+    assert ch.queued == 0 and ch.in_flight == 3  # handed over: no longer queued
+    later = [ch.submit("kpm_set_limits", (Limits(subflows=2),)), ch.submit("kpm_get_limits")]
+    await turn()
+    assert ch.queued == 2 and len(sock.writers) == 1  # nothing else is written meanwhile
+    s1, s2, s3 = sock.seqs()
+    sock.ack(s1)
+    sock.ack(s2)
+    ch._on_readable()  # answers read before the thread's send returned
+    assert first[0].result() is None and first[1].result() is None
+    assert not first[2].done() and ch.in_flight == 1 and len(sock.datagrams) == 1
+    # the last request's answer: the kernel is done with the datagram, so
+    # the next one leaves (from the loop: no slow command in it) at once
+    sock.ack(s3)
+    ch._on_readable()
+    assert first[2].result() == Limits()
+    assert len(sock.datagrams) == 2 and sock.writers == [WORKER, MAIN]
+    sock.gate.set()
+    await wait_until(sock.returned.is_set)
+    assert sock.cmds() == [c.MPTCP_PM_CMD_SET_LIMITS, c.MPTCP_PM_CMD_DEL_ADDR,
+                          c.MPTCP_PM_CMD_GET_LIMITS, c.MPTCP_PM_CMD_SET_LIMITS,
+                          c.MPTCP_PM_CMD_GET_LIMITS]
+    seqs = sock.seqs()
+    assert seqs == sorted(seqs)
+    for seq in seqs[3:]:
+        sock.ack(seq)
+    done: list[int] = []
+    for i, f in enumerate(later):
+        f.add_done_callback(lambda _f, i=i: done.append(i))
+    ch._on_readable()
+    assert [f.result() for f in first + later] == [None, None, Limits(), None, Limits()]
+    await turn()
+    assert done == [0, 1]
+    await ch.close()
+
+
+async def test_every_datagram_goes_through_the_thread_in_mode_all_in_order() -> None:
+    sock = GatedSocket(None)
+    sock.gate.set()
+    ch, _ = make(sock=sock, send_in_thread="all", request_timeout=None, max_in_flight=2)
+    futures = [ch.submit("kpm_set_limits", (Limits(subflows=i),)) for i in range(5)]
+    for n in (1, 2, 3):
+        await wait_until(lambda: len(sock.datagrams) == n and sock.returned.is_set())
+        sock.returned.clear()
+        for seq in p.messages(sock.datagrams[-1]):
+            sock.ack(seq.seq)
+        ch._on_readable()
+    assert [f.result() for f in futures] == [None] * 5
+    assert set(sock.writers) == {WORKER} and len(sock.datagrams) == 3  # 2 + 2 + 1
+    assert sock.seqs() == sorted(sock.seqs())
+    await ch.close()
+
+
+async def test_commands_handed_to_the_thread_are_not_forgotten_the_queued_ones_are(
+        ) -> None:
+    sock = GatedSocket(SLOW)
+    ch, _ = make(sock=sock, send_in_thread="slow", request_timeout=None)
+    sent = [ch.submit("remove_subflow", (TOKEN, A4, R4), TOKEN),
+            ch.submit("kpm_flush_addrs")]
+    await wait_until(sock.entered.is_set)
+    queued = ch.submit("add_subflow", (TOKEN, 2, 0, A4, R4, False), TOKEN)
+    assert ch.forget(TOKEN) == 1
+    assert isinstance(queued.exception(), ConnectionClosed)
+    sock.gate.set()
+    await wait_until(sock.returned.is_set)
+    for seq in sock.seqs():
+        sock.ack(seq)
+    ch._on_readable()
+    assert [f.result() for f in sent] == [None, None]
+    assert sock.cmds() == [c.MPTCP_PM_CMD_SUBFLOW_DESTROY, c.MPTCP_PM_CMD_FLUSH_ADDRS]
+    await ch.close()
+
+
+async def test_close_during_a_slow_send_returns_at_once_and_the_thread_ends() -> None:
+    sock = GatedSocket(SLOW)
+    ch, _ = make(sock=sock, send_in_thread="slow", request_timeout=None)
+    sending = ch.submit("kpm_remove_addr", (1,))
+    await wait_until(sock.entered.is_set)
+    queued = ch.submit("kpm_get_limits")
+    executor = ch._executor
+    assert executor is not None
+    async with asyncio.timeout(5):
+        await ch.close()  # the gate is still shut: close does not wait for it
+    assert isinstance(sending.exception(), NotReady)
+    assert isinstance(queued.exception(), NotReady)
+    assert ch.failed is not None and ch.failed.cancelled() and not ch.is_open
+    assert not sock.closed  # the thread is still inside send on it
+    with pytest.raises(NotReady):
+        ch.submit("kpm_get_limits")
+    sock.gate.set()
+    await wait_until(lambda: sock.closed)  # closed by the thread once send returned
+    threads = list(executor._threads)
+    for thread in threads:
+        thread.join(5)
+    assert threads and not any(t.is_alive() for t in threads)
+    assert len(sock.datagrams) == 1
+
+
+async def test_a_datagram_refused_in_the_thread_is_resent_one_request_at_a_time(
+        caplog: pytest.LogCaptureFixture) -> None:
+    sock = GatedSocket(None)
+    sock.gate.set()
+    ch, _ = make(sock=sock, send_in_thread="all", request_timeout=None)
+    delete = p.COMMANDS["kpm_remove_addr"].encode(FAMILY, 0, p.REQUEST, 3)[16:]
+    sock.fail_when = lambda msg: msg[16:] == delete
+    futures = [ch.submit("kpm_flush_addrs"), ch.submit("kpm_remove_addr", (3,)),
+               ch.submit("kpm_get_limits")]
+    await wait_until(lambda: len(sock.datagrams) == 1)  # then one by one: the flush
+    sock.ack(sock.seqs()[0])
+    ch._on_readable()  # answered: the refused one next, then the third
+    await wait_until(lambda: futures[1].done() and len(sock.datagrams) == 2)
+    assert len(sock.writers) == 4 and set(sock.writers) == {WORKER}
+    exc = futures[1].exception()
+    assert isinstance(exc, KernelError) and exc.errno == errno.EMSGSIZE
+    assert sock.cmds() == [c.MPTCP_PM_CMD_FLUSH_ADDRS, c.MPTCP_PM_CMD_GET_LIMITS]
+    sock.ack(sock.seqs()[1])
+    ch._on_readable()
+    assert futures[0].result() is None and futures[2].result() == Limits()
+    assert errors(caplog) == ["remove_addr: Message too long"]
+    await ch.close()
+
+
+async def test_a_request_times_out_while_its_slow_send_lasts(
+        caplog: pytest.LogCaptureFixture) -> None:
+    sock = GatedSocket(SLOW)
+    ch, _ = make(sock=sock, send_in_thread="slow", request_timeout=0.05)
+    slow = ch.submit("kpm_remove_addr", (1,))
+    await wait_until(slow.done)
+    assert slow.exception().errno == errno.ETIMEDOUT  # type: ignore[union-attr]
+    sock.gate.set()
+    await wait_until(lambda: ch._sending is None)
+    sock.ack(sock.seqs()[0])  # too late
+    after = ch.submit("kpm_get_limits")
+    await turn()
+    sock.ack(sock.seqs()[-1])
+    ch._on_readable()
+    assert after.result() == Limits()
+    assert errors(caplog) == ["remove_addr: Connection timed out"]
+    await ch.close()
+
+
+async def test_an_overrun_during_a_slow_send_waits_for_it_before_failing_its_requests(
+        caplog: pytest.LogCaptureFixture) -> None:
+    sock = GatedSocket(SLOW)
+    ch, _ = make(sock=sock, send_in_thread="slow", request_timeout=None)
+    futures = [ch.submit("kpm_remove_addr", (1,)), ch.submit("kpm_remove_addr", (2,)),
+               ch.submit("kpm_remove_addr", (3,))]
+    await wait_until(sock.entered.is_set)
+    s1, s2, s3 = sock.seqs()
+    sock.ack(s1)
+    sock.answers.append(OSError(errno.ENOBUFS, "No buffer space available"))
+    ch._on_readable()
+    assert futures[0].result() is None
+    assert not futures[1].done() and not futures[2].done()  # maybe still to come
+    sock.ack(s3)  # the kernel answered s3 after the overrun; s2's answer was lost
+    sock.gate.set()
+    await wait_until(futures[2].done)
+    assert futures[2].result() is None
+    assert futures[1].exception().errno == errno.ENOBUFS  # type: ignore[union-attr]
+    assert ch.is_open and ch.in_flight == 0
+    await ch.close()
+
+
+async def test_a_bug_in_the_thread_send_is_fatal_not_silent() -> None:
+    reasons: list[str] = []
+    sock = GatedSocket(SLOW)
+    sock.gate.set()
+    sock.fail_send = RuntimeError("boom")
+    ch, _ = make(sock=sock, send_in_thread="slow", on_failure=reasons.append)
+    future = ch.submit("kpm_flush_addrs")
+    await wait_until(lambda: bool(reasons))
+    assert "RuntimeError('boom')" in reasons[0]
+    assert isinstance(future.exception(), NotReady) and not ch.is_open
+
+
+def test_send_in_thread_modes_are_checked() -> None:
+    with pytest.raises(ValueError):
+        CommandChannel(send_in_thread="sometimes")  # type: ignore[arg-type]
 
 
 # -- random answers -------------------------------------------------------------

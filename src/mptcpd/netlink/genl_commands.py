@@ -32,6 +32,17 @@ sequence number and futures resolve in submission order; a dump (the kernel
 runs one per socket at a time) is sent alone and nothing follows it until
 its end.  A request whose encoding or sending raises fails alone.
 
+Slow commands: the kernel handles a request inside the ``sendmsg`` that
+carries it, and it waits for an RCU grace period (several milliseconds of
+wall time, almost no CPU) on deleting or flushing endpoints.  A datagram
+holding such a command (:data:`SLOW_COMMANDS`) is written by a worker
+thread while the loop goes on reading events and answers; the channel
+writes nothing else until the kernel is done with that datagram (the answer
+to its last request is read, or the ``sendmsg`` returned), so order,
+batching and the bounds are the same.  ``send_in_thread="all"`` sends every
+datagram that way (a hand-off costs far more than a fast request),
+``"never"`` none.
+
 Bounds: at most ``max_queue`` commands wait to be sent (default
 :data:`DEFAULT_MAX_QUEUE`); beyond, ``submit`` returns a future failed with
 :class:`~mptcpd.errors.QueueFull`, and a warning counting the commands
@@ -48,12 +59,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import errno
 import logging
 import os
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from mptcpd.errors import ConnectionClosed, KernelError, NotReady, QueueFull
 from mptcpd.netlink import pm_codec
@@ -90,6 +102,12 @@ DEFAULT_MAX_QUEUE = 4096
 DEFAULT_MAX_IN_FLIGHT = 64
 #: Seconds between two "command queue full" warnings.
 QUEUE_FULL_WARNING_INTERVAL = 1.0
+#: Commands whose ``sendmsg`` blocks for milliseconds (kernel 6.18: DEL_ADDR
+#: and a non-empty FLUSH_ADDRS, 8-30 ms each; every other command returns in
+#: under 0.2 ms): sent from a worker thread, never from the loop.
+SLOW_COMMANDS = frozenset({"kpm_remove_addr", "kpm_flush_addrs"})
+
+SendInThread = Literal["slow", "all", "never"]
 
 _MAX_BATCH_BYTES = 32768  # well below the socket's send buffer
 _READS_PER_WAKEUP = 64  # datagrams read before the loop gets its turn back
@@ -99,11 +117,14 @@ _RCVBUF = 1 << 20  # room for the answers of max_in_flight requests
 
 
 class _Request:
-    __slots__ = ("command", "args", "token", "future", "seq", "deadline", "result", "dead")
+    __slots__ = ("command", "args", "token", "future", "seq", "deadline", "result", "dead",
+                 "slow", "sending")
 
     def __init__(self, command: Command, args: tuple[Any, ...], token: int | None,
-                 future: asyncio.Future[Any]) -> None:
+                 future: asyncio.Future[Any], slow: bool) -> None:
         self.command = command
+        self.slow = slow
+        self.sending = False  # its datagram is being written by the worker thread
         self.args = args
         self.token = token
         self.future = future
@@ -132,6 +153,13 @@ def _new_socket(netns: str | None) -> socket.socket:
     return sock
 
 
+def _send_datagram(sock: socket.socket, datas: list[bytes]) -> None:
+    if len(datas) == 1:
+        sock.send(datas[0])
+    else:
+        sock.sendmsg(datas)
+
+
 def open_socket(netns: str | None = None) -> socket.socket:
     """A bound, non-blocking generic netlink socket with extended and capped
     ACKs, in ``netns`` if given (see :mod:`mptcpd.netlink.nlsock`)."""
@@ -150,6 +178,9 @@ class CommandChannel:
     :param max_queue: commands that may wait to be sent.
     :param request_timeout: seconds a request may wait for its answer (None:
         forever).
+    :param send_in_thread: which datagrams a worker thread writes:
+        ``"slow"`` those holding one of :data:`SLOW_COMMANDS`, ``"all"``,
+        or ``"never"`` (the loop writes them all).
     :param family: generic netlink family name (tests only).
     :param on_failure: called with the reason if the channel dies.
 
@@ -165,6 +196,7 @@ class CommandChannel:
         batch: bool = True,
         max_queue: int = DEFAULT_MAX_QUEUE,
         request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+        send_in_thread: SendInThread = "slow",
         family: str = MPTCP_PM_NAME,
         on_failure: Callable[[str], object] | None = None,
     ) -> None:
@@ -172,11 +204,15 @@ class CommandChannel:
             raise ValueError("max_in_flight must be at least 1")
         if max_queue < 1:
             raise ValueError("max_queue must be at least 1")
+        if send_in_thread not in ("slow", "all", "never"):
+            raise ValueError(f"send_in_thread: unknown mode {send_in_thread!r}")
         self.netns = netns
         self.max_in_flight = max_in_flight
         self.batch = batch
         self.max_queue = max_queue
         self.request_timeout = request_timeout
+        self.send_in_thread = send_in_thread
+        self._slow_names = (SLOW_COMMANDS if send_in_thread == "slow" else frozenset())
         self.family = family
         self.on_failure = on_failure
         #: Commands refused because the queue was full, since creation.
@@ -200,6 +236,12 @@ class CommandChannel:
         self._failed: asyncio.Future[str] | None = None
         self._overrun = False
         self._outgoing: list[_Request] = []
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._sending: list[_Request] | None = None  # handed to the worker thread
+        self._send_done: concurrent.futures.Future[None] | None = None
+        self._wake_asked = False
+        self._paused = False  # reader off while the thread sends several requests
+        self._resend: collections.deque[tuple[_Request, bytes]] = collections.deque()
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -305,7 +347,7 @@ class CommandChannel:
         if len(self._queue) - self._dead >= self.max_queue:
             self._refuse(future, command.op)
             return future
-        req = _Request(command, args, token, future)
+        req = _Request(command, args, token, future, name in self._slow_names)
         self._queue.append(req)
         if token is not None:
             same = self._by_token.get(token)
@@ -388,9 +430,11 @@ class CommandChannel:
 
     def _write(self) -> None:
         sock = self._sock
-        if sock is None or self._dump_seq is not None:
+        if sock is None or self._dump_seq is not None or self._sending is not None:
             return
         queue, inflight = self._queue, self._inflight
+        if self._resend and not self._write_resend(sock):
+            return
         room = self.max_in_flight - len(inflight)
         family, batch = self._family_id, self.batch
         out = self._outgoing  # taken from the queue, not yet sent
@@ -426,17 +470,37 @@ class CommandChannel:
             if not batch or size >= _MAX_BATCH_BYTES:
                 self._send(sock, out, datas)
                 out.clear()
+                if self._sending is not None:
+                    return
                 datas, size = [], 0
         if out:
             self._send(sock, out, datas)
             out.clear()
 
+    def _write_resend(self, sock: socket.socket) -> bool:
+        """Send, one per datagram, the requests of a datagram the kernel
+        refused; False while that leaves the channel busy or full."""
+        resend, inflight = self._resend, self._inflight
+        while resend:
+            req, data = resend[0]
+            if req.future.done():
+                resend.popleft()
+                continue
+            if len(inflight) >= self.max_in_flight:
+                return False
+            resend.popleft()
+            self._send(sock, [req], [data])
+            if self._sending is not None:
+                return False
+        return True
+
     def _send(self, sock: socket.socket, reqs: list[_Request], datas: list[bytes]) -> None:
+        mode = self.send_in_thread
+        if mode == "all" or (mode == "slow" and any(req.slow for req in reqs)):
+            self._send_in_thread(sock, reqs, datas)
+            return
         try:
-            if len(datas) == 1:
-                sock.send(datas[0])
-            else:
-                sock.sendmsg(datas)
+            _send_datagram(sock, datas)
         except OSError as exc:
             if len(reqs) > 1:  # nothing of the datagram was processed: one by one
                 for req, data in zip(reqs, datas):
@@ -447,6 +511,10 @@ class CommandChannel:
             log.error("%s", error)
             _settle_exception(req.future, error)
             return
+        self._sent(reqs)
+
+    def _sent(self, reqs: list[_Request]) -> None:
+        """``reqs`` now wait for their answers."""
         assert self._loop is not None
         timeout = self.request_timeout
         deadline = self._loop.time() + timeout if timeout is not None else 0.0
@@ -458,6 +526,113 @@ class CommandChannel:
         if timeout is not None and self._timer is None:
             self._timer = self._loop.call_at(deadline, self._on_timer)
 
+    def _send_in_thread(self, sock: socket.socket, reqs: list[_Request],
+                        datas: list[bytes]) -> None:
+        """Have the worker thread write the datagram; nothing else is
+        written until the kernel is done with it.  The requests wait for
+        their answers at once: the kernel answers each inside that
+        ``sendmsg``, in order, so the answer to the last one (read by the
+        loop, perhaps before the thread returned) frees the channel without
+        waking the loop twice.  The thread wakes the loop itself only if the
+        ``sendmsg`` failed; :meth:`_await_send` asks it to when no answer
+        will tell."""
+        loop = self._loop
+        assert loop is not None
+        reqs, datas = list(reqs), list(datas)  # the writer reuses its lists
+        executor = self._executor
+        if executor is None:
+            executor = self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="mptcp_pm-send")
+        for req in reqs:
+            req.sending = True
+        self._sent(reqs)
+        self._sending = reqs
+        self._wake_asked = False
+        # Several requests: their answers, each waking the loop as the kernel
+        # makes it, are read in one go once the thread's sendmsg returned.
+        many = len(reqs) > 1
+        if many:
+            loop.remove_reader(sock.fileno())
+            self._paused = True
+        self._send_done = executor.submit(self._thread_send, loop, sock, reqs, datas, many)
+
+    def _thread_send(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
+                     reqs: list[_Request], datas: list[bytes], wake: bool) -> None:
+        """In the worker thread: wakes the loop if asked to, or on failure."""
+        exc: BaseException | None = None
+        try:
+            _send_datagram(sock, datas)
+        except BaseException as error:
+            exc = error
+        if exc is not None or wake:
+            try:
+                loop.call_soon_threadsafe(self._on_sent, reqs, datas, exc)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                pass
+
+    def _await_send(self) -> None:
+        """Have the loop run :meth:`_on_sent` once the thread's ``sendmsg``
+        returned: the datagram's last request ended without its answer
+        (timed out, or lost to an overrun)."""
+        reqs, done, loop = self._sending, self._send_done, self._loop
+        if reqs is None or done is None or loop is None or self._wake_asked:
+            return
+        self._wake_asked = True
+
+        def wake(_: concurrent.futures.Future[None]) -> None:
+            try:
+                loop.call_soon_threadsafe(self._on_sent, reqs, [], None)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                pass
+
+        done.add_done_callback(wake)
+
+    def _release(self) -> None:
+        """The kernel is done with the thread's datagram: writing resumes."""
+        reqs = self._sending
+        if reqs is not None:
+            for req in reqs:
+                req.sending = False
+            self._sending = None
+        if self._paused:
+            self._paused = False
+            if self._sock is not None and self._loop is not None:
+                self._loop.add_reader(self._sock.fileno(), self._on_readable)
+
+    def _on_sent(self, reqs: list[_Request], datas: list[bytes],
+                 exc: BaseException | None) -> None:
+        """On the loop, after the thread's ``sendmsg`` returned (``exc``:
+        what it raised)."""
+        if self._sending is not reqs:  # freed by its answers, or closed
+            return
+        self._release()
+        try:
+            if exc is not None:
+                if not isinstance(exc, OSError):
+                    raise exc
+                self._unsent(reqs, datas, exc)
+            self._read()  # the answers, all there now
+            self._write()
+        except Exception as error:
+            self._die(f"the writer raised {error!r}", error)
+
+    def _unsent(self, reqs: list[_Request], datas: list[bytes], exc: OSError) -> None:
+        """The kernel refused the datagram the thread wrote: none of it was
+        processed, so its requests leave the in-flight list; alone, it
+        fails, else they are sent again one per datagram."""
+        gone = {id(req) for req in reqs}
+        self._inflight = collections.deque(r for r in self._inflight if id(r) not in gone)
+        if self._dump_seq is not None and any(r.seq == self._dump_seq for r in reqs):
+            self._dump_seq = None
+        if len(reqs) > 1:
+            self._resend.extend(zip(reqs, datas))
+            return
+        req = reqs[0]
+        error = KernelError(req.command.op, exc.errno or errno.EIO)
+        if not req.future.done():
+            log.error("%s", error)
+        _settle_exception(req.future, error)
+
     def _on_timer(self) -> None:
         self._timer = None
         try:
@@ -468,7 +643,7 @@ class CommandChannel:
                 self._fail_head(errno.ETIMEDOUT)
             if inflight:
                 self._timer = self._loop.call_at(inflight[0].deadline, self._on_timer)
-            if self._queue:
+            if self._queue or self._resend:
                 self._write()
         except Exception as exc:
             self._die(f"the request timer raised {exc!r}", exc)
@@ -478,7 +653,7 @@ class CommandChannel:
     def _on_readable(self) -> None:
         try:
             self._read()
-            if self._queue:
+            if self._queue or self._resend:
                 self._write()
         except Exception as exc:
             self._die(f"the reader raised {exc!r}", exc)
@@ -513,10 +688,18 @@ class CommandChannel:
         answers a request inside the ``send`` that carried it, so a request
         still unanswered now (but a dump, answered as it is read) lost its
         answer."""
-        self._overrun = False
         inflight = self._inflight
         while inflight and inflight[0].command.kind != "dump":
+            if inflight[0].sending and not self._send_returned():
+                # the kernel may not have answered it yet: look again
+                self._await_send()  # once the thread's sendmsg returned
+                return
             self._fail_head(errno.ENOBUFS)
+        self._overrun = False
+
+    def _send_returned(self) -> bool:
+        done = self._send_done
+        return done is None or done.done()
 
     def _match(self, seq: int) -> _Request | None:
         inflight = self._inflight
@@ -559,6 +742,11 @@ class CommandChannel:
         req = self._inflight.popleft()
         if req.seq == self._dump_seq:
             self._dump_seq = None
+        if req.sending and req is self._sending[-1]:  # type: ignore[index]
+            if self._send_returned():
+                self._release()
+            else:
+                self._await_send()
         error = KernelError(req.command.op, code)
         if not req.future.done():
             log.error("%s", error)
@@ -572,6 +760,8 @@ class CommandChannel:
         inflight.popleft()
         if req.seq == self._dump_seq:
             self._dump_seq = None
+        if req.sending and req is self._sending[-1]:  # type: ignore[index]
+            self._release()  # the kernel has processed the whole datagram
         future = req.future
         if future.done():
             return
@@ -612,16 +802,30 @@ class CommandChannel:
                 handle.cancel()
         self._flush_handle = self._timer = self._warn_handle = None
         self._warn_dropped_now()
-        pending = list(self._inflight) + self._outgoing + list(self._queue)
+        pending = (list(self._inflight) + self._outgoing + [r for r, _ in self._resend]
+                   + list(self._queue))
         self._inflight.clear()
         self._outgoing.clear()
+        self._resend.clear()
         self._queue.clear()
         self._by_token.clear()
         self._dead = 0
         self._dump_seq = None
+        self._overrun = False
         for req in pending:
             _settle_exception(req.future, exc)
-        sock.close()
+        done, executor = self._send_done, self._executor
+        self._release()
+        self._send_done = self._executor = None
+        if executor is not None:
+            executor.shutdown(wait=False)  # its thread ends after the current send
+        if done is not None and not done.done():
+            # The thread is inside sendmsg on this socket: it is closed when
+            # that returns (from the thread), so its descriptor is never reused
+            # under a running send.  Nothing here waits for it.
+            done.add_done_callback(lambda _: sock.close())
+        else:
+            sock.close()
 
     def _warn_dropped_now(self) -> None:
         if self._unreported:
