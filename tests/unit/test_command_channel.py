@@ -436,6 +436,31 @@ async def test_forget_drops_the_queued_commands_of_a_token_only(
     assert sock.cmds()[-1] == c.MPTCP_PM_CMD_SUBFLOW_DESTROY and not again.done()
 
 
+async def test_commands_of_connections_the_kernel_closed_are_not_sent(
+        fake: tuple[CommandChannel, FakeSocket]) -> None:
+    """The writer asks ``closed_tokens`` before a datagram: commands of a
+    connection whose CLOSED the reader holds are dropped, the rest leave."""
+    ch, sock = fake
+    closed: set[int] = set()
+    asked: list[int] = []
+
+    def closed_tokens() -> set[int]:
+        asked.append(1)
+        return closed
+
+    ch.closed_tokens = closed_tokens
+    closed.add(TOKEN)
+    gone = ch.submit("add_subflow", (TOKEN, 1, 0, A4, R4, False), TOKEN)
+    live = ch.submit("add_subflow", (TOKEN + 1, 1, 0, A4, R4, False), TOKEN + 1)
+    plain = ch.submit("kpm_get_limits")
+    await turn()
+    assert asked == [1]  # once for the datagram, not once per command
+    assert sock.cmds() == [c.MPTCP_PM_CMD_SUBFLOW_CREATE, c.MPTCP_PM_CMD_GET_LIMITS]
+    exc = gone.exception()
+    assert isinstance(exc, ConnectionClosed)
+    assert not live.done() and not plain.done() and ch.queued == 0
+
+
 # -- supervision -----------------------------------------------------------------
 
 

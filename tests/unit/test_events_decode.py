@@ -500,3 +500,23 @@ def test_a_learnt_layout_decodes_as_the_walk_does(caplog: pytest.LogCaptureFixtu
     got = decode_message(bytes(changed))
     assert "Unknown MPTCP genl attribute: 99" in caplog.text
     assert got == decode(pyroute2_parse(bytes(changed)))
+
+
+def test_the_reader_knows_which_connections_the_kernel_closed() -> None:
+    """A CLOSED received but not yet handed out marks its token closed (the
+    command channel drops that connection's commands); handing it out, or
+    draining, clears the mark."""
+    reader = EventReader()
+    datagrams = [build(C.MPTCP_EVENT_CLOSED, [("MPTCP_ATTR_TOKEN", 7)]),
+                 build(C.MPTCP_EVENT_CLOSED, [("MPTCP_ATTR_TOKEN", 8)])]
+    reader._raw = cast(socket.socket, _Overrunning(datagrams))
+    reader._on_readable()
+    assert reader.closed_tokens() == {7, 8}
+    loop = asyncio.new_event_loop()
+    try:
+        first = loop.run_until_complete(reader._next())
+    finally:
+        loop.close()
+    assert first == ev.ConnectionClosed(Token(7)) and reader.closing == {8}
+    reader.drain()
+    assert reader.closing == set()

@@ -237,6 +237,9 @@ class Daemon:
             log.warning("Unable to register handler for mptcp_pm_events multicast messages")
             return
         self.reader = reader
+        # Commands of connections whose CLOSED is read but not yet handled
+        # are dropped, not sent.
+        self.channel.closed_tokens = reader.closed_tokens
         self._spawn(self._read_events(reader), "mptcp_pm events")
 
     async def _read_events(self, reader: EventReader) -> None:
@@ -285,6 +288,7 @@ class Daemon:
 
     def _close_reader(self) -> None:
         reader, self.reader = self.reader, None
+        self.channel.closed_tokens = None
         if reader is not None:
             reader.close()
 

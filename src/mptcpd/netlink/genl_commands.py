@@ -64,7 +64,7 @@ import errno
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, Literal
 
 from mptcpd.errors import ConnectionClosed, KernelError, NotReady, QueueFull
@@ -184,6 +184,11 @@ class CommandChannel:
     :param family: generic netlink family name (tests only).
     :param on_failure: called with the reason if the channel dies.
 
+    :attr:`closed_tokens`, when set, returns the connections the kernel has
+    already reported closed (the event reader's view, refreshed when
+    called); the writer asks it before each datagram and drops the commands
+    of those connections instead of sending them.
+
     Use ``async with CommandChannel(...) as ch:`` or :meth:`open` /
     :meth:`close`, from one loop.
     """
@@ -215,6 +220,8 @@ class CommandChannel:
         self._slow_names = (SLOW_COMMANDS if send_in_thread == "slow" else frozenset())
         self.family = family
         self.on_failure = on_failure
+        #: See the class docstring; None: no check.
+        self.closed_tokens: Callable[[], Collection[int]] | None = None
         #: Commands refused because the queue was full, since creation.
         self.dropped = 0
         self._sock: socket.socket | None = None
@@ -440,8 +447,12 @@ class CommandChannel:
         out = self._outgoing  # taken from the queue, not yet sent
         datas: list[bytes] = []
         size = 0
+        closed = self.closed_tokens() if self.closed_tokens is not None and queue else ()
         while queue and room > 0:
             req = queue[0]
+            token = req.token
+            if token is not None and token in closed and not req.future.done():
+                self.forget(token)  # its CLOSED is read but not yet handled
             if req.future.done():  # forgotten, or cancelled by its caller
                 queue.popleft()
                 self._unqueue(req)

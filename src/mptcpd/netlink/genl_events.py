@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Self
 
 from mptcpd.errors import NotReady
-from mptcpd.events import Event
+from mptcpd.events import ConnectionClosed, Event
 from mptcpd.netlink import constants as C
 from mptcpd.netlink import pm_codec
 from mptcpd.netlink.event_codec import OVERRUN, decode_datagram
@@ -123,6 +123,9 @@ class EventReader:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._raw: socket.socket | None = None
         self.groups: dict[str, int] = {}
+        #: Tokens whose CLOSED has been received but not yet handed out: the
+        #: kernel has closed those connections already.
+        self.closing: set[int] = set()
         self._fd = -1
         self._reading = False
         self._buf = bytearray(65536)
@@ -203,7 +206,7 @@ class EventReader:
         if raw is None:
             return
         buf = self._buf
-        pending = self._pending
+        pending, closing = self._pending, self.closing
         family_id = self.family_id
         for _ in range(1024):
             try:
@@ -226,10 +229,20 @@ class EventReader:
                     self._overrun()
                 else:
                     pending.append(item)
+                    if type(item) is ConnectionClosed:
+                        closing.add(item.token)
         if len(pending) >= self.max_pending:
             self._stop_reading()
         if pending:
             self._wake()
+
+    def closed_tokens(self) -> set[int]:
+        """The connections the kernel has reported closed in events not yet
+        handed out (:attr:`closing`), after reading what the socket holds:
+        the command channel asks before it sends, and drops their commands."""
+        if self._reading:
+            self._on_readable()
+        return self.closing
 
     def _overrun(self) -> None:
         self.overruns += 1
@@ -255,6 +268,8 @@ class EventReader:
             finally:
                 self._waiter = None
         event = pending.popleft()
+        if type(event) is ConnectionClosed:
+            self.closing.discard(event.token)
         if not self._reading and not self._closed and len(pending) < self.max_pending // 2:
             self._start_reading()
         return event
@@ -286,6 +301,7 @@ class EventReader:
         """Events already received and decoded, without waiting."""
         out = list(self._pending)
         self._pending.clear()
+        self.closing.clear()
         if not self._reading and not self._closed and self._raw is not None:
             self._start_reading()
         return out
