@@ -215,7 +215,7 @@ async def run_channel(ns: str, scenario: str, mode: str, requests: int, lab: Any
 
 def bench_channel(requests: int, modes: list[str], scenarios: list[str],
                   threads: list[str]) -> list[dict[str, Any]]:
-    from mptcpd.lab import Lab
+    from tests.lab import Lab
 
     logging.getLogger("mptcpd.netlink.genl_commands").setLevel(logging.CRITICAL)
     results = []
@@ -288,7 +288,7 @@ def bench_sendtime(rounds: int) -> dict[str, Any]:
     userspace PM (on a live connection)."""
     import re
 
-    from mptcpd.lab import Lab, wait_for
+    from tests.lab import Lab, wait_for
 
     out: dict[str, Any] = {}
     with Lab(links=2) as lab:
@@ -312,10 +312,10 @@ def bench_sendtime(rounds: int) -> dict[str, Any]:
         lab.set_path_manager(lab.client, "userspace")
         lab.set_path_manager(lab.server, "kernel")
         lab.ip(lab.server, "mptcp", "limits", "set", "subflows", "8", "add_addr_accepted", "8")
-        server = lab.python(lab.server, "-m", "mptcpd.lab.traffic", "server",
+        server = lab.python(lab.server, "-m", "tests.lab.traffic", "server",
                             "--duration", "300")
         server.wait_output("listening")
-        lab.python(lab.client, "-m", "mptcpd.lab.traffic", "client",
+        lab.python(lab.client, "-m", "tests.lab.traffic", "client",
                    str(l1.server4), "5201", "--hold", "240", "--timeout", "250",
                    name="client")
         m = wait_for(lambda: re.search(r"\btoken:([0-9a-f]+)",

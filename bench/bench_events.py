@@ -169,17 +169,17 @@ def bench_dispatch(rounds: int) -> dict[str, Any]:
 
 async def flood_once(lean: bool, seconds: float, flooders: int,
                      rcvbuf: int = DEFAULT_RCVBUF) -> dict[str, Any]:
-    from mptcpd.lab import Lab
+    from tests.lab import Lab
 
     with Lab(links=1, ipv6=False) as lab:
-        srv = lab.python(lab.server, "-m", "mptcpd.lab.traffic", "sink", "--port", "5300",
+        srv = lab.python(lab.server, "-m", "tests.lab.traffic", "sink", "--port", "5300",
                          "--duration", str(seconds + 20), name="server")
         srv.wait_output("listening")
         overruns: list[int] = []
         counts: dict[str, int] = {}
         async with EventReader(netns=lab.client, rcvbuf=rcvbuf,
                                on_overrun=overruns.append) as reader:
-            procs = [lab.python(lab.client, "-m", "mptcpd.lab.traffic", "flood",
+            procs = [lab.python(lab.client, "-m", "tests.lab.traffic", "flood",
                                 str(lab.links[0].server4), "5300", "--seconds", str(seconds),
                                 name=f"flood{i}") for i in range(flooders)]
             cpu0, t0 = time.process_time(), time.monotonic()

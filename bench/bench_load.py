@@ -2,7 +2,7 @@
 
 Each scenario builds a fresh lab (network namespaces) per daemon, runs the
 daemon inside a lab namespace, loads it, and reads what happened from the
-kernel through an independent listener (``mptcpd.lab.pmwatch``), never from
+kernel through an independent listener (``tests.lab.pmwatch``), never from
 the daemon.  Daemon CPU comes from ``/proc/PID/task/*/schedstat`` (on-CPU
 time, user and system, in ns), memory from ``/proc/PID/status``, events lost
 to a receive overrun from the kernel's per-socket drop counter
@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from mptcpd.lab import Lab, LabError, Process, wait_for  # noqa: E402
-from mptcpd.lab.pmwatch import netlink_drops, netlink_sockets  # noqa: E402
+from tests.lab import Lab, LabError, Process, wait_for  # noqa: E402
+from tests.lab.pmwatch import netlink_drops, netlink_sockets  # noqa: E402
 
 C_DAEMON = "/usr/libexec/mptcpd"
 C_PLUGIN_DIR = "/usr/lib/x86_64-linux-gnu/mptcpd"
@@ -152,11 +152,11 @@ class Daemon:
 
 
 class Watcher:
-    """The independent event listener (``mptcpd.lab.pmwatch watch``)."""
+    """The independent event listener (``tests.lab.pmwatch watch``)."""
 
     def __init__(self, lab: Lab, ns: str, count_only: bool = False):
         self.out = lab.workdir / f"watch-{time.monotonic_ns()}.json"
-        args = ["-m", "mptcpd.lab.pmwatch", "watch", "--out", str(self.out)]
+        args = ["-m", "tests.lab.pmwatch", "watch", "--out", str(self.out)]
         if count_only:
             args.append("--count-only")
         env = dict(os.environ)
@@ -191,7 +191,7 @@ def lab_for(client_pm: str, server_pm: str, links: int = 2) -> Lab:
 
 def run_conns(lab: Lab, ns: str, addr: str, count: int, *, rate: float = 0.0,
               want: int = 0, deadline: float = 5.0) -> dict[str, Any]:
-    proc = lab.python(ns, "-m", "mptcpd.lab.traffic", "conns", addr, "5201",
+    proc = lab.python(ns, "-m", "tests.lab.traffic", "conns", addr, "5201",
                       "--count", str(count), "--rate", str(rate), "--want-subflows",
                       str(want), "--deadline", str(deadline), name="conns", env=py_env())
     limit = (count / rate if rate else 0) + deadline + 60
@@ -244,7 +244,7 @@ def client_burst(impl: str, o: argparse.Namespace) -> dict[str, Any]:
     """sspi on the client; a burst of connections; connect → extra subflow."""
     lab = lab_for("userspace", "kernel")
     try:
-        server = lab.python(lab.server, "-m", "mptcpd.lab.traffic", "hold", "--bind", "0.0.0.0", "--duration",
+        server = lab.python(lab.server, "-m", "tests.lab.traffic", "hold", "--bind", "0.0.0.0", "--duration",
                             "600", name="hold", env=py_env())
         server.wait_output("listening")
         daemon = Daemon(lab, impl, lab.client, SSPI, o.c_daemon)
@@ -288,7 +288,7 @@ def server_burst(impl: str, o: argparse.Namespace) -> dict[str, Any]:
         lab.ip(lab.client, "mptcp", "endpoint", "add", str(second.client4), "dev",
                second.client_if, "subflow")
         lab.ip(lab.client, "mptcp", "limits", "set", "subflows", "8", "add_addr_accepted", "0")
-        server = lab.python(lab.server, "-m", "mptcpd.lab.traffic", "hold", "--bind", "0.0.0.0", "--duration",
+        server = lab.python(lab.server, "-m", "tests.lab.traffic", "hold", "--bind", "0.0.0.0", "--duration",
                             "600", name="hold", env=py_env())
         server.wait_output("listening")
         daemon = Daemon(lab, impl, lab.server, SSPI, o.c_daemon)
@@ -329,7 +329,7 @@ def churn(impl: str, o: argparse.Namespace) -> dict[str, Any]:
     connections back to back for ``--seconds``."""
     lab = lab_for("userspace", "kernel")
     try:
-        sink = lab.python(lab.server, "-m", "mptcpd.lab.traffic", "sink", "--port", "5201",
+        sink = lab.python(lab.server, "-m", "tests.lab.traffic", "sink", "--port", "5201",
                           "--duration", str(o.seconds + 120), name="sink", env=py_env())
         sink.wait_output("listening")
         daemon = Daemon(lab, impl, lab.client, SSPI, o.c_daemon)
@@ -337,7 +337,7 @@ def churn(impl: str, o: argparse.Namespace) -> dict[str, Any]:
         rss0 = daemon.rss_kb()
         watcher = Watcher(lab, lab.client, count_only=True)
         cpu0 = daemon.cpu()
-        flooders = [lab.python(lab.client, "-m", "mptcpd.lab.traffic", "flood",
+        flooders = [lab.python(lab.client, "-m", "tests.lab.traffic", "flood",
                                str(lab.links[0].server4), "5201", "--seconds", str(o.seconds),
                                name=f"flood{i}", env=py_env()) for i in range(o.flooders)]
         for f in flooders:
@@ -377,7 +377,7 @@ def addr_own(impl: str, o: argparse.Namespace) -> dict[str, Any]:
         time.sleep(0.3)
         out = lab.workdir / "addr.json"
         cpu0 = daemon.cpu()
-        probe = lab.python(lab.client, "-m", "mptcpd.lab.pmwatch", "addr", "--dev", "c1",
+        probe = lab.python(lab.client, "-m", "tests.lab.pmwatch", "addr", "--dev", "c1",
                            "--rounds", str(o.addr_rounds), "--churn-seconds",
                            str(o.addr_churn_seconds), "--out", str(out), name="addrprobe",
                            env=py_env())
@@ -445,7 +445,7 @@ def served_rate(impl: str, o: argparse.Namespace) -> dict[str, Any]:
     steps = []
     lab = lab_for("userspace", "kernel")
     try:
-        server = lab.python(lab.server, "-m", "mptcpd.lab.traffic", "hold", "--bind", "0.0.0.0", "--duration",
+        server = lab.python(lab.server, "-m", "tests.lab.traffic", "hold", "--bind", "0.0.0.0", "--duration",
                             "900", name="hold", env=py_env())
         server.wait_output("listening")
         daemon = Daemon(lab, impl, lab.client, SSPI, o.c_daemon)

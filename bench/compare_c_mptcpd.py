@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from mptcpd.lab import Lab, Process, wait_for
+from tests.lab import Lab, Process, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 C_PLUGIN_DIR = "/usr/lib/x86_64-linux-gnu/mptcpd"
@@ -100,12 +100,12 @@ def addr_adv_steps(impl: str, c_daemon: str) -> list[tuple[str, str]]:
 def sspi_steps(impl: str, c_daemon: str, connections: int) -> list[tuple[str, str]]:
     with Lab(links=2, path_manager="userspace") as lab:
         daemon = start(lab, impl, c_daemon, "--path-manager=sspi", "--load-plugins=sspi")
-        server = lab.python(lab.server, "-m", "mptcpd.lab.traffic", "server",
+        server = lab.python(lab.server, "-m", "tests.lab.traffic", "server",
                             "--duration", "300")
         server.wait_output("listening")
         extra = []
         for _ in range(connections):
-            out = lab.exec(lab.client, sys.executable, "-m", "mptcpd.lab.traffic", "client",
+            out = lab.exec(lab.client, sys.executable, "-m", "tests.lab.traffic", "client",
                            str(lab.links[0].server4), "5201", "--bytes", "200000",
                            "--hold", "1.0").stdout
             extra.append(json.loads(out)["info"]["subflows"])

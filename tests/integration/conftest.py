@@ -1,6 +1,6 @@
 """Fixtures that build a two-host lab against the running kernel.
 
-``lab`` gives a fresh :class:`mptcpd.lab.Lab` per test: a client and a server
+``lab`` gives a fresh :class:`tests.lab.Lab` per test: a client and a server
 namespace joined by veth links in documentation subnets, torn down even when
 the test fails.  Choose its shape with a marker::
 
@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from mptcpd.lab import Lab, lab_requirements
+from tests.lab import Lab, lab_requirements
 from tests.conftest import in_ci
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mptcpd.lab import Endpoint, Lab, Process, wait_for
+from tests.lab import Endpoint, Lab, Process, wait_for
 from tests.integration.test_daemon import READY, daemon_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,7 +57,7 @@ def test_one_endpoint_per_address_with_flags_ids_and_limits(lab: Lab) -> None:
 
 
 def transfer(lab: Lab, nbytes: int, hold: float = 0) -> Process:
-    return lab.python(lab.client, "-m", "mptcpd.lab.traffic", "client",
+    return lab.python(lab.client, "-m", "tests.lab.traffic", "client",
                       str(lab.links[0].server4), "5201", "--bytes", str(nbytes),
                       "--hold", str(hold), "--timeout", "30")
 
@@ -67,7 +67,7 @@ def test_data_travels_over_both_links(lab: Lab) -> None:
     wait_endpoints(lab, lab_addresses(lab))
     for link in lab.links:
         lab.limit_rate(link, 40)
-    lab.python(lab.server, "-m", "mptcpd.lab.traffic", "server").wait_output("listening")
+    lab.python(lab.server, "-m", "tests.lab.traffic", "server").wait_output("listening")
     before = [lab.tx_bytes(lab.client, link.client_if) for link in lab.links]
     client = transfer(lab, 8_000_000)
     assert client.wait(40) == 0
@@ -84,7 +84,7 @@ def test_carrier_loss_withdraws_the_endpoint_and_the_transfer_continues(lab: Lab
     ids = {a: e.id for a, e in endpoints_by_address(lab).items()}
     for link in lab.links:
         lab.limit_rate(link, 40)
-    lab.python(lab.server, "-m", "mptcpd.lab.traffic", "server").wait_output("listening")
+    lab.python(lab.server, "-m", "tests.lab.traffic", "server").wait_output("listening")
     client = transfer(lab, 20_000_000)
     second = lab.links[1]
     wait_for(lambda: lab.tx_bytes(lab.client, second.client_if) > 500_000, 20,

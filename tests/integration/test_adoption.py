@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mptcpd.lab import Lab, wait_for
+from tests.lab import Lab, wait_for
 from tests.integration.test_sspi import (
     mptcp_tokens,
     one_per_interface,

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mptcpd.lab import list_namespaces
+from tests.lab import list_namespaces
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -27,7 +27,7 @@ import pytest
 
 from mptcpd import events as ev
 from mptcpd.errors import ConnectionClosed, KernelError, NotReady, QueueFull
-from mptcpd.lab import Lab, Process, wait_for
+from tests.lab import Lab, Process, wait_for
 from mptcpd.netlink import genl_commands
 from mptcpd.netlink.genl_commands import CommandChannel
 from mptcpd.netlink.genl_events import EventReader
@@ -380,11 +380,11 @@ def live_connection(lab: Lab) -> tuple[Process, Process, int]:
     connection over link 1, and its client-side token."""
     srvmon = monitor(lab, lab.server, "srvmon")
     climon = monitor(lab, lab.client, "climon")
-    server = lab.python(lab.server, "-m", "mptcpd.lab.traffic", "server",
+    server = lab.python(lab.server, "-m", "tests.lab.traffic", "server",
                         "--duration", "60")
     server.wait_output("listening")
     srvmon.wait_output(r"UNKNOWN 15|LISTENER")
-    lab.python(lab.client, "-m", "mptcpd.lab.traffic", "client",
+    lab.python(lab.client, "-m", "tests.lab.traffic", "client",
                str(lab.links[0].server4), "5201", "--hold", "45", "--timeout", "50",
                name="client")
     # The token from ss (the monitor may have joined after CREATED was sent).
@@ -493,11 +493,11 @@ def test_commands_a_plugin_sends_when_its_connection_closed_are_dropped(
     outcomes = tmp_path / "late.jsonl"
     daemon = start(lab, tmp_path, plugins=("late",), MPTCPD_LATE_LOG=str(outcomes))
     daemon.wait_output(r"mptcpd ready: plugins", timeout=20)
-    server = lab.python(lab.server, "-m", "mptcpd.lab.traffic", "server", "--duration", "60")
+    server = lab.python(lab.server, "-m", "tests.lab.traffic", "server", "--duration", "60")
     server.wait_output("listening")
     connections = 5
     for _ in range(connections):
-        client = lab.python(lab.client, "-m", "mptcpd.lab.traffic", "client",
+        client = lab.python(lab.client, "-m", "tests.lab.traffic", "client",
                             str(lab.links[0].server4), "5201", "--bytes", "1000",
                             name="client")
         assert client.wait(20) == 0

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mptcpd.lab import Lab, Process, wait_for
+from tests.lab import Lab, Process, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "plugins"
@@ -146,10 +146,10 @@ def test_a_recorder_plugin_sees_real_connections_in_kernel_order(
     daemon = start(lab, tmp_path, plugins=("recorder",),
                    MPTCPD_RECORDER_LOG=str(log_path))
     daemon.wait_output(READY, timeout=20)
-    server = lab.python(lab.server, "-m", "mptcpd.lab.traffic", "server", "--duration", "60")
+    server = lab.python(lab.server, "-m", "tests.lab.traffic", "server", "--duration", "60")
     server.wait_output("listening")
     server_addr = lab.links[0].server4
-    out = lab.exec(lab.client, sys.executable, "-m", "mptcpd.lab.traffic", "client",
+    out = lab.exec(lab.client, sys.executable, "-m", "tests.lab.traffic", "client",
                    str(server_addr), "5201", "--bytes", "100000", "--hold", "0.5").stdout
     token = json.loads(out)["info"]["token"]
 

@@ -9,7 +9,7 @@ import sys
 
 def test_the_demo_shows_both_path_managers_at_work(lab_available: None) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "mptcpd.lab.demo", "--bytes", "15000000",
+        [sys.executable, "-m", "tests.lab.demo", "--bytes", "15000000",
          "--connections", "2"],
         capture_output=True, text=True, timeout=240,
     )

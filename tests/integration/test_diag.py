@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from mptcpd.lab import Lab, Process, list_namespaces, wait_for
+from tests.lab import Lab, Process, list_namespaces, wait_for
 from mptcpd.netlink.diag import (
     NETLINK_SOCK_DIAG,
     MptcpConnection,
@@ -76,14 +76,14 @@ def ss_rows(lab: Lab, ns: str) -> set[Row]:
 
 
 def start_server(lab: Lab) -> Process:
-    srv = lab.python(lab.server, "-m", "mptcpd.lab.traffic", "server",
+    srv = lab.python(lab.server, "-m", "tests.lab.traffic", "server",
                      "--port", str(PORT), "--duration", "60", name="server")
     srv.wait_output("listening")
     return srv
 
 
 def start_client(lab: Lab, dst: Any) -> Process:
-    return lab.python(lab.client, "-m", "mptcpd.lab.traffic", "client", str(dst),
+    return lab.python(lab.client, "-m", "tests.lab.traffic", "client", str(dst),
                       str(PORT), "--hold", str(HOLD), name="client")
 
 

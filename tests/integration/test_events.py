@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from mptcpd import events as ev
-from mptcpd.lab import Lab, Process
+from tests.lab import Lab, Process
 from mptcpd.netlink import constants as C
 from mptcpd.netlink.genl_events import EventReader
 from mptcpd.types import AddressId, SockAddr
@@ -144,14 +144,14 @@ def of(events: list[ev.Event], cls: type[Any]) -> list[Any]:
 
 
 def start_server(lab: Lab, ns: str | None = None) -> Process:
-    srv = lab.python(ns or lab.server, "-m", "mptcpd.lab.traffic", "server",
+    srv = lab.python(ns or lab.server, "-m", "tests.lab.traffic", "server",
                      "--port", str(PORT), "--duration", "60", name="server")
     srv.wait_output("listening")
     return srv
 
 
 def start_client(lab: Lab, dst: str, hold: float = 2.0, nbytes: int = 100000) -> Process:
-    return lab.python(lab.client, "-m", "mptcpd.lab.traffic", "client", dst, str(PORT),
+    return lab.python(lab.client, "-m", "tests.lab.traffic", "client", dst, str(PORT),
                       "--bytes", str(nbytes), "--hold", str(hold), name="client")
 
 
@@ -312,7 +312,7 @@ async def test_listener_events(lab: Lab) -> None:
         await asyncio.sleep(0.2)
         got = []
         for bind, port in (("0.0.0.0", 6000), (str(lab.links[0].client6), 6001)):
-            lst = lab.python(lab.client, "-m", "mptcpd.lab.traffic", "server", "--port",
+            lst = lab.python(lab.client, "-m", "tests.lab.traffic", "server", "--port",
                              str(port), "--bind", bind, "--duration", "0.2", name="listener")
             await asyncio.to_thread(lst.wait, 10)
             got += await collect(reader, has(ev.ListenerClosed, laddr=sa(bind, port)))
@@ -407,7 +407,7 @@ async def test_overrun_is_detected_and_events_flow_again(
             await asyncio.sleep(0.1)
         assert calls, "no overrun reported"
         # ...and a connection made afterwards is reported again.
-        client = lab.python(lab.client, "-m", "mptcpd.lab.traffic", "client",
+        client = lab.python(lab.client, "-m", "tests.lab.traffic", "client",
                             str(l2.server4), str(PORT), "--bind", str(l2.client4),
                             "--bytes", "1000", "--hold", "0.2", name="client")
         result = await client_result(client)

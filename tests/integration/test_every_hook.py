@@ -12,7 +12,7 @@ import json
 import signal
 from pathlib import Path
 
-from mptcpd.lab import Lab, wait_for
+from tests.lab import Lab, wait_for
 from mptcpd.plugins.registry import HOOKS
 from tests.integration.test_daemon import READY, recorded, start
 
@@ -44,9 +44,9 @@ def test_every_hook_with_real_events(lab: Lab, tmp_path: Path) -> None:
 
     # A connection with a subflow on link 2, an address announced by the
     # server, a priority change, the announcement withdrawn.
-    server = lab.python(lab.server, "-m", "mptcpd.lab.traffic", "server", "--duration", "60")
+    server = lab.python(lab.server, "-m", "tests.lab.traffic", "server", "--duration", "60")
     server.wait_output("listening")
-    client = lab.python(lab.client, "-m", "mptcpd.lab.traffic", "client",
+    client = lab.python(lab.client, "-m", "tests.lab.traffic", "client",
                         str(first.server4), "5201", "--bytes", "100000", "--hold", str(HOLD))
     created = expect("new_connection", raddr=f"{first.server4}|5201")
     token = created["token"]
@@ -86,7 +86,7 @@ def test_every_hook_with_real_events(lab: Lab, tmp_path: Path) -> None:
         < per_connection.index("address_removed")
 
     # A listening MPTCP socket in the client namespace.
-    listener = lab.python(lab.client, "-m", "mptcpd.lab.traffic", "server", "--port", "6000",
+    listener = lab.python(lab.client, "-m", "tests.lab.traffic", "server", "--port", "6000",
                           "--bind", str(first.client4), "--duration", "1", name="listener")
     expect("listener_created", laddr=f"{first.client4}|6000")
     assert listener.wait(15) == 0

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from mptcpd.lab import Lab
+from tests.lab import Lab
 from mptcpd.netlink.family import FamilyWatcher
 from mptcpd.netlink.genl_commands import CommandChannel
 

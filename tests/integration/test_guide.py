@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mptcpd.lab import Lab
+from tests.lab import Lab
 from tests import guide
 from tests.integration.test_daemon import READY, daemon_env
 
@@ -26,9 +26,9 @@ def test_the_guides_plugin_handles_real_connections(lab: Lab, tmp_path: Path) ->
     daemon.wait_output(READY, timeout=20)
     assert "hello plugin initialized" in daemon.output()
     daemon.wait_output(rf"hello: {second.client_if} has a new address {second.client4}")
-    server = lab.python(lab.server, "-m", "mptcpd.lab.traffic", "server", "--duration", "60")
+    server = lab.python(lab.server, "-m", "tests.lab.traffic", "server", "--duration", "60")
     server.wait_output("listening")
-    client = lab.python(lab.client, "-m", "mptcpd.lab.traffic", "client",
+    client = lab.python(lab.client, "-m", "tests.lab.traffic", "client",
                         str(lab.links[0].server4), "5201", "--bytes", "100000",
                         "--hold", "1")
     assert client.wait(20) == 0

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mptcpd.lab import Lab, list_namespaces, path_manager_sysctl, wait_for
+from tests.lab import Lab, list_namespaces, path_manager_sysctl, wait_for
 
 
 def test_lab_builds_two_hosts_and_tears_down(lab_available: None) -> None:
@@ -44,10 +44,10 @@ def test_mptcp_traffic_uses_both_links(lab: Lab) -> None:
     second = lab.links[1]
     lab.ip(lab.client, "mptcp", "endpoint", "add", str(second.client4),
            "dev", second.client_if, "subflow")
-    server = lab.python(lab.server, "-m", "mptcpd.lab.traffic", "server",
+    server = lab.python(lab.server, "-m", "tests.lab.traffic", "server",
                         "--duration", "30")
     server.wait_output("listening")
-    client = lab.python(lab.client, "-m", "mptcpd.lab.traffic", "client",
+    client = lab.python(lab.client, "-m", "tests.lab.traffic", "client",
                         str(lab.links[0].server4), "5201", "--bytes", "200000",
                         "--hold", "3")
 

@@ -12,7 +12,7 @@ import sys
 import textwrap
 from typing import Any
 
-from mptcpd.lab import Lab
+from tests.lab import Lab
 
 PRELUDE = textwrap.dedent(
     """

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from mptcpd.lab import Lab, list_namespaces
+from tests.lab import Lab, list_namespaces
 from mptcpd.netlink.rtnl_monitor import RouteLookup, RtnlMonitor, RtnlMonitorError
 from mptcpd.pm.network_monitor import AddressState, NetworkMonitor
 from mptcpd.types import Interface, NotifyFlags, SockAddr

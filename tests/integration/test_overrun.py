@@ -15,7 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
-from mptcpd.lab import Lab, wait_for
+from tests.lab import Lab, wait_for
 from tests.integration.test_daemon import READY, recorded, start
 
 def test_an_overrun_is_recovered_and_missed_connections_adopted(
@@ -24,20 +24,20 @@ def test_an_overrun_is_recovered_and_missed_connections_adopted(
     log_path = tmp_path / "calls.jsonl"
     daemon = start(lab, tmp_path, plugins=("recorder",), MPTCPD_RECORDER_LOG=str(log_path))
     daemon.wait_output(READY, timeout=20)
-    server = lab.python(lab.server, "-m", "mptcpd.lab.traffic", "server", "--duration", "120")
+    server = lab.python(lab.server, "-m", "tests.lab.traffic", "server", "--duration", "120")
     server.wait_output("listening")
-    sink = lab.python(lab.server, "-m", "mptcpd.lab.traffic", "sink", "--port", "5300",
+    sink = lab.python(lab.server, "-m", "tests.lab.traffic", "sink", "--port", "5300",
                       "--duration", "60", name="sink")
     sink.wait_output("listening")
     server_addr = str(lab.links[0].server4)
 
     daemon.send_signal(signal.SIGSTOP)
     try:
-        flooders = [lab.python(lab.client, "-m", "mptcpd.lab.traffic", "flood", server_addr,
+        flooders = [lab.python(lab.client, "-m", "tests.lab.traffic", "flood", server_addr,
                                "5300", "--seconds", "3", name="flooder") for _ in range(2)]
         assert all(f.wait(30) == 0 for f in flooders)
         flood = sum(int(f.output().split()[-1]) for f in flooders)
-        held = lab.python(lab.client, "-m", "mptcpd.lab.traffic", "client", server_addr,
+        held = lab.python(lab.client, "-m", "tests.lab.traffic", "client", server_addr,
                           "5201", "--hold", "6", name="held")
         wait_for(lambda: lab.exec(lab.client, "ss", "-MnH").stdout.strip(), 10,
                  what="the held MPTCP connection")
@@ -60,7 +60,7 @@ def test_an_overrun_is_recovered_and_missed_connections_adopted(
     assert calls[0]["args"]["server_side"] is False
     assert f"Connection {token:08x} was created while events were lost" in daemon.output()
     # Events flow again after the recovery: a new connection is seen normally.
-    out = lab.exec(lab.client, sys.executable, "-m", "mptcpd.lab.traffic", "client",
+    out = lab.exec(lab.client, sys.executable, "-m", "tests.lab.traffic", "client",
                    server_addr, "5201").stdout
     fresh = json.loads(out)["info"]["token"]
     wait_for(lambda: any(c["hook"] == "connection_closed" and c["args"].get("token") == fresh

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from mptcpd.lab import Lab, Process, wait_for
+from tests.lab import Lab, Process, wait_for
 from mptcpd.netlink.genl_commands import CommandChannel
 from mptcpd.pm.path_manager import PathManager
 from mptcpd.types import SockAddr
@@ -153,7 +153,7 @@ def start_server(lab: Lab, kernel_pm: bool = True) -> Process:
         lab.set_path_manager(lab.server, "kernel")
         lab.ip(lab.server, "mptcp", "limits", "set", "subflows", "8",
                "add_addr_accepted", "8")
-    server = lab.python(lab.server, "-m", "mptcpd.lab.traffic", "server",
+    server = lab.python(lab.server, "-m", "tests.lab.traffic", "server",
                         "--port", str(PORT), "--duration", "120")
     server.wait_output("listening")
     return server
@@ -163,7 +163,7 @@ def start_clients(lab: Lab, count: int, nbytes: int, hold: float,
                   ipv6: bool = False) -> list[Process]:
     server = lab.links[0].server6 if ipv6 else lab.links[0].server4
     return [
-        lab.python(lab.client, "-m", "mptcpd.lab.traffic", "client",
+        lab.python(lab.client, "-m", "tests.lab.traffic", "client",
                    str(server), str(PORT), "--bytes", str(nbytes),
                    "--hold", str(hold), "--timeout", str(hold + 30), name=f"client{i}")
         for i in range(count)

@@ -1,8 +1,8 @@
 """Listing MPTCP connections through sock_diag: decoding and the dump, offline.
 
 The replies below were captured from Linux 6.18 (``mptcp_diag`` built in) in
-a lab (``mptcpd.lab.Lab``, default shape) while two ``python -m
-mptcpd.lab.traffic client ... --hold 4`` connections ran from the client
+a lab (``tests.lab.Lab``, default shape) while two ``python -m
+tests.lab.traffic client ... --hold 4`` connections ran from the client
 namespace to a traffic server listening on ``::`` port 5201, one to
 192.0.2.2 and one to 2001:db8:1::2.  They are the datagrams the
 daemon's sock_diag socket received for the requests

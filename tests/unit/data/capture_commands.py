@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mptcpd.lab import Lab
+from tests.lab import Lab
 from mptcpd.netlink import genl_commands
 from mptcpd.netlink.genl_commands import CommandChannel
 from mptcpd.netlink.pm_codec import Limits

@@ -20,7 +20,7 @@ import platform
 import sys
 from pathlib import Path
 
-from mptcpd.lab import Lab
+from tests.lab import Lab
 from mptcpd.netlink.constants import MptcpEvent
 from tests.unit.event_oracle import mptcp_event_msg
 from mptcpd.netlink.genl_events import EventReader
@@ -48,7 +48,7 @@ async def scenario(lab: Lab, v6: bool, label: str) -> None:
     lab.ip(srv_ns, "mptcp", "endpoint", "flush")
     lab.ip(srv_ns, "mptcp", "endpoint", "add", sig, "dev", l2.server_if, "signal", "id", "5")
     dst = str(l1.server6 if v6 else l1.server4)
-    cli = lab.python(cli_ns, "-m", "mptcpd.lab.traffic", "client", dst, "5201",
+    cli = lab.python(cli_ns, "-m", "tests.lab.traffic", "client", dst, "5201",
                      "--bytes", "100000", "--hold", "2.5", name=f"client-{label}")
     await settle(1.0)
     lab.ip(srv_ns, "mptcp", "endpoint", "change", "id", "5", "backup")
@@ -65,14 +65,14 @@ async def main(outdir: Path) -> int:
             socks[role] = await listen(ns)
         for ns in (lab.client, lab.server):
             lab.ip(ns, "mptcp", "limits", "set", "subflows", "4", "add_addr_accepted", "4")
-        srv = lab.python(lab.server, "-m", "mptcpd.lab.traffic", "server",
+        srv = lab.python(lab.server, "-m", "tests.lab.traffic", "server",
                          "--duration", "60", name="server")
         srv.wait_output("listening")
         await scenario(lab, v6=False, label="v4")
         await scenario(lab, v6=True, label="v6")
         # deny-join-id0: the server forbids joins to its initial address/port.
         lab.sysctl(lab.server, "net.mptcp.allow_join_initial_addr_port", "0")
-        cli = lab.python(lab.client, "-m", "mptcpd.lab.traffic", "client",
+        cli = lab.python(lab.client, "-m", "tests.lab.traffic", "client",
                          str(lab.links[0].server4), "5201", "--bytes", "1000",
                          "--hold", "0.3", name="client-deny")
         await asyncio.to_thread(cli.wait, 15)
@@ -83,7 +83,7 @@ async def main(outdir: Path) -> int:
         lab.ip(lab.client, "mptcp", "endpoint", "flush")
         lab.ip(lab.client, "mptcp", "endpoint", "add", str(l2.client4), "dev",
                l2.client_if, "subflow", "id", "7")
-        cli = lab.python(lab.client, "-m", "mptcpd.lab.traffic", "client",
+        cli = lab.python(lab.client, "-m", "tests.lab.traffic", "client",
                          str(lab.links[0].server4), "5201", "--bytes", "100000",
                          "--hold", "2", name="client-sf")
         await settle(1.0)
@@ -91,7 +91,7 @@ async def main(outdir: Path) -> int:
         await asyncio.to_thread(cli.wait, 15)
         # Listeners, IPv4 and dual-stack IPv6, in the client namespace.
         for bind in ("0.0.0.0", "::", str(lab.links[0].client4)):
-            lst = lab.python(lab.client, "-m", "mptcpd.lab.traffic", "server",
+            lst = lab.python(lab.client, "-m", "tests.lab.traffic", "server",
                              "--port", "6000", "--bind", bind, "--duration", "0.3",
                              name="listener")
             await asyncio.to_thread(lst.wait, 10)

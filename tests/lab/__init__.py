@@ -46,6 +46,8 @@ PREFIX = "mptcpd-lab"
 _counter = itertools.count(1)
 _NAME_RE = re.compile(rf"^{PREFIX}-(\d+)-\d+-")
 
+#: The repository holding this package (what lab processes need on their path).
+REPO_ROOT = Path(__file__).resolve().parents[2]
 #: How long lab set-up steps wait for the kernel before giving up.
 SETUP_TIMEOUT = 10.0
 
@@ -384,7 +386,11 @@ class Lab:
 
     def python(self, ns: str, *args: str, name: str | None = None,
                env: dict[str, str] | None = None) -> Process:
-        """Start this interpreter inside ``ns`` with ``args``."""
+        """Start this interpreter inside ``ns`` with ``args``; the repository
+        is on its path, so ``-m tests.lab.traffic`` is found from anywhere."""
+        env = dict(os.environ if env is None else env)
+        paths = [str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        env["PYTHONPATH"] = os.pathsep.join(paths)
         return self.spawn(ns, sys.executable, *args, name=name, env=env)
 
     def start_mptcpd(self, *args: str, ns: str | None = None,

@@ -2,12 +2,12 @@
 
 Run inside a lab namespace::
 
-    python -m mptcpd.lab.traffic server --port 5201
-    python -m mptcpd.lab.traffic client 192.0.2.2 5201 --bytes 1000000 --hold 2
-    python -m mptcpd.lab.traffic sink --port 5300 --duration 30
-    python -m mptcpd.lab.traffic flood 192.0.2.2 5300 --seconds 3
-    python -m mptcpd.lab.traffic hold --port 5201 --duration 60
-    python -m mptcpd.lab.traffic conns 192.0.2.2 5201 --count 1000 --want-subflows 1
+    python -m tests.lab.traffic server --port 5201
+    python -m tests.lab.traffic client 192.0.2.2 5201 --bytes 1000000 --hold 2
+    python -m tests.lab.traffic sink --port 5300 --duration 30
+    python -m tests.lab.traffic flood 192.0.2.2 5300 --seconds 3
+    python -m tests.lab.traffic hold --port 5201 --duration 60
+    python -m tests.lab.traffic conns 192.0.2.2 5201 --count 1000 --want-subflows 1
 
 The server accepts MPTCP connections (IPv4 and IPv6), answers a first line
 with ``ok`` and then discards what it receives.  The client sends a line, waits
@@ -374,7 +374,7 @@ def conns(addr: str, port: int, count: int, rate: float, want: int, deadline: fl
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mptcpd.lab.traffic")
+    parser = argparse.ArgumentParser(prog="python -m tests.lab.traffic")
     sub = parser.add_subparsers(dest="mode", required=True)
     s = sub.add_parser("server", help="accept MPTCP connections")
     s.add_argument("--port", type=int, default=5201)

@@ -5,8 +5,8 @@ test, so this module talks to the kernel with nothing but the standard
 library (a raw generic-netlink socket, its own few constants and parsing).
 Run inside a lab namespace::
 
-    python -m mptcpd.lab.pmwatch watch --out events.json [--count-only]
-    python -m mptcpd.lab.pmwatch addr --dev c1 --rounds 50 --out addr.json
+    python -m tests.lab.pmwatch watch --out events.json [--count-only]
+    python -m tests.lab.pmwatch addr --dev c1 --rounds 50 --out addr.json
 
 ``watch`` joins ``mptcp_pm_events`` with a large receive buffer and records
 every event with the ``CLOCK_MONOTONIC`` time it was received (the clock is
@@ -315,7 +315,7 @@ def addr_probe(dev: str, rounds: int, churn_seconds: float, timeout: float,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mptcpd.lab.pmwatch")
+    parser = argparse.ArgumentParser(prog="python -m tests.lab.pmwatch")
     sub = parser.add_subparsers(dest="mode", required=True)
     w = sub.add_parser("watch", help="record mptcp_pm_events")
     w.add_argument("--out", required=True)

@@ -1,6 +1,6 @@
 """The README demo: mptcpd managing real MPTCP connections in a throwaway lab.
 
-``python -m mptcpd.lab.demo`` (what ``scripts/demo`` runs, as root) builds two
+``python -m tests.lab.demo`` (what ``scripts/demo`` runs, as root) builds two
 network namespaces, a client and a server joined by two veth links, and shows
 in plain text:
 
@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from mptcpd.lab import Lab, LabError, Process, lab_requirements, wait_for
+from tests.lab import Lab, LabError, Process, lab_requirements, wait_for
 
 PORT = 5201
 RATE_MBIT = 40  #: each client link's sending rate, so a transfer needs both
@@ -80,7 +80,7 @@ def start_daemon(lab: Lab, *args: str) -> Process:
 
 
 def transfer(lab: Lab, nbytes: int, hold: float = 0.0) -> Process:
-    return lab.python(lab.client, "-m", "mptcpd.lab.traffic", "client",
+    return lab.python(lab.client, "-m", "tests.lab.traffic", "client",
                       str(lab.links[0].server4), str(PORT), "--bytes", str(nbytes),
                       "--hold", str(hold), "--timeout", "60")
 
@@ -114,7 +114,7 @@ def part_addr_adv(lab: Lab, nbytes: int) -> bool:
     show_endpoints(lab)
 
     heading(f"A {nbytes // 1_000_000} MB transfer from client to server")
-    server = lab.python(lab.server, "-m", "mptcpd.lab.traffic", "server",
+    server = lab.python(lab.server, "-m", "tests.lab.traffic", "server",
                         "--port", str(PORT), "--duration", "600")
     server.wait_output("listening")
     base = [lab.tx_bytes(lab.client, l.client_if) for l in lab.links]
@@ -191,7 +191,7 @@ def part_sspi(lab: Lab, connections: int) -> bool:
     lab.ip(lab.client, "mptcp", "endpoint", "flush")
     lab.set_path_manager(lab.client, "userspace")
     daemon = start_daemon(lab, "--debug", "--path-manager=sspi", "--load-plugins=sspi")
-    server = lab.python(lab.server, "-m", "mptcpd.lab.traffic", "server",
+    server = lab.python(lab.server, "-m", "tests.lab.traffic", "server",
                         "--port", str(PORT), "--duration", "600")
     server.wait_output("listening")
     base = [lab.tx_bytes(lab.client, l.client_if) for l in lab.links]
