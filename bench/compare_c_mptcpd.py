@@ -21,7 +21,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.lab import Lab, Process, wait_for
+sys.path[:0] = [str(Path(__file__).resolve().parents[1])]
+from tests.lab import Lab, Process, wait_for  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 C_PLUGIN_DIR = "/usr/lib/x86_64-linux-gnu/mptcpd"
