@@ -22,7 +22,7 @@ import ipaddress
 import logging
 import struct
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from mptcpd.events import (
     AddressAnnounced,
@@ -213,24 +213,27 @@ _ip4_cache: dict[int, ipaddress.IPv4Address] = {}
 _ip6_cache: dict[bytes, ipaddress.IPv6Address] = {}
 
 
+_K = TypeVar("_K")
+_A = TypeVar("_A")
+
+
+def _cached(cache: dict[_K, _A], key: _K, make: Callable[[_K], _A]) -> _A:
+    """``make(key)``, remembered (address objects are costly to build); the
+    cache is emptied when it reaches :data:`_CACHE_MAX` entries."""
+    value = cache.get(key)
+    if value is None:
+        if len(cache) >= _CACHE_MAX:
+            cache.clear()
+        value = cache[key] = make(key)
+    return value
+
+
 def _v_ip4(buf: Any, p: int) -> ipaddress.IPv4Address:
-    key = _be32(buf, p)[0]
-    addr = _ip4_cache.get(key)
-    if addr is None:
-        if len(_ip4_cache) >= _CACHE_MAX:
-            _ip4_cache.clear()
-        addr = _ip4_cache[key] = ipaddress.IPv4Address(key)
-    return addr
+    return _cached(_ip4_cache, _be32(buf, p)[0], ipaddress.IPv4Address)
 
 
 def _v_ip6(buf: Any, p: int) -> ipaddress.IPv6Address:
-    key = bytes(buf[p:p + 16])
-    addr = _ip6_cache.get(key)
-    if addr is None:
-        if len(_ip6_cache) >= _CACHE_MAX:
-            _ip6_cache.clear()
-        addr = _ip6_cache[key] = ipaddress.IPv6Address(key)
-    return addr
+    return _cached(_ip6_cache, bytes(buf[p:p + 16]), ipaddress.IPv6Address)
 
 
 def _v_u32(buf: Any, p: int) -> int:
@@ -340,21 +343,11 @@ _TEMPLATES_MAX = 256
 
 
 def _ip4_from_bytes(raw: bytes) -> ipaddress.IPv4Address:
-    addr = _ip4b_cache.get(raw)
-    if addr is None:
-        if len(_ip4b_cache) >= _CACHE_MAX:
-            _ip4b_cache.clear()
-        addr = _ip4b_cache[raw] = ipaddress.IPv4Address(raw)
-    return addr
+    return _cached(_ip4b_cache, raw, ipaddress.IPv4Address)
 
 
 def _ip6_from_bytes(raw: bytes) -> ipaddress.IPv6Address:
-    addr = _ip6_cache.get(raw)
-    if addr is None:
-        if len(_ip6_cache) >= _CACHE_MAX:
-            _ip6_cache.clear()
-        addr = _ip6_cache[raw] = ipaddress.IPv6Address(raw)
-    return addr
+    return _cached(_ip6_cache, raw, ipaddress.IPv6Address)
 
 
 _ip4b_cache: dict[bytes, ipaddress.IPv4Address] = {}
