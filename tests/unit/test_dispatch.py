@@ -196,6 +196,27 @@ def test_reconcile_closes_vanished_and_adopts_missed_connections(
         '"plugin_one".' in caplog.text
 
 
+def test_an_adopted_connections_late_created_is_not_dispatched_again(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A CREATED still unread when the listing was taken arrives after the
+    adoption: the plugin had its new_connection already."""
+    caplog.set_level(logging.INFO)
+    d = dispatcher(load(fixture_dir(tmp_path, "priority")))
+    d.begin_reconcile()
+    d.reconcile({TOKEN3: (LADDR, RADDR, False, False)}, at_startup=True)
+    d.dispatch(ev.ConnectionCreated(TOKEN3, LADDR, RADDR))
+    d.dispatch(ev.ConnectionEstablished(TOKEN3, LADDR, RADDR))
+    calls = [(hook, args.get("token")) for _, hook, args in recording.CALLS]
+    assert calls == [("new_connection", TOKEN3), ("connection_established", TOKEN3)]
+    assert f'Connection {TOKEN3:08x} existed before mptcpd started; adopted by ' \
+        '"plugin_one".' in caplog.text
+    # After its close, the token is an ordinary new connection again.
+    d.dispatch(ev.ConnectionClosed(TOKEN3))
+    recording.CALLS.clear()
+    d.dispatch(ev.ConnectionCreated(TOKEN3, LADDR, RADDR))
+    assert [hook for _, hook, _ in recording.CALLS] == ["new_connection"]
+
+
 def test_reconcile_leaves_alone_what_happened_while_listing(tmp_path: Path) -> None:
     d = dispatcher(load(fixture_dir(tmp_path, "priority")))
     d.dispatch(ev.ConnectionCreated(TOKEN1, LADDR, RADDR))

@@ -197,7 +197,7 @@ class Daemon:
             self.network_monitor.register(self.dispatcher)
             # Connections that were open before the daemon started get their
             # path manager too (C never learns of them).
-            await self._reconcile_connections("at startup")
+            await self._reconcile_connections(at_startup=True)
         names = ", ".join(p.name for p in self.registry.plugins)
         default = self.dispatcher.default.name if self.dispatcher.default else "none"
         self.notifier.ready(f"Managing MPTCP paths; plugins: {names}; default: {default}")
@@ -261,13 +261,14 @@ class Daemon:
         """The endpoint IDs from an endpoint dump, the connections from sock_diag:
         plugins get the ``new_connection``/``connection_closed`` they missed."""
         await self._sync_ids()
-        if await self._reconcile_connections("after lost events"):
+        if await self._reconcile_connections(at_startup=False):
             if self.reader is not None:
                 self.reader.overrun_pending = False
 
-    async def _reconcile_connections(self, when: str) -> bool:
-        """Bring the connection bindings in line with sock_diag's listing;
-        False when the listing failed (logged)."""
+    async def _reconcile_connections(self, at_startup: bool) -> bool:
+        """Bring the connection bindings in line with sock_diag's listing (at
+        startup, or after lost events); False when the listing failed (logged)."""
+        when = "at startup" if at_startup else "after lost events"
         self.dispatcher.begin_reconcile()
         try:
             connections = await list_mptcp_connections()
@@ -278,8 +279,8 @@ class Daemon:
         self.dispatcher.reconcile({
             c.token: (c.laddr, c.raddr, c.server_side, c.established)
             for c in connections if not c.fallback  # no events exist for those
-        }, at_startup=when == "at startup")
-        if when == "at startup":
+        }, at_startup=at_startup)
+        if at_startup:
             log.info("%d MPTCP connection(s) existed at startup.", len(connections))
         else:
             log.info("Resynchronised %s: %d live MPTCP connection(s).",
