@@ -641,3 +641,26 @@ def test_find_interface_takes_an_ipv4_mapped_address() -> None:
     nm.handle_address(addr(2, "192.0.2.1"))
     found = nm.find_interface(SockAddr(ipaddress.ip_address("::ffff:192.0.2.1"), 5201))
     assert found is not None and found.index == 2
+
+
+# -- snapshots -----------------------------------------------------------------
+
+
+def test_snapshots_are_reused_until_the_interface_changes() -> None:
+    nm, _ = monitor()
+    nm.handle_link(link(2), initial=True)
+    nm.handle_address(addr(2, "192.0.2.1"), initial=True)
+    first = nm.get_interface(2)
+    assert first is not None and nm.get_interface(2) is first
+    assert nm.interfaces() == [first] and nm.interfaces()[0] is first
+    nm.handle_address(addr(2, "198.51.100.1"))
+    second = nm.get_interface(2)
+    assert second is not first
+    assert second is not None and [str(a) for a in second.addrs] == ["192.0.2.1", "198.51.100.1"]
+    nm.handle_link(link(2, NO_CARRIER))
+    third = nm.get_interface(2)
+    assert third is not None and not third.is_running and second.is_running
+    nm.handle_address(addr(2, "192.0.2.1", deleted=True))
+    fourth = nm.get_interface(2)
+    assert fourth is not None and [str(a) for a in fourth.addrs] == ["198.51.100.1"]
+    assert [str(a) for a in third.addrs] == ["192.0.2.1", "198.51.100.1"]  # snapshots stay

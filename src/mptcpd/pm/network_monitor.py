@@ -173,18 +173,34 @@ class _Interface:
     operstate: str
     carrier: bool | None
     visible: bool  #: subscribers know it (startup dump or new_interface)
+    #: Change it only through :meth:`add`, :meth:`remove` and :meth:`update`:
+    #: they drop the cached snapshot.
     addrs: list[_Address] = dataclasses.field(default_factory=list)
+    _snapshot: Interface | None = None
 
     def snapshot(self) -> Interface:
-        return Interface(
-            index=self.index,
-            name=self.name,
-            flags=self.flags,
-            type=self.type,
-            operstate=self.operstate,
-            carrier=self.carrier,
-            addrs=tuple(a.addr for a in self.addrs),
-        )
+        """The interface as plugins see it (immutable; cached until it changes:
+        path managers ask for it on every connection)."""
+        snap = self._snapshot
+        if snap is None:
+            snap = self._snapshot = Interface(
+                index=self.index,
+                name=self.name,
+                flags=self.flags,
+                type=self.type,
+                operstate=self.operstate,
+                carrier=self.carrier,
+                addrs=tuple(a.addr for a in self.addrs),
+            )
+        return snap
+
+    def add(self, entry: _Address) -> None:
+        self.addrs.append(entry)
+        self._snapshot = None
+
+    def remove(self, entry: _Address) -> None:
+        self.addrs.remove(entry)
+        self._snapshot = None
 
     def find(self, addr: SockAddr) -> _Address | None:
         for entry in self.addrs:
@@ -198,6 +214,7 @@ class _Interface:
         self.type = msg.type
         self.operstate = msg.operstate
         self.carrier = msg.carrier
+        self._snapshot = None
 
     @property
     def running(self) -> bool:
@@ -469,7 +486,7 @@ class NetworkMonitor:
             if entry is None:
                 log.debug("Ignoring removal of unrecorded address %s.", addr)
                 return
-            iface.addrs.remove(entry)
+            iface.remove(entry)
             self._cancel_check(entry)
             if iface.visible:
                 self._emit("delete_local_address", iface.snapshot(), addr)
@@ -477,7 +494,7 @@ class NetworkMonitor:
         if initial and not self.notify_flags & NotifyFlags.EXISTING:
             # Recorded silently; the skip filters do not apply (as in C).
             if iface.find(addr) is None:
-                iface.addrs.append(_Address(addr, msg.scope, AddressState.SILENT))
+                iface.add(_Address(addr, msg.scope, AddressState.SILENT))
             return
         if self.notify_flags & NotifyFlags.SKIP_LINK_LOCAL and msg.scope == RT_SCOPE_LINK:
             return
@@ -487,7 +504,7 @@ class NetworkMonitor:
             log.debug("Network address information updated.")
             return
         entry = _Address(addr, msg.scope, AddressState.DEFERRED)
-        iface.addrs.append(entry)
+        iface.add(entry)
         if iface.visible:
             self._announce(iface, entry)
 
