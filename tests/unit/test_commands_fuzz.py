@@ -11,17 +11,15 @@ message is ignored with a warning, never half read.
 
 from __future__ import annotations
 
-import logging
 import struct
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mptcpd.netlink import constants as c
 from mptcpd.netlink import pm_codec as p
+from tests.unit.fuzz_support import FUZZ, Recorder, recording
 from tests.unit.test_commands_encode import (
     CAPTURED_DATAGRAMS,
     FAMILY_ID,
@@ -32,41 +30,8 @@ from tests.unit.test_commands_encode import (
     tlv,
 )
 
-FUZZ = settings(deadline=None, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 SAMPLES = CAPTURED_DATAGRAMS + OLD_DATAGRAMS
 LOGGERS = ("mptcpd.netlink.pm_codec", "tests.unit.pm_oracle")
-
-
-class Recorder(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def lines(self, name: str) -> list[tuple[int, str]]:
-        return [(r.levelno, r.getMessage()) for r in self.records if r.name == name]
-
-
-@contextmanager
-def recording() -> Iterator[Recorder]:
-    rec = Recorder()
-    saved = []
-    for name in LOGGERS:
-        logger = logging.getLogger(name)
-        saved.append((logger, logger.level, logger.propagate))
-        logger.addHandler(rec)
-        logger.setLevel(logging.DEBUG)
-        logger.propagate = False
-    try:
-        yield rec
-    finally:
-        for logger, level, propagate in saved:
-            logger.removeHandler(rec)
-            logger.setLevel(level)
-            logger.propagate = propagate
 
 
 # -- what "well formed" means, written independently of the codec ---------------
@@ -151,14 +116,14 @@ def no_traceback(rec: Recorder) -> None:
 def same_reading(data: bytes) -> None:
     """Where pyroute2 can read the datagram, the codec reads the same."""
     framed = frames(data)
-    with recording() as rec:
+    with recording(*LOGGERS) as rec:
         got = decode_everything(data)
     no_traceback(rec)
     if framed is None:
         return
     comparable = [i for i, (t, _f, payload) in enumerate(framed)
                   if t != FAMILY_ID or well_formed_data(payload)]
-    with recording() as rec:
+    with recording(*LOGGERS) as rec:
         try:
             want = theirs(data)
         except Exception:
@@ -257,7 +222,7 @@ datagrams = st.lists(st.one_of(data_message(), data_message(), error_message(),
 @FUZZ
 @given(st.binary(max_size=200))
 def test_random_bytes_never_raise(data: bytes) -> None:
-    with recording() as rec:
+    with recording(*LOGGERS) as rec:
         decode_everything(data)
     no_traceback(rec)
 
@@ -268,7 +233,7 @@ def test_random_payloads_in_a_valid_frame_never_raise(payload: bytes, type: int,
                                                       flags: int) -> None:
     for t in (type, FAMILY_ID, p.NLMSG_ERROR, p.NLMSG_DONE):
         data = nlmsg(t, flags, 1, payload)
-        with recording() as rec:
+        with recording(*LOGGERS) as rec:
             decode_everything(data)
         no_traceback(rec)
 
@@ -319,7 +284,7 @@ def test_a_malformed_message_is_ignored_never_half_read(data: bytes, cut: int) -
     if well_formed_data(short[16:]):
         return  # the cut fell between attributes
     (msg,) = p.messages(short)
-    with recording() as rec:
+    with recording(*LOGGERS) as rec:
         assert p.decode_addr(short, msg) is None
         assert p.decode_limits(short, msg) == p.Limits()
     assert any("malformed reply ignored" in line for _, line in rec.lines(LOGGERS[0]))

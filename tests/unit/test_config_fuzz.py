@@ -25,7 +25,7 @@ from pathlib import Path
 from types import FrameType
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mptcpd.config import (
@@ -39,9 +39,8 @@ from mptcpd.config import (
     read_config_file,
 )
 from tests.unit.config_fuzz_support import any_contents, good_files
+from tests.unit.fuzz_support import FUZZ
 
-FUZZ = settings(deadline=None, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 #: A case that runs this long is a hang (an infinite loop), not a slow case.
 HANG_SECONDS = 20
 

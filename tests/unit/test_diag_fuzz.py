@@ -13,12 +13,13 @@ import asyncio
 import socket
 import struct
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mptcpd.netlink import diag
 from mptcpd.netlink.diag import DiagBatch, decode_datagram
 from tests.unit import diag_oracle
+from tests.unit.fuzz_support import FUZZ
 from tests.unit.test_diag import (
     CLIENT_V4,
     CLIENT_V4_DONE,
@@ -31,8 +32,6 @@ from tests.unit.test_diag import (
     mptcp_info,
 )
 
-FUZZ = settings(deadline=None, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 CAPTURES = [CLIENT_V4, CLIENT_V6, SERVER_V6, CLIENT_V4 + CLIENT_V4_DONE,
             SERVER_V6 + SERVER_V6_DONE, DONE_ENOENT]
 #: Reply attributes pyroute2 keeps as raw bytes whatever their length.

@@ -12,13 +12,10 @@ kernel captures decode as before.
 from __future__ import annotations
 
 import asyncio
-import logging
 import socket
 import struct
-from collections.abc import Iterator
-from contextlib import contextmanager
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mptcpd.netlink import constants as C
@@ -31,41 +28,13 @@ from tests.unit.events_support import (
     pyroute2_parse,
     raw_message,
 )
+from tests.unit.fuzz_support import FUZZ, Recorder, recording
 
 CAPTURES = capture_bytes()
 EXPECTED = [decode_message(d) for d in CAPTURES]
 EVENTS = [int(e) for e in C.MptcpEvent]
-LOGGER = logging.getLogger("mptcpd.netlink")
+LOGGER = "mptcpd.netlink"
 
-FUZZ = settings(deadline=None, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-
-
-class Recorder(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def lines(self) -> list[tuple[int, str]]:
-        return [(r.levelno, r.getMessage()) for r in self.records]
-
-
-@contextmanager
-def recording() -> Iterator[Recorder]:
-    rec = Recorder()
-    old_level, old_propagate = LOGGER.level, LOGGER.propagate
-    LOGGER.addHandler(rec)
-    LOGGER.setLevel(logging.DEBUG)
-    LOGGER.propagate = False
-    try:
-        yield rec
-    finally:
-        LOGGER.removeHandler(rec)
-        LOGGER.setLevel(old_level)
-        LOGGER.propagate = old_propagate
 
 
 def lean_never_crashes(rec: Recorder) -> None:
@@ -84,7 +53,7 @@ def pyroute2_decode(data: bytes) -> object:
 
 def assert_same(data: bytes) -> None:
     """Both decoders: same event, same log lines (framing must be intact)."""
-    with recording() as rec:
+    with recording(LOGGER) as rec:
         ref = decode(pyroute2_parse(data))
         ref_lines = rec.lines()
         rec.records.clear()
@@ -120,7 +89,7 @@ def mutated_capture(draw: st.DrawFn) -> bytes:
 @settings(FUZZ, max_examples=3000)
 @given(st.binary(max_size=256))
 def test_random_bytes_never_raise(data: bytes) -> None:
-    with recording() as rec:
+    with recording(LOGGER) as rec:
         out = decode_datagram(data)
         decode_message(data)
         lean_never_crashes(rec)
@@ -139,7 +108,7 @@ def test_well_framed_random_attributes_decode_alike(cmd: int, attrs: list[
 @given(mutated_capture())
 def test_mutated_captures_decode_alike(data: bytes) -> None:
     assert_same(data)
-    with recording() as rec:
+    with recording(LOGGER) as rec:
         decode_datagram(data, family_id=FAMILY_ID)
         lean_never_crashes(rec)
 
@@ -151,7 +120,7 @@ def test_truncated_captures_never_raise(index: int, cut: int, fix_length: bool) 
     if fix_length and len(data) >= 20:
         data = struct.pack("=I", len(data)) + data[4:]
         assert_same(data)
-    with recording() as rec:
+    with recording(LOGGER) as rec:
         out = decode_datagram(data, family_id=FAMILY_ID)
         lean_never_crashes(rec)
     if cut >= len(CAPTURES[index]):
@@ -163,7 +132,7 @@ def test_truncated_captures_never_raise(index: int, cut: int, fix_length: bool) 
 @settings(FUZZ, max_examples=1000)
 @given(st.sampled_from(range(len(CAPTURES))), st.binary(max_size=64))
 def test_captures_followed_by_garbage_still_decode(index: int, garbage: bytes) -> None:
-    with recording() as rec:
+    with recording(LOGGER) as rec:
         out = decode_datagram(CAPTURES[index] + garbage, family_id=FAMILY_ID)
         lean_never_crashes(rec)
     assert out[:1] == [EXPECTED[index]]
@@ -185,7 +154,7 @@ def test_reader_receive_path_survives_any_datagram(datagrams: list[bytes]) -> No
         reader.family_id = None
         for d in datagrams:
             a.send(d)
-        with recording() as rec:
+        with recording(LOGGER) as rec:
             reader._on_readable()
             lean_never_crashes(rec)
         expected = [e for d in datagrams for e in decode_datagram(d) if e is not OVERRUN]
