@@ -34,8 +34,8 @@ import os
 import socket
 import struct
 from collections import deque
-from collections.abc import AsyncIterator
-from typing import Union
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar, Union
 
 from mptcpd.netlink.nlsock import (
     NETLINK_ADD_MEMBERSHIP,
@@ -337,6 +337,21 @@ def open_socket(netns: str | None, rcvbuf: int,
     return sock
 
 
+_R = TypeVar("_R")
+
+
+def _decoded(replies: list[tuple[int, bytes]], kinds: tuple[int, ...],
+             decode: Callable[[int, bytes], _R | None]) -> list[_R]:
+    """The dump replies of message types ``kinds`` that ``decode`` reads."""
+    out = []
+    for mtype, payload in replies:
+        if mtype in kinds:
+            record = decode(mtype, payload)
+            if record is not None:
+                out.append(record)
+    return out
+
+
 _seq = itertools.count(1)
 
 
@@ -526,13 +541,7 @@ class RtnlMonitor:
         body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
         replies = await self._dump(RTM_GETLINK, body, "Unable to obtain network devices.",
                                    "get_link")
-        out = []
-        for mtype, payload in replies:
-            if mtype in (RTM_NEWLINK, RTM_DELLINK):
-                link = decode_link(mtype, payload)
-                if link is not None:
-                    out.append(link)
-        return out
+        return _decoded(replies, (RTM_NEWLINK, RTM_DELLINK), decode_link)
 
     async def dump_addresses(self) -> list[AddressMessage]:
         """Dump every IPv4/IPv6 address (``RTM_GETADDR``, ``AF_UNSPEC``).
@@ -543,13 +552,7 @@ class RtnlMonitor:
         body = _IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
         replies = await self._dump(RTM_GETADDR, body, "Unable to obtain IP addresses.",
                                    "get_addr")
-        out = []
-        for mtype, payload in replies:
-            if mtype in (RTM_NEWADDR, RTM_DELADDR):
-                addr = decode_address(mtype, payload)
-                if addr is not None:
-                    out.append(addr)
-        return out
+        return _decoded(replies, (RTM_NEWADDR, RTM_DELADDR), decode_address)
 
     # -- the stream ------------------------------------------------------
 
