@@ -75,6 +75,7 @@ from mptcpd.netlink.nlsock import (
     NETLINK_EXT_ACK,
     NETLINK_GENERIC,
     SOL_NETLINK,
+    lookup_family,
     netlink_socket,
     set_rcvbuf,
 )
@@ -112,7 +113,6 @@ SendInThread = Literal["slow", "all", "never"]
 _MAX_BATCH_BYTES = 32768  # well below the socket's send buffer
 _READS_PER_WAKEUP = 64  # datagrams read before the loop gets its turn back
 _RECV_SIZE = 65536  # the kernel's dump datagrams are at most 32 KiB
-_FAMILY_TIMEOUT = 5.0
 _RCVBUF = 1 << 20  # room for the answers of max_in_flight requests
 
 
@@ -140,17 +140,6 @@ def _settle_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
         future.exception()  # retrieved: logged already, or the caller's to read
 
 
-def _new_socket(netns: str | None) -> socket.socket:
-    sock = netlink_socket(NETLINK_GENERIC, netns)
-    try:
-        sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
-        sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
-        set_rcvbuf(sock, _RCVBUF)
-        sock.bind((0, 0))
-    except BaseException:
-        sock.close()
-        raise
-    return sock
 
 
 def _send_datagram(sock: socket.socket, datas: list[bytes]) -> None:
@@ -163,7 +152,16 @@ def _send_datagram(sock: socket.socket, datas: list[bytes]) -> None:
 def open_socket(netns: str | None = None) -> socket.socket:
     """A bound, non-blocking generic netlink socket with extended and capped
     ACKs, in ``netns`` if given (see :mod:`mptcpd.netlink.nlsock`)."""
-    return _new_socket(netns)
+    sock = netlink_socket(NETLINK_GENERIC, netns)
+    try:
+        sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
+        sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+        set_rcvbuf(sock, _RCVBUF)
+        sock.bind((0, 0))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 class CommandChannel:
@@ -263,7 +261,7 @@ class CommandChannel:
         loop = asyncio.get_running_loop()
         sock = open_socket(self.netns)
         try:
-            family_id = await self._resolve(loop, sock)
+            family_id, _ = await lookup_family(sock, self.family, self._next_seq())
         except BaseException:
             sock.close()
             raise
@@ -274,21 +272,6 @@ class CommandChannel:
         self._sock, self._loop, self._family_id = sock, loop, family_id
         self._failed = loop.create_future()
         loop.add_reader(sock.fileno(), self._on_readable)
-
-    async def _resolve(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> int:
-        seq = self._next_seq()
-        sock.send(pm_codec.get_family(seq, self.family))
-        async with asyncio.timeout(_FAMILY_TIMEOUT):
-            while True:
-                data = await loop.sock_recv(sock, _RECV_SIZE)
-                if any(m.seq == seq for m in messages(data)):
-                    break
-        family_id, code = pm_codec.decode_family(data, seq)
-        if family_id is not None:
-            return family_id
-        if code == errno.ENOENT:
-            raise NotReady(f'"{self.family}" generic netlink family not found')
-        raise OSError(code, os.strerror(code))
 
     async def close(self) -> None:
         """Fail queued and unanswered requests with NotReady, close the socket."""

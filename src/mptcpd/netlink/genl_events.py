@@ -24,15 +24,14 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Self
 
-from mptcpd.errors import NotReady
 from mptcpd.events import ConnectionClosed, Event
 from mptcpd.netlink import constants as C
-from mptcpd.netlink import pm_codec
 from mptcpd.netlink.event_codec import OVERRUN, decode_datagram
 from mptcpd.netlink.nlsock import (
     NETLINK_ADD_MEMBERSHIP,
     NETLINK_GENERIC,
     SOL_NETLINK,
+    lookup_family,
     netlink_socket,
     set_rcvbuf,
 )
@@ -49,30 +48,6 @@ DEFAULT_RCVBUF = 16 << 20
 #: Events handed out in a row before the loop is given a turn (see
 #: :meth:`EventReader.events`).
 YIELD_EVERY = 32
-#: Seconds the family lookup at open may take.
-LOOKUP_TIMEOUT = 5.0
-
-
-async def lookup_family(sock: socket.socket, name: str = C.MPTCP_PM_NAME,
-                        seq: int = 1) -> tuple[int, dict[str, int]]:
-    """The id and multicast groups of generic netlink family ``name``.
-
-    Raises :class:`~mptcpd.errors.NotReady` when the family is not
-    registered, :class:`OSError` for another failure.
-    """
-    loop = asyncio.get_running_loop()
-    sock.send(pm_codec.get_family(seq, name))
-    async with asyncio.timeout(LOOKUP_TIMEOUT):
-        while True:
-            data = await loop.sock_recv(sock, 65536)
-            if any(m.seq == seq for m in pm_codec.messages(data)):
-                break
-    family_id, groups, code = pm_codec.decode_family_groups(data, seq)
-    if family_id is not None:
-        return family_id, groups
-    if code == errno.ENOENT:
-        raise NotReady(f'"{name}" generic netlink family not found')
-    raise OSError(code, f"looking up {name}: {errno.errorcode.get(code, code)}")
 
 
 class EventReader:

@@ -9,9 +9,15 @@ socket stays bound to that namespace for its whole life.
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import os
 import socket
 import threading
+
+from mptcpd.errors import NotReady
+from mptcpd.netlink import pm_codec
+from mptcpd.netlink.constants import MPTCP_PM_NAME
 
 NETLINK_ROUTE = 0
 NETLINK_GENERIC = 16
@@ -75,3 +81,29 @@ def set_rcvbuf(sock: socket.socket, size: int) -> None:
         sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
     except PermissionError:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+
+#: Seconds a family lookup may take.
+LOOKUP_TIMEOUT = 5.0
+
+
+async def lookup_family(sock: socket.socket, name: str = MPTCP_PM_NAME,
+                        seq: int = 1) -> tuple[int, dict[str, int]]:
+    """The id and multicast groups of generic netlink family ``name``.
+
+    Raises :class:`~mptcpd.errors.NotReady` when the family is not
+    registered, :class:`OSError` for another failure.
+    """
+    loop = asyncio.get_running_loop()
+    sock.send(pm_codec.get_family(seq, name))
+    async with asyncio.timeout(LOOKUP_TIMEOUT):
+        while True:
+            data = await loop.sock_recv(sock, 65536)
+            if any(m.seq == seq for m in pm_codec.messages(data)):
+                break
+    family_id, groups, code = pm_codec.decode_family_groups(data, seq)
+    if family_id is not None:
+        return family_id, groups
+    if code == errno.ENOENT:
+        raise NotReady(f'"{name}" generic netlink family not found')
+    raise OSError(code, os.strerror(code))
