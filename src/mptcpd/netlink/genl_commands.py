@@ -62,7 +62,6 @@ import collections
 import concurrent.futures
 import errno
 import logging
-import os
 import socket
 from collections.abc import Callable, Collection
 from typing import Any, Literal
