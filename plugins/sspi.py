@@ -30,7 +30,12 @@ subflow creation on the client too.
 *Server side* (``server_side`` true): the server **announces** (ADD_ADDR),
 once established, the first usable address of each of its other ready
 interfaces, so that the client's path manager can join it; it creates no
-subflow.  Announcements use ``pm.add_addr_no_listener`` without a port: the
+subflow.  The announcements of one connection leave one at a time, each
+:data:`ANNOUNCE_INTERVAL` after the kernel accepted the previous one, as the
+in-kernel PM spaces its own: a peer running the in-kernel PM drops an
+ADD_ADDR that arrives while it is still acting on the previous one
+(``MPTcpExtAddAddrDrop``), and the kernel sends the lost one again only
+after its retransmission timeout, up to 15 s later on Linux 6.18.  Announcements use ``pm.add_addr_no_listener`` without a port: the
 client joins at the connection's own port, which the application's listener
 (normally bound to the wildcard address) already serves.  ``pm.add_addr``
 would open one extra listening socket per connection and address, which
@@ -119,6 +124,10 @@ PLUGIN = PluginInfo(
 
 log = logging.getLogger("mptcpd.plugins.sspi")
 
+#: Seconds between the kernel's answer to one announcement of a connection and
+#: the next announcement of that connection (server side).
+ANNOUNCE_INTERVAL = 0.02
+
 
 def plain(addr: SockAddr) -> SockAddr:
     """``addr`` with an IPv4-mapped IPv6 address (``::ffff:192.0.2.1``) made IPv4.
@@ -176,6 +185,16 @@ class Connection:
     closing: set[tuple[SockAddr, SockAddr]] = dataclasses.field(default_factory=set)
     #: (interface index, target) pairs already tried by the client side.
     attempted: set[tuple[int, SockAddr]] = dataclasses.field(default_factory=set)
+    #: server side: an announcement is in flight or its interval runs.
+    announcing: bool = False
+    #: the timer that lets the next announcement go.
+    announce_timer: asyncio.TimerHandle | None = None
+
+    def forget(self) -> None:
+        """Stop what is scheduled for the connection."""
+        if self.announce_timer is not None:
+            self.announce_timer.cancel()
+            self.announce_timer = None
 
     @property
     def family(self) -> int:
@@ -310,8 +329,9 @@ class SingleSubflowPerInterface:
         return done
 
     def _announce(self, conn: Connection, pm: PathManager) -> None:
-        """Server side: announce the other interfaces' addresses."""
-        if not conn.server_side or not conn.established:
+        """Server side: announce the next of the other interfaces' addresses
+        not announced yet; the rest follow one by one (:data:`ANNOUNCE_INTERVAL`)."""
+        if not conn.server_side or not conn.established or conn.announcing:
             return
         announced = set(conn.announced.values())
         for interface, local in candidate_interfaces(pm, conn.family):
@@ -326,12 +346,32 @@ class SingleSubflowPerInterface:
                 continue
             log.debug("Connection %08x: announcing %s (id %d).", conn.token, local, local_id)
             try:
-                pm.add_addr_no_listener(local, local_id, conn.token)
+                future = pm.add_addr_no_listener(local, local_id, conn.token)
             except (ValueError, OSError) as exc:
                 log.warning("Unable to announce %s: %s", local, exc)
                 continue
             conn.announced[local_id] = local
-            announced.add(local)
+            conn.announcing = True
+            future.add_done_callback(functools.partial(self._announced, conn, pm))
+            return
+
+    def _announced(self, conn: Connection, pm: PathManager,
+                   future: asyncio.Future[Any]) -> None:
+        """The kernel answered an announcement: the next one in a while."""
+        if self.connections.get(conn.token) is not conn:
+            return
+        conn.announce_timer = future.get_loop().call_later(
+            ANNOUNCE_INTERVAL, self._announce_next, conn, pm)
+
+    def _announce_next(self, conn: Connection, pm: PathManager) -> None:
+        conn.announce_timer = None
+        conn.announcing = False
+        if self.connections.get(conn.token) is not conn:
+            return
+        try:
+            self._announce(conn, pm)
+        except Exception:  # a timer callback: no hook containment around it
+            log.exception("Connection %08x: announcing failed.", conn.token)
 
     def _close_subflow(self, conn: Connection, index: int, pm: PathManager) -> None:
         """Forget the subflow on ``index`` and close it unless it is pending."""
@@ -375,8 +415,11 @@ class SingleSubflowPerInterface:
             self._fill(conn, pm)
 
     def connection_closed(self, token: Token) -> None:
-        if self.connections.pop(token, None) is None:
+        conn = self.connections.pop(token, None)
+        if conn is None:
             log.error("Untracked connection closed.")
+            return
+        conn.forget()
 
     def new_address(self, token: Token, addr_id: AddressId, addr: SockAddr,
                     pm: PathManager) -> None:
@@ -505,6 +548,8 @@ def plugin_init(pm: PathManager) -> None:
 @hookimpl
 def plugin_exit(pm: PathManager) -> None:
     """Forget everything."""
+    for conn in _sspi.connections.values():
+        conn.forget()
     _sspi.connections.clear()
     log.info("MPTCP single-subflow-per-interface path manager exited.")
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab import Lab, Process, wait_for
+from tests.lab import Lab, LabTimeout, Process, wait_for
 from mptcpd.netlink.genl_commands import CommandChannel
 from mptcpd.pm.path_manager import PathManager
 from mptcpd.types import SockAddr
@@ -371,7 +371,19 @@ def test_the_server_side_announces_one_address_per_interface(
             return None
         return table
 
-    wait_for(per_server_interface, timeout=20, what="one subflow per server interface")
+    try:
+        wait_for(per_server_interface, timeout=20, what="one subflow per server interface")
+    except LabTimeout as exc:
+        # An ADD_ADDR the client's PM dropped (sent while it was busy with the
+        # previous one) comes again only after the kernel's retransmission
+        # timeout: say so when it happened.
+        counters = {f"{ns}.{key}": value
+                    for ns, table in (("server", mib(lab, lab.server)),
+                                      ("client", mib(lab, lab.client)))
+                    for key, value in table.items()
+                    if key.startswith(("MPTcpExtAddAddr", "MPTcpExtEchoAdd"))}
+        raise LabTimeout(f"{exc}; {counters}; subflows {subflow_sockets(lab, lab.server)}"
+                         ) from None
     for client in clients:
         assert client.wait(60) == 0
         info = json.loads(client.output())["info"]
@@ -389,7 +401,8 @@ def test_both_ends_running_sspi_settle_on_one_subflow_per_interface_each(
     """Client and server both run sspi: the server closes client joins that
     land on its initial interface, the client re-targets them at the
     addresses the server announced, and each host ends with one subflow per
-    interface, after at most two join attempts per client interface."""
+    interface, after at most one join attempt per client interface and server
+    address (its initial one and the two it announces, one at a time): no loop."""
     client_daemon = start_sspi(lab, tmp_path)
     server_daemon = start_sspi(lab, tmp_path, ns=lab.server)
     start_server(lab, kernel_pm=False)
@@ -409,7 +422,7 @@ def test_both_ends_running_sspi_settle_on_one_subflow_per_interface_each(
 
     wait_for(settled, timeout=20, what="one subflow per interface on both hosts")
     attempts = mib(lab, lab.client)["MPTcpExtMPJoinSynTx"]
-    assert 2 * count <= attempts <= 4 * count
+    assert 2 * count <= attempts <= 2 * 3 * count
     for client in clients:
         assert client.wait(60) == 0
         assert json.loads(client.output())["info"]["subflows"] == 2

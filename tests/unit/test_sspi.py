@@ -435,8 +435,73 @@ def test_address_removed_forgets_subflows_to_it(d: Dispatcher, pm: FakePM,
 # -- server side ------------------------------------------------------------------------
 
 
+def sspi_module(registry: PluginRegistry) -> Any:
+    plugin = registry.get("sspi")
+    assert plugin is not None
+    return plugin.module
+
+
+def fire(timer: asyncio.TimerHandle) -> None:
+    """Run a timer's callback now instead of at its time."""
+    callback, args = timer._callback, timer._args
+    timer.cancel()
+    callback(*args)
+
+
+def announce_all(pm: FakePM, sspi: Any, bound: int = 10) -> None:
+    """Let the paced announcements go: answer each one and fire the timer that
+    lets the next one leave (at most ``bound`` of them)."""
+    for _ in range(bound):
+        pending = [f for n, _, f in pm.calls if n == "add_addr_no_listener" and not f.done()]
+        if not pending:
+            return
+        for future in pending:
+            future.set_result(None)
+        pm.settle()
+        timers = [c.announce_timer for c in sspi._sspi.connections.values()
+                  if c.announce_timer is not None]
+        for timer in timers:
+            fire(timer)
+    raise AssertionError("announcements never ended")
+
+
+def test_server_announcements_leave_one_at_a_time(
+        d: Dispatcher, pm: FakePM, registry: PluginRegistry, loop: asyncio.AbstractEventLoop
+) -> None:
+    """The next announcement of a connection waits for the kernel's answer to
+    the previous one and then ANNOUNCE_INTERVAL (a peer with the in-kernel PM
+    drops an ADD_ADDR that comes while it handles the previous one)."""
+    sspi = sspi_module(registry)
+    laddr, raddr = sa("192.0.2.1", PORT), sa("192.0.2.2", 33000)
+    d.dispatch(ev.ConnectionCreated(T1, laddr, raddr, server_side=True))
+    d.dispatch(ev.ConnectionEstablished(T1, laddr, raddr, server_side=True))
+    c2, c3 = sa("198.51.100.1"), sa("203.0.113.1")
+    assert [c[1] for c in pm.calls] == [(c2, pm.id_manager.lookup(c2), T1)]
+    # A new local address while the first is in flight: nothing more yet.
+    d.new_local_address(C3, c3)
+    assert len(pm.calls) == 1
+    # The kernel answers: the next one is due ANNOUNCE_INTERVAL later.
+    pm.calls[0][2].set_result(None)
+    pm.settle()
+    (conn,) = sspi._sspi.connections.values()
+    assert conn.announce_timer is not None
+    assert conn.announce_timer.when() - loop.time() == pytest.approx(
+        sspi.ANNOUNCE_INTERVAL, abs=0.01)
+    assert len(pm.calls) == 1
+    fire(conn.announce_timer)
+    assert [c[1] for c in pm.calls[1:]] == [(c3, pm.id_manager.lookup(c3), T1)]
+    # A refused announcement does not stop the ones after it; closing the
+    # connection cancels the pending timer.
+    pm.calls[1][2].set_exception(OSError(22, "Invalid argument"))
+    pm.settle()
+    timer = conn.announce_timer
+    assert timer is not None
+    d.dispatch(ev.ConnectionClosed(T1))
+    assert timer.cancelled()
+
+
 def test_server_announces_its_other_addresses_and_creates_nothing(
-        d: Dispatcher, pm: FakePM) -> None:
+        d: Dispatcher, pm: FakePM, registry: PluginRegistry) -> None:
     # A dual-stack listener reports IPv4 connections as IPv4-mapped IPv6.
     laddr, raddr = sa("::ffff:192.0.2.1", PORT), sa("::ffff:192.0.2.2", 33000)
     d.dispatch(ev.ConnectionCreated(T1, laddr, raddr, server_side=True))
@@ -444,6 +509,7 @@ def test_server_announces_its_other_addresses_and_creates_nothing(
     d.dispatch(ev.ConnectionEstablished(T1, laddr, raddr, server_side=True))
     idm = pm.id_manager
     c2, c3 = sa("198.51.100.1"), sa("203.0.113.1")
+    announce_all(pm, sspi_module(registry))
     assert pm.take() == [
         ("add_addr_no_listener", c2, idm.lookup(c2), T1),
         ("add_addr_no_listener", c3, idm.lookup(c3), T1),
@@ -486,12 +552,13 @@ def test_link_down_keeps_the_initial_subflow(d: Dispatcher, pm: FakePM) -> None:
 
 
 def test_delete_local_address_closes_joins_and_withdraws_announcements(
-        d: Dispatcher, pm: FakePM) -> None:
+        d: Dispatcher, pm: FakePM, registry: PluginRegistry) -> None:
     open_client(d, T1)
     made = joins_established(d, pm, T1)
     server_laddr, client = sa("192.0.2.1", PORT), sa("192.0.2.2", 33000)
     d.dispatch(ev.ConnectionCreated(T2, server_laddr, client, server_side=True))
     d.dispatch(ev.ConnectionEstablished(T2, server_laddr, client, server_side=True))
+    announce_all(pm, sspi_module(registry))
     c3_id = pm.id_manager.lookup(sa("203.0.113.1"))
     pm.calls.clear()
     d.delete_local_address(C3, sa("203.0.113.1"))
