@@ -42,7 +42,18 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mptcpd.plugin import AddrFlags, Limits, PluginInfo, Priority, SockAddr, hookimpl
+from mptcpd.plugin import (
+    AddrFlags,
+    Interface,
+    KernelError,
+    Limits,
+    NotSupported,
+    PathManager,
+    PluginInfo,
+    Priority,
+    SockAddr,
+    hookimpl,
+)
 
 PLUGIN = PluginInfo(
     name="addr_adv",
@@ -103,23 +114,24 @@ class AddressAdvertiser:
 
     # -- limits (C: update_limits) ------------------------------------------
 
-    def update_limits(self, pm: Any, delta: int) -> None:
+    def update_limits(self, pm: PathManager, delta: int) -> None:
         self.subflows_limit += delta
         if not MIN_LIMIT <= self.subflows_limit <= MAX_LIMIT:
             return
-        if pm.config is not None and pm.config.addr_flags & AddrFlags.SUBFLOW:
+        if pm.config.addr_flags & AddrFlags.SUBFLOW:
             self.rcv_limit = self.subflows_limit
         try:
             pm.kpm_set_limits(Limits(subflows=self.subflows_limit,
                                      rcv_add_addrs=self.rcv_limit))
+        except NotSupported:
+            pass
         except OSError as exc:
-            if exc.errno != errno.ENOTSUP:
-                log.warning("can't update limit to %d: %d", self.subflows_limit,
-                            exc.errno or 0)
+            log.warning("can't update limit to %d: %d", self.subflows_limit,
+                        exc.errno or 0)
 
     # -- start-up: which endpoints exist already -----------------------------
 
-    def init(self, pm: Any) -> None:
+    def init(self, pm: PathManager) -> None:
         self.update_limits(pm, +2)
         self.remembered = self._load_state()
         try:
@@ -131,7 +143,7 @@ class AddressAdvertiser:
         dump.add_done_callback(lambda f: self._synced(pm, f))
         log.info("MPTCP address advertiser path manager initialized.")
 
-    def _synced(self, pm: Any, future: Any) -> None:
+    def _synced(self, pm: PathManager, future: asyncio.Future[Any]) -> None:
         if not future.cancelled() and future.exception() is None:
             for info in future.result():
                 if info.address is None:
@@ -153,7 +165,7 @@ class AddressAdvertiser:
 
     # -- addresses -----------------------------------------------------------
 
-    def new_local_address(self, pm: Any, interface: Any, addr: SockAddr) -> None:
+    def new_local_address(self, pm: PathManager, interface: Interface, addr: SockAddr) -> None:
         if not self.synced:
             self.pending.append(("new_local_address", interface, addr))
             return
@@ -175,10 +187,10 @@ class AddressAdvertiser:
             # Taken over at start-up: the monitor says where it lives now.
             adopted.ifindex = interface.index
             return
-        flags = int(pm.config.addr_flags) if pm.config is not None else 0
+        flags = int(pm.config.addr_flags)
         self._add(pm, Endpoint(key, addr_id, interface.index, flags))
 
-    def _add(self, pm: Any, endpoint: Endpoint) -> None:
+    def _add(self, pm: PathManager, endpoint: Endpoint) -> None:
         try:
             future = pm.kpm_add_addr(endpoint.addr, endpoint.id, endpoint.flags,
                                      endpoint.ifindex)
@@ -188,13 +200,14 @@ class AddressAdvertiser:
         self.owned[endpoint.addr] = endpoint
         endpoint.active = True
 
-        def done(f: Any) -> None:
+        def done(f: asyncio.Future[Any]) -> None:
             if f.cancelled() or f.exception() is None:
                 self._save_state()
                 return
             if self.owned.get(endpoint.addr) is endpoint:
                 del self.owned[endpoint.addr]
-            if getattr(f.exception(), "errno", None) == errno.ERANGE:
+            error = f.exception()
+            if isinstance(error, KernelError) and error.errno == errno.ERANGE:
                 log.error("Unable to advertise %s: the kernel's limit of %d endpoints "
                           "per network namespace is reached.", endpoint.addr,
                           KERNEL_MAX_ENDPOINTS)
@@ -203,7 +216,7 @@ class AddressAdvertiser:
 
         future.add_done_callback(done)
 
-    def delete_local_address(self, pm: Any, interface: Any, addr: SockAddr) -> None:
+    def delete_local_address(self, pm: PathManager, interface: Interface, addr: SockAddr) -> None:
         if not self.synced:
             self.pending.append(("delete_local_address", interface, addr))
             return
@@ -224,7 +237,7 @@ class AddressAdvertiser:
             self._remove(pm, endpoint)
         self._save_state()
 
-    def _remove(self, pm: Any, endpoint: Endpoint) -> None:
+    def _remove(self, pm: PathManager, endpoint: Endpoint) -> None:
         try:
             pm.kpm_remove_addr(endpoint.id)
         except (OSError, ValueError):
@@ -232,7 +245,7 @@ class AddressAdvertiser:
 
     # -- carrier -------------------------------------------------------------
 
-    def link_down(self, pm: Any, interface: Any) -> None:
+    def link_down(self, pm: PathManager, interface: Interface) -> None:
         for endpoint in self.owned.values():
             if endpoint.ifindex == interface.index and endpoint.active:
                 log.info("%s lost its carrier: withdrawing endpoint %d (%s).",
@@ -243,8 +256,8 @@ class AddressAdvertiser:
                     self.update_limits(pm, -1)
                 self._remove(pm, endpoint)
 
-    def link_up(self, pm: Any, interface: Any) -> None:
-        present = {SockAddr(a.ip) for a in interface.addresses}
+    def link_up(self, pm: PathManager, interface: Interface) -> None:
+        present = {SockAddr(a.ip) for a in interface.addrs}
         for endpoint in list(self.owned.values()):
             if endpoint.ifindex == interface.index and not endpoint.active \
                     and endpoint.addr in present:
@@ -306,7 +319,7 @@ _advertiser = AddressAdvertiser()
 
 
 @hookimpl
-def plugin_init(pm: Any) -> None:
+def plugin_init(pm: PathManager) -> None:
     global _advertiser
     _advertiser.flush_state()  # a change the previous instance has not written yet
     _advertiser = AddressAdvertiser()
@@ -314,26 +327,26 @@ def plugin_init(pm: Any) -> None:
 
 
 @hookimpl
-def plugin_exit(pm: Any) -> None:
+def plugin_exit(pm: PathManager) -> None:
     _advertiser.flush_state()
     log.info("MPTCP address advertiser path manager exited.")
 
 
 @hookimpl
-def new_local_address(interface: Any, addr: SockAddr, pm: Any) -> None:
+def new_local_address(interface: Interface, addr: SockAddr, pm: PathManager) -> None:
     _advertiser.new_local_address(pm, interface, addr)
 
 
 @hookimpl
-def delete_local_address(interface: Any, addr: SockAddr, pm: Any) -> None:
+def delete_local_address(interface: Interface, addr: SockAddr, pm: PathManager) -> None:
     _advertiser.delete_local_address(pm, interface, addr)
 
 
 @hookimpl
-def link_down(interface: Any, pm: Any) -> None:
+def link_down(interface: Interface, pm: PathManager) -> None:
     _advertiser.link_down(pm, interface)
 
 
 @hookimpl
-def link_up(interface: Any, pm: Any) -> None:
+def link_up(interface: Interface, pm: PathManager) -> None:
     _advertiser.link_up(pm, interface)

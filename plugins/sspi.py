@@ -227,10 +227,7 @@ def usable_address(interface: Interface, family: int) -> SockAddr | None:
 
 def candidate_interfaces(pm: PathManager, family: int) -> Iterator[tuple[Interface, SockAddr]]:
     """Ready interfaces with a usable address of ``family``, in ifindex order."""
-    monitor = pm.network_monitor
-    if monitor is None:
-        return
-    for interface in monitor.interfaces():
+    for interface in pm.network_monitor.interfaces():
         if interface.is_loopback or not (interface.is_up and interface.is_running):
             continue
         addr = usable_address(interface, family)
@@ -248,8 +245,7 @@ class SingleSubflowPerInterface:
 
     @staticmethod
     def _interface_index(pm: PathManager, addr: SockAddr) -> int | None:
-        monitor = pm.network_monitor
-        interface = monitor.find_interface(plain(addr)) if monitor is not None else None
+        interface = pm.network_monitor.find_interface(plain(addr))
         if interface is None:
             log.error("No network interface with given IP address.")
             return None
@@ -485,8 +481,7 @@ class SingleSubflowPerInterface:
             return
         index = conn.interface_of(laddr, raddr)
         if index is None:
-            monitor = pm.network_monitor
-            interface = monitor.find_interface(key[0]) if monitor is not None else None
+            interface = pm.network_monitor.find_interface(key[0])
             if interface is None:
                 log.error("No tracked subflows on network interface.")
             else:

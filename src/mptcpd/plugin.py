@@ -22,10 +22,19 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 import pluggy
 
+from mptcpd.errors import (
+    ConnectionClosed,
+    KernelError,
+    MptcpdError,
+    NotReady,
+    NotSupported,
+    QueueFull,
+)
 from mptcpd.hookspecs import PROJECT
 from mptcpd.netlink.pm_codec import AddrInfo, Limits
 from mptcpd.types import (
@@ -42,21 +51,39 @@ __all__ = [
     "AddrFlags",
     "AddrInfo",
     "AddressId",
+    "AddressIds",
+    "ConfigView",
+    "ConnectionClosed",
     "IPAddress",
     "Interface",
+    "KernelError",
     "LimitType",
     "Limits",
+    "MptcpdError",
+    "NetworkView",
+    "NotReady",
+    "NotSupported",
     "NotifyFlags",
     "PathManager",
     "PluginInfo",
     "Priority",
+    "QueueFull",
     "SockAddr",
     "Token",
     "hookimpl",
 ]
 
-#: Marks a function as a hook implementation: ``@hookimpl def new_connection(…)``.
-hookimpl = pluggy.HookimplMarker(PROJECT)
+_F = TypeVar("_F", bound=Callable[..., Any])
+_marker = pluggy.HookimplMarker(PROJECT)
+
+
+def hookimpl(function: _F) -> _F:
+    """Marks a function as a hook implementation: ``@hookimpl def new_connection(…)``.
+
+    The function's name is the hook's; it is returned unchanged (typed as it
+    was), so a type checker checks the plugin's own code.
+    """
+    return _marker(function)
 
 
 class Priority(enum.IntEnum):
@@ -95,81 +122,148 @@ class PluginInfo:
             raise ValueError(f"priority must be an int, not {self.priority!r}")
 
 
+class NetworkView(Protocol):
+    """The network monitor as plugins see it: the ready interfaces and their
+    addresses, read only (``pm.network_monitor``)."""
+
+    def interfaces(self) -> list[Interface]:
+        """Snapshots of the ready interfaces, in ifindex order."""
+        ...
+
+    def get_interface(self, index: int) -> Interface | None:
+        """The ready interface with this ifindex, if any."""
+        ...
+
+    def find_interface(self, addr: SockAddr) -> Interface | None:
+        """The ready interface holding the IP of ``addr`` (port ignored;
+        an IPv4-mapped IPv6 address is looked up as IPv4)."""
+        ...
+
+    def foreach_interface(self, callback: Callable[[Interface], object]) -> None:
+        """Call ``callback(interface)`` for each ready interface, in ifindex order."""
+        ...
+
+
+class AddressIds(Protocol):
+    """The process-wide address-ID allocator all plugins share (``pm.id_manager``)."""
+
+    def get_id(self, addr: SockAddr | IPAddress) -> int:
+        """The ID of ``addr``'s IP, allocating the lowest free one (1..255)
+        the first time; 0 when none is left."""
+        ...
+
+    def lookup(self, addr: SockAddr | IPAddress) -> int:
+        """The ID of ``addr``'s IP, or 0 when it has none (nothing allocated)."""
+        ...
+
+    def remove_id(self, addr: SockAddr | IPAddress) -> int:
+        """Free the ID of ``addr``'s IP; returns it (0 when it had none)."""
+        ...
+
+
+class ConfigView(Protocol):
+    """The daemon's configuration as plugins see it (``pm.config``), read only."""
+
+    @property
+    def addr_flags(self) -> AddrFlags:
+        """``--addr-flags``: the flags of the endpoints plugins create."""
+        ...
+
+    @property
+    def notify_flags(self) -> NotifyFlags:
+        """``--notify-flags``: which addresses are reported to plugins."""
+        ...
+
+    @property
+    def path_manager(self) -> str | None:
+        """``--path-manager``: the default path manager's name, if set."""
+        ...
+
+    @property
+    def plugin_dir(self) -> str:
+        """``--plugin-dir``: where plugin files are loaded from."""
+        ...
+
+    @property
+    def load_plugins(self) -> tuple[str, ...] | None:
+        """``--load-plugins``: the plugins to load (None: all)."""
+        ...
+
+
 class PathManager(Protocol):
     """What plugins receive as ``pm``: the C path-manager API, ``mptcpd_`` dropped.
 
     Every command validates its arguments at once, raising ``ValueError``
-    (EINVAL), :class:`mptcpd.errors.NotReady` (EAGAIN: the kernel's
-    ``mptcp_pm`` family is not available) or
-    :class:`mptcpd.errors.NotSupported` (ENOTSUP).  Otherwise it returns an
-    :class:`asyncio.Future` resolved when the kernel answers: ``None`` for an
-    acknowledgement, data for queries, or failed with
-    :class:`mptcpd.errors.KernelError` carrying the errno and the kernel's
-    message (which is logged either way).  Hooks may ignore the future, as C
-    plugins ignore the return code, or attach a done-callback.
+    (EINVAL), :class:`NotReady` (EAGAIN: the kernel's ``mptcp_pm`` family is
+    not available) or :class:`NotSupported` (ENOTSUP).  Otherwise it returns
+    an :class:`asyncio.Future` resolved when the kernel answers: ``None`` for
+    an acknowledgement, data for queries, or failed with :class:`KernelError`
+    carrying the errno and the kernel's message (which is logged either way),
+    :class:`QueueFull` or :class:`ConnectionClosed`.  Hooks may ignore the
+    future, as C plugins ignore the return code, or attach a done-callback.
     """
 
     # -- state -------------------------------------------------------------
     @property
     def ready(self) -> bool:
         """Whether the kernel's ``mptcp_pm`` family is available."""
+        ...
 
     @property
-    def network_monitor(self) -> Any:
-        """The network monitor: interfaces and their addresses."""
+    def network_monitor(self) -> NetworkView:
+        """The ready interfaces and their addresses."""
+        ...
 
     @property
-    def id_manager(self) -> Any:
+    def id_manager(self) -> AddressIds:
         """The process-wide address-ID manager (IDs 1..255)."""
+        ...
 
     @property
-    def listener_manager(self) -> Any:
-        """The MPTCP listening sockets opened for announced addresses."""
-
-    @property
-    def config(self) -> Any:
+    def config(self) -> ConfigView:
         """The daemon's configuration (``addr_flags``, ``notify_flags``, …)."""
+        ...
 
     # -- userspace path manager (per connection) ---------------------------
-    def add_addr(self, addr: SockAddr, id: AddressId, token: Token) -> asyncio.Future[Any]:
+    def add_addr(self, addr: SockAddr, id: int, token: int) -> asyncio.Future[Any]:
         """Announce ``addr`` with ``id`` on connection ``token`` (opens a listener)."""
 
     def add_addr_no_listener(
-        self, addr: SockAddr, id: AddressId, token: Token
+        self, addr: SockAddr, id: int, token: int
     ) -> asyncio.Future[Any]:
         """Announce ``addr`` without opening a listening socket for it."""
 
     def remove_addr(
-        self, addr: SockAddr | None, id: AddressId, token: Token
+        self, addr: SockAddr | None, id: int, token: int
     ) -> asyncio.Future[Any]:
         """Withdraw the address ``id`` from connection ``token``."""
 
     def add_subflow(
-        self, token: Token, local_id: AddressId, remote_id: AddressId,
+        self, token: int, local_id: int, remote_id: int,
         laddr: SockAddr, raddr: SockAddr, backup: bool = False,
     ) -> asyncio.Future[Any]:
         """Create a subflow from ``laddr`` to ``raddr`` on connection ``token``."""
 
     def set_backup(
-        self, token: Token, laddr: SockAddr, raddr: SockAddr, backup: bool
+        self, token: int, laddr: SockAddr, raddr: SockAddr, backup: bool
     ) -> asyncio.Future[Any]:
         """Set or clear the backup priority of a subflow."""
 
     def remove_subflow(
-        self, token: Token, laddr: SockAddr, raddr: SockAddr
+        self, token: int, laddr: SockAddr, raddr: SockAddr
     ) -> asyncio.Future[Any]:
         """Close the subflow from ``laddr`` to ``raddr`` of connection ``token``."""
 
     # -- in-kernel path manager (endpoints) --------------------------------
     def kpm_add_addr(
-        self, addr: SockAddr, id: AddressId, flags: AddrFlags | int = 0, ifindex: int = 0
+        self, addr: SockAddr, id: int, flags: AddrFlags | int = 0, ifindex: int = 0
     ) -> asyncio.Future[Any]:
         """Add an endpoint."""
 
-    def kpm_remove_addr(self, id: AddressId) -> asyncio.Future[Any]:
+    def kpm_remove_addr(self, id: int) -> asyncio.Future[Any]:
         """Remove the endpoint ``id``."""
 
-    def kpm_get_addr(self, id: AddressId) -> asyncio.Future[Any]:
+    def kpm_get_addr(self, id: int) -> asyncio.Future[Any]:
         """Get the endpoint ``id``."""
 
     def kpm_dump_addrs(self) -> asyncio.Future[Any]:

@@ -39,22 +39,25 @@ class NotifyFlags(enum.IntFlag):
     CHECK_ROUTE = 0x8
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True, init=False)
 class SockAddr:
     """An IP address with a port (host order; 0 when there is none).
 
-    Immutable and hashable; two values are equal when family, address and
-    port are equal.  IPv6 flow info and scope are not kept.
+    ``ip`` may be given as text (``SockAddr("192.0.2.1", 80)``).  Immutable
+    and hashable; two values are equal when family, address and port are
+    equal.  IPv6 flow info and scope are not kept.
     """
 
     ip: IPAddress
     port: int = 0
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.ip, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
-            object.__setattr__(self, "ip", ipaddress.ip_address(self.ip))
-        if not 0 <= self.port <= 0xFFFF:
-            raise ValueError(f"port out of range: {self.port}")
+    def __init__(self, ip: IPAddress | str | int, port: int = 0) -> None:
+        if not isinstance(ip, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+            ip = ipaddress.ip_address(ip)
+        if not 0 <= port <= 0xFFFF:
+            raise ValueError(f"port out of range: {port}")
+        object.__setattr__(self, "ip", ip)
+        object.__setattr__(self, "port", port)
 
     @property
     def family(self) -> int:
@@ -106,11 +109,6 @@ class Interface:
     carrier: bool | None = None
     addrs: tuple[SockAddr, ...] = ()
     family: int = 0  #: always ``AF_UNSPEC``, as in mptcpd
-
-    @property
-    def addresses(self) -> tuple[SockAddr, ...]:
-        """The interface's local addresses (port 0), in arrival order."""
-        return self.addrs
 
     @property
     def is_up(self) -> bool:

@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
+from mptcpd.config import Config
 from mptcpd.errors import NotReady
 from mptcpd.netlink.pm_codec import Limits
 from mptcpd.pm.id_manager import IdManager
 from mptcpd.pm.listener_manager import ListenerManager
-from mptcpd.types import AddrFlags, SockAddr
+from mptcpd.types import AddrFlags, Interface, SockAddr
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +82,74 @@ def _bool(value: object, what: str) -> bool:
     return bool(value)
 
 
+class Listeners(Protocol):
+    """Where :meth:`PathManager.add_addr` gets its listening sockets:
+    :class:`~mptcpd.pm.listener_manager.ListenerManager`."""
+
+    def listen(self, sa: SockAddr | None) -> SockAddr: ...
+    def close(self, sa: SockAddr | None) -> None: ...
+
+
+class InterfaceQueries(Protocol):
+    """What :class:`NetworkView` needs of the network monitor."""
+
+    def interfaces(self) -> list[Interface]: ...
+    def get_interface(self, index: int) -> Interface | None: ...
+    def find_interface(self, addr: SockAddr) -> Interface | None: ...
+    def foreach_interface(self, callback: Callable[[Interface], object]) -> None: ...
+
+
+class NoInterfaces:
+    """The network view of a path manager built without a network monitor."""
+
+    def interfaces(self) -> list[Interface]:
+        return []
+
+    def get_interface(self, index: int) -> Interface | None:
+        return None
+
+    def find_interface(self, addr: SockAddr) -> Interface | None:
+        return None
+
+    def foreach_interface(self, callback: Callable[[Interface], object]) -> None:
+        return None
+
+
+class NetworkView:
+    """The network monitor's queries and nothing else (``pm.network_monitor``):
+    plugins cannot reach its registration, reconciliation or socket methods.
+    The queries are the monitor's own bound methods, so a query costs what
+    it costs on the monitor."""
+
+    __slots__ = ("interfaces", "get_interface", "find_interface", "foreach_interface")
+
+    def __init__(self, monitor: InterfaceQueries) -> None:
+        self.interfaces = monitor.interfaces
+        self.get_interface = monitor.get_interface
+        self.find_interface = monitor.find_interface
+        self.foreach_interface = monitor.foreach_interface
+
+
+class AddressIds:
+    """The ID manager's allocation and lookup and nothing else (``pm.id_manager``):
+    plugins cannot remap IDs (the daemon syncs them with the kernel's)."""
+
+    __slots__ = ("get_id", "lookup", "remove_id")
+
+    def __init__(self, ids: IdManager) -> None:
+        self.get_id = ids.get_id
+        self.lookup = ids.lookup
+        self.remove_id = ids.remove_id
+
+
 class PathManager:
-    """The ``pm`` object handed to every plugin hook.
+    """The ``pm`` object handed to every plugin hook; it implements the
+    protocol :class:`mptcpd.plugin.PathManager`.
 
     :param commands: the command channel the validated commands go to.
-    :param config: the daemon configuration (``addr_flags``, ``notify_flags``…).
-    :param network_monitor: the network monitor.
+    :param config: the daemon configuration (``addr_flags``, ``notify_flags``…;
+        the defaults when None).
+    :param network_monitor: the network monitor (no interfaces when None).
     :param id_manager: the process-wide address-ID manager.
     :param listener_manager: the listener manager used by :meth:`add_addr`.
     """
@@ -93,16 +157,18 @@ class PathManager:
     def __init__(
         self,
         commands: Commands,
-        config: Any = None,
-        network_monitor: Any = None,
+        config: Config | None = None,
+        network_monitor: InterfaceQueries | None = None,
         id_manager: IdManager | None = None,
-        listener_manager: ListenerManager | None = None,
+        listener_manager: Listeners | None = None,
     ) -> None:
         self._submit = commands.submit
-        self._config = config
-        self._network_monitor = network_monitor
-        self._id_manager = id_manager if id_manager is not None else IdManager()
-        self._listener_manager = (
+        self._config = config if config is not None else Config()
+        self._network_monitor = NetworkView(
+            network_monitor if network_monitor is not None else NoInterfaces())
+        ids = id_manager if id_manager is not None else IdManager()
+        self._id_manager = AddressIds(ids)
+        self._listener_manager: Listeners = (
             listener_manager if listener_manager is not None else ListenerManager()
         )
         self._ready = False
@@ -119,19 +185,18 @@ class PathManager:
         self._ready = ready
 
     @property
-    def network_monitor(self) -> Any:
+    def network_monitor(self) -> NetworkView:
+        """The interfaces and their addresses (queries only)."""
         return self._network_monitor
 
     @property
-    def id_manager(self) -> IdManager:
+    def id_manager(self) -> AddressIds:
+        """The shared address-ID allocator (allocation and lookup only)."""
         return self._id_manager
 
     @property
-    def listener_manager(self) -> ListenerManager:
-        return self._listener_manager
-
-    @property
-    def config(self) -> Any:
+    def config(self) -> Config:
+        """The daemon's configuration (frozen)."""
         return self._config
 
     def _check_ready(self, function: str) -> None:
@@ -323,3 +388,11 @@ class PathManager:
         # retrieved" noise: the channel has logged the kernel's error already.
         result.add_done_callback(lambda f: f.cancelled() or f.exception())
         return result
+
+
+if TYPE_CHECKING:
+    from mptcpd import plugin
+
+    def _implements_the_public_protocol(pm: PathManager) -> plugin.PathManager:
+        """mypy proves here that plugins get what :mod:`mptcpd.plugin` promises."""
+        return pm
