@@ -34,6 +34,19 @@ def lab_available() -> None:
     pytest.skip(f"lab unavailable: {reason}")
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Iterator[None]:
+    """A failed lab test's report carries the tail of every lab process's
+    output (the daemons' logs above all), so that a failure on CI explains
+    itself."""
+    outcome = yield
+    report = outcome.get_result()
+    lab = getattr(item, "funcargs", {}).get("lab")
+    if report.when == "call" and report.failed and isinstance(lab, Lab):
+        report.sections.append(("lab processes' output", lab.logs()))
+
+
 @pytest.fixture
 def lab(request: pytest.FixtureRequest, lab_available: None) -> Iterator[Lab]:
     marker = request.node.get_closest_marker("lab")

@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -346,7 +347,9 @@ class Lab:
             self.ip(ns, "-6", "rule", "add", "from", str(a6), "table", table)
 
     def close(self) -> None:
-        """End every process the lab started and delete its namespaces."""
+        """End every process the lab started, delete its namespaces and its
+        working directory (kept when ``MPTCPD_LAB_KEEP`` is set, for a look
+        at the processes' logs)."""
         for proc in reversed(self._procs):
             if proc.popen.poll() is None:
                 proc.stop(signal.SIGTERM, timeout=5)
@@ -354,6 +357,17 @@ class Lab:
         for ns in (self.client, self.server):
             if ns in list_namespaces():
                 run(["ip", "netns", "del", ns], check=False)
+        if not os.environ.get("MPTCPD_LAB_KEEP"):
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def logs(self, tail: int = 60) -> str:
+        """The last ``tail`` lines of every process's output, one block each."""
+        blocks = []
+        for proc in self._procs:
+            lines = proc.output().splitlines()[-tail:]
+            blocks.append(f"--- {proc.name} (pid {proc.pid}, {proc.log_path.name})\n"
+                          + "\n".join(lines))
+        return "\n".join(blocks)
 
     # -- running things inside the lab ------------------------------------
 
