@@ -12,7 +12,9 @@ exist at startup reach them exactly once (with ``existing``), whichever of
 the kernel's answers comes first: the C daemon leaves both to a race.
 
 Shutdown on SIGINT or SIGTERM: ``STOPPING=1``, stop reading events, plugin
-exits in reverse priority order, close listeners and sockets, exit 0.
+exits in reverse priority order, wait (up to :data:`DRAIN_TIMEOUT`) for the
+kernel's answers to the commands they sent, close listeners and sockets,
+exit 0.
 SIGHUP is logged and ignored (configuration reload is not implemented; C
 dies of it).
 """
@@ -20,26 +22,28 @@ dies of it).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import sys
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from typing import Any, Protocol
 
 from mptcpd import events as ev
 from mptcpd.config import Config
 from mptcpd.daemon.dispatch import Dispatcher
 from mptcpd.daemon.systemd import Notifier
 from mptcpd.errors import KernelError, NotReady
+from mptcpd.netlink.diag import MptcpConnection, list_mptcp_connections
 from mptcpd.netlink.family import FamilyWatcher
 from mptcpd.netlink.genl_commands import CommandChannel
-from mptcpd.netlink.diag import list_mptcp_connections
 from mptcpd.netlink.genl_events import EventReader
 from mptcpd.netlink.sysctl import check_kernel, kernel_path_manager
 from mptcpd.plugins.loader import PluginLoadError, load_plugins
 from mptcpd.plugins.registry import PluginRegistry
 from mptcpd.pm.id_manager import IdManager
 from mptcpd.pm.listener_manager import ListenerManager
-from mptcpd.pm.network_monitor import NetworkMonitor
+from mptcpd.pm.network_monitor import NetworkMonitor, RtnlSource
 from mptcpd.pm.path_manager import PathManager
 
 log = logging.getLogger(__name__)
@@ -47,20 +51,87 @@ log = logging.getLogger(__name__)
 PLUGIN_LOAD_FAILED = "Unable to load path manager plugins."
 #: How long shutdown may take before what is left is cancelled.
 SHUTDOWN_TIMEOUT = 10.0
+#: How long shutdown waits for the answers to the commands of plugin_exit.
+DRAIN_TIMEOUT = 2.0
 
 
 class StartupError(Exception):
     """Startup failed; the message has been logged and the exit status is 1."""
 
 
-class Daemon:
-    """Owns every resource of one daemon run on one asyncio loop."""
+class Channel(Protocol):
+    """What the daemon needs of the command channel (:class:`CommandChannel`)."""
 
-    def __init__(self, config: Config, notifier: Notifier | None = None) -> None:
+    closed_tokens: Callable[[], Collection[int]] | None
+
+    @property
+    def is_open(self) -> bool: ...
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def drain(self, timeout: float) -> bool: ...
+    def submit(self, name: str, args: tuple[Any, ...] = (),
+               token: int | None = None) -> asyncio.Future[Any]: ...
+    def forget(self, token: int) -> int: ...
+
+
+class Watcher(Protocol):
+    """What the daemon needs of the family watcher (:class:`FamilyWatcher`)."""
+
+    timeout: float
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+class Reader(Protocol):
+    """What the daemon needs of the event reader (:class:`EventReader`)."""
+
+    overrun_pending: bool
+
+    def closed_tokens(self) -> set[int]: ...
+    async def open(self) -> None: ...
+    def close(self) -> None: ...
+    def __aiter__(self) -> AsyncIterator[ev.Event]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelSide:
+    """How the daemon reaches the kernel.  The defaults are the real thing;
+    lifecycle tests pass doubles (the real parts are tested against the
+    kernel on their own)."""
+
+    #: whether MPTCP is available (logs why not).
+    check_kernel: Callable[[], bool] = check_kernel
+    #: the kernel's path manager's name, for the log.
+    path_manager: Callable[[], str | None] = kernel_path_manager
+    #: ``(max_queue=, on_failure=)`` -> the command channel.
+    channel: Callable[..., Channel] = CommandChannel
+    #: ``(on_appeared, on_vanished)`` -> the ``mptcp_pm`` family watcher.
+    watcher: Callable[..., Watcher] = FamilyWatcher
+    #: ``(on_overrun=)`` -> a reader of ``mptcp_pm`` events.
+    reader: Callable[..., Reader] = EventReader
+    #: the network monitor's rtnetlink side (None: its own).
+    rtnl: Callable[[], RtnlSource] | None = None
+    #: the live MPTCP connections (sock_diag).
+    list_connections: Callable[[], Awaitable[Sequence[MptcpConnection]]] = (
+        list_mptcp_connections)
+
+
+class Daemon:
+    """Owns every resource of one daemon run on one asyncio loop.
+
+    :param config: the merged configuration.
+    :param notifier: systemd notifications (the real ``sd_notify`` by default).
+    :param kernel: how the daemon reaches the kernel (the real sockets by default).
+    """
+
+    def __init__(self, config: Config, notifier: Notifier | None = None,
+                 kernel: KernelSide | None = None) -> None:
         self.config = config
         self.notifier = notifier or Notifier()
+        self.kernel = kernel = kernel if kernel is not None else KernelSide()
         self.registry = PluginRegistry()
-        self.channel = CommandChannel(max_queue=config.command_queue_size,
+        self.channel = kernel.channel(max_queue=config.command_queue_size,
                                       on_failure=self._channel_failed)
         self.network_monitor = NetworkMonitor(
             config.notify_flags, route_wait_timeout=config.check_route_timeout)
@@ -72,8 +143,8 @@ class Daemon:
             listener_manager=self.listener_manager,
         )
         self.dispatcher = Dispatcher(self.registry, self.pm)
-        self.watcher = FamilyWatcher(self._family_appeared, self._family_vanished)
-        self.reader: EventReader | None = None
+        self.watcher = kernel.watcher(self._family_appeared, self._family_vanished)
+        self.reader: Reader | None = None
         self._plugins_loaded = False
         self._stop = asyncio.Event()
         self._fatal: str | None = None
@@ -91,15 +162,17 @@ class Daemon:
             loop.add_signal_handler(sig, self.stop, sig)
         loop.add_signal_handler(signal.SIGHUP, self._sighup)
         try:
-            await self.startup()
-        except StartupError:
+            try:
+                await self.startup()
+            except StartupError:
+                await self.shutdown()
+                return 1
+            await self._stop.wait()
             await self.shutdown()
-            return 1
-        await self._stop.wait()
-        await self.shutdown()
-        if self._fatal:
-            return 1
-        return 0
+            return 1 if self._fatal else 0
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
 
     def stop(self, sig: int | None = None) -> None:
         if sig is not None and not self._stop.is_set():
@@ -123,15 +196,16 @@ class Daemon:
     # -- startup -----------------------------------------------------------
 
     async def startup(self) -> None:
-        if not check_kernel():
+        if not self.kernel.check_kernel():
             log.error("Required kernel MPTCP support not available.")
             raise StartupError
-        pm_type = kernel_path_manager()
+        pm_type = self.kernel.path_manager()
         if pm_type:
             log.info("The kernel uses the %s path manager.", pm_type)
         self.notifier.status("Waiting for the mptcp_pm generic netlink family")
         try:
-            await self.network_monitor.start()
+            rtnl = self.kernel.rtnl
+            await self.network_monitor.start(source=rtnl() if rtnl is not None else None)
         except Exception as exc:
             log.debug("network monitor: %s", exc)
             log.error("Unable to create network monitor.")
@@ -229,7 +303,7 @@ class Daemon:
         self.registry.init_all(self.pm)
 
     async def _join_events(self) -> None:
-        reader = EventReader(on_overrun=self._overrun)
+        reader = self.kernel.reader(on_overrun=self._overrun)
         try:
             await reader.open()
         except Exception as exc:
@@ -242,7 +316,7 @@ class Daemon:
         self.channel.closed_tokens = reader.closed_tokens
         self._spawn(self._read_events(reader), "mptcp_pm events")
 
-    async def _read_events(self, reader: EventReader) -> None:
+    async def _read_events(self, reader: Reader) -> None:
         dispatch, forget = self.dispatcher.dispatch, self.channel.forget
         async for event in reader:
             try:
@@ -271,7 +345,7 @@ class Daemon:
         when = "at startup" if at_startup else "after lost events"
         self.dispatcher.begin_reconcile()
         try:
-            connections = await list_mptcp_connections()
+            connections = await self.kernel.list_connections()
         except Exception as exc:  # any failure must end the recording
             self.dispatcher.reconcile_cancel()
             log.warning("Unable to list the MPTCP connections %s: %s", when, exc)
@@ -325,6 +399,11 @@ class Daemon:
         self.network_monitor.unregister(self.dispatcher)
         if self._plugins_loaded:
             self.registry.exit_all(self.pm)
+            # What plugin_exit sent reaches the kernel before the socket closes.
+            if self.pm.ready and self.channel.is_open:
+                if not await self.channel.drain(DRAIN_TIMEOUT):
+                    log.warning("Commands sent at exit were not all answered within "
+                                "%.0f s.", DRAIN_TIMEOUT)
         self.listener_manager.destroy()
         await self.network_monitor.close()
         await self.watcher.stop()

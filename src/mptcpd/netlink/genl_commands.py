@@ -272,6 +272,17 @@ class CommandChannel:
         self._failed = loop.create_future()
         loop.add_reader(sock.fileno(), self._on_readable)
 
+    async def drain(self, timeout: float) -> bool:
+        """Wait, at most ``timeout`` seconds, until every command submitted so
+        far is answered or has failed; False when some are still pending (the
+        daemon drains the commands of ``plugin_exit`` before it closes)."""
+        pending = [r.future for r in (*self._queue, *self._inflight)
+                   if not r.dead and not r.future.done()]
+        if not pending or self._sock is None:
+            return not pending
+        _, left = await asyncio.wait(pending, timeout=timeout)
+        return not left
+
     async def close(self) -> None:
         """Fail queued and unanswered requests with NotReady, close the socket."""
         self._shutdown(NotReady("command channel closed"))

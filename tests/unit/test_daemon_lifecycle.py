@@ -1,0 +1,319 @@
+"""The daemon's lifecycle in-process, with its kernel side replaced by doubles.
+
+The real parts (command channel, event reader, family watcher, rtnetlink
+monitor, sock_diag) are tested against the kernel on their own; here the
+order of startup and shutdown, READY, signals during startup and during a
+pending command, and the draining of the commands plugins send at exit are
+checked without root or a kernel.  Waits count loop turns, not time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator, Callable, Collection
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mptcpd.config import Config
+from mptcpd.daemon import app
+from mptcpd.daemon.app import Daemon, KernelSide
+from mptcpd.daemon.systemd import Notifier
+from mptcpd.errors import NotReady
+from mptcpd.netlink.diag import MptcpConnection
+from mptcpd.netlink.rtnl_monitor import AddressMessage, LinkMessage, RouteLookup
+from mptcpd.types import IFF_RUNNING, IFF_UP, NotifyFlags
+
+#: What happened, in order: the doubles, the plugin and systemd write here.
+ORDER: list[str] = []
+
+PLUGIN = '''
+from mptcpd.plugin import PluginInfo, hookimpl
+from tests.unit.test_daemon_lifecycle import ORDER
+
+PLUGIN = PluginInfo(name="rec")
+
+
+@hookimpl
+def plugin_init(pm):
+    ORDER.append("plugin_init")
+
+
+@hookimpl
+def pm_ready(pm):
+    ORDER.append("pm_ready")
+
+
+@hookimpl
+def new_local_address(interface, addr):
+    ORDER.append(f"new_local_address {addr}")
+
+
+@hookimpl
+def plugin_exit(pm):
+    ORDER.append("plugin_exit")
+    future = pm.kpm_remove_addr(1)
+
+    def done(f):
+        error = f.exception()
+        ORDER.append("exit command answered" if error is None else f"exit command {error!r}")
+
+    future.add_done_callback(done)
+'''
+
+
+class FakeChannel:
+    """The command channel: records what is submitted; the test (or
+    ``answers``) settles it."""
+
+    def __init__(self, max_queue: int, on_failure: Callable[[str], None]) -> None:
+        self.closed_tokens: Callable[[], Collection[int]] | None = None
+        self.requests: list[tuple[str, asyncio.Future[Any]]] = []
+        self.answers: dict[str, Any] = {"kpm_dump_addrs": [], "kpm_remove_addr": None}
+        self._open = False
+
+    @property
+    def is_open(self) -> bool:
+        return self._open
+
+    async def open(self) -> None:
+        ORDER.append("channel open")
+        self._open = True
+
+    async def close(self) -> None:
+        ORDER.append("channel close")
+        self._open = False
+        for _, future in self.requests:
+            if not future.done():
+                future.set_exception(NotReady("command channel closed"))
+
+    async def drain(self, timeout: float) -> bool:
+        pending = [f for _, f in self.requests if not f.done()]
+        if not pending:
+            return True
+        _, left = await asyncio.wait(pending, timeout=timeout)
+        return not left
+
+    def submit(self, name: str, args: tuple[Any, ...] = (),
+               token: int | None = None) -> asyncio.Future[Any]:
+        ORDER.append(f"submit {name}")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.requests.append((name, future))
+        if name in self.answers:
+            # The kernel answers some loop turns later (later than the
+            # daemon's own shutdown steps take, without waiting for it).
+            self._answer_later(future, self.answers[name], turns=50)
+        return future
+
+    def _answer_later(self, future: asyncio.Future[Any], value: Any, turns: int) -> None:
+        if future.done():
+            return
+        if turns:
+            asyncio.get_running_loop().call_soon(self._answer_later, future, value, turns - 1)
+        else:
+            future.set_result(value)
+
+    def forget(self, token: int) -> int:
+        return 0
+
+
+class FakeWatcher:
+    """The family watcher: the test says when ``mptcp_pm`` appears."""
+
+    instances: list[FakeWatcher] = []
+
+    def __init__(self, on_appeared: Callable[[int], object],
+                 on_vanished: Callable[[], object]) -> None:
+        self.on_appeared = on_appeared
+        self.on_vanished = on_vanished
+        self.timeout = 3600.0
+        FakeWatcher.instances.append(self)
+
+    async def start(self) -> None:
+        ORDER.append("watcher start")
+
+    async def stop(self) -> None:
+        ORDER.append("watcher stop")
+
+
+class FakeReader:
+    """The event reader: no events unless the test puts some."""
+
+    def __init__(self, on_overrun: Callable[[int], None] | None = None) -> None:
+        self.overrun_pending = False
+        self._closed = asyncio.Event()
+
+    def closed_tokens(self) -> set[int]:
+        return set()
+
+    async def open(self) -> None:
+        ORDER.append("reader open")
+
+    def close(self) -> None:
+        ORDER.append("reader close")
+        self._closed.set()
+
+    async def _events(self) -> AsyncIterator[Any]:
+        await self._closed.wait()
+        return
+        yield
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._events()
+
+
+class FakeRtnl:
+    """The rtnetlink side: one ready interface with one address."""
+
+    def __init__(self) -> None:
+        self._closed = asyncio.Event()
+
+    async def open(self) -> None:
+        ORDER.append("rtnl open")
+
+    async def dump_links(self) -> list[LinkMessage]:
+        ORDER.append("rtnl links")
+        return [LinkMessage(2, "eth0", IFF_UP | IFF_RUNNING, operstate="UP", carrier=True)]
+
+    async def dump_addresses(self) -> list[AddressMessage]:
+        ORDER.append("rtnl addresses")
+        from ipaddress import ip_address
+        return [AddressMessage(2, ip_address("192.0.2.1"), 24)]
+
+    async def _events(self) -> AsyncIterator[Any]:
+        await self._closed.wait()
+        return
+        yield
+
+    def events(self) -> AsyncIterator[Any]:
+        return self._events()
+
+    async def lookup_default_route(self, family: int, ifindex: int) -> RouteLookup:
+        return RouteLookup(error=errno.ENODATA)
+
+    def close(self) -> None:
+        ORDER.append("rtnl close")
+        self._closed.set()
+
+
+async def no_connections() -> list[MptcpConnection]:
+    ORDER.append("list connections")
+    return []
+
+
+def record_state(state: str) -> bool:
+    ORDER.append(state.replace("\n", " "))
+    return True
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Daemon:
+    ORDER.clear()
+    FakeWatcher.instances.clear()
+    directory = tmp_path / "plugins"
+    directory.mkdir()
+    directory.chmod(0o755)
+    (directory / "rec.py").write_text(PLUGIN)
+    (directory / "rec.py").chmod(0o644)
+    config = Config(plugin_dir=str(directory), load_plugins=("rec",), path_manager="rec",
+                    notify_flags=NotifyFlags.EXISTING)
+
+    def kernel_ok() -> bool:
+        ORDER.append("check kernel")
+        return True
+
+    kernel = KernelSide(check_kernel=kernel_ok, path_manager=lambda: "kernel",
+                        channel=FakeChannel, watcher=FakeWatcher, reader=FakeReader,
+                        rtnl=FakeRtnl, list_connections=no_connections)
+    return Daemon(config, notifier=Notifier(send=record_state), kernel=kernel)
+
+
+async def until(condition: Callable[[], bool], turns: int = 10_000) -> None:
+    """Let the loop run until ``condition`` holds (bounded in loop turns)."""
+    for _ in range(turns):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"not reached in {turns} loop turns; so far: {ORDER}")
+
+
+def ready() -> bool:
+    return any(s.startswith("READY=1") and "Managing" in s for s in ORDER)
+
+
+def index(entry: str) -> int:
+    return ORDER.index(entry)
+
+
+async def test_startup_order_ready_and_shutdown_order(daemon: Daemon) -> None:
+    serving = asyncio.create_task(daemon.serve())
+    await until(lambda: "watcher start" in ORDER)
+    assert ORDER[:5] == ["check kernel", "STATUS=Waiting for the mptcp_pm generic netlink "
+                         "family", "rtnl open", "rtnl links", "rtnl addresses"]
+    assert "plugin_init" not in ORDER  # nothing is loaded before the family is there
+    FakeWatcher.instances[0].on_appeared(23)
+    await until(ready)
+    # Family → channel → ID sync → plugins → events joined → pm_ready →
+    # the existing address replayed → connections adopted → READY.
+    steps = ["watcher start", "channel open", "submit kpm_dump_addrs", "plugin_init",
+             "reader open", "pm_ready", "new_local_address 192.0.2.1",
+             "list connections"]
+    assert [index(s) for s in steps] == sorted(index(s) for s in steps)
+    assert index("list connections") < next(i for i, s in enumerate(ORDER)
+                                             if s.startswith("READY=1 STATUS=Managing"))
+    daemon.stop()
+    assert await serving == 0
+    # STOPPING → events stop → plugin_exit → its command answered → sockets closed.
+    steps = ["STOPPING=1 STATUS=Stopping", "reader close", "plugin_exit", "submit kpm_remove_addr",
+             "exit command answered", "rtnl close", "watcher stop", "channel close"]
+    assert [index(s) for s in steps] == sorted(index(s) for s in steps)
+
+
+async def test_sigterm_while_waiting_for_the_family(daemon: Daemon) -> None:
+    serving = asyncio.create_task(daemon.serve())
+    await until(lambda: "watcher start" in ORDER)
+    os.kill(os.getpid(), signal.SIGTERM)  # the daemon's handler, not pytest's death
+    assert await asyncio.wait_for(serving, 10) == 0
+    assert "plugin_init" not in ORDER and "plugin_exit" not in ORDER
+    assert ORDER[-4:] == ["STOPPING=1 STATUS=Stopping", "rtnl close", "watcher stop", "channel close"]
+    # The handlers are gone with the daemon: SIGTERM is the default again.
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+async def test_stop_while_a_startup_command_is_unanswered(daemon: Daemon) -> None:
+    serving = asyncio.create_task(daemon.serve())
+    await until(lambda: "watcher start" in ORDER)
+    channel = daemon.channel
+    assert isinstance(channel, FakeChannel)
+    channel.answers.clear()  # the endpoint dump never gets an answer
+    FakeWatcher.instances[0].on_appeared(23)
+    await until(lambda: "submit kpm_dump_addrs" in ORDER)
+    daemon.stop()
+    assert await asyncio.wait_for(serving, 10) == 0
+    assert "plugin_init" not in ORDER and not ready()
+    [(name, future)] = channel.requests
+    assert name == "kpm_dump_addrs" and future.done()
+
+
+async def test_commands_sent_at_exit_that_get_no_answer_delay_shutdown_boundedly(
+        daemon: Daemon, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(app, "DRAIN_TIMEOUT", 0.05)
+    serving = asyncio.create_task(daemon.serve())
+    await until(lambda: "watcher start" in ORDER)
+    FakeWatcher.instances[0].on_appeared(23)
+    await until(ready)
+    channel = daemon.channel
+    assert isinstance(channel, FakeChannel)
+    channel.answers.pop("kpm_remove_addr")
+    caplog.set_level(logging.WARNING, "mptcpd")
+    daemon.stop()
+    assert await asyncio.wait_for(serving, 10) == 0
+    assert "Commands sent at exit were not all answered" in caplog.text
+    # The unanswered command failed when the channel closed.
+    assert ORDER[-1].startswith("exit command NotReady")
