@@ -13,17 +13,20 @@ import asyncio
 import ipaddress
 import json
 import logging
+import os
 import re
-import time
+import socket
+import struct
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from mptcpd import events as ev
-from tests.lab import Lab, Process
+from tests.lab import Lab, LabError, LabTimeout, Process, wait_for
 from mptcpd.netlink import constants as C
 from mptcpd.netlink.genl_events import EventReader
+from mptcpd.netlink.nlsock import NETLINK_GENERIC, netlink_socket
 from mptcpd.types import AddressId, SockAddr
 from tests.unit.event_oracle import MarshalMptcpEvent
 from tests.unit.event_oracle import decode as oracle_decode
@@ -50,6 +53,90 @@ _LINE = re.compile(r"^\[\s*([A-Z_]+(?: \d+)?)\]\s*(.*)$")
 def monitor(lab: Lab, ns: str) -> Process:
     """Start ``ip mptcp monitor`` in ``ns`` (iproute2 6.1 output format)."""
     return lab.spawn(ns, "ip", "mptcp", "monitor", name=f"monitor-{ns[-3:]}")
+
+
+# The kernel's netlink sock_diag: which multicast groups a netlink socket joined.
+NETLINK_SOCK_DIAG = 4
+SOCK_DIAG_BY_FAMILY = 20
+NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NDIAG_SHOW_GROUPS = 0x2
+NETLINK_DIAG_GROUPS = 1
+_NLMSGHDR = struct.Struct("=IHHII")
+_NETLINK_DIAG_MSG = struct.Struct("=BBBBIIII8x")  # struct netlink_diag_msg
+_NLATTR = struct.Struct("=HH")
+
+
+def _split(data: bytes, header: struct.Struct, offset: int = 0) -> list[tuple[int, bytes]]:
+    """The ``(type, payload)`` of each netlink message (``header`` _NLMSGHDR)
+    or attribute (_NLATTR) in ``data`` from ``offset``."""
+    out = []
+    while offset + header.size <= len(data):
+        length, kind = header.unpack_from(data, offset)[:2]
+        if length < header.size or offset + length > len(data):
+            break
+        out.append((kind, data[offset + header.size:offset + length]))
+        offset += (length + 3) & ~3
+    return out
+
+
+def netlink_groups(ns: str, protocol: int = NETLINK_GENERIC) -> dict[int, set[int]]:
+    """The multicast groups each ``protocol`` netlink socket of ``ns`` has
+    joined, by socket inode."""
+    sock = netlink_socket(NETLINK_SOCK_DIAG, ns)
+    try:
+        sock.settimeout(5)
+        # struct netlink_diag_req: family, protocol, pad, ino, show, cookie
+        req = struct.pack("=BBHII8x", socket.AF_NETLINK, protocol, 0, 0, NDIAG_SHOW_GROUPS)
+        sock.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(req), SOCK_DIAG_BY_FAMILY,
+                                 NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + req)
+        out: dict[int, set[int]] = {}
+        for _ in range(10000):  # bounded: a dump of a test namespace is short
+            for mtype, payload in _split(sock.recv(1 << 16), _NLMSGHDR):
+                if mtype == NLMSG_DONE:
+                    return out
+                if mtype == NLMSG_ERROR:
+                    code = -struct.unpack_from("=i", payload)[0]
+                    raise OSError(code, f"netlink sock_diag: {os.strerror(code)}")
+                ino = _NETLINK_DIAG_MSG.unpack_from(payload)[7]
+                attrs = dict(_split(payload, _NLATTR, _NETLINK_DIAG_MSG.size))
+                bitmap = attrs.get(NETLINK_DIAG_GROUPS, b"")
+                out[ino] = {word * 32 + bit + 1
+                            for word, (mask,) in enumerate(struct.iter_unpack("=I", bitmap))
+                            for bit in range(32) if mask >> bit & 1}
+        raise AssertionError("netlink sock_diag dump did not end")
+    finally:
+        sock.close()
+
+
+def socket_inodes(pid: int) -> set[int]:
+    """The inodes of the sockets process ``pid`` has open."""
+    inodes = set()
+    fds = f"/proc/{pid}/fd"
+    for fd in os.listdir(fds):
+        try:
+            m = re.fullmatch(r"socket:\[(\d+)\]", os.readlink(f"{fds}/{fd}"))
+        except FileNotFoundError:
+            continue
+        if m:
+            inodes.add(int(m.group(1)))
+    return inodes
+
+
+async def subscribed(proc: Process, ns: str, reader: EventReader) -> None:
+    """Wait until ``ip mptcp monitor`` (``proc``) has joined the
+    ``mptcp_pm`` event group in ``ns``: from then on it is sent every event
+    ``reader`` gets."""
+    group = reader.groups[C.MPTCP_PM_EV_GRP_NAME]
+
+    def joined() -> bool:
+        if proc.popen.poll() is not None:
+            raise LabError(f"{proc.name} exited: {proc.output()}")
+        groups = netlink_groups(ns)
+        return any(group in groups.get(ino, ()) for ino in socket_inodes(proc.pid))
+
+    await asyncio.to_thread(wait_for, joined, 10.0, 0.005,
+                            f"{proc.name} to join {C.MPTCP_PM_EV_GRP_NAME}")
 
 
 def monitor_records(proc: Process) -> list[tuple[type, dict[str, str]]]:
@@ -101,12 +188,12 @@ def disagreements(event: ev.Event, fields: dict[str, str]) -> list[str]:
 
 def assert_monitor_saw_the_same(proc: Process, got: list[ev.Event]) -> None:
     """Same event types in the same order, every printed value equal."""
-    deadline = time.monotonic() + 5
-    while True:
-        records = monitor_records(proc)
-        if len(records) >= len(got) or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
+    try:
+        wait_for(lambda: len(monitor_records(proc)) >= len(got), 5.0,
+                 what=f"{proc.name} to print {len(got)} events")
+    except LabTimeout:
+        pass  # the comparison below shows what is missing
+    records = monitor_records(proc)
     assert [cls for cls, _ in records] == [type(e) for e in got], proc.output()
     for event, (_, fields) in zip(got, records):
         if type(event) in (ev.ListenerCreated, ev.ListenerClosed):
@@ -190,7 +277,7 @@ async def test_connection_address_and_subflow_events(lab: Lab, version: int) -> 
     start_server(lab)
     mon = monitor(lab, lab.client)
     async with EventReader(netns=lab.client) as reader:
-        await asyncio.sleep(0.2)  # let ip mptcp monitor subscribe
+        await subscribed(mon, lab.client, reader)
         client = start_client(lab, str(server_ip), hold=3.0)
         first = await collect(reader, has(ev.SubflowEstablished))
         lab.ip(lab.server, "mptcp", "endpoint", "change", "id", "5", "backup")
@@ -249,7 +336,7 @@ async def test_server_side_connection(lab: Lab) -> None:
     start_server(lab)
     mon = monitor(lab, lab.server)
     async with EventReader(netns=lab.server) as reader:
-        await asyncio.sleep(0.2)
+        await subscribed(mon, lab.server, reader)
         client = start_client(lab, str(l1.server4), hold=0.2, nbytes=1000)
         result = await client_result(client)
         got = await collect(reader, has(ev.ConnectionClosed))
@@ -269,7 +356,7 @@ async def test_deny_join_id0(lab: Lab) -> None:
     start_server(lab)
     mon = monitor(lab, lab.client)
     async with EventReader(netns=lab.client) as reader:
-        await asyncio.sleep(0.2)
+        await subscribed(mon, lab.client, reader)
         client = start_client(lab, str(lab.links[0].server4), hold=0.2, nbytes=1000)
         await client_result(client)
         got = await collect(reader, has(ev.ConnectionClosed))
@@ -288,7 +375,7 @@ async def test_subflow_from_a_client_endpoint(lab: Lab) -> None:
     start_server(lab)
     mon = monitor(lab, lab.client)
     async with EventReader(netns=lab.client) as reader:
-        await asyncio.sleep(0.2)
+        await subscribed(mon, lab.client, reader)
         client = start_client(lab, str(l1.server4), hold=3.0)
         first = await collect(reader, has(ev.SubflowEstablished))
         lab.ip(lab.client, "mptcp", "endpoint", "delete", "id", "7")
@@ -309,7 +396,7 @@ async def test_listener_events(lab: Lab) -> None:
     """An MPTCP listening socket gives LISTENER_CREATED and LISTENER_CLOSED."""
     mon = monitor(lab, lab.client)
     async with EventReader(netns=lab.client) as reader:
-        await asyncio.sleep(0.2)
+        await subscribed(mon, lab.client, reader)
         got = []
         for bind, port in (("0.0.0.0", 6000), (str(lab.links[0].client6), 6001)):
             lst = lab.python(lab.client, "-m", "tests.lab.traffic", "server", "--port",
@@ -389,8 +476,14 @@ async def test_overrun_is_detected_and_events_flow_again(
     l1, l2 = lab.links
     start_server(lab)
     calls: list[int] = []
+    reported = asyncio.Event()
+
+    def on_overrun(count: int) -> None:
+        calls.append(count)
+        reported.set()
+
     async with EventReader(netns=lab.client, rcvbuf=4096,
-                           on_overrun=calls.append) as reader:
+                           on_overrun=on_overrun) as reader:
         # The event loop is blocked (nobody reads) while the flood runs.
         out = lab.exec(lab.client, lab_python(), "-c", FLOOD, str(l1.server4), "300",
                        str(PORT)).stdout
@@ -401,11 +494,10 @@ async def test_overrun_is_detected_and_events_flow_again(
                        and e.laddr.ip == l2.client4 for e in events)
 
         after = asyncio.create_task(collect(reader, from_link2))
-        for _ in range(100):
-            if calls:
-                break
-            await asyncio.sleep(0.1)
-        assert calls, "no overrun reported"
+        try:
+            await asyncio.wait_for(reported.wait(), 10)
+        except TimeoutError:
+            pytest.fail("no overrun reported")
         # ...and a connection made afterwards is reported again.
         client = lab.python(lab.client, "-m", "tests.lab.traffic", "client",
                             str(l2.server4), str(PORT), "--bind", str(l2.client4),

@@ -463,14 +463,17 @@ async def test_reader_pauses_when_the_consumer_lags_and_resumes() -> None:
         closed = [build(C.MPTCP_EVENT_CLOSED, [("MPTCP_ATTR_TOKEN", i)]) for i in range(10)]
         for d in closed:
             a.send(d)
-        await asyncio.sleep(0.05)
-        # Reading stopped once max_pending events were waiting.
+        events = reader.events()
+        # The first event is handed out once the loop has called the reader,
+        # which read what the socket held...
+        got = [await asyncio.wait_for(anext(events), 5)]
+        # ...and stopped reading once max_pending events were waiting.
         assert not reader._reading
-        got = []
-        async for event in reader:
+        async for event in events:
             got.append(event)
             if len(got) == 10:
                 break
+        await events.aclose()
         assert got == [ev.ConnectionClosed(Token(i)) for i in range(10)]
         assert reader._reading
         reader._stop_reading()

@@ -7,8 +7,8 @@ directory.
 
 from __future__ import annotations
 
-import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,19 +64,64 @@ async def test_appear_vanish_reappear_fire_once_each(caplog: pytest.LogCaptureFi
     ]
 
 
+class FakeClock:
+    """Stands for the loop's ``call_later``: timers fire only when the test
+    moves the clock on (:meth:`advance`)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.timers: list[FakeTimer] = []
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> FakeTimer:
+        timer = FakeTimer(self.now + delay, callback)
+        self.timers.append(timer)
+        return timer
+
+    def armed(self) -> list[float]:
+        """The delays left on the timers that are still to fire."""
+        return [t.when - self.now for t in self.timers if not t.done]
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        for timer in sorted(self.timers, key=lambda t: t.when):
+            if not timer.done and timer.when <= self.now:
+                timer.done = True
+                timer.callback()
+
+
+class FakeTimer:
+    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+        self.when = when
+        self.callback = callback
+        self.done = False  # fired or cancelled
+
+    def cancel(self) -> None:
+        self.done = True
+
+
 async def test_vanish_rearms_the_warning_timer(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, LOGGER)
-    w = FamilyWatcher(timeout=0.05)
+    clock = FakeClock()
+    w = FamilyWatcher(timeout=10, call_later=clock.call_later)
     w.handle_ctrl_message(notification(CTRL_CMD_NEWFAMILY, "mptcp_pm"))
-    await asyncio.sleep(0.15)
+    assert clock.armed() == []
+    w.handle_ctrl_message(notification(CTRL_CMD_DELFAMILY, "mptcp_pm"))
+    assert clock.armed() == [10]  # vanished: the timer is armed
+    w.handle_ctrl_message(notification(CTRL_CMD_NEWFAMILY, "mptcp_pm"))
+    assert clock.armed() == []  # back before it fired: disarmed
+    clock.advance(60)
     assert records(caplog) == []  # known: no warning
     w.handle_ctrl_message(notification(CTRL_CMD_DELFAMILY, "mptcp_pm"))
-    await asyncio.sleep(0.15)
-    await w.stop()
+    clock.advance(9.5)
+    assert records(caplog) == []  # not yet
+    clock.advance(0.5)
     assert records(caplog) == [
         ("WARNING", "MPTCP generic netlink family has not appeared."),
         ("WARNING", "Verify MPTCP netlink path manager kernel support."),
     ]
+    clock.advance(60)
+    assert len(records(caplog)) == 2  # once per vanish
+    await w.stop()
 
 
 async def test_a_failing_callback_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:

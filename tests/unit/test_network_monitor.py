@@ -406,32 +406,40 @@ async def test_check_route_c_schedule_gives_up_after_five_lookups(
     await nm.close()
 
 
+def lookups(routes: FakeRoutes, family: int) -> int:
+    return sum(1 for f, _ in routes.calls if f == family)
+
+
 async def test_check_route_waits_for_a_route_event_then_notifies() -> None:
     routes = FakeRoutes()
     nm, rec = route_monitor(routes)
     nm.handle_address(addr(2, "203.0.113.10"))
-    await until(lambda: len(routes.calls) == 5)
-    # no polling while nothing changes
-    for _ in range(20):
-        await asyncio.sleep(0.002)
-    assert len(routes.calls) == 5
+    nm.handle_address(addr(2, "2001:db8:1::10"))
+    # Each check's fifth lookup fails and, in the same step, the check
+    # starts waiting for route changes.
+    await until(lambda: lookups(routes, socket.AF_INET) == 5
+                and lookups(routes, socket.AF_INET6) == 5)
     assert nm.address_state(SockAddr("203.0.113.10")) is AddressState.PENDING
-    # a route of the other family does not wake an IPv4 check
+    # An IPv6 route wakes the IPv6 check, not the IPv4 one.  The IPv6
+    # lookup is the barrier: had the IPv4 check been woken by the same
+    # message, it would have been woken first (its address came first) and
+    # would have looked up before the IPv6 check.
     nm.handle_route(RouteMessage(socket.AF_INET6, None, 0, 2, 254))
-    for _ in range(5):
-        await asyncio.sleep(0.002)
-    assert len(routes.calls) == 5
+    await until(lambda: lookups(routes, socket.AF_INET6) == 6)
+    assert lookups(routes, socket.AF_INET) == 5
     # an unrelated IPv4 route: one more lookup, still no default route
     nm.handle_route(RouteMessage(socket.AF_INET, ipaddress.ip_address("198.51.100.0"), 24, 3, 254))
-    await until(lambda: len(routes.calls) == 6)
+    await until(lambda: lookups(routes, socket.AF_INET) == 6)
     assert rec.calls == []
     # the DHCP client installs the default route
     routes.default[socket.AF_INET] = 2
     nm.handle_route(RouteMessage(socket.AF_INET, None, 0, 2, 254))
     await until(lambda: rec.calls)
     assert rec.calls == [("new_local_address", 2, "203.0.113.10")]
-    assert len(routes.calls) == 7
+    assert lookups(routes, socket.AF_INET) == 7
     assert nm.address_state(SockAddr("203.0.113.10")) is AddressState.ANNOUNCED
+    assert nm.address_state(SockAddr("2001:db8:1::10")) is AddressState.PENDING
+    assert lookups(routes, socket.AF_INET6) == 6
     await nm.close()
 
 
@@ -442,11 +450,19 @@ async def test_check_route_gives_up_at_the_deadline(caplog: pytest.LogCaptureFix
     nm.handle_address(addr(2, "203.0.113.10"))
     await until(lambda: nm.address_state(SockAddr("203.0.113.10")) is AddressState.ABANDONED)
     assert "timeout while waiting for default route on address 203.0.113.10" in caplog.messages
-    # a later route change does not revive it
+    # While nothing changed, from the fifth lookup to the deadline, the
+    # check did not poll.
+    assert len(routes.calls) == 5
+    # A later route change does not revive it.  The barrier: an address
+    # added after that route change is checked and notified; a revived check
+    # would have been started before it and would have notified first.
     routes.default[socket.AF_INET] = 2
     nm.handle_route(RouteMessage(socket.AF_INET, None, 0, 2, 254))
-    await asyncio.sleep(0.01)
-    assert rec.calls == []
+    nm.handle_address(addr(2, "203.0.113.11"))
+    await until(lambda: ("new_local_address", 2, "203.0.113.11") in rec.calls)
+    assert rec.calls == [("new_local_address", 2, "203.0.113.11")]
+    assert len(routes.calls) == 6
+    assert nm.address_state(SockAddr("203.0.113.10")) is AddressState.ABANDONED
     await nm.close()
 
 
@@ -489,8 +505,13 @@ async def test_address_deleted_during_route_check_is_never_notified() -> None:
     await until(lambda: routes.calls)
     nm.handle_address(addr(2, "203.0.113.10", deleted=True))
     routes.gate.set()
-    await asyncio.sleep(0.01)
-    assert rec.calls == [("delete_local_address", 2, "203.0.113.10")]
+    # The barrier: an address added now is checked (its lookup passes the
+    # open gate at once) and notified; the first check, had it survived the
+    # deletion, was woken by the gate earlier and would have notified first.
+    nm.handle_address(addr(2, "203.0.113.11"))
+    await until(lambda: ("new_local_address", 2, "203.0.113.11") in rec.calls)
+    assert rec.calls == [("delete_local_address", 2, "203.0.113.10"),
+                         ("new_local_address", 2, "203.0.113.11")]
     await nm.close()
 
 
@@ -502,9 +523,15 @@ async def test_interface_removed_during_route_check_is_never_notified() -> None:
     nm.handle_link(link(2, deleted=True))
     routes.default[socket.AF_INET] = 2
     nm.handle_route(RouteMessage(socket.AF_INET, None, 0, 2, 254))
-    await asyncio.sleep(0.01)
-    assert rec.calls == [("delete_interface", 2, None)]
-    assert len(routes.calls) == 5
+    # The barrier: the interface comes back with a new address, whose check
+    # looks up and notifies; the first check, had the route change woken
+    # it, would have run (and looked up) before it.
+    nm.handle_link(link(2))
+    nm.handle_address(addr(2, "203.0.113.11"))
+    await until(lambda: ("new_local_address", 2, "203.0.113.11") in rec.calls)
+    assert rec.calls == [("delete_interface", 2, None), ("new_interface", 2, None),
+                         ("new_local_address", 2, "203.0.113.11")]
+    assert len(routes.calls) == 6
     await nm.close()
 
 

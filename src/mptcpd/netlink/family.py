@@ -35,6 +35,7 @@ import errno
 import logging
 import struct
 from collections.abc import Callable
+from typing import Protocol
 
 from mptcpd.netlink.constants import (
     CTRL_ATTR_FAMILY_ID,
@@ -74,6 +75,17 @@ _U16 = struct.Struct("=H")
 _ERRNO = struct.Struct("=i")
 
 
+class Timer(Protocol):
+    """What :class:`FamilyWatcher` keeps of an armed timer (an
+    :class:`asyncio.TimerHandle` by default)."""
+
+    def cancel(self) -> None: ...
+
+
+#: ``call_later(delay, callback) -> Timer``: how the watcher arms its timer.
+CallLater = Callable[[float, Callable[[], None]], Timer]
+
+
 class FamilyWatcher:
     """Watch for the ``mptcp_pm`` family appearing and vanishing.
 
@@ -84,6 +96,9 @@ class FamilyWatcher:
         for the caller's.
     :param timeout: seconds before the "has not appeared" warnings.
     :param family: family name (tests only; the log texts keep "MPTCP").
+    :param call_later: arms the warning timer, as ``loop.call_later(delay,
+        callback)`` does (the default: the running loop's); tests pass a
+        fake clock.
     """
 
     def __init__(
@@ -94,18 +109,20 @@ class FamilyWatcher:
         netns: str | None = None,
         timeout: float = FAMILY_TIMEOUT_SECONDS,
         family: str = MPTCP_PM_NAME,
+        call_later: CallLater | None = None,
     ) -> None:
         self.on_appeared = on_appeared
         self.on_vanished = on_vanished
         self.netns = netns
         self.timeout = timeout
         self.family = family
+        self._call_later = call_later
         self._family_id: int | None = None
         self._sock: NetlinkSocket | None = None
         self._pending: dict[int, asyncio.Future[int | None]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._request: asyncio.Task[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Timer | None = None
         self._appeared = asyncio.Event()
 
     # -- state -------------------------------------------------------------
@@ -286,8 +303,10 @@ class FamilyWatcher:
 
     def _arm_timer(self) -> None:
         self._cancel_timer()
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self.timeout, self._timed_out)
+        if self._call_later is not None:
+            self._timer = self._call_later(self.timeout, self._timed_out)
+        else:
+            self._timer = asyncio.get_running_loop().call_later(self.timeout, self._timed_out)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
