@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from mptcpd.types import Interface, SockAddr
+from mptcpd import events as ev
+from mptcpd.types import Interface
 
 
 class Recorder:
-    """Records each call as ``(op, key(interface), address or None)``.
+    """Records each event as ``(hook, key(interface), address or None)``.
 
     ``key`` picks what identifies an interface in the records: its index
     (the default) or, say, its name.
@@ -20,17 +21,12 @@ class Recorder:
         self.calls: list[tuple[str, Any, str | None]] = []
         self.interfaces: list[Interface] = []
 
-    def _rec(self, op: str, iface: Interface, sa: SockAddr | None = None) -> None:
-        self.calls.append((op, self.key(iface), None if sa is None else str(sa)))
-        self.interfaces.append(iface)
-
-    def new_interface(self, i: Interface) -> None: self._rec("new_interface", i)
-    def update_interface(self, i: Interface) -> None: self._rec("update_interface", i)
-    def delete_interface(self, i: Interface) -> None: self._rec("delete_interface", i)
-    def new_local_address(self, i: Interface, a: SockAddr) -> None: self._rec("new_local_address", i, a)
-    def delete_local_address(self, i: Interface, a: SockAddr) -> None: self._rec("delete_local_address", i, a)
-    def link_down(self, i: Interface) -> None: self._rec("link_down", i)
-    def link_up(self, i: Interface) -> None: self._rec("link_up", i)
+    def __call__(self, event: ev.NetworkEvent) -> None:
+        """The network monitor's subscriber: write the event down."""
+        addr = getattr(event, "addr", None)
+        self.calls.append((event.HOOK, self.key(event.interface),
+                           None if addr is None else str(addr)))
+        self.interfaces.append(event.interface)
 
     def last(self, op: str, key: Any) -> Interface:
         for call, iface in zip(reversed(self.calls), reversed(self.interfaces)):

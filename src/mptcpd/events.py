@@ -1,10 +1,12 @@
-"""Typed MPTCP path-management events, one class per kernel event.
+"""Typed path-management events: one class per kernel event, one per
+network-monitor event.
 
-Each class is a frozen, slotted dataclass built from one ``mptcp_pm``
-generic-netlink event (see :mod:`mptcpd.netlink.event_codec`).  ``HOOK``
-names the plugin hook the event feeds (the C ``mptcpd_plugin_ops`` field)
-and ``HOOK_ARGS`` the fields passed to it, which carry the names of the
-hook's parameters (``pm`` is added by the dispatcher).
+Each class is a frozen, slotted dataclass: a kernel event is built from one
+``mptcp_pm`` generic-netlink event (see :mod:`mptcpd.netlink.event_codec`),
+a network event by the network monitor.  ``HOOK`` names the plugin hook the
+event feeds (the C ``mptcpd_plugin_ops`` field) and ``HOOK_ARGS`` the fields
+passed to it, which carry the names of the hook's parameters (``pm`` is
+added by the dispatcher).
 
 Addresses are :class:`~mptcpd.types.SockAddr` values with the port in host
 order.  Attributes the kernel did not send are ``None`` (numbers) or
@@ -25,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-from mptcpd.types import AddressId, SockAddr, Token
+from mptcpd.types import AddressId, Interface, SockAddr, Token
 
 __all__ = [
     "AddressAnnounced",
@@ -34,8 +36,16 @@ __all__ = [
     "ConnectionCreated",
     "ConnectionEstablished",
     "Event",
+    "InterfaceAdded",
+    "InterfaceRemoved",
+    "InterfaceUpdated",
+    "LinkDown",
+    "LinkUp",
     "ListenerClosed",
     "ListenerCreated",
+    "LocalAddressAdded",
+    "LocalAddressRemoved",
+    "NetworkEvent",
     "SubflowClosed",
     "SubflowEstablished",
     "SubflowPriority",
@@ -308,4 +318,91 @@ Event = (
     | SubflowPriority
     | ListenerCreated
     | ListenerClosed
+)
+
+
+# -- network monitor events ------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class InterfaceAdded:
+    """An interface became ready: up and running (or known at startup).
+
+    :ivar interface: its state then (a snapshot).
+    """
+
+    HOOK: ClassVar[str] = "new_interface"
+    HOOK_ARGS: ClassVar[tuple[str, ...]] = ("interface",)
+    interface: Interface
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class InterfaceUpdated:
+    """A ready interface changed (a link message: flags, MTU, ...)."""
+
+    HOOK: ClassVar[str] = "update_interface"
+    HOOK_ARGS: ClassVar[tuple[str, ...]] = ("interface",)
+    interface: Interface
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class InterfaceRemoved:
+    """An interface went administratively down or away; ``interface`` is
+    its last recorded state, addresses included (no address events follow
+    for them, as in mptcpd)."""
+
+    HOOK: ClassVar[str] = "delete_interface"
+    HOOK_ARGS: ClassVar[tuple[str, ...]] = ("interface",)
+    interface: Interface
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LocalAddressAdded:
+    """A local address appeared on ``interface`` (after its route check
+    with ``check_route``); ``addr.port`` is 0."""
+
+    HOOK: ClassVar[str] = "new_local_address"
+    HOOK_ARGS: ClassVar[tuple[str, ...]] = ("interface", "addr")
+    interface: Interface
+    addr: SockAddr
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LocalAddressRemoved:
+    """A recorded local address was removed from ``interface``."""
+
+    HOOK: ClassVar[str] = "delete_local_address"
+    HOOK_ARGS: ClassVar[tuple[str, ...]] = ("interface", "addr")
+    interface: Interface
+    addr: SockAddr
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LinkDown:
+    """A ready interface lost its carrier (``IFF_RUNNING``) but stays up
+    with its addresses (``interface.addrs``)."""
+
+    HOOK: ClassVar[str] = "link_down"
+    HOOK_ARGS: ClassVar[tuple[str, ...]] = ("interface",)
+    interface: Interface
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LinkUp:
+    """An interface that had reported :class:`LinkDown` runs again."""
+
+    HOOK: ClassVar[str] = "link_up"
+    HOOK_ARGS: ClassVar[tuple[str, ...]] = ("interface",)
+    interface: Interface
+
+
+#: Any of the seven network-monitor events.
+NetworkEvent = (
+    InterfaceAdded
+    | InterfaceUpdated
+    | InterfaceRemoved
+    | LocalAddressAdded
+    | LocalAddressRemoved
+    | LinkDown
+    | LinkUp
 )

@@ -354,40 +354,43 @@ class PluginDriver:
     def _event(self, event: ev.Event) -> None:
         self._check(self.dispatcher.dispatch, event)
 
+    def _broadcast(self, event: ev.NetworkEvent) -> None:
+        self._check(self.dispatcher.broadcast, event)
+
     # -- network events: the network view changes first, as in the daemon ---
 
     def new_interface(self, interface: Interface) -> None:
         self.pm.network.set(interface)
-        self._check(self.dispatcher.new_interface, interface)
+        self._broadcast(ev.InterfaceAdded(interface))
 
     def update_interface(self, interface: Interface) -> None:
         self.pm.network.set(interface)
-        self._check(self.dispatcher.update_interface, interface)
+        self._broadcast(ev.InterfaceUpdated(interface))
 
     def delete_interface(self, interface: Interface) -> None:
         self.pm.network.remove(interface.index)
-        self._check(self.dispatcher.delete_interface, interface)
+        self._broadcast(ev.InterfaceRemoved(interface))
 
     def new_local_address(self, interface: Interface, addr: SockAddr) -> None:
         current = self.pm.network.get_interface(interface.index) or interface
         if addr not in current.addrs:
             current = dataclasses.replace(current, addrs=(*current.addrs, addr))
         self.pm.network.set(current)
-        self._check(self.dispatcher.new_local_address, current, addr)
+        self._broadcast(ev.LocalAddressAdded(current, addr))
 
     def delete_local_address(self, interface: Interface, addr: SockAddr) -> None:
         current = self.pm.network.get_interface(interface.index) or interface
         current = dataclasses.replace(current,
                                       addrs=tuple(a for a in current.addrs if a != addr))
         self.pm.network.set(current)
-        self._check(self.dispatcher.delete_local_address, current, addr)
+        self._broadcast(ev.LocalAddressRemoved(current, addr))
 
     def link_down(self, interface: Interface) -> None:
         down = dataclasses.replace(interface, flags=interface.flags & ~IFF_RUNNING)
         self.pm.network.set(down)
-        self._check(self.dispatcher.link_down, down)
+        self._broadcast(ev.LinkDown(down))
 
     def link_up(self, interface: Interface) -> None:
         up = dataclasses.replace(interface, flags=interface.flags | IFF_RUNNING)
         self.pm.network.set(up)
-        self._check(self.dispatcher.link_up, up)
+        self._broadcast(ev.LinkUp(up))

@@ -19,6 +19,7 @@ import pytest
 
 from tests.lab import Lab, list_namespaces
 from mptcpd.netlink.rtnl_monitor import RouteLookup, RtnlMonitor, RtnlMonitorError
+from mptcpd.daemon.network import NetworkFeed
 from mptcpd.pm.network_monitor import AddressState, NetworkMonitor
 from mptcpd.types import Interface, NotifyFlags, SockAddr
 from tests.nm_support import Recorder as NmRecorder
@@ -51,7 +52,7 @@ class Monitors:
 
     def __init__(self, lab: Lab) -> None:
         self.lab = lab
-        self.started: list[NetworkMonitor] = []
+        self.started: list[NetworkFeed] = []
 
     async def start(self, flags: NotifyFlags = NotifyFlags(0),
                     **kwargs: Any) -> tuple[NetworkMonitor, Recorder]:
@@ -59,13 +60,14 @@ class Monitors:
         nm = NetworkMonitor(flags, **kwargs)
         rec = Recorder()
         assert nm.register(rec)
-        await nm.start(netns=self.lab.client, source=source)
-        self.started.append(nm)
+        feed = NetworkFeed(nm, source, netns=self.lab.client)
+        await feed.start()
+        self.started.append(feed)
         return nm, rec
 
     async def close(self) -> None:
-        for nm in self.started:
-            await nm.close()
+        for feed in self.started:
+            await feed.close()
 
 
 @pytest.fixture
@@ -278,9 +280,9 @@ async def test_enobufs_resynchronises(lab: Lab, monitors: Monitors,
 async def test_missing_namespace_fails_cleanly_and_creates_nothing(
         lab_available: None, caplog: pytest.LogCaptureFixture) -> None:
     name = "mptcpd-lab-does-not-exist"
-    nm = NetworkMonitor()
+    feed = NetworkFeed(NetworkMonitor(), netns=name)
     with pytest.raises(RtnlMonitorError, match="Unable to monitor network device changes."):
-        await nm.start(netns=name)
+        await feed.start()
     assert "Unable to monitor network device changes." in caplog.messages
     assert name not in list_namespaces()  # pyroute2 would create it by default
-    assert not nm.running
+    assert not feed.running

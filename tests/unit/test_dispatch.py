@@ -74,13 +74,13 @@ def test_network_monitor_events_go_to_every_plugin_in_priority_order(tmp_path: P
     registry = load(fixture_dir(tmp_path, "priority", "security"))
     d = dispatcher(registry)
     iface = object()
-    d.new_interface(iface)
-    d.update_interface(iface)
-    d.update_interface(iface)
-    d.delete_interface(iface)
+    d.broadcast(ev.InterfaceAdded(iface))
+    d.broadcast(ev.InterfaceUpdated(iface))
+    d.broadcast(ev.InterfaceUpdated(iface))
+    d.broadcast(ev.InterfaceRemoved(iface))
     for _ in range(3):
-        d.new_local_address(iface, LADDR)
-    d.delete_local_address(iface, LADDR)
+        d.broadcast(ev.LocalAddressAdded(iface, LADDR))
+    d.broadcast(ev.LocalAddressRemoved(iface, LADDR))
     expected = {"new_interface": 1, "update_interface": 2, "delete_interface": 1,
                 "new_local_address": 3, "delete_local_address": 1}
     for name in ("plugin_one", "plugin_two", "plugin_three", "plugin_four"):
@@ -144,7 +144,7 @@ def test_a_plugin_without_hooks_tolerates_every_event(tmp_path: Path) -> None:
     for event in connection_events(TOKEN1):
         d.dispatch(event)
     d.dispatch(ev.ListenerCreated(LADDR))
-    d.new_interface(object())
+    d.broadcast(ev.InterfaceAdded(object()))
     d.pm_ready()
 
 
@@ -168,7 +168,7 @@ def test_a_raising_plugin_is_contained(
     registry.register(plugin, plugin.PLUGIN, "test")
     d = Dispatcher(registry, PM, registry.select_default("aaa_raising"))
     with caplog.at_level(logging.ERROR):
-        d.new_interface(object())
+        d.broadcast(ev.InterfaceAdded(object()))
         d.dispatch(ev.ConnectionCreated(TOKEN1, LADDR, RADDR))
     assert recording.counts("plugin_one") == {"new_interface": 1}
     assert recording.counts("plugin_two") == {"new_interface": 1}

@@ -65,14 +65,25 @@ def test_every_hook_takes_pm_last_and_is_documented() -> None:
 
 
 #: Every kernel event class, read off the ``Event`` union.
-EVENT_CLASSES = typing.get_args(ev.Event)
+KERNEL_EVENTS = typing.get_args(ev.Event)
+#: Every network-monitor event class, read off the ``NetworkEvent`` union.
+NETWORK_EVENTS = typing.get_args(ev.NetworkEvent)
+EVENT_CLASSES = KERNEL_EVENTS + NETWORK_EVENTS
 
 
 def test_every_event_class_feeds_exactly_one_hook() -> None:
-    assert len(EVENT_CLASSES) == len(C.MptcpEvent) == 10
+    assert len(KERNEL_EVENTS) == len(C.MptcpEvent) == 10
     hooks = [cls.HOOK for cls in EVENT_CLASSES]
     assert len(set(hooks)) == len(EVENT_CLASSES)
     assert set(hooks) <= set(HOOKS)
+
+
+def test_every_hook_but_the_lifecycle_is_fed_by_an_event_class() -> None:
+    """One list of hooks (the hookspecs): each is an event class's or a
+    lifecycle hook the daemon calls itself."""
+    fed = {cls.HOOK for cls in EVENT_CLASSES}
+    assert set(HOOKS) - fed == set(LIFECYCLE)
+    assert set(ev.__all__) >= {cls.__name__ for cls in EVENT_CLASSES}
 
 
 @pytest.mark.parametrize("cls", EVENT_CLASSES, ids=lambda c: c.__name__)
@@ -192,38 +203,38 @@ def test_hook_listener_closed(d: Dispatcher) -> None:
 
 
 def test_hook_new_interface(d: Dispatcher) -> None:
-    d.new_interface(IFACE)
+    d.broadcast(ev.InterfaceAdded(IFACE))
     assert calls() == [("new_interface", dict(interface=IFACE))]
 
 
 def test_hook_update_interface(d: Dispatcher) -> None:
-    d.update_interface(IFACE)
+    d.broadcast(ev.InterfaceUpdated(IFACE))
     assert calls() == [("update_interface", dict(interface=IFACE))]
 
 
 def test_hook_delete_interface(d: Dispatcher) -> None:
-    d.delete_interface(IFACE)
+    d.broadcast(ev.InterfaceRemoved(IFACE))
     assert calls() == [("delete_interface", dict(interface=IFACE))]
 
 
 def test_hook_new_local_address(d: Dispatcher) -> None:
-    d.new_local_address(IFACE, LADDR.with_port(0))
+    d.broadcast(ev.LocalAddressAdded(IFACE, LADDR.with_port(0)))
     assert calls() == [("new_local_address", dict(interface=IFACE, addr=LADDR.with_port(0)))]
 
 
 def test_hook_delete_local_address(d: Dispatcher) -> None:
-    d.delete_local_address(IFACE, LADDR.with_port(0))
+    d.broadcast(ev.LocalAddressRemoved(IFACE, LADDR.with_port(0)))
     assert calls() == [("delete_local_address",
                         dict(interface=IFACE, addr=LADDR.with_port(0)))]
 
 
 def test_hook_link_down(d: Dispatcher) -> None:
-    d.link_down(IFACE)
+    d.broadcast(ev.LinkDown(IFACE))
     assert calls() == [("link_down", dict(interface=IFACE))]
 
 
 def test_hook_link_up(d: Dispatcher) -> None:
-    d.link_up(IFACE)
+    d.broadcast(ev.LinkUp(IFACE))
     assert calls() == [("link_up", dict(interface=IFACE))]
 
 
@@ -246,5 +257,5 @@ def test_an_implementation_may_take_any_subset_of_the_parameters(d: Dispatcher) 
     d.default = d.registry.select_default(None)
     d.dispatch(ev.ConnectionCreated(TOKEN + 2, LADDR, RADDR))
     d.dispatch(ev.SubflowEstablished(TOKEN + 2, LADDR, RADDR, backup=True))
-    d.new_local_address(IFACE, LADDR)
+    d.broadcast(ev.LocalAddressAdded(IFACE, LADDR))
     assert seen == [True, LADDR]

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from mptcpd import events as ev
 from mptcpd.netlink.rtnl_monitor import (
     AddressMessage,
     LinkMessage,
@@ -269,7 +270,7 @@ def test_loopback_addresses_reported_without_skip_loopback() -> None:
 def test_duplicate_newaddr_is_not_notified(caplog: pytest.LogCaptureFixture) -> None:
     nm, rec = monitor()
     nm.handle_link(link(2))
-    caplog.set_level(logging.DEBUG, "mptcpd.pm.network_monitor")
+    caplog.set_level(logging.DEBUG, "mptcpd.pm")
     nm.handle_address(addr(2, "192.0.2.1"))
     nm.handle_address(addr(2, "192.0.2.1"))
     assert rec.calls.count(("new_local_address", 2, "192.0.2.1")) == 1
@@ -390,7 +391,7 @@ async def test_check_route_notifies_when_the_default_route_exists() -> None:
 
 async def test_check_route_c_schedule_gives_up_after_five_lookups(
         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, "mptcpd.pm.network_monitor")
+    caplog.set_level(logging.DEBUG, "mptcpd.pm")
     routes = FakeRoutes()
     nm, rec = route_monitor(routes, wait=0)
     nm.handle_address(addr(2, "203.0.113.10"))
@@ -444,7 +445,7 @@ async def test_check_route_waits_for_a_route_event_then_notifies() -> None:
 
 
 async def test_check_route_gives_up_at_the_deadline(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, "mptcpd.pm.network_monitor")
+    caplog.set_level(logging.DEBUG, "mptcpd.pm")
     routes = FakeRoutes()
     nm, rec = route_monitor(routes, wait=0.2)
     nm.handle_address(addr(2, "203.0.113.10"))
@@ -473,7 +474,7 @@ async def test_check_route_gives_up_at_the_deadline(caplog: pytest.LogCaptureFix
 ])
 async def test_check_route_rejects_non_default_or_other_interface(
         caplog: pytest.LogCaptureFixture, answer: RouteLookup, message: str) -> None:
-    caplog.set_level(logging.INFO, "mptcpd.pm.network_monitor")
+    caplog.set_level(logging.INFO, "mptcpd.pm")
     routes = FakeRoutes()
     routes.answer = answer
     nm, rec = route_monitor(routes, wait=0)
@@ -485,7 +486,7 @@ async def test_check_route_rejects_non_default_or_other_interface(
 
 
 async def test_check_route_lookup_that_cannot_be_sent(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, "mptcpd.pm.network_monitor")
+    caplog.set_level(logging.DEBUG, "mptcpd.pm")
     routes = FakeRoutes()
     routes.raise_error = True
     nm, rec = route_monitor(routes)
@@ -549,35 +550,37 @@ async def test_existing_with_check_route_at_startup() -> None:
 # -- subscribers -------------------------------------------------------------------
 
 
-def test_register_rejects_an_object_without_ops(caplog: pytest.LogCaptureFixture) -> None:
+def test_register_rejects_what_cannot_be_called(caplog: pytest.LogCaptureFixture) -> None:
     nm = NetworkMonitor()
-    assert not nm.register(object())
-    assert not nm.register(None)
+    assert not nm.register(object())  # type: ignore[arg-type]
+    assert not nm.register(None)  # type: ignore[arg-type]
     assert "No network monitor event tracking ops were set." in caplog.messages
 
 
-def test_subscribers_in_registration_order_and_isolated() -> None:
+def test_subscribers_in_registration_order_and_isolated(
+        caplog: pytest.LogCaptureFixture) -> None:
     nm = NetworkMonitor()
     order: list[str] = []
 
-    class Broken:
-        def new_interface(self, i: Interface) -> None:
-            order.append("broken")
-            raise RuntimeError("boom")
+    def subscriber(name: str) -> Callable[[ev.NetworkEvent], None]:
+        def receive(event: ev.NetworkEvent) -> None:
+            order.append(f"{name} {event.HOOK}")
+        return receive
 
-    class Partial:
-        def __init__(self, name: str) -> None:
-            self.name = name
+    def broken(event: ev.NetworkEvent) -> None:
+        order.append(f"broken {event.HOOK}")
+        raise RuntimeError("boom")
 
-        def new_interface(self, i: Interface) -> None:
-            order.append(self.name)
-
-    assert nm.register(Partial("first"))
-    assert nm.register(Broken())
-    assert nm.register(Partial("third"))
+    first = subscriber("first")
+    assert nm.register(first)
+    assert nm.register(broken)
+    assert nm.register(subscriber("third"))
     nm.handle_link(link(2))
-    nm.handle_address(addr(2, "192.0.2.1"))  # no subscriber has the op: fine
-    assert order == ["first", "broken", "third"]
+    assert order == ["first new_interface", "broken new_interface", "third new_interface"]
+    assert "network monitor subscriber" in caplog.text and "new_interface" in caplog.text
+    assert nm.unregister(first) and not nm.unregister(first)
+    nm.handle_address(addr(2, "192.0.2.1"))
+    assert order[3:] == ["broken new_local_address", "third new_local_address"]
 
 
 # -- resynchronisation ---------------------------------------------------------------
@@ -603,63 +606,6 @@ def test_reconcile_reports_only_the_differences() -> None:
         ("new_local_address", 2, "192.0.2.3"),
         ("new_local_address", 5, "203.0.113.5"),
     ], key=str)
-
-
-# -- start() with a fake kernel side -------------------------------------------------
-
-
-class FakeSource:
-    def __init__(self, links: list[LinkMessage], addrs: list[AddressMessage]) -> None:
-        self.links = links
-        self.addrs = addrs
-        self.log: list[str] = []
-        self.queue: asyncio.Queue[RtnlEvent] = asyncio.Queue()
-        self.closed = False
-
-    async def open(self) -> None:
-        self.log.append("open")
-
-    async def dump_links(self) -> list[LinkMessage]:
-        self.log.append("links")
-        return self.links
-
-    async def dump_addresses(self) -> list[AddressMessage]:
-        self.log.append("addrs")
-        return self.addrs
-
-    async def events(self) -> AsyncIterator[RtnlEvent]:
-        while True:
-            yield await self.queue.get()
-
-    async def lookup_default_route(self, family: int, ifindex: int) -> RouteLookup:
-        return RouteLookup(oif=ifindex)
-
-    def close(self) -> None:
-        self.closed = True
-
-
-async def test_start_dumps_links_then_addresses_and_follows_events() -> None:
-    src = FakeSource([link(2), link(1, LOOPBACK, "lo")], [addr(2, "192.0.2.1")])
-    nm, rec = monitor()
-    await nm.start(source=src)
-    assert src.log == ["open", "links", "addrs"]
-    assert rec.calls == [] and nm.get_interface(2).addrs == (SockAddr("192.0.2.1"),)  # type: ignore[union-attr]
-    src.queue.put_nowait(addr(2, "192.0.2.7"))
-    src.queue.put_nowait(Resync((link(2),), (addr(2, "192.0.2.7"),)))
-    await until(lambda: len(rec.calls) == 2)
-    assert rec.calls == [("new_local_address", 2, "192.0.2.7"),
-                         ("delete_local_address", 2, "192.0.2.1")]
-    assert nm.running
-    await nm.close()
-    assert src.closed and not nm.running
-
-
-async def test_start_skips_the_address_dump_without_interfaces() -> None:
-    src = FakeSource([link(1, LOOPBACK, "lo")], [])
-    nm, _ = monitor()
-    await nm.start(source=src)
-    assert src.log == ["open", "links"]
-    await nm.close()
 
 
 def test_find_interface_takes_an_ipv4_mapped_address() -> None:

@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from mptcpd import hookspecs
+
 from mptcpd.plugin import PluginInfo, hookimpl
 from mptcpd.plugins import registry as reg
 from mptcpd.plugins.registry import Failed, PluginError, PluginRegistry
@@ -53,8 +55,8 @@ def test_every_exception_class_is_contained(exc: BaseException,
     register(registry, "good", pm_ready=lambda pm: seen.append("good"))
     bad = registry.get("bad")
     assert bad is not None
-    assert registry.call(bad, "pm_ready", pm=PM) is Failed
-    registry.broadcast("pm_ready", pm=PM)  # the next plugin still runs
+    assert registry.call(bad, hookspecs.pm_ready, pm=PM) is Failed
+    registry.broadcast(hookspecs.pm_ready, pm=PM)  # the next plugin still runs
     assert seen == ["good"]
     assert 'Plugin "bad"' in caplog.text and "pm_ready" in caplog.text
     record = next(r for r in caplog.records if r.levelno == logging.ERROR)
@@ -64,7 +66,7 @@ def test_every_exception_class_is_contained(exc: BaseException,
 def test_cancelled_error_says_cancelled(caplog: pytest.LogCaptureFixture) -> None:
     registry = PluginRegistry()
     plugin = register(registry, "p", pm_ready=raising(asyncio.CancelledError()))
-    registry.call(plugin, "pm_ready", pm=PM)
+    registry.call(plugin, hookspecs.pm_ready, pm=PM)
     assert 'Plugin "p" was cancelled in hook pm_ready' in caplog.text
 
 
@@ -75,17 +77,17 @@ def test_repeated_failures_are_counted_not_logged(
     registry = PluginRegistry()
     plugin = register(registry, "p", pm_ready=raising(RuntimeError("always")))
     for _ in range(100):
-        assert registry.call(plugin, "pm_ready", pm=PM) is Failed
+        assert registry.call(plugin, hookspecs.pm_ready, pm=PM) is Failed
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1
     now[0] += reg.REPEAT_WINDOW_SECONDS + 1
-    registry.call(plugin, "pm_ready", pm=PM)
+    registry.call(plugin, hookspecs.pm_ready, pm=PM)
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 2
     assert "repeated 99 time(s)" in errors[1].getMessage()
     # A different failure of the same hook is not held back by the first.
     other = register(registry, "q", pm_ready=raising(RuntimeError("other")))
-    registry.call(other, "pm_ready", pm=PM)
+    registry.call(other, hookspecs.pm_ready, pm=PM)
     assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 3
 
 
@@ -95,7 +97,7 @@ def test_slow_hook_is_logged(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(reg.time, "perf_counter", lambda: next(ticks))
     registry = PluginRegistry()
     plugin = register(registry, "slow", pm_ready=lambda pm: None)
-    registry.call(plugin, "pm_ready", pm=PM)
+    registry.call(plugin, hookspecs.pm_ready, pm=PM)
     assert 'Plugin "slow" took 2.500 s in hook pm_ready' in caplog.text
 
 
@@ -103,7 +105,7 @@ def test_fast_hook_is_not_logged(caplog: pytest.LogCaptureFixture) -> None:
     registry = PluginRegistry()
     plugin = register(registry, "fast", pm_ready=lambda pm: None)
     with caplog.at_level(logging.DEBUG):
-        registry.call(plugin, "pm_ready", pm=PM)
+        registry.call(plugin, hookspecs.pm_ready, pm=PM)
     assert caplog.records == []
 
 
@@ -135,3 +137,15 @@ def test_hooks_that_are_not_plain_functions_are_refused(function: Any, kind: str
     with pytest.raises(PluginError, match=kind):
         register(registry, "odd", pm_ready=function)
     assert "odd" not in registry and len(registry) == 0
+
+
+def test_a_hook_is_named_by_its_specification_not_a_string() -> None:
+    """A misspelled hook fails where it is written: ``hookspecs.pm_redy`` is
+    an AttributeError, a string or another function a TypeError."""
+    registry = PluginRegistry()
+    plugin = register(registry, "one", pm_ready=lambda pm: None)
+    for wrong in ("pm_ready", lambda pm: None, print):
+        with pytest.raises(TypeError, match="not a hook specification"):
+            registry.call(plugin, wrong, pm=PM)  # type: ignore[arg-type]
+    with pytest.raises(AttributeError):
+        getattr(hookspecs, "pm_redy")

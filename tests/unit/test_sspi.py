@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from mptcpd import events as ev
+from mptcpd import hookspecs
 from mptcpd.daemon.dispatch import Dispatcher
 from mptcpd.errors import KernelError, NotReady
 from mptcpd.plugin import Priority
@@ -363,7 +364,7 @@ def test_untracked_events_log_the_c_texts(registry: PluginRegistry, pm: FakePM,
     caplog.set_level(logging.DEBUG, LOGGER)
     registry.init_all(pm)
     (plugin,) = registry.plugins
-    registry.call(plugin, "connection_closed", token=T3, pm=pm)
+    registry.call(plugin, hookspecs.connection_closed, token=T3, pm=pm)
     d = Dispatcher(registry, pm, plugin)
     open_client(d, established=False)
     d.dispatch(ev.SubflowClosed(T1, sa("198.51.100.1", 1), SERVER, backup=False))
@@ -478,7 +479,7 @@ def test_server_announcements_leave_one_at_a_time(
     c2, c3 = sa("198.51.100.1"), sa("203.0.113.1")
     assert [c[1] for c in pm.calls] == [(c2, pm.id_manager.lookup(c2), T1)]
     # A new local address while the first is in flight: nothing more yet.
-    d.new_local_address(C3, c3)
+    d.broadcast(ev.LocalAddressAdded(C3, c3))
     assert len(pm.calls) == 1
     # The kernel answers: the next one is due ANNOUNCE_INTERVAL later.
     pm.calls[0][2].set_result(None)
@@ -535,11 +536,11 @@ def test_link_down_closes_the_joins_there_and_link_up_recreates_them(
     made = joins_established(d, pm)
     down = Interface(C2.index, C2.name, IFF_UP, addrs=C2.addrs)
     pm.network_monitor.replace(down)
-    d.link_down(down)
+    d.broadcast(ev.LinkDown(down))
     assert pm.take() == [("remove_subflow", T1, made["198.51.100.1"], SERVER)]
     d.dispatch(ev.SubflowClosed(T1, made["198.51.100.1"], SERVER, backup=False))
     pm.network_monitor.replace(C2)
-    d.link_up(C2)
+    d.broadcast(ev.LinkUp(C2))
     assert [c[4:] for c in pm.take()] == [(sa("198.51.100.1"), SERVER)]
     assert log_lines(caplog, logging.ERROR) == []
 
@@ -547,7 +548,7 @@ def test_link_down_closes_the_joins_there_and_link_up_recreates_them(
 def test_link_down_keeps_the_initial_subflow(d: Dispatcher, pm: FakePM) -> None:
     open_client(d)
     joins_established(d, pm)
-    d.link_down(Interface(C1.index, C1.name, IFF_UP, addrs=C1.addrs))
+    d.broadcast(ev.LinkDown(Interface(C1.index, C1.name, IFF_UP, addrs=C1.addrs)))
     assert pm.take() == []
 
 
@@ -561,7 +562,7 @@ def test_delete_local_address_closes_joins_and_withdraws_announcements(
     announce_all(pm, sspi_module(registry))
     c3_id = pm.id_manager.lookup(sa("203.0.113.1"))
     pm.calls.clear()
-    d.delete_local_address(C3, sa("203.0.113.1"))
+    d.broadcast(ev.LocalAddressRemoved(C3, sa("203.0.113.1")))
     assert pm.take() == [
         ("remove_subflow", T1, made["203.0.113.1"], SERVER),
         ("remove_addr", None, c3_id, T2),
@@ -576,5 +577,5 @@ def test_new_local_address_fills_an_interface_that_had_none(
     joins_established(d, pm)
     addr = sa("203.0.113.66")
     pm.network_monitor.replace(Interface(7, "c6", READY, addrs=(addr,)))
-    d.new_local_address(bare, addr)
+    d.broadcast(ev.LocalAddressAdded(bare, addr))
     assert [c[4:] for c in pm.take()] == [(addr, SERVER)]

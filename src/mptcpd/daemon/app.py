@@ -32,6 +32,7 @@ from typing import Any, Protocol
 from mptcpd import events as ev
 from mptcpd.config import Config
 from mptcpd.daemon.dispatch import Dispatcher
+from mptcpd.daemon.network import NetworkFeed, RtnlSource
 from mptcpd.daemon.systemd import Notifier
 from mptcpd.errors import KernelError, NotReady
 from mptcpd.netlink.diag import MptcpConnection, list_mptcp_connections
@@ -43,7 +44,7 @@ from mptcpd.plugins.loader import PluginLoadError, load_plugins
 from mptcpd.plugins.registry import PluginRegistry
 from mptcpd.pm.id_manager import IdManager
 from mptcpd.pm.listener_manager import ListenerManager
-from mptcpd.pm.network_monitor import NetworkMonitor, RtnlSource
+from mptcpd.pm.network_monitor import NetworkMonitor
 from mptcpd.pm.path_manager import PathManager
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,8 @@ class Daemon:
                                       on_failure=self._channel_failed)
         self.network_monitor = NetworkMonitor(
             config.notify_flags, route_wait_timeout=config.check_route_timeout)
+        self.network_feed = NetworkFeed(
+            self.network_monitor, source=kernel.rtnl() if kernel.rtnl is not None else None)
         self.id_manager = IdManager()
         self.listener_manager = ListenerManager()
         self.pm = PathManager(
@@ -204,8 +207,7 @@ class Daemon:
             log.info("The kernel uses the %s path manager.", pm_type)
         self.notifier.status("Waiting for the mptcp_pm generic netlink family")
         try:
-            rtnl = self.kernel.rtnl
-            await self.network_monitor.start(source=rtnl() if rtnl is not None else None)
+            await self.network_feed.start()
         except Exception as exc:
             log.debug("network monitor: %s", exc)
             log.error("Unable to create network monitor.")
@@ -267,8 +269,8 @@ class Daemon:
             # No await between the replay and the subscription: no address
             # change can slip in between, and none is reported twice.
             self._replayed = True
-            self.network_monitor.replay(self.dispatcher)
-            self.network_monitor.register(self.dispatcher)
+            self.network_monitor.replay(self.dispatcher.broadcast)
+            self.network_monitor.register(self.dispatcher.broadcast)
             # Connections that were open before the daemon started get their
             # path manager too (C never learns of them).
             await self._reconcile_connections(at_startup=True)
@@ -396,7 +398,7 @@ class Daemon:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self.network_monitor.unregister(self.dispatcher)
+        self.network_monitor.unregister(self.dispatcher.broadcast)
         if self._plugins_loaded:
             self.registry.exit_all(self.pm)
             # What plugin_exit sent reaches the kernel before the socket closes.
@@ -405,7 +407,7 @@ class Daemon:
                     log.warning("Commands sent at exit were not all answered within "
                                 "%.0f s.", DRAIN_TIMEOUT)
         self.listener_manager.destroy()
-        await self.network_monitor.close()
+        await self.network_feed.close()
         await self.watcher.stop()
         await self.channel.close()
 

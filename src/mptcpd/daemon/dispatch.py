@@ -5,7 +5,8 @@
   plugin only.  The binding is dropped once ``connection_closed`` has run
   (the C mptcpd keeps it forever).
 * Listener events go to the default path manager.
-* Network-monitor events go to every plugin, in priority order.
+* Network-monitor events (:data:`~mptcpd.events.NetworkEvent`) go to every
+  plugin, in priority order.
 
 Shared state is updated before plugins see an event, and each event is
 dispatched completely before the next one is handled, so plugins see every
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mptcpd import events as ev
+from mptcpd import hookspecs
 from mptcpd.plugins.registry import Plugin, PluginRegistry
 from mptcpd.types import SockAddr, Token
 
@@ -154,33 +156,19 @@ class Dispatcher:
 
     # -- network monitor events (broadcast) ---------------------------------
 
-    def new_interface(self, interface: object) -> None:
-        self.registry.broadcast("new_interface", interface=interface, pm=self.pm)
-
-    def update_interface(self, interface: object) -> None:
-        self.registry.broadcast("update_interface", interface=interface, pm=self.pm)
-
-    def delete_interface(self, interface: object) -> None:
-        self.registry.broadcast("delete_interface", interface=interface, pm=self.pm)
-
-    def new_local_address(self, interface: object, addr: SockAddr) -> None:
-        self.registry.broadcast("new_local_address", interface=interface, addr=addr,
-                                pm=self.pm)
-
-    def delete_local_address(self, interface: object, addr: SockAddr) -> None:
-        self.registry.broadcast("delete_local_address", interface=interface, addr=addr,
-                                pm=self.pm)
-
-    def link_down(self, interface: object) -> None:
-        self.registry.broadcast("link_down", interface=interface, pm=self.pm)
-
-    def link_up(self, interface: object) -> None:
-        self.registry.broadcast("link_up", interface=interface, pm=self.pm)
+    def broadcast(self, event: ev.NetworkEvent) -> None:
+        """Hand a network-monitor event to every plugin, in priority order
+        (the network monitor's subscriber)."""
+        call_event, pm = self.registry.call_event, self.pm
+        for plugin in self.registry.plugins:
+            call_event(plugin, event, pm)
 
     # -- path manager readiness (broadcast) ---------------------------------
 
     def pm_ready(self) -> None:
-        self.registry.broadcast("pm_ready", pm=self.pm)
+        """The kernel's family is there: ``pm_ready`` to every plugin."""
+        self.registry.broadcast(hookspecs.pm_ready, pm=self.pm)
 
     def pm_not_ready(self) -> None:
-        self.registry.broadcast("pm_not_ready", pm=self.pm)
+        """The kernel's family vanished: ``pm_not_ready`` to every plugin."""
+        self.registry.broadcast(hookspecs.pm_not_ready, pm=self.pm)

@@ -155,23 +155,26 @@ class PluginRegistry:
 
     # -- calling -----------------------------------------------------------
 
-    def call(self, plugin: Plugin, hook: str, **kwargs: Any) -> Any:
-        """Call ``plugin``'s implementation of ``hook``, if it has one.
+    def call(self, plugin: Plugin, hook: Callable[..., Any], **kwargs: Any) -> Any:
+        """Call ``plugin``'s implementation of ``hook`` (a hook specification
+        of :mod:`mptcpd.hookspecs`, ``hookspecs.pm_ready`` say: a misspelled
+        hook fails where it is written, not silently), if it has one.
 
         Only the parameters the implementation declares are passed.  An
         exception is logged with the plugin and the hook and swallowed; the
         return value is then :data:`Failed` (which is false).
         """
-        entry = plugin.impls.get(hook)
+        name = _hook_name(hook)
+        entry = plugin.impls.get(name)
         if entry is None:
             return None
         function, argnames = entry
-        return self._invoke(plugin, hook, function, [kwargs[a] for a in argnames])
+        return self._invoke(plugin, name, function, [kwargs[a] for a in argnames])
 
     def call_event(self, plugin: Plugin, event: Any, pm: object) -> Any:
-        """Call ``plugin``'s hook for a kernel ``event``: the hook named by
-        ``event.HOOK``, given the event's fields of the same names as its
-        parameters, and ``pm``.  Contained as :meth:`call`."""
+        """Call ``plugin``'s hook for an ``event`` (kernel or network): the
+        hook named by ``event.HOOK``, given the event's fields of the same
+        names as its parameters, and ``pm``.  Contained as :meth:`call`."""
         hook = event.HOOK
         entry = plugin.impls.get(hook)
         if entry is None:
@@ -216,7 +219,8 @@ class PluginRegistry:
         else:
             log.error('Plugin "%s" %s in hook %s', plugin.name, what, hook, exc_info=exc)
 
-    def broadcast(self, hook: str, reverse: bool = False, **kwargs: Any) -> None:
+    def broadcast(self, hook: Callable[..., Any], reverse: bool = False,
+                  **kwargs: Any) -> None:
         """Call ``hook`` on every plugin, in priority order (or its reverse)."""
         for plugin in (reversed(self._plugins) if reverse else list(self._plugins)):
             self.call(plugin, hook, **kwargs)
@@ -226,13 +230,13 @@ class PluginRegistry:
     def init_all(self, pm: object) -> None:
         """Run ``plugin_init`` in priority order; a failure only warns."""
         for plugin in list(self._plugins):
-            result = self.call(plugin, "plugin_init", pm=pm)
+            result = self.call(plugin, hookspecs.plugin_init, pm=pm)
             if result is Failed or result is False:
                 log.warning('Plugin "%s" failed to initialize', plugin.name)
 
     def exit_all(self, pm: object) -> None:
         """Run ``plugin_exit`` in reverse priority order (least favoured first)."""
-        self.broadcast("plugin_exit", reverse=True, pm=pm)
+        self.broadcast(hookspecs.plugin_exit, reverse=True, pm=pm)
 
     def select_default(self, name: str | None) -> Plugin | None:
         """The default path manager: the plugin called ``name``, else the first.
@@ -248,6 +252,14 @@ class PluginRegistry:
             log.warning('Default path manager plugin "%s" does not exist; '
                         'using "%s".', name, self._plugins[0].name)
         return self._plugins[0]
+
+
+def _hook_name(hook: Callable[..., Any]) -> str:
+    """The name of the hook whose specification ``hook`` is."""
+    name = getattr(hook, "__name__", "")
+    if getattr(hookspecs, name, None) is not hook or name not in HOOKS:
+        raise TypeError(f"{hook!r} is not a hook specification of mptcpd.hookspecs")
+    return name
 
 
 def _not_a_plain_function(function: object) -> str:

@@ -1,10 +1,14 @@
-"""The network monitor (C: ``lib/network_monitor.c``).
+"""The network monitor (C: ``lib/network_monitor.c``): the interfaces and
+local addresses of the daemon's namespace, and the rules that decide which
+of their changes path managers hear of.
 
-:class:`NetworkMonitor` keeps the interfaces of the daemon's namespace and
-their IPv4/IPv6 addresses, and tells its subscribers (an object with some of
-the :class:`NetworkMonitorOps` methods; plugins through the daemon's bridge)
-what changed.  The kernel side is :class:`mptcpd.netlink.rtnl_monitor.RtnlMonitor`;
-the state machine here is fed plain records, so it can be driven by a test.
+:class:`NetworkMonitor` is fed plain records (:class:`LinkMessage`,
+:class:`AddressMessage`, :class:`RouteMessage`, :class:`Resync`: the daemon's
+:class:`~mptcpd.daemon.network.NetworkFeed` reads them from rtnetlink), and
+hands each change it reports to its subscribers as a
+:data:`~mptcpd.events.NetworkEvent`.  ``check_route`` waits are run by
+:class:`~mptcpd.pm.route_check.RouteCheck`.  Plugins query it through
+``pm.network_monitor``.
 
 Semantics are mptcpd's, with these deliberate differences:
 
@@ -21,12 +25,9 @@ Semantics are mptcpd's, with these deliberate differences:
   and then ``new_local_address`` for those addresses.  Administrative down
   and removal still give ``delete_interface`` with the last state, as in C.
   ``carrier_events=False`` restores C's behaviour exactly.
-* **check_route waits like a DHCP client needs.**  The first five lookups
-  follow C's schedule (at once, then after 1, 4, 8 and 16 ms); after that the
-  check does not give up but waits for route changes in the namespace
-  (``RTM_NEWROUTE``) and looks again after each one, until a total deadline
-  (``route_wait_timeout``, 60 s by default; 0 gives C's give-up-after-30-ms).
-  It never polls.
+* **check_route waits like a DHCP client needs** (see
+  :mod:`mptcpd.pm.route_check`): after C's five lookups it waits for route
+  changes, up to ``route_wait_timeout`` (60 s; 0 gives C's give-up).
 * A pending route check whose address (or interface) is deleted meanwhile is
   cancelled, and a check never notifies an address that is not recorded any
   more (C could send ``new_local_address`` after ``delete_local_address``).
@@ -47,25 +48,27 @@ renames are not tracked (the first name stays).
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import enum
 import itertools
 import logging
 import socket
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Iterator, Sequence
 
+from mptcpd import events as ev
 from mptcpd.netlink.rtnl_monitor import (
     AddressMessage,
     LinkMessage,
     Resync,
-    RouteLookup,
     RouteMessage,
     RtnlEvent,
-    RtnlMonitor,
-    RtnlMonitorError,
+)
+from mptcpd.pm.route_check import (
+    ROUTE_CHECK_DELAYS,
+    ROUTE_WAIT_TIMEOUT,
+    Check,
+    RouteCheck,
+    RouteLookupFn,
 )
 from mptcpd.types import (
     IFF_LOOPBACK,
@@ -82,62 +85,9 @@ log = logging.getLogger(__name__)
 RT_SCOPE_LINK = 253
 RT_SCOPE_HOST = 254
 
-#: C's check_route retry delays, in seconds: 2**n ms for n = 0, 2, 3, 4.
-ROUTE_CHECK_DELAYS: tuple[float, ...] = (0.001, 0.004, 0.008, 0.016)
-#: How long a route check keeps waiting for route changes, in seconds.
-ROUTE_WAIT_TIMEOUT = 60.0
-
-RouteLookupFn = Callable[[int, int], Awaitable[RouteLookup]]
-
-#: The subscriber methods, in the order they are documented.
-OPS = (
-    "new_interface",
-    "update_interface",
-    "delete_interface",
-    "new_local_address",
-    "delete_local_address",
-    "link_down",
-    "link_up",
-)
-
-
-@runtime_checkable
-class NetworkMonitorOps(Protocol):
-    """What a network-monitor subscriber may implement (all optional).
-
-    A subscriber implements any subset of these methods; a missing one is
-    skipped.  They are called synchronously, in registration order, and must
-    not block.  ``interface`` is a snapshot (:class:`~mptcpd.types.Interface`)
-    taken when the event happened.
-    """
-
-    def new_interface(self, interface: Interface) -> None:
-        """An interface became ready (``IFF_UP`` and ``IFF_RUNNING``)."""
-
-    def update_interface(self, interface: Interface) -> None:
-        """A link message arrived for a tracked interface (MTU, flags, ...)."""
-
-    def delete_interface(self, interface: Interface) -> None:
-        """An interface went administratively down or was removed.
-
-        ``interface`` is its last recorded state, addresses included; no
-        ``delete_local_address`` follows for them (as in mptcpd).
-        """
-
-    def new_local_address(self, interface: Interface, address: SockAddr) -> None:
-        """A local address appeared (after the route check with ``check_route``)."""
-
-    def delete_local_address(self, interface: Interface, address: SockAddr) -> None:
-        """A recorded local address was removed."""
-
-    def link_down(self, interface: Interface) -> None:
-        """A tracked interface lost ``IFF_RUNNING`` (no carrier) but is still
-        administratively up; its addresses stay recorded (``interface.addrs``).
-        New in the Python port."""
-
-    def link_up(self, interface: Interface) -> None:
-        """A tracked interface that had reported ``link_down`` runs again.
-        New in the Python port."""
+#: What subscribes to the network monitor: called with each event, in
+#: registration order; must not block.
+Subscriber = Callable[[ev.NetworkEvent], object]
 
 
 class AddressState(enum.Enum):
@@ -158,8 +108,7 @@ class _Address:
     addr: SockAddr
     scope: int
     state: AddressState
-    check: asyncio.Task[None] | None = None
-    wake: asyncio.Event | None = None
+    check: Check | None = None
     #: Order in which the kernel reported the address, across interfaces.
     seq: int = dataclasses.field(default_factory=lambda: next(_arrival))
 
@@ -221,25 +170,13 @@ class _Interface:
         return bool(self.flags & IFF_RUNNING)
 
 
-class RtnlSource(Protocol):
-    """What :meth:`NetworkMonitor.start` needs from the kernel side
-    (:class:`~mptcpd.netlink.rtnl_monitor.RtnlMonitor` or a test double)."""
-
-    async def open(self) -> None: ...
-    async def dump_links(self) -> list[LinkMessage]: ...
-    async def dump_addresses(self) -> list[AddressMessage]: ...
-    def events(self) -> AsyncIterator[RtnlEvent]: ...
-    async def lookup_default_route(self, family: int, ifindex: int) -> RouteLookup: ...
-    def close(self) -> None: ...
-
-
 class NetworkMonitor:
     """Interfaces and local addresses of one network namespace, and their changes.
 
     :param notify_flags: ``existing``, ``skip_link_local``, ``skip_loopback``,
         ``check_route`` (``--notify-flags``).
     :param route_lookup: ``async (family, ifindex) -> RouteLookup`` used by
-        ``check_route``; :meth:`start` uses the rtnl monitor's when unset.
+        ``check_route``; the feed sets the rtnetlink socket's when unset.
     :param route_check_delays: the delays between the first route lookups
         (C's 1, 4, 8, 16 ms); their number + 1 is the number of lookups made
         before the check waits for route changes.
@@ -264,15 +201,31 @@ class NetworkMonitor:
         monitor_loopback: bool = False,
     ) -> None:
         self.notify_flags = NotifyFlags(notify_flags)
-        self.route_lookup = route_lookup
-        self.route_check_delays = tuple(route_check_delays)
-        self.route_wait_timeout = float(route_wait_timeout)
+        self.routes = RouteCheck(route_lookup, route_check_delays, route_wait_timeout)
         self.carrier_events = carrier_events
         self._monitor_loopback = monitor_loopback
         self._interfaces: dict[int, _Interface] = {}
-        self._subscribers: list[object] = []
-        self._source: RtnlSource | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._subscribers: list[Subscriber] = []
+
+    @property
+    def route_lookup(self) -> RouteLookupFn | None:
+        """The default-route lookup of ``check_route``."""
+        return self.routes.lookup
+
+    @route_lookup.setter
+    def route_lookup(self, lookup: RouteLookupFn | None) -> None:
+        self.routes.lookup = lookup
+
+    @property
+    def tracking(self) -> bool:
+        """Whether an interface is tracked (ready, or up and waiting for its
+        carrier): only then are addresses worth a dump."""
+        return bool(self._interfaces)
+
+    @property
+    def wants_routes(self) -> bool:
+        """Whether route changes matter (``check_route`` waits for them)."""
+        return bool(self.notify_flags & NotifyFlags.CHECK_ROUTE and self.routes.timeout > 0)
 
     # -- configuration and subscribers ------------------------------------
 
@@ -282,38 +235,40 @@ class NetworkMonitor:
         self._monitor_loopback = bool(enable)
         return True
 
-    def register(self, ops: object) -> bool:
-        """Subscribe ``ops`` (any object with some :data:`OPS` methods).
+    def register(self, subscriber: Subscriber) -> bool:
+        """Subscribe ``subscriber``: it is called with every
+        :data:`~mptcpd.events.NetworkEvent` from now on.
 
-        Subscribers are called in registration order.  Returns False, after
-        log E ``No network monitor event tracking ops were set.``, when
-        ``ops`` implements none of them.
+        Subscribers are called in registration order; one that raises is
+        logged and the others are still called.  Returns False, after log E
+        ``No network monitor event tracking ops were set.``, when
+        ``subscriber`` is not callable.
         """
-        if ops is None:
-            return False
-        if not any(callable(getattr(ops, name, None)) for name in OPS):
+        if not callable(subscriber):
             log.error("No network monitor event tracking ops were set.")
             return False
-        self._subscribers.append(ops)
+        self._subscribers.append(subscriber)
         return True
 
-    def unregister(self, ops: object) -> bool:
+    def unregister(self, subscriber: Subscriber) -> bool:
         """Remove a subscriber; False if it was not registered."""
         try:
-            self._subscribers.remove(ops)
+            self._subscribers.remove(subscriber)
         except ValueError:
             return False
         return True
 
-    def _emit(self, op: str, *args: object) -> None:
-        for sub in tuple(self._subscribers):
-            method = getattr(sub, op, None)
-            if method is None:
-                continue
-            try:
-                method(*args)
-            except Exception:
-                log.exception("network monitor subscriber %r failed in %s", sub, op)
+    def _emit(self, event: ev.NetworkEvent) -> None:
+        for subscriber in tuple(self._subscribers):
+            self._call(subscriber, event)
+
+    @staticmethod
+    def _call(subscriber: Subscriber, event: ev.NetworkEvent) -> None:
+        try:
+            subscriber(event)
+        except Exception:
+            log.exception("network monitor subscriber %r failed in %s", subscriber,
+                          event.HOOK)
 
     # -- queries -------------------------------------------------------------
 
@@ -358,11 +313,12 @@ class NetworkMonitor:
                 return entry.state
         return None
 
-    def replay(self, ops: object, *, interfaces: bool = False) -> None:
-        """Tell ``ops`` about the current state, as if it had been subscribed
-        all along: ``new_local_address`` for every announced address, in the
-        order the kernel reported them (across interfaces, as mptcpd notifies
-        them while the startup dump arrives: IPv4 addresses, then IPv6).
+    def replay(self, subscriber: Subscriber, *, interfaces: bool = False) -> None:
+        """Tell ``subscriber`` about the current state, as if it had been
+        subscribed all along: ``new_local_address`` for every announced
+        address, in the order the kernel reported them (across interfaces, as
+        mptcpd notifies them while the startup dump arrives: IPv4 addresses,
+        then IPv6).
 
         With ``interfaces`` it first gets ``new_interface`` for each tracked
         interface (and ``link_down`` for one without carrier).  Addresses
@@ -374,26 +330,16 @@ class NetworkMonitor:
         if interfaces:
             for iface in visible:
                 snap = iface.snapshot()
-                self._call(ops, "new_interface", snap)
+                self._call(subscriber, ev.InterfaceAdded(snap))
                 if not iface.running:
-                    self._call(ops, "link_down", snap)
+                    self._call(subscriber, ev.LinkDown(snap))
         announced = sorted(
             ((entry.seq, iface, entry) for iface in visible for entry in iface.addrs
              if entry.state is AddressState.ANNOUNCED),
             key=lambda item: item[0],
         )
         for _, iface, entry in announced:
-            self._call(ops, "new_local_address", iface.snapshot(), entry.addr)
-
-    @staticmethod
-    def _call(ops: object, op: str, *args: object) -> None:
-        method = getattr(ops, op, None)
-        if method is None:
-            return
-        try:
-            method(*args)
-        except Exception:
-            log.exception("network monitor subscriber %r failed in %s", ops, op)
+            self._call(subscriber, ev.LocalAddressAdded(iface.snapshot(), entry.addr))
 
     # -- links -----------------------------------------------------------
 
@@ -422,21 +368,21 @@ class NetworkMonitor:
                                    msg.operstate, msg.carrier, visible=True)
                 self._interfaces[msg.index] = iface
                 if not initial:
-                    self._emit("new_interface", iface.snapshot())
+                    self._emit(ev.InterfaceAdded(iface.snapshot()))
                 return
             was_running = iface.running
             iface.update(msg)
             if not iface.visible:
                 # First time ready: announce it, then what it collected.
                 iface.visible = True
-                self._emit("new_interface", iface.snapshot())
+                self._emit(ev.InterfaceAdded(iface.snapshot()))
                 for entry in list(iface.addrs):
                     if entry.state is AddressState.DEFERRED:
                         self._announce(iface, entry)
             elif not was_running and self.carrier_events:
-                self._emit("link_up", iface.snapshot())
+                self._emit(ev.LinkUp(iface.snapshot()))
             else:
-                self._emit("update_interface", iface.snapshot())
+                self._emit(ev.InterfaceUpdated(iface.snapshot()))
             return
         # Not ready.
         if self._trackable(msg.flags):
@@ -453,9 +399,9 @@ class NetworkMonitor:
             if not iface.visible:
                 return
             if was_running:
-                self._emit("link_down", iface.snapshot())
+                self._emit(ev.LinkDown(iface.snapshot()))
             else:
-                self._emit("update_interface", iface.snapshot())
+                self._emit(ev.InterfaceUpdated(iface.snapshot()))
             return
         if iface is None:
             log.debug("Ignoring network interface %d that is not ready.", msg.index)
@@ -468,7 +414,7 @@ class NetworkMonitor:
         for entry in iface.addrs:
             self._cancel_check(entry)
         if iface.visible:
-            self._emit("delete_interface", snap)
+            self._emit(ev.InterfaceRemoved(snap))
 
     # -- addresses ---------------------------------------------------------
 
@@ -489,7 +435,7 @@ class NetworkMonitor:
             iface.remove(entry)
             self._cancel_check(entry)
             if iface.visible:
-                self._emit("delete_local_address", iface.snapshot(), addr)
+                self._emit(ev.LocalAddressRemoved(iface.snapshot(), addr))
             return
         if initial and not self.notify_flags & NotifyFlags.EXISTING:
             # Recorded silently; the skip filters do not apply (as in C).
@@ -511,102 +457,34 @@ class NetworkMonitor:
     def _announce(self, iface: _Interface, entry: _Address) -> None:
         if self.notify_flags & NotifyFlags.CHECK_ROUTE:
             entry.state = AddressState.PENDING
-            entry.wake = asyncio.Event()
-            entry.check = asyncio.get_running_loop().create_task(
-                self._check_route(iface.index, entry),
-                name=f"check_route {entry.addr}",
-            )
+            entry.check = self.routes.start(entry.addr, iface.index, self._route_checked)
             return
         entry.state = AddressState.ANNOUNCED
-        self._emit("new_local_address", iface.snapshot(), entry.addr)
+        self._emit(ev.LocalAddressAdded(iface.snapshot(), entry.addr))
 
     # -- check_route ---------------------------------------------------------
 
     def handle_route(self, msg: RouteMessage) -> None:
         """A route changed: recheck the pending addresses of that family."""
-        if msg.deleted:
+        if not msg.deleted:
+            self.routes.route_changed(msg.family)
+
+    def _cancel_check(self, entry: _Address) -> None:
+        check, entry.check = entry.check, None
+        self.routes.cancel(check)
+
+    def _route_checked(self, check: Check, found: bool) -> None:
+        iface = self._interfaces.get(check.index)
+        entry = iface.find(check.addr) if iface is not None else None
+        if iface is None or entry is None or entry.check is not check:
+            return  # deleted meanwhile: never notify after the deletion
+        entry.check = None
+        if not found:
+            entry.state = AddressState.ABANDONED
             return
-        for iface in self._interfaces.values():
-            for entry in iface.addrs:
-                if (entry.state is AddressState.PENDING and entry.wake is not None
-                        and entry.addr.family == msg.family):
-                    entry.wake.set()
-
-    @staticmethod
-    def _cancel_check(entry: _Address) -> None:
-        task, entry.check = entry.check, None
-        if task is not None and not task.done() and task is not asyncio.current_task():
-            task.cancel()
-
-    async def _lookup_once(self, index: int, entry: _Address, verbose: bool) -> bool | None:
-        """One lookup: True found, False not (yet), None the lookup failed."""
-        lookup = self.route_lookup
-        if lookup is None:
-            log.debug("Route lookup failed")
-            return None
-        say = log.info if verbose else log.debug
-        try:
-            result = await lookup(entry.addr.family, index)
-        except OSError:
-            log.debug("Route lookup failed")
-            return None
-        if result.error:
-            say("can't resolved default route from %s interface %d: %d",
-                entry.addr, index, -result.error)
-            return False
-        if result.dst is not None:
-            say("found non-default route with destination %s", result.dst)
-            return False
-        if result.oif != index:
-            say("interface mismatch %s:%d", result.oif, index)
-            return False
-        return True
-
-    async def _check_route(self, index: int, entry: _Address) -> None:
-        start = time.monotonic()
-        deadline = start + self.route_wait_timeout
-        try:
-            found: bool | None = False
-            # C's schedule: a lookup now, then after each delay.
-            for attempt in range(len(self.route_check_delays) + 1):
-                if attempt:
-                    await asyncio.sleep(self.route_check_delays[attempt - 1])
-                if entry.wake is not None:
-                    entry.wake.clear()
-                found = await self._lookup_once(index, entry, verbose=True)
-                if found is not False:
-                    break
-            # Then wait for route changes, up to the deadline.
-            while found is False and entry.wake is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    async with asyncio.timeout(remaining):
-                        await entry.wake.wait()
-                except TimeoutError:
-                    break
-                entry.wake.clear()
-                found = await self._lookup_once(index, entry, verbose=False)
-            if found is None:
-                entry.state = AddressState.ABANDONED
-                return
-            if not found:
-                log.debug("timeout while waiting for default route on address %s",
-                          entry.addr)
-                entry.state = AddressState.ABANDONED
-                return
-            log.info("found default route for address %s on interface %d",
-                     entry.addr, index)
-            iface = self._interfaces.get(index)
-            if iface is None or not any(a is entry for a in iface.addrs):
-                return  # deleted meanwhile: never notify after the deletion
-            entry.state = AddressState.ANNOUNCED
-            if iface.visible:
-                self._emit("new_local_address", iface.snapshot(), entry.addr)
-        finally:
-            entry.check = None
-            entry.wake = None
+        entry.state = AddressState.ANNOUNCED
+        if iface.visible:
+            self._emit(ev.LocalAddressAdded(iface.snapshot(), entry.addr))
 
     # -- resynchronisation -----------------------------------------------------
 
@@ -640,99 +518,25 @@ class NetworkMonitor:
             for amsg in by_index.get(index, []):
                 self.handle_address(amsg)
 
-    # -- running against the kernel -------------------------------------------
+    # -- records ---------------------------------------------------------------
 
-    def dispatch(self, event: RtnlEvent) -> None:
-        """Apply one record from the rtnl stream."""
-        if isinstance(event, LinkMessage):
-            self.handle_link(event)
-        elif isinstance(event, AddressMessage):
-            self.handle_address(event)
-        elif isinstance(event, RouteMessage):
-            self.handle_route(event)
-        elif isinstance(event, Resync):
-            self.reconcile(event.links, event.addresses)
-
-    async def start(self, netns: str | None = None, *,
-                    source: RtnlSource | None = None) -> None:
-        """Open the rtnetlink side, record the current state, start following.
-
-        The link dump comes first; then, if an interface is tracked, the
-        address dump.  Both are recorded without notifications unless
-        ``existing`` is set (then addresses go to the subscribers registered
-        now; :meth:`replay` serves later ones).
-
-        :param netns: namespace to monitor (``None``: our own).
-        :param source: the kernel side; an
-            :class:`~mptcpd.netlink.rtnl_monitor.RtnlMonitor` by default.
-        :raises RtnlMonitorError: if the socket or the link dump fails (the
-            daemon then logs ``Unable to create network monitor.``).
-        """
-        if self._source is not None:
-            raise RuntimeError("the network monitor is already started")
-        if source is None:
-            wants_routes = bool(self.notify_flags & NotifyFlags.CHECK_ROUTE
-                                and self.route_wait_timeout > 0)
-            source = RtnlMonitor(netns, routes=wants_routes)
-        await source.open()
-        self._source = source
-        if self.route_lookup is None:
-            self.route_lookup = source.lookup_default_route
-        try:
-            for link in await source.dump_links():
-                self.handle_link(link, initial=True)
-            if self._interfaces:
-                try:
-                    addresses = await source.dump_addresses()
-                except RtnlMonitorError:
-                    addresses = []  # logged already; carry on, as mptcpd does
-                for amsg in addresses:
-                    self.handle_address(amsg, initial=True)
-        except BaseException:
-            source.close()
-            self._source = None
-            raise
-        self._task = asyncio.get_running_loop().create_task(
-            self._follow(source), name="network monitor"
-        )
-
-    async def _follow(self, source: RtnlSource) -> None:
-        try:
-            async for event in source.events():
-                try:
-                    self.dispatch(event)
-                except Exception:
-                    log.exception("network monitor failed to handle %r", event)
-        except RtnlMonitorError:
-            log.error("Network monitor stopped: rtnetlink socket lost.")
-        except Exception:
-            log.exception("Network monitor stopped: rtnetlink reader failed.")
-
-    @property
-    def running(self) -> bool:
-        """True while following kernel changes."""
-        return self._task is not None and not self._task.done()
+    def handle(self, record: RtnlEvent) -> None:
+        """Apply one record of the rtnetlink stream."""
+        if isinstance(record, LinkMessage):
+            self.handle_link(record)
+        elif isinstance(record, AddressMessage):
+            self.handle_address(record)
+        elif isinstance(record, RouteMessage):
+            self.handle_route(record)
+        elif isinstance(record, Resync):
+            self.reconcile(record.links, record.addresses)
 
     async def close(self) -> None:
-        """Stop following changes, cancel route checks, close the socket."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
-        checks = []
+        """Cancel the running route checks and wait until they have ended."""
         for iface in self._interfaces.values():
             for entry in iface.addrs:
-                if entry.check is not None:
-                    checks.append(entry.check)
-                self._cancel_check(entry)
-        if checks:
-            await asyncio.gather(*checks, return_exceptions=True)
-        source, self._source = self._source, None
-        if source is not None:
-            source.close()
+                entry.check = None
+        await self.routes.close()
 
     # -- debugging ---------------------------------------------------------
 
@@ -744,9 +548,5 @@ class NetworkMonitor:
 __all__ = [
     "AddressState",
     "NetworkMonitor",
-    "NetworkMonitorOps",
-    "OPS",
-    "ROUTE_CHECK_DELAYS",
-    "ROUTE_WAIT_TIMEOUT",
-    "RtnlSource",
+    "Subscriber",
 ]

@@ -1,0 +1,88 @@
+"""NetworkFeed: the rtnetlink side of the daemon's network monitor, with a
+fake kernel side (the real one is tested in tests/integration)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from mptcpd.daemon.network import NetworkFeed
+from mptcpd.netlink.rtnl_monitor import (
+    AddressMessage,
+    LinkMessage,
+    Resync,
+    RouteLookup,
+    RtnlEvent,
+)
+from mptcpd.types import NotifyFlags, SockAddr
+from tests.unit.test_network_monitor import LOOPBACK, addr, link, monitor, until
+
+
+class FakeSource:
+    def __init__(self, links: list[LinkMessage], addrs: list[AddressMessage]) -> None:
+        self.links = links
+        self.addrs = addrs
+        self.log: list[str] = []
+        self.queue: asyncio.Queue[RtnlEvent] = asyncio.Queue()
+        self.closed = False
+
+    async def open(self) -> None:
+        self.log.append("open")
+
+    async def dump_links(self) -> list[LinkMessage]:
+        self.log.append("links")
+        return self.links
+
+    async def dump_addresses(self) -> list[AddressMessage]:
+        self.log.append("addrs")
+        return self.addrs
+
+    async def events(self) -> AsyncIterator[RtnlEvent]:
+        while True:
+            yield await self.queue.get()
+
+    async def lookup_default_route(self, family: int, ifindex: int) -> RouteLookup:
+        return RouteLookup(oif=ifindex)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def test_start_dumps_links_then_addresses_and_follows_events() -> None:
+    src = FakeSource([link(2), link(1, LOOPBACK, "lo")], [addr(2, "192.0.2.1")])
+    nm, rec = monitor()
+    feed = NetworkFeed(nm, src)
+    await feed.start()
+    assert src.log == ["open", "links", "addrs"]
+    assert rec.calls == [] and nm.get_interface(2).addrs == (SockAddr("192.0.2.1"),)  # type: ignore[union-attr]
+    src.queue.put_nowait(addr(2, "192.0.2.7"))
+    src.queue.put_nowait(Resync((link(2),), (addr(2, "192.0.2.7"),)))
+    await until(lambda: len(rec.calls) == 2)
+    assert rec.calls == [("new_local_address", 2, "192.0.2.7"),
+                         ("delete_local_address", 2, "192.0.2.1")]
+    assert feed.running
+    await feed.close()
+    assert src.closed and not feed.running
+
+
+async def test_start_skips_the_address_dump_without_interfaces() -> None:
+    src = FakeSource([link(1, LOOPBACK, "lo")], [])
+    nm, _ = monitor()
+    feed = NetworkFeed(nm, src)
+    await feed.start()
+    assert src.log == ["open", "links"]
+    await feed.close()
+
+
+async def test_the_feed_gives_check_route_the_sockets_lookup_and_close_ends_checks() -> None:
+    src = FakeSource([link(2)], [])
+    nm, rec = monitor(NotifyFlags.CHECK_ROUTE)
+    assert nm.route_lookup is None
+    feed = NetworkFeed(nm, src)
+    await feed.start()
+    assert nm.route_lookup == src.lookup_default_route
+    src.queue.put_nowait(addr(2, "192.0.2.1"))
+    # The fake's lookup finds the route at once: the address is reported.
+    await until(lambda: rec.calls == [("new_local_address", 2, "192.0.2.1")])
+    await feed.close()
+    assert nm.routes.pending == 0
