@@ -1,5 +1,7 @@
-"""Imports go down the layers only (DESIGN.md, "Shape").
+"""Imports go down the layers only (ARCHITECTURE.md).
 
+* every module of the package has a layer, and imports nothing of a higher
+  one (imports under ``if TYPE_CHECKING:`` do not run and do not count);
 * ``types`` and ``events`` import nothing of mptcpd but ``types``;
 * ``netlink`` is the only package that imports pyroute2, and it never imports
   ``pm``, ``plugins`` or ``daemon``;
@@ -17,12 +19,24 @@ ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src" / "mptcpd"
 
 
-def imported_modules(path: Path) -> set[str]:
+def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
+    """The nodes of ``tree`` outside ``if TYPE_CHECKING:`` blocks."""
+    skipped: set[int] = set()
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.If) and isinstance(node.test, ast.Name)
+                and node.test.id == "TYPE_CHECKING"):
+            for inner in node.body:
+                skipped.update(id(n) for n in ast.walk(inner))
+    return [n for n in ast.walk(tree) if id(n) not in skipped]
+
+
+def imported_modules(path: Path, runtime_only: bool = False) -> set[str]:
     tree = ast.parse(path.read_text(), str(path))
     names: set[str] = set()
     base = SRC.parent if path.is_relative_to(SRC.parent) else path.parent
     package = ".".join(path.relative_to(base).with_suffix("").parts[:-1])
-    for node in ast.walk(tree):
+    nodes = _runtime_nodes(tree) if runtime_only else list(ast.walk(tree))
+    for node in nodes:
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -112,3 +126,56 @@ def test_the_daemon_and_the_cli_do_not_import_pyroute2() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=True, cwd=ROOT)
     assert out.stdout.split() == ["False"], out.stderr
+
+
+#: The layers, lowest first: a module imports only from its own layer or
+#: lower ones.  Every module of the package must match one entry (the
+#: longest prefix wins).
+LAYERS: dict[str, int] = {
+    "mptcpd.types": 0, "mptcpd.errors": 0, "mptcpd.log": 0,
+    "mptcpd.netlink.constants": 0, "mptcpd.netlink.sysctl": 0,
+    "mptcpd.events": 1, "mptcpd.config": 1,
+    "mptcpd.netlink": 2,
+    "mptcpd.hookspecs": 3, "mptcpd.plugin": 3, "mptcpd.pm": 3,
+    "mptcpd.plugins": 4,
+    "mptcpd.daemon": 5,
+    "mptcpd.testing": 6, "mptcpd.cli": 6, "mptcpd.__main__": 6, "mptcpd": 6,
+}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(SRC.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def layer(name: str) -> int | None:
+    best = max((p for p in LAYERS if name == p or name.startswith(p + ".")),
+               key=len, default=None)
+    return LAYERS[best] if best is not None else None
+
+
+def test_imports_go_down_the_layers() -> None:
+    offenders: dict[str, list[str]] = {}
+    for path in modules_under(SRC):
+        name = module_name(path)
+        own = layer(name)
+        assert own is not None, f"{name} has no layer in LAYERS"
+        for imported in ours(imported_modules(path, runtime_only=True)):
+            if imported == "mptcpd":
+                continue
+            theirs = layer(imported)
+            if theirs is not None and theirs > own:
+                offenders.setdefault(name, []).append(imported)
+    assert offenders == {}
+
+
+def test_the_layer_check_sees_an_upward_import(tmp_path: Path) -> None:
+    fake = SRC / "netlink" / "constants.py"
+    names = imported_modules(fake, runtime_only=True)
+    assert not any(n.startswith("mptcpd.daemon") for n in names)
+    assert layer("mptcpd.netlink.genl_events") == 2 and layer("mptcpd.daemon.app") == 5
+    assert layer("mptcpd.netlink.constants") == 0
+    probe = tmp_path / "probe.py"
+    probe.write_text("from typing import TYPE_CHECKING\nimport mptcpd.daemon.app\n"
+                     "if TYPE_CHECKING:\n    import mptcpd.cli\n")
+    assert ours(imported_modules(probe, runtime_only=True)) == {"mptcpd.daemon.app"}
