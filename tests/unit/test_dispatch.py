@@ -139,13 +139,20 @@ def test_an_unknown_default_name_warns_and_falls_back(
         in caplog.text
 
 
-def test_a_plugin_without_hooks_tolerates_every_event(tmp_path: Path) -> None:
+def test_a_plugin_without_hooks_tolerates_every_event(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     d = dispatcher(load(fixture_dir(tmp_path, "noop")))
-    for event in connection_events(TOKEN1):
+    caplog.set_level(logging.DEBUG)
+    events = connection_events(TOKEN1)
+    for event in events[:-1]:
         d.dispatch(event)
+    assert d.bindings == {TOKEN1: "noop"}  # bound although it implements nothing
+    d.dispatch(events[-1])
+    assert d.bindings == {}
     d.dispatch(ev.ListenerCreated(LADDR))
-    d.broadcast(ev.InterfaceAdded(object()))
+    d.broadcast(ev.InterfaceAdded(object()))  # type: ignore[arg-type]
     d.pm_ready()
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 class Raising:
