@@ -60,7 +60,8 @@ class Monitors:
         nm = NetworkMonitor(flags, **kwargs)
         rec = Recorder()
         assert nm.register(rec)
-        feed = NetworkFeed(nm, source, netns=self.lab.client)
+        feed = NetworkFeed(nm, (lambda: source) if source is not None else None,
+                           netns=self.lab.client)
         await feed.start()
         self.started.append(feed)
         return nm, rec
@@ -286,3 +287,33 @@ async def test_missing_namespace_fails_cleanly_and_creates_nothing(
     assert "Unable to monitor network device changes." in caplog.messages
     assert name not in list_namespaces()  # pyroute2 would create it by default
     assert not feed.running
+
+
+async def test_a_lost_rtnetlink_socket_is_reopened_and_what_changed_meanwhile_reported(
+        lab: Lab) -> None:
+    """The feed's socket goes away (closed under it): the feed opens a new
+    one, and the address added while none was open is reported from the
+    new dump; changes after that are followed as usual."""
+    sources: list[RtnlMonitor] = []
+
+    def open_source() -> RtnlMonitor:
+        sources.append(RtnlMonitor(lab.client))
+        return sources[-1]
+
+    nm = NetworkMonitor()
+    rec = Recorder()
+    assert nm.register(rec)
+    feed = NetworkFeed(nm, open_source, retry_delays=(0.05,))
+    await feed.start()
+    try:
+        sources[0].close()  # the socket is gone: its stream ends
+        lab.ip(lab.client, "addr", "add", "203.0.113.77/32", "dev", "c1")
+        await until(lambda: feed.reopened == 1, "the feed to reopen")
+        await until(lambda: ("new_local_address", "c1", "203.0.113.77") in rec.calls,
+                    "the address added while no socket was open")
+        lab.ip(lab.client, "addr", "del", "203.0.113.77/32", "dev", "c1")
+        await until(lambda: ("delete_local_address", "c1", "203.0.113.77") in rec.calls,
+                    "a removal after the reopening")
+        assert feed.running and len(sources) == 2
+    finally:
+        await feed.close()

@@ -10,6 +10,7 @@ checked without root or a kernel.  Waits count loop turns, not time.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import logging
 import os
@@ -317,3 +318,36 @@ async def test_commands_sent_at_exit_that_get_no_answer_delay_shutdown_boundedly
     assert "Commands sent at exit were not all answered" in caplog.text
     # The unanswered command failed when the channel closed.
     assert ORDER[-1].startswith("exit command NotReady")
+
+
+class BrokenReader(FakeReader):
+    """An event reader whose stream breaks."""
+
+    async def _events(self) -> AsyncIterator[Any]:
+        await asyncio.sleep(0)
+        raise RuntimeError("reader bug")
+        yield
+
+
+async def test_an_event_reader_that_breaks_makes_the_daemon_exit_1(
+        daemon: Daemon, caplog: pytest.LogCaptureFixture) -> None:
+    """Never deaf: systemd restarts a daemon that exits 1."""
+    daemon.kernel = dataclasses.replace(daemon.kernel, reader=BrokenReader)
+    serving = asyncio.create_task(daemon.serve())
+    await until(lambda: "watcher start" in ORDER)
+    FakeWatcher.instances[0].on_appeared(23)
+    assert await asyncio.wait_for(serving, 10) == 1
+    assert "The mptcp_pm event reader failed: RuntimeError('reader bug')." in caplog.text
+    assert "plugin_exit" in ORDER  # a clean shutdown all the same
+
+
+async def test_a_network_feed_that_cannot_recover_makes_the_daemon_exit_1(
+        daemon: Daemon, caplog: pytest.LogCaptureFixture) -> None:
+    serving = asyncio.create_task(daemon.serve())
+    await until(lambda: "watcher start" in ORDER)
+    FakeWatcher.instances[0].on_appeared(23)
+    await until(ready)
+    assert daemon.network_feed.on_failure is not None
+    daemon.network_feed.on_failure("network monitor stopped: rtnetlink socket lost")
+    assert await asyncio.wait_for(serving, 10) == 1
+    assert "network monitor stopped: rtnetlink socket lost" in caplog.text

@@ -4,15 +4,19 @@ fake kernel side (the real one is tested in tests/integration)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 from mptcpd.daemon.network import NetworkFeed
+import pytest
+
 from mptcpd.netlink.rtnl_monitor import (
     AddressMessage,
     LinkMessage,
     Resync,
     RouteLookup,
     RtnlEvent,
+    RtnlMonitorError,
 )
 from mptcpd.types import NotifyFlags, SockAddr
 from tests.unit.test_network_monitor import LOOPBACK, addr, link, monitor, until
@@ -51,7 +55,7 @@ class FakeSource:
 async def test_start_dumps_links_then_addresses_and_follows_events() -> None:
     src = FakeSource([link(2), link(1, LOOPBACK, "lo")], [addr(2, "192.0.2.1")])
     nm, rec = monitor()
-    feed = NetworkFeed(nm, src)
+    feed = NetworkFeed(nm, lambda: src)
     await feed.start()
     assert src.log == ["open", "links", "addrs"]
     assert rec.calls == [] and nm.get_interface(2).addrs == (SockAddr("192.0.2.1"),)  # type: ignore[union-attr]
@@ -68,7 +72,7 @@ async def test_start_dumps_links_then_addresses_and_follows_events() -> None:
 async def test_start_skips_the_address_dump_without_interfaces() -> None:
     src = FakeSource([link(1, LOOPBACK, "lo")], [])
     nm, _ = monitor()
-    feed = NetworkFeed(nm, src)
+    feed = NetworkFeed(nm, lambda: src)
     await feed.start()
     assert src.log == ["open", "links"]
     await feed.close()
@@ -78,7 +82,7 @@ async def test_the_feed_gives_check_route_the_sockets_lookup_and_close_ends_chec
     src = FakeSource([link(2)], [])
     nm, rec = monitor(NotifyFlags.CHECK_ROUTE)
     assert nm.route_lookup is None
-    feed = NetworkFeed(nm, src)
+    feed = NetworkFeed(nm, lambda: src)
     await feed.start()
     assert nm.route_lookup == src.lookup_default_route
     src.queue.put_nowait(addr(2, "192.0.2.1"))
@@ -86,3 +90,68 @@ async def test_the_feed_gives_check_route_the_sockets_lookup_and_close_ends_chec
     await until(lambda: rec.calls == [("new_local_address", 2, "192.0.2.1")])
     await feed.close()
     assert nm.routes.pending == 0
+
+
+class FailingSource(FakeSource):
+    """A source whose stream breaks after the records queued before ``fail``."""
+
+    def fail(self) -> None:
+        self.queue.put_nowait(None)  # type: ignore[arg-type]
+
+    async def events(self) -> AsyncIterator[RtnlEvent]:
+        while True:
+            record = await self.queue.get()
+            if record is None:
+                raise RtnlMonitorError("Network monitor: rtnetlink socket lost")
+            yield record
+
+
+async def test_a_lost_socket_is_reopened_and_the_monitor_resynchronised(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "mptcpd.daemon.network")
+    first = FailingSource([link(2)], [addr(2, "192.0.2.1"), addr(2, "192.0.2.2")])
+    # While no socket was open, .1 went and .3 came.
+    second = FailingSource([link(2)], [addr(2, "192.0.2.2"), addr(2, "192.0.2.3")])
+    sources = iter([first, second])
+    failures: list[str] = []
+    nm, rec = monitor(NotifyFlags.EXISTING)
+    feed = NetworkFeed(nm, lambda: next(sources), on_failure=failures.append,
+                       retry_delays=(0, 0))
+    await feed.start()
+    assert rec.calls == [("new_local_address", 2, "192.0.2.1"),
+                         ("new_local_address", 2, "192.0.2.2")]
+    first.fail()
+    await until(lambda: feed.reopened == 1)
+    assert first.closed and not second.closed
+    assert rec.calls[2:] == [("delete_local_address", 2, "192.0.2.1"),
+                             ("new_local_address", 2, "192.0.2.3")]
+    assert nm.route_lookup == second.lookup_default_route
+    # The new socket is followed.
+    second.queue.put_nowait(addr(2, "192.0.2.4"))
+    await until(lambda: len(rec.calls) == 5)
+    assert rec.calls[4] == ("new_local_address", 2, "192.0.2.4")
+    assert failures == [] and feed.running
+    assert "rtnetlink socket lost" in caplog.text and "reopened" in caplog.text
+    await feed.close()
+    assert second.closed
+
+
+async def test_when_reopening_keeps_failing_the_feed_reports_and_stops() -> None:
+    first = FailingSource([link(2)], [])
+    opened = [first]
+
+    def open_source() -> FakeSource:
+        if opened:
+            return opened.pop()
+        raise RtnlMonitorError("Unable to monitor network device changes.")
+
+    failures: list[str] = []
+    nm, _ = monitor()
+    feed = NetworkFeed(nm, open_source, on_failure=failures.append, retry_delays=(0, 0, 0))
+    await feed.start()
+    first.fail()
+    await until(lambda: bool(failures))
+    assert failures == ["network monitor stopped: Network monitor: rtnetlink socket lost"
+                        + "; reopening failed: Unable to monitor network device changes." * 3]
+    await until(lambda: not feed.running)
+    await feed.close()

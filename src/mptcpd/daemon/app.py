@@ -136,8 +136,8 @@ class Daemon:
                                       on_failure=self._channel_failed)
         self.network_monitor = NetworkMonitor(
             config.notify_flags, route_wait_timeout=config.check_route_timeout)
-        self.network_feed = NetworkFeed(
-            self.network_monitor, source=kernel.rtnl() if kernel.rtnl is not None else None)
+        self.network_feed = NetworkFeed(self.network_monitor, kernel.rtnl,
+                                        on_failure=self._fail)
         self.id_manager = IdManager()
         self.listener_manager = ListenerManager()
         self.pm = PathManager(
@@ -319,14 +319,25 @@ class Daemon:
         self._spawn(self._read_events(reader), "mptcp_pm events")
 
     async def _read_events(self, reader: Reader) -> None:
+        """Dispatch every event; the daemon exits 1 if the reader ever stops
+        while it is still the daemon's (it is closed when the family
+        vanishes or at shutdown, and then ends quietly)."""
         dispatch, forget = self.dispatcher.dispatch, self.channel.forget
-        async for event in reader:
-            try:
-                dispatch(event)
-            except Exception:  # never let one event end the reader
-                log.exception("Unable to dispatch %r", event)
-            if type(event) is ev.ConnectionClosed:  # after its hook: drop what is unsent
-                forget(event.token)
+        try:
+            async for event in reader:
+                try:
+                    dispatch(event)
+                except Exception:  # never let one event end the reader
+                    log.exception("Unable to dispatch %r", event)
+                if type(event) is ev.ConnectionClosed:  # after its hook: drop what is unsent
+                    forget(event.token)
+        except Exception as exc:
+            log.debug("mptcp_pm event reader", exc_info=True)
+            reason = f"failed: {exc!r}"
+        else:
+            reason = "stopped"
+        if self.reader is reader and not self._stop.is_set():
+            self._fail(f"The mptcp_pm event reader {reason}.")
 
     def _overrun(self, count: int) -> None:
         """Events were lost: resynchronise what the kernel lets us."""

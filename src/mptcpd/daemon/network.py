@@ -5,15 +5,15 @@ messages fed to the network monitor.
 :class:`~mptcpd.netlink.rtnl_monitor.RtnlMonitor`, or a test double),
 records the current state from a link dump and then, if an interface is
 tracked, an address dump (silently unless ``existing`` is set), and follows
-every change until closed.  It also gives the monitor's ``check_route`` the
-socket's default-route lookup.
+every change until closed, reopening the socket when it fails.  It also
+gives the monitor's ``check_route`` the socket's default-route lookup.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Protocol
 
 from mptcpd.netlink.rtnl_monitor import (
@@ -27,6 +27,9 @@ from mptcpd.netlink.rtnl_monitor import (
 from mptcpd.pm.network_monitor import NetworkMonitor
 
 log = logging.getLogger(__name__)
+
+#: Seconds before each attempt to reopen a failed rtnetlink side.
+RETRY_DELAYS: tuple[float, ...] = (0.1, 1.0, 5.0)
 
 
 class RtnlSource(Protocol):
@@ -42,22 +45,43 @@ class RtnlSource(Protocol):
 
 
 class NetworkFeed:
-    """Feeds ``monitor`` from rtnetlink.
+    """Feeds ``monitor`` from rtnetlink, and keeps doing so.
+
+    When the rtnetlink side fails (its socket lost, its reader broken), the
+    feed opens a new one, takes fresh dumps and brings the monitor in line
+    with them (:meth:`NetworkMonitor.reconcile`: plugins hear of what changed
+    meanwhile), waiting :data:`RETRY_DELAYS` between attempts.  When every
+    attempt fails it calls ``on_failure`` with the reason: the daemon then
+    exits non-zero rather than run on with stale interfaces.
 
     :param monitor: the network monitor to feed.
-    :param source: the kernel side; an
+    :param open_source: makes the kernel side; an
         :class:`~mptcpd.netlink.rtnl_monitor.RtnlMonitor` of ``netns`` (route
         messages only when ``check_route`` waits for them) when None.
     :param netns: the namespace to monitor (``None``: our own).
+    :param on_failure: called with the reason when the feed gives up.
+    :param retry_delays: the waits before each reopening attempt.
     """
 
-    def __init__(self, monitor: NetworkMonitor, source: RtnlSource | None = None,
-                 netns: str | None = None) -> None:
+    def __init__(self, monitor: NetworkMonitor,
+                 open_source: Callable[[], RtnlSource] | None = None,
+                 netns: str | None = None,
+                 on_failure: Callable[[str], None] | None = None,
+                 retry_delays: Sequence[float] = RETRY_DELAYS) -> None:
         self.monitor = monitor
-        self._source = source
+        self._open_source = open_source or self._rtnl_monitor
         self._netns = netns
-        self._opened: RtnlSource | None = None
+        self.on_failure = on_failure
+        self.retry_delays = tuple(retry_delays)
+        #: How many times the rtnetlink side was reopened.
+        self.reopened = 0
+        #: the monitor's route lookup is the socket's (not one it was given).
+        self._socket_lookup = monitor.route_lookup is None
+        self._source: RtnlSource | None = None
         self._task: asyncio.Task[None] | None = None
+
+    def _rtnl_monitor(self) -> RtnlSource:
+        return RtnlMonitor(self._netns, routes=self.monitor.wants_routes)
 
     async def start(self) -> None:
         """Open the rtnetlink side, record the current state, start following.
@@ -65,34 +89,53 @@ class NetworkFeed:
         :raises RtnlMonitorError: if the socket or the link dump fails (the
             daemon then logs ``Unable to create network monitor.``).
         """
-        if self._opened is not None:
+        if self._source is not None:
             raise RuntimeError("the network feed is already started")
+        source = self._open_source()
+        links, addresses = await self._open(source)
         monitor = self.monitor
-        source = self._source
-        if source is None:
-            source = RtnlMonitor(self._netns, routes=monitor.wants_routes)
-        await source.open()
-        self._opened = source
-        if monitor.route_lookup is None:
-            monitor.route_lookup = source.lookup_default_route
-        try:
-            for link in await source.dump_links():
-                monitor.handle_link(link, initial=True)
-            if monitor.tracking:
-                try:
-                    addresses = await source.dump_addresses()
-                except RtnlMonitorError:
-                    addresses = []  # logged already; carry on, as mptcpd does
-                for amsg in addresses:
-                    monitor.handle_address(amsg, initial=True)
-        except BaseException:
-            source.close()
-            self._opened = None
-            raise
+        for link in links:
+            monitor.handle_link(link, initial=True)
+        for amsg in addresses:
+            monitor.handle_address(amsg, initial=True)
         self._task = asyncio.get_running_loop().create_task(
             self._follow(source), name="network monitor")
 
+    async def _open(self, source: RtnlSource
+                    ) -> tuple[list[LinkMessage], list[AddressMessage]]:
+        """Open ``source`` and dump links (and, if one is tracked or would be,
+        addresses); ``source`` becomes the feed's.  Closed again on failure."""
+        await source.open()
+        self._source = source
+        monitor = self.monitor
+        if self._socket_lookup:
+            monitor.route_lookup = source.lookup_default_route
+        try:
+            links = await source.dump_links()
+            addresses: list[AddressMessage] = []
+            if monitor.tracking or any(monitor.would_track(link) for link in links):
+                try:
+                    addresses = await source.dump_addresses()
+                except RtnlMonitorError:
+                    pass  # logged already; carry on, as mptcpd does
+        except BaseException:
+            source.close()
+            self._source = None
+            raise
+        return links, addresses
+
     async def _follow(self, source: RtnlSource) -> None:
+        while True:
+            reason = await self._read(source)
+            source.close()
+            self._source = None
+            reopened = await self._reopen(reason)
+            if reopened is None:
+                return
+            source = reopened
+
+    async def _read(self, source: RtnlSource) -> str:
+        """Apply the source's records until it fails; why it stopped."""
         handle = self.monitor.handle
         try:
             async for record in source.events():
@@ -100,10 +143,35 @@ class NetworkFeed:
                     handle(record)
                 except Exception:
                     log.exception("network monitor failed to handle %r", record)
-        except RtnlMonitorError:
-            log.error("Network monitor stopped: rtnetlink socket lost.")
-        except Exception:
-            log.exception("Network monitor stopped: rtnetlink reader failed.")
+        except RtnlMonitorError as exc:
+            return str(exc) or "rtnetlink socket lost"
+        except Exception as exc:
+            log.exception("Network monitor: rtnetlink reader failed.")
+            return f"rtnetlink reader failed: {exc!r}"
+        return "rtnetlink stream ended"
+
+    async def _reopen(self, reason: str) -> RtnlSource | None:
+        """A new rtnetlink side, the monitor brought in line with its dumps;
+        None (after ``on_failure``) when every attempt failed."""
+        log.error("Network monitor: %s; reopening.", reason)
+        for attempt, delay in enumerate(self.retry_delays, 1):
+            await asyncio.sleep(delay)
+            try:
+                source = self._open_source()
+                links, addresses = await self._open(source)
+            except Exception as exc:
+                log.warning("Network monitor: reopening failed (attempt %d of %d): %s",
+                            attempt, len(self.retry_delays), exc)
+                reason = f"{reason}; reopening failed: {exc}"
+                continue
+            self.reopened += 1
+            self.monitor.reconcile(links, addresses)
+            log.info("Network monitor: rtnetlink reopened and resynchronised.")
+            return source
+        log.error("Network monitor stopped: %s", reason)
+        if self.on_failure is not None:
+            self.on_failure(f"network monitor stopped: {reason}")
+        return None
 
     @property
     def running(self) -> bool:
@@ -120,6 +188,6 @@ class NetworkFeed:
             except asyncio.CancelledError:
                 pass
         await self.monitor.close()
-        source, self._opened = self._opened, None
+        source, self._source = self._source, None
         if source is not None:
             source.close()

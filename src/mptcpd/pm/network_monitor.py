@@ -343,6 +343,11 @@ class NetworkMonitor:
 
     # -- links -----------------------------------------------------------
 
+    def would_track(self, msg: LinkMessage) -> bool:
+        """Whether a link message of an interface not tracked yet would make
+        it tracked (then its addresses are worth a dump)."""
+        return not msg.deleted and (self._ready(msg.flags) or self._trackable(msg.flags))
+
     def _admissible(self, flags: int) -> bool:
         return not flags & IFF_LOOPBACK or self._monitor_loopback
 
