@@ -109,16 +109,9 @@ OPTIONS: tuple[ArgpOption, ...] = (
 )
 _BY_NAME = {opt.name: opt for opt in OPTIONS}
 _BY_SHORT = {opt.short: opt for opt in OPTIONS if opt.short}
-#: Options whose values go on to click (the others act during the scan).
-_VALUE_OPTIONS = (
-    "debug",
-    "log",
-    "notify-flags",
-    "plugin-dir",
-    "path-manager",
-    "addr-flags",
-    "load-plugins",
-)
+#: Options whose values go on to click: mptcpd's own (group 0); argp's act
+#: during the scan.
+_VALUE_OPTIONS = tuple(opt.name for opt in OPTIONS if opt.group == 0)
 
 
 class ArgpExit(Exception):

@@ -16,9 +16,11 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, fields
+from typing import Any
 
+from mptcpd.log import DESTINATIONS
 from mptcpd.types import AddrFlags, NotifyFlags
 
 logger = logging.getLogger(__name__)
@@ -45,8 +47,8 @@ def _bundled_plugin_dir() -> str:
 DEFAULT_PLUGIN_DIR = _bundled_plugin_dir()
 #: Compile-time default log destination (also used for early logging).
 DEFAULT_LOG = "stderr"
-#: The accepted log destinations.
-LOG_DESTINATIONS = ("stderr", "syslog", "journal", "null")
+#: The accepted log destinations (those :mod:`mptcpd.log` sets up).
+LOG_DESTINATIONS = DESTINATIONS
 #: The only group read from the configuration file.
 CORE_GROUP = "core"
 #: Longest default path-manager name kept (the generic netlink name size).
@@ -76,18 +78,6 @@ DEFAULT_CHECK_ROUTE_TIMEOUT = 60.0
 #: userspace PM queues about one command per connection; the bound only
 #: stops a queue that the kernel no longer drains from growing without limit.
 DEFAULT_COMMAND_QUEUE_SIZE = 4096
-
-#: The keys of the ``[core]`` group, in the order the file is read.
-FILE_KEYS = (
-    "log",
-    "plugin-dir",
-    "notify-flags",
-    "addr-flags",
-    "path-manager",
-    "check-route-timeout",
-    "command-queue-size",
-    "load-plugins",
-)
 
 NO_ADDR_FLAGS = AddrFlags(0)
 NO_NOTIFY_FLAGS = NotifyFlags(0)
@@ -124,7 +114,7 @@ class ConfigValues:
 class Config:
     """The merged, validated daemon configuration."""
 
-    log: str = DEFAULT_LOG  # 'stderr' | 'syslog' | 'journal' | 'null'
+    log: str = DEFAULT_LOG  # one of LOG_DESTINATIONS
     debug: bool = False
     plugin_dir: str = DEFAULT_PLUGIN_DIR
     path_manager: str | None = None
@@ -450,46 +440,17 @@ def parse_config(data: bytes, path: str) -> ConfigValues:
         _ignored(path, str(err))
         return ConfigValues()
     _check_layout(settings, path)
-
-    def get(key: str) -> str | None:
-        assert key in FILE_KEYS, key  # the documented list is the one read
-        return settings.get_string(CORE_GROUP, key)
-
-    # Same order as C mptcpd, so warnings come out in the same order.
-    log = get("log")
-    plugin_dir = get("plugin-dir") or None  # empty means unset (C: "")
-    notify_text = get("notify-flags")
-    notify_flags = (
-        parse_notify_flags(notify_text) if notify_text is not None else NotifyFlags(0)
-    )
-    addr_text = get("addr-flags")
-    addr_flags = parse_addr_flags(addr_text) if addr_text is not None else AddrFlags(0)
-    path_manager = get("path-manager")
-    check_route_timeout = _parse_timeout(get("check-route-timeout"), path)
-    command_queue_size = _parse_queue_size(get("command-queue-size"), path)
-    plugins_text = get("load-plugins")
-    load_plugins = None
-    if plugins_text is not None:
-        load_plugins = parse_plugin_list(plugins_text)
-        _check_plugin_names(load_plugins, f'in "{path}"')
-
-    return ConfigValues(
-        log=log if log in LOG_DESTINATIONS else None,
-        plugin_dir=plugin_dir,
-        path_manager=path_manager,
-        addr_flags=addr_flags,
-        notify_flags=notify_flags,
-        load_plugins=load_plugins,
-        check_route_timeout=check_route_timeout,
-        command_queue_size=command_queue_size,
-    )
+    values: dict[str, Any] = {}
+    for key, parse in _FILE_KEY_PARSERS.items():
+        text = settings.get_string(CORE_GROUP, key)
+        if text is not None:
+            values[key.replace("-", "_")] = parse(text, path)
+    return ConfigValues(**values)
 
 
-def _parse_queue_size(text: str | None, path: str) -> int | None:
+def _parse_queue_size(text: str, path: str) -> int | None:
     """``command-queue-size``: a whole number >= 1; anything else is warned
     about and ignored (the default applies)."""
-    if text is None:
-        return None
     try:
         value = int(text, 10)
     except ValueError:
@@ -501,11 +462,9 @@ def _parse_queue_size(text: str | None, path: str) -> int | None:
     return value
 
 
-def _parse_timeout(text: str | None, path: str) -> float | None:
+def _parse_timeout(text: str, path: str) -> float | None:
     """``check-route-timeout``: seconds, a number >= 0; anything else is
     warned about and ignored (the default applies)."""
-    if text is None:
-        return None
     try:
         value = float(text)
     except ValueError:
@@ -517,31 +476,40 @@ def _parse_timeout(text: str | None, path: str) -> float | None:
     return value
 
 
+def _parse_load_plugins(text: str, path: str) -> tuple[str, ...]:
+    """``load-plugins``: :class:`ConfigError` for a list naming no plugin or
+    a bad name."""
+    names = parse_plugin_list(text)
+    _check_plugin_names(names, f'in "{path}"')
+    return names
+
+
+#: How the value of each key of the ``[core]`` group is read (its text and
+#: the file's path, for messages), in the order the file is read: C
+#: mptcpd's, so that warnings come out in the same order.  A key sets the
+#: :class:`ConfigValues` field of its name, ``_`` for ``-``.
+_FILE_KEY_PARSERS: dict[str, Callable[[str, str], Any]] = {
+    "log": lambda text, _: text if text in LOG_DESTINATIONS else None,
+    "plugin-dir": lambda text, _: text or None,  # empty means unset (C: "")
+    "notify-flags": lambda text, _: parse_notify_flags(text),
+    "addr-flags": lambda text, _: parse_addr_flags(text),
+    "path-manager": lambda text, _: text,
+    "check-route-timeout": _parse_timeout,
+    "command-queue-size": _parse_queue_size,
+    "load-plugins": _parse_load_plugins,
+}
+#: The keys of the ``[core]`` group, in the order the file is read.
+FILE_KEYS = tuple(_FILE_KEY_PARSERS)
+
+
 def merge(first: ConfigValues, second: ConfigValues) -> ConfigValues:
-    """Fill every unset value of *first* (None, or 0 for flags) from *second*."""
-    return ConfigValues(
-        log=first.log if first.log is not None else second.log,
-        debug=first.debug or second.debug,
-        plugin_dir=first.plugin_dir
-        if first.plugin_dir is not None
-        else second.plugin_dir,
-        path_manager=(
-            first.path_manager
-            if first.path_manager is not None
-            else second.path_manager
-        ),
-        addr_flags=first.addr_flags or second.addr_flags,
-        notify_flags=first.notify_flags or second.notify_flags,
-        load_plugins=first.load_plugins
-        if first.load_plugins is not None
-        else second.load_plugins,
-        check_route_timeout=first.check_route_timeout
-        if first.check_route_timeout is not None
-        else second.check_route_timeout,
-        command_queue_size=first.command_queue_size
-        if first.command_queue_size is not None
-        else second.command_queue_size,
-    )
+    """Fill every unset value of *first* from *second*: a value is unset when
+    it is its field's default (None, False, or 0 for flags)."""
+    merged: dict[str, Any] = {}
+    for field in fields(ConfigValues):
+        value = getattr(first, field.name)
+        merged[field.name] = getattr(second, field.name) if value == field.default else value
+    return ConfigValues(**merged)
 
 
 def load_config(cli: ConfigValues | None = None, path: str | None = None) -> Config:
@@ -565,24 +533,12 @@ def load_config(cli: ConfigValues | None = None, path: str | None = None) -> Con
             MAX_PATH_MANAGER_NAME,
         )
         path_manager = path_manager[:MAX_PATH_MANAGER_NAME]
-    return Config(
-        log=values.log if values.log is not None else DEFAULT_LOG,
-        debug=values.debug,
-        plugin_dir=values.plugin_dir
-        if values.plugin_dir is not None
-        else DEFAULT_PLUGIN_DIR,
-        path_manager=path_manager,
-        addr_flags=values.addr_flags,
-        notify_flags=values.notify_flags,
-        load_plugins=values.load_plugins,
-        check_route_timeout=values.check_route_timeout
-        if values.check_route_timeout is not None
-        else DEFAULT_CHECK_ROUTE_TIMEOUT,
-        command_queue_size=values.command_queue_size
-        if values.command_queue_size is not None
-        else DEFAULT_COMMAND_QUEUE_SIZE,
-        config_file=path,
-    )
+    given: dict[str, Any] = {
+        field.name: getattr(values, field.name) for field in fields(ConfigValues)
+    }
+    given.update(path_manager=path_manager, config_file=path)
+    # A value still None takes the default of Config's field.
+    return Config(**{name: value for name, value in given.items() if value is not None})
 
 
 def log_config(config: Config) -> None:

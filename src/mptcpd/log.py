@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 LOGGER_NAME = "mptcpd"
+#: The destinations :func:`setup_logging` accepts (the configuration's list).
 DESTINATIONS = ("stderr", "syslog", "journal", "null")
 SYSLOG_ADDRESS = "/dev/log"
 JOURNAL_SOCKET = "/run/systemd/journal/socket"

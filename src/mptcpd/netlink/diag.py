@@ -44,6 +44,7 @@ import os
 import socket
 import struct
 
+from mptcpd.netlink import nla
 from mptcpd.netlink.nlsock import netlink_socket
 from mptcpd.types import SockAddr
 
@@ -89,8 +90,6 @@ _REQ_V2 = struct.Struct("=BBBxI48x")
 #: rqueue, wqueue, uid, inode (not read).
 _DIAG_MSG = struct.Struct("=BBxx2H16s16s")
 _INET_DIAG_MSG_LEN = 72  #: sizeof(struct inet_diag_msg)
-_NLA_HDR = struct.Struct("=HH")
-_NLA_TYPE_MASK = 0x3FFF  #: without NLA_F_NESTED, NLA_F_NET_BYTEORDER
 _I32 = struct.Struct("=i")
 _MAX_ERRNO = 4095  #: the kernel's MAX_ERRNO
 #: Kernel socket states (``include/net/tcp_states.h``).
@@ -210,7 +209,7 @@ def build_request(family: int, protocol: int = IPPROTO_MPTCP, seq: int = 0) -> b
     # protocol attribute answers ENOENT instead of dumping another protocol.
     body = _REQ_V2.pack(family, 0, 1 << (INET_DIAG_INFO - 1),
                         STATES_NO_LISTEN | (1 << TCP_LISTEN))
-    attr = _NLA_HDR.pack(8, INET_DIAG_REQ_PROTOCOL) + struct.pack("=I", protocol)
+    attr = nla.encode(INET_DIAG_REQ_PROTOCOL, struct.pack("=I", protocol))
     length = _NLMSG_HDRLEN + len(body) + len(attr)
     header = _NLMSG_HDR.pack(length, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP,
                              seq, 0)
@@ -243,16 +242,13 @@ def _error(code: int, netns: str | None = None) -> OSError:
 def _info_payload(data: bytes, offset: int, end: int) -> bytes | None:
     """``INET_DIAG_INFO``'s payload among the attributes in [offset, end);
     None when absent, ValueError when the chain is malformed up to it."""
-    while offset + 4 <= end:
-        length, kind = _NLA_HDR.unpack_from(data, offset)
-        if length < 4 or offset + length > end:
-            raise ValueError(
-                f"attribute {kind & _NLA_TYPE_MASK} of {length} bytes does not "
-                f"fit the message"
-            )
-        if kind & _NLA_TYPE_MASK == INET_DIAG_INFO:
-            return data[offset + 4:offset + length]
-        offset += (length + 3) & ~3
+    try:
+        for kind, start, stop in nla.walk(data, offset, end):
+            if kind == INET_DIAG_INFO:
+                return data[start:stop]
+    except nla.MalformedAttribute as exc:
+        raise ValueError(f"attribute {exc.type} of {exc.length} bytes does not fit "
+                         f"the message") from None
     return None
 
 

@@ -7,6 +7,8 @@ when the message is unusable.  Attribute walking follows the kernel's
 rules (a declared length below 4 counts as 4, one running past the message
 is cut at its end, steps are 4-byte aligned); a known attribute whose
 length is not its size is logged and ignored.  Nothing malformed raises.
+The walk is this module's own, not :func:`mptcpd.netlink.nla.walk`, which
+stops at a malformed attribute; its layout is learnt per kind of event.
 
 Layout, as the kernel writes it: ``nlmsghdr`` (type = family id), then
 ``genlmsghdr`` (cmd = ``MPTCP_EVENT_*``), then ``MPTCP_ATTR_*`` attributes;
@@ -38,6 +40,7 @@ from mptcpd.events import (
     SubflowPriority,
 )
 from mptcpd.netlink import constants as C
+from mptcpd.netlink import nla
 from mptcpd.types import AddressId, SockAddr, Token
 
 log = logging.getLogger(__name__)
@@ -55,7 +58,7 @@ NLMSG_ERROR = 2
 
 _NLMSG_HDRLEN = 16
 _GENL_HDRLEN = 4
-_NLA_TYPE_MASK = ~(0x8000 | 0x4000) & 0xFFFF  # drop NLA_F_NESTED, NLA_F_NET_BYTEORDER
+_NLA_TYPE_MASK = nla.TYPE_MASK
 
 _MISSING = {
     C.MPTCP_EVENT_CREATED: "Required MPTCP_EVENT_CREATED message attributes are missing.",
@@ -77,7 +80,7 @@ _MISSING = {
 _u16 = struct.Struct("=H").unpack_from
 _u32 = struct.Struct("=I").unpack_from
 _be16 = struct.Struct(">H").unpack_from
-_nla_hdr = struct.Struct("=HH").unpack_from
+_nla_hdr = nla.HEADER.unpack_from
 _nlmsg_hdr = struct.Struct("=IHHII").unpack_from
 
 

@@ -36,6 +36,7 @@ from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
 from mptcpd.netlink import constants as c
+from mptcpd.netlink import nla
 from mptcpd.types import SockAddr
 
 log = logging.getLogger(__name__)
@@ -67,8 +68,6 @@ from mptcpd.netlink.constants import (  # noqa: E402
     CTRL_CMD_NEWFAMILY,
     GENL_ID_CTRL,
 )
-
-NLA_TYPE_MASK = 0x3FFF  #: without NLA_F_NESTED / NLA_F_NET_BYTEORDER
 
 #: Header flags of a request: every one asks for an ACK, as mptcpd's do.
 REQUEST = NLM_F_REQUEST | NLM_F_ACK
@@ -116,7 +115,7 @@ class Limits:
 # -- encoding --------------------------------------------------------------------
 
 _HDR = struct.Struct("=IHHIIBBH")  # nlmsghdr + genlmsghdr
-_NLA = struct.Struct("=HH")
+_NLA = nla.HEADER
 _U8 = struct.Struct("=HHBxxx")
 _U16 = struct.Struct("=HHHxx")
 _U32 = struct.Struct("=HHI")
@@ -348,18 +347,13 @@ class _Malformed(Exception):
 
 
 def _attrs(data: bytes, off: int, end: int) -> list[tuple[int, int, int]]:
-    """(type without flags, value start, value end) of each attribute."""
-    out: list[tuple[int, int, int]] = []
-    while off + 4 <= end:
-        length, type = _NLA.unpack_from(data, off)
-        if length < 4 or off + length > end:
-            raise _Malformed(f"attribute of type {type & NLA_TYPE_MASK} with length "
-                             f"{length} at offset {off}")
-        out.append((type & NLA_TYPE_MASK, off + 4, off + length))
-        off += (length + 3) & ~3
-    if off < end:
-        raise _Malformed(f"{end - off} stray bytes after the attributes")
-    return out
+    """(type without flags, value start, value end) of each attribute, all
+    or none: :class:`_Malformed` when one is malformed or bytes stray after
+    the last."""
+    try:
+        return list(nla.walk(data, off, end, exact=True))
+    except nla.MalformedAttribute as exc:
+        raise _Malformed(str(exc)) from None
 
 
 def _need(start: int, end: int, size: int, what: str) -> None:
@@ -488,9 +482,7 @@ def decode_limits(data: bytes, msg: Message) -> Limits:
 
 def get_family(seq: int, name: str) -> bytes:
     """CTRL_CMD_GETFAMILY for ``name`` (no ACK: the reply or an error answers)."""
-    raw = name.encode() + b"\0"
-    attr = _NLA.pack(4 + len(raw), CTRL_ATTR_FAMILY_NAME) + raw
-    attr += b"\0" * (-len(attr) % 4)
+    attr = nla.encode(CTRL_ATTR_FAMILY_NAME, name.encode() + b"\0")
     return (_HDR.pack(20 + len(attr), GENL_ID_CTRL, NLM_F_REQUEST, seq, 0,
                       CTRL_CMD_GETFAMILY, 1, 0) + attr)
 

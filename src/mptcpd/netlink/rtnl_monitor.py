@@ -37,6 +37,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import TypeVar, Union
 
+from mptcpd.netlink import nla
 from mptcpd.netlink.nlsock import (
     NETLINK_ADD_MEMBERSHIP,
     NETLINK_ROUTE,
@@ -172,22 +173,20 @@ _NLMSGHDR = struct.Struct("=IHHII")
 _IFINFOMSG = struct.Struct("=BxHiII")
 _IFADDRMSG = struct.Struct("=BBBBI")
 _RTMSG = struct.Struct("=BBBBBBBBI")
-_RTATTR = struct.Struct("=HH")
 _U32 = struct.Struct("=I")
 _ERRNO = struct.Struct("=i")
 
 
 def attributes(data: bytes, offset: int) -> dict[int, bytes]:
-    """The rtattrs of ``data`` from ``offset``, by type (the first one wins)."""
+    """The rtattrs of ``data`` from ``offset``, by type (the first one wins);
+    a malformed one ends them."""
     out: dict[int, bytes] = {}
-    end = len(data)
-    unpack = _RTATTR.unpack_from
-    while offset + 4 <= end:
-        length, kind = unpack(data, offset)
-        if length < 4 or offset + length > end:
-            break
-        out.setdefault(kind & 0x3FFF, data[offset + 4:offset + length])
-        offset += (length + 3) & ~3
+    try:
+        for kind, start, stop in nla.walk(data, offset, len(data)):
+            if kind not in out:
+                out[kind] = data[start:stop]
+    except nla.MalformedAttribute:
+        pass
     return out
 
 
@@ -314,9 +313,8 @@ def _request(mtype: int, flags: int, seq: int, body: bytes) -> bytes:
     return _NLMSGHDR.pack(16 + len(body), mtype, flags, seq, 0) + body
 
 
-def rtattr(kind: int, payload: bytes) -> bytes:
-    length = 4 + len(payload)
-    return _RTATTR.pack(length, kind) + payload + b"\0" * (-length % 4)
+#: One rtattr of ``kind`` holding ``payload``, padded.
+rtattr = nla.encode
 
 
 # -- sockets ------------------------------------------------------------------
