@@ -121,8 +121,11 @@ def same_reading(data: bytes) -> None:
     no_traceback(rec)
     if framed is None:
         return
+    # pyroute2 reads an error number past the end of an NLMSG_ERROR/DONE
+    # shorter than one (the codec says EPROTO): nothing to compare there.
     comparable = [i for i, (t, _f, payload) in enumerate(framed)
-                  if t != FAMILY_ID or well_formed_data(payload)]
+                  if (t != FAMILY_ID or well_formed_data(payload))
+                  and not (t in (p.NLMSG_ERROR, p.NLMSG_DONE) and len(payload) < 4)]
     with recording(*LOGGERS) as rec:
         try:
             want = theirs(data)
