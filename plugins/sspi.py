@@ -102,6 +102,7 @@ Differences from the C sspi (mptcpd 0.12/0.13)
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import logging
@@ -111,8 +112,6 @@ from typing import TYPE_CHECKING, Any
 from mptcpd.plugin import AddressId, PluginInfo, Priority, SockAddr, Token, hookimpl
 
 if TYPE_CHECKING:
-    import asyncio
-
     from mptcpd.plugin import Interface, IPAddress, PathManager
 
 PLUGIN = PluginInfo(
@@ -185,10 +184,15 @@ class Connection:
     closing: set[tuple[SockAddr, SockAddr]] = dataclasses.field(default_factory=set)
     #: (interface index, target) pairs already tried by the client side.
     attempted: set[tuple[int, SockAddr]] = dataclasses.field(default_factory=set)
-    #: server side: an announcement is in flight or its interval runs.
+    #: server side: an announcement is in flight, or its interval runs
+    #: with another one waiting.
     announcing: bool = False
     #: the timer that lets the next announcement go.
     announce_timer: asyncio.TimerHandle | None = None
+    #: loop time before which no announcement may leave (0: any time), and
+    #: that loop (the one the previous announcement was answered on).
+    announce_after: float = 0.0
+    announce_loop: asyncio.AbstractEventLoop | None = None
 
     def forget(self) -> None:
         """Stop what is scheduled for the connection."""
@@ -324,18 +328,33 @@ class SingleSubflowPerInterface:
 
         return done
 
-    def _announce(self, conn: Connection, pm: PathManager) -> None:
+    @staticmethod
+    def _to_announce(conn: Connection, pm: PathManager) -> Iterator[SockAddr]:
+        """Server side: the addresses of the other ready interfaces not
+        announced yet on ``conn``."""
+        announced = set(conn.announced.values())
+        initial = plain(conn.laddr).ip
+        for interface, local in candidate_interfaces(pm, conn.family):
+            subflow = conn.subflows.get(int(interface.index))
+            if subflow is not None and subflow.initial:
+                continue
+            if local not in announced and local.ip != initial:
+                yield local
+
+    def _announce(self, conn: Connection, pm: PathManager, due: bool = False) -> None:
         """Server side: announce the next of the other interfaces' addresses
-        not announced yet; the rest follow one by one (:data:`ANNOUNCE_INTERVAL`)."""
+        not announced yet; the rest follow one by one, each
+        :data:`ANNOUNCE_INTERVAL` after the kernel answered the previous one
+        (``due``: that interval has run out)."""
         if not conn.server_side or not conn.established or conn.announcing:
             return
-        announced = set(conn.announced.values())
-        for interface, local in candidate_interfaces(pm, conn.family):
-            index = int(interface.index)
-            if index in conn.subflows and conn.subflows[index].initial:
-                continue
-            if local in announced or local.ip == plain(conn.laddr).ip:
-                continue
+        for local in self._to_announce(conn, pm):
+            loop = conn.announce_loop
+            wait = conn.announce_after - loop.time() if loop is not None and not due else 0.0
+            if loop is not None and wait > 0:  # too soon after the previous one
+                conn.announcing = True
+                conn.announce_timer = loop.call_later(wait, self._announce_next, conn, pm)
+                return
             local_id = AddressId(pm.id_manager.get_id(local))
             if not local_id:
                 log.error("Unable to map addr to ID.")
@@ -353,11 +372,16 @@ class SingleSubflowPerInterface:
 
     def _announced(self, conn: Connection, pm: PathManager,
                    future: asyncio.Future[Any]) -> None:
-        """The kernel answered an announcement: the next one in a while."""
+        """The kernel answered an announcement: the next one, if any, in
+        :data:`ANNOUNCE_INTERVAL` (no timer when there is none)."""
         if self.connections.get(conn.token) is not conn:
             return
-        conn.announce_timer = future.get_loop().call_later(
-            ANNOUNCE_INTERVAL, self._announce_next, conn, pm)
+        loop = conn.announce_loop = future.get_loop()
+        conn.announce_after = loop.time() + ANNOUNCE_INTERVAL
+        if next(self._to_announce(conn, pm), None) is None:
+            conn.announcing = False  # a later address waits out the interval
+            return
+        conn.announce_timer = loop.call_later(ANNOUNCE_INTERVAL, self._announce_next, conn, pm)
 
     def _announce_next(self, conn: Connection, pm: PathManager) -> None:
         conn.announce_timer = None
@@ -365,7 +389,7 @@ class SingleSubflowPerInterface:
         if self.connections.get(conn.token) is not conn:
             return
         try:
-            self._announce(conn, pm)
+            self._announce(conn, pm, due=True)
         except Exception:  # a timer callback: no hook containment around it
             log.exception("Connection %08x: announcing failed.", conn.token)
 

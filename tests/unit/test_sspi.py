@@ -491,12 +491,19 @@ def test_server_announcements_leave_one_at_a_time(
     assert len(pm.calls) == 1
     fire(conn.announce_timer)
     assert [c[1] for c in pm.calls[1:]] == [(c3, pm.id_manager.lookup(c3), T1)]
-    # A refused announcement does not stop the ones after it; closing the
-    # connection cancels the pending timer.
+    # Refused or not, the last one schedules nothing: no timer while there
+    # is nothing more to announce.
     pm.calls[1][2].set_exception(OSError(22, "Invalid argument"))
     pm.settle()
+    assert conn.announce_timer is None and not conn.announcing
+    # An address that comes within the interval waits out its rest; closing
+    # the connection cancels that wait.
+    c6 = Interface(7, "c6", READY, addrs=(sa("203.0.113.66"),))
+    pm.network_monitor.replace(c6)
+    d.broadcast(ev.LocalAddressAdded(c6, sa("203.0.113.66")))
+    assert len(pm.calls) == 2
     timer = conn.announce_timer
-    assert timer is not None
+    assert timer is not None and 0 < timer.when() - loop.time() <= sspi.ANNOUNCE_INTERVAL
     d.dispatch(ev.ConnectionClosed(T1))
     assert timer.cancelled()
 
