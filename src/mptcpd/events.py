@@ -325,75 +325,74 @@ Event = (
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class InterfaceAdded:
-    """An interface became ready: up and running (or known at startup).
+class _InterfaceEvent:
+    """An interface event; ``interface`` is its state then (a snapshot)."""
 
-    :ivar interface: its state then (a snapshot).
-    """
-
-    HOOK: ClassVar[str] = "new_interface"
+    HOOK: ClassVar[str] = ""
     HOOK_ARGS: ClassVar[tuple[str, ...]] = ("interface",)
     interface: Interface
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class InterfaceUpdated:
+class _AddressEvent:
+    """A local-address event: ``addr`` (port 0) on ``interface``."""
+
+    HOOK: ClassVar[str] = ""
+    HOOK_ARGS: ClassVar[tuple[str, ...]] = ("interface", "addr")
+    interface: Interface
+    addr: SockAddr
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class InterfaceAdded(_InterfaceEvent):
+    """An interface became ready: up and running (or known at startup)."""
+
+    HOOK: ClassVar[str] = "new_interface"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class InterfaceUpdated(_InterfaceEvent):
     """A ready interface changed (a link message: flags, MTU, ...)."""
 
     HOOK: ClassVar[str] = "update_interface"
-    HOOK_ARGS: ClassVar[tuple[str, ...]] = ("interface",)
-    interface: Interface
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class InterfaceRemoved:
+class InterfaceRemoved(_InterfaceEvent):
     """An interface went administratively down or away; ``interface`` is
     its last recorded state, addresses included (no address events follow
     for them, as in mptcpd)."""
 
     HOOK: ClassVar[str] = "delete_interface"
-    HOOK_ARGS: ClassVar[tuple[str, ...]] = ("interface",)
-    interface: Interface
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class LocalAddressAdded:
-    """A local address appeared on ``interface`` (after its route check
-    with ``check_route``); ``addr.port`` is 0."""
+class LocalAddressAdded(_AddressEvent):
+    """A local address appeared (after its route check with ``check_route``)."""
 
     HOOK: ClassVar[str] = "new_local_address"
-    HOOK_ARGS: ClassVar[tuple[str, ...]] = ("interface", "addr")
-    interface: Interface
-    addr: SockAddr
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class LocalAddressRemoved:
-    """A recorded local address was removed from ``interface``."""
+class LocalAddressRemoved(_AddressEvent):
+    """A recorded local address was removed."""
 
     HOOK: ClassVar[str] = "delete_local_address"
-    HOOK_ARGS: ClassVar[tuple[str, ...]] = ("interface", "addr")
-    interface: Interface
-    addr: SockAddr
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class LinkDown:
+class LinkDown(_InterfaceEvent):
     """A ready interface lost its carrier (``IFF_RUNNING``) but stays up
     with its addresses (``interface.addrs``)."""
 
     HOOK: ClassVar[str] = "link_down"
-    HOOK_ARGS: ClassVar[tuple[str, ...]] = ("interface",)
-    interface: Interface
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class LinkUp:
+class LinkUp(_InterfaceEvent):
     """An interface that had reported :class:`LinkDown` runs again."""
 
     HOOK: ClassVar[str] = "link_up"
-    HOOK_ARGS: ClassVar[tuple[str, ...]] = ("interface",)
-    interface: Interface
 
 
 #: Any of the seven network-monitor events.

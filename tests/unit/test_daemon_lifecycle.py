@@ -68,6 +68,13 @@ def plugin_exit(pm):
 '''
 
 
+async def until_set(closed: asyncio.Event) -> AsyncIterator[Any]:
+    """A stream with nothing in it that ends when ``closed`` is set."""
+    await closed.wait()
+    return
+    yield
+
+
 class FakeChannel:
     """The command channel: records what is submitted; the test (or
     ``answers``) settles it."""
@@ -159,13 +166,8 @@ class FakeReader:
         ORDER.append("reader close")
         self._closed.set()
 
-    async def _events(self) -> AsyncIterator[Any]:
-        await self._closed.wait()
-        return
-        yield
-
     def __aiter__(self) -> AsyncIterator[Any]:
-        return self._events()
+        return until_set(self._closed)
 
 
 class FakeRtnl:
@@ -186,13 +188,8 @@ class FakeRtnl:
         from ipaddress import ip_address
         return [AddressMessage(2, ip_address("192.0.2.1"), 24)]
 
-    async def _events(self) -> AsyncIterator[Any]:
-        await self._closed.wait()
-        return
-        yield
-
     def events(self) -> AsyncIterator[Any]:
-        return self._events()
+        return until_set(self._closed)
 
     async def lookup_default_route(self, family: int, ifindex: int) -> RouteLookup:
         return RouteLookup(error=errno.ENODATA)
@@ -320,13 +317,17 @@ async def test_commands_sent_at_exit_that_get_no_answer_delay_shutdown_boundedly
     assert ORDER[-1].startswith("exit command NotReady")
 
 
+async def broken() -> AsyncIterator[Any]:
+    await asyncio.sleep(0)
+    raise RuntimeError("reader bug")
+    yield
+
+
 class BrokenReader(FakeReader):
     """An event reader whose stream breaks."""
 
-    async def _events(self) -> AsyncIterator[Any]:
-        await asyncio.sleep(0)
-        raise RuntimeError("reader bug")
-        yield
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return broken()
 
 
 async def test_an_event_reader_that_breaks_makes_the_daemon_exit_1(
