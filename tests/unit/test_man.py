@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import configparser
 import os
 import re
 import shutil
@@ -15,7 +14,6 @@ from mptcpd import cli, config
 
 ROOT = Path(__file__).resolve().parents[2]
 MAN = ROOT / "man" / "mptcpd.8"
-SERVICE = ROOT / "etc" / "mptcpd.service"
 
 CONFIG_KEYS = config.FILE_KEYS
 SECTIONS = (
@@ -114,24 +112,6 @@ def test_environment_exit_status_and_files(rendered: str) -> None:
 def test_plugin_hooks_section_is_marked() -> None:
     text = MAN.read_text()
     assert ".SH PLUGIN HOOKS" in text
-
-
-def test_service_unit() -> None:
-    unit = configparser.ConfigParser(strict=True, interpolation=None)
-    unit.optionxform = str  # type: ignore[assignment,method-assign]
-    unit.read_string(SERVICE.read_text())
-    assert unit["Unit"]["Documentation"] == "man:mptcpd(8)"
-    service = unit["Service"]
-    assert service["Type"] == "notify"
-    assert service["NotifyAccess"] == "main"
-    assert service["DynamicUser"] == "yes"
-    assert service["CapabilityBoundingSet"] == "CAP_NET_ADMIN"
-    assert service["AmbientCapabilities"] == "CAP_NET_ADMIN"
-    command = service["ExecStart"].split()
-    assert command[0] == "/usr/bin/mptcpd"
-    # The unit's options must be ones the command line accepts.
-    assert cli.scan(command[1:]) == ["--log=journal"]
-    assert unit["Install"]["WantedBy"] == "multi-user.target"
 
 
 def test_every_hook_is_in_the_man_page_with_its_signature(rendered: str) -> None:
