@@ -1,0 +1,115 @@
+"""The unit's sandbox lets the daemon do its job: every system call the
+daemon makes (traced with strace in a lab, on both path managers) is one
+that ``SystemCallFilter=`` allows, and none would break
+``MemoryDenyWriteExecute=yes`` (no writable and executable mapping, no
+mapping made executable later).  What systemd-analyze cannot see offline."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import in_ci
+from tests.lab import Lab
+from tests.integration.test_daemon import READY, daemon_env
+from tests.unit.test_service_unit import UNIT, parse
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def expand(group: str, seen: set[str] | None = None) -> set[str]:
+    """The system calls of a ``systemd-analyze syscall-filter`` group."""
+    seen = seen if seen is not None else {group}
+    out = subprocess.run(["systemd-analyze", "syscall-filter", group], capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    names: set[str] = set()
+    for line in out.splitlines():
+        token = line.strip()
+        if token.startswith("@") and token not in seen:
+            seen.add(token)
+            names |= expand(token, seen)
+        elif re.fullmatch(r"[a-z0-9_]+", token):
+            names.add(token)
+    return names
+
+
+def allowed_by_the_unit() -> set[str]:
+    allowed: set[str] = set()
+    for rule in parse(UNIT.read_text())["Service"]["SystemCallFilter"]:
+        deny = rule.startswith("~")
+        names = set().union(*(expand(g) if g.startswith("@") else {g}
+                              for g in rule.lstrip("~").split()))
+        allowed = allowed - names if deny else allowed | names
+    return allowed
+
+
+@pytest.fixture
+def tools() -> None:
+    for tool in ("strace", "systemd-analyze"):
+        if shutil.which(tool) is None:
+            if in_ci():
+                pytest.fail(f"{tool} is missing (the bootstrap installs it)")
+            pytest.skip(f"{tool} is not installed")
+
+
+def calls(trace: Path) -> list[str]:
+    return [line for line in trace.read_text().splitlines() if re.match(r"^\d+\s+\w+\(", line)]
+
+
+@pytest.mark.lab(links=2)
+def test_the_daemon_stays_within_the_units_system_call_filter(
+        lab: Lab, tmp_path: Path, tools: None) -> None:
+    allowed = allowed_by_the_unit()
+    assert {"socket", "sendmsg", "epoll_wait"} <= allowed and "setuid" not in allowed
+    made: list[str] = []
+    for pm, plugin, args in (("kernel", "addr_adv", ("--addr-flags=subflow",
+                                                     "--notify-flags=existing")),
+                             ("userspace", "sspi", ())):
+        lab.set_path_manager(lab.client, pm)
+        trace = tmp_path / f"{plugin}.strace"
+        config = lab.workdir / f"{plugin}.conf"
+        config.write_text("[core]\n")
+        config.chmod(0o644)
+        env = daemon_env()
+        env["MPTCPD_CONFIG"] = str(config)
+        env["MPTCPD_STATE_DIR"] = str(lab.workdir / "state")
+        daemon = lab.spawn(lab.client, "strace", "-f", "-qq", "-o", str(trace), sys.executable,
+                           "-m", "mptcpd", "--log=stderr", "-d", f"--plugin-dir={ROOT / 'plugins'}",
+                           f"--load-plugins={plugin}", f"--path-manager={plugin}", *args,
+                           name=f"mptcpd-{plugin}", env=env)
+        daemon.wait_output(READY, timeout=30)
+        if pm == "kernel":
+            lab.ip(lab.client, "addr", "add", "203.0.113.1/32", "dev", "c1")
+            lab.ip(lab.client, "addr", "del", "203.0.113.1/32", "dev", "c1")
+            lab.ip(lab.client, "link", "set", "c2", "down")
+            lab.ip(lab.client, "link", "set", "c2", "up")
+        else:
+            lab.set_path_manager(lab.server, "kernel")
+            server = lab.python(lab.server, "-m", "tests.lab.traffic", "server",
+                                "--port", "5201", "--duration", "30")
+            server.wait_output("listening")
+            client = lab.python(lab.client, "-m", "tests.lab.traffic", "client",
+                                str(lab.links[0].server4), "5201", "--bytes", "100000",
+                                "--hold", "1", "--timeout", "20")
+            assert client.wait(30) == 0, client.output()
+            daemon.wait_output(r"creating a subflow", timeout=10)
+        # Stop the daemon itself (strace's child); strace ends with it.
+        (child,) = Path(f"/proc/{daemon.pid}/task/{daemon.pid}/children").read_text().split()
+        os.kill(int(child), signal.SIGTERM)
+        assert daemon.wait(20) == 0, daemon.output()
+        assert "Terminating" in daemon.output() or "exited" in daemon.output()
+        made += calls(trace)
+    names = {re.match(r"^\d+\s+(\w+)\(", line).group(1) for line in made}  # type: ignore[union-attr]
+    assert {"socket", "sendmsg", "recvfrom"} <= names  # the trace saw the daemon work
+    assert sorted(names - allowed) == []
+    # MemoryDenyWriteExecute=yes: nothing mapped writable and executable, and
+    # nothing made executable after it was mapped.
+    assert [c for c in made if re.search(r"^\d+\s+mmap\(.*PROT_WRITE\|PROT_EXEC", c)] == []
+    assert [c for c in made if re.search(r"^\d+\s+(pkey_)?mprotect\(.*PROT_EXEC", c)] == []
