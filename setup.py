@@ -13,7 +13,8 @@ from pathlib import Path
 from setuptools import Extension, setup
 from setuptools.command.build_py import build_py
 
-SYSTEM_FILES = ["etc/mptcp.service", "etc/mptcpd.conf", "man/mptcpd.8", "man/mptcpize.8"]
+SYSTEM_FILES = ["etc/mptcp.service", "etc/mptcpd.conf", "man/mptcpd.8", "man/mptcpize.8",
+                "man/mptcp-get-debug.8"]
 
 
 class BuildWithSystemFiles(build_py):

@@ -24,6 +24,7 @@ FILES = {
     "etc/mptcpd/mptcpd.conf": 0o644,
     "usr/local/share/man/man8/mptcpd.8": 0o644,
     "usr/local/share/man/man8/mptcpize.8": 0o644,
+    "usr/local/share/man/man8/mptcp-get-debug.8": 0o644,
 }
 
 
@@ -96,6 +97,7 @@ def test_what_the_service_user_cannot_read_is_said() -> None:
 def test_the_wheel_carries_the_system_files(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(build_wheel(tmp_path)).namelist())
     assert {f"mptcpd/_system/{n}" for n in
-            ("mptcp.service", "mptcpd.conf", "mptcpd.8", "mptcpize.8")} <= names
+            ("mptcp.service", "mptcpd.conf", "mptcpd.8", "mptcpize.8",
+             "mptcp-get-debug.8")} <= names
     assert any(n.startswith("mptcpd/mptcpize/_mptcpwrap") and n.endswith(".so")
                for n in names)
