@@ -111,17 +111,25 @@ def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
     sock.close()
 
 
-def test_systemd_is_told_ready_and_stopping(
+def test_systemd_is_told_ready_and_stopping_and_the_watchdog_pinged(
     lab: Lab, tmp_path: Path, notify_socket: tuple[socket.socket, str]
 ) -> None:
     sock, path = notify_socket
-    daemon = start(lab, tmp_path, NOTIFY_SOCKET=path)
+    # WatchdogSec=0.2s: the daemon pings every 0.1 s once ready.
+    daemon = start(lab, tmp_path, NOTIFY_SOCKET=path, WATCHDOG_USEC="200000")
     messages = []
     while not any(m.startswith("READY=1") for m in messages):
         messages.append(sock.recv(4096).decode())
     ready = [m for m in messages if m.startswith("READY=1")][0]
     assert "STATUS=Managing MPTCP paths; plugins: noop; default: noop" in ready
     assert messages[0].startswith("STATUS=Waiting for the mptcp_pm")
+    pings = 0
+    for _ in range(50):  # bounded: the socket's timeout is 20 s per message
+        if sock.recv(4096).decode() == "WATCHDOG=1":
+            pings += 1
+            if pings == 3:
+                break
+    assert pings == 3
     assert daemon.stop() == 0
     rest = []
     sock.settimeout(5)
