@@ -226,9 +226,15 @@ class AddressAdvertiser:
         self.counted.discard(key)
         if endpoint is None:
             if counted:
-                self.update_limits(pm, -1)  # a foreign endpoint: leave it alone
-            elif pm.id_manager.lookup(key) == 0:
-                log.info("No address ID associated with addr.")
+                self.update_limits(pm, -1)
+            if key in self.foreign:
+                return  # a foreign endpoint stays, and so does its ID
+            if pm.id_manager.lookup(key) == 0:
+                if not counted:
+                    log.info("No address ID associated with addr.")
+                return
+            # No endpoint (the kernel refused it): the ID is free again.
+            pm.id_manager.remove_id(key)
             return
         pm.id_manager.remove_id(key)
         if counted:

@@ -79,8 +79,9 @@ the interface (and lets the client try another target there);
 ``address_removed`` forgets the peer's address and the subflows to it (the
 kernel closes those); ``link_down``, ``delete_interface`` and
 ``delete_local_address`` close this host's joins on the dead interface or
-address; ``link_up`` and ``new_local_address`` fill interfaces that have no
-subflow again (and, on the server side, announce new addresses).
+address (and free a deleted address's ID); ``link_up`` and
+``new_local_address`` fill interfaces that have no subflow again (and, on
+the server side, announce new addresses).
 
 Differences from the C sspi (mptcpd 0.12/0.13)
 ==============================================
@@ -244,6 +245,15 @@ class SingleSubflowPerInterface:
 
     def __init__(self) -> None:
         self.connections: dict[Token, Connection] = {}
+        #: the local addresses sspi took an ID for: it frees them when they go.
+        self.with_ids: set[SockAddr] = set()
+
+    def _local_id(self, pm: PathManager, local: SockAddr) -> AddressId:
+        """The shared ID of ``local`` (0 when none is left)."""
+        local_id = AddressId(pm.id_manager.get_id(local))
+        if local_id:
+            self.with_ids.add(SockAddr(local.ip))
+        return local_id
 
     # -- helpers -----------------------------------------------------------
 
@@ -296,7 +306,7 @@ class SingleSubflowPerInterface:
                               "address and announced none yet.", conn.token)
                 continue
             raddr, remote_id = target
-            local_id = AddressId(pm.id_manager.get_id(local))
+            local_id = self._local_id(pm, local)
             if not local_id:
                 log.error("Unable to map addr to ID.")
                 continue
@@ -355,7 +365,7 @@ class SingleSubflowPerInterface:
                 conn.announcing = True
                 conn.announce_timer = loop.call_later(wait, self._announce_next, conn, pm)
                 return
-            local_id = AddressId(pm.id_manager.get_id(local))
+            local_id = self._local_id(pm, local)
             if not local_id:
                 log.error("Unable to map addr to ID.")
                 continue
@@ -548,6 +558,12 @@ class SingleSubflowPerInterface:
                         pm.remove_addr(None, local_id, conn.token)
                     except (ValueError, OSError) as exc:
                         log.warning("Unable to withdraw %s: %s", local, exc)
+        # The address is gone: its ID may serve another one (C's sspi never
+        # frees one, and runs out after 255 addresses).
+        key = SockAddr(addr.ip)
+        if key in self.with_ids:
+            self.with_ids.discard(key)
+            pm.id_manager.remove_id(key)
 
 
 _sspi = SingleSubflowPerInterface()

@@ -131,6 +131,9 @@ async def test_an_existing_endpoint_is_neither_duplicated_nor_removed(
     assert pm.commands("remove") == []
     # It counted in the limits while its address existed, as in C.
     assert pm.commands("set_limits")[-1] == ("set_limits", ([(1, 2), (0, 0)],))
+    # The endpoint stays in the kernel, and so does its ID: no other address
+    # may get 7 while it is there.
+    assert pm.id_manager.lookup(A2) == 7
 
 
 async def test_deleting_an_address_removes_its_endpoint(plugin: Any) -> None:
@@ -182,6 +185,31 @@ async def test_the_ninth_endpoint_is_reported_as_the_kernel_limit(
     assert "the kernel's limit of 8 endpoints per network namespace is reached" in caplog.text
     plugin.link_down(IF2, pm)
     assert pm.commands("remove") == []  # it was never ours
+    # When its address goes, the ID it held is free again (no endpoint has it).
+    assert pm.id_manager.lookup(A1) == 1
+    plugin.delete_local_address(IF2, A1, pm)
+    assert pm.id_manager.lookup(A1) == 0 and pm.commands("remove") == []
+
+
+async def test_ids_do_not_run_out_when_addresses_come_and_go(plugin: Any) -> None:
+    """300 temporary addresses, one after the other, all get an endpoint
+    (there are 255 IDs): each one's ID is freed when it goes, whether the
+    kernel took its endpoint or refused it."""
+    pm = FakePM()
+    await started(plugin, pm)
+    for i in range(300):
+        addr = SockAddr(ipaddress.ip_address(f"2001:db8:7::{i + 1:x}"))
+        plugin.new_local_address(IF2, addr, pm)
+        future = pm.futures["add"][-1]
+        if i % 2:
+            future.set_result(None)
+        else:
+            future.set_exception(KernelError("add_addr", errno.ERANGE, None))
+        await asyncio.sleep(0)
+        plugin.delete_local_address(IF2, addr, pm)
+    assert len(pm.commands("add")) == 300
+    assert all(args[1] == 1 for _, args in pm.commands("add"))  # the lowest free ID
+    assert len(pm.id_manager) == 0
 
 
 async def test_a_restarted_plugin_takes_its_endpoints_over(plugin: Any) -> None:

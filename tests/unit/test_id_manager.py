@@ -100,3 +100,16 @@ def test_an_ipv4_mapped_address_is_its_ipv4_address() -> None:
     mapped = SockAddr(ipaddress.ip_address("::ffff:192.0.2.1"), 5201)
     assert idm.get_id(v4) == idm.get_id(mapped) == idm.lookup(mapped) == 1
     assert mapped.unmapped() == v4.with_port(5201)
+
+
+def test_ten_thousand_addresses_come_and_go_without_running_out() -> None:
+    ids = IdManager()
+    held = [SockAddr(ipaddress.ip_address(f"192.0.2.{i}")) for i in range(1, 11)]
+    for addr in held:  # ten long-lived addresses keep their IDs throughout
+        assert ids.get_id(addr)
+    for n in range(10_000):
+        addr = SockAddr(ipaddress.ip_address(0x20010DB8_0007_0000_0000_0000_0000_0000 + n))
+        got = ids.get_id(addr)
+        assert got == 11, n  # the lowest free one, every time
+        assert ids.remove_id(addr) == got
+    assert len(ids) == 10 and [ids.lookup(a) for a in held] == list(range(1, 11))

@@ -586,3 +586,22 @@ def test_new_local_address_fills_an_interface_that_had_none(
     pm.network_monitor.replace(Interface(7, "c6", READY, addrs=(addr,)))
     d.broadcast(ev.LocalAddressAdded(bare, addr))
     assert [c[4:] for c in pm.take()] == [(addr, SERVER)]
+
+
+def test_ids_of_addresses_that_go_are_freed(d: Dispatcher, pm: FakePM) -> None:
+    """300 temporary addresses on an interface, each used by a connection
+    and then removed: the IDs never run out (C's sspi never frees one)."""
+    for i in range(300):
+        addr = sa(f"2001:db8:7::{i + 1:x}")
+        iface = Interface(8, "c7", READY, addrs=(addr,))
+        pm.network_monitor.replace(iface)
+        token = 0x7000 + i
+        laddr, raddr = sa("2001:db8:1::1", 40000 + i), sa("2001:db8:1::2", PORT)
+        d.dispatch(ev.ConnectionCreated(token, laddr, raddr))
+        d.dispatch(ev.ConnectionEstablished(token, laddr, raddr))
+        made = [c for c in pm.take("add_subflow") if c[4] == addr]
+        assert len(made) == 1 and 0 < made[0][2] <= 255, i
+        d.dispatch(ev.ConnectionClosed(token))
+        pm.network_monitor.replace(Interface(8, "c7", READY))
+        d.broadcast(ev.LocalAddressRemoved(iface, addr))
+    assert pm.id_manager.lookup(sa("2001:db8:7::1")) == 0
