@@ -276,10 +276,28 @@ class AddressAdvertiser:
     # -- persistence ---------------------------------------------------------
 
     def _load_state(self) -> dict[SockAddr, int]:
+        """The endpoints an earlier run created: address -> ID.  A missing
+        file means none; an unreadable or corrupt one is warned about and
+        taken as none (whatever cannot be proven ours is left alone)."""
+        path = state_file()
         try:
-            data = json.loads(state_file().read_text())
-            return {SockAddr(ip): int(i) for ip, i in data.get("endpoints", {}).items()}
-        except (OSError, ValueError, TypeError, AttributeError):
+            text = path.read_text()
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            log.warning("Unable to read %s: %s; taking no endpoint as ours.", path,
+                        exc.strerror)
+            return {}
+        try:
+            entries = json.loads(text)["endpoints"].items()
+            remembered = {SockAddr(ip): i for ip, i in entries
+                          if type(i) is int and 0 < i <= 255}
+            if len(remembered) != len(entries):
+                raise ValueError("an entry is not an address and an ID 1..255")
+            return remembered
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+            log.warning("Ignoring the corrupt %s (%s); taking no endpoint as ours.", path,
+                        exc)
             return {}
 
     def _save_state(self) -> None:
@@ -318,7 +336,7 @@ class AddressAdvertiser:
             os.replace(tmp, path)
             self._state_written = text
         except OSError as exc:
-            log.debug("Unable to remember the endpoints in %s: %s", path, exc)
+            log.warning("Unable to remember the endpoints in %s: %s", path, exc)
 
 
 _advertiser = AddressAdvertiser()

@@ -227,3 +227,26 @@ async def test_a_restarted_plugin_takes_its_endpoints_over(plugin: Any) -> None:
     assert pm2.commands("set_limits")[-1] == ("set_limits", ([(1, 3), (0, 0)],))
     plugin.link_down(IF3, pm2)
     assert pm2.commands("remove") == [("remove", (1,))]  # but managed as ours
+
+
+@pytest.mark.parametrize("text", [
+    '{"endpoints": {"192.0.2.1": 1e400}}',
+    '{"endpoints": {"192.0.2.1": 999}}',
+    '{"endpoints": {"not an address": 1}}',
+    '{"endpoints": []}',
+    "[" * 100_000,
+    "\x00\xff garbage",
+])
+async def test_a_corrupt_state_file_is_warned_about_and_nothing_taken_as_ours(
+        plugin: Any, text: str, caplog: pytest.LogCaptureFixture) -> None:
+    path = plugin.state_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, errors="surrogateescape")
+    pm = FakePM()
+    await started(plugin, pm, [AddrInfo(A1, 1)])  # an endpoint it cannot prove its own
+    assert f"Ignoring the corrupt {path}" in caplog.text
+    plugin.new_local_address(IF2, A1, pm)
+    plugin.new_local_address(IF3, A2, pm)  # and it goes on working
+    assert [args[0] for _, args in pm.commands("add")] == [A2]
+    plugin.delete_local_address(IF2, A1, pm)
+    assert pm.commands("remove") == []  # never removed: not proven ours
