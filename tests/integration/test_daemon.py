@@ -62,6 +62,27 @@ def test_sigint_is_a_clean_shutdown_too(lab: Lab, tmp_path: Path) -> None:
     assert daemon.stop(signal.SIGINT) == 0
 
 
+def test_one_daemon_per_network_namespace(lab: Lab, tmp_path: Path) -> None:
+    first = start(lab, tmp_path)
+    first.wait_output(READY, timeout=20)
+    second = lab.start_mptcpd("--log=stderr", f"--plugin-dir={tmp_path / 'plugins'}",
+                              config="[core]\n", env=daemon_env())
+    assert second.wait(20) == 1
+    assert (f"mptcpd is already running in this network namespace (pid {first.pid})"
+            in second.output())
+    # One in the other namespace is another matter.
+    other = lab.start_mptcpd("--log=stderr", f"--plugin-dir={tmp_path / 'plugins'}",
+                             ns=lab.server, config="[core]\n", env=daemon_env())
+    other.wait_output(READY, timeout=20)
+    assert first.popen.poll() is None
+    assert first.stop() == 0 and other.stop() == 0
+    # The lock goes with its holder: a new daemon starts.
+    third = lab.start_mptcpd("--log=stderr", f"--plugin-dir={tmp_path / 'plugins'}",
+                             config="[core]\n", env=daemon_env())
+    third.wait_output(READY, timeout=20)
+    assert third.stop() == 0
+
+
 def test_sighup_does_not_kill_the_daemon(lab: Lab, tmp_path: Path) -> None:
     daemon = start(lab, tmp_path)
     daemon.wait_output(READY, timeout=20)

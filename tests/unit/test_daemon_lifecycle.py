@@ -24,6 +24,7 @@ import pytest
 from mptcpd.config import Config
 from mptcpd.daemon import app
 from mptcpd.daemon.app import Daemon, KernelSide
+from mptcpd.daemon.lock import AlreadyRunning, NamespaceLock
 from mptcpd.daemon.systemd import Notifier
 from mptcpd.errors import NotReady
 from mptcpd.netlink.diag import MptcpConnection
@@ -228,7 +229,9 @@ def daemon(tmp_path: Path) -> Daemon:
     kernel = KernelSide(check_kernel=kernel_ok, path_manager=lambda: "kernel",
                         channel=FakeChannel, watcher=FakeWatcher, reader=FakeReader,
                         rtnl=FakeRtnl, list_connections=no_connections)
-    return Daemon(config, notifier=Notifier(send=record_state), kernel=kernel)
+    daemon = Daemon(config, notifier=Notifier(send=record_state), kernel=kernel)
+    daemon.lock = NamespaceLock(tmp_path / "mptcpd.lock")  # never the host's /run
+    return daemon
 
 
 async def until(condition: Callable[[], bool], turns: int = 10_000) -> None:
@@ -352,3 +355,28 @@ async def test_a_network_feed_that_cannot_recover_makes_the_daemon_exit_1(
     daemon.network_feed.on_failure("network monitor stopped: rtnetlink socket lost")
     assert await asyncio.wait_for(serving, 10) == 1
     assert "network monitor stopped: rtnetlink socket lost" in caplog.text
+
+
+async def test_a_second_daemon_in_the_namespace_exits_1(
+        daemon: Daemon, caplog: pytest.LogCaptureFixture) -> None:
+    holder = NamespaceLock(daemon.lock.path)
+    holder.acquire()
+    try:
+        assert await asyncio.wait_for(daemon.serve(), 10) == 1
+    finally:
+        holder.release()
+    assert f"mptcpd is already running in this network namespace (pid {os.getpid()})" \
+        in caplog.text
+    assert "watcher start" not in ORDER  # nothing opened
+
+
+def test_the_lock_is_exclusive_and_goes_with_its_holder(tmp_path: Path) -> None:
+    path = tmp_path / "run" / "mptcpd.lock"
+    first, second = NamespaceLock(path), NamespaceLock(path)
+    first.acquire()
+    with pytest.raises(AlreadyRunning) as caught:
+        second.acquire()
+    assert caught.value.pid == os.getpid()
+    first.release()
+    second.acquire()
+    second.release()

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 from mptcpd import events as ev
 from mptcpd.config import Config
 from mptcpd.daemon.dispatch import Dispatcher
+from mptcpd.daemon.lock import AlreadyRunning, NamespaceLock
 from mptcpd.daemon.network import NetworkFeed, RtnlSource
 from mptcpd.daemon.systemd import Notifier
 from mptcpd.errors import KernelError, NotReady
@@ -148,6 +149,7 @@ class Daemon:
         self.dispatcher = Dispatcher(self.registry, self.pm)
         self.watcher = kernel.watcher(self._family_appeared, self._family_vanished)
         self.reader: Reader | None = None
+        self.lock = NamespaceLock()
         self._plugins_loaded = False
         self._stop = asyncio.Event()
         self._fatal: str | None = None
@@ -202,6 +204,14 @@ class Daemon:
         if not self.kernel.check_kernel():
             log.error("Required kernel MPTCP support not available.")
             raise StartupError
+        try:
+            self.lock.acquire()
+        except AlreadyRunning as exc:
+            log.error("%s", exc)
+            raise StartupError from exc
+        except OSError as exc:  # no runtime directory: run on, unguarded
+            log.warning("Unable to lock %s: %s; another mptcpd in this network "
+                        "namespace would not be noticed.", self.lock.path, exc.strerror)
         pm_type = self.kernel.path_manager()
         if pm_type:
             log.info("The kernel uses the %s path manager.", pm_type)
@@ -421,6 +431,7 @@ class Daemon:
         await self.network_feed.close()
         await self.watcher.stop()
         await self.channel.close()
+        self.lock.release()
 
 
 def main(config: Config) -> int:
