@@ -140,6 +140,7 @@ class FakeWatcher:
                  on_vanished: Callable[[], object]) -> None:
         self.on_appeared = on_appeared
         self.on_vanished = on_vanished
+        self.on_failure: Callable[[str], object] | None = None
         self.timeout = 3600.0
         FakeWatcher.instances.append(self)
 
@@ -380,3 +381,14 @@ def test_the_lock_is_exclusive_and_goes_with_its_holder(tmp_path: Path) -> None:
     first.release()
     second.acquire()
     second.release()
+
+
+async def test_a_family_watcher_that_stops_makes_the_daemon_exit_1(
+        daemon: Daemon, caplog: pytest.LogCaptureFixture) -> None:
+    serving = asyncio.create_task(daemon.serve())
+    await until(lambda: "watcher start" in ORDER)
+    watcher = FakeWatcher.instances[0]
+    assert watcher.on_failure is not None
+    watcher.on_failure("nlctrl notification socket failed: [Errno 5] Input/output error")
+    assert await asyncio.wait_for(serving, 10) == 1
+    assert "nlctrl notification socket failed" in caplog.text

@@ -7,7 +7,10 @@ directory.
 
 from __future__ import annotations
 
+import collections
+import errno
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -169,3 +172,38 @@ def test_kernel_path_manager(tmp_path: Path, files: dict[str, str],
     for name, text in files.items():
         (tmp_path / name).write_text(text)
     assert kernel_path_manager(tmp_path) == expected
+
+
+class BrokenSocket:
+    """A notification socket whose reads fail with ``errno`` after one
+    message that cannot be parsed."""
+
+    def __init__(self, error: int) -> None:
+        self.backlog: collections.deque[bytes] = collections.deque([b"\x01\x02 garbage"])
+        self.closed = False
+        self.error = error
+
+    async def recv(self) -> bytes:
+        raise OSError(self.error, os.strerror(self.error))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def test_a_watch_that_ends_before_stop_is_reported(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A bad message is logged and skipped; a socket that fails ends the
+    watch, and on_failure hears why (the daemon exits 1 then)."""
+    w = FamilyWatcher(timeout=30)
+    reasons: list[str] = []
+    w.on_failure = reasons.append
+    w._sock = BrokenSocket(errno.EIO)  # type: ignore[assignment]
+    await w._read_loop()
+    assert reasons == ["nlctrl notification socket failed: [Errno 5] Input/output error"]
+    # Closed by stop(): no failure.
+    reasons.clear()
+    sock = BrokenSocket(errno.EBADF)
+    sock.closed = True
+    w._sock = sock  # type: ignore[assignment]
+    await w._read_loop()
+    assert reasons == []

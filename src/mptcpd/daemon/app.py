@@ -80,6 +80,7 @@ class Watcher(Protocol):
     """What the daemon needs of the family watcher (:class:`FamilyWatcher`)."""
 
     timeout: float
+    on_failure: Callable[[str], object] | None
 
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
@@ -148,6 +149,7 @@ class Daemon:
         )
         self.dispatcher = Dispatcher(self.registry, self.pm)
         self.watcher = kernel.watcher(self._family_appeared, self._family_vanished)
+        self.watcher.on_failure = self._fail
         self.reader: Reader | None = None
         self.lock = NamespaceLock()
         self._plugins_loaded = False

@@ -113,6 +113,8 @@ class FamilyWatcher:
     ) -> None:
         self.on_appeared = on_appeared
         self.on_vanished = on_vanished
+        #: called with the reason if the watch ever ends before :meth:`stop`.
+        self.on_failure: Callable[[str], object] | None = None
         self.netns = netns
         self.timeout = timeout
         self.family = family
@@ -218,23 +220,37 @@ class FamilyWatcher:
     # -- notifications -------------------------------------------------------
 
     async def _read_loop(self) -> None:
+        """Read notifications until :meth:`stop`; if reading ends otherwise,
+        tell ``on_failure`` why (the daemon then exits rather than miss the
+        family's coming and going)."""
+        reason = await self._read()
+        if reason is not None:
+            log.error("%s", reason)
+            if self.on_failure is not None:
+                self.on_failure(reason)
+
+    async def _read(self) -> str | None:
+        """Why reading stopped (None: the socket was closed by :meth:`stop`)."""
         sock = self._sock
         while sock is not None and not sock.closed:
             try:
                 data = sock.backlog.popleft() if sock.backlog else await sock.recv()
             except OSError as exc:
-                if exc.errno in (errno.ECONNRESET, errno.EBADF) or sock.closed:
-                    return
+                if sock.closed:
+                    return None
                 if exc.errno != errno.ENOBUFS:
-                    log.warning("nlctrl notification socket failed: %s", exc)
-                    return
+                    return f"nlctrl notification socket failed: {exc}"
                 # Notifications were lost: ask again rather than guess.
                 log.warning("nlctrl notifications overrun; asking for the "
                             "family again")
                 if self._request is None or self._request.done():
                     self._request = asyncio.create_task(self.request())
                 continue
-            self.handle_ctrl_message(data)
+            try:
+                self.handle_ctrl_message(data)
+            except Exception:  # one bad message must not end the watch
+                log.exception("Unable to handle an nlctrl message")
+        return None if sock is None or sock.closed else "nlctrl notification socket lost"
 
     def handle_ctrl_message(self, data: bytes) -> None:
         """Act on one nlctrl datagram: NEWFAMILY/DELFAMILY notifications and
