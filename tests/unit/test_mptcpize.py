@@ -37,6 +37,7 @@ def mptcpize(*args: str, env: dict[str, str] | None = None,
 @pytest.mark.parametrize(("args", "status", "stdout", "stderr"), [
     (("--help",), 0, HELP, ""),
     (("-?",), 0, HELP, ""),
+    (("-h",), 0, HELP, ""),
     (("--hel",), 0, HELP, ""),
     (("--usage",), 0, "Usage: mptcpize [-?V] [--help] [--usage] [--version] CMD\n", ""),
     (("-V",), 0, f"mptcpize {__version__}\n", ""),

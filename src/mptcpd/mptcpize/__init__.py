@@ -16,7 +16,7 @@ environment of ``run``; a ``.socket`` gets ``SocketProtocol=mptcp`` (systemd
 
 The command line, messages and exit statuses are those of the C mptcpize:
 argp's for options (64 for a usage error), 255 for a missing or unknown
-command, 1 for a failure.
+command, 1 for a failure; ``-h`` is accepted for ``--help`` as well.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def parse_options(args: Sequence[str]) -> list[str]:
         if arg == "--":
             break
         names = [_long_option(arg)] if arg.startswith("--") else [
-            {"?": "help", "V": "version"}.get(c, f"-{c}") for c in arg[1:]]
+            {"?": "help", "h": "help", "V": "version"}.get(c, f"-{c}") for c in arg[1:]]
         for name in names:
             if name == "help":
                 raise Exit(0, stdout=HELP)
