@@ -266,16 +266,10 @@ class PluginDriver:
         ownership checks: the file and its directory must be owned by root or
         you, and not group- or world-writable)."""
         path = Path(path)
-        driver = cls.__new__(cls)
-        driver.pm = pm if pm is not None else FakePathManager()
-        driver.registry = _StrictRegistry()
-        load_plugins(driver.registry, str(path.parent), [path.stem], entry_points=False)
-        loaded = driver.registry.plugins
-        if not loaded:
-            raise HookFailed(f"{path}: the plugin did not load (see the log)")
-        driver.plugin = loaded[0]
-        driver._start()
-        return driver
+        checked = PluginRegistry()
+        load_plugins(checked, str(path.parent), [path.stem], entry_points=False)
+        plugin = checked.plugins[0]  # load_plugins raises when nothing loaded
+        return cls(plugin.module, pm, plugin.source)  # type: ignore[arg-type]
 
     def _start(self) -> None:
         self.dispatcher = Dispatcher(self.registry, self.pm, self.plugin)

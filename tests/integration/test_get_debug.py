@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab import Lab
+from tests.integration.test_events import netlink_groups, socket_inodes
+from tests.lab import Lab, wait_for
 
 COMMAND = str(Path(sys.executable).with_name("mptcp-get-debug"))
 TITLES = ("uname -a", "/etc/os-release", "sysctl net.mptcp", "ip mptcp endpoint show",
@@ -30,6 +31,13 @@ def test_collect_shows_the_namespaces_state(lab: Lab) -> None:
     assert "net.mptcp.enabled = 1" in out
 
 
+def monitor_joined(lab: Lab, pid: int) -> bool:
+    """Whether a child of ``pid`` has a netlink socket in a multicast group."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    groups = netlink_groups(lab.client)
+    return any(groups.get(ino) for child in children for ino in socket_inodes(int(child)))
+
+
 @pytest.mark.lab(links=1)
 def test_reproduce_records_the_events_until_enter(lab: Lab) -> None:
     recorder = subprocess.Popen(["ip", "netns", "exec", lab.client, COMMAND, "-r"],
@@ -38,6 +46,10 @@ def test_reproduce_records_the_events_until_enter(lab: Lab) -> None:
     try:
         assert recorder.stderr is not None and recorder.stdin is not None
         assert "Reproduce the problem now" in recorder.stderr.readline()
+        # Connect only once the tool's `ip mptcp monitor` has joined the
+        # event group (the tool itself waits a fixed half second for it).
+        wait_for(lambda: monitor_joined(lab, recorder.pid), timeout=10,
+                 what="ip mptcp monitor to join the event group")
         server = lab.python(lab.server, "-m", "tests.lab.traffic", "server",
                             "--duration", "30")
         server.wait_output("listening")

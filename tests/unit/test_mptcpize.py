@@ -18,13 +18,26 @@ from mptcpd import __version__
 from mptcpd.mptcpize import HELP, SHORT_HELP, shim
 
 MPTCPIZE = Path(sys.executable).with_name("mptcpize")
-HELP_HEAD = ("Usage: mptcpize [OPTION...] CMD\n"
-             "mptcpize - a tool to enable MPTCP usage on unmodified legacy services\n\n"
-             "  -?, --help                 Give this help list\n"
-             "      --usage                Give a short usage message\n"
-             "  -V, --version              Print program version\n\n"
-             "Available CMDs:\n"
-             "\trun [-d] prog [<args>]    Run target program with specified\n")
+# C mptcpize 0.12's texts, as Debian's binary prints them.
+COMMANDS = (
+    "Available CMDs:\n"
+    "\trun [-d] prog [<args>]    Run target program with specified\n"
+    "\t                          arguments, forcing MPTCP socket usage\n"
+    "\t                          instead of TCP.  If the '-d' argument\n"
+    "\t                          is provided, dump messages on stderr\n"
+    "\t                          when a TCP socket is forced to MPTCP.\n\n"
+    "\tenable <unit>             Update the systemd <unit>, forcing\n"
+    "\t                          the given service to run under the\n"
+    "\t                          above launcher.\n\n"
+    "\tdisable <unit>            Update the systemd <unit>, removing\n"
+    "\t                          the above launcher.\n\n"
+    "Report bugs to <mptcp@lists.linux.dev>.\n")
+TITLE = "mptcpize - a tool to enable MPTCP usage on unmodified legacy services\n"
+C_HELP = ("Usage: mptcpize [OPTION...] CMD\n" + TITLE + "\n"
+          "  -?, --help                 Give this help list\n"
+          "      --usage                Give a short usage message\n"
+          "  -V, --version              Print program version\n\n" + COMMANDS)
+C_SHORT_HELP = "Usage: mptcpize CMD\n" + TITLE + "\n" + COMMANDS
 TRY = "Try `mptcpize --help' or `mptcpize --usage' for more information.\n"
 
 
@@ -60,11 +73,8 @@ def test_the_command_line_answers_as_c_mptcpize(
     assert (proc.returncode, proc.stdout, proc.stderr) == (status, stdout, stderr)
 
 
-def test_the_help_text_is_c_mptcpizes() -> None:
-    assert HELP.startswith(HELP_HEAD)
-    assert HELP.endswith("Report bugs to <mptcp@lists.linux.dev>.\n")
-    assert SHORT_HELP.startswith("Usage: mptcpize CMD\nmptcpize - a tool")
-    assert "Give this help list" not in SHORT_HELP
+def test_the_help_texts_are_c_mptcpizes() -> None:
+    assert (HELP, SHORT_HELP) == (C_HELP, C_SHORT_HELP)
 
 
 ENV_DUMP = "import json, os; print(json.dumps(dict(os.environ)))"

@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,18 +69,18 @@ def build_wheel(tmp_path: Path) -> Path:
     return wheel
 
 
-def install(wheel: Path, prefix: Path) -> Path:
+def install(wheel: Path, prefix: Path) -> tuple[Path, Path]:
     """A bare virtual environment with the wheel unpacked into its
-    site-packages, as pip would install it; returns its interpreter."""
+    site-packages, as pip would install it: its interpreter and site-packages."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(prefix)],
                    check=True, timeout=120)
     python = prefix / "bin" / "python"
-    purelib = subprocess.run(
+    purelib = Path(subprocess.run(
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True, capture_output=True, text=True, timeout=60).stdout.strip()
+        check=True, capture_output=True, text=True, timeout=60).stdout.strip())
     with zipfile.ZipFile(wheel) as archive:
         archive.extractall(purelib)
-    return python
+    return python, purelib
 
 
 def mypy(python: Path, directory: Path, *files: str) -> subprocess.CompletedProcess[str]:
@@ -98,7 +97,7 @@ def test_a_plugin_from_the_guide_type_checks_against_the_installed_package(
     wheel = build_wheel(tmp_path)
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"mptcpd/py.typed", "mptcpd/plugin.py", "mptcpd/testing.py"} <= names
-    python = install(wheel, tmp_path / "venv")
+    python, purelib = install(wheel, tmp_path / "venv")
     directory = plugin_dir(tmp_path, **{"hello.py": guide.minimal_plugin(),
                                         "test_hello.py": guide.plugin_test()})
     checked = mypy(python, directory, "hello.py", "test_hello.py")
@@ -115,13 +114,9 @@ def test_a_plugin_from_the_guide_type_checks_against_the_installed_package(
     assert 'Missing positional argument "raddr"' in bad.stdout
     assert '"NetworkView" has no attribute "register"' in bad.stdout
     # Without the PEP 561 marker an installed package is not type-checked.
-    purelib = Path(subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True, capture_output=True, text=True).stdout.strip())
     (purelib / "mptcpd" / "py.typed").unlink()
     unmarked = mypy(python, directory, "hello.py")
     assert unmarked.returncode == 1 and "py.typed" in unmarked.stdout, unmarked.stdout
-    assert sysconfig.get_paths()["purelib"] != str(purelib)
 
 
 # -- the kit itself ----------------------------------------------------------------

@@ -90,11 +90,7 @@ def fail(message: str) -> Exit:
 def _long_option(arg: str) -> str:
     name, eq, _ = arg[2:].partition("=")
     matches = [o for o in ("help", "usage", "version") if o.startswith(name)] if name else []
-    if len(matches) != 1:
-        if matches:
-            names = " ".join(f"'--{o}'" for o in matches)
-            raise Exit(EX_USAGE, stderr=f"{PROGRAM}: option '{arg}' is ambiguous; "
-                                       f"possibilities: {names}\n{TRY}")
+    if not matches:  # the three names share no prefix: never ambiguous
         raise Exit(EX_USAGE, stderr=f"{PROGRAM}: unrecognized option '{arg}'\n{TRY}")
     if eq:
         raise Exit(EX_USAGE, stderr=f"{PROGRAM}: option '--{matches[0]}' doesn't allow "
