@@ -27,7 +27,7 @@ from mptcpd.daemon.app import Daemon, KernelSide
 from mptcpd.daemon.lock import AlreadyRunning, NamespaceLock
 from mptcpd.daemon.systemd import Notifier
 from mptcpd.errors import NotReady
-from mptcpd.netlink.diag import MptcpConnection
+from mptcpd.netlink.diag import MptcpConnection, MptcpSubflow
 from mptcpd.netlink.rtnl_monitor import AddressMessage, LinkMessage, RouteLookup
 from mptcpd.types import IFF_RUNNING, IFF_UP, NotifyFlags
 
@@ -206,6 +206,10 @@ async def no_connections() -> list[MptcpConnection]:
     return []
 
 
+async def no_subflows() -> list[MptcpSubflow]:
+    return []
+
+
 def record_state(state: str) -> bool:
     ORDER.append(state.replace("\n", " "))
     return True
@@ -229,7 +233,8 @@ def daemon(tmp_path: Path) -> Daemon:
 
     kernel = KernelSide(check_kernel=kernel_ok, path_manager=lambda: "kernel",
                         channel=FakeChannel, watcher=FakeWatcher, reader=FakeReader,
-                        rtnl=FakeRtnl, list_connections=no_connections)
+                        rtnl=FakeRtnl, list_connections=no_connections,
+                        list_subflows=no_subflows)
     daemon = Daemon(config, notifier=Notifier(send=record_state), kernel=kernel)
     daemon.lock = NamespaceLock(tmp_path / "mptcpd.lock")  # never the host's /run
     return daemon

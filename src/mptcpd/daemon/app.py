@@ -36,7 +36,12 @@ from mptcpd.daemon.lock import AlreadyRunning, NamespaceLock
 from mptcpd.daemon.network import NetworkFeed, RtnlSource
 from mptcpd.daemon.systemd import Notifier
 from mptcpd.errors import KernelError, NotReady
-from mptcpd.netlink.diag import MptcpConnection, list_mptcp_connections
+from mptcpd.netlink.diag import (
+    MptcpConnection,
+    MptcpSubflow,
+    list_mptcp_connections,
+    list_mptcp_subflows,
+)
 from mptcpd.netlink.family import FamilyWatcher
 from mptcpd.netlink.genl_commands import CommandChannel
 from mptcpd.netlink.genl_events import EventReader
@@ -118,6 +123,8 @@ class KernelSide:
     #: the live MPTCP connections (sock_diag).
     list_connections: Callable[[], Awaitable[Sequence[MptcpConnection]]] = (
         list_mptcp_connections)
+    #: the subflows of the live MPTCP connections (sock_diag).
+    list_subflows: Callable[[], Awaitable[Sequence[MptcpSubflow]]] = list_mptcp_subflows
 
 
 class Daemon:
@@ -365,8 +372,9 @@ class Daemon:
                 self.reader.overrun_pending = False
 
     async def _reconcile_connections(self, at_startup: bool) -> bool:
-        """Bring the connection bindings in line with sock_diag's listing (at
-        startup, or after lost events); False when the listing failed (logged)."""
+        """Bring the connection bindings and their subflows in line with
+        sock_diag's listings (at startup, or after lost events); False when
+        the connections could not be listed (logged)."""
         when = "at startup" if at_startup else "after lost events"
         self.dispatcher.begin_reconcile()
         try:
@@ -375,10 +383,16 @@ class Daemon:
             self.dispatcher.reconcile_cancel()
             log.warning("Unable to list the MPTCP connections %s: %s", when, exc)
             return False
+        subflows: Sequence[MptcpSubflow] | None
+        try:
+            subflows = await self.kernel.list_subflows()
+        except Exception as exc:  # the connections are reconciled all the same
+            log.warning("Unable to list the MPTCP subflows %s: %s", when, exc)
+            subflows = None
         self.dispatcher.reconcile({
             c.token: (c.laddr, c.raddr, c.server_side, c.established)
             for c in connections if not c.fallback  # no events exist for those
-        }, at_startup=at_startup)
+        }, at_startup=at_startup, subflows=subflows)
         if at_startup:
             log.info("%d MPTCP connection(s) existed at startup.", len(connections))
         else:
