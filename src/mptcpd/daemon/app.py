@@ -166,6 +166,7 @@ class Daemon:
         self._init_task: asyncio.Task[None] | None = None
         self._replayed = False
         self._resync_task: asyncio.Task[None] | None = None
+        self._channel_closing: asyncio.Task[None] | None = None
 
     # -- running ------------------------------------------------------------
 
@@ -249,8 +250,11 @@ class Daemon:
 
     def _family_appeared(self, family_id: int) -> None:
         self.pm.set_ready(True)
-        if self._init_task is None or self._init_task.done():
-            self._init_task = self._spawn(self._complete_init(), "initialisation")
+        previous = self._init_task
+        # A cancelled attempt (the family vanished meanwhile) is not done
+        # until it has run once more: start a new one, which waits for it.
+        if previous is None or previous.done() or previous.cancelling():
+            self._init_task = self._spawn(self._complete_init(previous), "initialisation")
 
     def _family_vanished(self) -> None:
         self.pm.set_ready(False)
@@ -259,12 +263,20 @@ class Daemon:
         self._close_reader()
         # The channel is bound to the family's id: open it anew when the
         # family comes back.
-        self._spawn(self.channel.close(), "closing the command channel")
+        self._channel_closing = self._spawn(self.channel.close(),
+                                            "closing the command channel")
         self.notifier.status("Waiting for the mptcp_pm generic netlink family")
         self.dispatcher.pm_not_ready()
 
-    async def _complete_init(self) -> None:
-        """Once the family is there: ID sync, plugins, event join, ready."""
+    async def _complete_init(self, previous: asyncio.Task[None] | None = None) -> None:
+        """Once the family is there: ID sync, plugins, event join, ready.
+
+        ``previous`` is the attempt a vanishing family cancelled: it ends,
+        and the channel it was using is closed, before this one starts.
+        """
+        for task in (previous, self._channel_closing):
+            if task is not None and not task.done():
+                await asyncio.wait([task])
         try:
             if not self.channel.is_open:
                 await self.channel.open()
