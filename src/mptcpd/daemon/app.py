@@ -46,6 +46,7 @@ from mptcpd.plugins.registry import PluginRegistry
 from mptcpd.pm.id_manager import IdManager
 from mptcpd.pm.listener_manager import ListenerManager
 from mptcpd.pm.network_monitor import NetworkMonitor
+from mptcpd.pm.policy import Policy
 from mptcpd.pm.path_manager import PathManager
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,8 @@ class Daemon:
         self.channel = kernel.channel(max_queue=config.command_queue_size,
                                       on_failure=self._channel_failed)
         self.network_monitor = NetworkMonitor(
-            config.notify_flags, route_wait_timeout=config.check_route_timeout)
+            config.notify_flags, route_wait_timeout=config.check_route_timeout,
+            policy=Policy.from_config(config))
         self.network_feed = NetworkFeed(self.network_monitor, kernel.rtnl,
                                         on_failure=self._fail)
         self.id_manager = IdManager()

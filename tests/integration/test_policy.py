@@ -1,0 +1,79 @@
+"""The interface and address policy (issue 13) on the real kernel, with
+addr_adv making the endpoints: allowed, denied and denied-by-kind
+interfaces, address classes, per-interface flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_daemon import READY, daemon_env
+from tests.lab import Endpoint, Lab, Process, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+PLUGINS = str(ROOT / "plugins")
+
+POLICY = """[core]
+addr-flags=subflow
+notify-flags=existing
+skip-address-classes=link-local,deprecated
+[interfaces]
+deny=c2
+deny-kinds=ifb
+[interface c3]
+addr-flags=subflow,backup
+"""
+
+
+def start(lab: Lab, config: str, *args: str) -> Process:
+    daemon = lab.start_mptcpd(
+        "--log=stderr", "--debug", f"--plugin-dir={PLUGINS}", "--load-plugins=addr_adv",
+        "--path-manager=addr_adv", *args, config=config, env=daemon_env())
+    daemon.wait_output(READY, timeout=20)
+    return daemon
+
+
+def endpoints(lab: Lab) -> dict[str, Endpoint]:
+    return {e.address: e for e in lab.endpoints(lab.client)}
+
+
+def wait_endpoints(lab: Lab, addresses: set[str], timeout: float = 10) -> dict[str, Endpoint]:
+    return wait_for(lambda: (eps := endpoints(lab)).keys() == addresses and eps,
+                    timeout, what=f"endpoints {sorted(addresses)}")
+
+
+def link_addresses(lab: Lab, *indexes: int) -> set[str]:
+    return {str(a) for link in lab.links if link.index in indexes
+            for a in (link.client4, link.client6)}
+
+
+@pytest.mark.lab(links=3)
+def test_allowed_denied_and_denied_by_kind_interfaces_and_classes(lab: Lab) -> None:
+    # An ifb interface (kind "ifb", up and running), and a deprecated address on c1.
+    lab.ip(lab.client, "link", "add", "dum0", "type", "ifb")
+    lab.ip(lab.client, "-6", "addr", "add", "2001:db8:ff::1/64", "dev", "dum0", "nodad")
+    lab.ip(lab.client, "link", "set", "dum0", "up")
+    lab.ip(lab.client, "-6", "addr", "add", "2001:db8:1::99/64", "dev", "c1", "nodad",
+           "preferred_lft", "0")
+    daemon = start(lab, POLICY)
+    # c1 and c3 only; no link-local (every veth has one), no deprecated one.
+    eps = wait_endpoints(lab, link_addresses(lab, 1, 3))
+    c1, c3 = lab.links[0], lab.links[2]
+    for a in (c1.client4, c1.client6):
+        assert eps[str(a)].flags == {"subflow"} and eps[str(a)].dev == "c1"
+    for a in (c3.client4, c3.client6):
+        assert eps[str(a)].flags == {"subflow", "backup"} and eps[str(a)].dev == "c3"
+    # At run time: an address on the denied link, on the dummy and a
+    # deprecated one get nothing; one on c1 gets its endpoint.
+    lab.ip(lab.client, "addr", "add", "198.51.100.77/24", "dev", "c2")
+    lab.ip(lab.client, "-6", "addr", "add", "2001:db8:ff::2/64", "dev", "dum0", "nodad")
+    lab.ip(lab.client, "-6", "addr", "add", "2001:db8:1::98/64", "dev", "c1", "nodad",
+           "preferred_lft", "0")
+    lab.ip(lab.client, "addr", "add", "192.0.2.77/24", "dev", "c1")
+    wait_endpoints(lab, link_addresses(lab, 1, 3) | {"192.0.2.77"})
+    out = daemon.output()
+    assert 'Network interface c2(' in out and 'is denied by "c2"' in out
+    assert 'Network interface dum0(' in out and 'is its kind "ifb" is denied' in out
+    assert daemon.stop() == 0
+    assert endpoints(lab).keys() == link_addresses(lab, 1, 3) | {"192.0.2.77"}
