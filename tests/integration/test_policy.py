@@ -4,6 +4,7 @@ interfaces, address classes, per-interface flags."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,57 @@ def test_allowed_denied_and_denied_by_kind_interfaces_and_classes(lab: Lab) -> N
     assert 'Network interface dum0(' in out and 'is its kind "ifb" is denied' in out
     assert daemon.stop() == 0
     assert endpoints(lab).keys() == link_addresses(lab, 1, 3) | {"192.0.2.77"}
+
+
+def addr_flags(lab: Lab, ifname: str, address: str) -> set[str] | None:
+    """The flags ``ip -j addr`` shows for ``address`` on ``ifname`` (None: absent)."""
+    out = lab.ip(lab.client, "-j", "addr", "show", "dev", ifname).stdout
+    for info in json.loads(out)[0].get("addr_info", []):
+        if info.get("local") == address:
+            return {k for k, v in info.items() if v is True} | (
+                {"deprecated"} if info.get("preferred_life_time") == 0 else set())
+    return None
+
+
+@pytest.mark.lab(links=1)
+def test_dad_holds_an_address_back_until_it_completes_and_forever_if_it_fails(
+        lab: Lab) -> None:
+    c1 = lab.links[0]
+    # A DAD of about three seconds on c1 (three probes a second apart).
+    lab.sysctl(lab.client, f"net.ipv6.conf.{c1.client_if}.dad_transmits", "3")
+    lab.sysctl(lab.client, f"net.ipv6.conf.{c1.client_if}.accept_dad", "1")
+    daemon = start(lab, "[core]\naddr-flags=subflow\nnotify-flags=existing,"
+                        "skip_link_local\nskip-address-classes=deprecated\n")
+    base = {str(c1.client4), str(c1.client6)}
+    wait_endpoints(lab, base)
+    fresh = "2001:db8:1::50"
+    lab.ip(lab.client, "-6", "addr", "add", f"{fresh}/64", "dev", c1.client_if)
+    # While the kernel says the address is tentative, it has no endpoint.
+    checked = 0
+    for _ in range(200):
+        before = addr_flags(lab, c1.client_if, fresh)
+        present = fresh in endpoints(lab)
+        after = addr_flags(lab, c1.client_if, fresh)
+        if not (before and "tentative" in before and after and "tentative" in after):
+            break
+        assert not present, "an endpoint for a tentative address"
+        checked += 1
+    assert checked > 0, "DAD ended before it could be watched"
+    wait_endpoints(lab, base | {fresh})
+    # A duplicate of the server's address: DAD fails, no endpoint ever.
+    duplicate = str(c1.server6)
+    lab.ip(lab.client, "-6", "addr", "add", f"{duplicate}/64", "dev", c1.client_if)
+    wait_for(lambda: "dadfailed" in (addr_flags(lab, c1.client_if, duplicate) or ()),
+             15, what="DAD to fail")
+    daemon.wait_output(rf"Address {duplicate} on {c1.client_if} is held back: duplicate "
+                       "address detection failed", timeout=10)
+    assert duplicate not in endpoints(lab)
+    # An address that becomes deprecated loses its endpoint, and gets it
+    # back when its preferred lifetime is renewed.
+    lab.ip(lab.client, "-6", "addr", "change", f"{fresh}/64", "dev", c1.client_if,
+           "preferred_lft", "0")
+    wait_endpoints(lab, base)
+    lab.ip(lab.client, "-6", "addr", "change", f"{fresh}/64", "dev", c1.client_if,
+           "preferred_lft", "forever")
+    wait_endpoints(lab, base | {fresh})
+    assert daemon.stop() == 0

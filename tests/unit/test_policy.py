@@ -18,6 +18,8 @@ from tests.nm_support import Recorder
 from tests.unit.test_network_monitor import DOWN, READY
 
 IFA_F_TEMPORARY, IFA_F_DEPRECATED = 0x01, 0x20
+IFA_F_NODAD, IFA_F_OPTIMISTIC, IFA_F_DADFAILED, IFA_F_TENTATIVE = 0x02, 0x04, 0x08, 0x40
+IFA_F_PERMANENT = 0x80
 B, S = AddrFlags.BACKUP, AddrFlags.SUBFLOW
 
 
@@ -48,6 +50,17 @@ def test_the_default_policy_lets_everything_through() -> None:
     assert policy.interface("docker0", "bridge") is ALLOWED
     for text in ("127.0.0.1", "169.254.1.1", "fe80::1", "fd00::1", "2001:db8::1"):
         assert policy.address(ip(text), IFA_F_TEMPORARY | IFA_F_DEPRECATED) is None
+
+
+@pytest.mark.parametrize("policy", [Policy(), Policy(skip=AC(sum(AC)))])
+def test_dad_always_decides(policy: Policy) -> None:
+    assert policy.address(ip("2001:db8::1"), IFA_F_TENTATIVE | IFA_F_PERMANENT) == \
+        "tentative (duplicate address detection running)"
+    assert policy.address(ip("2001:db8::1"), IFA_F_TENTATIVE | IFA_F_OPTIMISTIC) == \
+        "tentative (duplicate address detection running)"
+    assert policy.address(ip("2001:db8::1"), IFA_F_TENTATIVE | IFA_F_DADFAILED) == \
+        "duplicate address detection failed"
+    assert policy.address(ip("2001:db8::1"), IFA_F_NODAD | IFA_F_PERMANENT) is None
 
 
 @pytest.mark.parametrize(("name", "kind", "denied"), [
@@ -238,3 +251,42 @@ def test_a_new_policy_skipping_a_class_withdraws_those_addresses() -> None:
     assert rec.calls == [("delete_local_address", "eth1", "fd00::1")]
     nm.set_policy(Policy())
     assert rec.calls[-1] == ("new_local_address", "eth1", "fd00::1")
+
+
+# -- duplicate address detection -----------------------------------------------------
+
+
+def test_a_tentative_address_is_reported_when_dad_completes() -> None:
+    nm, rec = monitor(Policy())
+    nm.handle_link(link(2, "eth1"))
+    nm.handle_address(addr(2, "2001:db8::1", IFA_F_TENTATIVE | IFA_F_PERMANENT))
+    assert rec.ops("new_local_address") == []
+    assert nm.get_interface(2).addrs == ()  # type: ignore[union-attr]
+    assert nm.find_interface(SockAddr("2001:db8::1")) is None
+    nm.handle_address(addr(2, "2001:db8::1", IFA_F_PERMANENT))  # DAD done
+    assert rec.ops("new_local_address") == [("new_local_address", "eth1", "2001:db8::1")]
+    nm.handle_address(addr(2, "2001:db8::1", IFA_F_PERMANENT))  # a refresh
+    assert len(rec.ops("new_local_address")) == 1
+
+
+def test_an_address_whose_dad_failed_is_never_reported() -> None:
+    nm, rec = monitor(Policy())
+    nm.handle_link(link(2, "eth1"))
+    nm.handle_address(addr(2, "2001:db8::2", IFA_F_TENTATIVE | IFA_F_PERMANENT))
+    nm.handle_address(addr(2, "2001:db8::2",
+                           IFA_F_TENTATIVE | IFA_F_DADFAILED | IFA_F_PERMANENT))
+    nm.handle_address(addr(2, "2001:db8::2", deleted=True))
+    assert rec.ops("new_local_address", "delete_local_address") == []
+
+
+def test_a_tentative_address_at_startup_waits_too() -> None:
+    nm = NetworkMonitor(NotifyFlags.EXISTING)
+    nm.handle_link(link(2, "eth1"), initial=True)
+    nm.handle_address(addr(2, "2001:db8::1", IFA_F_TENTATIVE), initial=True)
+    nm.handle_address(addr(2, "192.0.2.1"), initial=True)
+    rec = Recorder(key=lambda i: i.name)
+    nm.replay(rec)
+    nm.register(rec)
+    assert rec.calls == [("new_local_address", "eth1", "192.0.2.1")]
+    nm.handle_address(addr(2, "2001:db8::1"))
+    assert rec.calls[-1] == ("new_local_address", "eth1", "2001:db8::1")

@@ -446,10 +446,11 @@ class NetworkMonitor:
                       iface.name, was)
             if iface.visible and entry.state is AddressState.DEFERRED:
                 self._announce(iface, entry)
-        elif was is None:
+        else:
             log.debug("Address %s on %s is held back: %s.", entry.addr, iface.name,
                       reason)
-            self._withdraw(iface, entry)
+            if was is None:
+                self._withdraw(iface, entry)
         return True
 
     def _withdraw(self, iface: _Interface, entry: _Address) -> None:

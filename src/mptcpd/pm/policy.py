@@ -102,6 +102,10 @@ class Policy:
     def address(self, ip: IPAddress, ifa_flags: int = 0) -> str | None:
         """Why the address ``ip`` with the ``IFA_F_*`` flags ``ifa_flags`` is
         kept from plugins, or None when it passes."""
+        if ifa_flags & IFA_F_DADFAILED:
+            return DAD_FAILED
+        if ifa_flags & IFA_F_TENTATIVE:
+            return TENTATIVE
         skip = self.skip
         if not skip:
             return None
