@@ -132,3 +132,28 @@ def test_dad_holds_an_address_back_until_it_completes_and_forever_if_it_fails(
            "preferred_lft", "forever")
     wait_endpoints(lab, base | {fresh})
     assert daemon.stop() == 0
+
+
+@pytest.mark.lab(links=2)
+def test_admin_down_and_up_bring_the_endpoints_back(lab: Lab) -> None:
+    daemon = start(lab, "[core]\naddr-flags=subflow\nnotify-flags=existing,"
+                        "skip_link_local\n")
+    everything = link_addresses(lab, 1, 2)
+    before = wait_endpoints(lab, everything)
+    c2 = lab.links[1]
+    lab.ip(lab.client, "link", "set", c2.client_if, "down")
+    wait_endpoints(lab, link_addresses(lab, 1))
+    lab.ip(lab.client, "link", "set", c2.client_if, "up")
+    lab.wait_link_running(lab.client, c2.client_if)
+    # The IPv4 address stayed on the interface: its endpoint comes back
+    # (C never recreates it).  The kernel dropped the IPv6 one; configured
+    # again, it gets its endpoint again too.
+    wait_for(lambda: str(c2.client4) in endpoints(lab), 10,
+             what="the IPv4 endpoint of c2 after down/up")
+    if addr_flags(lab, c2.client_if, str(c2.client6)) is None:
+        lab.ip(lab.client, "-6", "addr", "add", f"{c2.client6}/64", "dev", c2.client_if,
+               "nodad")
+    after = wait_endpoints(lab, everything)
+    assert {a: e.dev for a, e in after.items()} == {a: e.dev for a, e in before.items()}
+    assert all(e.flags == {"subflow"} for e in after.values())
+    assert daemon.stop() == 0

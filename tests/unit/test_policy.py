@@ -290,3 +290,66 @@ def test_a_tentative_address_at_startup_waits_too() -> None:
     assert rec.calls == [("new_local_address", "eth1", "192.0.2.1")]
     nm.handle_address(addr(2, "2001:db8::1"))
     assert rec.calls[-1] == ("new_local_address", "eth1", "2001:db8::1")
+
+
+# -- administrative down/up (spec 12.2 defect 11, fixed with readdress) ---------------
+
+
+def test_admin_down_withdraws_and_up_reports_the_addresses_again() -> None:
+    nm, rec = monitor(Policy(), readdress=True)
+    nm.handle_link(link(2, "eth1"))
+    nm.handle_address(addr(2, "192.0.2.1"))
+    nm.handle_address(addr(2, "2001:db8::1"))
+    rec.calls.clear()
+    nm.handle_link(link(2, "eth1", DOWN))
+    assert rec.calls == [("delete_local_address", "eth1", "192.0.2.1"),
+                         ("delete_local_address", "eth1", "2001:db8::1"),
+                         ("delete_interface", "eth1", None)]
+    assert rec.interfaces[-1].flags == READY  # the last state plugins saw
+    assert nm.interfaces() == [] and nm.find_interface(SockAddr("192.0.2.1")) is None
+    # The kernel drops the IPv6 address of a downed interface: nothing to say.
+    rec.calls.clear()
+    nm.handle_address(addr(2, "2001:db8::1", deleted=True))
+    assert rec.calls == []
+    nm.handle_link(link(2, "eth1"))
+    assert rec.calls == [("new_interface", "eth1", None),
+                         ("new_local_address", "eth1", "192.0.2.1")]
+    # The IPv6 address comes back when it is configured again.
+    nm.handle_address(addr(2, "2001:db8::1"))
+    assert rec.calls[-1] == ("new_local_address", "eth1", "2001:db8::1")
+
+
+def test_removal_withdraws_the_addresses_first() -> None:
+    nm, rec = monitor(Policy(), readdress=True)
+    nm.handle_link(link(2, "eth1"))
+    nm.handle_address(addr(2, "192.0.2.1"))
+    rec.calls.clear()
+    nm.handle_link(LinkMessage(2, "eth1", 0, deleted=True))
+    assert rec.calls == [("delete_local_address", "eth1", "192.0.2.1"),
+                         ("delete_interface", "eth1", None)]
+    assert not nm.tracking
+
+
+def test_an_interface_down_at_startup_reports_its_addresses_when_it_comes_up() -> None:
+    nm = NetworkMonitor(NotifyFlags(0), readdress=True)
+    nm.handle_link(link(2, "eth1", DOWN), initial=True)
+    nm.handle_link(link(3, "eth2"), initial=True)
+    nm.handle_address(addr(2, "192.0.2.1"), initial=True)
+    nm.handle_address(addr(3, "198.51.100.1"), initial=True)
+    rec = Recorder(key=lambda i: i.name)
+    nm.replay(rec)
+    nm.register(rec)
+    assert rec.calls == []  # without "existing" nothing is replayed
+    nm.handle_link(link(2, "eth1"))
+    assert rec.calls == [("new_interface", "eth1", None),
+                         ("new_local_address", "eth1", "192.0.2.1")]
+
+
+def test_without_readdress_cs_behaviour_is_kept() -> None:
+    nm, rec = monitor(Policy())
+    nm.handle_link(link(2, "eth1"))
+    nm.handle_address(addr(2, "192.0.2.1"))
+    nm.handle_link(link(2, "eth1", DOWN))
+    nm.handle_link(link(2, "eth1"))
+    assert rec.calls[2:] == [("delete_interface", "eth1", None),
+                             ("new_interface", "eth1", None)]

@@ -139,7 +139,7 @@ class Daemon:
                                       on_failure=self._channel_failed)
         self.network_monitor = NetworkMonitor(
             config.notify_flags, route_wait_timeout=config.check_route_timeout,
-            policy=Policy.from_config(config))
+            policy=Policy.from_config(config), readdress=True)
         self.network_feed = NetworkFeed(self.network_monitor, kernel.rtnl,
                                         on_failure=self._fail)
         self.id_manager = IdManager()

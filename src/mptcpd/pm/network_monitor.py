@@ -40,10 +40,23 @@ Semantics are mptcpd's, with these deliberate differences:
   joined late (the daemon calls it once the plugins are loaded, which fixes
   the C daemon's startup race deterministically).
 
-Kept from C: removing an interface sends no
-``delete_local_address`` for its addresses; an interface that comes back
-after an administrative down does not get its remaining addresses re-read;
-renames are not tracked (the first name stays).
+* **Administrative down/up** (spec 12.2 defect 11; ``readdress``, which
+  the daemon turns on): an interface that goes down, or is removed, has its
+  reported addresses withdrawn (``delete_local_address``) before
+  ``delete_interface``; one that is down stays tracked silently with its
+  addresses, so when it comes up it gets ``new_interface`` and then
+  ``new_local_address`` for the addresses it still has (IPv4 addresses
+  survive a down; the kernel removes IPv6 ones, and reports them again when
+  they come back).  C forgets the addresses and never reports them again.
+  Without ``readdress`` C's behaviour is kept.
+* **The policy** (:mod:`mptcpd.pm.policy`) decides, once per change, which
+  interfaces and addresses subscribers hear of at all; see
+  :meth:`NetworkMonitor.set_policy` for changes at run time.
+* **Duplicate address detection**: a tentative address is reported once
+  DAD has completed, never when it failed; a later change of an address's
+  flags (deprecated) is decided again.
+
+Kept from C: renames are not tracked (the first name stays).
 """
 
 from __future__ import annotations
@@ -608,7 +621,8 @@ class NetworkMonitor:
                 self._emit(ev.LocalAddressRemoved(iface.snapshot(), addr))
             return
         reason = self._policy.address(msg.ip, msg.flags)
-        if initial and not self.notify_flags & NotifyFlags.EXISTING:
+        if (initial and not self.notify_flags & NotifyFlags.EXISTING
+                and (iface.visible or not self.readdress)):
             # Recorded silently; the skip flags do not apply (as in C).
             if iface.find(addr) is None:
                 iface.add(_Address(addr, msg.scope, AddressState.SILENT, msg.flags,
