@@ -71,6 +71,7 @@ ADDR_FLAG_TOKENS: tuple[tuple[str, AddrFlags], ...] = (
     ("signal", AddrFlags.SIGNAL),
     ("backup", AddrFlags.BACKUP),
     ("fullmesh", AddrFlags.FULLMESH),
+    ("laminar", AddrFlags.LAMINAR),  # kernel 6.18, mptcpd 0.14
 )
 #: ``notify-flags`` tokens, in the order they are tried and printed.
 NOTIFY_FLAG_TOKENS: tuple[tuple[str, NotifyFlags], ...] = (
@@ -226,7 +227,8 @@ def parse_notify_flags(text: str, *, warn: bool = True) -> NotifyFlags:
 
 
 def addr_flags_to_str(flags: int) -> str:
-    """Known address flags as text, in the fixed order subflow,signal,backup,fullmesh."""
+    """Known address flags as text, in the fixed order
+    subflow,signal,backup,fullmesh,laminar."""
     return ",".join(name for name, bit in ADDR_FLAG_TOKENS if flags & bit)
 
 

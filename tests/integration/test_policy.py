@@ -157,3 +157,29 @@ def test_admin_down_and_up_bring_the_endpoints_back(lab: Lab) -> None:
     assert {a: e.dev for a, e in after.items()} == {a: e.dev for a, e in before.items()}
     assert all(e.flags == {"subflow"} for e in after.values())
     assert daemon.stop() == 0
+
+
+def endpoint_flags_raw(lab: Lab) -> dict[str, str]:
+    """Each endpoint's line of ``ip mptcp endpoint show`` (iproute2 before
+    6.18 does not know ``laminar`` by name)."""
+    out = lab.ip(lab.client, "mptcp", "endpoint", "show").stdout
+    return {line.split()[0]: line for line in out.splitlines() if line.strip()}
+
+
+@pytest.mark.lab(links=2)
+def test_laminar_endpoints(lab: Lab) -> None:
+    daemon = start(lab, "[core]\nnotify-flags=existing,skip_link_local\n"
+                        "[interface c2]\naddr-flags=subflow,laminar\n",
+                   "--addr-flags=laminar")
+    wait_endpoints(lab, link_addresses(lab, 1, 2))
+    lines = endpoint_flags_raw(lab)
+    c1, c2 = lab.links
+    for a in (c1.client4, c1.client6):  # --addr-flags=laminar
+        words = lines[str(a)].split()
+        assert "subflow" not in words and ("laminar" in words or "rawflags" in words
+                                           and words[words.index("rawflags") + 1] == "20")
+    for a in (c2.client4, c2.client6):  # the group's subflow,laminar
+        words = lines[str(a)].split()
+        assert "subflow" in words and ("laminar" in words or "rawflags" in words
+                                       and words[words.index("rawflags") + 1] == "20")
+    assert daemon.stop() == 0

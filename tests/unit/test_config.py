@@ -192,6 +192,9 @@ def test_value_unescaping(raw: str, value: str | None) -> None:
             None,
         ),
         ("subflow,subflow", AddrFlags.SUBFLOW, None),
+        ("laminar", AddrFlags.LAMINAR, None),
+        ("subflow,laminar,", AddrFlags.SUBFLOW | AddrFlags.LAMINAR, None),
+        ("implicit", AddrFlags(0), "unknown flag implicit"),
         (",subflow", AddrFlags(0), "unknown flag ,subflow"),
         ("subflowx,backup", AddrFlags(0), "unknown flag subflowx,backup"),
         ("backup,bogus,subflow", AddrFlags.BACKUP, "unknown flag bogus,subflow"),
@@ -247,6 +250,8 @@ def test_flag_parsing_can_be_silent(debug_log: pytest.LogCaptureFixture) -> None
 
 def test_flags_to_text_in_fixed_order() -> None:
     assert cfg.addr_flags_to_str(AddrFlags(0xF)) == "subflow,signal,backup,fullmesh"
+    assert cfg.addr_flags_to_str(AddrFlags(0x3F)) == \
+        "subflow,signal,backup,fullmesh,laminar"
     assert cfg.addr_flags_to_str(AddrFlags.BACKUP | AddrFlags.SIGNAL) == "signal,backup"
     assert cfg.addr_flags_to_str(AddrFlags(0)) == ""
     assert (
@@ -814,7 +819,8 @@ def test_policy_keys_are_read(tmp_path: Path, debug_log: pytest.LogCaptureFixtur
         "[interface wwan*]\naddr-flags=subflow,backup\n"
         "[interface  lab? ]\naddr-flags=\n"
         "[interface eth0]\n"
-        "[interface wwan0]\naddr-flags=signal\n"))
+        "[interface wwan0]\naddr-flags=signal\n"
+        "[interface wl*]\naddr-flags=subflow,laminar\n"))
     config = load_config(ConfigValues(), path)
     assert config.skip_address_classes == AC.LOOPBACK | AC.LINK_LOCAL | AC.ULA | (
         AC.TEMPORARY | AC.DEPRECATED)
@@ -828,10 +834,11 @@ def test_policy_keys_are_read(tmp_path: Path, debug_log: pytest.LogCaptureFixtur
         ("lab?", AddrFlags(0)),
         ("eth0", None),
         ("wwan0", AddrFlags.SIGNAL),
+        ("wl*", AddrFlags.SUBFLOW | AddrFlags.LAMINAR),
     )
     assert messages(debug_log, logging.WARNING) == []
     cfg.log_config(config)
-    assert messages(debug_log, logging.DEBUG)[-8:] == [
+    assert messages(debug_log, logging.DEBUG)[-9:] == [
         "skipped address classes: loopback,link-local,ula,temporary,deprecated",
         "interfaces allowed: eth*,wlan*,wwan*",
         "interfaces denied: docker*,br-*,virbr*",
@@ -840,6 +847,7 @@ def test_policy_keys_are_read(tmp_path: Path, debug_log: pytest.LogCaptureFixtur
         "interfaces lab?: address flags none",
         "interfaces eth0: address flags global",
         "interfaces wwan0: address flags signal",
+        "interfaces wl*: address flags subflow,laminar",
     ]
 
 
@@ -872,7 +880,7 @@ def test_empty_policy_values_mean_nothing_filtered(tmp_path: Path) -> None:
      "is not a link kind."),
     ("[interface wwan*]\naddr-flags=subflow,bakup\n",
      'Invalid addr-flags "subflow,bakup" in [interface wwan*] of "{path}": unknown flag '
-     '"bakup" (known: subflow, signal, backup, fullmesh).'),
+     '"bakup" (known: subflow, signal, backup, fullmesh, laminar).'),
     ("[interface ]\naddr-flags=backup\n",
      'Invalid group [interface ] in "{path}": no interface name pattern.'),
     ("[interface]\naddr-flags=backup\n",
