@@ -414,3 +414,10 @@ def link_up(interface: Interface, pm: PathManager) -> None:
 @hookimpl
 def update_interface(interface: Interface, pm: PathManager) -> None:
     _advertiser.apply_flags(pm, interface)
+
+
+@hookimpl
+def policy_changed(pm: PathManager) -> None:
+    # The global addr-flags may have changed: every endpoint follows.
+    for interface in pm.network_monitor.interfaces():
+        _advertiser.apply_flags(pm, interface)

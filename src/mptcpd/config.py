@@ -28,7 +28,7 @@ import os
 import re
 import stat
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from mptcpd.log import DESTINATIONS
@@ -186,6 +186,9 @@ class Config:
     config_file: str = (
         DEFAULT_CONFIG_PATH  # the path that was read (or would have been)
     )
+    #: The command line's values, which a reload merges with the file again.
+    cli_values: ConfigValues = field(default_factory=ConfigValues, compare=False,
+                                     repr=False)
 
 
 # ---------------------------------------------------------------------------
@@ -785,9 +788,33 @@ def load_config(cli: ConfigValues | None = None, path: str | None = None, *,
     given: dict[str, Any] = {
         field.name: getattr(values, field.name) for field in fields(ConfigValues)
     }
-    given.update(path_manager=path_manager, config_file=path)
+    given.update(path_manager=path_manager, config_file=path, cli_values=cli)
     # A value still None takes the default of Config's field.
     return Config(**{name: value for name, value in given.items() if value is not None})
+
+
+#: What a reload cannot change: these take effect when the daemon restarts.
+RESTART_FIELDS = ("log", "plugin_dir", "path_manager", "load_plugins",
+                  "command_queue_size")
+
+
+def reload_config(running: Config) -> Config:
+    """The configuration after a reload (SIGHUP): the file read again (the
+    same path) and merged with the same command line.
+
+    Settings of :data:`RESTART_FIELDS` that changed are logged and keep
+    their running values.  Raises :class:`ConfigError` when the new file
+    cannot be used (missing, unreadable, unparsable, unsafe or with a bad
+    value): the caller then keeps *running*.
+    """
+    new = load_config(running.cli_values, running.config_file, strict=True)
+    kept: dict[str, Any] = {}
+    for name in RESTART_FIELDS:
+        if getattr(new, name) != getattr(running, name):
+            logger.warning('The new %s in "%s" takes effect when mptcpd restarts.',
+                           name.replace("_", "-"), running.config_file)
+            kept[name] = getattr(running, name)
+    return replace(new, **kept)
 
 
 def log_config(config: Config) -> None:

@@ -5,6 +5,7 @@ interfaces, address classes, per-interface flags."""
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -182,4 +183,106 @@ def test_laminar_endpoints(lab: Lab) -> None:
         words = lines[str(a)].split()
         assert "subflow" in words and ("laminar" in words or "rawflags" in words
                                        and words[words.index("rawflags") + 1] == "20")
+    assert daemon.stop() == 0
+
+
+# -- SIGHUP: the policy changed at run time ---------------------------------------------
+
+BEFORE_RELOAD = """[core]
+addr-flags=subflow
+notify-flags=existing,skip_link_local
+"""
+AFTER_RELOAD = BEFORE_RELOAD + """[interfaces]
+deny=c3
+[interface c2]
+addr-flags=subflow,backup
+"""
+
+
+def config_file(lab: Lab) -> Path:
+    (path,) = lab.workdir.glob("mptcpd-*.conf")
+    return path
+
+
+def rewrite(path: Path, text: str) -> None:
+    """Replace the file as an editor would (a new file renamed over it)."""
+    tmp = path.with_suffix(".new")
+    tmp.write_text(text)
+    tmp.chmod(0o644)
+    tmp.replace(path)
+
+
+def show(eps: dict[str, Endpoint]) -> str:
+    return "; ".join(f"{a} id {e.id} {','.join(sorted(e.flags))} dev {e.dev}"
+                     for a, e in sorted(eps.items(), key=lambda i: i[1].id))
+
+
+@pytest.mark.lab(links=3)
+def test_sighup_changes_the_endpoints_while_a_transfer_keeps_running(lab: Lab) -> None:
+    daemon = start(lab, BEFORE_RELOAD)
+    before = wait_endpoints(lab, link_addresses(lab, 1, 2, 3))
+    assert all(e.flags == {"subflow"} for e in before.values())
+    for link in lab.links:
+        lab.limit_rate(link, 20)
+    lab.python(lab.server, "-m", "tests.lab.traffic", "server").wait_output("listening")
+    nbytes = 40_000_000
+    client = lab.python(lab.client, "-m", "tests.lab.traffic", "client",
+                        str(lab.links[0].server4), "5201", "--bytes", str(nbytes),
+                        "--timeout", "60")
+    c1, c2, c3 = lab.links
+    wait_for(lambda: lab.tx_bytes(lab.client, c3.client_if) > 1_000_000, 30,
+             what="the transfer to use c3")
+    tx_at_reload = {l.client_if: lab.tx_bytes(lab.client, l.client_if) for l in lab.links}
+    rewrite(config_file(lab), AFTER_RELOAD)
+    daemon.send_signal(signal.SIGHUP)
+    daemon.wait_output(r"Configuration reloaded from", timeout=10)
+    after = wait_endpoints(lab, link_addresses(lab, 1, 2))
+    for a in (c1.client4, c1.client6):
+        assert after[str(a)].flags == {"subflow"} and after[str(a)].id == before[str(a)].id
+    for a in (c2.client4, c2.client6):
+        assert after[str(a)].flags == {"subflow", "backup"}
+        assert after[str(a)].id == before[str(a)].id  # changed in place
+    # Bytes keep flowing after the reload, and the connection ends well.
+    tx_mid = lab.tx_bytes(lab.client, c1.client_if)
+    wait_for(lambda: lab.tx_bytes(lab.client, c1.client_if) > tx_mid + 1_000_000, 30,
+             what="bytes to keep flowing on c1 after the reload")
+    assert client.wait(90) == 0, client.output()
+    info = json.loads(client.output())["info"]
+    assert info["bytes_acked"] >= nbytes
+    tx_end = {l.client_if: lab.tx_bytes(lab.client, l.client_if) for l in lab.links}
+    report = (f"endpoints before SIGHUP: {show(before)}\n"
+              f"endpoints after SIGHUP:  {show(after)}\n"
+              f"client tx bytes at SIGHUP {tx_at_reload}, at the end {tx_end}; "
+              f"bytes_acked {info['bytes_acked']}")
+    (lab.workdir / "sighup-report.txt").write_text(report)
+    print(report)
+    assert daemon.stop() == 0
+
+
+@pytest.mark.lab(links=2)
+def test_an_invalid_file_at_sighup_changes_nothing(lab: Lab) -> None:
+    daemon = start(lab, BEFORE_RELOAD)
+    before = wait_endpoints(lab, link_addresses(lab, 1, 2))
+    path = config_file(lab)
+    rewrite(path, BEFORE_RELOAD + "[interfaces]\ndeny=c2\ndeny-kinds=wire guard\n")
+    daemon.send_signal(signal.SIGHUP)
+    daemon.wait_output(
+        rf'Configuration reload refused: Invalid deny-kinds "wire guard" in \[interfaces\] '
+        rf'of "{path}": "wire guard" is not a link kind\. The running configuration stays\.')
+    rewrite(path, "[core]\nno delimiter here\n")
+    daemon.send_signal(signal.SIGHUP)
+    daemon.wait_output(r"Configuration reload refused: Unable to load mptcpd settings "
+                       r"from file .*: line 2: delimiter '=' not found\.")
+    # What needs a restart is said and left; the rest applies.
+    rewrite(path, BEFORE_RELOAD + "command-queue-size=16\n[interfaces]\ndeny=c2\n")
+    daemon.send_signal(signal.SIGHUP)
+    daemon.wait_output(rf'The new command-queue-size in "{path}" takes effect when '
+                       "mptcpd restarts.")
+    wait_endpoints(lab, link_addresses(lab, 1))
+    # The first two reloads changed nothing: c2 kept its endpoints until
+    # the valid file denied it.
+    assert before.keys() == link_addresses(lab, 1, 2)
+    out = daemon.output()
+    assert out.count("Configuration reloaded from") == 1
+    assert daemon.popen.poll() is None
     assert daemon.stop() == 0

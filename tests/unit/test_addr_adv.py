@@ -312,3 +312,20 @@ async def test_a_withdrawn_endpoint_comes_back_with_the_new_flags(plugin: Any) -
     plugin.link_up(backup, pm)
     assert pm.commands("add") == [
         ("add", (A2, 1, int(AddrFlags.SUBFLOW | AddrFlags.BACKUP), 3))]
+
+
+async def test_after_a_reload_endpoints_follow_the_global_flags(plugin: Any) -> None:
+    pm = FakePM(AddrFlags.SUBFLOW)
+    pm.network_monitor = types.SimpleNamespace(interfaces=lambda: [IF2, wwan])  # type: ignore[attr-defined]
+    await started(plugin, pm)
+    plugin.new_local_address(IF2, A1, pm)
+    plugin.new_local_address(wwan, A2, pm)
+    pm.calls.clear()
+    pm.config = types.SimpleNamespace(addr_flags=AddrFlags.SUBFLOW | AddrFlags.FULLMESH)
+    plugin.policy_changed(pm)
+    # IF2 follows the global flags; wwan0 keeps its own.
+    assert pm.calls == [("set_flags", (A1, int(AddrFlags.SUBFLOW | AddrFlags.FULLMESH)))]
+
+
+wwan = Interface(index=4, name="wwan0", flags=0x41, addrs=(A2,),
+                 addr_flags=AddrFlags.SUBFLOW | AddrFlags.BACKUP)

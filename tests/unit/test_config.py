@@ -944,3 +944,63 @@ def test_strict_reading_refuses_what_startup_ignores(tmp_path: Path,
     with pytest.raises(ConfigError) as err:
         load_config(ConfigValues(), str(tmp_path / "gone"), strict=True)
     assert str(err.value) == f'"{tmp_path / "gone"}" does not exist.'
+
+
+# -- reload (SIGHUP) ----------------------------------------------------------------
+
+
+def test_reload_reads_the_file_again_with_the_same_command_line(
+    tmp_path: Path, debug_log: pytest.LogCaptureFixture
+) -> None:
+    path = write(tmp_path / "m.conf", "[core]\naddr-flags=subflow\nlog=null\n")
+    cli = ConfigValues(path_manager="sspi", notify_flags=NotifyFlags.EXISTING)
+    running = load_config(cli, path)
+    assert running.cli_values == cli
+    write(tmp_path / "m.conf", "[core]\naddr-flags=backup\nnotify-flags=check_route\n"
+          "check-route-timeout=5\nlog=journal\nplugin-dir=/elsewhere\npath-manager=x\n"
+          "command-queue-size=7\nload-plugins=a\n"
+          "[interfaces]\ndeny=eth1\n[interface wwan*]\naddr-flags=signal\n")
+    new = cfg.reload_config(running)
+    # Applied: the file's flags and policy; the command line still wins.
+    assert new.addr_flags == AddrFlags.BACKUP
+    assert new.notify_flags == NotifyFlags.EXISTING
+    assert new.check_route_timeout == 5
+    assert new.deny == ("eth1",)
+    assert new.interface_groups == (("wwan*", AddrFlags.SIGNAL),)
+    # Kept until a restart, and said so.
+    assert (new.log, new.plugin_dir, new.path_manager, new.command_queue_size,
+            new.load_plugins) == (running.log, running.plugin_dir, "sspi",
+                                  running.command_queue_size, None)
+    assert messages(debug_log, logging.WARNING) == [
+        f'The new {key} in "{path}" takes effect when mptcpd restarts.'
+        for key in ("log", "plugin-dir", "load-plugins", "command-queue-size")]
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    (None, '"{path}" does not exist.'),
+    (b"[core]\nlog\n", "Unable to load mptcpd settings from file '{path}': line 2: "
+                       "delimiter '=' not found."),
+    (b"[core]\nskip-address-classes=nope\n", 'Invalid skip-address-classes "nope" in '
+     '[core] of "{path}": unknown address class "nope" (known: loopback, link-local, '
+     "ula, temporary, deprecated)."),
+    (b"[core]\nload-plugins=\n", 'The load-plugins list in "{path}" names no plugin.'),
+])
+def test_reload_refuses_a_file_it_cannot_use(tmp_path: Path, text: bytes | None,
+                                             reason: str) -> None:
+    path = write(tmp_path / "m.conf", "[core]\naddr-flags=subflow\n")
+    running = load_config(ConfigValues(), path)
+    if text is None:
+        os.unlink(path)
+    else:
+        write(tmp_path / "m.conf", text)
+    with pytest.raises(ConfigError) as err:
+        cfg.reload_config(running)
+    assert str(err.value) == reason.format(path=path)
+
+
+def test_reload_refuses_a_world_writable_file(tmp_path: Path) -> None:
+    path = write(tmp_path / "m.conf", "[core]\n")
+    running = load_config(ConfigValues(), path)
+    os.chmod(path, 0o666)
+    with pytest.raises(ConfigError, match="should be a file that is not world writable"):
+        cfg.reload_config(running)

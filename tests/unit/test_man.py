@@ -23,6 +23,7 @@ SECTIONS = (
     "OPTIONS",
     "CONFIGURATION FILE",
     "PLUGIN HOOKS",
+    "SIGNALS",
     "ENVIRONMENT",
     "EXIT STATUS",
     "FILES",
