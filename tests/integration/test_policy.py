@@ -286,3 +286,38 @@ def test_an_invalid_file_at_sighup_changes_nothing(lab: Lab) -> None:
     assert out.count("Configuration reloaded from") == 1
     assert daemon.popen.poll() is None
     assert daemon.stop() == 0
+
+
+# -- sspi (userspace PM): no subflow on a denied interface ----------------------------
+
+
+@pytest.mark.lab(links=3, path_manager="userspace")
+def test_sspi_opens_no_subflow_on_a_denied_interface(lab: Lab, tmp_path: Path) -> None:
+    from tests.integration import test_sspi as sspi
+
+    directory = tmp_path / "plugins"
+    directory.mkdir()
+    directory.chmod(0o755)
+    (directory / "sspi.py").write_bytes((ROOT / "plugins" / "sspi.py").read_bytes())
+    (directory / "sspi.py").chmod(0o644)
+    daemon = lab.start_mptcpd("--log=stderr", f"--plugin-dir={directory}",
+                              "--load-plugins=sspi", "--path-manager=sspi",
+                              config="[interfaces]\ndeny=c3\n", env=daemon_env())
+    daemon.wait_output(READY, timeout=20)
+    sspi.start_server(lab)
+    count = 3
+    clients = sspi.start_clients(lab, count, 1 << 20, hold=4)
+    tokens = sspi.wait_tokens(lab, count)
+
+    def on_c1_and_c2() -> bool:
+        table = sspi.by_interface(lab, sspi.subflow_sockets(lab, lab.client))
+        return all(set(table.get(t, {})) == {"c1", "c2"} for t in tokens)
+
+    wait_for(on_c1_and_c2, 20, what="subflows on c1 and c2")
+    for client in clients:
+        assert client.wait(60) == 0
+        info = json.loads(client.output())["info"]
+        assert info["subflows"] == 1 and info.get("subflows_total", 2) == 2, info
+    # One join per connection (c2's); none was even tried from c3.
+    assert sspi.mib(lab, lab.client)["MPTcpExtMPJoinSynTx"] == count
+    assert daemon.stop() == 0
