@@ -15,8 +15,7 @@ Shutdown on SIGINT or SIGTERM: ``STOPPING=1``, stop reading events, plugin
 exits in reverse priority order, wait (up to :data:`DRAIN_TIMEOUT`) for the
 kernel's answers to the commands they sent, close listeners and sockets,
 exit 0.
-SIGHUP is logged and ignored (configuration reload is not implemented; C
-dies of it).
+SIGHUP reloads the configuration (C dies of it): see :meth:`Daemon.reload`.
 """
 
 from __future__ import annotations
@@ -26,11 +25,13 @@ import dataclasses
 import logging
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from typing import Any, Protocol
 
 from mptcpd import events as ev
-from mptcpd.config import Config
+from mptcpd import hookspecs
+from mptcpd.config import Config, ConfigError, log_config, reload_config
 from mptcpd.daemon.dispatch import Dispatcher
 from mptcpd.daemon.lock import AlreadyRunning, NamespaceLock
 from mptcpd.daemon.network import NetworkFeed, RtnlSource
@@ -51,7 +52,9 @@ from mptcpd.plugins.registry import PluginRegistry
 from mptcpd.pm.id_manager import IdManager
 from mptcpd.pm.listener_manager import ListenerManager
 from mptcpd.pm.network_monitor import NetworkMonitor
+from mptcpd.pm.policy import Policy
 from mptcpd.pm.path_manager import PathManager
+from mptcpd.types import NotifyFlags
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +147,8 @@ class Daemon:
         self.channel = kernel.channel(max_queue=config.command_queue_size,
                                       on_failure=self._channel_failed)
         self.network_monitor = NetworkMonitor(
-            config.notify_flags, route_wait_timeout=config.check_route_timeout)
+            config.notify_flags, route_wait_timeout=config.check_route_timeout,
+            policy=Policy.from_config(config), readdress=True)
         self.network_feed = NetworkFeed(self.network_monitor, kernel.rtnl,
                                         on_failure=self._fail)
         self.id_manager = IdManager()
@@ -160,6 +164,7 @@ class Daemon:
         self.reader: Reader | None = None
         self.lock = NamespaceLock()
         self._plugins_loaded = False
+        self._serving = False  #: READY=1 was sent
         self._stop = asyncio.Event()
         self._fatal: str | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -203,10 +208,50 @@ class Daemon:
     def _channel_failed(self, reason: str) -> None:
         self._fail(f"The mptcp_pm command channel failed: {reason}")
 
-    @staticmethod
-    def _sighup() -> None:
-        log.warning("SIGHUP received: configuration reload is not supported; "
-                    "carrying on with the current configuration.")
+    def _sighup(self) -> None:
+        try:
+            self.reload()
+        except Exception:
+            log.exception("Configuration reload failed.")
+
+    def reload(self) -> bool:
+        """Read the configuration file again and apply what can change at
+        run time, keeping connections, bindings and endpoint ownership.
+
+        The notify flags, the ``check_route`` timeout, the global address
+        flags and the interface policy take effect: the network monitor
+        withdraws what the new policy refuses and reports what it now lets
+        through, then every plugin gets ``policy_changed``.  The settings of
+        :data:`~mptcpd.config.RESTART_FIELDS` are logged and kept.  A file
+        that cannot be used changes nothing (logged with the reason).
+        Returns whether the new configuration was applied.
+        """
+        path = self.config.config_file
+        log.info('Reloading the configuration from "%s".', path)
+        if self._serving:
+            self.notifier.notify("RELOADING=1\nMONOTONIC_USEC="
+                                 f"{time.monotonic_ns() // 1000}")
+        try:
+            try:
+                new = reload_config(self.config)
+            except ConfigError as err:
+                log.error("Configuration reload refused: %s The running configuration "
+                          "stays.", err)
+                return False
+            self.config = new
+            self.pm.set_config(new)
+            monitor = self.network_monitor
+            monitor.notify_flags = NotifyFlags(new.notify_flags)
+            monitor.routes.timeout = float(new.check_route_timeout)
+            monitor.set_policy(Policy.from_config(new))
+            if self._plugins_loaded:
+                self.registry.broadcast(hookspecs.policy_changed, pm=self.pm)
+            log_config(new)
+            log.info('Configuration reloaded from "%s".', path)
+            return True
+        finally:
+            if self._serving:
+                self.notifier.notify("READY=1")
 
     # -- startup -----------------------------------------------------------
 
@@ -246,6 +291,7 @@ class Daemon:
 
     def _still_waiting(self) -> None:
         if not self.pm.ready and not self._stop.is_set():
+            self._serving = True
             self.notifier.ready("Waiting for the mptcp_pm generic netlink family")
 
     def _family_appeared(self, family_id: int) -> None:
@@ -307,6 +353,7 @@ class Daemon:
             await self._reconcile_connections(at_startup=True)
         names = ", ".join(p.name for p in self.registry.plugins)
         default = self.dispatcher.default.name if self.dispatcher.default else "none"
+        self._serving = True
         self.notifier.ready(f"Managing MPTCP paths; plugins: {names}; default: {default}")
         log.info("mptcpd ready: plugins %s; default path manager %s.", names, default)
 

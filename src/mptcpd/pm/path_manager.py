@@ -199,6 +199,10 @@ class PathManager:
         """The daemon's configuration (frozen)."""
         return self._config
 
+    def set_config(self, config: Config) -> None:
+        """Use a reloaded configuration (the daemon's; not for plugins)."""
+        self._config = config
+
     def _check_ready(self, function: str) -> None:
         if not self._ready:
             log.warning("%s: MPTCP family is not yet available", function)
