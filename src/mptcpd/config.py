@@ -79,6 +79,10 @@ DEFAULT_CHECK_ROUTE_TIMEOUT = 60.0
 #: stops a queue that the kernel no longer drains from growing without limit.
 DEFAULT_COMMAND_QUEUE_SIZE = 4096
 
+#: The control socket's file name in the runtime directory when
+#: ``control-socket`` is not set.
+CONTROL_SOCKET_NAME = "control"
+
 NO_ADDR_FLAGS = AddrFlags(0)
 NO_NOTIFY_FLAGS = NotifyFlags(0)
 
@@ -108,6 +112,7 @@ class ConfigValues:
     load_plugins: tuple[str, ...] | None = None
     check_route_timeout: float | None = None
     command_queue_size: int | None = None
+    control_socket: str | None = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +130,10 @@ class Config:
     check_route_timeout: float = DEFAULT_CHECK_ROUTE_TIMEOUT
     #: ``command-queue-size`` (file only; not in the C mptcpd).
     command_queue_size: int = DEFAULT_COMMAND_QUEUE_SIZE
+    #: ``control-socket`` (file only; not in the C mptcpd): the path of the
+    #: varlink control socket; None for the default (:data:`CONTROL_SOCKET_NAME`
+    #: in the runtime directory), "" for none.
+    control_socket: str | None = None
     config_file: str = (
         DEFAULT_CONFIG_PATH  # the path that was read (or would have been)
     )
@@ -476,6 +485,16 @@ def _parse_timeout(text: str, path: str) -> float | None:
     return value
 
 
+def _parse_control_socket(text: str, path: str) -> str | None:
+    """``control-socket``: an absolute path, or empty (no control socket);
+    anything else is warned about and ignored (the default applies)."""
+    if text and not text.startswith("/"):
+        logger.warning('Ignoring control-socket "%s" in "%s": not an absolute path.',
+                       text, path)
+        return None
+    return text
+
+
 def _parse_load_plugins(text: str, path: str) -> tuple[str, ...]:
     """``load-plugins``: :class:`ConfigError` for a list naming no plugin or
     a bad name."""
@@ -496,6 +515,7 @@ _FILE_KEY_PARSERS: dict[str, Callable[[str, str], Any]] = {
     "path-manager": lambda text, _: text,
     "check-route-timeout": _parse_timeout,
     "command-queue-size": _parse_queue_size,
+    "control-socket": _parse_control_socket,
     "load-plugins": _parse_load_plugins,
 }
 #: The keys of the ``[core]`` group, in the order the file is read.
@@ -556,3 +576,5 @@ def log_config(config: Config) -> None:
         logger.debug("check_route timeout: %g s", config.check_route_timeout)
     if config.command_queue_size != DEFAULT_COMMAND_QUEUE_SIZE:
         logger.debug("command queue size: %d", config.command_queue_size)
+    if config.control_socket is not None:
+        logger.debug("control socket: %s", config.control_socket or "none")

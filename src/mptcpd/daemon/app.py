@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 from mptcpd import events as ev
 from mptcpd.config import Config
+from mptcpd.daemon.control import CommandRecorder, ControlServer, Stats, make_server
 from mptcpd.daemon.dispatch import Dispatcher
 from mptcpd.daemon.lock import AlreadyRunning, NamespaceLock
 from mptcpd.daemon.network import NetworkFeed, RtnlSource
@@ -142,8 +143,11 @@ class Daemon:
                                         on_failure=self._fail)
         self.id_manager = IdManager()
         self.listener_manager = ListenerManager()
+        #: Counters for the control socket.
+        self.stats = Stats()
+        self.commands = CommandRecorder(self.channel, self.stats)
         self.pm = PathManager(
-            self.channel, config=config,
+            self.commands, config=config,
             network_monitor=self.network_monitor, id_manager=self.id_manager,
             listener_manager=self.listener_manager,
         )
@@ -159,6 +163,9 @@ class Daemon:
         self._init_task: asyncio.Task[None] | None = None
         self._replayed = False
         self._resync_task: asyncio.Task[None] | None = None
+        self.control: ControlServer | None = None
+        #: Event-socket overruns of the readers closed so far.
+        self.events_lost = 0
 
     # -- running ------------------------------------------------------------
 
@@ -214,6 +221,7 @@ class Daemon:
         except OSError as exc:  # no runtime directory: run on, unguarded
             log.warning("Unable to lock %s: %s; another mptcpd in this network "
                         "namespace would not be noticed.", self.lock.path, exc.strerror)
+        self._start_control()
         pm_type = self.kernel.path_manager()
         if pm_type:
             log.info("The kernel uses the %s path manager.", pm_type)
@@ -335,8 +343,10 @@ class Daemon:
         while it is still the daemon's (it is closed when the family
         vanishes or at shutdown, and then ends quietly)."""
         dispatch, forget = self.dispatcher.dispatch, self.channel.forget
+        counts = self.stats.events
         try:
             async for event in reader:
+                counts[type(event)] += 1
                 try:
                     dispatch(event)
                 except Exception:  # never let one event end the reader
@@ -390,6 +400,7 @@ class Daemon:
         reader, self.reader = self.reader, None
         self.channel.closed_tokens = None
         if reader is not None:
+            self.events_lost += getattr(reader, "overruns", 0)
             reader.close()
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
@@ -404,6 +415,27 @@ class Daemon:
             exc = task.exception()
             log.error("%s failed: %s", task.get_name(), exc, exc_info=exc)
 
+    # -- the control socket ------------------------------------------------
+
+    def _start_control(self) -> None:
+        """Serve the control socket (``control-socket``); the daemon runs on
+        without it when it cannot be made."""
+        server = make_server(self)
+        if server is None:
+            return
+        try:
+            server.start()
+        except OSError as exc:
+            log.error("Unable to serve the control socket %s: %s; running without it.",
+                      server.path, exc.strerror or exc)
+            return
+        self.control = server
+
+    def _stop_control(self) -> None:
+        control, self.control = self.control, None
+        if control is not None:
+            control.close()
+
     # -- shutdown ----------------------------------------------------------
 
     async def shutdown(self) -> None:
@@ -416,6 +448,7 @@ class Daemon:
                       SHUTDOWN_TIMEOUT)
 
     async def _shutdown(self) -> None:
+        self._stop_control()
         self._close_reader()
         tasks = list(self._tasks)
         for task in tasks:

@@ -44,6 +44,8 @@ class Dispatcher:
         self._recent: set[int] | None = None
         #: Tokens adopted from a listing whose CREATED may still be unread.
         self._adopted: set[int] = set()
+        #: Reconciliations after lost events (not those at startup).
+        self.resyncs = 0
         self._handlers: dict[type, Callable[[Any], None]] = {
             ev.ConnectionCreated: self._created,
             ev.ConnectionClosed: self._closed,
@@ -133,6 +135,8 @@ class Dispatcher:
         still queued when the listing was taken) is not dispatched again.
         """
         recent, self._recent = self._recent or set(), None
+        if not at_startup:
+            self.resyncs += 1
         for token in [t for t in self._bindings if t not in live and t not in recent]:
             log.warning("Connection %08x closed while events were lost.", token)
             self._closed(ev.ConnectionClosed(Token(token)))

@@ -1,0 +1,553 @@
+"""The control socket: the daemon's status and control API over varlink.
+
+One Unix stream socket per daemon (``control-socket`` in ``mptcpd.conf``;
+by default ``control`` in the runtime directory), mode 0660, speaking the
+varlink protocol: JSON objects ended by a NUL byte, as systemd's daemons
+do, so ``varlinkctl`` (systemd 255 on) and ``mptcpctl`` can call it.  The
+interface, ``io.mptcpd``, is :class:`ControlInterface`; the package ships
+its description as ``io.mptcpd.varlink`` (a test keeps the two equal).
+
+The protocol is :mod:`asyncvarlink`'s, with what a daemon serving any
+local process needs on top:
+
+* a message larger than :data:`MAX_MESSAGE` gets ``io.mptcpd.InvalidMessage``
+  and is skipped up to its NUL (the library would buffer it whole);
+* malformed JSON gets ``io.mptcpd.InvalidMessage`` (the library answers
+  nothing), and the connection stays usable: messages are framed by NUL;
+* a client that lets more than :data:`MAX_PENDING_REPLIES` replies pile up
+  unread is dropped with a warning (counted): replies never accumulate
+  without bound, and a client never slows the daemon;
+* at most :data:`MAX_CLIENTS` clients at once;
+* the peer's credentials (``SO_PEERCRED``) are read at ``accept``: write
+  methods are for root and for holders of ``CAP_NET_ADMIN`` only, and each
+  write call is logged with the peer's uid and pid.
+"""
+
+# No "from __future__ import annotations": asyncvarlink reads the
+# annotations of the interface's methods and types as objects.
+import asyncio
+import dataclasses
+import errno
+import functools
+import logging
+import os
+import socket
+import stat
+import struct
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from asyncvarlink import (
+    FileDescriptorArray,
+    TypedVarlinkErrorReply,
+    VarlinkInterface,
+    VarlinkInterfaceRegistry,
+    VarlinkInterfaceServerProtocol,
+    VarlinkTransport,
+    varlinkmethod,
+)
+from asyncvarlink.serviceinterface import VarlinkServiceInterface
+
+import mptcpd
+from mptcpd import events as ev
+from mptcpd.config import CONTROL_SOCKET_NAME, Config
+from mptcpd.daemon.lock import runtime_dir
+from mptcpd.errors import ConnectionClosed, KernelError, NotReady, QueueFull
+
+if TYPE_CHECKING:
+    from mptcpd.daemon.app import Daemon
+
+log = logging.getLogger(__name__)
+
+#: The varlink interface name.
+INTERFACE = "io.mptcpd"
+#: The interface description shipped with the package (next to this module).
+INTERFACE_FILE = Path(__file__).with_name(f"{INTERFACE}.varlink")
+#: The socket's mode: the owner and its group may connect.
+SOCKET_MODE = 0o660
+#: Longest message (bytes, NUL excluded) a client may send.
+MAX_MESSAGE = 1 << 20
+#: Replies a client may leave unread before it is dropped.
+MAX_PENDING_REPLIES = 256
+#: Clients connected at once; more are turned away.
+MAX_CLIENTS = 64
+#: ``CAP_NET_ADMIN`` (``linux/capability.h``).
+CAP_NET_ADMIN = 12
+_UCRED = struct.Struct("=iII")  # pid, uid, gid
+
+#: The kernel events, by the name ``ip mptcp monitor`` gives them (lower case).
+EVENT_NAMES: dict[type, str] = {
+    ev.ConnectionCreated: "created",
+    ev.ConnectionEstablished: "established",
+    ev.ConnectionClosed: "closed",
+    ev.AddressAnnounced: "announced",
+    ev.AddressRemoved: "removed",
+    ev.SubflowEstablished: "sf_established",
+    ev.SubflowClosed: "sf_closed",
+    ev.SubflowPriority: "sf_priority",
+    ev.ListenerCreated: "listener_created",
+    ev.ListenerClosed: "listener_closed",
+}
+
+
+def default_socket_path() -> Path:
+    """``control`` in the runtime directory (``$MPTCPD_STATE_DIR``,
+    ``$RUNTIME_DIRECTORY`` or ``/run/mptcpd``)."""
+    return runtime_dir() / CONTROL_SOCKET_NAME
+
+
+def socket_path(config: Config) -> Path | None:
+    """The control socket's path for ``config``; None when disabled."""
+    if config.control_socket is None:
+        return default_socket_path()
+    return Path(config.control_socket) if config.control_socket else None
+
+
+# -- peers -----------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Peer:
+    """Who is at the other end of a connection (``SO_PEERCRED``)."""
+
+    pid: int
+    uid: int
+    gid: int
+
+    def __str__(self) -> str:
+        return f"uid {self.uid} pid {self.pid}"
+
+    def may_write(self) -> bool:
+        """Root, or a process holding ``CAP_NET_ADMIN`` (its effective set,
+        read from ``/proc/<pid>/status``; a process that cannot be read is
+        refused)."""
+        if self.uid == 0:
+            return True
+        return CAP_NET_ADMIN in effective_capabilities(self.pid)
+
+
+def effective_capabilities(pid: int) -> set[int]:
+    """The capability numbers in ``CapEff`` of process ``pid`` (empty when
+    it cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as file:
+            for line in file:
+                if line.startswith("CapEff:"):
+                    bits = int(line.split(":", 1)[1].strip(), 16)
+                    return {n for n in range(bits.bit_length()) if bits >> n & 1}
+    except (OSError, ValueError):
+        pass
+    return set()
+
+
+def peer_of(sock: socket.socket) -> Peer:
+    data = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    return Peer(*_UCRED.unpack(data))
+
+
+# -- errors --------------------------------------------------------------------------
+
+
+class InvalidMessage(TypedVarlinkErrorReply, interface=INTERFACE):
+    """The message is not a varlink call: not JSON, not an object, or
+    too large (it is then skipped up to its NUL)."""
+
+    class Parameters:
+        reason: str
+
+
+class PermissionDenied(TypedVarlinkErrorReply, interface=INTERFACE):
+    """Write methods are for root and for processes holding CAP_NET_ADMIN."""
+
+    class Parameters:
+        method: str
+
+
+# -- the interface's types -------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class PluginStatus:
+    """A loaded plugin."""
+
+    name: str
+    description: str
+    priority: int
+    #: Connections bound to it now.
+    connections: int
+
+
+@dataclasses.dataclass
+class CommandCount:
+    """How many commands of one operation ended with one result."""
+
+    operation: str
+    #: ``ok``, or the error: an errno name (``EEXIST``) or ``queue_full``,
+    #: ``connection_closed``, ``not_ready``.
+    result: str
+    count: int
+
+
+@dataclasses.dataclass
+class Status:
+    """What the daemon is and does."""
+
+    version: str
+    #: The kernel's path manager (``net.mptcp.path_manager``), null if unknown.
+    kernel_path_manager: str | None
+    #: Whether the kernel's mptcp_pm family is there and commands can be sent.
+    ready: bool
+    plugins: list[PluginStatus]
+    default_plugin: str | None
+    #: Seconds since the daemon started.
+    uptime: float
+    #: Kernel events read, by name (created, established, ...).
+    events: dict[str, int]
+    #: Receive overruns of the event socket: events were lost.
+    events_lost: int
+    #: Resynchronisations after lost events.
+    resyncs: int
+    commands: list[CommandCount]
+    #: Commands waiting to be sent, and sent but not yet answered.
+    queue_depth: int
+    in_flight: int
+    #: Connections bound to a plugin.
+    connections: int
+    #: Monitor clients now, and those dropped for not reading.
+    monitors: int
+    monitors_dropped: int
+
+
+# -- the daemon's counters -------------------------------------------------------------
+
+
+class Stats:
+    """Counters the daemon keeps for the control socket (cheap: one dict
+    increment per event)."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        #: Kernel events read, by event class.
+        self.events: dict[type, int] = dict.fromkeys(EVENT_NAMES, 0)
+        #: (operation, result) -> count.
+        self.commands: dict[tuple[str, str], int] = {}
+        #: Monitor clients dropped for not reading.
+        self.monitors_dropped = 0
+        #: Control clients dropped for not reading their replies.
+        self.clients_dropped = 0
+
+    def events_by_name(self) -> dict[str, int]:
+        return {EVENT_NAMES[kind]: count for kind, count in self.events.items()}
+
+
+def result_name(future: asyncio.Future[Any]) -> str:
+    """How a command ended, for the counters: ``ok``, the kernel's errno
+    name, or the reason it was never sent."""
+    if future.cancelled():
+        return "cancelled"
+    exc = future.exception()
+    if exc is None:
+        return "ok"
+    if isinstance(exc, KernelError):
+        code = exc.errno or 0
+        return errno.errorcode.get(code, str(code))
+    return _RESULT_NAMES.get(type(exc), type(exc).__name__)
+
+
+_RESULT_NAMES: dict[type, str] = {
+    QueueFull: "queue_full",
+    ConnectionClosed: "connection_closed",
+    NotReady: "not_ready",
+}
+
+
+class CommandRecorder:
+    """Stands between the path manager and the command channel: counts
+    every command by operation and result (and, when set, tells
+    ``on_result`` of each, in the order the answers come: the order the
+    commands were sent)."""
+
+    def __init__(self, channel: Any, stats: Stats) -> None:
+        self._channel_submit: Callable[..., asyncio.Future[Any]] = channel.submit
+        self._commands = stats.commands
+        self.on_result: Callable[[str, tuple[Any, ...], asyncio.Future[Any]], None] | None \
+            = None
+
+    def submit(self, name: str, args: tuple[Any, ...] = (),
+               token: int | None = None) -> asyncio.Future[Any]:
+        future = self._channel_submit(name, args, token)
+        future.add_done_callback(functools.partial(self._done, name, args))
+        return future
+
+    def _done(self, name: str, args: tuple[Any, ...], future: asyncio.Future[Any]) -> None:
+        key = (name, result_name(future))
+        commands = self._commands
+        commands[key] = commands.get(key, 0) + 1
+        if self.on_result is not None:
+            self.on_result(name, args, future)
+
+
+# -- the interface ---------------------------------------------------------------------
+
+
+class ControlInterface(VarlinkInterface, name=INTERFACE):
+    """Status and control of mptcpd, the Multipath TCP path-management daemon."""
+
+    errors = (InvalidMessage, PermissionDenied)
+
+    def __init__(self, daemon: "Daemon", peer: Peer) -> None:
+        self._daemon = daemon
+        self._peer = peer
+
+    @varlinkmethod(return_parameter="status")
+    def GetStatus(self) -> Status:
+        """The daemon's version, plugins, kernel path manager and counters."""
+        daemon = self._daemon
+        stats = daemon.stats
+        bindings = daemon.dispatcher.bindings
+        per_plugin: dict[str, int] = {}
+        for name in bindings.values():
+            per_plugin[name] = per_plugin.get(name, 0) + 1
+        plugins = [PluginStatus(p.name, p.info.description, int(p.info.priority), per_plugin.get(p.name, 0))
+                   for p in daemon.registry.plugins]
+        default = daemon.dispatcher.default
+        channel: Any = daemon.channel
+        reader: Any = daemon.reader
+        return Status(
+            version=mptcpd.__version__,
+            kernel_path_manager=daemon.kernel.path_manager(),
+            ready=daemon.pm.ready,
+            plugins=plugins,
+            default_plugin=default.name if default is not None else None,
+            uptime=round(time.monotonic() - stats.started, 3),
+            events=stats.events_by_name(),
+            events_lost=daemon.events_lost + (reader.overruns if reader is not None else 0),
+            resyncs=daemon.dispatcher.resyncs,
+            commands=[CommandCount(op, result, count)
+                      for (op, result), count in sorted(stats.commands.items())],
+            queue_depth=int(getattr(channel, "queued", 0)),
+            in_flight=int(getattr(channel, "in_flight", 0)),
+            connections=len(bindings),
+            monitors=0,
+            monitors_dropped=stats.monitors_dropped,
+        )
+
+
+# -- the protocol ----------------------------------------------------------------------
+
+
+class _ControlProtocol(VarlinkInterfaceServerProtocol):
+    """asyncvarlink's server protocol, bounded (see the module docstring)."""
+
+    def __init__(self, server: "ControlServer", peer: Peer) -> None:
+        registry = VarlinkInterfaceRegistry()
+        registry.register_interface(VarlinkServiceInterface(
+            "mptcpd", "mptcpd", mptcpd.__version__,
+            "https://github.com/multipath-tcp/mptcpd", registry))
+        registry.register_interface(ControlInterface(server.daemon, peer))
+        super().__init__(registry)
+        self.server = server
+        self.peer = peer
+        self._buffer = bytearray()  # a message's start, its NUL not yet received
+        self._skipping = False  # in a refused message, up to its NUL
+        self._pending = 0  # replies queued and not yet written
+        self._dropped = False
+
+    def message_received(self, data: bytes, fds: FileDescriptorArray | None) -> None:
+        """Frame the messages here (the library would buffer a message of
+        any size): complete ones go on to the library, a partial one waits
+        here up to :data:`MAX_MESSAGE` bytes; a longer one is answered with
+        ``InvalidMessage`` and skipped up to its NUL."""
+        parts = data.split(b"\0")
+        complete: list[bytes] = []
+        buffer = self._buffer
+        for part in parts[:-1]:
+            if self._skipping:
+                self._skipping = False  # the end of the refused message
+            elif len(buffer) + len(part) > MAX_MESSAGE:
+                buffer.clear()
+                self._refuse_oversized()
+            else:
+                complete.append(bytes(buffer) + part if buffer else part)
+                buffer.clear()
+        tail = parts[-1]
+        if tail and not self._skipping:
+            if len(buffer) + len(tail) > MAX_MESSAGE:
+                buffer.clear()
+                self._skipping = True
+                self._refuse_oversized()
+            else:
+                buffer += tail
+        if complete:
+            super().message_received(b"\0".join(complete) + b"\0", fds)
+
+    def _refuse_oversized(self) -> None:
+        log.warning("Control socket: a message of more than %d bytes from %s; skipped.",
+                    MAX_MESSAGE, self.peer)
+        self.send_error(InvalidMessage(reason=f"message longer than {MAX_MESSAGE} bytes"))
+
+    def error_received(self, err: Exception, data: bytes,
+                       fds: FileDescriptorArray | None) -> None:
+        reason = "not JSON" if isinstance(err, ValueError) else str(err)
+        log.debug("Control socket: bad message from %s: %s", self.peer, err)
+        self.send_error(InvalidMessage(reason=reason))
+
+    def send_message(self, obj: Any, fds: list[int] | None = None,
+                     autoclose: bool = True) -> asyncio.Future[None]:
+        future = super().send_message(obj, fds, autoclose)
+        if future.done():  # not sent: the client has gone
+            if not future.cancelled():
+                future.exception()
+            return future
+        self._pending += 1
+        future.add_done_callback(self._sent)
+        if self._pending > MAX_PENDING_REPLIES and not self._dropped:
+            self._dropped = True
+            self.server.daemon.stats.clients_dropped += 1
+            log.warning("Control socket: %s left %d replies unread; dropped.",
+                        self.peer, self._pending)
+            transport = self._transport
+            if transport is not None:
+                transport.abort()
+        return future
+
+    def _sent(self, future: asyncio.Future[None]) -> None:
+        self._pending -= 1
+        if not future.cancelled():
+            future.exception()  # retrieved: a broken pipe is the client's leaving
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.clients.discard(self)
+        super().connection_lost(exc)
+
+
+# -- the server --------------------------------------------------------------------------
+
+
+class ControlServer:
+    """The control socket at ``path``, serving ``daemon``."""
+
+    def __init__(self, daemon: "Daemon", path: Path) -> None:
+        self.daemon = daemon
+        self.path = path
+        self.clients: set[_ControlProtocol] = set()
+        self._sock: socket.socket | None = None
+        self._inode: tuple[int, int] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> None:
+        """Bind and listen; :class:`OSError` when the socket cannot be made
+        (another daemon serving the path included: ``EADDRINUSE``)."""
+        path = self.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._remove_stale(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK
+                             | socket.SOCK_CLOEXEC)
+        try:
+            umask = os.umask(0o777 & ~SOCKET_MODE)
+            try:
+                sock.bind(str(path))
+            finally:
+                os.umask(umask)
+            os.chmod(path, SOCKET_MODE)
+            info = os.stat(path)
+            sock.listen(16)
+        except BaseException:
+            sock.close()
+            raise
+        self._inode = (info.st_dev, info.st_ino)
+        self._sock = sock
+        self._loop = loop = asyncio.get_running_loop()
+        loop.add_reader(sock.fileno(), self._accept)
+        log.info("Control socket listening on %s.", path)
+
+    @staticmethod
+    def _remove_stale(path: Path) -> None:
+        """Remove a socket left at ``path`` by a daemon that is gone; raise
+        ``EADDRINUSE`` when a live one answers there, ``EEXIST`` when
+        ``path`` is not a socket."""
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(info.st_mode):
+            raise OSError(errno.EEXIST, f"{path} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        probe.settimeout(1.0)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            os.unlink(path)  # nobody listens: left over
+            return
+        finally:
+            probe.close()
+        raise OSError(errno.EADDRINUSE, f"another process serves {path}")
+
+    def _accept(self) -> None:
+        sock, loop = self._sock, self._loop
+        if sock is None or loop is None:
+            return
+        for _ in range(16):  # bounded per loop turn
+            try:
+                conn, _addr = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE and the like: try again later
+                log.warning("Control socket: accept failed: %s", exc.strerror)
+                return
+            if len(self.clients) >= MAX_CLIENTS:
+                log.warning("Control socket: %d clients already; one more turned away.",
+                            MAX_CLIENTS)
+                conn.close()
+                continue
+            conn.setblocking(False)
+            try:
+                peer = peer_of(conn)
+            except OSError:
+                conn.close()
+                continue
+            protocol = _ControlProtocol(self, peer)
+            self.clients.add(protocol)
+            VarlinkTransport(loop, conn, conn, protocol, {"peer": peer})
+
+    def close(self) -> None:
+        """Stop listening, drop every client, remove the socket file (if it
+        is still ours)."""
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(sock.fileno())
+            sock.close()
+            try:
+                info = os.lstat(self.path)
+                if (info.st_dev, info.st_ino) == self._inode:
+                    os.unlink(self.path)
+            except OSError:
+                pass
+        for client in list(self.clients):
+            client.close()
+        self.clients.clear()
+
+
+def make_server(daemon: "Daemon") -> "ControlServer | None":
+    """The control server ``daemon``'s configuration asks for (None: none)."""
+    path = socket_path(daemon.config)
+    return ControlServer(daemon, path) if path is not None else None
+
+
+__all__ = [
+    "CAP_NET_ADMIN",
+    "CommandRecorder",
+    "EVENT_NAMES",
+    "INTERFACE",
+    "INTERFACE_FILE",
+    "ControlInterface",
+    "ControlServer",
+    "Peer",
+    "Stats",
+    "default_socket_path",
+    "make_server",
+    "socket_path",
+]
