@@ -311,3 +311,56 @@ def test_peer_rights(monkeypatch: pytest.MonkeyPatch) -> None:
     me = control.effective_capabilities(os.getpid())
     assert control.Peer(os.getpid(), 65534, 65534).may_write() == (control.CAP_NET_ADMIN in me)
     assert not control.Peer(2**30, 65534, 65534).may_write()  # no such process
+
+
+async def test_endpoint_owners_follow_the_plugin_through_its_callbacks() -> None:
+    """A command sent from a done-callback that a plugin added in a hook is
+    that plugin's (asyncio runs the callback in the hook's context)."""
+    from mptcpd.plugin import PluginInfo
+    from mptcpd.plugins.registry import PluginRegistry
+    from mptcpd.types import SockAddr
+
+    registry = PluginRegistry()
+    loop = asyncio.get_running_loop()
+    stats = control.Stats()
+
+    class Channel:
+        def submit(self, name: str, args: Any = (), token: Any = None) -> Any:
+            future = loop.create_future()
+            future.set_result(None)
+            return future
+
+    recorder = control.CommandRecorder(
+        Channel(), stats, lambda: registry.current.name if registry.current else None)
+    first = loop.create_future()
+
+    import types
+
+    from mptcpd import hookspecs
+    from mptcpd.plugin import hookimpl
+
+    @hookimpl
+    def plugin_init(pm: Any) -> None:
+        first.add_done_callback(lambda _: recorder.submit(
+            "kpm_add_addr", (SockAddr("192.0.2.1"), 3, 0, 0)))
+        recorder.submit("kpm_add_addr", (SockAddr("192.0.2.2"), 4, 0, 0))
+
+    module = types.ModuleType("owner_plugin")
+    module.plugin_init = plugin_init  # type: ignore[attr-defined]
+    plugin = registry.register(module, PluginInfo(name="owner"), "test")
+    assert "plugin_init" in plugin.impls
+    registry.call(plugin, hookspecs.plugin_init, pm=None)
+    assert registry.current is None
+    recorder.submit("kpm_add_addr", (SockAddr("192.0.2.3"), 5, 0, 0))  # nobody's
+    first.set_result(None)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    owners = recorder.owners
+    assert owners.owner(3, SockAddr("192.0.2.1")) == "owner"
+    assert owners.owner(4, SockAddr("192.0.2.2")) == "owner"
+    assert owners.owner(5, SockAddr("192.0.2.3")) is None
+    assert owners.owner(3, SockAddr("192.0.2.9")) is None  # the ID re-made by another
+    owners.record("kpm_remove_addr", (3,), "someone")
+    assert owners.owner(3, SockAddr("192.0.2.1")) is None
+    owners.record("kpm_flush_addrs", (), "someone")
+    assert owners.owner(4, SockAddr("192.0.2.2")) is None

@@ -135,7 +135,7 @@ LAYERS: dict[str, int] = {
     "mptcpd.types": 0, "mptcpd.errors": 0, "mptcpd.log": 0,
     "mptcpd.netlink.constants": 0, "mptcpd.netlink.sysctl": 0,
     "mptcpd.events": 1, "mptcpd.config": 1,
-    "mptcpd.netlink": 2,
+    "mptcpd.netlink": 2, "mptcpd.netlink.mptcp_info": 2,
     "mptcpd.hookspecs": 3, "mptcpd.plugin": 3, "mptcpd.pm": 3,
     "mptcpd.plugins": 4,
     "mptcpd.daemon": 5, "mptcpd.daemon.control": 5,

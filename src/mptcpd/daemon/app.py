@@ -145,7 +145,7 @@ class Daemon:
         self.listener_manager = ListenerManager()
         #: Counters for the control socket.
         self.stats = Stats()
-        self.commands = CommandRecorder(self.channel, self.stats)
+        self.commands = CommandRecorder(self.channel, self.stats, self._current_plugin)
         self.pm = PathManager(
             self.commands, config=config,
             network_monitor=self.network_monitor, id_manager=self.id_manager,
@@ -430,6 +430,10 @@ class Daemon:
                       server.path, exc.strerror or exc)
             return
         self.control = server
+
+    def _current_plugin(self) -> str | None:
+        plugin = self.registry.current
+        return plugin.name if plugin is not None else None
 
     def _stop_control(self) -> None:
         control, self.control = self.control, None

@@ -55,6 +55,7 @@ from mptcpd import events as ev
 from mptcpd.config import CONTROL_SOCKET_NAME, Config
 from mptcpd.daemon.lock import runtime_dir
 from mptcpd.errors import ConnectionClosed, KernelError, NotReady, QueueFull
+from mptcpd.types import AddrFlags, SockAddr
 
 if TYPE_CHECKING:
     from mptcpd.daemon.app import Daemon
@@ -165,6 +166,30 @@ class PermissionDenied(TypedVarlinkErrorReply, interface=INTERFACE):
         method: str
 
 
+class NotReadyReply(TypedVarlinkErrorReply, name=f"{INTERFACE}.NotReady"):
+    """The kernel's mptcp_pm family is not available: no command can be sent."""
+
+    class Parameters:
+        message: str
+
+
+class KernelErrorReply(TypedVarlinkErrorReply, name=f"{INTERFACE}.KernelError"):
+    """The kernel refused the command: its errno (number and name) and message."""
+
+    class Parameters:
+        errno: int
+        name: str
+        message: str
+
+
+def _kernel_error(exc: OSError) -> TypedVarlinkErrorReply:
+    if isinstance(exc, NotReady):
+        return NotReadyReply(message=str(exc))
+    code = exc.errno or 0
+    return KernelErrorReply(errno=code, name=errno.errorcode.get(code, str(code)),
+                            message=str(exc))
+
+
 # -- the interface's types -------------------------------------------------------------
 
 
@@ -220,6 +245,124 @@ class Status:
     monitors_dropped: int
 
 
+#: TCP socket states (``include/net/tcp_states.h``), by number.
+TCP_STATES = ("", "established", "syn_sent", "syn_recv", "fin_wait1", "fin_wait2",
+              "time_wait", "close", "close_wait", "last_ack", "listen", "closing",
+              "new_syn_recv", "bound_inactive")
+
+
+@dataclasses.dataclass
+class Connection:
+    """An MPTCP connection as sock_diag lists it."""
+
+    token: int
+    #: Accepted here (the local port is an MPTCP listener's).
+    server_side: bool
+    #: The plugin the connection is bound to; null when none is (a
+    #: connection that fell back to TCP, or before any plugin is loaded).
+    plugin: str | None
+    local_address: str
+    local_port: int
+    remote_address: str
+    remote_port: int
+    #: The MPTCP socket's TCP state (established, close_wait, ...).
+    state: str
+    #: The connection fell back to plain TCP.
+    fallback: bool
+    #: The struct mptcp_info counters the kernel reported, named without
+    #: the mptcpi_ prefix; a counter the running kernel does not have is absent.
+    info: dict[str, int]
+
+
+@dataclasses.dataclass
+class Endpoint:
+    """An endpoint of the in-kernel path manager."""
+
+    id: int
+    address: str
+    #: 0 when none.
+    port: int
+    #: signal, subflow, backup, fullmesh, implicit, laminar.
+    flags: list[str]
+    #: The endpoint's device (null when none was given).
+    interface: str | None
+    ifindex: int
+    #: The plugin that created the endpoint; null for one mptcpd did not create.
+    owner: str | None
+
+
+@dataclasses.dataclass
+class Limits:
+    """The in-kernel path manager's limits (null: not reported)."""
+
+    subflows: int | None
+    add_addr_accepted: int | None
+
+
+@dataclasses.dataclass
+class InterfaceAddress:
+    address: str
+    #: Where the address stands for the plugins: announced, silent (present
+    #: at startup without notify-flags existing), deferred, pending (route
+    #: check running), abandoned (no route found).
+    state: str | None
+
+
+@dataclasses.dataclass
+class InterfaceStatus:
+    """A network interface the network monitor tracks."""
+
+    index: int
+    name: str
+    #: The RFC 2863 operational state (UP, DOWN, LOWERLAYERDOWN, ...).
+    operstate: str
+    #: Whether the link has its carrier (null when the kernel did not say).
+    carrier: bool | None
+    up: bool
+    running: bool
+    addresses: list[InterfaceAddress]
+
+
+#: Endpoint flag names, in bit order.
+ADDR_FLAG_NAMES = tuple((flag.name.lower(), int(flag)) for flag in AddrFlags
+                        if flag.name is not None)
+
+
+def flag_names(flags: int) -> list[str]:
+    return [name for name, bit in ADDR_FLAG_NAMES if flags & bit]
+
+
+class EndpointOwners:
+    """Which plugin created which endpoint: an endpoint ID's owner is the
+    plugin whose ``kpm_add_addr`` for that ID the kernel accepted, until a
+    ``kpm_remove_addr`` of the ID or a flush is accepted.  The address is
+    kept too: an endpoint later re-made by someone else under the same ID
+    is not the plugin's."""
+
+    #: The operations that change the owners.
+    OPERATIONS = frozenset({"kpm_add_addr", "kpm_remove_addr", "kpm_flush_addrs"})
+
+    def __init__(self) -> None:
+        self._owners: dict[int, tuple[SockAddr, str]] = {}
+
+    def record(self, name: str, args: tuple[Any, ...], owner: str) -> None:
+        """Command ``name`` with ``args``, sent by ``owner``, was accepted."""
+        if name == "kpm_add_addr":
+            addr, addr_id = args[0], args[1]
+            if addr_id:
+                self._owners[addr_id] = (addr, owner)
+        elif name == "kpm_remove_addr":
+            self._owners.pop(args[0], None)
+        else:
+            self._owners.clear()
+
+    def owner(self, addr_id: int, addr: SockAddr | None) -> str | None:
+        entry = self._owners.get(addr_id)
+        if entry is None or addr is None or entry[0].ip != addr.ip:
+            return None
+        return entry[1]
+
+
 # -- the daemon's counters -------------------------------------------------------------
 
 
@@ -269,9 +412,12 @@ class CommandRecorder:
     ``on_result`` of each, in the order the answers come: the order the
     commands were sent)."""
 
-    def __init__(self, channel: Any, stats: Stats) -> None:
+    def __init__(self, channel: Any, stats: Stats,
+                 current_plugin: Callable[[], str | None] = lambda: None) -> None:
         self._channel_submit: Callable[..., asyncio.Future[Any]] = channel.submit
         self._commands = stats.commands
+        self._current_plugin = current_plugin
+        self.owners = EndpointOwners()
         self.on_result: Callable[[str, tuple[Any, ...], asyncio.Future[Any]], None] | None \
             = None
 
@@ -279,7 +425,16 @@ class CommandRecorder:
                token: int | None = None) -> asyncio.Future[Any]:
         future = self._channel_submit(name, args, token)
         future.add_done_callback(functools.partial(self._done, name, args))
+        if name in EndpointOwners.OPERATIONS:
+            owner = self._current_plugin()
+            if owner is not None:
+                future.add_done_callback(functools.partial(self._owned, name, args, owner))
         return future
+
+    def _owned(self, name: str, args: tuple[Any, ...], owner: str,
+               future: asyncio.Future[Any]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            self.owners.record(name, args, owner)
 
     def _done(self, name: str, args: tuple[Any, ...], future: asyncio.Future[Any]) -> None:
         key = (name, result_name(future))
@@ -295,7 +450,7 @@ class CommandRecorder:
 class ControlInterface(VarlinkInterface, name=INTERFACE):
     """Status and control of mptcpd, the Multipath TCP path-management daemon."""
 
-    errors = (InvalidMessage, PermissionDenied)
+    errors = (InvalidMessage, PermissionDenied, NotReadyReply, KernelErrorReply)
 
     def __init__(self, daemon: "Daemon", peer: Peer) -> None:
         self._daemon = daemon
@@ -333,6 +488,73 @@ class ControlInterface(VarlinkInterface, name=INTERFACE):
             monitors=0,
             monitors_dropped=stats.monitors_dropped,
         )
+
+    @varlinkmethod(return_parameter="connections")
+    async def ListConnections(self) -> list[Connection]:
+        """The MPTCP connections of the namespace (sock_diag, as ss -M lists
+        them), with the plugin each is bound to and its MPTCP_INFO counters."""
+        daemon = self._daemon
+        try:
+            listed = await daemon.kernel.list_connections()
+        except OSError as exc:
+            raise _kernel_error(exc) from None
+        bindings = daemon.dispatcher.bindings
+        return [Connection(
+            token=c.token, server_side=c.server_side, plugin=bindings.get(c.token),
+            local_address=str(c.laddr.ip), local_port=c.laddr.port,
+            remote_address=str(c.raddr.ip), remote_port=c.raddr.port,
+            state=TCP_STATES[c.state] if 0 < c.state < len(TCP_STATES) else str(c.state),
+            fallback=c.fallback, info=dict(c.info),
+        ) for c in listed]
+
+    @varlinkmethod(return_parameter="endpoints")
+    async def ListEndpoints(self) -> list[Endpoint]:
+        """The in-kernel path manager's endpoints, each with the plugin that
+        created it (null for one mptcpd did not create)."""
+        daemon = self._daemon
+        try:
+            infos = await daemon.pm.kpm_dump_addrs()
+        except OSError as exc:
+            raise _kernel_error(exc) from None
+        owners = daemon.commands.owners
+        endpoints = []
+        for info in infos:
+            iface = (daemon.network_monitor.get_interface(info.ifindex)
+                     if info.ifindex else None)
+            addr = info.address
+            endpoints.append(Endpoint(
+                id=info.id, address=str(addr.ip) if addr is not None else "",
+                port=addr.port if addr is not None else 0, flags=flag_names(info.flags),
+                interface=iface.name if iface is not None else None,
+                ifindex=info.ifindex, owner=owners.owner(info.id, addr)))
+        return endpoints
+
+    @varlinkmethod(return_parameter="limits")
+    async def GetLimits(self) -> Limits:
+        """The in-kernel path manager's limits."""
+        try:
+            limits = await self._daemon.pm.kpm_get_limits()
+        except OSError as exc:
+            raise _kernel_error(exc) from None
+        return Limits(subflows=limits.subflows, add_addr_accepted=limits.rcv_add_addrs)
+
+    @varlinkmethod(return_parameter="interfaces")
+    def ListInterfaces(self) -> list[InterfaceStatus]:
+        """The interfaces the network monitor tracks (up and running, not
+        loopback), with their addresses."""
+        monitor = self._daemon.network_monitor
+        result = []
+        for iface in monitor.interfaces():
+            addresses = []
+            for addr in iface.addrs:
+                state = monitor.address_state(addr)
+                addresses.append(InterfaceAddress(str(addr.ip),
+                                                  state.value if state else None))
+            result.append(InterfaceStatus(
+                index=iface.index, name=iface.name, operstate=iface.operstate,
+                carrier=iface.carrier, up=iface.is_up, running=iface.is_running,
+                addresses=addresses))
+        return result
 
 
 # -- the protocol ----------------------------------------------------------------------
