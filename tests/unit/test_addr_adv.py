@@ -250,3 +250,20 @@ async def test_a_corrupt_state_file_is_warned_about_and_nothing_taken_as_ours(
     assert [args[0] for _, args in pm.commands("add")] == [A2]
     plugin.delete_local_address(IF2, A1, pm)
     assert pm.commands("remove") == []  # never removed: not proven ours
+
+
+@pytest.mark.parametrize("second", [IF2, IF3], ids=["same interface", "another interface"])
+async def test_an_address_reported_twice_counts_once(plugin: Any, second: Interface) -> None:
+    """Reported again (an administrative down/up replays it; one IP on two
+    interfaces reports it twice): one endpoint, the limits raised once and
+    lowered once."""
+    pm = FakePM()
+    await started(plugin, pm)
+    plugin.new_local_address(IF2, A1, pm)
+    plugin.new_local_address(second, A1, pm)
+    assert pm.commands("add") == [("add", (A1, 1, 0, 2))]
+    assert [args[0][0][1] for _, args in pm.commands("set_limits")] == [2, 3]
+    pm.futures["add"][0].set_result(None)
+    plugin.delete_local_address(IF2, A1, pm)
+    assert [args[0][0][1] for _, args in pm.commands("set_limits")] == [2, 3, 2]
+    assert pm.commands("remove") == [("remove", (1,))]

@@ -27,7 +27,7 @@ from mptcpd.daemon.app import Daemon, KernelSide
 from mptcpd.daemon.lock import AlreadyRunning, NamespaceLock
 from mptcpd.daemon.systemd import Notifier
 from mptcpd.errors import NotReady
-from mptcpd.netlink.diag import MptcpConnection
+from mptcpd.netlink.diag import MptcpConnection, MptcpSubflow
 from mptcpd.netlink.rtnl_monitor import AddressMessage, LinkMessage, RouteLookup
 from mptcpd.types import IFF_RUNNING, IFF_UP, NotifyFlags
 
@@ -206,6 +206,10 @@ async def no_connections() -> list[MptcpConnection]:
     return []
 
 
+async def no_subflows() -> list[MptcpSubflow]:
+    return []
+
+
 def record_state(state: str) -> bool:
     ORDER.append(state.replace("\n", " "))
     return True
@@ -230,7 +234,8 @@ def daemon(tmp_path: Path) -> Daemon:
 
     kernel = KernelSide(check_kernel=kernel_ok, path_manager=lambda: "kernel",
                         channel=FakeChannel, watcher=FakeWatcher, reader=FakeReader,
-                        rtnl=FakeRtnl, list_connections=no_connections)
+                        rtnl=FakeRtnl, list_connections=no_connections,
+                        list_subflows=no_subflows)
     daemon = Daemon(config, notifier=Notifier(send=record_state), kernel=kernel)
     daemon.lock = NamespaceLock(tmp_path / "mptcpd.lock")  # never the host's /run
     return daemon
@@ -393,3 +398,33 @@ async def test_a_family_watcher_that_stops_makes_the_daemon_exit_1(
     watcher.on_failure("nlctrl notification socket failed: [Errno 5] Input/output error")
     assert await asyncio.wait_for(serving, 10) == 1
     assert "nlctrl notification socket failed" in caplog.text
+
+
+async def test_the_family_vanishing_and_reappearing_during_initialisation(
+        daemon: Daemon) -> None:
+    """The family goes and comes back (module reload) while the endpoint
+    dump is unanswered, within one loop turn: the daemon ends ready with an
+    event reader and an open channel, not with the channel the vanishing
+    closed."""
+    serving = asyncio.create_task(daemon.serve())
+    await until(lambda: "watcher start" in ORDER)
+    channel = daemon.channel
+    assert isinstance(channel, FakeChannel)
+    answers = dict(channel.answers)
+    channel.answers.clear()
+    watcher = FakeWatcher.instances[0]
+    watcher.on_appeared(23)
+    await until(lambda: "submit kpm_dump_addrs" in ORDER)
+    channel.answers.update(answers)
+    watcher.on_vanished()
+    watcher.on_appeared(24)
+    await until(ready)
+    await until(lambda: ORDER.count("channel close") == 1)
+    for _ in range(100):  # whatever the vanishing scheduled has run
+        await asyncio.sleep(0)
+    assert channel.is_open
+    assert daemon.reader is not None
+    assert daemon.pm.ready
+    assert ORDER.count("plugin_init") == 1
+    daemon.stop()
+    assert await serving == 0

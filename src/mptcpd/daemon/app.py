@@ -37,7 +37,12 @@ from mptcpd.daemon.lock import AlreadyRunning, NamespaceLock
 from mptcpd.daemon.network import NetworkFeed, RtnlSource
 from mptcpd.daemon.systemd import Notifier
 from mptcpd.errors import KernelError, NotReady
-from mptcpd.netlink.diag import MptcpConnection, list_mptcp_connections
+from mptcpd.netlink.diag import (
+    MptcpConnection,
+    MptcpSubflow,
+    list_mptcp_connections,
+    list_mptcp_subflows,
+)
 from mptcpd.netlink.family import FamilyWatcher
 from mptcpd.netlink.genl_commands import CommandChannel
 from mptcpd.netlink.genl_events import EventReader
@@ -119,6 +124,8 @@ class KernelSide:
     #: the live MPTCP connections (sock_diag).
     list_connections: Callable[[], Awaitable[Sequence[MptcpConnection]]] = (
         list_mptcp_connections)
+    #: the subflows of the live MPTCP connections (sock_diag).
+    list_subflows: Callable[[], Awaitable[Sequence[MptcpSubflow]]] = list_mptcp_subflows
 
 
 class Daemon:
@@ -166,6 +173,7 @@ class Daemon:
         self.control: ControlServer | None = None
         #: Event-socket overruns of the readers closed so far.
         self.events_lost = 0
+        self._channel_closing: asyncio.Task[None] | None = None
 
     # -- running ------------------------------------------------------------
 
@@ -250,8 +258,11 @@ class Daemon:
 
     def _family_appeared(self, family_id: int) -> None:
         self.pm.set_ready(True)
-        if self._init_task is None or self._init_task.done():
-            self._init_task = self._spawn(self._complete_init(), "initialisation")
+        previous = self._init_task
+        # A cancelled attempt (the family vanished meanwhile) is not done
+        # until it has run once more: start a new one, which waits for it.
+        if previous is None or previous.done() or previous.cancelling():
+            self._init_task = self._spawn(self._complete_init(previous), "initialisation")
 
     def _family_vanished(self) -> None:
         self.pm.set_ready(False)
@@ -260,12 +271,20 @@ class Daemon:
         self._close_reader()
         # The channel is bound to the family's id: open it anew when the
         # family comes back.
-        self._spawn(self.channel.close(), "closing the command channel")
+        self._channel_closing = self._spawn(self.channel.close(),
+                                            "closing the command channel")
         self.notifier.status("Waiting for the mptcp_pm generic netlink family")
         self.dispatcher.pm_not_ready()
 
-    async def _complete_init(self) -> None:
-        """Once the family is there: ID sync, plugins, event join, ready."""
+    async def _complete_init(self, previous: asyncio.Task[None] | None = None) -> None:
+        """Once the family is there: ID sync, plugins, event join, ready.
+
+        ``previous`` is the attempt a vanishing family cancelled: it ends,
+        and the channel it was using is closed, before this one starts.
+        """
+        for task in (previous, self._channel_closing):
+            if task is not None and not task.done():
+                await asyncio.wait([task])
         try:
             if not self.channel.is_open:
                 await self.channel.open()
@@ -375,8 +394,9 @@ class Daemon:
                 self.reader.overrun_pending = False
 
     async def _reconcile_connections(self, at_startup: bool) -> bool:
-        """Bring the connection bindings in line with sock_diag's listing (at
-        startup, or after lost events); False when the listing failed (logged)."""
+        """Bring the connection bindings and their subflows in line with
+        sock_diag's listings (at startup, or after lost events); False when
+        the connections could not be listed (logged)."""
         when = "at startup" if at_startup else "after lost events"
         self.dispatcher.begin_reconcile()
         try:
@@ -385,10 +405,16 @@ class Daemon:
             self.dispatcher.reconcile_cancel()
             log.warning("Unable to list the MPTCP connections %s: %s", when, exc)
             return False
+        subflows: Sequence[MptcpSubflow] | None
+        try:
+            subflows = await self.kernel.list_subflows()
+        except Exception as exc:  # the connections are reconciled all the same
+            log.warning("Unable to list the MPTCP subflows %s: %s", when, exc)
+            subflows = None
         self.dispatcher.reconcile({
             c.token: (c.laddr, c.raddr, c.server_side, c.established)
             for c in connections if not c.fallback  # no events exist for those
-        }, at_startup=at_startup)
+        }, at_startup=at_startup, subflows=subflows)
         if at_startup:
             log.info("%d MPTCP connection(s) existed at startup.", len(connections))
         else:
