@@ -121,6 +121,15 @@ def test_connections_are_what_each_connection_says(lab: Lab, tmp_path: Path) -> 
         assert conn["remote_port"] == 5201 and conn["server_side"] is False
         assert conn["plugin"] == "addr_adv" and conn["state"] == "established"
         assert not conn["fallback"]
+        # Every subflow, the initial one included: MPTCP_INFO's extra ones + 1.
+        subflows = conn["subflows"]
+        assert len(subflows) == mine["info"]["subflows"] + 1 == conn["info"]["subflows_total"]
+        assert [sf["initial"] for sf in subflows].count(True) == 1
+        initial = next(sf for sf in subflows if sf["initial"])
+        assert (initial["local_address"], initial["local_port"]) == tuple(mine["local"])
+        assert all(sf["state"] == "established" and not sf["backup"] for sf in subflows)
+        joins = {sf["local_address"] for sf in subflows if not sf["initial"]}
+        assert joins <= lab_addresses(lab) and joins, subflows
         # This kernel (6.10 on) reports the whole structure.
         assert {"bytes_sent", "subflows_total", "last_ack_recv"} <= set(conn["info"])
     status = call(path, "io.mptcpd.GetStatus")["status"]

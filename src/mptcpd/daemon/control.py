@@ -251,6 +251,33 @@ TCP_STATES = ("", "established", "syn_sent", "syn_recv", "fin_wait1", "fin_wait2
               "new_syn_recv", "bound_inactive")
 
 
+def _tcp_state(state: int) -> str:
+    return TCP_STATES[state] if 0 < state < len(TCP_STATES) else str(state)
+
+
+@dataclasses.dataclass
+class Subflow:
+    """A subflow (a TCP socket of the connection) as sock_diag lists it."""
+
+    local_address: str
+    local_port: int
+    remote_address: str
+    remote_port: int
+    #: The interface the subflow is bound to (null: not bound to one).
+    interface: str | None
+    ifindex: int
+    #: This side asked the peer to use the subflow as a backup (MP_PRIO or
+    #: the backup flag of the join), and the peer asked this side.
+    backup: bool
+    backup_remote: bool
+    #: The TCP state (established, syn_sent, ...).
+    state: str
+    #: The connection's first subflow, not a join.
+    initial: bool
+    local_id: int
+    remote_id: int
+
+
 @dataclasses.dataclass
 class Connection:
     """An MPTCP connection as sock_diag lists it."""
@@ -272,6 +299,8 @@ class Connection:
     #: The struct mptcp_info counters the kernel reported, named without
     #: the mptcpi_ prefix; a counter the running kernel does not have is absent.
     info: dict[str, int]
+    #: Every subflow, the initial one included while it is attached.
+    subflows: list[Subflow]
 
 
 @dataclasses.dataclass
@@ -496,15 +525,26 @@ class ControlInterface(VarlinkInterface, name=INTERFACE):
         daemon = self._daemon
         try:
             listed = await daemon.kernel.list_connections()
+            subflows = await daemon.kernel.list_subflows()
         except OSError as exc:
             raise _kernel_error(exc) from None
+        by_token: dict[int, list[Subflow]] = {}
+        monitor = daemon.network_monitor
+        for sf in subflows:
+            iface = monitor.get_interface(sf.ifindex) if sf.ifindex else None
+            by_token.setdefault(sf.token, []).append(Subflow(
+                local_address=str(sf.laddr.ip), local_port=sf.laddr.port,
+                remote_address=str(sf.raddr.ip), remote_port=sf.raddr.port,
+                interface=iface.name if iface is not None else None, ifindex=sf.ifindex,
+                backup=sf.backup, backup_remote=sf.backup_remote, state=_tcp_state(sf.state),
+                initial=sf.initial, local_id=sf.local_id, remote_id=sf.remote_id))
         bindings = daemon.dispatcher.bindings
         return [Connection(
             token=c.token, server_side=c.server_side, plugin=bindings.get(c.token),
             local_address=str(c.laddr.ip), local_port=c.laddr.port,
             remote_address=str(c.raddr.ip), remote_port=c.raddr.port,
-            state=TCP_STATES[c.state] if 0 < c.state < len(TCP_STATES) else str(c.state),
-            fallback=c.fallback, info=dict(c.info),
+            state=_tcp_state(c.state), fallback=c.fallback, info=dict(c.info),
+            subflows=by_token.get(c.token, []),
         ) for c in listed]
 
     @varlinkmethod(return_parameter="endpoints")
