@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,17 @@ def call(path: Path, method: str, parameters: dict[str, Any] | None = None) -> A
     return reply.get("parameters", {})
 
 
+MPTCPCTL = Path(sys.executable).with_name("mptcpctl")
+
+
+def mptcpctl(path: Path, *args: str) -> Any:
+    """``mptcpctl --json`` (its output parsed), which must succeed."""
+    proc = subprocess.run([str(MPTCPCTL), "--socket", str(path), "--json", *args],
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert (proc.returncode, proc.stderr) == (0, ""), proc.stderr
+    return json.loads(proc.stdout)
+
+
 def start(lab: Lab, tmp_path: Path) -> tuple[Process, Path]:
     path = tmp_path / "ctl" / "control"
     daemon = lab.start_mptcpd(
@@ -59,7 +72,8 @@ def test_endpoints_limits_and_status_are_the_kernels(lab: Lab, tmp_path: Path) -
            "signal")
     daemon, path = start(lab, tmp_path)
     wait_endpoints(lab, lab_addresses(lab))
-    endpoints = call(path, "io.mptcpd.ListEndpoints")["endpoints"]
+    endpoints = mptcpctl(path, "endpoints")
+    assert endpoints == call(path, "io.mptcpd.ListEndpoints")["endpoints"]
     kernel = json.loads(lab.ip(lab.client, "-j", "mptcp", "endpoint", "show").stdout)
     assert len(endpoints) == len(kernel) == 4
     for ours, theirs in zip(sorted(endpoints, key=lambda e: e["id"]),
@@ -69,7 +83,7 @@ def test_endpoints_limits_and_status_are_the_kernels(lab: Lab, tmp_path: Path) -
         assert set(ours["flags"]) == {k for k, v in theirs.items() if v is True}
         assert ours["port"] == theirs.get("port", 0)
         assert ours["owner"] == (None if ours["id"] == 42 else "addr_adv"), ours
-    limits = call(path, "io.mptcpd.GetLimits")["limits"]
+    limits = mptcpctl(path, "limits")
     assert limits == lab.limits(lab.client)
     status = call(path, "io.mptcpd.GetStatus")["status"]
     assert status["kernel_path_manager"] == "kernel" and status["ready"] is True
@@ -98,10 +112,10 @@ def test_connections_are_what_each_connection_says(lab: Lab, tmp_path: Path) -> 
     def settled() -> list[dict[str, Any]] | None:
         # Both connections listed, each with the subflow addr_adv's other
         # endpoints bring (the limits allow them all), twice the same.
-        first = call(path, "io.mptcpd.ListConnections")["connections"]
+        first = mptcpctl(path, "connections")
         if len(first) != 2 or any(c["info"].get("subflows", 0) < 1 for c in first):
             return None
-        again = call(path, "io.mptcpd.ListConnections")["connections"]
+        again = mptcpctl(path, "connections")
         key = [(c["token"], c["info"]["subflows"]) for c in first]
         return first if key == [(c["token"], c["info"]["subflows"]) for c in again] else None
 

@@ -1,0 +1,396 @@
+"""mptcpctl: the command line of mptcpd's control socket.
+
+``mptcpctl [--socket PATH] [--json] COMMAND`` calls the daemon's varlink
+interface ``io.mptcpd`` (see :mod:`mptcpd.daemon.control`) and prints the
+answer as aligned tables, or with ``--json`` as the reply's JSON: the
+reply's parameters, or for the listing commands the list itself.
+
+The socket is ``--socket``, else ``control-socket`` of the configuration
+file (``$MPTCPD_CONFIG`` or ``/etc/mptcpd/mptcpd.conf``), else ``control``
+in the runtime directory (``$MPTCPD_STATE_DIR``, ``$RUNTIME_DIRECTORY`` or
+``/run/mptcpd``).
+
+Exit status: 0 success; 1 the daemon answered with an error (the kernel
+refused, the family is not ready, ...); 2 usage error; 3 the daemon is not
+running (no socket, or nobody listening); 4 access denied (to the socket,
+or to a write method).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from mptcpd import config as cfg
+from mptcpd.daemon.control import INTERFACE, default_socket_path
+
+#: Exit statuses.
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_NOT_RUNNING = 3
+EXIT_DENIED = 4
+#: Seconds a call may wait for the daemon's answer.
+TIMEOUT = 30.0
+
+
+class CtlError(Exception):
+    """A failure to report: the message and the exit status."""
+
+    def __init__(self, message: str, status: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def socket_path(given: str | None = None) -> Path:
+    """The control socket to use (see the module docstring)."""
+    if given:
+        return Path(given)
+    conf = cfg.config_path()
+    try:
+        data = Path(conf).read_bytes()
+        value = cfg.parse_settings(data).get_string(cfg.CORE_GROUP, "control-socket")
+    except (OSError, ValueError):
+        value = None
+    if value and value.startswith("/"):
+        return Path(value)
+    return default_socket_path()
+
+
+class Client:
+    """A varlink connection to the daemon (blocking, one call at a time)."""
+
+    def __init__(self, path: Path, timeout: float | None = TIMEOUT) -> None:
+        self.path = path
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(path))
+        except OSError as exc:
+            sock.close()
+            if exc.errno in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTDIR):
+                raise CtlError(f"mptcpd is not running (no control socket at {path}: "
+                               f"{exc.strerror})", EXIT_NOT_RUNNING) from None
+            if exc.errno in (errno.EACCES, errno.EPERM):
+                raise CtlError(f"access to the control socket {path} denied "
+                               "(root or the socket's group is needed)",
+                               EXIT_DENIED) from None
+            raise CtlError(f"cannot connect to the control socket {path}: "
+                           f"{exc.strerror or exc}") from None
+        self.sock = sock
+        self._buffer = b""
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _send(self, method: str, parameters: dict[str, Any] | None, more: bool) -> None:
+        message: dict[str, Any] = {"method": f"{INTERFACE}.{method}"}
+        if parameters:
+            message["parameters"] = parameters
+        if more:
+            message["more"] = True
+        self.sock.sendall(json.dumps(message).encode() + b"\0")
+
+    def _reply(self) -> dict[str, Any]:
+        while b"\0" not in self._buffer:
+            try:
+                chunk = self.sock.recv(65536)
+            except TimeoutError:
+                raise CtlError("mptcpd did not answer in time") from None
+            except OSError as exc:
+                raise CtlError(f"connection to mptcpd lost: {exc.strerror or exc}") from None
+            if not chunk:
+                raise CtlError("mptcpd closed the connection")
+            self._buffer += chunk
+        message, self._buffer = self._buffer.split(b"\0", 1)
+        reply: dict[str, Any] = json.loads(message)
+        error = reply.get("error")
+        if error:
+            raise _error(error, reply.get("parameters") or {})
+        return reply
+
+    def call(self, method: str, parameters: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The parameters of the reply to ``method``."""
+        self._send(method, parameters, more=False)
+        result: dict[str, Any] = self._reply().get("parameters") or {}
+        return result
+
+    def stream(self, method: str, parameters: dict[str, Any] | None = None
+               ) -> Iterator[dict[str, Any]]:
+        """The parameters of each reply to ``method`` called with ``more``."""
+        self._send(method, parameters, more=True)
+        while True:
+            reply = self._reply()
+            yield reply.get("parameters") or {}
+            if not reply.get("continues"):
+                return
+
+
+def _error(name: str, parameters: dict[str, Any]) -> CtlError:
+    short = name.rsplit(".", 1)[-1]
+    if short == "PermissionDenied":
+        return CtlError(f"permission denied: {parameters.get('method', 'this method')} "
+                        "needs root or CAP_NET_ADMIN", EXIT_DENIED)
+    if short == "KernelError":
+        return CtlError(f"the kernel refused: {parameters.get('message')} "
+                        f"({parameters.get('name')})")
+    if short == "NotReady":
+        return CtlError(f"not ready: {parameters.get('message')}")
+    detail = ", ".join(f"{k}={v}" for k, v in parameters.items())
+    return CtlError(f"{name}" + (f": {detail}" if detail else ""))
+
+
+# -- output -------------------------------------------------------------------------
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Aligned columns (the last one not padded), as ``ss`` and ``ip`` print."""
+    cells = [[str(h) for h in headers]] + [
+        ["-" if v is None else str(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = []
+    for row in cells:
+        padded = [cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])] + [row[-1]]
+        lines.append("  ".join(padded).rstrip())
+    return "\n".join(lines)
+
+
+def _addr(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def _duration(seconds: float) -> str:
+    whole = int(seconds)
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{days}d"] if days else []
+    if days or hours:
+        parts.append(f"{hours}h")
+    if days or hours or minutes:
+        parts.append(f"{minutes}m")
+    parts.append(f"{secs}s")
+    return "".join(parts)
+
+
+def show_status(status: dict[str, Any]) -> str:
+    lines = [
+        f"mptcpd {status['version']}, up {_duration(status['uptime'])}",
+        f"kernel path manager: {status['kernel_path_manager'] or 'unknown'}"
+        f" ({'ready' if status['ready'] else 'mptcp_pm family not available'})",
+        f"plugins: {', '.join(p['name'] for p in status['plugins']) or 'none'}"
+        f"; default: {status['default_plugin'] or 'none'}",
+        f"connections: {status['connections']}",
+        "events: " + ", ".join(f"{k} {v}" for k, v in status["events"].items()),
+        f"events lost: {status['events_lost']} (overruns); resyncs: {status['resyncs']}",
+        f"command queue: {status['queue_depth']} waiting, {status['in_flight']} in flight",
+        f"monitors: {status['monitors']} ({status['monitors_dropped']} dropped)",
+    ]
+    if status["commands"]:
+        lines += ["commands:", _indent(table(
+            ("OPERATION", "RESULT", "COUNT"),
+            [(c["operation"], c["result"], c["count"]) for c in status["commands"]]))]
+    return "\n".join(lines)
+
+
+def _indent(text: str, prefix: str = "  ") -> str:
+    return "\n".join(prefix + line for line in text.splitlines())
+
+
+def show_connections(connections: list[dict[str, Any]]) -> str:
+    if not connections:
+        return "no MPTCP connections"
+    headers = ("TOKEN", "SIDE", "PLUGIN", "LOCAL", "REMOTE", "STATE", "SUBFLOWS",
+               "SENT", "RECEIVED")
+    rows = []
+    for c in connections:
+        info = c["info"]
+        rows.append((
+            f"{c['token']:08x}", "server" if c["server_side"] else "client", c["plugin"],
+            _addr(c["local_address"], c["local_port"]),
+            _addr(c["remote_address"], c["remote_port"]),
+            c["state"] + (" (fallback)" if c["fallback"] else ""), len(c["subflows"]),
+            info.get("bytes_sent"), info.get("bytes_received")))
+    out = [table(headers, rows)]
+    sub_rows = []
+    for c in connections:
+        for sf in c["subflows"]:
+            sub_rows.append((
+                f"{c['token']:08x}", _addr(sf["local_address"], sf["local_port"]),
+                _addr(sf["remote_address"], sf["remote_port"]), sf["interface"],
+                sf["state"], "initial" if sf["initial"] else "join",
+                "backup" if sf["backup"] else "-",
+                f"{sf['local_id']}/{sf['remote_id']}"))
+    if sub_rows:
+        out += ["", table(("TOKEN", "SUBFLOW LOCAL", "REMOTE", "DEV", "STATE", "KIND",
+                           "PRIO", "IDS"), sub_rows)]
+    return "\n".join(out)
+
+
+def show_endpoints(endpoints: list[dict[str, Any]]) -> str:
+    if not endpoints:
+        return "no endpoints"
+    return table(("ID", "ADDRESS", "PORT", "FLAGS", "DEV", "OWNER"), [
+        (e["id"], e["address"], e["port"] or None, ",".join(e["flags"]) or None,
+         e["interface"], e["owner"]) for e in endpoints])
+
+
+def show_limits(limits: dict[str, Any]) -> str:
+    return table(("LIMIT", "VALUE"), [("subflows", limits["subflows"]),
+                                      ("add_addr_accepted", limits["add_addr_accepted"])])
+
+
+def show_interfaces(interfaces: list[dict[str, Any]]) -> str:
+    if not interfaces:
+        return "no interfaces tracked"
+    rows = []
+    for i in interfaces:
+        carrier = {True: "yes", False: "no", None: None}[i["carrier"]]
+        addresses = " ".join(f"{a['address']}({a['state']})" if a["state"] != "announced"
+                             else a["address"] for a in i["addresses"])
+        rows.append((i["index"], i["name"], i["operstate"], carrier, addresses or None))
+    return table(("INDEX", "NAME", "STATE", "CARRIER", "ADDRESSES"), rows)
+
+
+def show_plugins(status: dict[str, Any]) -> str:
+    if not status["plugins"]:
+        return "no plugins loaded"
+    return table(("NAME", "PRIORITY", "DEFAULT", "CONNECTIONS", "DESCRIPTION"), [
+        (p["name"], p["priority"], "yes" if p["name"] == status["default_plugin"] else "no",
+         p["connections"], p["description"]) for p in status["plugins"]])
+
+
+# -- the command line ---------------------------------------------------------------
+
+
+class _Context:
+    def __init__(self, socket: str | None, as_json: bool) -> None:
+        self.path = socket_path(socket)
+        self.as_json = as_json
+
+    def client(self) -> Client:
+        return Client(self.path)
+
+
+def _print_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2))
+
+
+def _show(ctx: _Context, value: Any, human: Callable[[Any], str]) -> None:
+    if ctx.as_json:
+        _print_json(value)
+    else:
+        click.echo(human(value))
+
+
+def _fail(exc: CtlError) -> NoReturn:
+    click.echo(f"mptcpctl: {exc}", err=True)
+    sys.exit(exc.status)
+
+
+pass_ctx = click.make_pass_decorator(_Context)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--socket", "socket_", metavar="PATH",
+              help="The daemon's control socket (default: control-socket of "
+                   "mptcpd.conf, else /run/mptcpd/control).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the daemon's replies as JSON.")
+@click.version_option(package_name="mptcpd", prog_name="mptcpctl")
+@click.pass_context
+def cli(ctx: click.Context, socket_: str | None, as_json: bool) -> None:
+    """Show and control what mptcpd, the MPTCP path-management daemon, does."""
+    ctx.obj = _Context(socket_, as_json)
+
+
+def _query(ctx: _Context, method: str, key: str) -> Any:
+    try:
+        with ctx.client() as client:
+            return client.call(method)[key]
+    except CtlError as exc:
+        _fail(exc)
+
+
+@cli.command()
+@pass_ctx
+def status(ctx: _Context) -> None:
+    """The daemon's version, plugins, kernel path manager and counters."""
+    value = _query(ctx, "GetStatus", "status")
+    _show(ctx, value, show_status)
+
+
+@cli.command()
+@pass_ctx
+def connections(ctx: _Context) -> None:
+    """The MPTCP connections, their subflows and MPTCP_INFO counters."""
+    value = _query(ctx, "ListConnections", "connections")
+    _show(ctx, value, show_connections)
+
+
+@cli.command()
+@pass_ctx
+def endpoints(ctx: _Context) -> None:
+    """The in-kernel path manager's endpoints and who created them."""
+    value = _query(ctx, "ListEndpoints", "endpoints")
+    _show(ctx, value, show_endpoints)
+
+
+@cli.command()
+@pass_ctx
+def limits(ctx: _Context) -> None:
+    """The in-kernel path manager's limits."""
+    value = _query(ctx, "GetLimits", "limits")
+    _show(ctx, value, show_limits)
+
+
+@cli.command()
+@pass_ctx
+def interfaces(ctx: _Context) -> None:
+    """The interfaces the daemon tracks and their addresses."""
+    value = _query(ctx, "ListInterfaces", "interfaces")
+    _show(ctx, value, show_interfaces)
+
+
+@cli.command()
+@pass_ctx
+def plugins(ctx: _Context) -> None:
+    """The loaded plugins and the default path manager."""
+    value = _query(ctx, "GetStatus", "status")
+    if ctx.as_json:
+        _print_json(value["plugins"])
+    else:
+        click.echo(show_plugins(value))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``mptcpctl`` console script."""
+    try:
+        cli.main(args=argv, prog_name="mptcpctl", standalone_mode=False)
+    except click.UsageError as exc:
+        exc.show()
+        return EXIT_USAGE
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.Abort:
+        return EXIT_ERROR
+    except BrokenPipeError:
+        # The reader went away (mptcpctl monitor | head): not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0

@@ -1,0 +1,151 @@
+"""mptcpctl against an in-process control socket (no kernel needed), its
+errors and exit statuses, and its man page."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from mptcpd import ctl
+from mptcpd.config import Config
+from mptcpd.daemon.app import Daemon
+from mptcpd.daemon.control import ControlServer
+
+ROOT = Path(__file__).resolve().parents[2]
+COMMAND = Path(sys.executable).with_name("mptcpctl")
+MAN = ROOT / "man" / "mptcpctl.8"
+
+
+async def mptcpctl(*args: str, user: int | None = None,
+                   env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """Run the installed console script (the event loop keeps serving)."""
+    proc = await asyncio.create_subprocess_exec(
+        str(COMMAND), *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        user=user, env=env)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[tuple[Daemon, Path]]:
+    path = tmp_path / "control"
+    daemon = Daemon(Config(control_socket=str(path)))
+    server = ControlServer(daemon, path)
+    server.start()
+    try:
+        yield daemon, path
+    finally:
+        server.close()
+
+
+async def test_status_as_a_table_and_as_json(served: tuple[Daemon, Path]) -> None:
+    from mptcpd import events as ev
+
+    daemon, path = served
+    daemon.stats.events[ev.ConnectionCreated] = 3
+    daemon.stats.commands[("kpm_add_addr", "ok")] = 2
+    code, out, err = await mptcpctl("--socket", str(path), "--json", "status")
+    assert (code, err) == (0, "")
+    status = json.loads(out)
+    assert status["events"]["created"] == 3 and status["ready"] is False
+    assert status["commands"] == [{"operation": "kpm_add_addr", "result": "ok", "count": 2}]
+    code, out, err = await mptcpctl("--socket", str(path), "status")
+    assert (code, err) == (0, "")
+    assert re.search(r"^mptcpd 0\.1\.0, up \d+s$", out, re.MULTILINE), out
+    assert "created 3" in out and "mptcp_pm family not available" in out
+    assert re.search(r"^  kpm_add_addr +ok +2$", out, re.MULTILINE), out
+    code, out, _ = await mptcpctl("--socket", str(path), "--json", "plugins")
+    assert (code, json.loads(out)) == (0, [])
+    code, out, _ = await mptcpctl("--socket", str(path), "interfaces")
+    assert (code, out) == (0, "no interfaces tracked\n")
+
+
+async def test_the_socket_from_the_configuration_file(served: tuple[Daemon, Path],
+                                                      tmp_path: Path) -> None:
+    _, path = served
+    conf = tmp_path / "mptcpd.conf"
+    conf.write_text(f"[core]\ncontrol-socket={path}\n")
+    env = dict(os.environ, MPTCPD_CONFIG=str(conf))
+    code, out, err = await mptcpctl("--json", "status", env=env)
+    assert (code, err) == (0, "") and "version" in json.loads(out)
+    # Without it (and without the file), the runtime directory's socket.
+    env = dict(os.environ, MPTCPD_CONFIG=str(tmp_path / "none"),
+               MPTCPD_STATE_DIR=str(path.parent))
+    code, out, err = await mptcpctl("--json", "status", env=env)
+    assert (code, err) == (0, "")
+
+
+async def test_not_running_is_exit_3(tmp_path: Path) -> None:
+    code, out, err = await mptcpctl("--socket", str(tmp_path / "none"), "status")
+    assert (code, out) == (3, "")
+    assert err == (f"mptcpctl: mptcpd is not running (no control socket at "
+                   f"{tmp_path / 'none'}: No such file or directory)\n")
+    stale = tmp_path / "stale"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(stale))
+    sock.close()  # nobody listens
+    code, _, err = await mptcpctl("--socket", str(stale), "connections")
+    assert code == 3 and "Connection refused" in err
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a command as nobody")
+async def test_access_denied_is_exit_4(served: tuple[Daemon, Path]) -> None:
+    _, path = served
+    os.chmod(path.parent, 0o755)  # the directory is open, the 0660 socket is not
+    code, out, err = await mptcpctl("--socket", str(path), "status", user=65534)
+    assert (code, out) == (4, "")
+    assert "access to the control socket" in err and "denied" in err
+
+
+async def test_usage_errors_are_exit_2(tmp_path: Path) -> None:
+    code, _, err = await mptcpctl("--socket", str(tmp_path / "x"), "frobnicate")
+    assert code == 2 and "No such command 'frobnicate'" in err
+    code, out, _ = await mptcpctl("--help")
+    assert code == 0
+    for command in ("status", "connections", "endpoints", "limits", "interfaces",
+                    "plugins"):
+        assert command in out
+
+
+async def test_an_error_reply_is_exit_1(served: tuple[Daemon, Path]) -> None:
+    _, path = served
+    # The family is not there: the endpoint dump cannot be sent.
+    code, out, err = await mptcpctl("--socket", str(path), "endpoints")
+    assert (code, out) == (1, "")
+    assert err.startswith("mptcpctl: not ready: ")
+
+
+def test_tables_are_aligned() -> None:
+    text = ctl.table(("ID", "ADDRESS", "OWNER"),
+                     [(1, "192.0.2.1", "addr_adv"), (42, "2001:db8::1", None)])
+    assert text.splitlines() == [
+        "ID  ADDRESS      OWNER",
+        "1   192.0.2.1    addr_adv",
+        "42  2001:db8::1  -",
+    ]
+
+
+def test_the_man_page_renders_cleanly_and_names_every_command() -> None:
+    if shutil.which("groff") is None:
+        pytest.skip("groff is not installed")
+    proc = subprocess.run(["groff", "-man", "-ww", "-z", str(MAN)], capture_output=True,
+                          text=True, timeout=60)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    text = MAN.read_text()
+    for command in ctl.cli.commands:
+        assert f".B {command}\n" in text, command
+    statuses = re.findall(r"^\.SH EXIT STATUS\n(.*?)^\.SH", text, re.S | re.M)[0]
+    assert re.findall(r"^\.B (\d)$", statuses, re.M) == ["0", "1", "2", "3", "4"]
+    assert (ctl.EXIT_ERROR, ctl.EXIT_USAGE, ctl.EXIT_NOT_RUNNING, ctl.EXIT_DENIED) == \
+        (1, 2, 3, 4)
