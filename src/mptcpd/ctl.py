@@ -376,6 +376,60 @@ def plugins(ctx: _Context) -> None:
         click.echo(show_plugins(value))
 
 
+def show_record(record: dict[str, Any]) -> str | None:
+    """One monitor record as a line (None for the bookkeeping ones)."""
+    kind = record.get("kind")
+    if kind == "event":
+        words = [f"[{record['name'].upper():>16}]"]
+        if "token" in record:
+            words.append(f"token={record['token']:08x}")
+        for key in ("local", "remote"):
+            if f"{key}_address" in record:
+                words.append(f"{key}={_addr(record[f'{key}_address'], record[f'{key}_port'])}")
+        if "address" in record:
+            words.append(f"address={_addr(record['address'], record['port'])}")
+        for key in ("address_id", "local_id", "remote_id", "server_side", "deny_join_id0",
+                    "backup", "error", "ifindex", "reset_reason", "timeout"):
+            if key in record:
+                value = record[key]
+                words.append(f"{key}={int(value) if isinstance(value, bool) else value}")
+        return " ".join(words)
+    if kind == "command":
+        text = f"[{'COMMAND':>16}] {record['name']}({', '.join(record['arguments'])})" \
+               f" -> {record['result']}"
+        if "message" in record:
+            text += f": {record['message']}"
+        return text
+    return None
+
+
+@cli.command()
+@pass_ctx
+def monitor(ctx: _Context) -> None:
+    """Every kernel event and every command the daemon sends, as they come
+    (until interrupted)."""
+    try:
+        client = Client(ctx.path, timeout=None)
+        with client:
+            for record in client.stream("Monitor"):
+                record = record.get("record", {})
+                if ctx.as_json:
+                    click.echo(json.dumps(record))
+                else:
+                    line = show_record(record)
+                    if line is not None:
+                        click.echo(line)
+                    elif record.get("kind") == "started":
+                        click.echo("Monitoring mptcpd's events and commands.", err=True)
+                sys.stdout.flush()
+                if record.get("kind") == "end":
+                    _fail(CtlError("mptcpd ended the monitor (the client fell behind)"))
+    except CtlError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        return
+
+
 def main(argv: list[str] | None = None) -> int:
     """The ``mptcpctl`` console script."""
     try:

@@ -150,3 +150,65 @@ def test_connections_are_what_each_connection_says(lab: Lab, tmp_path: Path) -> 
     assert status["events"]["created"] >= 2 and status["events"]["established"] >= 2
     assert status["events"]["sf_established"] >= 2
     assert daemon.stop() == 0
+
+
+#: ip mptcp monitor's names (iproute2 6.1) -> ours.
+IP_MONITOR_NAMES = {"CREATED": "created", "ESTABLISHED": "established", "CLOSED": "closed",
+                    "ANNOUNCED": "announced", "REMOVED": "removed",
+                    "SF_ESTABLISHED": "sf_established", "SF_CLOSED": "sf_closed",
+                    "SF_PRIO": "sf_priority"}
+
+
+def test_monitor_shows_what_ip_mptcp_monitor_shows(lab: Lab, tmp_path: Path) -> None:
+    import re
+
+    daemon, path = start(lab, tmp_path)
+    wait_endpoints(lab, lab_addresses(lab))
+    ipmon = lab.spawn(lab.client, "ip", "mptcp", "monitor", name="ipmon")
+    ours = lab.spawn(lab.client, str(MPTCPCTL), "--socket", str(path), "--json", "monitor",
+                     name="monitor")
+    ours.wait_output(r'"kind": "started"')
+    # Both are listening once both have seen a listener come (ip prints the
+    # listener events as UNKNOWN 15).
+    lab.python(lab.client, "-m", "tests.lab.traffic", "server", "--port", "5999",
+               "--duration", "60").wait_output("listening")
+    ipmon.wait_output(r"UNKNOWN 15|LISTENER_CREATED")
+    ours.wait_output(r'"name": "listener_created"')
+    lab.python(lab.server, "-m", "tests.lab.traffic", "server").wait_output("listening")
+    clients = [lab.python(lab.client, "-m", "tests.lab.traffic", "client",
+                          str(lab.links[0].server4), "5201", "--hold", "1",
+                          "--timeout", "30") for _ in range(3)]
+    for client in clients:
+        assert client.wait(40) == 0, client.output()
+    tokens = {json.loads(c.output())["info"]["token"] for c in clients}
+    # A command while monitoring: addr_adv adds an endpoint for a new address.
+    lab.ip(lab.client, "addr", "add", "203.0.113.1/24", "dev", lab.links[0].client_if)
+
+    def sequences() -> tuple[dict[int, list[str]], dict[int, list[str]]] | None:
+        theirs: dict[int, list[str]] = {}
+        for name, token in re.findall(r"\[\s*(\w+)\] token=([0-9a-f]{8})", ipmon.output()):
+            if name in IP_MONITOR_NAMES:
+                theirs.setdefault(int(token, 16), []).append(IP_MONITOR_NAMES[name])
+        mine: dict[int, list[str]] = {}
+        for line in ours.output().splitlines():
+            record = json.loads(line)
+            if record.get("kind") == "event" and "token" in record:
+                mine.setdefault(record["token"], []).append(record["name"])
+        done = all(seq and seq[-1] == "closed" for seq in
+                   [theirs.get(t) for t in tokens] + [mine.get(t) for t in tokens])
+        return (theirs, mine) if done else None
+
+    theirs, mine = wait_for(sequences, TIMEOUT, what="both monitors to see every CLOSED")
+    assert set(mine) == set(theirs) == tokens
+    assert mine == theirs
+    for token in tokens:
+        assert mine[token][:2] == ["created", "established"]
+        assert "sf_established" in mine[token]
+    commands = wait_for(lambda: [r for r in map(json.loads, ours.output().splitlines())
+                                 if r.get("kind") == "command"
+                                 and r["name"] == "kpm_add_addr"] or None,
+                        TIMEOUT, what="the endpoint's command in the monitor")
+    assert commands[0]["result"] == "ok" and commands[0]["arguments"][0] == "203.0.113.1"
+    status = call(path, "io.mptcpd.GetStatus")["status"]
+    assert status["monitors"] == 1 and status["monitors_dropped"] == 0
+    assert daemon.stop() == 0

@@ -364,3 +364,98 @@ async def test_endpoint_owners_follow_the_plugin_through_its_callbacks() -> None
     assert owners.owner(3, SockAddr("192.0.2.1")) is None
     owners.record("kpm_flush_addrs", (), "someone")
     assert owners.owner(4, SockAddr("192.0.2.2")) is None
+
+
+async def test_the_monitor_streams_events_and_commands_in_order(
+        served: tuple[Daemon, ControlServer, Path]) -> None:
+    from mptcpd import events as ev
+    from mptcpd.errors import KernelError
+    from mptcpd.types import SockAddr, Token
+
+    daemon, _, path = served
+    client = await Client.connect(path)
+    try:
+        await client.send("io.mptcpd.Monitor", more=True)
+        assert await client.reply() == {"parameters": {"record": {"kind": "started"}},
+                                         "continues": True}
+        assert (await Client.connect(path)).sock  # another client, not monitoring
+        status_client = await Client.connect(path)
+        status = (await status_client.call("io.mptcpd.GetStatus"))["parameters"]["status"]
+        status_client.close()
+        assert status["monitors"] == 1
+        loop = asyncio.get_running_loop()
+        laddr, raddr = SockAddr("192.0.2.1", 40000), SockAddr("198.51.100.2", 80)
+        refused: asyncio.Future[Any] = loop.create_future()
+        refused.set_exception(KernelError("add_addr", 17, "already there"))
+        daemon.monitor.publish(ev.ConnectionCreated(Token(0x1234), laddr, raddr,
+                                                    server_side=True))
+        daemon.monitor.command("kpm_add_addr", (SockAddr("192.0.2.7"), 3, 2, 0), refused)
+        daemon.monitor.publish(ev.AddressAnnounced(Token(0x1234), 5, SockAddr("203.0.113.9")))
+        records = [(await client.reply())["parameters"]["record"] for _ in range(3)]
+    finally:
+        client.close()
+    assert records == [
+        {"kind": "event", "name": "created", "token": 0x1234,
+         "local_address": "192.0.2.1", "local_port": 40000,
+         "remote_address": "198.51.100.2", "remote_port": 80,
+         "server_side": True, "deny_join_id0": False, "flags": 0},
+        {"kind": "command", "name": "kpm_add_addr",
+         "arguments": ["192.0.2.7", "3", "2", "0"], "result": "EEXIST",
+         "message": str(KernelError("add_addr", 17, "already there"))},
+        {"kind": "event", "name": "announced", "token": 0x1234, "address_id": 5,
+         "address": "203.0.113.9", "port": 0},
+    ]
+    async with asyncio.timeout(TIMEOUT):  # the hang-up unsubscribes
+        while daemon.monitor.subscribers:
+            await asyncio.sleep(0.01)
+
+
+async def test_a_monitor_that_never_reads_is_dropped_and_slows_nothing(
+        served: tuple[Daemon, ControlServer, Path], caplog: pytest.LogCaptureFixture) -> None:
+    from mptcpd import events as ev
+    from mptcpd.types import SockAddr, Token
+
+    daemon, server, path = served
+    stalled = await Client.connect(path)
+    stalled.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    reader = await Client.connect(path)
+    try:
+        await stalled.send("io.mptcpd.Monitor", more=True)
+        await reader.send("io.mptcpd.Monitor", more=True)
+        assert (await reader.reply())["parameters"]["record"]["kind"] == "started"
+        async with asyncio.timeout(TIMEOUT):
+            while len(daemon.monitor.subscribers) != 2:
+                await asyncio.sleep(0.01)
+        laddr, raddr = SockAddr("192.0.2.1", 40000), SockAddr("198.51.100.2", 80)
+        count = 3 * control.MONITOR_QUEUE
+        received = 0
+        with caplog.at_level(logging.WARNING):
+            for i in range(count):  # publishing never waits for a client
+                daemon.monitor.publish(ev.ConnectionClosed(Token(i)))
+                if i % 256 == 255:  # the reader keeps up; the loop turns
+                    while received < i - 512:
+                        reply = await reader.reply()
+                        assert reply is not None
+                        assert reply["parameters"]["record"]["token"] == received
+                        received += 1
+            while received < count:
+                reply = await reader.reply()
+                assert reply is not None
+                assert reply["parameters"]["record"]["token"] == received
+                received += 1
+        assert daemon.stats.monitors_dropped == 1
+        assert "Monitor client dropped: 4096 records unread" in caplog.text
+        async with asyncio.timeout(TIMEOUT):
+            while len(daemon.monitor.subscribers) != 1 or len(server.clients) != 1:
+                await asyncio.sleep(0.01)
+        # The stalled client's connection is gone.
+        stalled.sock.setblocking(True)
+        stalled.sock.settimeout(TIMEOUT)
+        try:
+            while stalled.sock.recv(65536):
+                pass
+        except ConnectionResetError:
+            pass
+    finally:
+        stalled.close()
+        reader.close()

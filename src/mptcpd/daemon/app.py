@@ -31,7 +31,13 @@ from typing import Any, Protocol
 
 from mptcpd import events as ev
 from mptcpd.config import Config
-from mptcpd.daemon.control import CommandRecorder, ControlServer, Stats, make_server
+from mptcpd.daemon.control import (
+    CommandRecorder,
+    ControlServer,
+    MonitorHub,
+    Stats,
+    make_server,
+)
 from mptcpd.daemon.dispatch import Dispatcher
 from mptcpd.daemon.lock import AlreadyRunning, NamespaceLock
 from mptcpd.daemon.network import NetworkFeed, RtnlSource
@@ -153,6 +159,9 @@ class Daemon:
         #: Counters for the control socket.
         self.stats = Stats()
         self.commands = CommandRecorder(self.channel, self.stats, self._current_plugin)
+        #: The control socket's monitor clients.
+        self.monitor = MonitorHub(self.stats)
+        self.commands.on_result = self.monitor.command
         self.pm = PathManager(
             self.commands, config=config,
             network_monitor=self.network_monitor, id_manager=self.id_manager,
@@ -362,10 +371,13 @@ class Daemon:
         while it is still the daemon's (it is closed when the family
         vanishes or at shutdown, and then ends quietly)."""
         dispatch, forget = self.dispatcher.dispatch, self.channel.forget
-        counts = self.stats.events
+        counts, monitors, publish = (self.stats.events, self.monitor.subscribers,
+                                     self.monitor.publish)
         try:
             async for event in reader:
                 counts[type(event)] += 1
+                if monitors:
+                    publish(event)
                 try:
                     dispatch(event)
                 except Exception:  # never let one event end the reader

@@ -26,6 +26,7 @@ local process needs on top:
 # No "from __future__ import annotations": asyncvarlink reads the
 # annotations of the interface's methods and types as objects.
 import asyncio
+import collections
 import dataclasses
 import errno
 import functools
@@ -35,12 +36,13 @@ import socket
 import stat
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from asyncvarlink import (
     FileDescriptorArray,
+    LastResult,
     TypedVarlinkErrorReply,
     VarlinkInterface,
     VarlinkInterfaceRegistry,
@@ -74,6 +76,8 @@ MAX_MESSAGE = 1 << 20
 MAX_PENDING_REPLIES = 256
 #: Clients connected at once; more are turned away.
 MAX_CLIENTS = 64
+#: Records a monitor client may have waiting before it is dropped.
+MONITOR_QUEUE = 4096
 #: ``CAP_NET_ADMIN`` (``linux/capability.h``).
 CAP_NET_ADMIN = 12
 _UCRED = struct.Struct("=iII")  # pid, uid, gid
@@ -473,6 +477,145 @@ class CommandRecorder:
             self.on_result(name, args, future)
 
 
+# -- the monitor -------------------------------------------------------------------------
+
+
+class MonitorRecord(TypedDict, total=False):
+    """One record of the monitor: a kernel event as the daemon decoded it,
+    or a command the daemon sent, with the kernel's answer.  Only the fields
+    that apply are present."""
+
+    #: event, command; started (the first record: the client is subscribed);
+    #: end (the last one).
+    kind: str
+    #: The event (created, established, ..., as ip mptcp monitor names
+    #: them) or the command (its path-manager operation, kpm_add_addr, ...).
+    name: str
+    token: int
+    local_address: str
+    local_port: int
+    remote_address: str
+    remote_port: int
+    address: str
+    port: int
+    address_id: int
+    local_id: int
+    remote_id: int
+    server_side: bool
+    deny_join_id0: bool
+    backup: bool
+    flags: int
+    error: int
+    ifindex: int
+    reset_reason: int
+    reset_flags: int
+    timeout: int
+    #: A command's arguments, as text.
+    arguments: list[str]
+    #: A command's result: ok, the kernel's errno name, or why it was not sent.
+    result: str
+    #: The kernel's or the daemon's message for a failed command.
+    message: str
+
+
+#: Event field -> (record key for the address, for the port), for addresses.
+_ADDRESS_FIELDS = {"laddr": ("local_address", "local_port"),
+                   "raddr": ("remote_address", "remote_port"),
+                   "addr": ("address", "port")}
+#: Event field -> record key, for the others (``family`` is left out).
+_VALUE_FIELDS = {"token": "token", "server_side": "server_side",
+                 "deny_join_id0": "deny_join_id0", "backup": "backup",
+                 "loc_id": "local_id", "rem_id": "remote_id", "addr_id": "address_id",
+                 "flags": "flags", "error": "error", "if_idx": "ifindex",
+                 "reset_reason": "reset_reason", "reset_flags": "reset_flags",
+                 "timeout": "timeout"}
+_EVENT_FIELDS: dict[type, tuple[str, ...]] = {
+    kind: tuple(f.name for f in dataclasses.fields(kind)) for kind in EVENT_NAMES}
+
+
+def event_record(event: Any) -> MonitorRecord:
+    record: dict[str, Any] = {"kind": "event", "name": EVENT_NAMES[type(event)]}
+    for name in _EVENT_FIELDS[type(event)]:
+        value = getattr(event, name)
+        if value is None:
+            continue
+        if name in _ADDRESS_FIELDS:
+            address, port = _ADDRESS_FIELDS[name]
+            record[address] = str(value.ip)
+            record[port] = value.port
+        elif name in _VALUE_FIELDS:
+            record[_VALUE_FIELDS[name]] = value
+    return record  # type: ignore[return-value]
+
+
+def command_record(name: str, args: tuple[Any, ...],
+                   future: asyncio.Future[Any]) -> MonitorRecord:
+    record: MonitorRecord = {"kind": "command", "name": name,
+                             "arguments": [str(a) for a in args],
+                             "result": result_name(future)}
+    if not future.cancelled() and future.exception() is not None:
+        record["message"] = str(future.exception())
+    return record
+
+
+class Subscriber:
+    """One monitor client: the records waiting for it, in order."""
+
+    def __init__(self, drop: Callable[[], None]) -> None:
+        self.records: collections.deque[Any] = collections.deque()
+        self.wake = asyncio.Event()
+        self.ended = False  # dropped, or the client is gone
+        self.drop = drop
+
+
+class MonitorHub:
+    """Hands every kernel event and every command's answer to the monitor
+    clients, in order.  Publishing costs one append per client; a client
+    whose :data:`MONITOR_QUEUE` records are still waiting is dropped (with a
+    warning, counted): a client never slows the daemon."""
+
+    def __init__(self, stats: Stats) -> None:
+        #: The clients (the same list object for the daemon's lifetime: the
+        #: event reader tests it for emptiness).
+        self.subscribers: list[Subscriber] = []
+        self._stats = stats
+
+    def subscribe(self, drop: Callable[[], None]) -> Subscriber:
+        subscriber = Subscriber(drop)
+        self.subscribers.append(subscriber)
+        return subscriber
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        subscriber.ended = True
+        subscriber.wake.set()
+        if subscriber in self.subscribers:
+            self.subscribers.remove(subscriber)
+
+    def publish(self, item: Any) -> None:
+        """An event, or a ``(name, args, future)`` command, for every client."""
+        for subscriber in self.subscribers:
+            records = subscriber.records
+            if len(records) >= MONITOR_QUEUE:
+                self._drop(subscriber)
+                continue
+            records.append(item)
+            subscriber.wake.set()
+
+    def command(self, name: str, args: tuple[Any, ...], future: asyncio.Future[Any]) -> None:
+        if self.subscribers:
+            self.publish((name, args, future))
+
+    def _drop(self, subscriber: Subscriber) -> None:
+        self._stats.monitors_dropped += 1
+        log.warning("Monitor client dropped: %d records unread (%d dropped so far).",
+                    len(subscriber.records), self._stats.monitors_dropped)
+        # Not during the loop over the list: after it.
+        asyncio.get_running_loop().call_soon(self.unsubscribe, subscriber)
+        subscriber.records.clear()
+        subscriber.ended = True
+        subscriber.drop()
+
+
 # -- the interface ---------------------------------------------------------------------
 
 
@@ -481,9 +624,19 @@ class ControlInterface(VarlinkInterface, name=INTERFACE):
 
     errors = (InvalidMessage, PermissionDenied, NotReadyReply, KernelErrorReply)
 
-    def __init__(self, daemon: "Daemon", peer: Peer) -> None:
+    def __init__(self, daemon: "Daemon", peer: Peer,
+                 abort: Callable[[], None] = lambda: None,
+                 watch_hangup: Callable[[Callable[[], None]], Callable[[], None]] | None
+                 = None) -> None:
         self._daemon = daemon
         self._peer = peer
+        self._abort = abort
+        self._watch_hangup = watch_hangup
+        self._subscriber: Subscriber | None = None
+
+    def connection_lost(self) -> None:
+        if self._subscriber is not None:
+            self._daemon.monitor.unsubscribe(self._subscriber)
 
     @varlinkmethod(return_parameter="status")
     def GetStatus(self) -> Status:
@@ -514,7 +667,7 @@ class ControlInterface(VarlinkInterface, name=INTERFACE):
             queue_depth=int(getattr(channel, "queued", 0)),
             in_flight=int(getattr(channel, "in_flight", 0)),
             connections=len(bindings),
-            monitors=0,
+            monitors=len(daemon.monitor.subscribers),
             monitors_dropped=stats.monitors_dropped,
         )
 
@@ -578,6 +731,36 @@ class ControlInterface(VarlinkInterface, name=INTERFACE):
             raise _kernel_error(exc) from None
         return Limits(subflows=limits.subflows, add_addr_accepted=limits.rcv_add_addrs)
 
+    @varlinkmethod(return_parameter="record", delay_generator=False)
+    async def Monitor(self) -> AsyncIterator[MonitorRecord]:
+        """Every kernel event as the daemon decoded it and every command the
+        daemon sent with the kernel's answer, in order, until the client hangs
+        up (call with more).  The first record (kind started) tells that the
+        client is subscribed.  A client that does not keep up is dropped."""
+        hub = self._daemon.monitor
+        if self._subscriber is not None:
+            hub.unsubscribe(self._subscriber)
+        subscriber = self._subscriber = hub.subscribe(self._abort)
+        unwatch = (self._watch_hangup(lambda: hub.unsubscribe(subscriber))
+                   if self._watch_hangup is not None else lambda: None)
+        try:
+            yield {"kind": "started"}
+            records = subscriber.records
+            while True:
+                while not records:
+                    if subscriber.ended:
+                        raise LastResult({"kind": "end"})
+                    subscriber.wake.clear()
+                    await subscriber.wake.wait()
+                item = records.popleft()
+                if type(item) is tuple:
+                    yield command_record(*item)
+                else:
+                    yield event_record(item)
+        finally:
+            unwatch()
+            hub.unsubscribe(subscriber)
+
     @varlinkmethod(return_parameter="interfaces")
     def ListInterfaces(self) -> list[InterfaceStatus]:
         """The interfaces the network monitor tracks (up and running, not
@@ -603,15 +786,18 @@ class ControlInterface(VarlinkInterface, name=INTERFACE):
 class _ControlProtocol(VarlinkInterfaceServerProtocol):
     """asyncvarlink's server protocol, bounded (see the module docstring)."""
 
-    def __init__(self, server: "ControlServer", peer: Peer) -> None:
+    def __init__(self, server: "ControlServer", peer: Peer, sock: socket.socket) -> None:
         registry = VarlinkInterfaceRegistry()
         registry.register_interface(VarlinkServiceInterface(
             "mptcpd", "mptcpd", mptcpd.__version__,
             "https://github.com/multipath-tcp/mptcpd", registry))
-        registry.register_interface(ControlInterface(server.daemon, peer))
+        self.interface = ControlInterface(server.daemon, peer, self.abort,
+                                          self.watch_hangup)
+        registry.register_interface(self.interface)
         super().__init__(registry)
         self.server = server
         self.peer = peer
+        self.sock = sock
         self._buffer = bytearray()  # a message's start, its NUL not yet received
         self._skipping = False  # in a refused message, up to its NUL
         self._pending = 0  # replies queued and not yet written
@@ -670,9 +856,7 @@ class _ControlProtocol(VarlinkInterfaceServerProtocol):
             self.server.daemon.stats.clients_dropped += 1
             log.warning("Control socket: %s left %d replies unread; dropped.",
                         self.peer, self._pending)
-            transport = self._transport
-            if transport is not None:
-                transport.abort()
+            self.abort()
         return future
 
     def _sent(self, future: asyncio.Future[None]) -> None:
@@ -680,8 +864,44 @@ class _ControlProtocol(VarlinkInterfaceServerProtocol):
         if not future.cancelled():
             future.exception()  # retrieved: a broken pipe is the client's leaving
 
+    def abort(self) -> None:
+        """Drop the client at once, whatever it has not read."""
+        self._dropped = True
+        transport = self._transport
+        if transport is not None:
+            transport.abort()
+
+    def watch_hangup(self, on_hangup: Callable[[], None]) -> Callable[[], None]:
+        """Call ``on_hangup`` when the client hangs up, while a streaming
+        call runs (the library does not read then: one call at a time);
+        returns the function that stops watching."""
+        sock, loop = self.sock, asyncio.get_running_loop()
+        fd = sock.fileno()
+        watching = True
+
+        def stop() -> None:
+            nonlocal watching
+            if watching:
+                watching = False
+                loop.remove_reader(fd)
+
+        def readable() -> None:
+            try:
+                data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
+            stop()  # data: a call for later (a varlink client waits; never spin)
+            if not data:
+                on_hangup()
+
+        loop.add_reader(fd, readable)
+        return stop
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.clients.discard(self)
+        self.interface.connection_lost()
         super().connection_lost(exc)
 
 
@@ -770,7 +990,7 @@ class ControlServer:
             except OSError:
                 conn.close()
                 continue
-            protocol = _ControlProtocol(self, peer)
+            protocol = _ControlProtocol(self, peer, conn)
             self.clients.add(protocol)
             VarlinkTransport(loop, conn, conn, protocol, {"peer": peer})
 
