@@ -128,6 +128,10 @@ class Client:
         result: dict[str, Any] = self._reply().get("parameters") or {}
         return result
 
+    def buffered(self) -> bool:
+        """Whether another reply has been received already."""
+        return b"\0" in self._buffer
+
     def stream(self, method: str, parameters: dict[str, Any] | None = None
                ) -> Iterator[dict[str, Any]]:
         """The parameters of each reply to ``method`` called with ``more``."""
@@ -421,7 +425,8 @@ def monitor(ctx: _Context) -> None:
                         click.echo(line)
                     elif record.get("kind") == "started":
                         click.echo("Monitoring mptcpd's events and commands.", err=True)
-                sys.stdout.flush()
+                if not client.buffered():  # about to wait: show what came
+                    sys.stdout.flush()
                 if record.get("kind") == "end":
                     _fail(CtlError("mptcpd ended the monitor (the client fell behind)"))
     except CtlError as exc:

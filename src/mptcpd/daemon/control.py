@@ -78,6 +78,8 @@ MAX_PENDING_REPLIES = 256
 MAX_CLIENTS = 64
 #: Records a monitor client may have waiting before it is dropped.
 MONITOR_QUEUE = 4096
+#: Monitor records sent in one write.
+MONITOR_BATCH = 128
 #: ``CAP_NET_ADMIN`` (``linux/capability.h``).
 CAP_NET_ADMIN = 12
 _UCRED = struct.Struct("=iII")  # pid, uid, gid
@@ -627,11 +629,13 @@ class ControlInterface(VarlinkInterface, name=INTERFACE):
     def __init__(self, daemon: "Daemon", peer: Peer,
                  abort: Callable[[], None] = lambda: None,
                  watch_hangup: Callable[[Callable[[], None]], Callable[[], None]] | None
-                 = None) -> None:
+                 = None,
+                 send: Callable[[Any], asyncio.Future[None]] | None = None) -> None:
         self._daemon = daemon
         self._peer = peer
         self._abort = abort
         self._watch_hangup = watch_hangup
+        self._send = send
         self._subscriber: Subscriber | None = None
 
     def connection_lost(self) -> None:
@@ -743,6 +747,7 @@ class ControlInterface(VarlinkInterface, name=INTERFACE):
         subscriber = self._subscriber = hub.subscribe(self._abort)
         unwatch = (self._watch_hangup(lambda: hub.unsubscribe(subscriber))
                    if self._watch_hangup is not None else lambda: None)
+        send = self._send
         try:
             yield {"kind": "started"}
             records = subscriber.records
@@ -752,11 +757,23 @@ class ControlInterface(VarlinkInterface, name=INTERFACE):
                         raise LastResult({"kind": "end"})
                     subscriber.wake.clear()
                     await subscriber.wake.wait()
-                item = records.popleft()
-                if type(item) is tuple:
-                    yield command_record(*item)
-                else:
-                    yield event_record(item)
+                if send is None:
+                    item = records.popleft()
+                    yield command_record(*item) if type(item) is tuple else event_record(item)
+                    continue
+                # What is waiting goes in one write (the library would
+                # write and wait for each record in turn, one per loop turn,
+                # and fall behind a burst of events).
+                sent = None
+                for _ in range(min(len(records), MONITOR_BATCH)):
+                    item = records.popleft()
+                    record = command_record(*item) if type(item) is tuple else event_record(item)
+                    sent = send({"parameters": {"record": record}, "continues": True})
+                if sent is not None:
+                    try:
+                        await sent
+                    except OSError:  # the client is gone
+                        raise LastResult({"kind": "end"}) from None
         finally:
             unwatch()
             hub.unsubscribe(subscriber)
@@ -792,7 +809,7 @@ class _ControlProtocol(VarlinkInterfaceServerProtocol):
             "mptcpd", "mptcpd", mptcpd.__version__,
             "https://github.com/multipath-tcp/mptcpd", registry))
         self.interface = ControlInterface(server.daemon, peer, self.abort,
-                                          self.watch_hangup)
+                                          self.watch_hangup, self.send_message)
         registry.register_interface(self.interface)
         super().__init__(registry)
         self.server = server
