@@ -151,6 +151,8 @@ def _error(name: str, parameters: dict[str, Any]) -> CtlError:
     if short == "KernelError":
         return CtlError(f"the kernel refused: {parameters.get('message')} "
                         f"({parameters.get('name')})")
+    if short == "InvalidArgument":
+        return CtlError(f"invalid argument: {parameters.get('reason')}")
     if short == "NotReady":
         return CtlError(f"not ready: {parameters.get('message')}")
     detail = ", ".join(f"{k}={v}" for k, v in parameters.items())
@@ -353,12 +355,25 @@ def endpoints(ctx: _Context) -> None:
     _show(ctx, value, show_endpoints)
 
 
-@cli.command()
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def limits(click_ctx: click.Context) -> None:
+    """The in-kernel path manager's limits (limits set: change them)."""
+    if click_ctx.invoked_subcommand is None:
+        ctx = click_ctx.find_object(_Context)
+        assert ctx is not None
+        value = _query(ctx, "GetLimits", "limits")
+        _show(ctx, value, show_limits)
+
+
+@limits.command("set")
+@click.option("--subflows", type=int, help="Subflows per connection.")
+@click.option("--add-addr-accepted", type=int,
+              help="Addresses accepted from the peer's ADD_ADDR.")
 @pass_ctx
-def limits(ctx: _Context) -> None:
-    """The in-kernel path manager's limits."""
-    value = _query(ctx, "GetLimits", "limits")
-    _show(ctx, value, show_limits)
+def limits_set(ctx: _Context, subflows: int | None, add_addr_accepted: int | None) -> None:
+    """Set the limits (one left out is kept)."""
+    _write(ctx, "SetLimits", {"subflows": subflows, "add_addr_accepted": add_addr_accepted})
 
 
 @cli.command()
@@ -433,6 +448,167 @@ def monitor(ctx: _Context) -> None:
         _fail(exc)
     except KeyboardInterrupt:
         return
+
+
+# -- write commands ------------------------------------------------------------------
+
+
+def _write(ctx: _Context, method: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    """Call a write method (None values left out); its reply's parameters."""
+    try:
+        with ctx.client() as client:
+            reply = client.call(method, {k: v for k, v in parameters.items()
+                                         if v is not None})
+    except CtlError as exc:
+        _fail(exc)
+    if ctx.as_json:
+        _print_json(reply)
+    return reply
+
+
+def parse_token(text: str) -> int:
+    """A connection token as mptcpctl and ip print it: hexadecimal, with or
+    without 0x."""
+    try:
+        return int(text, 16)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a hexadecimal token") from None
+
+
+def parse_endpoint(text: str) -> tuple[str, int]:
+    """``ADDR``, ``ADDR:PORT`` or ``[ADDR6]:PORT`` -> (address, port)."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest.removeprefix(":") or "0"
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, "0"
+    try:
+        return host, int(port)
+    except ValueError:
+        raise click.BadParameter(f"bad port in {text!r}") from None
+
+
+def _pair(local: str, remote: str) -> dict[str, Any]:
+    laddr, lport = parse_endpoint(local)
+    raddr, rport = parse_endpoint(remote)
+    return {"local_address": laddr, "local_port": lport,
+            "remote_address": raddr, "remote_port": rport}
+
+
+@cli.group()
+def endpoint() -> None:
+    """Add or remove an in-kernel path manager endpoint."""
+
+
+@endpoint.command("add")
+@click.argument("address")
+@click.option("--id", "id_", type=int, help="The endpoint's ID (default: the daemon picks).")
+@click.option("--port", type=int, help="A port (signal endpoints).")
+@click.option("--flags", default="", help="Comma-separated: signal, subflow, backup, "
+                                          "fullmesh, laminar.")
+@click.option("--dev", help="The endpoint's interface.")
+@pass_ctx
+def endpoint_add(ctx: _Context, address: str, id_: int | None, port: int | None,
+                 flags: str, dev: str | None) -> None:
+    """Add an endpoint for ADDRESS."""
+    reply = _write(ctx, "AddEndpoint", {
+        "address": address, "id": id_, "port": port, "interface": dev,
+        "flags": [f for f in flags.split(",") if f]})
+    if not ctx.as_json:
+        click.echo(f"endpoint {reply['id']} added")
+
+
+@endpoint.command("del")
+@click.argument("id_", metavar="ID", type=int)
+@pass_ctx
+def endpoint_del(ctx: _Context, id_: int) -> None:
+    """Remove the endpoint ID."""
+    _write(ctx, "RemoveEndpoint", {"id": id_})
+
+
+@cli.group()
+def subflow() -> None:
+    """Open or close a subflow (userspace path manager)."""
+
+
+@subflow.command("add")
+@click.argument("token")
+@click.argument("local")
+@click.argument("remote")
+@click.option("--local-id", type=int, default=0)
+@click.option("--remote-id", type=int, default=0)
+@click.option("--backup", is_flag=True)
+@pass_ctx
+def subflow_add(ctx: _Context, token: str, local: str, remote: str, local_id: int,
+                remote_id: int, backup: bool) -> None:
+    """Open a subflow of connection TOKEN from LOCAL (ADDR[:PORT]) to REMOTE."""
+    _write(ctx, "AddSubflow", {"token": parse_token(token), **_pair(local, remote),
+                               "local_id": local_id, "remote_id": remote_id,
+                               "backup": backup})
+
+
+@subflow.command("del")
+@click.argument("token")
+@click.argument("local")
+@click.argument("remote")
+@pass_ctx
+def subflow_del(ctx: _Context, token: str, local: str, remote: str) -> None:
+    """Close the subflow LOCAL -> REMOTE of connection TOKEN."""
+    _write(ctx, "RemoveSubflow", {"token": parse_token(token), **_pair(local, remote)})
+
+
+@cli.group()
+def backup() -> None:
+    """Set or clear a subflow's backup priority (userspace path manager)."""
+
+
+@backup.command("set")
+@click.argument("token")
+@click.argument("local")
+@click.argument("remote")
+@pass_ctx
+def backup_set(ctx: _Context, token: str, local: str, remote: str) -> None:
+    """Make the subflow LOCAL -> REMOTE of TOKEN a backup path."""
+    _write(ctx, "SetBackup", {"token": parse_token(token), **_pair(local, remote),
+                              "backup": True})
+
+
+@backup.command("clear")
+@click.argument("token")
+@click.argument("local")
+@click.argument("remote")
+@pass_ctx
+def backup_clear(ctx: _Context, token: str, local: str, remote: str) -> None:
+    """Make the subflow LOCAL -> REMOTE of TOKEN a regular path again."""
+    _write(ctx, "SetBackup", {"token": parse_token(token), **_pair(local, remote),
+                              "backup": False})
+
+
+@cli.command()
+@click.argument("token")
+@click.argument("address_id", type=int)
+@click.argument("address")
+@pass_ctx
+def announce(ctx: _Context, token: str, address_id: int, address: str) -> None:
+    """Announce ADDRESS (ADDR[:PORT]) with ID ADDRESS_ID on connection TOKEN."""
+    addr, port = parse_endpoint(address)
+    reply = _write(ctx, "Announce", {"token": parse_token(token), "address_id": address_id,
+                                     "address": addr, "port": port})
+    if not ctx.as_json:
+        click.echo(f"announced {_addr(addr, reply['port'])}")
+
+
+@cli.command()
+@click.argument("token")
+@click.argument("address_id", type=int)
+@click.argument("address", required=False)
+@pass_ctx
+def withdraw(ctx: _Context, token: str, address_id: int, address: str | None) -> None:
+    """Withdraw the address ADDRESS_ID announced on connection TOKEN."""
+    _write(ctx, "Withdraw", {"token": parse_token(token), "address_id": address_id,
+                             "address": address})
 
 
 def main(argv: list[str] | None = None) -> int:

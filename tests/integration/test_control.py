@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.integration.test_addr_adv import PLUGINS, lab_addresses, wait_endpoints
 from tests.integration.test_daemon import READY, daemon_env
 from tests.lab import Lab, Process, wait_for
@@ -211,4 +213,162 @@ def test_monitor_shows_what_ip_mptcp_monitor_shows(lab: Lab, tmp_path: Path) -> 
     assert commands[0]["result"] == "ok" and commands[0]["arguments"][0] == "203.0.113.1"
     status = call(path, "io.mptcpd.GetStatus")["status"]
     assert status["monitors"] == 1 and status["monitors_dropped"] == 0
+    assert daemon.stop() == 0
+
+
+# -- write methods -------------------------------------------------------------------
+
+NOBODY = 65534
+
+CLIENT = """
+import json, socket, sys
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+sock.settimeout(20)
+sock.connect(sys.argv[1])
+for line in sys.argv[2:]:
+    sock.sendall(line.encode() + b"\\0")
+    data = b""
+    while not data.endswith(b"\\0"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            sys.exit("closed")
+        data += chunk
+    print(data[:-1].decode(), flush=True)
+"""
+
+
+def as_nobody(path: Path, *calls: dict[str, Any]) -> list[dict[str, Any]]:
+    """Replies to ``calls`` made by a process that is uid and gid 65534 (with
+    no other group, no capability) before it connects."""
+    proc = subprocess.run(
+        [sys.executable, "-c", CLIENT, str(path), *map(json.dumps, calls)],
+        capture_output=True, text=True, timeout=TIMEOUT, user=NOBODY, group=NOBODY,
+        extra_groups=[])
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+def ctl(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(MPTCPCTL), "--socket", str(path), *args],
+                          capture_output=True, text=True, timeout=TIMEOUT)
+
+
+def test_write_methods_are_for_root_and_change_the_kernel(lab: Lab, tmp_path: Path) -> None:
+    import os
+    import shutil
+    import tempfile
+
+    # A directory nobody can reach, and the socket's group nobody's.
+    shared = Path(tempfile.mkdtemp(prefix="mptcpd-ctl-", dir="/tmp"))
+    try:
+        shared.chmod(0o755)
+        path = shared / "control"
+        daemon = lab.start_mptcpd(
+            "--log=stderr", f"--plugin-dir={PLUGINS}", "--load-plugins=addr_adv",
+            "--path-manager=addr_adv", "--notify-flags=existing,skip_link_local",
+            "--addr-flags=subflow", config=f"[core]\ncontrol-socket={path}\n",
+            env=daemon_env())
+        daemon.wait_output(READY, timeout=20)
+        wait_endpoints(lab, lab_addresses(lab))
+        os.chown(path, 0, NOBODY)
+        link = lab.links[0]
+        add = {"method": "io.mptcpd.AddEndpoint",
+               "parameters": {"address": "203.0.113.7", "id": 9, "flags": ["signal"]}}
+        limits = {"method": "io.mptcpd.SetLimits", "parameters": {"subflows": 1}}
+        refused = as_nobody(path, {"method": "io.mptcpd.GetStatus"}, add, limits)
+        assert "status" in refused[0]["parameters"]  # reading is for anyone
+        assert refused[1] == {"error": "io.mptcpd.PermissionDenied",
+                              "parameters": {"method": "AddEndpoint"}}
+        assert refused[2]["error"] == "io.mptcpd.PermissionDenied"
+        assert "203.0.113.7" not in endpoints_by_address(lab)
+        assert lab.limits(lab.client)["subflows"] != 1
+        daemon.wait_output(r"AddEndpoint\(address=203\.0\.113\.7.*\) refused to uid 65534 "
+                           r"pid \d+: neither root nor CAP_NET_ADMIN")
+        # mptcpctl run by nobody says so, with exit status 4.
+        proc = subprocess.run([str(MPTCPCTL), "--socket", str(path), "limits", "set",
+                               "--subflows", "1"], capture_output=True, text=True,
+                              timeout=TIMEOUT, user=NOBODY, group=NOBODY, extra_groups=[])
+        assert proc.returncode == 4
+        assert "permission denied: SetLimits needs root or CAP_NET_ADMIN" in proc.stderr
+        # Root: the kernel's state changes, and the answer is the kernel's.
+        done = ctl(path, "endpoint", "add", "203.0.113.7", "--id", "9", "--flags", "signal",
+                   "--dev", link.client_if)
+        assert (done.returncode, done.stdout) == (0, "endpoint 9 added\n"), done.stderr
+        daemon.wait_output(r"AddEndpoint\(address=203\.0\.113\.7, port=0, id=9, "
+                           rf"flags=signal, interface={link.client_if}\) by uid 0 pid \d+")
+        ep = endpoints_by_address(lab)["203.0.113.7"]
+        assert (ep.id, ep.flags, ep.dev) == (9, frozenset({"signal"}), link.client_if)
+        owners = {e["id"]: e["owner"] for e in mptcpctl(path, "endpoints")}
+        assert owners[9] == "control"
+        again = ctl(path, "endpoint", "add", "203.0.113.7", "--id", "9")
+        assert again.returncode == 1 and "the kernel refused" in again.stderr, again.stderr
+        bad = ctl(path, "endpoint", "add", "203.0.113.8", "--id", "300")
+        assert bad.returncode == 1 and "invalid argument: " in bad.stderr, bad.stderr
+        assert ctl(path, "limits", "set", "--subflows", "1").returncode == 0
+        assert lab.limits(lab.client)["subflows"] == 1
+        assert ctl(path, "endpoint", "del", "9").returncode == 0
+        assert "203.0.113.7" not in endpoints_by_address(lab)
+        assert daemon.stop() == 0
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def endpoints_by_address(lab: Lab) -> dict[str, Any]:
+    return {e.address: e for e in lab.endpoints(lab.client)}
+
+
+@pytest.mark.lab(links=2, path_manager="userspace")
+def test_userspace_write_methods_on_a_live_connection(lab: Lab, tmp_path: Path) -> None:
+    """A controller that is not a plugin drives a connection: a subflow from
+    the second link, its backup priority, an announcement, and back."""
+    import re
+
+    from tests.integration.test_daemon import plugin_dir
+
+    lab.set_path_manager(lab.server, "kernel")
+    path = tmp_path / "control"
+    directory = plugin_dir(tmp_path, "noop")
+    daemon = lab.start_mptcpd("--log=stderr", f"--plugin-dir={directory}",
+                              config=f"[core]\ncontrol-socket={path}\n", env=daemon_env())
+    daemon.wait_output(READY, timeout=20)
+    srvmon = lab.spawn(lab.server, "ip", "mptcp", "monitor", name="srvmon")
+    lab.python(lab.server, "-m", "tests.lab.traffic", "server",
+               "--duration", "60").wait_output("listening")
+    srvmon.wait_output(r"UNKNOWN 15|LISTENER")
+    lab.python(lab.client, "-m", "tests.lab.traffic", "client", str(lab.links[0].server4),
+               "5201", "--hold", "45", "--timeout", "50", name="client")
+    [conn] = wait_for(lambda: [c for c in mptcpctl(path, "connections")
+                               if c["state"] == "established"] or None,
+                      TIMEOUT, what="the client's connection")
+    srvmon.wait_output(r"\[\s*ESTABLISHED\]")  # data exchanged: joins may start
+    token = f"{conn['token']:08x}"
+    l2 = lab.links[1]
+    local, remote = f"{l2.client4}:0", f"{l2.server4}:5201"
+    done = ctl(path, "subflow", "add", token, local, remote, "--local-id", "6")
+    assert done.returncode == 0, done.stderr
+
+    def joined() -> dict[str, Any] | None:
+        [c] = mptcpctl(path, "connections")
+        return next((sf for sf in c["subflows"]
+                     if sf["local_address"] == str(l2.client4)), None)
+
+    sf = wait_for(joined, TIMEOUT, what="the new subflow in the listing")
+    assert sf["remote_address"] == str(l2.server4) and not sf["initial"]
+    sub_local = f"{l2.client4}:{sf['local_port']}"
+    assert ctl(path, "backup", "set", token, sub_local, remote).returncode == 0
+    srvmon.wait_output(rf"SF_PRIO\].*dport={sf['local_port']} backup=1")
+    wait_for(lambda: (s := joined()) is not None and s["backup"], TIMEOUT,
+             what="the subflow's backup flag")
+    announced = ctl(path, "--json", "announce", token, "7", f"{l2.client4}")
+    assert announced.returncode == 0, announced.stderr
+    port = json.loads(announced.stdout)["port"]
+    assert port > 0  # the listener's port, picked by the kernel
+    srvmon.wait_output(rf"ANNOUNCED\].*remid=7 daddr4={re.escape(str(l2.client4))} "
+                       rf"dport={port}")
+    assert ctl(path, "withdraw", token, "7", str(l2.client4)).returncode == 0
+    srvmon.wait_output(r"REMOVED\].*remid=7")
+    assert ctl(path, "subflow", "del", token, sub_local, remote).returncode == 0
+    wait_for(lambda: joined() is None, TIMEOUT, what="the subflow to close")
+    unknown = ctl(path, "subflow", "del", "00000001", sub_local, remote)
+    assert unknown.returncode == 1 and "the kernel refused" in unknown.stderr
     assert daemon.stop() == 0

@@ -149,3 +149,43 @@ def test_the_man_page_renders_cleanly_and_names_every_command() -> None:
     assert re.findall(r"^\.B (\d)$", statuses, re.M) == ["0", "1", "2", "3", "4"]
     assert (ctl.EXIT_ERROR, ctl.EXIT_USAGE, ctl.EXIT_NOT_RUNNING, ctl.EXIT_DENIED) == \
         (1, 2, 3, 4)
+
+
+def test_tokens_and_addresses_as_typed() -> None:
+    import click
+
+    assert ctl.parse_token("0a1b2c3d") == ctl.parse_token("0x0a1b2c3d") == 0x0A1B2C3D
+    with pytest.raises(click.BadParameter):
+        ctl.parse_token("token")
+    assert ctl.parse_endpoint("192.0.2.1") == ("192.0.2.1", 0)
+    assert ctl.parse_endpoint("192.0.2.1:5201") == ("192.0.2.1", 5201)
+    assert ctl.parse_endpoint("2001:db8::1") == ("2001:db8::1", 0)
+    assert ctl.parse_endpoint("[2001:db8::1]:80") == ("2001:db8::1", 80)
+    with pytest.raises(click.BadParameter):
+        ctl.parse_endpoint("192.0.2.1:http")
+
+
+async def test_a_write_call_of_a_peer_without_rights_is_refused(
+        served: tuple[Daemon, Path], caplog: pytest.LogCaptureFixture) -> None:
+    """The peer's rights are read at accept; the refusal is logged with its
+    uid and pid, and nothing reaches the path manager."""
+    import logging
+
+    from mptcpd.daemon import control
+
+    daemon, path = served
+    submitted: list[str] = []
+    daemon.commands._channel_submit = lambda name, *a: submitted.append(name)  # type: ignore
+    original = control.Peer.may_write
+    control.Peer.may_write = lambda self: False  # type: ignore[method-assign]
+    try:
+        with caplog.at_level(logging.INFO):
+            code, out, err = await mptcpctl("--socket", str(path), "endpoint", "add",
+                                            "192.0.2.1")
+    finally:
+        control.Peer.may_write = original  # type: ignore[method-assign]
+    assert (code, out) == (4, "")
+    assert err == "mptcpctl: permission denied: AddEndpoint needs root or CAP_NET_ADMIN\n"
+    assert re.search(r"AddEndpoint\(address=192\.0\.2\.1.*\) refused to uid \d+ pid \d+",
+                     caplog.text)
+    assert submitted == []

@@ -57,6 +57,7 @@ from mptcpd import events as ev
 from mptcpd.config import CONTROL_SOCKET_NAME, Config
 from mptcpd.daemon.lock import runtime_dir
 from mptcpd.errors import ConnectionClosed, KernelError, NotReady, QueueFull
+from mptcpd.netlink.pm_codec import Limits as KernelLimits
 from mptcpd.types import AddrFlags, SockAddr
 
 if TYPE_CHECKING:
@@ -170,6 +171,14 @@ class PermissionDenied(TypedVarlinkErrorReply, interface=INTERFACE):
 
     class Parameters:
         method: str
+
+
+class InvalidArgument(TypedVarlinkErrorReply, interface=INTERFACE):
+    """An argument is wrong (checked as the plugin API checks it); nothing
+    was sent to the kernel."""
+
+    class Parameters:
+        reason: str
 
 
 class NotReadyReply(TypedVarlinkErrorReply, name=f"{INTERFACE}.NotReady"):
@@ -361,6 +370,27 @@ class InterfaceStatus:
 #: Endpoint flag names, in bit order.
 ADDR_FLAG_NAMES = tuple((flag.name.lower(), int(flag)) for flag in AddrFlags
                         if flag.name is not None)
+
+
+#: The owner of the endpoints added through the control socket.
+CONTROL_OWNER = "control"
+
+
+def _sockaddr(address: str, port: int) -> SockAddr:
+    try:
+        return SockAddr(address, port)
+    except (ValueError, TypeError) as exc:
+        raise InvalidArgument(reason=f"bad address {address!r} port {port!r}: {exc}") from None
+
+
+def _ifindex(daemon: "Daemon", name: str) -> int:
+    for iface in daemon.network_monitor.interfaces():
+        if iface.name == name:
+            return iface.index
+    try:
+        return socket.if_nametoindex(name)
+    except OSError:
+        raise InvalidArgument(reason=f"no interface {name!r}") from None
 
 
 def flag_names(flags: int) -> list[str]:
@@ -624,7 +654,8 @@ class MonitorHub:
 class ControlInterface(VarlinkInterface, name=INTERFACE):
     """Status and control of mptcpd, the Multipath TCP path-management daemon."""
 
-    errors = (InvalidMessage, PermissionDenied, NotReadyReply, KernelErrorReply)
+    errors = (InvalidMessage, PermissionDenied, InvalidArgument, NotReadyReply,
+              KernelErrorReply)
 
     def __init__(self, daemon: "Daemon", peer: Peer,
                  abort: Callable[[], None] = lambda: None,
@@ -777,6 +808,141 @@ class ControlInterface(VarlinkInterface, name=INTERFACE):
         finally:
             unwatch()
             hub.unsubscribe(subscriber)
+
+    # -- write methods: root and CAP_NET_ADMIN only ---------------------------------
+
+    def _authorize(self, method: str, arguments: dict[str, Any]) -> None:
+        """Refuse a peer that is neither root nor holds CAP_NET_ADMIN; log
+        each call with the peer's uid and pid."""
+        shown = ", ".join(f"{k}={v}" for k, v in arguments.items() if v is not None)
+        if not self._peer.may_write():
+            log.warning("Control socket: %s(%s) refused to %s: neither root nor "
+                        "CAP_NET_ADMIN.", method, shown, self._peer)
+            raise PermissionDenied(method=method)
+        log.info("Control socket: %s(%s) by %s.", method, shown, self._peer)
+
+    async def _command(self, send: Callable[[], asyncio.Future[Any]]) -> Any:
+        """Send a command through the path manager (its checks: a wrong
+        argument is InvalidArgument) and answer with the kernel's result."""
+        try:
+            future = send()
+        except ValueError as exc:
+            raise InvalidArgument(reason=str(exc)) from None
+        except OSError as exc:
+            raise _kernel_error(exc) from None
+        try:
+            return await future
+        except OSError as exc:
+            raise _kernel_error(exc) from None
+
+    @varlinkmethod
+    async def SetBackup(self, *, token: int, local_address: str, local_port: int,
+                        remote_address: str, remote_port: int, backup: bool) -> None:
+        """Set or clear the backup priority of a subflow (the peer gets
+        MP_PRIO); userspace path manager."""
+        self._authorize("SetBackup", {"token": token, "local": f"{local_address}:{local_port}",
+                                      "remote": f"{remote_address}:{remote_port}",
+                                      "backup": backup})
+        laddr = _sockaddr(local_address, local_port)
+        raddr = _sockaddr(remote_address, remote_port)
+        await self._command(lambda: self._daemon.pm.set_backup(token, laddr, raddr, backup))
+
+    @varlinkmethod
+    async def AddSubflow(self, *, token: int, local_address: str, local_port: int,
+                         remote_address: str, remote_port: int, local_id: int = 0,
+                         remote_id: int = 0, backup: bool = False) -> None:
+        """Open a subflow of connection token from local to remote (port 0:
+        any); userspace path manager."""
+        self._authorize("AddSubflow", {"token": token,
+                                       "local": f"{local_address}:{local_port}",
+                                       "remote": f"{remote_address}:{remote_port}",
+                                       "local_id": local_id, "remote_id": remote_id,
+                                       "backup": backup})
+        laddr = _sockaddr(local_address, local_port)
+        raddr = _sockaddr(remote_address, remote_port)
+        await self._command(lambda: self._daemon.pm.add_subflow(
+            token, local_id, remote_id, laddr, raddr, backup))
+
+    @varlinkmethod
+    async def RemoveSubflow(self, *, token: int, local_address: str, local_port: int,
+                            remote_address: str, remote_port: int) -> None:
+        """Close a subflow of connection token; userspace path manager."""
+        self._authorize("RemoveSubflow", {"token": token,
+                                          "local": f"{local_address}:{local_port}",
+                                          "remote": f"{remote_address}:{remote_port}"})
+        laddr = _sockaddr(local_address, local_port)
+        raddr = _sockaddr(remote_address, remote_port)
+        await self._command(lambda: self._daemon.pm.remove_subflow(token, laddr, raddr))
+
+    @varlinkmethod(return_parameter="port")
+    async def Announce(self, *, token: int, address_id: int, address: str,
+                       port: int = 0) -> int:
+        """Announce a local address to the peer of connection token (ADD_ADDR),
+        listening on it first (port 0: the kernel picks one, returned);
+        userspace path manager."""
+        self._authorize("Announce", {"token": token, "address_id": address_id,
+                                     "address": address, "port": port})
+        addr = _sockaddr(address, port)
+        announced = await self._command(
+            lambda: self._daemon.pm.add_addr(addr, address_id, token))
+        return int(announced.port) if announced is not None else port
+
+    @varlinkmethod
+    async def Withdraw(self, *, token: int, address_id: int,
+                       address: str | None = None) -> None:
+        """Withdraw the announced local address address_id from connection
+        token (RM_ADDR; with the address, its listener is released);
+        userspace path manager."""
+        self._authorize("Withdraw", {"token": token, "address_id": address_id,
+                                     "address": address})
+        addr = _sockaddr(address, 0) if address is not None else None
+        await self._command(lambda: self._daemon.pm.remove_addr(addr, address_id, token))
+
+    @varlinkmethod(return_parameter="id")
+    async def AddEndpoint(self, *, address: str, port: int = 0, id: int = 0,
+                          flags: list[str] | None = None,
+                          interface: str | None = None) -> int:
+        """Add an in-kernel path manager endpoint (id 0: the daemon's ID
+        manager picks one, returned); its owner is "control"."""
+        self._authorize("AddEndpoint", {"address": address, "port": port, "id": id,
+                                        "flags": ",".join(flags or ()),
+                                        "interface": interface})
+        daemon = self._daemon
+        addr = _sockaddr(address, port)
+        bits = 0
+        names = dict(ADDR_FLAG_NAMES)
+        for name in flags or ():
+            if name not in names:
+                raise InvalidArgument(reason=f"unknown endpoint flag {name!r}")
+            bits |= names[name]
+        ifindex = 0
+        if interface:
+            ifindex = _ifindex(daemon, interface)
+        if not id:
+            id = daemon.id_manager.get_id(SockAddr(addr.ip))
+            if not id:
+                raise InvalidArgument(reason="no address ID left")
+        args = (addr, id, bits, ifindex)
+        await self._command(lambda: daemon.pm.kpm_add_addr(*args))
+        daemon.commands.owners.record("kpm_add_addr", args, CONTROL_OWNER)
+        return id
+
+    @varlinkmethod
+    async def RemoveEndpoint(self, *, id: int) -> None:
+        """Remove the in-kernel path manager endpoint id."""
+        self._authorize("RemoveEndpoint", {"id": id})
+        daemon = self._daemon
+        await self._command(lambda: daemon.pm.kpm_remove_addr(id))
+        daemon.commands.owners.record("kpm_remove_addr", (id,), CONTROL_OWNER)
+
+    @varlinkmethod
+    async def SetLimits(self, *, subflows: int | None = None,
+                        add_addr_accepted: int | None = None) -> None:
+        """Set the in-kernel path manager's limits (one left out is kept)."""
+        self._authorize("SetLimits", {"subflows": subflows,
+                                      "add_addr_accepted": add_addr_accepted})
+        limits = KernelLimits(rcv_add_addrs=add_addr_accepted, subflows=subflows)
+        await self._command(lambda: self._daemon.pm.kpm_set_limits(limits))
 
     @varlinkmethod(return_parameter="interfaces")
     def ListInterfaces(self) -> list[InterfaceStatus]:
