@@ -450,6 +450,104 @@ def monitor(ctx: _Context) -> None:
         return
 
 
+# -- metrics ----------------------------------------------------------------------------
+
+
+def render_metrics(status: dict[str, Any], connections: list[dict[str, Any]],
+                   endpoints: list[dict[str, Any]] | None) -> str:
+    """The daemon's counters in the Prometheus text exposition format (for
+    node_exporter's textfile collector), rendered by prometheus-client."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        InfoMetricFamily,
+        Metric,
+    )
+
+    families: list[Metric] = []
+    info = InfoMetricFamily("mptcpd", "The daemon's version and configuration.")
+    info.add_metric([], {"version": status["version"],
+                         "kernel_path_manager": status["kernel_path_manager"] or "",
+                         "default_plugin": status["default_plugin"] or ""})
+    families.append(info)
+
+    def gauge(name: str, doc: str, value: float) -> None:
+        families.append(GaugeMetricFamily(name, doc, value=value))
+
+    def counter(name: str, doc: str, value: float) -> None:
+        families.append(CounterMetricFamily(name, doc, value=value))
+
+    gauge("mptcpd_uptime_seconds", "Seconds since the daemon started.", status["uptime"])
+    gauge("mptcpd_ready", "1 when the kernel's mptcp_pm family is available.",
+          1 if status["ready"] else 0)
+    events = CounterMetricFamily("mptcpd_events", "Kernel path-manager events read, by type.",
+                                 labels=["type"])
+    for name, count in status["events"].items():
+        events.add_metric([name], count)
+    families.append(events)
+    counter("mptcpd_event_overruns", "Receive overruns of the event socket (events lost).",
+            status["events_lost"])
+    counter("mptcpd_resyncs", "Resynchronisations after lost events.", status["resyncs"])
+    commands = CounterMetricFamily("mptcpd_commands", "Commands sent, by operation and result.",
+                                   labels=["operation", "result"])
+    for entry in status["commands"]:
+        commands.add_metric([entry["operation"], entry["result"]], entry["count"])
+    families.append(commands)
+    gauge("mptcpd_command_queue_depth", "Commands waiting to be sent.", status["queue_depth"])
+    gauge("mptcpd_commands_in_flight", "Commands sent and not yet answered.",
+          status["in_flight"])
+    bound = GaugeMetricFamily("mptcpd_plugin_connections",
+                              "Connections bound to each plugin.", labels=["plugin"])
+    for plugin in status["plugins"]:
+        bound.add_metric([plugin["name"]], plugin["connections"])
+    families.append(bound)
+    gauge("mptcpd_monitor_clients", "Monitor clients connected.", status["monitors"])
+    counter("mptcpd_monitor_clients_dropped", "Monitor clients dropped for falling behind.",
+            status["monitors_dropped"])
+    gauge("mptcpd_mptcp_connections", "MPTCP connections in the namespace (sock_diag).",
+          len(connections))
+    gauge("mptcpd_mptcp_subflows", "Subflows of those connections (initial ones included).",
+          sum(len(c["subflows"]) for c in connections))
+    gauge("mptcpd_mptcp_fallback_connections", "Connections that fell back to TCP.",
+          sum(1 for c in connections if c["fallback"]))
+    if endpoints is not None:
+        owned = GaugeMetricFamily("mptcpd_endpoints", "In-kernel PM endpoints, by owner "
+                                  "(none: not created by mptcpd).", labels=["owner"])
+        by_owner: dict[str, int] = {}
+        for e in endpoints:
+            key = e["owner"] or "none"
+            by_owner[key] = by_owner.get(key, 0) + 1
+        for owner, count in sorted(by_owner.items()):
+            owned.add_metric([owner], count)
+        families.append(owned)
+
+    class Collector:
+        def collect(self) -> list[Metric]:
+            return families
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Collector())
+    return generate_latest(registry).decode()
+
+
+@cli.command()
+@pass_ctx
+def metrics(ctx: _Context) -> None:
+    """The daemon's counters in the Prometheus text format."""
+    try:
+        with ctx.client() as client:
+            status = client.call("GetStatus")["status"]
+            connections = client.call("ListConnections")["connections"]
+            try:
+                endpoints = client.call("ListEndpoints")["endpoints"]
+            except CtlError:  # no mptcp_pm family: no endpoint figures
+                endpoints = None
+    except CtlError as exc:
+        _fail(exc)
+    click.echo(render_metrics(status, connections, endpoints), nl=False)
+
+
 # -- write commands ------------------------------------------------------------------
 
 

@@ -122,6 +122,15 @@ def test_connections_are_what_each_connection_says(lab: Lab, tmp_path: Path) -> 
         return first if key == [(c["token"], c["info"]["subflows"]) for c in again] else None
 
     listed = wait_for(settled, TIMEOUT, what="two connections with their subflows")
+    from prometheus_client.parser import text_string_to_metric_families
+    text = subprocess.run([str(MPTCPCTL), "--socket", str(path), "metrics"],
+                          capture_output=True, text=True, timeout=TIMEOUT, check=True).stdout
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    assert samples[("mptcpd_mptcp_connections", ())] == 2
+    assert samples[("mptcpd_mptcp_subflows", ())] == sum(len(c["subflows"]) for c in listed)
+    assert samples[("mptcpd_endpoints", (("owner", "addr_adv"),))] == 4
+    assert samples[("mptcpd_events_total", (("type", "created"),))] >= 2
     outputs = []
     for client in clients:
         assert client.wait(40) == 0, client.output()

@@ -189,3 +189,47 @@ async def test_a_write_call_of_a_peer_without_rights_is_refused(
     assert re.search(r"AddEndpoint\(address=192\.0\.2\.1.*\) refused to uid \d+ pid \d+",
                      caplog.text)
     assert submitted == []
+
+
+async def test_metrics_in_the_prometheus_text_format(served: tuple[Daemon, Path]) -> None:
+    import dataclasses
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from mptcpd import events as ev
+    from mptcpd.netlink.diag import MptcpConnection, MptcpSubflow
+    from mptcpd.types import SockAddr
+
+    daemon, path = served
+    laddr, raddr = SockAddr("192.0.2.1", 40000), SockAddr("198.51.100.2", 80)
+
+    async def connections() -> list[MptcpConnection]:
+        return [MptcpConnection(0xA, laddr, raddr, 1, True, info={"subflows": 1}),
+                MptcpConnection(0xB, laddr.with_port(40001), raddr, 1, True, fallback=True)]
+
+    async def subflows() -> list[MptcpSubflow]:
+        return [MptcpSubflow(0xA, laddr, raddr, 1), MptcpSubflow(0xA, laddr, raddr, 1),
+                MptcpSubflow(0xB, laddr.with_port(40001), raddr, 1)]
+
+    daemon.kernel = dataclasses.replace(daemon.kernel, list_connections=connections,
+                                        list_subflows=subflows)
+    daemon.stats.events[ev.ConnectionCreated] = 7
+    daemon.stats.commands[("kpm_add_addr", "EEXIST")] = 2
+    code, out, err = await mptcpctl("--socket", str(path), "metrics")
+    assert (code, err) == (0, "")
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(out) for s in family.samples}
+    assert samples[("mptcpd_events_total", (("type", "created"),))] == 7
+    assert samples[("mptcpd_events_total", (("type", "closed"),))] == 0
+    assert samples[("mptcpd_commands_total",
+                    (("operation", "kpm_add_addr"), ("result", "EEXIST")))] == 2
+    assert samples[("mptcpd_mptcp_connections", ())] == 2
+    assert samples[("mptcpd_mptcp_subflows", ())] == 3
+    assert samples[("mptcpd_mptcp_fallback_connections", ())] == 1
+    assert samples[("mptcpd_ready", ())] == 0
+    assert samples[("mptcpd_event_overruns_total", ())] == 0
+    info = [k for k in samples if k[0] == "mptcpd_info"]
+    assert info and ("version", "0.1.0") in info[0][1]
+    # No family: no endpoint figures, the rest is there.
+    assert not any(name == "mptcpd_endpoints" for name, _ in samples)
+    assert "# TYPE mptcpd_events_total counter" in out
