@@ -141,7 +141,7 @@ LAYERS: dict[str, int] = {
     "mptcpd.daemon": 5, "mptcpd.daemon.control": 5,
     "mptcpd.testing": 6, "mptcpd.cli": 6, "mptcpd.__main__": 6, "mptcpd": 6,
     "mptcpd.mptcpize": 6, "mptcpd.install": 6, "mptcpd.get_debug": 6,
-    "mptcpd.ctl": 6,
+    "mptcpd.ctl": 6, "mptcpd.sockinfo": 6,
 }
 
 

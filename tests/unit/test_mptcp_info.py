@@ -89,3 +89,54 @@ def test_the_padding_of_an_older_kernel_is_no_field(length: int, last: str) -> N
     names = list(values)
     expected = {name: values[name] for name in names[:names.index(last) + 1]}
     assert decode_mptcp_info(data[:length]) == expected
+
+
+class CTcpInfo(ctypes.Structure):
+    """struct tcp_info (linux/tcp.h) up to tcpi_segs_in."""
+
+    _fields_ = [
+        ("state", u8), ("ca_state", u8), ("retransmits", u8), ("probes", u8),
+        ("backoff", u8), ("options", u8), ("wscale", u8), ("flags", u8),
+        ("rto", u32), ("ato", u32), ("snd_mss", u32), ("rcv_mss", u32),
+        ("unacked", u32), ("sacked", u32), ("lost", u32), ("retrans", u32),
+        ("fackets", u32), ("last_data_sent", u32), ("last_ack_sent", u32),
+        ("last_data_recv", u32), ("last_ack_recv", u32), ("pmtu", u32),
+        ("rcv_ssthresh", u32), ("rtt", u32), ("rttvar", u32), ("snd_ssthresh", u32),
+        ("snd_cwnd", u32), ("advmss", u32), ("reordering", u32), ("rcv_rtt", u32),
+        ("rcv_space", u32), ("total_retrans", u32), ("pacing_rate", u64),
+        ("max_pacing_rate", u64), ("bytes_acked", u64), ("bytes_received", u64),
+        ("segs_out", u32), ("segs_in", u32),
+    ]
+
+
+def test_tcp_info_fields_are_the_c_layout() -> None:
+    from mptcpd.sockinfo import _TCP_FIELDS, TcpInfo
+
+    raw = CTcpInfo()
+    values = {}
+    for i, (name, offset, _fmt) in enumerate(_TCP_FIELDS):
+        assert getattr(CTcpInfo, name).offset == offset, name
+        ctype = dict(CTcpInfo._fields_)[name]
+        values[name] = (1 << (8 * ctypes.sizeof(ctype))) - 2 - i
+        setattr(raw, name, values[name])
+    data = bytes(raw)
+    info = TcpInfo.from_bytes(data)
+    assert {name: getattr(info, name) for name in values} == values
+    short = TcpInfo.from_bytes(data[:72])  # an old kernel: rtt (68) but not rttvar
+    assert short.rtt == values["rtt"] and short.rttvar is None
+
+
+def test_subflow_addresses() -> None:
+    import socket
+    import struct
+
+    from mptcpd.sockinfo import _sockaddr
+    from mptcpd.types import SockAddr
+
+    sin = struct.pack("=H", socket.AF_INET) + struct.pack("!H", 5201) + \
+        socket.inet_pton(socket.AF_INET, "192.0.2.1") + bytes(120)
+    sin6 = struct.pack("=H", socket.AF_INET6) + struct.pack("!H", 80) + bytes(4) + \
+        socket.inet_pton(socket.AF_INET6, "2001:db8::1") + bytes(104)
+    assert _sockaddr(sin) == SockAddr("192.0.2.1", 5201)
+    assert _sockaddr(sin6) == SockAddr("2001:db8::1", 80)
+    assert _sockaddr(bytes(128)) is None
