@@ -6,9 +6,10 @@ answer as aligned tables, or with ``--json`` as the reply's JSON: the
 reply's parameters, or for the listing commands the list itself.
 
 The socket is ``--socket``, else ``control-socket`` of the configuration
-file (``$MPTCPD_CONFIG`` or ``/etc/mptcpd/mptcpd.conf``), else ``control``
-in the runtime directory (``$MPTCPD_STATE_DIR``, ``$RUNTIME_DIRECTORY`` or
-``/run/mptcpd``).
+file (``$MPTCPD_CONFIG`` or ``/etc/mptcpd/mptcpd.conf``), else in the
+runtime directory (``$MPTCPD_STATE_DIR``, ``$RUNTIME_DIRECTORY`` or
+``/run/mptcpd``) ``control-netns-<inode>`` of this network namespace if it
+exists (see :func:`mptcpd.daemon.control.start_server`), else ``control``.
 
 Exit status: 0 success; 1 the daemon answered with an error (the kernel
 refused, the family is not ready, ...); 2 usage error; 3 the daemon is not
@@ -30,7 +31,7 @@ from typing import Any, NoReturn
 import click
 
 from mptcpd import config as cfg
-from mptcpd.daemon.control import INTERFACE, default_socket_path
+from mptcpd.daemon.control import INTERFACE, default_socket_path, namespace_socket_path
 
 #: Exit statuses.
 EXIT_ERROR = 1
@@ -61,6 +62,12 @@ def socket_path(given: str | None = None) -> Path:
         value = None
     if value and value.startswith("/"):
         return Path(value)
+    try:  # this namespace's daemon, when another namespace's has the default
+        own = namespace_socket_path()
+        if own.is_socket():
+            return own
+    except OSError:
+        pass
     return default_socket_path()
 
 

@@ -233,3 +233,33 @@ async def test_metrics_in_the_prometheus_text_format(served: tuple[Daemon, Path]
     # No family: no endpoint figures, the rest is there.
     assert not any(name == "mptcpd_endpoints" for name, _ in samples)
     assert "# TYPE mptcpd_events_total counter" in out
+
+
+async def test_a_second_namespace_serves_its_own_socket(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Daemons of two network namespaces sharing the runtime directory: the
+    second serves control-netns-<inode>, which mptcpctl finds first."""
+    import logging
+
+    monkeypatch.setenv("MPTCPD_STATE_DIR", str(tmp_path))
+    first, second = Daemon(Config()), Daemon(Config())
+    with caplog.at_level(logging.INFO):
+        first._start_control()
+        second._start_control()
+    try:
+        assert first.control is not None and second.control is not None
+        assert first.control.path == tmp_path / "control"
+        inode = os.stat("/proc/self/ns/net").st_ino
+        assert second.control.path == tmp_path / f"control-netns-{inode}"
+        assert "is another network namespace's daemon's; serving" in caplog.text
+        assert "Unable to serve" not in caplog.text
+        from mptcpd import events as ev
+        second.stats.events[ev.ConnectionClosed] = 5
+        env = dict(os.environ, MPTCPD_STATE_DIR=str(tmp_path),
+                   MPTCPD_CONFIG=str(tmp_path / "none"))
+        code, out, err = await mptcpctl("--json", "status", env=env)
+        assert (code, err) == (0, "") and json.loads(out)["events"]["closed"] == 5
+    finally:
+        first._stop_control()
+        second._stop_control()
+    assert os.listdir(tmp_path) == []

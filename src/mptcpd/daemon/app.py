@@ -36,7 +36,7 @@ from mptcpd.daemon.control import (
     ControlServer,
     MonitorHub,
     Stats,
-    make_server,
+    start_server,
 )
 from mptcpd.daemon.dispatch import Dispatcher
 from mptcpd.daemon.lock import AlreadyRunning, NamespaceLock
@@ -458,16 +458,7 @@ class Daemon:
     def _start_control(self) -> None:
         """Serve the control socket (``control-socket``); the daemon runs on
         without it when it cannot be made."""
-        server = make_server(self)
-        if server is None:
-            return
-        try:
-            server.start()
-        except OSError as exc:
-            log.error("Unable to serve the control socket %s: %s; running without it.",
-                      server.path, exc.strerror or exc)
-            return
-        self.control = server
+        self.control = start_server(self)
 
     def _current_plugin(self) -> str | None:
         plugin = self.registry.current

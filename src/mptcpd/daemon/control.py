@@ -106,6 +106,13 @@ def default_socket_path() -> Path:
     return runtime_dir() / CONTROL_SOCKET_NAME
 
 
+def namespace_socket_path() -> Path:
+    """The default socket's name for a daemon whose namespace's is taken:
+    ``control-netns-<inode of the network namespace>``, in the runtime directory."""
+    inode = os.stat("/proc/self/ns/net").st_ino
+    return runtime_dir() / f"{CONTROL_SOCKET_NAME}-netns-{inode}"
+
+
 def socket_path(config: Config) -> Path | None:
     """The control socket's path for ``config``; None when disabled."""
     if config.control_socket is None:
@@ -981,6 +988,7 @@ class _ControlProtocol(VarlinkInterfaceServerProtocol):
         self.server = server
         self.peer = peer
         self.sock = sock
+        self._watches: list[Callable[[], None]] = []  # watch_hangup's stops
         self._buffer = bytearray()  # a message's start, its NUL not yet received
         self._skipping = False  # in a refused message, up to its NUL
         self._pending = 0  # replies queued and not yet written
@@ -1080,9 +1088,13 @@ class _ControlProtocol(VarlinkInterfaceServerProtocol):
                 on_hangup()
 
         loop.add_reader(fd, readable)
+        self._watches.append(stop)
         return stop
 
     def connection_lost(self, exc: Exception | None) -> None:
+        for stop in self._watches:  # before the socket is closed
+            stop()
+        self._watches.clear()
         self.server.clients.discard(self)
         self.interface.connection_lost()
         super().connection_lost(exc)
@@ -1202,6 +1214,37 @@ def make_server(daemon: "Daemon") -> "ControlServer | None":
     return ControlServer(daemon, path) if path is not None else None
 
 
+def start_server(daemon: "Daemon") -> "ControlServer | None":
+    """Serve the control socket ``daemon``'s configuration asks for; None
+    (logged) when it is disabled or cannot be made.
+
+    When the default socket is served by a daemon of another network
+    namespace (they share the runtime directory), this one serves
+    :func:`namespace_socket_path` instead, which ``mptcpctl`` run in this
+    namespace looks for first."""
+    server = make_server(daemon)
+    if server is None:
+        return None
+    try:
+        server.start()
+        return server
+    except OSError as exc:
+        error = exc
+    if error.errno == errno.EADDRINUSE and daemon.config.control_socket is None:
+        fallback = ControlServer(daemon, namespace_socket_path())
+        try:
+            fallback.start()
+        except OSError as exc:
+            server, error = fallback, exc
+        else:
+            log.info("%s is another network namespace's daemon's; serving %s.",
+                     server.path, fallback.path)
+            return fallback
+    log.error("Unable to serve the control socket %s: %s; running without it.",
+              server.path, error.strerror or error)
+    return None
+
+
 __all__ = [
     "CAP_NET_ADMIN",
     "CommandRecorder",
@@ -1214,5 +1257,7 @@ __all__ = [
     "Stats",
     "default_socket_path",
     "make_server",
+    "namespace_socket_path",
+    "start_server",
     "socket_path",
 ]
