@@ -91,6 +91,10 @@ DEFAULT_CHECK_ROUTE_TIMEOUT = 60.0
 #: stops a queue that the kernel no longer drains from growing without limit.
 DEFAULT_COMMAND_QUEUE_SIZE = 4096
 
+#: The control socket's file name in the runtime directory when
+#: ``control-socket`` is not set.
+CONTROL_SOCKET_NAME = "control"
+
 NO_ADDR_FLAGS = AddrFlags(0)
 NO_NOTIFY_FLAGS = NotifyFlags(0)
 
@@ -156,6 +160,7 @@ class ConfigValues:
     deny: tuple[str, ...] | None = None
     deny_kinds: tuple[str, ...] | None = None
     interface_groups: tuple[InterfaceGroup, ...] | None = None
+    control_socket: str | None = None
 
 
 @dataclass(frozen=True)
@@ -183,6 +188,10 @@ class Config:
     deny_kinds: tuple[str, ...] = ()
     #: ``[interface GLOB]`` groups in file order.
     interface_groups: tuple[InterfaceGroup, ...] = ()
+    #: ``control-socket`` (file only; not in the C mptcpd): the path of the
+    #: varlink control socket; None for the default (:data:`CONTROL_SOCKET_NAME`
+    #: in the runtime directory), "" for none.
+    control_socket: str | None = None
     config_file: str = (
         DEFAULT_CONFIG_PATH  # the path that was read (or would have been)
     )
@@ -695,6 +704,16 @@ def _parse_timeout(text: str, path: str) -> float | None:
     return value
 
 
+def _parse_control_socket(text: str, path: str) -> str | None:
+    """``control-socket``: an absolute path, or empty (no control socket);
+    anything else is warned about and ignored (the default applies)."""
+    if text and not text.startswith("/"):
+        logger.warning('Ignoring control-socket "%s" in "%s": not an absolute path.',
+                       text, path)
+        return None
+    return text
+
+
 def _parse_load_plugins(text: str, path: str) -> tuple[str, ...]:
     """``load-plugins``: :class:`ConfigError` for a list naming no plugin or
     a bad name."""
@@ -715,6 +734,7 @@ _FILE_KEY_PARSERS: dict[str, Callable[[str, str], Any]] = {
     "path-manager": lambda text, _: text,
     "check-route-timeout": _parse_timeout,
     "command-queue-size": _parse_queue_size,
+    "control-socket": _parse_control_socket,
     "load-plugins": _parse_load_plugins,
     "skip-address-classes": parse_address_classes,
 }
@@ -795,7 +815,7 @@ def load_config(cli: ConfigValues | None = None, path: str | None = None, *,
 
 #: What a reload cannot change: these take effect when the daemon restarts.
 RESTART_FIELDS = ("log", "plugin_dir", "path_manager", "load_plugins",
-                  "command_queue_size")
+                  "command_queue_size", "control_socket")
 
 
 def reload_config(running: Config) -> Config:
@@ -844,3 +864,5 @@ def log_config(config: Config) -> None:
     for glob, flags in config.interface_groups:
         logger.debug("interfaces %s: address flags %s", glob,
                      "global" if flags is None else addr_flags_to_str(flags) or "none")
+    if config.control_socket is not None:
+        logger.debug("control socket: %s", config.control_socket or "none")

@@ -235,7 +235,8 @@ def daemon(tmp_path: Path) -> Daemon:
     (directory / "rec.py").write_text(PLUGIN)
     (directory / "rec.py").chmod(0o644)
     config = Config(plugin_dir=str(directory), load_plugins=("rec",), path_manager="rec",
-                    notify_flags=NotifyFlags.EXISTING)
+                    notify_flags=NotifyFlags.EXISTING,
+                    control_socket=str(tmp_path / "control"))  # never the host's /run
 
     def kernel_ok() -> bool:
         ORDER.append("check kernel")

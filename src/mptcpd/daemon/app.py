@@ -32,6 +32,13 @@ from typing import Any, Protocol
 from mptcpd import events as ev
 from mptcpd import hookspecs
 from mptcpd.config import Config, ConfigError, log_config, reload_config
+from mptcpd.daemon.control import (
+    CommandRecorder,
+    ControlServer,
+    MonitorHub,
+    Stats,
+    start_server,
+)
 from mptcpd.daemon.dispatch import Dispatcher
 from mptcpd.daemon.lock import AlreadyRunning, NamespaceLock
 from mptcpd.daemon.network import NetworkFeed, RtnlSource
@@ -153,8 +160,14 @@ class Daemon:
                                         on_failure=self._fail)
         self.id_manager = IdManager()
         self.listener_manager = ListenerManager()
+        #: Counters for the control socket.
+        self.stats = Stats()
+        self.commands = CommandRecorder(self.channel, self.stats, self._current_plugin)
+        #: The control socket's monitor clients.
+        self.monitor = MonitorHub(self.stats)
+        self.commands.on_result = self.monitor.command
         self.pm = PathManager(
-            self.channel, config=config,
+            self.commands, config=config,
             network_monitor=self.network_monitor, id_manager=self.id_manager,
             listener_manager=self.listener_manager,
         )
@@ -171,6 +184,9 @@ class Daemon:
         self._init_task: asyncio.Task[None] | None = None
         self._replayed = False
         self._resync_task: asyncio.Task[None] | None = None
+        self.control: ControlServer | None = None
+        #: Event-socket overruns of the readers closed so far.
+        self.events_lost = 0
         self._channel_closing: asyncio.Task[None] | None = None
 
     # -- running ------------------------------------------------------------
@@ -267,6 +283,7 @@ class Daemon:
         except OSError as exc:  # no runtime directory: run on, unguarded
             log.warning("Unable to lock %s: %s; another mptcpd in this network "
                         "namespace would not be noticed.", self.lock.path, exc.strerror)
+        self._start_control()
         pm_type = self.kernel.path_manager()
         if pm_type:
             log.info("The kernel uses the %s path manager.", pm_type)
@@ -401,8 +418,13 @@ class Daemon:
         while it is still the daemon's (it is closed when the family
         vanishes or at shutdown, and then ends quietly)."""
         dispatch, forget = self.dispatcher.dispatch, self.channel.forget
+        counts, monitors, publish = (self.stats.events, self.monitor.subscribers,
+                                     self.monitor.publish)
         try:
             async for event in reader:
+                counts[type(event)] += 1
+                if monitors:
+                    publish(event)
                 try:
                     dispatch(event)
                 except Exception:  # never let one event end the reader
@@ -463,6 +485,7 @@ class Daemon:
         reader, self.reader = self.reader, None
         self.channel.closed_tokens = None
         if reader is not None:
+            self.events_lost += getattr(reader, "overruns", 0)
             reader.close()
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
@@ -477,6 +500,22 @@ class Daemon:
             exc = task.exception()
             log.error("%s failed: %s", task.get_name(), exc, exc_info=exc)
 
+    # -- the control socket ------------------------------------------------
+
+    def _start_control(self) -> None:
+        """Serve the control socket (``control-socket``); the daemon runs on
+        without it when it cannot be made."""
+        self.control = start_server(self)
+
+    def _current_plugin(self) -> str | None:
+        plugin = self.registry.current
+        return plugin.name if plugin is not None else None
+
+    def _stop_control(self) -> None:
+        control, self.control = self.control, None
+        if control is not None:
+            control.close()
+
     # -- shutdown ----------------------------------------------------------
 
     async def shutdown(self) -> None:
@@ -489,6 +528,7 @@ class Daemon:
                       SHUTDOWN_TIMEOUT)
 
     async def _shutdown(self) -> None:
+        self._stop_control()
         self._close_reader()
         tasks = list(self._tasks)
         for task in tasks:
