@@ -272,10 +272,15 @@ def show_interfaces(interfaces: list[dict[str, Any]]) -> str:
     rows = []
     for i in interfaces:
         carrier = {True: "yes", False: "no", None: None}[i["carrier"]]
-        addresses = " ".join(f"{a['address']}({a['state']})" if a["state"] != "announced"
-                             else a["address"] for a in i["addresses"])
-        rows.append((i["index"], i["name"], i["operstate"], carrier, addresses or None))
-    return table(("INDEX", "NAME", "STATE", "CARRIER", "ADDRESSES"), rows)
+        policy = (f"denied ({i['denied']})" if i.get("denied")
+                  else ",".join(i["addr_flags"]) or "no flags" if i.get("addr_flags") is not None
+                  else "allowed")
+        addresses = " ".join(
+            f"{a['address']}(filtered: {a['filtered']})" if a.get("filtered")
+            else f"{a['address']}({a['state']})" if a["state"] not in ("announced", None)
+            else a["address"] for a in i["addresses"])
+        rows.append((i["index"], i["name"], i["operstate"], carrier, policy, addresses or None))
+    return table(("INDEX", "NAME", "STATE", "CARRIER", "POLICY", "ADDRESSES"), rows)
 
 
 def show_plugins(status: dict[str, Any]) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from mptcpd.pm import policy
 from tests.integration.test_addr_adv import PLUGINS, lab_addresses, wait_endpoints
 from tests.integration.test_daemon import READY, daemon_env
 from tests.lab import Lab, Process, wait_for
@@ -380,4 +381,50 @@ def test_userspace_write_methods_on_a_live_connection(lab: Lab, tmp_path: Path) 
     wait_for(lambda: joined() is None, TIMEOUT, what="the subflow to close")
     unknown = ctl(path, "subflow", "del", "00000001", sub_local, remote)
     assert unknown.returncode == 1 and "the kernel refused" in unknown.stderr
+    assert daemon.stop() == 0
+
+
+TENTATIVE = policy.TENTATIVE
+
+
+def test_interfaces_show_the_policys_decisions(lab: Lab, tmp_path: Path) -> None:
+    """ListInterfaces lists denied interfaces too, saying why, the flags of
+    an [interface GLOB] group, and why an address is held back."""
+    path = tmp_path / "ctl" / "control"
+    first, second = lab.links
+    daemon = lab.start_mptcpd(
+        "--log=stderr", f"--plugin-dir={PLUGINS}", "--load-plugins=addr_adv",
+        "--path-manager=addr_adv", "--notify-flags=existing", "--addr-flags=subflow",
+        config=(f"[core]\ncontrol-socket={path}\nskip-address-classes=link-local\n"
+                f"[interfaces]\ndeny={second.client_if}\n"
+                f"[interface {first.client_if}]\naddr-flags=subflow,backup\n"),
+        env=daemon_env())
+    daemon.wait_output(READY, timeout=20)
+    interfaces = {i["name"]: i for i in mptcpctl(path, "interfaces")}
+    allowed, denied = interfaces[first.client_if], interfaces[second.client_if]
+    assert allowed["denied"] is None and allowed["addr_flags"] == ["subflow", "backup"]
+    assert denied["denied"] == f'denied by "{second.client_if}"'
+    assert denied["addr_flags"] is None
+    assert all(a["state"] is None for a in denied["addresses"])
+    by_address = {a["address"]: a for a in allowed["addresses"]}
+    assert by_address[str(first.client4)] == {
+        "address": str(first.client4), "state": "announced", "filtered": None}
+
+    def link_local() -> list[dict[str, Any]] | None:
+        """The link-local addresses of the allowed interface, once past DAD
+        (held back as tentative until then)."""
+        iface = {i["name"]: i for i in mptcpctl(path, "interfaces")}[first.client_if]
+        found = [a for a in iface["addresses"] if a["address"].startswith("fe80:")]
+        return found if found and all(a["filtered"] != TENTATIVE for a in found) else None
+
+    assert all(a["filtered"] == "link-local" and a["state"] is None
+               for a in wait_for(link_local, 10, what="link-local addresses past DAD"))
+    table = subprocess.run([str(MPTCPCTL), "--socket", str(path), "interfaces"],
+                           capture_output=True, text=True, timeout=TIMEOUT).stdout
+    assert f'denied (denied by "{second.client_if}")' in table
+    assert "subflow,backup" in table and "(filtered: link-local)" in table
+    # and the endpoints follow: none on the denied interface, backup on the other
+    endpoints = {e["address"]: e for e in mptcpctl(path, "endpoints")}
+    assert str(second.client4) not in endpoints
+    assert endpoints[str(first.client4)]["flags"] == ["subflow", "backup"]
     assert daemon.stop() == 0

@@ -355,8 +355,12 @@ class InterfaceAddress:
     address: str
     #: Where the address stands for the plugins: announced, silent (present
     #: at startup without notify-flags existing), deferred, pending (route
-    #: check running), abandoned (no route found).
+    #: check running), abandoned (no route found); null for an address the
+    #: plugins are not told of.
     state: str | None
+    #: Why the policy keeps the address from plugins (its class is skipped,
+    #: DAD has not completed, ...); null: it does not.
+    filtered: str | None
 
 
 @dataclasses.dataclass
@@ -371,6 +375,12 @@ class InterfaceStatus:
     carrier: bool | None
     up: bool
     running: bool
+    #: Why the policy keeps the interface from plugins (denied by a glob or
+    #: its kind, not allowed); null: plugins are told of it.
+    denied: str | None
+    #: The endpoint flags of its ``[interface GLOB]`` group, by name; null
+    #: when no group matches (the global ``addr-flags`` apply).
+    addr_flags: list[str] | None
     addresses: list[InterfaceAddress]
 
 
@@ -953,19 +963,23 @@ class ControlInterface(VarlinkInterface, name=INTERFACE):
 
     @varlinkmethod(return_parameter="interfaces")
     def ListInterfaces(self) -> list[InterfaceStatus]:
-        """The interfaces the network monitor tracks (up and running, not
-        loopback), with their addresses."""
+        """Every interface the network monitor tracks (loopback aside), with
+        its addresses and the policy's decision on each."""
         monitor = self._daemon.network_monitor
         result = []
-        for iface in monitor.interfaces():
+        for iface, denied, addrs in monitor.decisions():
             addresses = []
-            for addr in iface.addrs:
-                state = monitor.address_state(addr)
+            for addr, filtered in addrs:
+                state = (monitor.address_state(addr)
+                         if denied is None and filtered is None else None)
                 addresses.append(InterfaceAddress(str(addr.ip),
-                                                  state.value if state else None))
+                                                  state.value if state else None, filtered))
+            flags = iface.addr_flags
             result.append(InterfaceStatus(
                 index=iface.index, name=iface.name, operstate=iface.operstate,
                 carrier=iface.carrier, up=iface.is_up, running=iface.is_running,
+                denied=denied,
+                addr_flags=None if flags is None else flag_names(flags),
                 addresses=addresses))
         return result
 
