@@ -49,8 +49,12 @@ DEFAULT_PLUGIN_DIR = _bundled_plugin_dir()
 DEFAULT_LOG = "stderr"
 #: The accepted log destinations (those :mod:`mptcpd.log` sets up).
 LOG_DESTINATIONS = DESTINATIONS
-#: The only group read from the configuration file.
+#: The daemon's own group of the configuration file.
 CORE_GROUP = "core"
+#: Groups ``[plugin NAME]`` hold the settings of plugin NAME; they are kept
+#: raw (see :class:`PluginGroup`) and read by the plugin through
+#: :mod:`mptcpd.pm.settings`.
+PLUGIN_GROUP_PREFIX = "plugin "
 #: Longest default path-manager name kept (the generic netlink name size).
 MAX_PATH_MANAGER_NAME = 16
 
@@ -96,6 +100,23 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
+class PluginGroup:
+    """The raw settings of one ``[plugin NAME]`` group, for plugin NAME.
+
+    :ivar name: the plugin's name (the group name without ``plugin ``).
+    :ivar path: the configuration file (for messages).
+    :ivar line: the group's line number.
+    :ivar items: ``(key, value, line)`` in file order, values unescaped
+        (None when the value has an invalid escape), repeated keys kept.
+    """
+
+    name: str
+    path: str
+    line: int
+    items: tuple[tuple[str, str | None, int], ...] = ()
+
+
+@dataclass(frozen=True)
 class ConfigValues:
     """Settings from one source (command line or file); unset values are None/0."""
 
@@ -108,6 +129,7 @@ class ConfigValues:
     load_plugins: tuple[str, ...] | None = None
     check_route_timeout: float | None = None
     command_queue_size: int | None = None
+    plugin_groups: tuple[PluginGroup, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -125,6 +147,8 @@ class Config:
     check_route_timeout: float = DEFAULT_CHECK_ROUTE_TIMEOUT
     #: ``command-queue-size`` (file only; not in the C mptcpd).
     command_queue_size: int = DEFAULT_COMMAND_QUEUE_SIZE
+    #: the ``[plugin NAME]`` groups, first of each name, in file order.
+    plugin_groups: tuple[PluginGroup, ...] = ()
     config_file: str = (
         DEFAULT_CONFIG_PATH  # the path that was read (or would have been)
     )
@@ -441,11 +465,40 @@ def parse_config(data: bytes, path: str) -> ConfigValues:
         return ConfigValues()
     _check_layout(settings, path)
     values: dict[str, Any] = {}
+    groups = _plugin_groups(settings, path)
+    if groups:
+        values["plugin_groups"] = groups
     for key, parse in _FILE_KEY_PARSERS.items():
         text = settings.get_string(CORE_GROUP, key)
         if text is not None:
             values[key.replace("-", "_")] = parse(text, path)
     return ConfigValues(**values)
+
+
+def _plugin_groups(settings: Settings, path: str) -> tuple[PluginGroup, ...]:
+    """The ``[plugin NAME]`` groups of *settings*, the first of each name
+    (repeats are warned about by :func:`_check_layout`); a group naming no
+    plugin is warned about and skipped."""
+    groups: dict[str, PluginGroup] = {}
+    seen: set[str] = set()
+    for (group, pairs), (line, key_lines) in zip(settings.groups, settings.lines):
+        is_plugin = group.startswith(PLUGIN_GROUP_PREFIX) or group == PLUGIN_GROUP_PREFIX.strip()
+        if not is_plugin or group in seen:
+            continue  # a repeated group: warned about already
+        seen.add(group)
+        name = group[len(PLUGIN_GROUP_PREFIX):].strip()
+        if not name:
+            logger.warning('Group [%s] at line %d of "%s" names no plugin; ignored.',
+                           group, line, path)
+            continue
+        if name in groups:
+            logger.warning('Group [%s] at line %d of "%s" ignored: the settings of plugin '
+                           '"%s" are at line %d.', group, line, path, name, groups[name].line)
+            continue
+        items = tuple((key, unescape_value(value), key_line)
+                      for (key, value), key_line in zip(pairs, key_lines))
+        groups[name] = PluginGroup(name, path, line, items)
+    return tuple(groups.values())
 
 
 def _parse_queue_size(text: str, path: str) -> int | None:
