@@ -38,6 +38,15 @@ from mptcpd.errors import (
 )
 from mptcpd.hookspecs import PROJECT
 from mptcpd.netlink.pm_codec import AddrInfo, Limits
+from mptcpd.pm.keeper import (
+    Kept,
+    KeptConnection,
+    RetryPolicy,
+    SubflowKeeper,
+    Wanted,
+    usable_addresses,
+    usable_interfaces,
+)
 from mptcpd.types import (
     AddressId,
     AddrFlags,
@@ -57,6 +66,8 @@ __all__ = [
     "ConnectionClosed",
     "IPAddress",
     "Interface",
+    "Kept",
+    "KeptConnection",
     "KernelError",
     "LimitType",
     "Limits",
@@ -70,10 +81,15 @@ __all__ = [
     "PluginSettings",
     "Priority",
     "QueueFull",
+    "RetryPolicy",
     "SettingsError",
     "SockAddr",
+    "SubflowKeeper",
     "Token",
+    "Wanted",
     "hookimpl",
+    "usable_addresses",
+    "usable_interfaces",
 ]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
