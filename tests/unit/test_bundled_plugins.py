@@ -9,7 +9,7 @@ from mptcpd.plugins.loader import load_plugins
 from mptcpd.plugins.registry import PluginRegistry
 
 ROOT = Path(__file__).resolve().parents[2]
-BUNDLED = {"addr_adv", "fullmesh", "sspi"}
+BUNDLED = {"addr_adv", "fullmesh", "ndiffports", "sspi"}
 
 
 def test_every_bundled_plugin_loads_with_the_ownership_checks(tmp_path: Path) -> None:
