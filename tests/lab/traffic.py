@@ -109,7 +109,8 @@ def serve(port: int, bind: str, duration: float) -> int:
 
 
 def client(addr: str, port: int, nbytes: int, hold: float, bind: str | None,
-           timeout: float, wait_subflows: int = 0) -> int:
+           timeout: float, wait_subflows: int = 0, stream: float = 0.0,
+           rate: int = 1 << 20) -> int:
     sock = socket.socket(_family(addr), socket.SOCK_STREAM, IPPROTO_MPTCP)
     sock.settimeout(timeout)
     if bind:
@@ -133,6 +134,16 @@ def client(addr: str, port: int, nbytes: int, hold: float, bind: str | None,
     while left > 0:
         sent = sock.send(block[: min(left, len(block))])
         left -= sent
+    # Optionally keep sending for ``stream`` seconds at about ``rate`` bytes
+    # a second (a transfer running while the test changes the links).
+    stream_end = time.monotonic() + stream
+    tick = 0.05
+    while time.monotonic() < stream_end:
+        started = time.monotonic()
+        size = max(1, int(rate * tick))
+        sock.sendall(block[:1] * size)
+        nbytes += size
+        time.sleep(max(0.0, tick - (time.monotonic() - started)))
     # Wait (bounded) until the peer has acknowledged everything we sent.
     info = mptcp_info(sock)
     ack_deadline = time.monotonic() + timeout
@@ -398,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--wait-subflows", type=int, default=0,
                    help="before sending, wait until MPTCP_INFO shows this many extra "
                    "subflows (bounded by --timeout)")
+    c.add_argument("--stream", type=float, default=0.0,
+                   help="then keep sending for this many seconds, at --rate")
+    c.add_argument("--rate", type=int, default=1 << 20, help="bytes a second for --stream")
     k = sub.add_parser("sink", help="accept and close MPTCP connections at once")
     k.add_argument("--port", type=int, default=5300)
     k.add_argument("--duration", type=float, default=60.0)
@@ -434,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.mode == "flood":
         return flood(args.addr, args.port, args.seconds)
     return client(args.addr, args.port, args.nbytes, args.hold, args.bind, args.timeout,
-                  args.wait_subflows)
+                  args.wait_subflows, args.stream, args.rate)
 
 
 if __name__ == "__main__":
