@@ -7,8 +7,10 @@ each other ready interface (its first usable address in the connection's
 family) to the peer's initial address and port (its first announced
 address when it set ``deny_join_id0``), as sspi does.  Interfaces whose
 names match one of the ``backup-interfaces`` globs are *backup* interfaces:
-their subflows are opened as backup subflows (the MP_JOIN backup bit), so
-that neither end schedules data on them while a primary subflow works.
+their subflows are made backup subflows as soon as they are established
+(``pm.set_backup``: MP_PRIO; mptcpd's ``add_subflow`` sends no backup flag,
+as upstream), so that neither end schedules data on them while a primary
+subflow works.
 
 * When a connection has no working primary subflow any more (its last one
   closed, or the interfaces of all of them lost their carrier), failover
@@ -99,12 +101,16 @@ def _interface_of(pm: PathManager) -> Callable[[Kept], Interface | None]:
 
 
 _keeper = SubflowKeeper(want, log, announce=False)
+#: token -> the backup subflows failover promoted (to be demoted).
+_promoted: dict[int, list[Kept]] = {}
 
 
-def _set(conn: KeptConnection, kept: Kept, backup: bool, pm: PathManager) -> None:
-    """Send MP_PRIO for ``kept`` and remember its new priority."""
-    log.info("Connection %08x: %s the subflow %s -> %s.", conn.token,
-             "demoting" if backup else "promoting", kept.laddr, kept.raddr)
+def _set(conn: KeptConnection, kept: Kept, backup: bool, pm: PathManager,
+         action: str) -> None:
+    """Send MP_PRIO for ``kept`` and remember its new priority (``action``
+    says why, for the log)."""
+    log.info("Connection %08x: %s the subflow %s -> %s.", conn.token, action, kept.laddr,
+             kept.raddr)
     try:
         pm.set_backup(conn.token, kept.laddr, kept.raddr, backup)
     except (ValueError, OSError) as exc:
@@ -128,23 +134,27 @@ def rebalance(conn: KeptConnection, pm: PathManager) -> None:
         interface = find(kept)
         working = interface is not None and interface.is_running
         (backups if is_backup(interface) else primaries).append((kept, working))
+    promoted = _promoted.setdefault(conn.token, [])
     working_primaries = [kept for kept, working in primaries if working]
     if working_primaries:
         for kept, _working in backups:
             if not kept.backup:
-                _set(conn, kept, True, pm)
+                _set(conn, kept, True, pm,
+                     "demoting" if kept in promoted else "marking as backup")
+        promoted.clear()
         for kept in working_primaries:
             if kept.backup:
-                _set(conn, kept, False, pm)
+                _set(conn, kept, False, pm, "restoring as primary")
         return
     working_backups = [kept for kept, working in backups if working]
     if not working_backups:
         return
     for kept, _working in primaries:  # dead: keep the scheduler off them
         if not kept.backup:
-            _set(conn, kept, True, pm)
+            _set(conn, kept, True, pm, "marking as backup (its link is down)")
     if all(kept.backup for kept in working_backups):
-        _set(conn, working_backups[0], False, pm)
+        _set(conn, working_backups[0], False, pm, "promoting")
+        promoted.append(working_backups[0])
 
 
 def rebalance_all(pm: PathManager) -> None:
@@ -159,6 +169,7 @@ def rebalance_all(pm: PathManager) -> None:
 def plugin_init(pm: PathManager) -> None:
     """Read the settings; start with no tracked connection."""
     global _keeper, backup_globs
+    _promoted.clear()
     settings = pm.config.plugin_settings(PLUGIN.name)
     settings.check_keys(SETTINGS)
     backup_globs = settings.get_list("backup-interfaces")
@@ -172,6 +183,7 @@ def plugin_init(pm: PathManager) -> None:
 def plugin_exit(pm: PathManager) -> None:
     """Forget everything."""
     _keeper.stop()
+    _promoted.clear()
     log.info("MPTCP failover path manager exited.")
 
 
@@ -197,6 +209,7 @@ def connection_established(token: Token, laddr: SockAddr, raddr: SockAddr,
 def connection_closed(token: Token) -> None:
     """Forget the connection."""
     _keeper.connection_closed(token)
+    _promoted.pop(token, None)
 
 
 @hookimpl

@@ -5,16 +5,29 @@ link are read from the client's interface counters (``ip -s link``)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
 import pytest
+
+from mptcpd.netlink.diag import list_mptcp_subflows
 
 from tests.integration.test_fullmesh import paths, start_plugin, start_server
 from tests.integration.test_sspi import PORT, error_lines, tx_bytes, wait_tokens
 from tests.lab import Lab, wait_for
 
 MB = 1 << 20
+
+
+def peer_sees_backup(lab: Lab, client_ip: str) -> bool | None:
+    """Whether the server sees its subflow from ``client_ip`` as one the
+    client asked to be a backup (MP_JOIN bit or MP_PRIO), read with
+    sock_diag in the server namespace; None when there is no such subflow."""
+    subflows = asyncio.run(list_mptcp_subflows(lab.server))
+    found = [s.backup_remote for s in subflows
+             if s.established and str(s.raddr.unmapped().ip) == client_ip]
+    return found[0] if len(found) == 1 else None
 
 
 @pytest.mark.lab(links=2, path_manager="userspace")
@@ -30,6 +43,11 @@ def test_a_transfer_survives_the_primary_carrier_loss_on_the_backup_link_and_bac
                         name="streamer")
     (token,) = wait_tokens(lab, 1)
     wait_for(lambda: len(paths(lab)[token]) == 2, timeout=15, what="the backup join")
+    # The join is marked backup (MP_PRIO), and the peer knows it; the
+    # primary is not.
+    wait_for(lambda: peer_sees_backup(lab, str(backup.client4)), timeout=10,
+             what="the server to see the backup subflow as backup")
+    assert peer_sees_backup(lab, str(primary.client4)) is False
 
     def moved(link_if: str, start: dict[str, int], amount: int) -> dict[str, int] | None:
         now = tx_bytes(lab, lab.client)
@@ -50,11 +68,16 @@ def test_a_transfer_survives_the_primary_carrier_loss_on_the_backup_link_and_bac
     failed_over = {ifname: now[ifname] - start[ifname] for ifname in now}
     daemon.wait_output(rf"Connection {token:08x}: promoting the subflow "
                        rf"{backup.client4}:\d+ -> {primary.server4}:{PORT}\.")
+    # The peer was told (MP_PRIO over the backup link): no longer a backup.
+    wait_for(lambda: peer_sees_backup(lab, str(backup.client4)) is False, timeout=10,
+             what="the server to see the promoted subflow as regular")
 
     # The carrier returns: the backup is demoted, data moves back.
     lab.set_carrier(primary, True)
     daemon.wait_output(rf"Connection {token:08x}: demoting the subflow "
                        rf"{backup.client4}:\d+ -> {primary.server4}:{PORT}\.", timeout=15)
+    wait_for(lambda: peer_sees_backup(lab, str(backup.client4)), timeout=10,
+             what="the server to see the demoted subflow as backup again")
     start = tx_bytes(lab, lab.client)
     start = wait_for(lambda: moved(primary.client_if, start, MB), timeout=20,
                      what="data on the primary link again")

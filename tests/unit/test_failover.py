@@ -30,6 +30,12 @@ def test_backup_interfaces_get_backup_subflows(tmp_path: Path) -> None:
     fo, pm = setup(tmp_path, C2, C3)
     assert [(c[4], c[5], c[6]) for c in pm.take("add_subflow")] == [
         (SockAddr("198.51.100.1"), SERVER, True), (SockAddr("203.0.113.1"), SERVER, False)]
+    pm.answer_all()
+    # add_subflow sends no backup flag (as upstream): the kernel reports the
+    # join as a regular one, and failover marks it backup at once (MP_PRIO).
+    fo.new_subflow(T1, JOIN2, SERVER, backup=False)
+    fo.new_subflow(T1, JOIN3, SERVER, backup=False)
+    assert pm.take() == [("set_backup", T1, JOIN2, SERVER, True)]
 
 
 def test_losing_the_last_primary_promotes_a_backup_and_its_return_demotes_it(

@@ -155,7 +155,9 @@ class Wanted:
     :ivar laddr: the local address (port 0: any port).
     :ivar raddr: the peer's address and port.
     :ivar remote_id: the peer's ID of ``raddr`` (0 for its initial address).
-    :ivar backup: open it as a backup subflow.
+    :ivar backup: passed to ``pm.add_subflow`` (which, as the C mptcpd,
+        does not send it: a plugin that wants a backup subflow marks it with
+        ``pm.set_backup`` once established, as failover does).
     """
 
     key: Hashable
