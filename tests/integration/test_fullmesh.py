@@ -234,3 +234,26 @@ def test_retries_against_a_peer_refusing_joins_stop_at_the_limit(
     log = daemon.output()
     assert log.count("retrying in 0.1 s") == count
     assert log.count("retrying in 0.2 s") == 2 * count
+
+
+@pytest.mark.lab(links=2, path_manager="userspace")
+def test_a_join_reset_by_the_peer_is_re_created(lab: Lab, tmp_path: Path) -> None:
+    daemon = start_plugin(lab, tmp_path, "fullmesh", "retry-base=200ms\n")
+    start_server(lab)
+    start_clients(lab, 1, 0, hold=30)
+    (token,) = wait_tokens(lab, 1)
+    want = mesh(lab, [1])
+    before = wait_mesh(lab, {token}, want)
+    second = lab.links[1]
+    (join,) = before[token][(str(second.client4), str(lab.links[0].server4))]
+    # The server resets that join (sock_diag destroy): the client's kernel
+    # closes it, and nothing in the kernel opens it again.
+    lab.exec(lab.server, "ss", "-K", "dst", str(second.client4), "dport", "=",
+             f":{join.lport}")
+    daemon.wait_output(rf"Connection {token:08x}: the subflow from {second.client4} to "
+                       rf"{lab.links[0].server4}:{PORT} was lost \(1 in a row\); retrying in "
+                       r"0\.2 s\.")
+    after = wait_mesh(lab, {token}, want)
+    (again,) = after[token][(str(second.client4), str(lab.links[0].server4))]
+    assert again.lport != join.lport
+    assert error_lines(daemon) == []

@@ -342,9 +342,9 @@ class SubflowKeeper:
         refused = future.cancelled() or future.exception() is not None
         if refused and kept.pending and kept in conn.subflows:
             conn.subflows.remove(kept)
-            self.failed(conn, kept, pm)
+            self.lost(conn, kept, pm)
 
-    def failed(self, conn: KeptConnection, kept: Kept, pm: PathManager) -> None:
+    def lost(self, conn: KeptConnection, kept: Kept, pm: PathManager) -> None:
         """A subflow the keeper opened was refused, failed or closed unasked:
         its slot waits out its backoff, or is given up."""
         if self.connections.get(conn.token) is not conn or conn.loop is None:
@@ -362,7 +362,7 @@ class SubflowKeeper:
             return
         delay = self.retry.delay(slot.failures)
         slot.due = now + delay
-        self.log.debug("Connection %08x: the subflow from %s to %s failed (%d in a row); "
+        self.log.debug("Connection %08x: the subflow from %s to %s was lost (%d in a row); "
                        "retrying in %.3g s.", conn.token, slot.laddr, kept.raddr,
                        slot.failures, delay)
         self._schedule(conn, pm)
@@ -553,7 +553,7 @@ class SubflowKeeper:
             return
         conn.subflows.remove(kept)
         if kept.key is not None:
-            self.failed(conn, kept, pm)
+            self.lost(conn, kept, pm)
         self.fill(conn, pm)
 
     def subflow_priority(self, token: int, laddr: SockAddr, raddr: SockAddr,
