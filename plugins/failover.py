@@ -6,7 +6,9 @@ client.  Once a connection is established, failover opens one subflow from
 each other ready interface (its first usable address in the connection's
 family) to the peer's initial address and port (its first announced
 address when it set ``deny_join_id0``), as sspi does.  Interfaces whose
-names match one of the ``backup-interfaces`` globs are *backup* interfaces:
+names match one of the ``backup-interfaces`` globs, or whose own address
+flags (an ``[interface GLOB]`` group of ``mptcpd.conf``, e.g.
+``addr-flags=subflow,backup``) have ``backup``, are *backup* interfaces:
 their subflows are made backup subflows as soon as they are established
 (``pm.set_backup``: MP_PRIO; mptcpd's ``add_subflow`` sends no backup flag,
 as upstream), so that neither end schedules data on them while a primary
@@ -26,7 +28,7 @@ subflow works.
 
 Settings (``[plugin failover]`` in ``mptcpd.conf``):
 
-* ``backup-interfaces`` (list of shell globs, default none): the backup
+* ``backup-interfaces`` (list of shell globs, default none): more backup
   interfaces, e.g. ``wwan*, ppp0``;
 * ``retry-base``, ``retry-cap``, ``retry-attempts``: as for fullmesh.
 """
@@ -39,6 +41,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from mptcpd.plugin import (
+    AddrFlags,
     PluginInfo,
     Priority,
     RetryPolicy,
@@ -68,9 +71,14 @@ backup_globs: tuple[str, ...] = ()
 
 
 def is_backup(interface: Interface | None) -> bool:
-    """Whether ``interface`` is a backup interface (its name matches a glob)."""
-    return interface is not None and any(fnmatch.fnmatchcase(interface.name, glob)
-                                         for glob in backup_globs)
+    """Whether ``interface`` is a backup interface: its own address flags
+    (an ``[interface GLOB]`` group of mptcpd.conf) have ``backup``, or its
+    name matches a ``backup-interfaces`` glob."""
+    if interface is None:
+        return False
+    if interface.addr_flags is not None and interface.addr_flags & AddrFlags.BACKUP:
+        return True
+    return any(fnmatch.fnmatchcase(interface.name, glob) for glob in backup_globs)
 
 
 def want(conn: KeptConnection, pm: PathManager) -> list[Wanted]:
@@ -264,6 +272,12 @@ def link_down(interface: Interface, pm: PathManager) -> None:
 def delete_interface(interface: Interface, pm: PathManager) -> None:
     """Close the joins on an interface that went down or away."""
     _keeper.interface_lost(interface, pm)
+    rebalance_all(pm)
+
+
+@hookimpl
+def update_interface(pm: PathManager) -> None:
+    """An interface changed (its own address flags, after a reload, say)."""
     rebalance_all(pm)
 
 

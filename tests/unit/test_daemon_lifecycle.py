@@ -57,6 +57,16 @@ def new_local_address(interface, addr):
 
 
 @hookimpl
+def delete_local_address(interface, addr):
+    ORDER.append(f"delete_local_address {addr}")
+
+
+@hookimpl
+def policy_changed(pm):
+    ORDER.append(f"policy_changed {pm.config.addr_flags!r}")
+
+
+@hookimpl
 def plugin_exit(pm):
     ORDER.append("plugin_exit")
     future = pm.kpm_remove_addr(1)
@@ -225,7 +235,8 @@ def daemon(tmp_path: Path) -> Daemon:
     (directory / "rec.py").write_text(PLUGIN)
     (directory / "rec.py").chmod(0o644)
     config = Config(plugin_dir=str(directory), load_plugins=("rec",), path_manager="rec",
-                    notify_flags=NotifyFlags.EXISTING)
+                    notify_flags=NotifyFlags.EXISTING,
+                    control_socket=str(tmp_path / "control"))  # never the host's /run
 
     def kernel_ok() -> bool:
         ORDER.append("check kernel")
@@ -425,6 +436,35 @@ async def test_the_family_vanishing_and_reappearing_during_initialisation(
     assert daemon.reader is not None
     assert daemon.pm.ready
     assert ORDER.count("plugin_init") == 1
+
+
+async def test_sighup_reloads_the_configuration(daemon: Daemon, tmp_path: Path) -> None:
+    """SIGHUP: systemd hears RELOADING=1, the policy withdraws what it now
+    denies, plugins get policy_changed with the new configuration, READY=1;
+    a bad file changes nothing, and the daemon runs on."""
+    path = tmp_path / "mptcpd.conf"
+    path.write_text("[core]\n")
+    path.chmod(0o644)
+    daemon.config = dataclasses.replace(daemon.config, config_file=str(path))
+    serving = asyncio.create_task(daemon.serve())
+    await until(lambda: "watcher start" in ORDER)
+    FakeWatcher.instances[0].on_appeared(23)
+    await until(ready)
+    del ORDER[:]
+    path.write_text("[core]\naddr-flags=subflow\n[interfaces]\ndeny=eth*\n")
+    os.kill(os.getpid(), signal.SIGHUP)
+    await until(lambda: any(s.startswith("policy_changed") for s in ORDER))
+    await until(lambda: ORDER[-1] == "READY=1")
+    assert ORDER[0].startswith("RELOADING=1 MONOTONIC_USEC=")
+    assert ORDER[1:] == ["delete_local_address 192.0.2.1",
+                         "policy_changed <AddrFlags.SUBFLOW: 2>", "READY=1"]
+    assert daemon.pm.config.deny == ("eth*",) and daemon.network_monitor.interfaces() == []
+    del ORDER[:]
+    path.write_text("[interfaces]\ndeny=a/b\n")
+    os.kill(os.getpid(), signal.SIGHUP)
+    await until(lambda: ORDER[-1:] == ["READY=1"])
+    assert [s for s in ORDER if not s.startswith("RELOADING")] == ["READY=1"]
+    assert daemon.pm.config.deny == ("eth*",)
     daemon.stop()
     assert await serving == 0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mptcpd.plugin import Interface, SockAddr
+from mptcpd.plugin import AddrFlags, Interface, SockAddr
 from mptcpd.testing import READY, FakePathManager, PluginDriver
 from tests.unit.test_fullmesh import C1, INITIAL, SERVER, T1, established, load
 
@@ -69,3 +69,17 @@ def test_no_promotion_while_another_primary_works(tmp_path: Path) -> None:
     # A primary joins again: the backup is demoted.
     fo.new_subflow(T1, SockAddr("203.0.113.1", 41004), SERVER)
     assert pm.take("set_backup") == [("set_backup", T1, JOIN2, SERVER, True)]
+
+
+def test_an_interface_whose_own_flags_say_backup_is_a_backup_interface(
+        tmp_path: Path) -> None:
+    cell = Interface(5, "cell0", READY, addrs=(SockAddr("203.0.113.9"),),
+                     addr_flags=AddrFlags.SUBFLOW | AddrFlags.BACKUP)
+    fo, pm = setup(tmp_path, cell)
+    pm.answer_all()
+    pm.take()
+    fo.new_subflow(T1, SockAddr("203.0.113.9", 41005), SERVER, backup=False)
+    assert pm.take() == [("set_backup", T1, SockAddr("203.0.113.9", 41005), SERVER, True)]
+    fo.link_down(not_running(C1))
+    assert pm.take() == [("set_backup", T1, INITIAL, SERVER, True),
+                         ("set_backup", T1, SockAddr("203.0.113.9", 41005), SERVER, False)]

@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from mptcpd import config as cfg
-from mptcpd.config import ConfigValues, PluginGroup, load_config, read_config_file
+from mptcpd.config import (
+    ConfigValues,
+    PluginGroup,
+    load_config,
+    read_config_file,
+    reload_config,
+)
 from mptcpd.log import reset_logging
 from mptcpd.plugin import SettingsError
 from mptcpd.pm.settings import PluginSettings
@@ -167,3 +173,21 @@ def test_unknown_and_repeated_keys_are_warned_about_by_the_owner(
         ("mptcpd.plugins.demo", 'Unknown key "colour" at line 5 of "/m" in [plugin demo] '
          "ignored."),
     ]
+
+
+def test_a_reload_keeps_the_running_plugin_settings_and_says_so(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = write(tmp_path / "m.conf", "[core]\n[plugin a]\nx=1\n[plugin b]\ny=2\n")
+    running = load_config(path=path)
+    write(tmp_path / "m.conf", "[core]\n\n[plugin a]\nx=1\n[plugin b]\ny=3\n[plugin c]\n")
+    caplog.clear()
+    new = reload_config(running)
+    assert new.plugin_groups == running.plugin_groups
+    assert warnings(caplog) == [
+        f'The new [plugin b] settings in "{path}" take effect when mptcpd restarts.',
+        f'The new [plugin c] settings in "{path}" take effect when mptcpd restarts.',
+    ]  # [plugin a] only moved a line down: not a change
+    pm = FakePathManager(config=running)
+    pm.set_config(new)
+    assert pm.config.plugin_settings("b")["y"] == "2"
+    assert pm.config.config_file == path and pm.config.control_socket == new.control_socket

@@ -15,8 +15,7 @@ Shutdown on SIGINT or SIGTERM: ``STOPPING=1``, stop reading events, plugin
 exits in reverse priority order, wait (up to :data:`DRAIN_TIMEOUT`) for the
 kernel's answers to the commands they sent, close listeners and sockets,
 exit 0.
-SIGHUP is logged and ignored (configuration reload is not implemented; C
-dies of it).
+SIGHUP reloads the configuration (C dies of it): see :meth:`Daemon.reload`.
 """
 
 from __future__ import annotations
@@ -26,11 +25,20 @@ import dataclasses
 import logging
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from typing import Any, Protocol
 
 from mptcpd import events as ev
-from mptcpd.config import Config
+from mptcpd import hookspecs
+from mptcpd.config import Config, ConfigError, log_config, reload_config
+from mptcpd.daemon.control import (
+    CommandRecorder,
+    ControlServer,
+    MonitorHub,
+    Stats,
+    start_server,
+)
 from mptcpd.daemon.dispatch import Dispatcher
 from mptcpd.daemon.lock import AlreadyRunning, NamespaceLock
 from mptcpd.daemon.network import NetworkFeed, RtnlSource
@@ -51,7 +59,9 @@ from mptcpd.plugins.registry import PluginRegistry
 from mptcpd.pm.id_manager import IdManager
 from mptcpd.pm.listener_manager import ListenerManager
 from mptcpd.pm.network_monitor import NetworkMonitor
+from mptcpd.pm.policy import Policy
 from mptcpd.pm.path_manager import PathManager
+from mptcpd.types import NotifyFlags
 
 log = logging.getLogger(__name__)
 
@@ -144,13 +154,20 @@ class Daemon:
         self.channel = kernel.channel(max_queue=config.command_queue_size,
                                       on_failure=self._channel_failed)
         self.network_monitor = NetworkMonitor(
-            config.notify_flags, route_wait_timeout=config.check_route_timeout)
+            config.notify_flags, route_wait_timeout=config.check_route_timeout,
+            policy=Policy.from_config(config), readdress=True)
         self.network_feed = NetworkFeed(self.network_monitor, kernel.rtnl,
                                         on_failure=self._fail)
         self.id_manager = IdManager()
         self.listener_manager = ListenerManager()
+        #: Counters for the control socket.
+        self.stats = Stats()
+        self.commands = CommandRecorder(self.channel, self.stats, self._current_plugin)
+        #: The control socket's monitor clients.
+        self.monitor = MonitorHub(self.stats)
+        self.commands.on_result = self.monitor.command
         self.pm = PathManager(
-            self.channel, config=config,
+            self.commands, config=config,
             network_monitor=self.network_monitor, id_manager=self.id_manager,
             listener_manager=self.listener_manager,
         )
@@ -160,12 +177,16 @@ class Daemon:
         self.reader: Reader | None = None
         self.lock = NamespaceLock()
         self._plugins_loaded = False
+        self._serving = False  #: READY=1 was sent
         self._stop = asyncio.Event()
         self._fatal: str | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._init_task: asyncio.Task[None] | None = None
         self._replayed = False
         self._resync_task: asyncio.Task[None] | None = None
+        self.control: ControlServer | None = None
+        #: Event-socket overruns of the readers closed so far.
+        self.events_lost = 0
         self._channel_closing: asyncio.Task[None] | None = None
 
     # -- running ------------------------------------------------------------
@@ -203,10 +224,50 @@ class Daemon:
     def _channel_failed(self, reason: str) -> None:
         self._fail(f"The mptcp_pm command channel failed: {reason}")
 
-    @staticmethod
-    def _sighup() -> None:
-        log.warning("SIGHUP received: configuration reload is not supported; "
-                    "carrying on with the current configuration.")
+    def _sighup(self) -> None:
+        try:
+            self.reload()
+        except Exception:
+            log.exception("Configuration reload failed.")
+
+    def reload(self) -> bool:
+        """Read the configuration file again and apply what can change at
+        run time, keeping connections, bindings and endpoint ownership.
+
+        The notify flags, the ``check_route`` timeout, the global address
+        flags and the interface policy take effect: the network monitor
+        withdraws what the new policy refuses and reports what it now lets
+        through, then every plugin gets ``policy_changed``.  The settings of
+        :data:`~mptcpd.config.RESTART_FIELDS` are logged and kept.  A file
+        that cannot be used changes nothing (logged with the reason).
+        Returns whether the new configuration was applied.
+        """
+        path = self.config.config_file
+        log.info('Reloading the configuration from "%s".', path)
+        if self._serving:
+            self.notifier.notify("RELOADING=1\nMONOTONIC_USEC="
+                                 f"{time.monotonic_ns() // 1000}")
+        try:
+            try:
+                new = reload_config(self.config)
+            except ConfigError as err:
+                log.error("Configuration reload refused: %s The running configuration "
+                          "stays.", err)
+                return False
+            self.config = new
+            self.pm.set_config(new)
+            monitor = self.network_monitor
+            monitor.notify_flags = NotifyFlags(new.notify_flags)
+            monitor.routes.timeout = float(new.check_route_timeout)
+            monitor.set_policy(Policy.from_config(new))
+            if self._plugins_loaded:
+                self.registry.broadcast(hookspecs.policy_changed, pm=self.pm)
+            log_config(new)
+            log.info('Configuration reloaded from "%s".', path)
+            return True
+        finally:
+            if self._serving:
+                self.notifier.notify("READY=1")
 
     # -- startup -----------------------------------------------------------
 
@@ -222,6 +283,7 @@ class Daemon:
         except OSError as exc:  # no runtime directory: run on, unguarded
             log.warning("Unable to lock %s: %s; another mptcpd in this network "
                         "namespace would not be noticed.", self.lock.path, exc.strerror)
+        self._start_control()
         pm_type = self.kernel.path_manager()
         if pm_type:
             log.info("The kernel uses the %s path manager.", pm_type)
@@ -246,6 +308,7 @@ class Daemon:
 
     def _still_waiting(self) -> None:
         if not self.pm.ready and not self._stop.is_set():
+            self._serving = True
             self.notifier.ready("Waiting for the mptcp_pm generic netlink family")
 
     def _family_appeared(self, family_id: int) -> None:
@@ -307,6 +370,7 @@ class Daemon:
             await self._reconcile_connections(at_startup=True)
         names = ", ".join(p.name for p in self.registry.plugins)
         default = self.dispatcher.default.name if self.dispatcher.default else "none"
+        self._serving = True
         self.notifier.ready(f"Managing MPTCP paths; plugins: {names}; default: {default}")
         log.info("mptcpd ready: plugins %s; default path manager %s.", names, default)
 
@@ -359,8 +423,13 @@ class Daemon:
         while it is still the daemon's (it is closed when the family
         vanishes or at shutdown, and then ends quietly)."""
         dispatch, forget = self.dispatcher.dispatch, self.channel.forget
+        counts, monitors, publish = (self.stats.events, self.monitor.subscribers,
+                                     self.monitor.publish)
         try:
             async for event in reader:
+                counts[type(event)] += 1
+                if monitors:
+                    publish(event)
                 try:
                     dispatch(event)
                 except Exception:  # never let one event end the reader
@@ -421,6 +490,7 @@ class Daemon:
         reader, self.reader = self.reader, None
         self.channel.closed_tokens = None
         if reader is not None:
+            self.events_lost += getattr(reader, "overruns", 0)
             reader.close()
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
@@ -435,6 +505,22 @@ class Daemon:
             exc = task.exception()
             log.error("%s failed: %s", task.get_name(), exc, exc_info=exc)
 
+    # -- the control socket ------------------------------------------------
+
+    def _start_control(self) -> None:
+        """Serve the control socket (``control-socket``); the daemon runs on
+        without it when it cannot be made."""
+        self.control = start_server(self)
+
+    def _current_plugin(self) -> str | None:
+        plugin = self.registry.current
+        return plugin.name if plugin is not None else None
+
+    def _stop_control(self) -> None:
+        control, self.control = self.control, None
+        if control is not None:
+            control.close()
+
     # -- shutdown ----------------------------------------------------------
 
     async def shutdown(self) -> None:
@@ -447,6 +533,7 @@ class Daemon:
                       SHUTDOWN_TIMEOUT)
 
     async def _shutdown(self) -> None:
+        self._stop_control()
         self._close_reader()
         tasks = list(self._tasks)
         for task in tasks:

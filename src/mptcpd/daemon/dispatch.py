@@ -50,6 +50,8 @@ class Dispatcher:
         self._recent: set[int] | None = None
         #: Tokens adopted from a listing whose CREATED may still be unread.
         self._adopted: set[int] = set()
+        #: Reconciliations after lost events (not those at startup).
+        self.resyncs = 0
         #: token -> (local, remote) address pair, IPv4-mapped ones as IPv4 ->
         #: the event that told its plugin of the joined subflow.
         self._subflows: dict[int, dict[tuple[SockAddr, SockAddr], ev._SubflowEvent]] = {}
@@ -186,6 +188,8 @@ class Dispatcher:
         the listing was made are left alone.
         """
         recent, self._recent = self._recent or set(), None
+        if not at_startup:
+            self.resyncs += 1
         recent_subflows, self._recent_subflows = self._recent_subflows or set(), None
         listed: dict[int, dict[tuple[SockAddr, SockAddr], MptcpSubflow]] = {}
         for sf in subflows or ():

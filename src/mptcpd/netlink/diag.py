@@ -57,6 +57,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from mptcpd.netlink import nla
+from mptcpd.netlink import mptcp_info as counters
 from mptcpd.netlink.nlsock import netlink_socket
 from mptcpd.types import SockAddr
 
@@ -192,7 +193,9 @@ class MptcpConnection:
       ``mptcp_pm`` event for it;
     * ``server_side``: the connection was accepted here: its local port is
       the port of an MPTCP listener of the namespace (set by
-      :func:`list_mptcp_connections`, which lists the listeners too).
+      :func:`list_mptcp_connections`, which lists the listeners too);
+    * ``info``: every ``struct mptcp_info`` counter the kernel reported
+      (:func:`mptcpd.netlink.mptcp_info.decode_mptcp_info`).
     """
 
     token: int
@@ -202,6 +205,7 @@ class MptcpConnection:
     established: bool
     fallback: bool = False
     server_side: bool = False
+    info: dict[str, int] = dataclasses.field(default_factory=dict, compare=False)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -440,6 +444,7 @@ def _decode_reply(data: bytes, start: int, end: int, batch: DiagBatch,
     batch.connections.append(MptcpConnection(
         token=info.token, laddr=laddr, raddr=raddr, state=state,
         established=state == TCP_ESTABLISHED, fallback=info.fallback,
+        info=counters.decode_mptcp_info(raw),
     ))
 
 

@@ -178,6 +178,13 @@ class ConfigView:
         """The configuration file that was read (or would have been)."""
         return self._config.config_file
 
+    def __getattr__(self, name: str) -> Any:
+        """Every other field of the daemon's :class:`Config` (read only; the
+        public protocol promises plugins the ones above)."""
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._config, name)
+
     def plugin_settings(self, name: str) -> PluginSettings:
         """The settings of plugin ``name`` (empty when the file has no group for it)."""
         settings = self._settings.get(name)
@@ -242,6 +249,10 @@ class PathManager:
     def config(self) -> ConfigView:
         """The daemon's configuration (frozen) and the plugins' settings."""
         return self._config
+
+    def set_config(self, config: Config) -> None:
+        """Use a reloaded configuration (the daemon's; not for plugins)."""
+        self._config = ConfigView(config)
 
     def _check_ready(self, function: str) -> None:
         if not self._ready:
