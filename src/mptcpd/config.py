@@ -62,6 +62,10 @@ DEFAULT_LOG = "stderr"
 LOG_DESTINATIONS = DESTINATIONS
 #: The group of the C daemon's keys.
 CORE_GROUP = "core"
+#: Groups ``[plugin NAME]`` hold the settings of plugin NAME; they are kept
+#: raw (see :class:`PluginGroup`) and read by the plugin through
+#: :mod:`mptcpd.pm.settings`.
+PLUGIN_GROUP_PREFIX = "plugin "
 #: Longest default path-manager name kept (the generic netlink name size).
 MAX_PATH_MANAGER_NAME = 16
 
@@ -143,6 +147,23 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
+class PluginGroup:
+    """The raw settings of one ``[plugin NAME]`` group, for plugin NAME.
+
+    :ivar name: the plugin's name (the group name without ``plugin ``).
+    :ivar path: the configuration file (for messages).
+    :ivar line: the group's line number.
+    :ivar items: ``(key, value, line)`` in file order, values unescaped
+        (None when the value has an invalid escape), repeated keys kept.
+    """
+
+    name: str
+    path: str
+    line: int
+    items: tuple[tuple[str, str | None, int], ...] = ()
+
+
+@dataclass(frozen=True)
 class ConfigValues:
     """Settings from one source (command line or file); unset values are None/0."""
 
@@ -161,6 +182,7 @@ class ConfigValues:
     deny_kinds: tuple[str, ...] | None = None
     interface_groups: tuple[InterfaceGroup, ...] | None = None
     control_socket: str | None = None
+    plugin_groups: tuple[PluginGroup, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -192,6 +214,8 @@ class Config:
     #: varlink control socket; None for the default (:data:`CONTROL_SOCKET_NAME`
     #: in the runtime directory), "" for none.
     control_socket: str | None = None
+    #: the ``[plugin NAME]`` groups, first of each name, in file order.
+    plugin_groups: tuple[PluginGroup, ...] = ()
     config_file: str = (
         DEFAULT_CONFIG_PATH  # the path that was read (or would have been)
     )
@@ -550,7 +574,36 @@ def parse_config(data: bytes, path: str, *, strict: bool = False) -> ConfigValue
         kind = group_kind(group)
         if kind is not None:
             _GROUP_READERS[kind[0]](group, kind[1], pairs, path, values)
+    groups = _plugin_groups(settings, path)
+    if groups:
+        values["plugin_groups"] = groups
     return ConfigValues(**values)
+
+
+def _plugin_groups(settings: Settings, path: str) -> tuple[PluginGroup, ...]:
+    """The ``[plugin NAME]`` groups of *settings*, the first of each name
+    (repeats are warned about by :func:`_check_layout`); a group naming no
+    plugin is warned about and skipped."""
+    groups: dict[str, PluginGroup] = {}
+    seen: set[str] = set()
+    for (group, pairs), (line, key_lines) in zip(settings.groups, settings.lines):
+        is_plugin = group.startswith(PLUGIN_GROUP_PREFIX) or group == PLUGIN_GROUP_PREFIX.strip()
+        if not is_plugin or group in seen:
+            continue  # a repeated group: warned about already
+        seen.add(group)
+        name = group[len(PLUGIN_GROUP_PREFIX):].strip()
+        if not name:
+            logger.warning('Group [%s] at line %d of "%s" names no plugin; ignored.',
+                           group, line, path)
+            continue
+        if name in groups:
+            logger.warning('Group [%s] at line %d of "%s" ignored: the settings of plugin '
+                           '"%s" are at line %d.', group, line, path, name, groups[name].line)
+            continue
+        items = tuple((key, unescape_value(value), key_line)
+                      for (key, value), key_line in zip(pairs, key_lines))
+        groups[name] = PluginGroup(name, path, line, items)
+    return tuple(groups.values())
 
 
 def _first_groups(settings: Settings) -> list[tuple[str, list[tuple[str, str]]]]:
@@ -834,6 +887,17 @@ def reload_config(running: Config) -> Config:
             logger.warning('The new %s in "%s" takes effect when mptcpd restarts.',
                            name.replace("_", "-"), running.config_file)
             kept[name] = getattr(running, name)
+    # Plugins read their settings when they start: the running ones stay.
+    def contents(config: Config) -> dict[str, tuple[tuple[str, str | None], ...]]:
+        return {group.name: tuple((key, value) for key, value, _line in group.items)
+                for group in config.plugin_groups}
+
+    old, now = contents(running), contents(new)
+    for name in sorted(set(old) | set(now)):
+        if old.get(name) != now.get(name):
+            logger.warning('The new [plugin %s] settings in "%s" take effect when mptcpd '
+                           "restarts.", name, running.config_file)
+    kept["plugin_groups"] = running.plugin_groups
     return replace(new, **kept)
 
 

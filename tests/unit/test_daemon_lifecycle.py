@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from mptcpd.config import Config
+from mptcpd.config import Config, PluginGroup
 from mptcpd.daemon import app
 from mptcpd.daemon.app import Daemon, KernelSide
 from mptcpd.daemon.lock import AlreadyRunning, NamespaceLock
@@ -467,3 +467,19 @@ async def test_sighup_reloads_the_configuration(daemon: Daemon, tmp_path: Path) 
     assert daemon.pm.config.deny == ("eth*",)
     daemon.stop()
     assert await serving == 0
+
+
+async def test_settings_for_a_plugin_that_is_not_loaded_are_warned_about(
+        daemon: Daemon, caplog: pytest.LogCaptureFixture) -> None:
+    groups = (PluginGroup("rec", "/etc/m.conf", 3, (("x", "1", 4),)),
+              PluginGroup("fullmeh", "/etc/m.conf", 7, ()))
+    daemon.config = dataclasses.replace(daemon.config, plugin_groups=groups)
+    serving = asyncio.create_task(daemon.serve())
+    await until(lambda: "watcher start" in ORDER)
+    FakeWatcher.instances[0].on_appeared(23)
+    await until(ready)
+    daemon.stop()
+    assert await serving == 0
+    assert [r.getMessage() for r in caplog.records if "[plugin" in r.getMessage()] == [
+        'Group [plugin fullmeh] at line 7 of "/etc/m.conf" ignored: no plugin "fullmeh" '
+        "is loaded."]

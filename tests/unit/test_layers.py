@@ -137,7 +137,7 @@ LAYERS: dict[str, int] = {
     "mptcpd.events": 1, "mptcpd.config": 1,
     "mptcpd.netlink": 2, "mptcpd.netlink.mptcp_info": 2,
     "mptcpd.hookspecs": 3, "mptcpd.plugin": 3, "mptcpd.pm": 3,
-    "mptcpd.pm.policy": 3,
+    "mptcpd.pm.policy": 3, "mptcpd.pm.settings": 3, "mptcpd.pm.keeper": 3,
     "mptcpd.plugins": 4,
     "mptcpd.daemon": 5, "mptcpd.daemon.control": 5,
     "mptcpd.testing": 6, "mptcpd.cli": 6, "mptcpd.__main__": 6, "mptcpd": 6,

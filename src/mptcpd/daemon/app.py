@@ -396,6 +396,11 @@ class Daemon:
             log.error("%s", exc)
             raise PluginLoadError(PLUGIN_LOAD_FAILED) from exc
         self._plugins_loaded = True
+        loaded = {plugin.name for plugin in self.registry.plugins}
+        for group in config.plugin_groups:
+            if group.name not in loaded:
+                log.warning('Group [plugin %s] at line %d of "%s" ignored: no plugin "%s" '
+                            "is loaded.", group.name, group.line, group.path, group.name)
         self.dispatcher.default = self.registry.select_default(config.path_manager)
         self.registry.init_all(self.pm)
 
