@@ -19,6 +19,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import random
 import signal
@@ -52,11 +53,27 @@ class Target:
     strategy: Callable[[], st.SearchStrategy[Any]]
     #: the function under test, given one input
     call: Callable[[Any], object]
-    #: the exceptions the function documents
-    allowed: tuple[type[BaseException], ...]
+    #: the exceptions the function documents (called once, when the target runs)
+    allowed: Callable[[], tuple[type[BaseException], ...]]
 
 
 # -- targets -----------------------------------------------------------------
+
+
+def _from_test(module: str, cases: str = "CASES", call: str = "check",
+               allowed: str = "ALLOWED") -> tuple[
+                   Callable[[], st.SearchStrategy[Any]], Callable[[Any], object],
+                   Callable[[], tuple[type[BaseException], ...]]]:
+    """A target whose strategy, property and documented errors are those of
+    a unit-test module (``CASES``, ``check``, ``ALLOWED``): the long run
+    and the suite test the same things.  Imported when the target runs."""
+    def load() -> Any:
+        return importlib.import_module(f"tests.unit.{module}")
+
+    def run(case: Any) -> object:
+        return getattr(load(), call)(case)
+
+    return (lambda: getattr(load(), cases)), run, (lambda: tuple(getattr(load(), allowed)))
 
 
 def _config_strategy() -> st.SearchStrategy[Any]:
@@ -90,8 +107,26 @@ def _settings_errors() -> tuple[type[BaseException], ...]:
 
 
 TARGETS: list[Target] = [
-    Target("config-settings", _config_strategy, _settings_call, _settings_errors()),
-    Target("config", _config_strategy, _config_call, _config_errors()),
+    # mptcp_pm events: event_codec.decode_datagram/decode_message (+ pyroute2)
+    Target("events", *_from_test("test_events_fuzz")),
+    # mptcp_pm command replies: every pm_codec decoder (+ pyroute2)
+    Target("command-replies", *_from_test("test_commands_fuzz")),
+    # the command channel answered with anything: results or KernelError
+    Target("command-channel", *_from_test("test_commands_fuzz", "CHANNEL_CASES",
+                                          "check_channel")),
+    # rtnetlink: parse, the event stream, both dumps, the route lookup (+ pyroute2)
+    Target("rtnetlink", *_from_test("test_rtnl_fuzz")),
+    # sock_diag: diag.decode_datagram (+ pyroute2)
+    Target("sock_diag", *_from_test("test_diag_fuzz")),
+    # nlctrl: the family watcher, decode_family_groups, lookup_family (+ pyroute2)
+    Target("nlctrl", *_from_test("test_family_fuzz")),
+    # the attribute walker under every strict codec
+    Target("nla", *_from_test("test_nla_codec")),
+    # the configuration file
+    Target("config-settings", _config_strategy, _settings_call, _settings_errors),
+    Target("config", _config_strategy, _config_call, _config_errors),
+    # addr_adv's state file
+    Target("state-file", *_from_test("test_state_fuzz")),
 ]
 
 
@@ -105,6 +140,8 @@ class Report:
     results: int = 0
     documented_errors: int = 0
     seconds: float = 0.0
+    #: distinct failures hypothesis reported (each shrunk to a minimal case)
+    failures: int = 0
     failure: str | None = None
 
 
@@ -114,6 +151,7 @@ def _alarm(signum: int, frame: FrameType | None) -> None:
 
 def run_target(target: Target, cases: int, run_seed: int) -> Report:
     report = Report(target.name)
+    allowed = target.allowed()
 
     def one(data: Any) -> None:
         # Every call counts, shrinking included (which only follows a failure).
@@ -121,7 +159,7 @@ def run_target(target: Target, cases: int, run_seed: int) -> Report:
         signal.setitimer(signal.ITIMER_REAL, HANG_SECONDS)
         try:
             target.call(data)
-        except target.allowed:
+        except allowed:
             report.documented_errors += 1
         else:
             report.results += 1
@@ -147,6 +185,7 @@ def run_target(target: Target, cases: int, run_seed: int) -> Report:
         if isinstance(exc, KeyboardInterrupt):
             raise
         report.failure = "".join(traceback.format_exception(exc))
+        report.failures = len(exc.exceptions) if isinstance(exc, BaseExceptionGroup) else 1
     finally:
         report.seconds = time.perf_counter() - start
         signal.signal(signal.SIGALRM, previous)
@@ -176,14 +215,16 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     logging.disable(logging.CRITICAL)  # the parsers' warnings come by the thousand
     failed = False
-    print(f"{'parser':<20} {'cases':>8} {'results':>8} {'doc.err':>8} {'s':>7}  outcome")
+    print(f"{'parser':<16} {'cases':>8} {'results':>8} {'doc.err':>8} {'failures':>8} "
+          f"{'s':>7}  outcome")
     for target in TARGETS:
         if args.target and target.name not in args.target:
             continue
         report = run_target(target, args.cases, run_seed)
         outcome = "ok" if report.failure is None else "FAILED"
-        print(f"{report.name:<20} {report.cases:>8} {report.results:>8} "
-              f"{report.documented_errors:>8} {report.seconds:>7.1f}  {outcome}", flush=True)
+        print(f"{report.name:<16} {report.cases:>8} {report.results:>8} "
+              f"{report.documented_errors:>8} {report.failures:>8} {report.seconds:>7.1f}  "
+              f"{outcome}", flush=True)
         if report.failure is not None:
             failed = True
             print(report.failure, file=sys.stderr)
