@@ -6,10 +6,19 @@ process, and reports per parser: cases run, how many ended in a result and
 how many in the parser's documented error, and any other exception or hang
 (with hypothesis's shrunk example).  Exit status 1 if any parser failed.
 
-Adding a parser: append a :class:`Target` to ``TARGETS`` with its name, a
-function building its hypothesis strategy (imported lazily, so one broken
-target does not stop the others), the function under test and the
-exceptions it documents.
+Each parser's strategy, property and documented errors are those of its
+unit-test module (``CASES``, ``check``, ``ALLOWED`` in
+``tests/unit/test_*_fuzz.py``), so the suite's short runs and this long one
+test the same things.  Adding a parser: give its test module those three
+names and append ``Target(name, *_from_test(module))`` to ``TARGETS`` (or a
+:class:`Target` with its own functions: the strategy, the call, the
+documented errors; imported lazily, so one broken target does not stop the
+others).
+
+Every case runs under a SIGALRM guard: one that takes more than
+``HANG_SECONDS`` is a hang, reported like any other failure with
+hypothesis's shrunk example.  The seed is printed first; ``--seed`` replays
+a run.
 
 Usage::
 
