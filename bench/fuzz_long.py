@@ -6,10 +6,19 @@ process, and reports per parser: cases run, how many ended in a result and
 how many in the parser's documented error, and any other exception or hang
 (with hypothesis's shrunk example).  Exit status 1 if any parser failed.
 
-Adding a parser: append a :class:`Target` to ``TARGETS`` with its name, a
-function building its hypothesis strategy (imported lazily, so one broken
-target does not stop the others), the function under test and the
-exceptions it documents.
+Each parser's strategy, property and documented errors are those of its
+unit-test module (``CASES``, ``check``, ``ALLOWED`` in
+``tests/unit/test_*_fuzz.py``), so the suite's short runs and this long one
+test the same things.  Adding a parser: give its test module those three
+names and append ``Target(name, *_from_test(module))`` to ``TARGETS`` (or a
+:class:`Target` with its own functions: the strategy, the call, the
+documented errors; imported lazily, so one broken target does not stop the
+others).
+
+Every case runs under a SIGALRM guard: one that takes more than
+``HANG_SECONDS`` is a hang, reported like any other failure with
+hypothesis's shrunk example.  The seed is printed first; ``--seed`` replays
+a run.
 
 Usage::
 
@@ -19,6 +28,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import random
 import signal
@@ -52,11 +62,27 @@ class Target:
     strategy: Callable[[], st.SearchStrategy[Any]]
     #: the function under test, given one input
     call: Callable[[Any], object]
-    #: the exceptions the function documents
-    allowed: tuple[type[BaseException], ...]
+    #: the exceptions the function documents (called once, when the target runs)
+    allowed: Callable[[], tuple[type[BaseException], ...]]
 
 
 # -- targets -----------------------------------------------------------------
+
+
+def _from_test(module: str, cases: str = "CASES", call: str = "check",
+               allowed: str = "ALLOWED") -> tuple[
+                   Callable[[], st.SearchStrategy[Any]], Callable[[Any], object],
+                   Callable[[], tuple[type[BaseException], ...]]]:
+    """A target whose strategy, property and documented errors are those of
+    a unit-test module (``CASES``, ``check``, ``ALLOWED``): the long run
+    and the suite test the same things.  Imported when the target runs."""
+    def load() -> Any:
+        return importlib.import_module(f"tests.unit.{module}")
+
+    def run(case: Any) -> object:
+        return getattr(load(), call)(case)
+
+    return (lambda: getattr(load(), cases)), run, (lambda: tuple(getattr(load(), allowed)))
 
 
 def _config_strategy() -> st.SearchStrategy[Any]:
@@ -90,8 +116,26 @@ def _settings_errors() -> tuple[type[BaseException], ...]:
 
 
 TARGETS: list[Target] = [
-    Target("config-settings", _config_strategy, _settings_call, _settings_errors()),
-    Target("config", _config_strategy, _config_call, _config_errors()),
+    # mptcp_pm events: event_codec.decode_datagram/decode_message (+ pyroute2)
+    Target("events", *_from_test("test_events_fuzz")),
+    # mptcp_pm command replies: every pm_codec decoder (+ pyroute2)
+    Target("command-replies", *_from_test("test_commands_fuzz")),
+    # the command channel answered with anything: results or KernelError
+    Target("command-channel", *_from_test("test_commands_fuzz", "CHANNEL_CASES",
+                                          "check_channel")),
+    # rtnetlink: parse, the event stream, both dumps, the route lookup (+ pyroute2)
+    Target("rtnetlink", *_from_test("test_rtnl_fuzz")),
+    # sock_diag: diag.decode_datagram (+ pyroute2)
+    Target("sock_diag", *_from_test("test_diag_fuzz")),
+    # nlctrl: the family watcher, decode_family_groups, lookup_family (+ pyroute2)
+    Target("nlctrl", *_from_test("test_family_fuzz")),
+    # the attribute walker under every strict codec
+    Target("nla", *_from_test("test_nla_codec")),
+    # the configuration file
+    Target("config-settings", _config_strategy, _settings_call, _settings_errors),
+    Target("config", _config_strategy, _config_call, _config_errors),
+    # addr_adv's state file
+    Target("state-file", *_from_test("test_state_fuzz")),
 ]
 
 
@@ -105,6 +149,8 @@ class Report:
     results: int = 0
     documented_errors: int = 0
     seconds: float = 0.0
+    #: distinct failures hypothesis reported (each shrunk to a minimal case)
+    failures: int = 0
     failure: str | None = None
 
 
@@ -114,6 +160,7 @@ def _alarm(signum: int, frame: FrameType | None) -> None:
 
 def run_target(target: Target, cases: int, run_seed: int) -> Report:
     report = Report(target.name)
+    allowed = target.allowed()
 
     def one(data: Any) -> None:
         # Every call counts, shrinking included (which only follows a failure).
@@ -121,7 +168,7 @@ def run_target(target: Target, cases: int, run_seed: int) -> Report:
         signal.setitimer(signal.ITIMER_REAL, HANG_SECONDS)
         try:
             target.call(data)
-        except target.allowed:
+        except allowed:
             report.documented_errors += 1
         else:
             report.results += 1
@@ -147,6 +194,7 @@ def run_target(target: Target, cases: int, run_seed: int) -> Report:
         if isinstance(exc, KeyboardInterrupt):
             raise
         report.failure = "".join(traceback.format_exception(exc))
+        report.failures = len(exc.exceptions) if isinstance(exc, BaseExceptionGroup) else 1
     finally:
         report.seconds = time.perf_counter() - start
         signal.signal(signal.SIGALRM, previous)
@@ -176,14 +224,16 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     logging.disable(logging.CRITICAL)  # the parsers' warnings come by the thousand
     failed = False
-    print(f"{'parser':<20} {'cases':>8} {'results':>8} {'doc.err':>8} {'s':>7}  outcome")
+    print(f"{'parser':<16} {'cases':>8} {'results':>8} {'doc.err':>8} {'failures':>8} "
+          f"{'s':>7}  outcome")
     for target in TARGETS:
         if args.target and target.name not in args.target:
             continue
         report = run_target(target, args.cases, run_seed)
         outcome = "ok" if report.failure is None else "FAILED"
-        print(f"{report.name:<20} {report.cases:>8} {report.results:>8} "
-              f"{report.documented_errors:>8} {report.seconds:>7.1f}  {outcome}", flush=True)
+        print(f"{report.name:<16} {report.cases:>8} {report.results:>8} "
+              f"{report.documented_errors:>8} {report.failures:>8} {report.seconds:>7.1f}  "
+              f"{outcome}", flush=True)
         if report.failure is not None:
             failed = True
             print(report.failure, file=sys.stderr)

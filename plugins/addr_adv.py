@@ -101,6 +101,23 @@ def state_file() -> Path:
     return Path(base.split(":")[0]) / f"addr_adv-netns-{netns}.json"
 
 
+def parse_state(data: bytes) -> dict[SockAddr, int]:
+    """The state file's contents, ``{"endpoints": {"<address>": <ID>}}``
+    in UTF-8 JSON, as address -> ID (1..255).
+
+    :raises ValueError: for anything else (and never another exception).
+    """
+    try:
+        entries = json.loads(data.decode("utf-8"))["endpoints"].items()
+        remembered = {SockAddr(ip): i for ip, i in entries
+                      if type(i) is int and 0 < i <= 255}
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+        raise ValueError(str(exc) or type(exc).__name__) from None
+    if len(remembered) != len(entries):
+        raise ValueError("an entry is not an address and an ID 1..255")
+    return remembered
+
+
 class AddressAdvertiser:
     """The plugin's state; the module-level hooks delegate to one instance."""
 
@@ -316,7 +333,7 @@ class AddressAdvertiser:
         taken as none (whatever cannot be proven ours is left alone)."""
         path = state_file()
         try:
-            text = path.read_text()
+            data = path.read_bytes()
         except FileNotFoundError:
             return {}
         except OSError as exc:
@@ -324,13 +341,8 @@ class AddressAdvertiser:
                         exc.strerror)
             return {}
         try:
-            entries = json.loads(text)["endpoints"].items()
-            remembered = {SockAddr(ip): i for ip, i in entries
-                          if type(i) is int and 0 < i <= 255}
-            if len(remembered) != len(entries):
-                raise ValueError("an entry is not an address and an ID 1..255")
-            return remembered
-        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+            return parse_state(data)
+        except ValueError as exc:
             log.warning("Ignoring the corrupt %s (%s); taking no endpoint as ours.", path,
                         exc)
             return {}

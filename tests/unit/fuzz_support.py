@@ -1,10 +1,13 @@
-"""What the fuzz tests share: hypothesis settings and a log recorder."""
+"""What the fuzz tests share: hypothesis settings, a hang guard and a log
+recorder."""
 
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import FrameType
 
 from hypothesis import HealthCheck, settings
 
@@ -49,3 +52,27 @@ def recording(*names: str) -> Iterator[Recorder]:
             logger.removeHandler(rec)
             logger.setLevel(level)
             logger.propagate = propagate
+
+
+#: A case that runs this long is a hang (an infinite loop), not a slow case.
+HANG_SECONDS = 20
+
+
+class Hang(BaseException):
+    """Raised in a case that does not finish within HANG_SECONDS."""
+
+
+@contextmanager
+def no_hang(seconds: float = HANG_SECONDS) -> Iterator[None]:
+    """Raise :class:`Hang` in the block if it runs for more than
+    ``seconds`` (SIGALRM: the main thread only; not nested)."""
+    def alarm(signum: int, frame: FrameType | None) -> None:
+        raise Hang(f"a case ran for more than {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

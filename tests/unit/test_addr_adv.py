@@ -239,12 +239,16 @@ async def test_a_restarted_plugin_takes_its_endpoints_over(plugin: Any) -> None:
     '{"endpoints": []}',
     "[" * 100_000,
     "\x00\xff garbage",
+    b'{"endpoints": {"192.0.2.1": 1}}\xff',  # not UTF-8: UnicodeDecodeError escaped
 ])
 async def test_a_corrupt_state_file_is_warned_about_and_nothing_taken_as_ours(
-        plugin: Any, text: str, caplog: pytest.LogCaptureFixture) -> None:
+        plugin: Any, text: str | bytes, caplog: pytest.LogCaptureFixture) -> None:
     path = plugin.state_file()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, errors="surrogateescape")
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, errors="surrogateescape")
     pm = FakePM()
     await started(plugin, pm, [AddrInfo(A1, 1)])  # an endpoint it cannot prove its own
     assert f"Ignoring the corrupt {path}" in caplog.text

@@ -476,6 +476,8 @@ def theirs(data: bytes, op: str = "get_addr") -> list[tuple[Any, ...]]:
         kind, seq = header["type"], header["sequence_number"]
         if kind in (p.NLMSG_ERROR, p.NLMSG_DONE) and "error" in msg:
             code = abs(msg["error"] or 0)
+            if code > p.MAX_ERRNO:
+                code = errno.EPROTO  # INT_MIN...: the codec's documented answer
             out.append(("error" if kind == p.NLMSG_ERROR else "done", seq, code,
                         msg.get_attr("NLMSGERR_ATTR_MSG") or None))
         elif kind == p.NLMSG_DONE:

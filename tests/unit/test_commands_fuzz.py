@@ -11,15 +11,20 @@ message is ignored with a warning, never half read.
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import struct
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mptcpd.errors import KernelError
 from mptcpd.netlink import constants as c
 from mptcpd.netlink import pm_codec as p
-from tests.unit.fuzz_support import FUZZ, Recorder, recording
+from tests.unit.fuzz_support import FUZZ, Recorder, no_hang, recording
+from tests.unit.test_command_channel import make, turn
 from tests.unit.test_commands_encode import (
     CAPTURED_DATAGRAMS,
     FAMILY_ID,
@@ -291,3 +296,100 @@ def test_a_malformed_message_is_ignored_never_half_read(data: bytes, cut: int) -
         assert p.decode_addr(short, msg) is None
         assert p.decode_limits(short, msg) == p.Limits()
     assert any("malformed reply ignored" in line for _, line in rec.lines(LOGGERS[0]))
+
+
+# -- the channel: any answer to its requests --------------------------------------
+
+#: Error numbers: the usual ones, the edges and any int32.
+codes = st.one_of(st.integers(-140, 0), st.sampled_from(
+    [-(2 ** 31), 2 ** 31 - 1, -4095, -4096, 4095, 4096, 1]), s32s)
+
+
+@st.composite
+def any_error(draw: Any) -> bytes:
+    kind = draw(st.sampled_from([p.NLMSG_ERROR, p.NLMSG_DONE]))
+    flags = draw(st.sampled_from([0, p.NLM_F_CAPPED, p.NLM_F_ACK_TLVS,
+                                  p.NLM_F_CAPPED | p.NLM_F_ACK_TLVS, p.NLM_F_MULTI]))
+    payload = struct.pack("=i", draw(codes)) + draw(st.binary(max_size=40))
+    return nlmsg(kind, flags, 0, payload[:draw(st.integers(0, len(payload)))])
+
+
+answer = st.one_of(st.binary(max_size=80), data_message(), any_error(), done_message(),
+                   error_message(), st.sampled_from(SAMPLES))
+#: What :func:`check_channel` takes: answers, each aimed at a request (by
+#: its index) or not (None).
+CHANNEL_CASES = st.lists(st.tuples(answer, st.one_of(st.none(), st.integers(0, 3))),
+                         max_size=6)
+COMMANDS = ("kpm_get_limits", "kpm_flush_addrs", "kpm_dump_addrs", "kpm_get_addr")
+
+
+def check_channel(answers: list[tuple[bytes, int | None]]) -> list[object]:
+    """Four requests, then ``answers``: the channel stays open and each
+    request ends with its result or a :class:`KernelError` whose errno is
+    1..4095 (or is still waiting)."""
+    async def body() -> list[object]:
+        ch, sock = make(request_timeout=None)
+        futures = [ch.submit(name, 1) if name == "kpm_get_addr" else ch.submit(name)
+                   for name in COMMANDS]
+        await turn()
+        seqs = sock.seqs()
+        for data, which in answers:
+            if which is not None and len(data) >= 16:
+                data = data[:8] + struct.pack("=I", seqs[which % len(seqs)]) + data[12:]
+            sock.answers.append(data)
+        ch._on_readable()
+        assert ch.is_open
+        out: list[object] = []
+        for f in futures:
+            if not f.done():
+                out.append(None)
+                continue
+            exc = f.exception()
+            if exc is not None:
+                assert type(exc) is KernelError, repr(exc)
+                assert 0 < exc.errno <= p.MAX_ERRNO, exc.errno
+                out.append(exc.errno)
+            else:
+                out.append(f.result())
+        await ch.close()
+        assert all(f.done() for f in futures)
+        return out
+
+    with no_hang(), recording("mptcpd"):
+        return asyncio.run(body())
+
+
+@settings(FUZZ, max_examples=300)
+@given(CHANNEL_CASES)
+def test_any_answers_end_requests_with_results_or_kernel_errors(
+        answers: list[tuple[bytes, int | None]]) -> None:
+    check_channel(answers)
+
+
+@pytest.mark.parametrize("error", [-(2 ** 31), 2 ** 31 - 1, -4096])
+@pytest.mark.parametrize("kind", [p.NLMSG_ERROR, p.NLMSG_DONE])
+def test_an_error_number_out_of_range_is_eproto(error: int, kind: int) -> None:
+    """KernelError(op, 2**31) raised OverflowError (os.strerror) in the
+    reader: the channel died and the daemon with it."""
+    payload = struct.pack("=i", error) + bytes(16)
+    results = check_channel([(nlmsg(kind, 0, 0, payload), 0)])
+    assert results == [errno.EPROTO, None, None, None]
+    msg = p.messages(nlmsg(kind, 0, 0, payload))[0]
+    decode = p.decode_error if kind == p.NLMSG_ERROR else p.decode_done
+    assert decode(nlmsg(kind, 0, 0, payload), msg) == (errno.EPROTO, None)
+
+
+# -- one entry for bench/fuzz_long.py ----------------------------------------------
+
+#: Datagrams for :func:`check`.
+CASES = st.one_of(st.binary(max_size=200), datagrams, answer,
+                  st.lists(st.sampled_from(SAMPLES), min_size=1, max_size=3).map(b"".join))
+#: The documented errors of :func:`check` (none: the decoders never raise).
+ALLOWED: tuple[type[BaseException], ...] = ()
+
+
+def check(data: bytes) -> None:
+    """Every decoder on ``data``: no exception, no traceback logged, and
+    pyroute2's reading wherever the bytes are well formed."""
+    with no_hang():
+        same_reading(data)

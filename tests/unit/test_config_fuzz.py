@@ -15,14 +15,12 @@ from __future__ import annotations
 import logging
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
 
 import pytest
 from hypothesis import given, settings
@@ -39,29 +37,7 @@ from mptcpd.config import (
     read_config_file,
 )
 from tests.unit.config_fuzz_support import any_contents, good_files
-from tests.unit.fuzz_support import FUZZ
-
-#: A case that runs this long is a hang (an infinite loop), not a slow case.
-HANG_SECONDS = 20
-
-
-class Hang(BaseException):
-    """Raised in a case that does not finish within HANG_SECONDS."""
-
-
-@contextmanager
-def no_hang() -> Iterator[None]:
-    def alarm(signum: int, frame: FrameType | None) -> None:
-        raise Hang(f"a case ran for more than {HANG_SECONDS} s")
-
-    previous = signal.signal(signal.SIGALRM, alarm)
-    signal.setitimer(signal.ITIMER_REAL, HANG_SECONDS)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
+from tests.unit.fuzz_support import FUZZ, no_hang
 
 @contextmanager
 def quiet() -> Iterator[None]:

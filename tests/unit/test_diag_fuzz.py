@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from mptcpd.netlink import diag
 from mptcpd.netlink.diag import DiagBatch, decode_datagram
 from tests.unit import diag_oracle
-from tests.unit.fuzz_support import FUZZ
+from tests.unit.fuzz_support import FUZZ, no_hang
 from tests.unit.test_diag import (
     CLIENT_V4,
     CLIENT_V4_DONE,
@@ -152,3 +152,42 @@ def test_a_whole_listing_returns_or_raises_oserror(datagrams: list[bytes]) -> No
             theirs.close()
 
     asyncio.run(run())
+
+
+# -- one entry for bench/fuzz_long.py ----------------------------------------------
+
+
+@st.composite
+def _mutated(draw: st.DrawFn) -> bytes:
+    buf = bytearray(draw(st.sampled_from(CAPTURES)))
+    for _ in range(draw(st.integers(0, 8))):
+        buf[draw(st.integers(0, len(buf) - 1))] = draw(st.integers(0, 255))
+    if draw(st.booleans()):
+        offset = draw(st.integers(0, max(0, len(buf) - 4)))
+        struct.pack_into("=i", buf, offset, draw(st.sampled_from(
+            [-(2 ** 31), 2 ** 31 - 1, -1, 0, 16, 20, 4095, -4096])))
+    cut = draw(st.integers(0, len(buf)))
+    return bytes(buf[:cut]) + draw(st.binary(max_size=64))
+
+
+#: What :func:`check` takes: a datagram, and whether it is well framed
+#: (then the pyroute2 oracle must read it alike).
+CASES = st.one_of(
+    st.tuples(st.binary(max_size=600), st.just(False)),
+    st.tuples(_mutated(), st.just(False)),
+    st.tuples(st.builds(lambda msgs, done: b"".join(msgs) + (CLIENT_V4_DONE if done else b""),
+                        st.lists(replies(), max_size=5), st.booleans()), st.just(True)),
+)
+#: The documented error of :func:`check`.
+ALLOWED: tuple[type[BaseException], ...] = (OSError,)
+
+
+def check(case: tuple[bytes, bool]) -> DiagBatch:
+    data, framed = case
+    with no_hang():
+        batch = decode_datagram(data)
+        assert isinstance(batch, DiagBatch)
+        assert all(isinstance(c, diag.MptcpConnection) for c in batch.connections)
+        if framed:
+            assert (batch.connections, batch.listeners, batch.done) == diag_oracle.decode(data)
+    return batch

@@ -28,7 +28,7 @@ from tests.unit.events_support import (
     pyroute2_parse,
     raw_message,
 )
-from tests.unit.fuzz_support import FUZZ, Recorder, recording
+from tests.unit.fuzz_support import FUZZ, Recorder, no_hang, recording
 
 CAPTURES = capture_bytes()
 EXPECTED = [decode_message(d) for d in CAPTURES]
@@ -170,3 +170,34 @@ def test_captures_still_decode_as_before() -> None:
     assert [decode_message(d) for d in CAPTURES] == EXPECTED
     assert all(e is not None for e in EXPECTED)
     assert [decode(pyroute2_parse(d)) for d in CAPTURES] == EXPECTED
+
+
+# -- one entry for bench/fuzz_long.py ----------------------------------------------
+
+#: What :func:`check` takes: a datagram, and whether its framing is intact
+#: (then the pyroute2 oracle must read it alike).
+CASES = st.one_of(
+    st.tuples(st.binary(max_size=256), st.just(False)),
+    st.tuples(st.builds(raw_message, cmd, st.lists(attribute, max_size=14)), st.just(True)),
+    st.tuples(mutated_capture(), st.just(True)),
+    st.tuples(st.builds(lambda i, g: CAPTURES[i] + g, st.sampled_from(range(len(CAPTURES))),
+                        st.binary(max_size=64)), st.just(False)),
+)
+#: The documented errors of :func:`check` (none: the decoder never raises).
+ALLOWED: tuple[type[BaseException], ...] = ()
+
+
+def check(case: tuple[bytes, bool]) -> list[object]:
+    """The decoder on ``data``: no exception, no traceback logged, only
+    events; the oracle's event and log lines where the framing is intact."""
+    data, framed = case
+    with no_hang():
+        with recording(LOGGER) as rec:
+            out = decode_datagram(data)
+            decode_message(data)
+            decode_datagram(data, family_id=FAMILY_ID)
+            lean_never_crashes(rec)
+        assert all(e is OVERRUN or hasattr(e, "HOOK") for e in out)
+        if framed:
+            assert_same(data)
+    return out

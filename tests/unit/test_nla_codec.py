@@ -96,3 +96,34 @@ def test_what_is_encoded_walks_back(attrs: list[tuple[int, bytes]]) -> None:
     assert [(kind, data[start:stop]) for kind, start, stop
             in nla.walk(data, 0, len(data), exact=True)] == \
         [(kind & nla.TYPE_MASK, payload) for kind, payload in attrs]
+
+
+# -- one entry for bench/fuzz_long.py ----------------------------------------------
+
+#: What :func:`check` takes: bytes, where the walk starts, how many bytes
+#: before the end it stops, whether it is exact.
+CASES = st.tuples(
+    st.one_of(st.binary(max_size=80),
+              st.lists(st.tuples(st.integers(0, 0xFFFF), st.binary(max_size=12)), max_size=6)
+              .map(lambda attrs: b"".join(nla.encode(k, v) for k, v in attrs))),
+    st.integers(0, 8), st.integers(0, 8), st.booleans())
+#: The documented error of :func:`check`.
+ALLOWED: tuple[type[BaseException], ...] = (nla.MalformedAttribute,)
+
+
+def check(case: tuple[bytes, int, int, bool]) -> list[tuple[int, int, int]]:
+    """walk() on the case: the attributes the rules give, then
+    MalformedAttribute exactly when the rules say so."""
+    data, start, cut, exact = case
+    end = max(start, len(data) - cut)
+    expected, malformed = _reference(data, start, end)
+    got: list[tuple[int, int, int]] = []
+    try:
+        for item in nla.walk(data, start, end, exact=exact):
+            got.append(item)
+    except nla.MalformedAttribute:
+        assert got == expected
+        assert malformed or exact, (data, start, end)
+        raise
+    assert not malformed and got == expected
+    return got

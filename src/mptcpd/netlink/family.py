@@ -52,6 +52,7 @@ from mptcpd.netlink.rtnl_monitor import (
     NLMSG_ERROR,
     NetlinkSocket,
     attributes,
+    error_code,
     messages,
     open_socket,
     rtattr,
@@ -72,7 +73,6 @@ NLCTRL_RCVBUF = 1 << 16
 
 _GENLMSGHDR = struct.Struct("=BBH")
 _U16 = struct.Struct("=H")
-_ERRNO = struct.Struct("=i")
 
 
 class Timer(Protocol):
@@ -264,7 +264,7 @@ class FamilyWatcher:
                 and pid == self._sock.port else None
             if mtype in (NLMSG_ERROR, NLMSG_DONE):
                 if future is not None and not future.done():
-                    code = -int(_ERRNO.unpack_from(payload)[0]) if len(payload) >= 4 else 0
+                    code = error_code(payload) if mtype == NLMSG_ERROR or len(payload) >= 4 else 0
                     if code:
                         future.set_exception(OSError(code, "GETFAMILY failed"))
                     else:

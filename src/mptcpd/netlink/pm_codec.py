@@ -57,6 +57,9 @@ NLM_F_ACK_TLVS = 0x200  #: in an NLMSG_ERROR/DONE: extended-ACK attributes follo
 
 NLMSGERR_ATTR_MSG = 1
 
+#: The largest error number the kernel sends (``MAX_ERRNO``).
+MAX_ERRNO = 4095
+
 
 from mptcpd.netlink.constants import (  # noqa: E402
     CTRL_ATTR_FAMILY_ID,
@@ -373,17 +376,29 @@ def _extack(data: bytes, off: int, end: int) -> str | None:
     return None
 
 
+def error_number(error: int, what: str = "NLMSG_ERROR") -> int:
+    """The errno (positive) of the error field of an NLMSG_ERROR/DONE (the
+    kernel sends ``-errno``); a value beyond ``MAX_ERRNO`` (``INT_MIN``...)
+    gives ``EPROTO``, with a warning."""
+    code = -error if error < 0 else error
+    if code > MAX_ERRNO:
+        log.warning("mptcp_pm reply: %s with error number %d, out of range", what, error)
+        return errno.EPROTO
+    return code
+
+
 def decode_error(data: bytes, msg: Message) -> tuple[int, str | None]:
     """(errno, extack message) of an NLMSG_ERROR; errno 0 is an ACK.
 
-    A payload too short for its error number gives ``EPROTO``.
+    A payload too short for its error number, or an error number out of
+    range, gives ``EPROTO``.
     """
     start, end = msg.start, msg.end
     if end - start < 4:
         log.warning("mptcp_pm reply: NLMSG_ERROR of %d bytes", end - start)
         return errno.EPROTO, None
     (error,) = _I32.unpack_from(data, start)
-    code = -error if error < 0 else error
+    code = error_number(error)
     if not msg.flags & NLM_F_ACK_TLVS:
         return code, None
     off = start + 4
@@ -396,11 +411,12 @@ def decode_error(data: bytes, msg: Message) -> tuple[int, str | None]:
 
 
 def decode_done(data: bytes, msg: Message) -> tuple[int, str | None]:
-    """(errno, extack message) of an NLMSG_DONE ending a dump; 0 on success."""
+    """(errno, extack message) of an NLMSG_DONE ending a dump; 0 on success
+    (``EPROTO`` for an error number out of range)."""
     if msg.end - msg.start < 4:
         return 0, None  # old kernels: no error number
     (error,) = _I32.unpack_from(data, msg.start)
-    code = -error if error < 0 else error
+    code = error_number(error, "NLMSG_DONE")
     if msg.flags & NLM_F_ACK_TLVS:
         return code, _extack(data, msg.start + 4, msg.end)
     return code, None

@@ -194,6 +194,22 @@ def attributes(data: bytes, offset: int) -> dict[int, bytes]:
     return out
 
 
+#: The largest error number the kernel sends (``MAX_ERRNO``).
+MAX_ERRNO = 4095
+
+
+def error_code(payload: bytes) -> int:
+    """The errno (positive; 0 for an ACK) of an ``NLMSG_ERROR`` payload.
+
+    The kernel sends ``-errno``; a payload too short for it or a number
+    beyond ``MAX_ERRNO`` (``INT_MIN``...) gives ``EPROTO``.
+    """
+    if len(payload) < 4:
+        return errno.EPROTO
+    code = abs(int(_ERRNO.unpack_from(payload)[0]))
+    return code if code <= MAX_ERRNO else errno.EPROTO
+
+
 def _raw_ip(family: int, raw: bytes | None) -> IPAddress | None:
     if raw is None:
         return None
@@ -418,7 +434,7 @@ class NetlinkSocket:
                     continue
                 mine = True
                 if kind == NLMSG_ERROR:
-                    code = -int(_ERRNO.unpack_from(payload)[0]) if len(payload) >= 4 else 0
+                    code = error_code(payload)
                     if code:
                         exc = OSError(code, os.strerror(code))
                         exc.replies = replies  # type: ignore[attr-defined]
@@ -588,8 +604,8 @@ class RtnlMonitor:
                     event = decoder(mtype, body)
                     if event is not None:
                         yield event
-                elif mtype == NLMSG_ERROR and len(body) >= 4:
-                    code = -int(_ERRNO.unpack_from(body)[0])
+                elif mtype == NLMSG_ERROR:
+                    code = error_code(body)
                     if code:
                         log.error("Network monitor: rtnetlink error: %s",
                                   os.strerror(code))

@@ -1,0 +1,158 @@
+"""Fuzzing addr_adv's state-file reader (hypothesis).
+
+Cases: random bytes; any JSON value, alone or as ``"endpoints"``; state
+files as the plugin writes them, intact or with bytes changed, cut or
+appended; deep nesting; numbers JSON cannot hold (``1e400``,
+``Infinity``, 5 000 digits).  Properties (the documented results):
+:func:`parse_state` returns address -> ID (1..255) or raises
+:class:`ValueError`, never another exception and never hangs; what the
+plugin writes reads back as written; and the plugin's loader, reading a
+real file, never raises (it warns and takes nothing as its own).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mptcpd.types import SockAddr
+from plugins.addr_adv import AddressAdvertiser, parse_state, state_file
+from tests.unit.fuzz_support import FUZZ, no_hang, recording
+
+#: The documented error of :func:`check`.
+ALLOWED: tuple[type[BaseException], ...] = (ValueError,)
+
+
+def check(data: bytes) -> dict[SockAddr, int]:
+    """parse_state on ``data``: its result (checked) or ValueError."""
+    with no_hang():
+        result = parse_state(data)
+    assert isinstance(result, dict)
+    for addr, id in result.items():
+        assert isinstance(addr, SockAddr) and type(id) is int and 1 <= id <= 255
+    return result
+
+
+def written(endpoints: dict[str, int]) -> bytes:
+    """A state file as the plugin writes one (flush_state)."""
+    return json.dumps({"endpoints": endpoints}).encode()
+
+
+# -- strategies ------------------------------------------------------------------------
+
+json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=12)),
+    lambda inner: st.one_of(st.lists(inner, max_size=4),
+                            st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+    max_leaves=12,
+)
+addresses = st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)).map(str)
+good = st.dictionaries(addresses, st.integers(1, 255), max_size=8)
+odd_numbers = st.sampled_from(["1e400", "-1e400", "Infinity", "-Infinity", "NaN", "1.0",
+                               "0", "256", "-1", "true", "null", "1" * 5000, '"1"'])
+
+
+@st.composite
+def near_misses(draw: st.DrawFn) -> bytes:
+    endpoints = draw(good)
+    text = written(endpoints).decode()
+    if endpoints and draw(st.booleans()):  # one ID replaced by an odd number
+        ip = draw(st.sampled_from(sorted(endpoints)))
+        text = text.replace(f'"{ip}": {endpoints[ip]}', f'"{ip}": {draw(odd_numbers)}', 1)
+    data = bytearray(text.encode())
+    for _ in range(draw(st.integers(0, 3))):
+        if data:
+            data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+    cut = draw(st.integers(0, len(data)))
+    return bytes(data[:cut] if draw(st.booleans()) else data) + draw(st.binary(max_size=4))
+
+
+deep = st.builds(lambda n, opener, wrap: (('{"endpoints": ' if wrap else "") + opener * n).encode(),
+                 st.integers(1, 200_000), st.sampled_from(["[", '{"a":', "[{}, "]),
+                 st.booleans())
+#: What :func:`check` takes: a state file's bytes.
+CASES = st.one_of(
+    st.binary(max_size=200),
+    json_values.map(lambda v: json.dumps(v).encode()),
+    json_values.map(lambda v: json.dumps({"endpoints": v}).encode()),
+    good.map(written),
+    near_misses(),
+    deep,
+)
+
+
+# -- the tests --------------------------------------------------------------------------
+
+
+@settings(FUZZ, max_examples=800)
+@given(CASES)
+def test_any_bytes_give_the_state_or_value_error(data: bytes) -> None:
+    try:
+        check(data)
+    except ValueError:
+        pass
+
+
+@settings(FUZZ, max_examples=300)
+@given(good)
+def test_what_the_plugin_writes_reads_back(endpoints: dict[str, int]) -> None:
+    assert check(written(endpoints)) == {SockAddr(ip): id for ip, id in endpoints.items()}
+
+
+@settings(FUZZ, max_examples=100)
+@given(st.one_of(st.binary(max_size=100), near_misses(), odd_numbers.map(str.encode)))
+def test_the_plugin_reads_any_file_without_raising(data: bytes) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = os.environ.get("MPTCPD_STATE_DIR")
+        os.environ["MPTCPD_STATE_DIR"] = tmp
+        try:
+            state_file().write_bytes(data)
+            with recording("mptcpd.plugins.addr_adv"):
+                result = AddressAdvertiser()._load_state()
+        finally:
+            if saved is None:
+                del os.environ["MPTCPD_STATE_DIR"]
+            else:
+                os.environ["MPTCPD_STATE_DIR"] = saved
+    assert isinstance(result, dict)
+
+
+# -- regressions ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("data", [
+    b'{"endpoints": {"192.0.2.1": 1e400}}', b'{"endpoints": {"192.0.2.1": Infinity}}',
+    b"[" * 994, b'{"endpoints": ' + b"[" * 100_000,
+    b"\xff", b'{"endpoints": {"192.0.2.1": 1}}\xff', b"\xef\xbb\xbf{}",
+    b'{"endpoints": {"192.0.2.1": ' + b"1" * 5000 + b"}}",
+], ids=["1e400", "Infinity", "nested 994", "nested 100000", "not UTF-8",
+        "not UTF-8 after", "BOM", "5000 digits"])
+def test_regressions(data: bytes) -> None:
+    """UTF-8 that is not (b"\\xff") raised UnicodeDecodeError out of
+    _load_state: addr_adv's plugin_init failed."""
+    with pytest.raises(ValueError):
+        check(data)
+
+
+def test_a_file_that_is_not_utf8_is_warned_about(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MPTCPD_STATE_DIR", str(tmp_path))
+    state_file().write_bytes(b'{"endpoints": {"192.0.2.1": 1}}\xff')
+    with recording("mptcpd.plugins.addr_adv") as rec:
+        assert AddressAdvertiser()._load_state() == {}
+    assert any("Ignoring the corrupt" in line and "utf-8" in line for _, line in rec.lines())
+
+
+def test_equal_addresses_spelt_twice_are_corrupt() -> None:
+    address = ipaddress.ip_address("2001:db8::1")
+    data = b'{"endpoints": {"2001:db8::1": 1, "2001:db8:0::1": 2}}'
+    with pytest.raises(ValueError):
+        check(data)
+    assert check(written({str(address): 3})) == {SockAddr(address): 3}
