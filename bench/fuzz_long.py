@@ -127,6 +127,8 @@ TARGETS: list[Target] = [
     Target("rtnetlink", *_from_test("test_rtnl_fuzz")),
     # sock_diag: diag.decode_datagram (+ pyroute2)
     Target("sock_diag", *_from_test("test_diag_fuzz")),
+    # sock_diag's subflow listing: decode_datagram(subflows=True) (+ pyroute2)
+    Target("sock_diag-subflows", *_from_test("test_diag_subflows")),
     # nlctrl: the family watcher, decode_family_groups, lookup_family (+ pyroute2)
     Target("nlctrl", *_from_test("test_family_fuzz")),
     # the attribute walker under every strict codec

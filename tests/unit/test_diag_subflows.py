@@ -26,7 +26,7 @@ from mptcpd.netlink import diag
 from mptcpd.netlink.diag import MptcpSubflow, build_subflow_request, decode_datagram
 from mptcpd.types import SockAddr
 from tests.unit import diag_oracle
-from tests.unit.fuzz_support import FUZZ
+from tests.unit.fuzz_support import FUZZ, no_hang
 
 LOGGER = "mptcpd.netlink.diag"
 NLMSG_HDR = struct.Struct("=IHHII")
@@ -201,6 +201,55 @@ def result_or_oserror(data: bytes) -> list[MptcpSubflow] | None:
         return subflows(data)
     except OSError:
         return None
+
+
+@st.composite
+def _mutated(draw: st.DrawFn) -> bytes:
+    buf = bytearray(draw(st.sampled_from(sorted({**CAPTURED, **BUILT}.values()))))
+    for _ in range(draw(st.integers(0, 8))):
+        buf[draw(st.integers(0, len(buf) - 1))] = draw(st.integers(0, 255))
+    return bytes(buf[:draw(st.integers(0, len(buf)))])
+
+
+_ULP_ATTRS = st.dictionaries(
+    st.sampled_from(["token_rem", "token_loc", "flags", "id_rem", "id_loc"]),
+    st.integers(0, 255))
+
+#: What :func:`check` takes (bench/fuzz_long.py's ``sock_diag-subflows``):
+#: a datagram, and whether it is well framed (then the pyroute2 oracle must
+#: read it alike).
+CASES = st.one_of(
+    st.tuples(st.binary(max_size=600), st.just(False)),
+    st.tuples(_mutated(), st.just(False)),
+    st.tuples(st.builds(
+        lambda attrs, name, state, ifindex: reply(
+            socket.AF_INET6, state, "2001:db8::1", 1, "2001:db8::2", 2, ifindex,
+            ulp(name=name, **attrs)) + DONE,
+        _ULP_ATTRS, st.binary(max_size=8), st.integers(0, 14),
+        st.integers(0, 2**32 - 1)), st.just(True)),
+)
+#: The documented error of :func:`check`.
+ALLOWED: tuple[type[BaseException], ...] = (OSError,)
+
+
+def check(case: tuple[bytes, bool]) -> list[MptcpSubflow]:
+    data, framed = case
+    with no_hang():
+        batch = decode_datagram(data, subflows=True)
+        assert all(isinstance(s, MptcpSubflow) for s in batch.subflows)
+        assert batch.connections == [] and batch.listeners == []
+        if framed:
+            assert (batch.subflows, batch.done) == diag_oracle.decode_subflows(data)
+    return batch.subflows
+
+
+@FUZZ
+@given(CASES)
+def test_any_datagram(case: tuple[bytes, bool]) -> None:
+    try:
+        check(case)
+    except ALLOWED:
+        pass
 
 
 @FUZZ
