@@ -72,6 +72,17 @@ def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     return registry.get("addr_adv").module  # type: ignore[union-attr]
 
 
+async def answer(pm: FakePM, name: str, error: BaseException | None = None) -> None:
+    """The kernel answers every pending ``name`` command (with ``error``)."""
+    for future in pm.futures.get(name, []):
+        if not future.done():
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
+    await asyncio.sleep(0)
+
+
 async def started(plugin: Any, pm: FakePM, existing: list[AddrInfo] = ()) -> None:
     plugin.plugin_init(pm)
     pm.futures["dump"][-1].set_result(list(existing))
@@ -141,10 +152,11 @@ async def test_deleting_an_address_removes_its_endpoint(plugin: Any) -> None:
     await started(plugin, pm)
     plugin.new_local_address(IF2, A1, pm)
     plugin.new_local_address(IF3, A2, pm)
+    await answer(pm, "add")
     plugin.delete_local_address(IF2, A1, pm)
     assert pm.commands("remove") == [("remove", (1,))]
-    assert pm.id_manager.lookup(A1) == 0
     assert pm.commands("set_limits")[-1] == ("set_limits", ([(1, 3), (0, 0)],))
+    assert pm.id_manager.lookup(A1) == 0
 
 
 async def test_an_unknown_address_is_only_logged(plugin: Any,
@@ -163,8 +175,10 @@ async def test_carrier_loss_withdraws_and_recovery_restores_with_the_same_id(
     await started(plugin, pm)
     plugin.new_local_address(IF2, A1, pm)
     plugin.new_local_address(IF3, A2, pm)
+    await answer(pm, "add")
     plugin.link_down(IF3, pm)
     assert pm.commands("remove") == [("remove", (2,))]
+    await answer(pm, "remove")
     plugin.link_down(IF3, pm)  # twice: nothing more
     assert len(pm.commands("remove")) == 1
     plugin.link_up(IF3, pm)
@@ -207,6 +221,7 @@ async def test_ids_do_not_run_out_when_addresses_come_and_go(plugin: Any) -> Non
             future.set_exception(KernelError("add_addr", errno.ERANGE, None))
         await asyncio.sleep(0)
         plugin.delete_local_address(IF2, addr, pm)
+        await answer(pm, "remove")
     assert len(pm.commands("add")) == 300
     assert all(args[1] == 1 for _, args in pm.commands("add"))  # the lowest free ID
     assert len(pm.id_manager) == 0
