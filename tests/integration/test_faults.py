@@ -23,14 +23,18 @@ from __future__ import annotations
 import collections
 import ipaddress
 import json
+import shutil
 import signal
+import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
 
-from tests.integration.test_addr_adv import start
+from tests.integration.test_addr_adv import PLUGINS as PLUGIN_DIR, start
+from tests.integration.test_daemon import READY, daemon_env, plugin_dir, recorded
+from tests.integration.test_sspi import mptcp_tokens
 from tests.lab import Endpoint, Lab, Process, run, wait_for
 
 #: Storm sizes (issue 10, item 9).
@@ -254,3 +258,103 @@ def test_sigkill_during_churn_leaves_no_duplicate_and_no_orphan(
     eps = assert_endpoints_match(lab)
     assert len(eps) == 3
     assert restarted.stop() == 0
+
+
+def flood(lab: Lab, seconds: float) -> list[Process]:
+    server = str(lab.links[0].server4)
+    return [lab.python(lab.client, "-m", "tests.lab.traffic", "flood", server, "5300",
+                       "--seconds", str(seconds), name="flooder") for _ in range(2)]
+
+
+def test_an_overrun_during_the_resync_is_resynchronised_too(
+        lab: Lab, tmp_path: Path) -> None:
+    """Events lost while the daemon resynchronises after lost events.
+
+    The resync waits for an endpoint dump, which the command channel sends
+    after the endpoint removals addr_adv queued for an address churn (each
+    takes the kernel milliseconds): seconds in which the daemon is frozen
+    again while a second flood overruns its event socket and a long-lived
+    connection opens unseen.  The daemon must run the resync again and
+    adopt that connection; afterwards the plugin's bindings are the kernel's
+    live connections and new events are handled."""
+    log_path = tmp_path / "calls.jsonl"
+    directory = plugin_dir(tmp_path, "recorder")
+    shutil.copyfile(Path(PLUGIN_DIR) / "addr_adv.py", directory / "addr_adv.py")
+    (directory / "addr_adv.py").chmod(0o644)
+    daemon = lab.start_mptcpd(
+        "--log=stderr", f"--plugin-dir={directory}", "--load-plugins=recorder,addr_adv",
+        "--path-manager=recorder", "--notify-flags=existing,skip_link_local",
+        config="[core]\n", env=daemon_env(MPTCPD_RECORDER_LOG=str(log_path),
+                                          MPTCPD_STATE_DIR=str(tmp_path / "state")))
+    daemon.wait_output(READY, timeout=20)
+    lab.python(lab.server, "-m", "tests.lab.traffic", "server", "--duration", "200"
+               ).wait_output("listening")
+    lab.python(lab.server, "-m", "tests.lab.traffic", "sink", "--port", "5300",
+               "--duration", "200", name="sink").wait_output("listening")
+    server = str(lab.links[0].server4)
+    dev = lab.links[0].client_if
+    cycles = churn_commands(dev, 3000)
+    held: Process | None = None
+
+    def overruns() -> int:
+        return daemon.output().count(", resynchronising")
+
+    def passes() -> int:
+        return daemon.output().count("Resynchronised after lost events")
+
+    for attempt in range(3):  # bounded: the freeze must fall inside the resync
+        part = cycles[attempt * 1000:(attempt + 1) * 1000]
+        seen = overruns()
+        daemon.send_signal(signal.SIGSTOP)
+        try:
+            churn(lab, part)  # addr_adv's removals will queue ahead of the dump
+            assert all(f.wait(30) == 0 for f in flood(lab, 3))
+        finally:
+            daemon.send_signal(signal.SIGCONT)
+        wait_for(lambda: overruns() > seen, 30, what="the first overrun")
+        daemon.send_signal(signal.SIGSTOP)  # while the resync waits for its dump
+        seen, done = overruns(), passes()
+        reruns = daemon.output().count("it will run again")
+        try:
+            flooders = flood(lab, 3)
+            if held is None:
+                held = lab.python(lab.client, "-m", "tests.lab.traffic", "client", server,
+                                  "5201", "--hold", "120", name="held")
+            assert all(f.wait(30) == 0 for f in flooders)
+        finally:
+            daemon.send_signal(signal.SIGCONT)
+        wait_for(lambda: overruns() > seen, 30, what="the second overrun")
+        if daemon.output().count("it will run again") > reruns:
+            break  # lost during the resync, which runs once more
+        wait_for(lambda: passes() > done, 60, what="the resync to end")
+    else:
+        raise AssertionError("no overrun fell inside a resync in 3 attempts:\n"
+                             + daemon.output()[-3000:])
+    assert held is not None
+    wait_for(lambda: passes() >= done + 2, 60, what="the resync's second pass")
+    assert daemon.popen.poll() is None
+
+    def bound() -> set[int]:
+        live: set[int] = set()
+        for call in recorded(log_path):
+            tok = call["args"].get("token")
+            if call["hook"] == "new_connection":
+                live.add(tok)
+            elif call["hook"] == "connection_closed":
+                live.discard(tok)
+        return live
+
+    # Once the floods are over, the plugin's connections are the kernel's.
+    kernel = wait_for(lambda: (k := mptcp_tokens(lab, lab.client)) and k == bound() and k,
+                      30, what="the bindings to equal the live connections")
+    assert len(kernel) == 1  # the held connection, adopted by a resync
+    (token,) = kernel
+    assert f"Connection {token:08x} was created while events were lost" in daemon.output()
+    # The daemon still answers: a new connection is seen as it happens.
+    out = lab.exec(lab.client, sys.executable, "-m", "tests.lab.traffic", "client",
+                   server, "5201").stdout
+    fresh = json.loads(out)["info"]["token"]
+    wait_for(lambda: any(c["hook"] == "connection_closed" and c["args"].get("token") == fresh
+                         for c in recorded(log_path)), 20, what="the fresh connection")
+    held.stop()
+    assert daemon.stop() == 0
