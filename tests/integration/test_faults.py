@@ -159,8 +159,11 @@ def test_carrier_flaps_end_with_the_endpoints_of_the_links_with_carrier(
     eps = assert_endpoints_match(lab)
     assert {e.address: e.id for e in eps} == ids
     assert lab.limits(lab.client) == {"add_addr_accepted": 6, "subflows": 6}
+    # Every flap reached the daemon (two endpoints withdrawn each time), or
+    # its network monitor said it lost messages and resynchronised.
     withdrawn = daemon.output().count(f"{client_if} lost its carrier: withdrawing")
-    assert withdrawn >= 2 * FLAPS  # two endpoints each time: every flap was seen
+    assert withdrawn >= 2 * FLAPS or "Network monitor lost rtnetlink messages" \
+        in daemon.output(), withdrawn
     print(f"\n{FLAPS} flaps in {flapped:.2f} s ({FLAPS / flapped:.0f}/s) + "
           f"{len(burst) // 2} in bursts, settled after {settled:.2f} s")
     assert daemon.stop() == 0
