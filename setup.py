@@ -14,7 +14,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_py import build_py
 
 SYSTEM_FILES = ["etc/mptcp.service", "etc/mptcpd.conf", "man/mptcpd.8", "man/mptcpize.8",
-                "man/mptcp-get-debug.8"]
+                "man/mptcp-get-debug.8", "man/mptcpctl.8"]
 
 
 class BuildWithSystemFiles(build_py):

@@ -85,7 +85,8 @@ def status_kb(pid: int, key: str) -> int:
 class Daemon:
     """One daemon (ours or C) running inside a lab namespace."""
 
-    def __init__(self, lab: Lab, impl: str, ns: str, args: list[str], c_daemon: str):
+    def __init__(self, lab: Lab, impl: str, ns: str, args: list[str], c_daemon: str,
+                 config: str = "[core]\n"):
         self.impl = impl
         t0 = time.monotonic()
         if impl == "c":
@@ -97,7 +98,7 @@ class Daemon:
             env.pop("NOTIFY_SOCKET", None)
             env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + str(ROOT)
             self.proc = lab.start_mptcpd("--log=stderr", f"--plugin-dir={ROOT / 'plugins'}",
-                                         *args, ns=ns, config="[core]\n", env=env)
+                                         *args, ns=ns, config=config, env=env)
             ready = OURS_READY
         self.pid = self.proc.pid
         # Never let a daemon manage the host namespace.

@@ -2,7 +2,8 @@
 
 For every local address the network monitor reports, addr_adv adds an
 in-kernel PM endpoint (``ip mptcp endpoint``) with the flags of
-``--addr-flags`` and the address's interface, and raises the ``subflows``
+``--addr-flags`` (or those of the interface's ``[interface GLOB]`` group)
+and the address's interface, and raises the ``subflows``
 limit (and ``add_addr_accepted`` with the ``subflow`` flag) to match; when
 the address goes away, it removes the endpoint and lowers the limits.  This is
 the C plugin's behaviour, limits arithmetic, order and messages included.
@@ -22,6 +23,10 @@ What it does better than the C plugin (each is in the changelog):
   ``/run/mptcpd``), so a restarted daemon takes them over again instead of
   piling up duplicates or leaving them unmanaged.  Changes are written
   within 50 ms (together when they come in a burst), and at exit.
+* **Per-interface flags.**  An interface that the configuration gives its own
+  ``addr-flags`` gets endpoints with those; when they change (a reload),
+  the endpoints follow: ``backup`` and ``fullmesh`` in place, other flags
+  by removing and re-adding the endpoint with its ID.
 * **The endpoint limit.**  The kernel keeps at most 8 endpoints per network
   namespace; the 9th is refused with ``ERANGE``.  That is reported as the
   kernel's limit of 8 endpoints, not as a bare errno.  While endpoints of
@@ -83,6 +88,8 @@ log = logging.getLogger("mptcpd.plugins.addr_adv")
 MIN_LIMIT, MAX_LIMIT = 2, 8
 #: ``MPTCP_PM_ADDR_MAX``: endpoints per network namespace.
 KERNEL_MAX_ENDPOINTS = 8
+#: The endpoint flags the kernel changes in place (``MPTCP_PM_CMD_SET_FLAGS``).
+IN_PLACE_FLAGS = int(AddrFlags.BACKUP | AddrFlags.FULLMESH)
 #: Changes to the state file within this many seconds are written together.
 STATE_WRITE_DELAY = 0.05
 #: A command the daemon could not send (its queue was full) is retried after this.
@@ -229,7 +236,8 @@ class AddressAdvertiser:
         endpoint = self.owned.get(key)
         if endpoint is None:
             endpoint = Endpoint(key, addr_id, interface.index,
-                                int(pm.config.addr_flags), active=False)
+                                int(interface.endpoint_flags(pm.config.addr_flags)),
+                                active=False)
             self.owned[key] = endpoint
         # The monitor says where it lives now (an endpoint taken over at
         # start-up, or an address that moved).
@@ -386,6 +394,37 @@ class AddressAdvertiser:
                     self.update_limits(pm, +1)
                 self._pump(pm, endpoint)
 
+    # -- per-interface flags -------------------------------------------------
+
+    def apply_flags(self, pm: PathManager, interface: Interface) -> None:
+        """Give this plugin's endpoints on ``interface`` the flags the
+        configuration now gives the interface: in place (``SET_FLAGS``) when
+        only ``backup``/``fullmesh`` change, which the kernel can change on a
+        live endpoint, else by removing the endpoint and adding it again
+        with the same ID."""
+        wanted = int(interface.endpoint_flags(pm.config.addr_flags))
+        for endpoint in list(self.owned.values()):
+            if endpoint.ifindex != interface.index or endpoint.flags == wanted:
+                continue
+            old, endpoint.flags = endpoint.flags, wanted
+            if not endpoint.active:
+                continue  # restored with the new flags when the carrier is back
+            log.info("Endpoint %d (%s) on %s: flags %#x -> %#x.", endpoint.id,
+                     endpoint.addr, interface.name, old, wanted)
+            if not (old ^ wanted) & ~IN_PLACE_FLAGS:
+                try:
+                    pm.kpm_set_flags(endpoint.addr, wanted)
+                    continue
+                except (OSError, ValueError) as exc:
+                    log.warning("Unable to change the flags of endpoint %d: %s",
+                                endpoint.id, exc)
+            # Out and in again, in this order (the channel keeps it).
+            endpoint.active = False
+            self._pump(pm, endpoint)
+            endpoint.active = True
+            self._pump(pm, endpoint)
+        self._save_state()
+
     # -- persistence ---------------------------------------------------------
 
     def _load_state(self) -> dict[SockAddr, int]:
@@ -493,3 +532,15 @@ def link_down(interface: Interface, pm: PathManager) -> None:
 @hookimpl
 def link_up(interface: Interface, pm: PathManager) -> None:
     _advertiser.link_up(pm, interface)
+
+
+@hookimpl
+def update_interface(interface: Interface, pm: PathManager) -> None:
+    _advertiser.apply_flags(pm, interface)
+
+
+@hookimpl
+def policy_changed(pm: PathManager) -> None:
+    # The global addr-flags may have changed: every endpoint follows.
+    for interface in pm.network_monitor.interfaces():
+        _advertiser.apply_flags(pm, interface)

@@ -9,15 +9,26 @@ is parsed here by :func:`parse_settings`, which follows ELL's rules, except
 that CRLF line ends and a UTF-8 byte order mark are accepted.  A file that
 cannot be read or parsed is ignored, as in C, but with a warning; unknown
 keys and repeated groups or keys are warned about too.
+
+Besides ``[core]`` the port reads the interface policy (not in C):
+``skip-address-classes`` in ``[core]``, the group ``[interfaces]``
+(``allow``, ``deny``, ``deny-kinds``) and ``[interface GLOB]`` groups
+(``addr-flags`` for the interfaces the glob matches; the first matching
+group in file order wins).  Bad values there are errors
+(:class:`ConfigError`, exit status 1).  Groups are read through one table,
+:data:`GROUP_KEYS`: a group is either named exactly (``core``,
+``interfaces``) or ``KIND ARGUMENT`` for a kind of :data:`PREFIXED_GROUPS`.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
+import re
 import stat
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from mptcpd.log import DESTINATIONS
@@ -49,8 +60,12 @@ DEFAULT_PLUGIN_DIR = _bundled_plugin_dir()
 DEFAULT_LOG = "stderr"
 #: The accepted log destinations (those :mod:`mptcpd.log` sets up).
 LOG_DESTINATIONS = DESTINATIONS
-#: The only group read from the configuration file.
+#: The group of the C daemon's keys.
 CORE_GROUP = "core"
+#: Groups ``[plugin NAME]`` hold the settings of plugin NAME; they are kept
+#: raw (see :class:`PluginGroup`) and read by the plugin through
+#: :mod:`mptcpd.pm.settings`.
+PLUGIN_GROUP_PREFIX = "plugin "
 #: Longest default path-manager name kept (the generic netlink name size).
 MAX_PATH_MANAGER_NAME = 16
 
@@ -60,6 +75,7 @@ ADDR_FLAG_TOKENS: tuple[tuple[str, AddrFlags], ...] = (
     ("signal", AddrFlags.SIGNAL),
     ("backup", AddrFlags.BACKUP),
     ("fullmesh", AddrFlags.FULLMESH),
+    ("laminar", AddrFlags.LAMINAR),  # kernel 6.18, mptcpd 0.14
 )
 #: ``notify-flags`` tokens, in the order they are tried and printed.
 NOTIFY_FLAG_TOKENS: tuple[tuple[str, NotifyFlags], ...] = (
@@ -79,8 +95,43 @@ DEFAULT_CHECK_ROUTE_TIMEOUT = 60.0
 #: stops a queue that the kernel no longer drains from growing without limit.
 DEFAULT_COMMAND_QUEUE_SIZE = 4096
 
+#: The control socket's file name in the runtime directory when
+#: ``control-socket`` is not set.
+CONTROL_SOCKET_NAME = "control"
+
 NO_ADDR_FLAGS = AddrFlags(0)
 NO_NOTIFY_FLAGS = NotifyFlags(0)
+
+
+class AddressClass(enum.IntFlag):
+    """Classes of local addresses that ``skip-address-classes`` can keep away
+    from plugins."""
+
+    LOOPBACK = 0x01  #: 127.0.0.0/8, ::1
+    LINK_LOCAL = 0x02  #: 169.254.0.0/16, fe80::/10
+    ULA = 0x04  #: fc00::/7
+    TEMPORARY = 0x08  #: IPv6 privacy addresses (``IFA_F_TEMPORARY``)
+    DEPRECATED = 0x10  #: preferred lifetime over (``IFA_F_DEPRECATED``)
+
+
+NO_ADDRESS_CLASSES = AddressClass(0)
+#: ``skip-address-classes`` words, in the order they are printed.
+ADDRESS_CLASS_TOKENS: tuple[tuple[str, AddressClass], ...] = (
+    ("loopback", AddressClass.LOOPBACK),
+    ("link-local", AddressClass.LINK_LOCAL),
+    ("ula", AddressClass.ULA),
+    ("temporary", AddressClass.TEMPORARY),
+    ("deprecated", AddressClass.DEPRECATED),
+)
+
+#: The interface group of the configuration file.
+INTERFACES_GROUP = "interfaces"
+#: The kind of the ``[interface GLOB]`` groups.
+INTERFACE_GROUP_KIND = "interface"
+
+#: An ``[interface GLOB]`` group as read: the glob and its ``addr-flags``
+#: (None when the group does not set them: the global flags apply).
+InterfaceGroup = tuple[str, "AddrFlags | None"]
 
 
 class ConfigError(Exception):
@@ -96,6 +147,23 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
+class PluginGroup:
+    """The raw settings of one ``[plugin NAME]`` group, for plugin NAME.
+
+    :ivar name: the plugin's name (the group name without ``plugin ``).
+    :ivar path: the configuration file (for messages).
+    :ivar line: the group's line number.
+    :ivar items: ``(key, value, line)`` in file order, values unescaped
+        (None when the value has an invalid escape), repeated keys kept.
+    """
+
+    name: str
+    path: str
+    line: int
+    items: tuple[tuple[str, str | None, int], ...] = ()
+
+
+@dataclass(frozen=True)
 class ConfigValues:
     """Settings from one source (command line or file); unset values are None/0."""
 
@@ -108,6 +176,13 @@ class ConfigValues:
     load_plugins: tuple[str, ...] | None = None
     check_route_timeout: float | None = None
     command_queue_size: int | None = None
+    skip_address_classes: AddressClass | None = None
+    allow: tuple[str, ...] | None = None
+    deny: tuple[str, ...] | None = None
+    deny_kinds: tuple[str, ...] | None = None
+    interface_groups: tuple[InterfaceGroup, ...] | None = None
+    control_socket: str | None = None
+    plugin_groups: tuple[PluginGroup, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -125,9 +200,28 @@ class Config:
     check_route_timeout: float = DEFAULT_CHECK_ROUTE_TIMEOUT
     #: ``command-queue-size`` (file only; not in the C mptcpd).
     command_queue_size: int = DEFAULT_COMMAND_QUEUE_SIZE
+    #: ``skip-address-classes`` (file only; not in the C mptcpd).
+    skip_address_classes: AddressClass = NO_ADDRESS_CLASSES
+    #: ``[interfaces] allow``: globs; empty means every interface.
+    allow: tuple[str, ...] = ()
+    #: ``[interfaces] deny``: globs (deny wins over allow).
+    deny: tuple[str, ...] = ()
+    #: ``[interfaces] deny-kinds``: rtnetlink link kinds (``IFLA_INFO_KIND``).
+    deny_kinds: tuple[str, ...] = ()
+    #: ``[interface GLOB]`` groups in file order.
+    interface_groups: tuple[InterfaceGroup, ...] = ()
+    #: ``control-socket`` (file only; not in the C mptcpd): the path of the
+    #: varlink control socket; None for the default (:data:`CONTROL_SOCKET_NAME`
+    #: in the runtime directory), "" for none.
+    control_socket: str | None = None
+    #: the ``[plugin NAME]`` groups, first of each name, in file order.
+    plugin_groups: tuple[PluginGroup, ...] = ()
     config_file: str = (
         DEFAULT_CONFIG_PATH  # the path that was read (or would have been)
     )
+    #: The command line's values, which a reload merges with the file again.
+    cli_values: ConfigValues = field(default_factory=ConfigValues, compare=False,
+                                     repr=False)
 
 
 # ---------------------------------------------------------------------------
@@ -169,7 +263,8 @@ def parse_notify_flags(text: str, *, warn: bool = True) -> NotifyFlags:
 
 
 def addr_flags_to_str(flags: int) -> str:
-    """Known address flags as text, in the fixed order subflow,signal,backup,fullmesh."""
+    """Known address flags as text, in the fixed order
+    subflow,signal,backup,fullmesh,laminar."""
     return ",".join(name for name, bit in ADDR_FLAG_TOKENS if flags & bit)
 
 
@@ -364,21 +459,28 @@ def _check_plugin_names(names: tuple[str, ...], where: str) -> None:
             )
 
 
-def read_config_file(path: str) -> ConfigValues:
-    """Read the ``[core]`` group of the configuration file at *path*.
+def read_config_file(path: str, *, strict: bool = False) -> ConfigValues:
+    """Read the configuration file at *path*.
 
     Runs :func:`check_file_permissions` first, then checks the opened file
     again (so the file read is the file checked).  A file that cannot be
     read or parsed is ignored with a warning giving the path and the reason
-    (the daemon starts without it, as C does).  Otherwise as
+    (the daemon starts without it, as C does); with *strict* (a reload)
+    that is a :class:`ConfigError`, and so is a missing file.  Otherwise as
     :func:`parse_config`.  Raises :class:`ConfigError` for unsafe
-    permissions and for a bad ``load-plugins`` list.
+    permissions, for a bad ``load-plugins`` list and for a bad value of the
+    interface policy.
     """
     if not check_file_permissions(path):
+        if strict:
+            raise ConfigError(f'"{path}" does not exist.')
         return ConfigValues()
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as err:
+        if strict:
+            raise ConfigError(f"Unable to load mptcpd settings from file '{path}': "
+                              f"{err.strerror or err}.") from None
         _ignored(path, err.strerror or str(err))
         return ConfigValues()
     with os.fdopen(fd, "rb") as file:
@@ -388,9 +490,12 @@ def read_config_file(path: str) -> ConfigValues:
         try:
             data = file.read()
         except OSError as err:
+            if strict:
+                raise ConfigError(f"Unable to load mptcpd settings from file '{path}': "
+                                  f"{err.strerror or err}.") from None
             _ignored(path, err.strerror or str(err))
             return ConfigValues()
-    return parse_config(data, path)
+    return parse_config(data, path, strict=strict)
 
 
 def _ignored(path: str, reason: str) -> None:
@@ -398,9 +503,26 @@ def _ignored(path: str, reason: str) -> None:
                    "ignored.", path, reason)
 
 
+def group_kind(name: str) -> tuple[str, str] | None:
+    """What the group named *name* is: ``(kind, argument)``, or None for a
+    group mptcpd does not read.
+
+    ``[core]`` and ``[interfaces]`` give ``("core", "")`` and
+    ``("interfaces", "")``; ``[interface eth*]`` gives ``("interface",
+    "eth*")`` (blanks around the argument dropped; the argument may be
+    empty, which the group's reader refuses).
+    """
+    if name in GROUP_KEYS and name not in PREFIXED_GROUPS:
+        return name, ""
+    kind, blank, argument = name.partition(" ")
+    if kind in PREFIXED_GROUPS and (blank or not argument):
+        return kind, argument.strip(" \t")
+    return None
+
+
 def _check_layout(settings: Settings, path: str) -> None:
     """Warn about what ELL silently ignores: repeated groups, and unknown or
-    repeated keys in ``[core]``."""
+    repeated keys in the groups mptcpd reads."""
     first_group: dict[str, int] = {}
     for (name, pairs), (group_line, key_lines) in zip(settings.groups, settings.lines):
         if name in first_group:
@@ -409,13 +531,15 @@ def _check_layout(settings: Settings, path: str) -> None:
                            first_group[name])
             continue
         first_group[name] = group_line
-        if name != CORE_GROUP:
+        kind = group_kind(name)
+        if kind is None:
             continue
+        known = GROUP_KEYS[kind[0]]
         first_key: dict[str, int] = {}
         for (key, _value), line in zip(pairs, key_lines):
-            if key not in FILE_KEYS:
+            if key not in known:
                 near = key.lower().replace("_", "-")
-                hint = f' (did you mean "{near}"?)' if near in FILE_KEYS else ""
+                hint = f' (did you mean "{near}"?)' if near in known else ""
                 logger.warning('Unknown key "%s" at line %d of "%s" ignored%s.', key, line,
                                path, hint)
             elif key in first_key:
@@ -425,27 +549,184 @@ def _check_layout(settings: Settings, path: str) -> None:
                 first_key[key] = line
 
 
-def parse_config(data: bytes, path: str) -> ConfigValues:
-    """The ``[core]`` settings of configuration-file contents *data*.
+def parse_config(data: bytes, path: str, *, strict: bool = False) -> ConfigValues:
+    """The settings of configuration-file contents *data*.
 
     *path* is for messages only.  Unparsable contents are warned about and
-    give empty values; unknown keys and repeated groups and keys are warned
-    about; an unknown ``log`` word is ignored silently; flag lists are parsed
-    with warnings.  Raises :class:`ConfigError` (only) for a bad
-    ``load-plugins`` list.
+    give empty values (with *strict*, as when the daemon reloads its
+    configuration, they raise :class:`ConfigError` instead); unknown keys
+    and repeated groups and keys are warned about; an unknown ``log`` word
+    is ignored silently; ``[core]`` flag lists are parsed with warnings.
+    Raises :class:`ConfigError` for a bad ``load-plugins`` list and for a
+    bad value of the interface policy.
     """
     try:
         settings = parse_settings(data)
     except SettingsSyntaxError as err:
+        if strict:
+            raise ConfigError(f"Unable to load mptcpd settings from file '{path}': "
+                              f"{err}.") from None
         _ignored(path, str(err))
         return ConfigValues()
     _check_layout(settings, path)
     values: dict[str, Any] = {}
-    for key, parse in _FILE_KEY_PARSERS.items():
-        text = settings.get_string(CORE_GROUP, key)
-        if text is not None:
-            values[key.replace("-", "_")] = parse(text, path)
+    for group, pairs in _first_groups(settings):
+        kind = group_kind(group)
+        if kind is not None:
+            _GROUP_READERS[kind[0]](group, kind[1], pairs, path, values)
+    groups = _plugin_groups(settings, path)
+    if groups:
+        values["plugin_groups"] = groups
     return ConfigValues(**values)
+
+
+def _plugin_groups(settings: Settings, path: str) -> tuple[PluginGroup, ...]:
+    """The ``[plugin NAME]`` groups of *settings*, the first of each name
+    (repeats are warned about by :func:`_check_layout`); a group naming no
+    plugin is warned about and skipped."""
+    groups: dict[str, PluginGroup] = {}
+    seen: set[str] = set()
+    for (group, pairs), (line, key_lines) in zip(settings.groups, settings.lines):
+        is_plugin = group.startswith(PLUGIN_GROUP_PREFIX) or group == PLUGIN_GROUP_PREFIX.strip()
+        if not is_plugin or group in seen:
+            continue  # a repeated group: warned about already
+        seen.add(group)
+        name = group[len(PLUGIN_GROUP_PREFIX):].strip()
+        if not name:
+            logger.warning('Group [%s] at line %d of "%s" names no plugin; ignored.',
+                           group, line, path)
+            continue
+        if name in groups:
+            logger.warning('Group [%s] at line %d of "%s" ignored: the settings of plugin '
+                           '"%s" are at line %d.', group, line, path, name, groups[name].line)
+            continue
+        items = tuple((key, unescape_value(value), key_line)
+                      for (key, value), key_line in zip(pairs, key_lines))
+        groups[name] = PluginGroup(name, path, line, items)
+    return tuple(groups.values())
+
+
+def _first_groups(settings: Settings) -> list[tuple[str, list[tuple[str, str]]]]:
+    """The groups in file order, a repeated group (by name) left out."""
+    seen: set[str] = set()
+    groups = []
+    for name, pairs in settings.groups:
+        if name not in seen:
+            seen.add(name)
+            groups.append((name, pairs))
+    return groups
+
+
+def _first_value(pairs: list[tuple[str, str]], key: str) -> str | None:
+    """The unescaped value of the first *key* (None if absent or the escapes
+    are invalid, as ELL)."""
+    for pair_key, raw in pairs:
+        if pair_key == key:
+            return unescape_value(raw)
+    return None
+
+
+def _read_keys(group: str, pairs: list[tuple[str, str]], path: str,
+               parsers: dict[str, Callable[[str, str], Any]],
+               values: dict[str, Any]) -> None:
+    for key, parse in parsers.items():
+        text = _first_value(pairs, key)
+        if text is None:
+            continue
+        try:
+            values[key.replace("-", "_")] = parse(text, path)
+        except _BadValue as err:
+            raise ConfigError(f'Invalid {key} "{text}" in [{group}] of "{path}": '
+                              f"{err}.") from None
+
+
+def _read_core(group: str, _argument: str, pairs: list[tuple[str, str]], path: str,
+               values: dict[str, Any]) -> None:
+    _read_keys(group, pairs, path, _FILE_KEY_PARSERS, values)
+
+
+def _read_interfaces(group: str, _argument: str, pairs: list[tuple[str, str]],
+                     path: str, values: dict[str, Any]) -> None:
+    _read_keys(group, pairs, path, _INTERFACES_KEY_PARSERS, values)
+
+
+def _read_interface_group(group: str, argument: str, pairs: list[tuple[str, str]],
+                          path: str, values: dict[str, Any]) -> None:
+    try:
+        glob = _check_glob(argument)
+    except _BadValue as err:
+        raise ConfigError(f'Invalid group [{group}] in "{path}": {err}.') from None
+    found: dict[str, Any] = {}
+    _read_keys(group, pairs, path, _INTERFACE_KEY_PARSERS, found)
+    groups = values.setdefault("interface_groups", ())
+    values["interface_groups"] = groups + ((glob, found.get("addr_flags")),)
+
+
+class _BadValue(ValueError):
+    """A value of the interface policy is wrong; the text says why."""
+
+
+#: Characters a Linux interface name cannot hold (``dev_valid_name``).
+_NOT_IN_NAMES = re.compile(r"[/:\s]")
+#: A link kind (``IFLA_INFO_KIND``): the kernel's names are of these.
+_KIND = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+
+
+def _split_list(text: str) -> list[str]:
+    """A comma-separated list, blanks around items dropped, empty items too."""
+    return [item for item in (part.strip(" \t") for part in text.split(",")) if item]
+
+
+def _check_glob(glob: str) -> str:
+    if not glob:
+        raise _BadValue("no interface name pattern")
+    if _NOT_IN_NAMES.search(glob) or glob in (".", ".."):
+        raise _BadValue(f'"{glob}" cannot match an interface name (no "/", ":" or '
+                        "blanks)")
+    return glob
+
+
+def parse_globs(text: str, _path: str = "") -> tuple[str, ...]:
+    """``allow``, ``deny``: comma-separated shell globs of interface names."""
+    return tuple(_check_glob(glob) for glob in _split_list(text))
+
+
+def parse_kinds(text: str, _path: str = "") -> tuple[str, ...]:
+    """``deny-kinds``: comma-separated link kinds (``bridge``, ``tun``, ...)."""
+    kinds = _split_list(text)
+    for kind in kinds:
+        if not _KIND.fullmatch(kind):
+            raise _BadValue(f'"{kind}" is not a link kind')
+    return tuple(kinds)
+
+
+def parse_address_classes(text: str, _path: str = "") -> AddressClass:
+    """``skip-address-classes``: comma-separated class names; empty is none."""
+    table = dict(ADDRESS_CLASS_TOKENS)
+    classes = NO_ADDRESS_CLASSES
+    for word in _split_list(text):
+        if word not in table:
+            raise _BadValue(f'unknown address class "{word}" (known: '
+                            + ", ".join(table) + ")")
+        classes |= table[word]
+    return classes
+
+
+def parse_addr_flags_strict(text: str, _path: str = "") -> AddrFlags:
+    """``addr-flags`` of an ``[interface GLOB]`` group: like ``[core]``'s, but
+    an unknown flag is an error; empty means no flags."""
+    table = dict(ADDR_FLAG_TOKENS)
+    flags = NO_ADDR_FLAGS
+    for word in _split_list(text):
+        if word not in table:
+            raise _BadValue(f'unknown flag "{word}" (known: ' + ", ".join(table) + ")")
+        flags |= table[word]
+    return flags
+
+
+def address_classes_to_str(classes: int) -> str:
+    """Address classes as text, in the order of :data:`ADDRESS_CLASS_TOKENS`."""
+    return ",".join(name for name, bit in ADDRESS_CLASS_TOKENS if classes & bit)
 
 
 def _parse_queue_size(text: str, path: str) -> int | None:
@@ -476,6 +757,16 @@ def _parse_timeout(text: str, path: str) -> float | None:
     return value
 
 
+def _parse_control_socket(text: str, path: str) -> str | None:
+    """``control-socket``: an absolute path, or empty (no control socket);
+    anything else is warned about and ignored (the default applies)."""
+    if text and not text.startswith("/"):
+        logger.warning('Ignoring control-socket "%s" in "%s": not an absolute path.',
+                       text, path)
+        return None
+    return text
+
+
 def _parse_load_plugins(text: str, path: str) -> tuple[str, ...]:
     """``load-plugins``: :class:`ConfigError` for a list naming no plugin or
     a bad name."""
@@ -496,10 +787,42 @@ _FILE_KEY_PARSERS: dict[str, Callable[[str, str], Any]] = {
     "path-manager": lambda text, _: text,
     "check-route-timeout": _parse_timeout,
     "command-queue-size": _parse_queue_size,
+    "control-socket": _parse_control_socket,
     "load-plugins": _parse_load_plugins,
+    "skip-address-classes": parse_address_classes,
 }
 #: The keys of the ``[core]`` group, in the order the file is read.
 FILE_KEYS = tuple(_FILE_KEY_PARSERS)
+
+#: Keys of the ``[interfaces]`` group.
+_INTERFACES_KEY_PARSERS: dict[str, Callable[[str, str], Any]] = {
+    "allow": parse_globs,
+    "deny": parse_globs,
+    "deny-kinds": parse_kinds,
+}
+#: Keys of the ``[interface GLOB]`` groups.
+_INTERFACE_KEY_PARSERS: dict[str, Callable[[str, str], Any]] = {
+    "addr-flags": parse_addr_flags_strict,
+}
+
+#: What reads a group of each kind: ``(group name, argument, its key-value
+#: pairs, path, values to fill)``.  A new kind of group is one entry here,
+#: one in :data:`GROUP_KEYS` and, for ``[KIND ARGUMENT]`` groups, one in
+#: :data:`PREFIXED_GROUPS`.
+_GROUP_READERS: dict[str, Callable[[str, str, list[tuple[str, str]], str,
+                                    dict[str, Any]], None]] = {
+    CORE_GROUP: _read_core,
+    INTERFACES_GROUP: _read_interfaces,
+    INTERFACE_GROUP_KIND: _read_interface_group,
+}
+#: The keys read in each kind of group (the others are warned about).
+GROUP_KEYS: dict[str, tuple[str, ...]] = {
+    CORE_GROUP: FILE_KEYS,
+    INTERFACES_GROUP: tuple(_INTERFACES_KEY_PARSERS),
+    INTERFACE_GROUP_KIND: tuple(_INTERFACE_KEY_PARSERS),
+}
+#: Kinds of the groups named ``[KIND ARGUMENT]``.
+PREFIXED_GROUPS: tuple[str, ...] = (INTERFACE_GROUP_KIND,)
 
 
 def merge(first: ConfigValues, second: ConfigValues) -> ConfigValues:
@@ -512,19 +835,21 @@ def merge(first: ConfigValues, second: ConfigValues) -> ConfigValues:
     return ConfigValues(**merged)
 
 
-def load_config(cli: ConfigValues | None = None, path: str | None = None) -> Config:
+def load_config(cli: ConfigValues | None = None, path: str | None = None, *,
+                strict: bool = False) -> Config:
     """Build the daemon configuration from command-line values and the file.
 
     *path* defaults to :func:`config_path` (``$MPTCPD_CONFIG`` or
     ``/etc/mptcpd/mptcpd.conf``).  The file is always read, even when the
     command line sets everything, so its warnings always show.  Raises
-    :class:`ConfigError` when the daemon must not start.
+    :class:`ConfigError` when the daemon must not start; with *strict* (a
+    reload) also when the file is missing or cannot be read or parsed.
     """
     cli = cli if cli is not None else ConfigValues()
     path = config_path(path)
     if cli.load_plugins is not None:
         _check_plugin_names(cli.load_plugins, "given with --load-plugins")
-    values = merge(cli, read_config_file(path))
+    values = merge(cli, read_config_file(path, strict=strict))
     path_manager = values.path_manager
     if path_manager is not None and len(path_manager) > MAX_PATH_MANAGER_NAME:
         logger.warning(
@@ -536,9 +861,44 @@ def load_config(cli: ConfigValues | None = None, path: str | None = None) -> Con
     given: dict[str, Any] = {
         field.name: getattr(values, field.name) for field in fields(ConfigValues)
     }
-    given.update(path_manager=path_manager, config_file=path)
+    given.update(path_manager=path_manager, config_file=path, cli_values=cli)
     # A value still None takes the default of Config's field.
     return Config(**{name: value for name, value in given.items() if value is not None})
+
+
+#: What a reload cannot change: these take effect when the daemon restarts.
+RESTART_FIELDS = ("log", "plugin_dir", "path_manager", "load_plugins",
+                  "command_queue_size", "control_socket")
+
+
+def reload_config(running: Config) -> Config:
+    """The configuration after a reload (SIGHUP): the file read again (the
+    same path) and merged with the same command line.
+
+    Settings of :data:`RESTART_FIELDS` that changed are logged and keep
+    their running values.  Raises :class:`ConfigError` when the new file
+    cannot be used (missing, unreadable, unparsable, unsafe or with a bad
+    value): the caller then keeps *running*.
+    """
+    new = load_config(running.cli_values, running.config_file, strict=True)
+    kept: dict[str, Any] = {}
+    for name in RESTART_FIELDS:
+        if getattr(new, name) != getattr(running, name):
+            logger.warning('The new %s in "%s" takes effect when mptcpd restarts.',
+                           name.replace("_", "-"), running.config_file)
+            kept[name] = getattr(running, name)
+    # Plugins read their settings when they start: the running ones stay.
+    def contents(config: Config) -> dict[str, tuple[tuple[str, str | None], ...]]:
+        return {group.name: tuple((key, value) for key, value, _line in group.items)
+                for group in config.plugin_groups}
+
+    old, now = contents(running), contents(new)
+    for name in sorted(set(old) | set(now)):
+        if old.get(name) != now.get(name):
+            logger.warning('The new [plugin %s] settings in "%s" take effect when mptcpd '
+                           "restarts.", name, running.config_file)
+    kept["plugin_groups"] = running.plugin_groups
+    return replace(new, **kept)
 
 
 def log_config(config: Config) -> None:
@@ -556,3 +916,17 @@ def log_config(config: Config) -> None:
         logger.debug("check_route timeout: %g s", config.check_route_timeout)
     if config.command_queue_size != DEFAULT_COMMAND_QUEUE_SIZE:
         logger.debug("command queue size: %d", config.command_queue_size)
+    if config.skip_address_classes:
+        logger.debug("skipped address classes: %s",
+                     address_classes_to_str(config.skip_address_classes))
+    if config.allow:
+        logger.debug("interfaces allowed: %s", ",".join(config.allow))
+    if config.deny:
+        logger.debug("interfaces denied: %s", ",".join(config.deny))
+    if config.deny_kinds:
+        logger.debug("interface kinds denied: %s", ",".join(config.deny_kinds))
+    for glob, flags in config.interface_groups:
+        logger.debug("interfaces %s: address flags %s", glob,
+                     "global" if flags is None else addr_flags_to_str(flags) or "none")
+    if config.control_socket is not None:
+        logger.debug("control socket: %s", config.control_socket or "none")

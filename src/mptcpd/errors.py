@@ -84,3 +84,21 @@ class KernelError(MptcpdError, OSError):
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
         return (type(self), (self.op, self.errno, self.extack))
+
+
+class SettingsError(ValueError):
+    """A plugin setting (a key of a ``[plugin NAME]`` group of the
+    configuration file) has a value its plugin cannot use.
+
+    The message names the file, the line, the group and the key, the value
+    and what was expected.  It is a :class:`ValueError`: nothing of the
+    kernel is involved.
+    """
+
+    def __init__(self, message: str, *, path: str = "", group: str = "", key: str = "",
+                 line: int = 0) -> None:
+        super().__init__(message)
+        self.path = path
+        self.group = group
+        self.key = key
+        self.line = line

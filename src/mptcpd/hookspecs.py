@@ -93,6 +93,25 @@ def pm_not_ready(pm: PathManager) -> None:
     """
 
 
+@hookspec
+def policy_changed(pm: PathManager) -> None:
+    """The configuration was reloaded (SIGHUP): ``pm.config`` holds the new
+    one.
+
+    By then the network monitor has applied the new interface policy and
+    told every plugin what it changed: ``delete_local_address`` and
+    ``delete_interface`` for what is now refused, ``new_interface`` and
+    ``new_local_address`` for what is now let through, ``update_interface``
+    for an interface whose own address flags changed.  What is left is for
+    the plugin to follow the new global settings, ``pm.config.addr_flags``
+    say.
+
+    :param pm: the path manager.
+
+    **Dispatch:** broadcast.  **C:** none (C has no reload).
+    """
+
+
 # ---------------------------------------------------------------------------
 # Connection events (MPTCP_EVENT_*), bound to one plugin per token
 # ---------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from mptcpd.config import DEFAULT_PLUGIN_DIR
 UNIT = "etc/systemd/system/mptcp.service"
 CONFIG = "etc/mptcpd/mptcpd.conf"
 MAN_DIR = "usr/local/share/man/man8"
-MAN_PAGES = ("mptcpd.8", "mptcpize.8", "mptcp-get-debug.8")
+MAN_PAGES = ("mptcpd.8", "mptcpize.8", "mptcp-get-debug.8", "mptcpctl.8")
 SHIPPED_COMMAND = "/usr/bin/mptcpd"
 
 

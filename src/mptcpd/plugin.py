@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol, TypeVar
 
 import pluggy
@@ -34,9 +34,19 @@ from mptcpd.errors import (
     NotReady,
     NotSupported,
     QueueFull,
+    SettingsError,
 )
 from mptcpd.hookspecs import PROJECT
 from mptcpd.netlink.pm_codec import AddrInfo, Limits
+from mptcpd.pm.keeper import (
+    Kept,
+    KeptConnection,
+    RetryPolicy,
+    SubflowKeeper,
+    Wanted,
+    usable_addresses,
+    usable_interfaces,
+)
 from mptcpd.types import (
     AddressId,
     AddrFlags,
@@ -56,6 +66,8 @@ __all__ = [
     "ConnectionClosed",
     "IPAddress",
     "Interface",
+    "Kept",
+    "KeptConnection",
     "KernelError",
     "LimitType",
     "Limits",
@@ -66,11 +78,18 @@ __all__ = [
     "NotifyFlags",
     "PathManager",
     "PluginInfo",
+    "PluginSettings",
     "Priority",
     "QueueFull",
+    "RetryPolicy",
+    "SettingsError",
     "SockAddr",
+    "SubflowKeeper",
     "Token",
+    "Wanted",
     "hookimpl",
+    "usable_addresses",
+    "usable_interfaces",
 ]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -161,6 +180,66 @@ class AddressIds(Protocol):
         ...
 
 
+class PluginSettings(Protocol):
+    """A plugin's own settings, the ``[plugin NAME]`` group of the
+    configuration file, read only (``pm.config.plugin_settings(name)``).
+
+    A mapping of key to value (the first occurrence of each key), with typed
+    getters that return ``default`` when the key is absent and raise
+    :class:`SettingsError` (naming the file, line, group and key) when the
+    value is not of the type or in the range asked for.
+    """
+
+    @property
+    def name(self) -> str:
+        """The plugin the settings are for."""
+        ...
+
+    @property
+    def path(self) -> str:
+        """The configuration file ("" when it has no group for the plugin)."""
+        ...
+
+    def __getitem__(self, key: str) -> str: ...
+
+    def __contains__(self, key: object) -> bool: ...
+
+    def __iter__(self) -> Iterator[str]: ...
+
+    def __len__(self) -> int: ...
+
+    def check_keys(self, known: Iterable[str]) -> list[str]:
+        """Warn about keys not in ``known`` and repeated keys; returns the unknown ones."""
+        ...
+
+    def get_str(self, key: str, default: str = "") -> str:
+        """The value as written."""
+        ...
+
+    def get_int(self, key: str, default: int, *, min: int | None = None,
+                max: int | None = None) -> int:
+        """A whole number within ``min``..``max``."""
+        ...
+
+    def get_float(self, key: str, default: float, *, min: float | None = None,
+                  max: float | None = None) -> float:
+        """A finite number within ``min``..``max``."""
+        ...
+
+    def get_bool(self, key: str, default: bool) -> bool:
+        """``true``/``false``, ``yes``/``no``, ``on``/``off``, ``1``/``0``."""
+        ...
+
+    def get_list(self, key: str, default: Iterable[str] = ()) -> tuple[str, ...]:
+        """Comma-separated items."""
+        ...
+
+    def get_duration(self, key: str, default: float, *, min: float | None = None,
+                     max: float | None = None) -> float:
+        """Seconds: ``250ms``, ``1.5`` or ``1.5s``, ``2m``, ``1h``."""
+        ...
+
+
 class ConfigView(Protocol):
     """The daemon's configuration as plugins see it (``pm.config``), read only."""
 
@@ -187,6 +266,11 @@ class ConfigView(Protocol):
     @property
     def load_plugins(self) -> tuple[str, ...] | None:
         """``--load-plugins``: the plugins to load (None: all)."""
+        ...
+
+    def plugin_settings(self, name: str) -> PluginSettings:
+        """The settings of plugin ``name`` (its ``[plugin NAME]`` group; empty
+        when the file has none)."""
         ...
 
 

@@ -27,13 +27,13 @@ import asyncio
 import dataclasses
 import errno as errno_module
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from mptcpd import events as ev
-from mptcpd.config import Config
+from mptcpd.config import Config, PluginGroup
 from mptcpd.daemon.dispatch import Dispatcher
 from mptcpd.errors import KernelError
 from mptcpd.plugin import Interface, PluginInfo, SockAddr
@@ -155,6 +155,9 @@ class FakePathManager(PathManager):
     :param interfaces: the interfaces ``pm.network_monitor`` shows at first
         (change them through :attr:`network`).
     :param config: what ``pm.config`` shows (the defaults when None).
+    :param settings: plugin settings, ``{plugin name: {key: value}}``, as
+        ``[plugin NAME]`` groups of the configuration file would give them
+        (added to ``config``'s).
     :param ready: whether the kernel family is "available" (commands raise
         :class:`~mptcpd.plugin.NotReady` when not).
     :param loop: the event loop of the commands' futures; by default the
@@ -163,7 +166,16 @@ class FakePathManager(PathManager):
     """
 
     def __init__(self, interfaces: Iterable[Interface] = (), config: Config | None = None,
-                 ready: bool = True, loop: asyncio.AbstractEventLoop | None = None) -> None:
+                 ready: bool = True, loop: asyncio.AbstractEventLoop | None = None,
+                 settings: Mapping[str, Mapping[str, str]] | None = None) -> None:
+        if settings:
+            config = config if config is not None else Config()
+            groups = tuple(
+                PluginGroup(name, "<test>", 0,
+                            tuple((key, value, 0) for key, value in values.items()))
+                for name, values in settings.items())
+            config = dataclasses.replace(
+                config, plugin_groups=config.plugin_groups + groups)
         self._own_loop: asyncio.AbstractEventLoop | None = None
         self._given_loop = loop
         self.network = FakeNetwork(interfaces)

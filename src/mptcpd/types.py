@@ -98,7 +98,12 @@ class Interface:
     arrival order.  ``flags`` are the ``IFF_*`` flags of the last link
     message; ``operstate`` is the RFC 2863 state name (``"UP"``,
     ``"DOWN"``, ``"LOWERLAYERDOWN"``, ...) and ``carrier`` the kernel's
-    ``IFLA_CARRIER`` (``None`` when the kernel did not say).
+    ``IFLA_CARRIER`` (``None`` when the kernel did not say).  ``kind`` is
+    the link kind (``IFLA_INFO_KIND``: ``"veth"``, ``"bridge"``, ...; empty
+    for physical devices).  ``addr_flags`` are the address flags the
+    configuration gives this interface (its ``[interface GLOB]`` group);
+    None when no group matches it, and then the global ``addr-flags``
+    (``pm.config.addr_flags``) apply: see :meth:`endpoint_flags`.
     """
 
     index: int
@@ -109,6 +114,14 @@ class Interface:
     carrier: bool | None = None
     addrs: tuple[SockAddr, ...] = ()
     family: int = 0  #: always ``AF_UNSPEC``, as in mptcpd
+    kind: str = ""
+    addr_flags: AddrFlags | None = None
+
+    def endpoint_flags(self, default: AddrFlags | int) -> AddrFlags:
+        """The flags for an endpoint on this interface: its own
+        ``addr_flags`` when the configuration gives it some, else
+        ``default`` (pass ``pm.config.addr_flags``)."""
+        return AddrFlags(default) if self.addr_flags is None else self.addr_flags
 
     @property
     def is_up(self) -> bool:

@@ -49,3 +49,17 @@ def test_bench_load_smoke_runs_every_scenario(lab_available: None, tmp_path: Pat
     assert step["served"] == step["connections"]
     # Every lab namespace the benchmark made is gone.
     assert not [ns for ns in list_namespaces() if ns.startswith(f"mptcpd-lab-{proc.pid}-")]
+
+
+def test_bench_pms_smoke_serves_every_connection(lab_available: None, tmp_path: Path) -> None:
+    out = tmp_path / "pms.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_pms.py"), "--conns", "10", "--runs", "1",
+         "--json", str(out)], capture_output=True, text=True, timeout=180, check=False)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {"fullmesh", "ndiffports"}
+    for name, (run,) in results.items():
+        assert "error" not in run, (name, run)
+        assert run["served"] == 10 and run["errors"] == 0, (name, run)
+        assert run["p50_ms"] is not None and run["cpu_us_per_conn"] > 0

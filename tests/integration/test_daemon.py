@@ -87,7 +87,7 @@ def test_sighup_does_not_kill_the_daemon(lab: Lab, tmp_path: Path) -> None:
     daemon = start(lab, tmp_path)
     daemon.wait_output(READY, timeout=20)
     daemon.send_signal(signal.SIGHUP)
-    daemon.wait_output("SIGHUP received", timeout=10)
+    daemon.wait_output("Configuration reloaded from", timeout=10)
     assert daemon.popen.poll() is None
     assert daemon.stop() == 0
 

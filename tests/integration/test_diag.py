@@ -25,8 +25,10 @@ from mptcpd.netlink.diag import (
     NETLINK_SOCK_DIAG,
     MptcpConnection,
     MptcpDiagUnsupported,
+    MptcpSubflow,
     dump_family,
     list_mptcp_connections,
+    list_mptcp_subflows,
 )
 from mptcpd.netlink.nlsock import netlink_socket
 from mptcpd.types import SockAddr
@@ -223,3 +225,78 @@ def test_a_protocol_without_diag_support_is_an_error(lab: Lab) -> None:
     with pytest.raises(MptcpDiagUnsupported) as info:
         asyncio.run(dump())
     assert info.value.errno == errno.ENOENT
+
+
+# -- subflows ------------------------------------------------------------------------
+
+
+_SS_ULP = re.compile(r"tcp-ulp-mptcp flags:(\S+) token:([0-9a-f]+)\(id:(\d+)\)/"
+                     r"([0-9a-f]+)\(id:(\d+)\)")
+
+
+def ss_subflows(lab: Lab, ns: str) -> set[tuple[int, SockAddr, SockAddr, int, int]]:
+    """``ss -tniH`` in ``ns``: (local token, local, peer, local id, remote id)
+    of each TCP socket of the mptcp upper layer."""
+    out = lab.exec(ns, "ss", "-tniH").stdout
+    result = set()
+    current: tuple[SockAddr, SockAddr] | None = None
+    for line in out.splitlines():
+        if line and not line[0].isspace():
+            words = line.split()
+            local = re.sub(r"%[^:\]]+", "", words[3])  # "198.51.100.1%c2:28865"
+            current = (_sockaddr(local), _sockaddr(words[4]))
+            continue
+        m = _SS_ULP.search(line)
+        if m and current is not None:
+            result.add((int(m.group(4), 16), *current, int(m.group(5)), int(m.group(3))))
+    return result
+
+
+def subflow_listing(ns: str) -> list[MptcpSubflow]:
+    return asyncio.run(list_mptcp_subflows(ns))
+
+
+def test_lists_every_subflow_with_its_token_ids_interface_and_backup_flag(
+        lab: Lab) -> None:
+    """A connection with a second subflow from a backup endpoint of the
+    client's second link (in-kernel path manager): both sides list both
+    subflows under the connection's token, as ``ss -tni`` shows them."""
+    l1, l2 = lab.links
+    for ns in (lab.client, lab.server):
+        lab.exec(ns, "ip", "mptcp", "limits", "set", "subflows", "2",
+                 "add_addr_accepted", "2")
+    lab.exec(lab.client, "ip", "mptcp", "endpoint", "add", str(l2.client4), "id", "5",
+             "dev", l2.client_if, "subflow", "backup")
+    start_server(lab)
+    proc = start_client(lab, l1.server4)
+
+    def two(ns: str) -> list[MptcpSubflow] | None:
+        found = subflow_listing(ns)
+        return found if len(found) == 2 and all(s.established for s in found) else None
+
+    ours = wait_for(lambda: two(lab.client), 10, what="two client subflows")
+    (conn,) = listing(lab.client)
+    assert {s.token for s in ours} == {conn.token}
+    (initial,) = [s for s in ours if s.initial]
+    (join,) = [s for s in ours if not s.initial]
+    assert (initial.laddr, initial.raddr) == (conn.laddr, conn.raddr)
+    assert not initial.backup and initial.ifindex == 0
+    assert join.laddr.ip == l2.client4 and join.raddr == conn.raddr
+    assert join.backup and join.local_id == 5
+    ifindex = json.loads(lab.exec(lab.client, "ip", "-j", "link", "show",
+                                  l2.client_if).stdout)[0]["ifindex"]
+    assert join.ifindex == ifindex
+    assert {(s.token, s.laddr, s.raddr, s.local_id, s.remote_id) for s in ours} == \
+        ss_subflows(lab, lab.client)
+
+    theirs = wait_for(lambda: two(lab.server), 10, what="two server subflows")
+    (sconn,) = listing(lab.server)
+    assert {s.token for s in theirs} == {sconn.token}
+    (sjoin,) = [s for s in theirs if not s.initial]
+    assert sjoin.backup_remote and not sjoin.backup and sjoin.remote_id == 5
+    assert {(s.token, s.laddr, s.raddr, s.local_id, s.remote_id) for s in theirs} == \
+        ss_subflows(lab, lab.server)
+
+    # the client's own MPTCP_INFO counts the joined subflows
+    assert client_result(proc)["info"]["subflows"] == 1
+    wait_for(lambda: subflow_listing(lab.client) == [], 10, what="no subflows left")

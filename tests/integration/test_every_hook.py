@@ -115,6 +115,10 @@ def test_every_hook_with_real_events(lab: Lab, tmp_path: Path) -> None:
     lab.ip(lab.client, "link", "del", "x1")
     expect("delete_interface", what="x1 or x2")
 
+    # A reload.
+    daemon.send_signal(signal.SIGHUP)
+    expect("policy_changed", what="after SIGHUP")
+
     assert daemon.stop(signal.SIGTERM) == 0
     seen = {c["hook"] for c in recorded(log_path)}
     # pm_not_ready needs the mptcp_pm family to vanish, which a kernel with

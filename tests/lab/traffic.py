@@ -109,7 +109,8 @@ def serve(port: int, bind: str, duration: float) -> int:
 
 
 def client(addr: str, port: int, nbytes: int, hold: float, bind: str | None,
-           timeout: float) -> int:
+           timeout: float, wait_subflows: int = 0, stream: float = 0.0,
+           rate: int = 1 << 20) -> int:
     sock = socket.socket(_family(addr), socket.SOCK_STREAM, IPPROTO_MPTCP)
     sock.settimeout(timeout)
     if bind:
@@ -122,11 +123,27 @@ def client(addr: str, port: int, nbytes: int, hold: float, bind: str | None,
         if not chunk:
             break
         reply += chunk
+    # Optionally wait (bounded) for the path manager's extra subflows before
+    # sending, so that the data can spread over them.
+    wait_deadline = time.monotonic() + timeout
+    while (wait_subflows and mptcp_info(sock)["subflows"] < wait_subflows
+           and time.monotonic() < wait_deadline):
+        time.sleep(0.01)
     block = b"x" * 65536
     left = nbytes
     while left > 0:
         sent = sock.send(block[: min(left, len(block))])
         left -= sent
+    # Optionally keep sending for ``stream`` seconds at about ``rate`` bytes
+    # a second (a transfer running while the test changes the links).
+    stream_end = time.monotonic() + stream
+    tick = 0.05
+    while time.monotonic() < stream_end:
+        started = time.monotonic()
+        size = max(1, int(rate * tick))
+        sock.sendall(block[:1] * size)
+        nbytes += size
+        time.sleep(max(0.0, tick - (time.monotonic() - started)))
     # Wait (bounded) until the peer has acknowledged everything we sent.
     info = mptcp_info(sock)
     ack_deadline = time.monotonic() + timeout
@@ -389,6 +406,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="stay connected this many seconds after sending")
     c.add_argument("--bind", default=None, help="local address to bind")
     c.add_argument("--timeout", type=float, default=10.0)
+    c.add_argument("--wait-subflows", type=int, default=0,
+                   help="before sending, wait until MPTCP_INFO shows this many extra "
+                   "subflows (bounded by --timeout)")
+    c.add_argument("--stream", type=float, default=0.0,
+                   help="then keep sending for this many seconds, at --rate")
+    c.add_argument("--rate", type=int, default=1 << 20, help="bytes a second for --stream")
     k = sub.add_parser("sink", help="accept and close MPTCP connections at once")
     k.add_argument("--port", type=int, default=5300)
     k.add_argument("--duration", type=float, default=60.0)
@@ -424,7 +447,8 @@ def main(argv: list[str] | None = None) -> int:
         return sink(args.port, args.duration)
     if args.mode == "flood":
         return flood(args.addr, args.port, args.seconds)
-    return client(args.addr, args.port, args.nbytes, args.hold, args.bind, args.timeout)
+    return client(args.addr, args.port, args.nbytes, args.hold, args.bind, args.timeout,
+                  args.wait_subflows, args.stream, args.rate)
 
 
 if __name__ == "__main__":

@@ -58,6 +58,9 @@ def make_recorder(name: str) -> dict[str, Any]:
     def pm_not_ready(pm): record("pm_not_ready")
 
     @hookimpl
+    def policy_changed(pm): record("policy_changed")
+
+    @hookimpl
     def new_connection(token, laddr, raddr, server_side, deny_join_id0, pm):
         record("new_connection", token=token, laddr=laddr, raddr=raddr,
                server_side=server_side, deny_join_id0=deny_join_id0)

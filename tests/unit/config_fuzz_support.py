@@ -7,13 +7,17 @@ from hypothesis import strategies as st
 
 from mptcpd.config import (
     ADDR_FLAG_TOKENS,
-    FILE_KEYS,
+    ADDRESS_CLASS_TOKENS,
+    GROUP_KEYS,
     LOG_DESTINATIONS,
     NOTIFY_FLAG_TOKENS,
 )
 
 _KEY_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-."
 _FLAG_WORDS = [name for name, _ in ADDR_FLAG_TOKENS + NOTIFY_FLAG_TOKENS]
+_FLAG_WORDS += [name for name, _ in ADDRESS_CLASS_TOKENS] + ["eth*", "br-*", "bridge"]
+#: The keys of every group mptcpd reads.
+FILE_KEYS = tuple(key for keys in GROUP_KEYS.values() for key in keys)
 
 #: Key names: the real ones, near misses and random ones.
 keys = st.one_of(
@@ -35,6 +39,8 @@ values = st.one_of(
 )
 
 _groups = st.one_of(st.just("core"), st.sampled_from(["other", "Core", "core "]),
+                    st.sampled_from(["interfaces", "interface eth*", "interface",
+                                     "interface  wwan? ", "interface a/b", "plugin x"]),
                     st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E,
                                           blacklist_characters="[]"), max_size=8))
 

@@ -15,7 +15,7 @@ import socket
 import struct
 from typing import Any
 
-from pyroute2.netlink import NLMSG_DONE  # type: ignore[import-untyped]
+from pyroute2.netlink import NLMSG_DONE, nla  # type: ignore[import-untyped]
 from pyroute2.netlink.diag import (  # type: ignore[import-untyped]
     inet_diag_msg,
     inet_diag_req,
@@ -34,6 +34,7 @@ from mptcpd.netlink.diag import (
     TCP_LISTEN,
     MptcpConnection,
     MptcpDiagUnsupported,
+    MptcpSubflow,
     decode_mptcp_info,
 )
 from mptcpd.types import SockAddr
@@ -217,3 +218,103 @@ def decode(data: bytes) -> tuple[list[MptcpConnection], list[SockAddr], bool]:
         if conn is not None:
             connections.append(conn)
     return connections, listeners, done
+
+
+# -- subflows: a TCP dump whose replies carry the mptcp ULP info -----------------
+
+
+class subflow_diag_msg(inet_diag_msg):  # type: ignore[misc]
+    """``struct inet_diag_msg`` of a TCP socket with ``INET_DIAG_ULP_INFO``
+    decoded as a nest (pyroute2 keeps it as hex)."""
+
+    _nlmsg_base__compiled_nla = False
+    _nlmsg_base__t_nla_map = None
+    _nlmsg_base__r_nla_map = None
+
+    nla_map = tuple(
+        ("INET_DIAG_ULP_INFO", "ulp_info") if name == "INET_DIAG_ULP_INFO"
+        else ("INET_DIAG_INFO", "hex") if name == "INET_DIAG_INFO"
+        else (name, kind)
+        for name, kind in mptcp_diag_msg.nla_map
+    )
+
+    class ulp_info(nla):  # type: ignore[misc]
+        nla_map = (
+            ("INET_ULP_INFO_UNSPEC", "none"),
+            ("INET_ULP_INFO_NAME", "asciiz"),
+            ("INET_ULP_INFO_TLS", "hex"),
+            ("INET_ULP_INFO_MPTCP", "subflow_info"),
+        )
+
+        class subflow_info(nla):  # type: ignore[misc]
+            nla_map = (
+                ("MPTCP_SUBFLOW_ATTR_UNSPEC", "none"),
+                ("MPTCP_SUBFLOW_ATTR_TOKEN_REM", "uint32"),
+                ("MPTCP_SUBFLOW_ATTR_TOKEN_LOC", "uint32"),
+                ("MPTCP_SUBFLOW_ATTR_RELWRITE_SEQ", "uint32"),
+                ("MPTCP_SUBFLOW_ATTR_MAP_SEQ", "uint64"),
+                ("MPTCP_SUBFLOW_ATTR_MAP_SFSEQ", "uint32"),
+                ("MPTCP_SUBFLOW_ATTR_SSN_OFFSET", "uint32"),
+                ("MPTCP_SUBFLOW_ATTR_MAP_DATALEN", "uint16"),
+                ("MPTCP_SUBFLOW_ATTR_FLAGS", "uint32"),
+                ("MPTCP_SUBFLOW_ATTR_ID_REM", "uint8"),
+                ("MPTCP_SUBFLOW_ATTR_ID_LOC", "uint8"),
+                ("MPTCP_SUBFLOW_ATTR_PAD", "hex"),
+            )
+
+
+class MarshalSubflowDiag(MarshalMptcpDiag):  # type: ignore[misc]
+    msg_map = {SOCK_DIAG_BY_FAMILY: subflow_diag_msg}
+
+
+def subflow_request(family: int, seq: int = 0) -> bytes:
+    """The TCP dump request that lists subflows, as pyroute2 encodes it."""
+    req = mptcp_diag_req()
+    req["header"]["type"] = SOCK_DIAG_BY_FAMILY
+    req["header"]["flags"] = NLM_F_REQUEST | NLM_F_DUMP
+    req["header"]["sequence_number"] = seq
+    req["header"]["pid"] = 0
+    req["sdiag_family"] = family
+    req["sdiag_protocol"] = 0
+    req["idiag_ext"] = 1 << (INET_DIAG_INFO - 1)
+    req["idiag_states"] = STATES_NO_LISTEN
+    req["attrs"] = [("INET_DIAG_REQ_PROTOCOL", socket.IPPROTO_TCP)]
+    req.encode()
+    return bytes(req.data)
+
+
+def decode_subflows(data: bytes) -> tuple[list[MptcpSubflow], bool]:
+    """(subflows, done) in one datagram of a subflow dump, as pyroute2 parses
+    it; raises :class:`OSError` for an error the datagram carries."""
+    subflows = []
+    done = False
+    for msg in MarshalSubflowDiag().parse(data):
+        if msg is None:
+            continue
+        error = msg["header"].get("error")
+        if error is not None:
+            raise _os_error(error)
+        kind = msg["header"]["type"]
+        if kind == NLMSG_DONE:
+            done = True
+            break
+        if (kind != SOCK_DIAG_BY_FAMILY or int(msg["idiag_state"]) == TCP_LISTEN
+                or msg["idiag_family"] not in (socket.AF_INET, socket.AF_INET6)):
+            continue
+        ulp = msg.get_attr("INET_DIAG_ULP_INFO")
+        if ulp is None or ulp.get_attr("INET_ULP_INFO_NAME") != "mptcp":
+            continue
+        info = ulp.get_attr("INET_ULP_INFO_MPTCP")
+        if info is None or info.get_attr("MPTCP_SUBFLOW_ATTR_TOKEN_LOC") is None:
+            continue
+        subflows.append(MptcpSubflow(
+            token=info.get_attr("MPTCP_SUBFLOW_ATTR_TOKEN_LOC"),
+            laddr=SockAddr(ipaddress.ip_address(msg["idiag_src"]), int(msg["idiag_sport"])),
+            raddr=SockAddr(ipaddress.ip_address(msg["idiag_dst"]), int(msg["idiag_dport"])),
+            state=int(msg["idiag_state"]),
+            ifindex=int(msg["idiag_if"]),
+            local_id=info.get_attr("MPTCP_SUBFLOW_ATTR_ID_LOC") or 0,
+            remote_id=info.get_attr("MPTCP_SUBFLOW_ATTR_ID_REM") or 0,
+            flags=info.get_attr("MPTCP_SUBFLOW_ATTR_FLAGS") or 0,
+        ))
+    return subflows, done

@@ -58,6 +58,9 @@ class FakePM:
     def kpm_dump_addrs(self) -> asyncio.Future[Any]:
         return self._command("dump")
 
+    def kpm_set_flags(self, addr: SockAddr, flags: int) -> asyncio.Future[Any]:
+        return self._command("set_flags", addr, flags)
+
     def commands(self, *names: str) -> list[tuple[str, Any]]:
         return [c for c in self.calls if not names or c[0] in names]
 
@@ -339,3 +342,96 @@ async def test_endpoints_taken_over_whose_address_went_are_removed(plugin: Any) 
     assert pm.commands("add") == []
     plugin.link_up(IF3, pm)  # the carrier is back: restored with its ID
     assert pm.commands("add") == [("add", (A2, 2, 0, 3))]
+
+
+@pytest.mark.parametrize("second", [IF2, IF3], ids=["same interface", "another interface"])
+async def test_an_address_reported_twice_counts_once(plugin: Any, second: Interface) -> None:
+    """Reported again (an administrative down/up replays it; one IP on two
+    interfaces reports it twice): one endpoint, the limits raised once and
+    lowered once."""
+    pm = FakePM()
+    await started(plugin, pm)
+    plugin.new_local_address(IF2, A1, pm)
+    plugin.new_local_address(second, A1, pm)
+    assert pm.commands("add") == [("add", (A1, 1, 0, 2))]
+    assert [args[0][0][1] for _, args in pm.commands("set_limits")] == [2, 3]
+    pm.futures["add"][0].set_result(None)
+    plugin.delete_local_address(IF2, A1, pm)
+    assert [args[0][0][1] for _, args in pm.commands("set_limits")] == [2, 3, 2]
+    assert pm.commands("remove") == [("remove", (1,))]
+
+
+# -- per-interface flags (issue 13) --------------------------------------------------
+
+
+async def test_an_interface_with_its_own_flags_gets_endpoints_with_them(plugin: Any) -> None:
+    pm = FakePM(AddrFlags.SUBFLOW)
+    await started(plugin, pm)
+    wwan = Interface(index=4, name="wwan0", flags=0x41, addrs=(A2,),
+                     addr_flags=AddrFlags.SUBFLOW | AddrFlags.BACKUP)
+    plugin.new_local_address(wwan, A2, pm)
+    plugin.new_local_address(IF2, A1, pm)
+    assert pm.commands("add") == [
+        ("add", (A2, 1, int(AddrFlags.SUBFLOW | AddrFlags.BACKUP), 4)),
+        ("add", (A1, 2, int(AddrFlags.SUBFLOW), 2)),
+    ]
+
+
+async def test_endpoints_follow_their_interfaces_flags(plugin: Any) -> None:
+    pm = FakePM(AddrFlags.SUBFLOW)
+    await started(plugin, pm)
+    plugin.new_local_address(IF2, A1, pm)
+    plugin.new_local_address(IF3, A2, pm)
+    for future in pm.futures["add"]:
+        future.set_result(None)
+    pm.calls.clear()
+    # Unchanged flags: nothing sent.
+    plugin.update_interface(IF2, pm)
+    assert pm.calls == []
+    # backup can change in place.
+    backup = Interface(index=2, name="c1", flags=0x41, addrs=(A1, A3),
+                       addr_flags=AddrFlags.SUBFLOW | AddrFlags.BACKUP)
+    plugin.update_interface(backup, pm)
+    assert pm.calls == [("set_flags", (A1, int(AddrFlags.SUBFLOW | AddrFlags.BACKUP)))]
+    # signal cannot: the endpoint is made again with its ID.
+    pm.calls.clear()
+    signal = Interface(index=3, name="c2", flags=0x41, addrs=(A2,),
+                       addr_flags=AddrFlags.SIGNAL)
+    plugin.update_interface(signal, pm)
+    assert pm.calls == [("remove", (2,)), ("add", (A2, 2, int(AddrFlags.SIGNAL), 3))]
+    # Back to the global flags.
+    pm.calls.clear()
+    plugin.update_interface(IF2, pm)
+    assert pm.calls == [("set_flags", (A1, int(AddrFlags.SUBFLOW)))]
+
+
+async def test_a_withdrawn_endpoint_comes_back_with_the_new_flags(plugin: Any) -> None:
+    pm = FakePM(AddrFlags.SUBFLOW)
+    await started(plugin, pm)
+    plugin.new_local_address(IF3, A2, pm)
+    plugin.link_down(IF3, pm)
+    pm.calls.clear()
+    backup = Interface(index=3, name="c2", flags=0x41, addrs=(A2,),
+                       addr_flags=AddrFlags.SUBFLOW | AddrFlags.BACKUP)
+    plugin.update_interface(backup, pm)
+    assert pm.commands("add", "remove", "set_flags") == []
+    plugin.link_up(backup, pm)
+    assert pm.commands("add") == [
+        ("add", (A2, 1, int(AddrFlags.SUBFLOW | AddrFlags.BACKUP), 3))]
+
+
+async def test_after_a_reload_endpoints_follow_the_global_flags(plugin: Any) -> None:
+    pm = FakePM(AddrFlags.SUBFLOW)
+    pm.network_monitor = types.SimpleNamespace(interfaces=lambda: [IF2, wwan])  # type: ignore[attr-defined]
+    await started(plugin, pm)
+    plugin.new_local_address(IF2, A1, pm)
+    plugin.new_local_address(wwan, A2, pm)
+    pm.calls.clear()
+    pm.config = types.SimpleNamespace(addr_flags=AddrFlags.SUBFLOW | AddrFlags.FULLMESH)
+    plugin.policy_changed(pm)
+    # IF2 follows the global flags; wwan0 keeps its own.
+    assert pm.calls == [("set_flags", (A1, int(AddrFlags.SUBFLOW | AddrFlags.FULLMESH)))]
+
+
+wwan = Interface(index=4, name="wwan0", flags=0x41, addrs=(A2,),
+                 addr_flags=AddrFlags.SUBFLOW | AddrFlags.BACKUP)

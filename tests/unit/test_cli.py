@@ -574,6 +574,22 @@ def test_empty_load_plugins_in_file_is_a_configuration_error(
     )
 
 
+def test_a_bad_interface_policy_is_a_configuration_error(
+    capsys: pytest.CaptureFixture[str],
+    fake_run: FakeRun,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = conf(tmp_path, monkeypatch, "[interfaces]\ndeny-kinds=bridge,wire guard\n")
+    assert run_main(capsys) == (
+        1,
+        "",
+        f'Invalid deny-kinds "bridge,wire guard" in [interfaces] of "{path}": '
+        '"wire guard" is not a link kind.\n',
+    )
+    assert fake_run.configs == []
+
+
 def test_debug_echo(
     capsys: pytest.CaptureFixture[str],
     fake_run: FakeRun,

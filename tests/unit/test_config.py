@@ -192,6 +192,9 @@ def test_value_unescaping(raw: str, value: str | None) -> None:
             None,
         ),
         ("subflow,subflow", AddrFlags.SUBFLOW, None),
+        ("laminar", AddrFlags.LAMINAR, None),
+        ("subflow,laminar,", AddrFlags.SUBFLOW | AddrFlags.LAMINAR, None),
+        ("implicit", AddrFlags(0), "unknown flag implicit"),
         (",subflow", AddrFlags(0), "unknown flag ,subflow"),
         ("subflowx,backup", AddrFlags(0), "unknown flag subflowx,backup"),
         ("backup,bogus,subflow", AddrFlags.BACKUP, "unknown flag bogus,subflow"),
@@ -247,6 +250,8 @@ def test_flag_parsing_can_be_silent(debug_log: pytest.LogCaptureFixture) -> None
 
 def test_flags_to_text_in_fixed_order() -> None:
     assert cfg.addr_flags_to_str(AddrFlags(0xF)) == "subflow,signal,backup,fullmesh"
+    assert cfg.addr_flags_to_str(AddrFlags(0x3F)) == \
+        "subflow,signal,backup,fullmesh,laminar"
     assert cfg.addr_flags_to_str(AddrFlags.BACKUP | AddrFlags.SIGNAL) == "signal,backup"
     assert cfg.addr_flags_to_str(AddrFlags(0)) == ""
     assert (
@@ -719,6 +724,12 @@ def test_shipped_config_file_parses(debug_log: pytest.LogCaptureFixture) -> None
         and config.notify_flags == 0
         and config.load_plugins is None
     )
+    # NetworkManager's defaults (issue 13), and no interface policy.
+    assert config.skip_address_classes == (
+        cfg.AddressClass.LOOPBACK | cfg.AddressClass.LINK_LOCAL | cfg.AddressClass.ULA
+        | cfg.AddressClass.TEMPORARY)
+    assert (config.allow, config.deny, config.deny_kinds, config.interface_groups) == (
+        (), (), (), ())
     assert messages(debug_log, logging.WARNING) == []
     # Every commented example is valid once uncommented.
     text = shipped.read_text()
@@ -742,6 +753,18 @@ def test_shipped_config_file_parses(debug_log: pytest.LogCaptureFixture) -> None
         elif key == "notify-flags":
             assert cfg.parse_notify_flags(value) != 0
     assert messages(debug_log, logging.WARNING) == []
+    # The commented interface groups, once uncommented, are read as shown.
+    policy = "\n".join(line[2:] for line in text.splitlines()
+                       if line.startswith("# [interface")
+                       or line.startswith("# ") and "=" in line
+                       and line[2:].split("=")[0] in ("allow", "deny", "deny-kinds"))
+    policy += "\naddr-flags=subflow,backup\n"
+    assert "# addr-flags=subflow,backup" in text
+    values = cfg.parse_config(policy.encode(), "shipped")
+    assert values.allow == ("eth*", "wlan*", "wwan*")
+    assert values.deny == ("docker*", "br-*", "virbr*")
+    assert values.deny_kinds == ("bridge", "tun", "wireguard")
+    assert values.interface_groups == (("wwan*", AddrFlags.SUBFLOW | AddrFlags.BACKUP),)
 
 
 def test_check_route_timeout_from_the_file(tmp_path: Path,
@@ -771,3 +794,213 @@ def test_command_queue_size_from_the_file(tmp_path: Path,
         assert f'Ignoring command-queue-size "{bad}"' in caplog.text
     default = load_config(ConfigValues(), str(tmp_path / "none")).command_queue_size
     assert default == cfg.DEFAULT_COMMAND_QUEUE_SIZE == 4096
+
+
+# ---------------------------------------------------------------------------
+# Interface policy (issue 13): skip-address-classes, [interfaces],
+# [interface GLOB]
+# ---------------------------------------------------------------------------
+
+AC = cfg.AddressClass
+
+
+def test_policy_defaults_keep_cs_behaviour(tmp_path: Path) -> None:
+    config = load_config(ConfigValues(), str(tmp_path / "none"))
+    assert config.skip_address_classes == 0
+    assert (config.allow, config.deny, config.deny_kinds, config.interface_groups) == (
+        (), (), (), ())
+
+
+def test_policy_keys_are_read(tmp_path: Path, debug_log: pytest.LogCaptureFixture) -> None:
+    path = write(tmp_path / "m.conf", (
+        "[core]\nskip-address-classes=loopback,link-local,ula,temporary,deprecated\n"
+        "[interfaces]\nallow=eth*, wlan*,wwan*\ndeny=docker*,br-*,virbr*,\n"
+        "deny-kinds=bridge,tun,wireguard\n"
+        "[interface wwan*]\naddr-flags=subflow,backup\n"
+        "[interface  lab? ]\naddr-flags=\n"
+        "[interface eth0]\n"
+        "[interface wwan0]\naddr-flags=signal\n"
+        "[interface wl*]\naddr-flags=subflow,laminar\n"))
+    config = load_config(ConfigValues(), path)
+    assert config.skip_address_classes == AC.LOOPBACK | AC.LINK_LOCAL | AC.ULA | (
+        AC.TEMPORARY | AC.DEPRECATED)
+    assert config.allow == ("eth*", "wlan*", "wwan*")
+    assert config.deny == ("docker*", "br-*", "virbr*")
+    assert config.deny_kinds == ("bridge", "tun", "wireguard")
+    # In file order; an empty addr-flags is "no flags", an absent one "the
+    # global flags" (None).
+    assert config.interface_groups == (
+        ("wwan*", AddrFlags.SUBFLOW | AddrFlags.BACKUP),
+        ("lab?", AddrFlags(0)),
+        ("eth0", None),
+        ("wwan0", AddrFlags.SIGNAL),
+        ("wl*", AddrFlags.SUBFLOW | AddrFlags.LAMINAR),
+    )
+    assert messages(debug_log, logging.WARNING) == []
+    cfg.log_config(config)
+    assert messages(debug_log, logging.DEBUG)[-9:] == [
+        "skipped address classes: loopback,link-local,ula,temporary,deprecated",
+        "interfaces allowed: eth*,wlan*,wwan*",
+        "interfaces denied: docker*,br-*,virbr*",
+        "interface kinds denied: bridge,tun,wireguard",
+        "interfaces wwan*: address flags subflow,backup",
+        "interfaces lab?: address flags none",
+        "interfaces eth0: address flags global",
+        "interfaces wwan0: address flags signal",
+        "interfaces wl*: address flags subflow,laminar",
+    ]
+
+
+def test_empty_policy_values_mean_nothing_filtered(tmp_path: Path) -> None:
+    path = write(tmp_path / "m.conf",
+                 "[core]\nskip-address-classes=\n[interfaces]\nallow=\ndeny=,\n")
+    config = load_config(ConfigValues(), path)
+    assert (config.skip_address_classes, config.allow, config.deny) == (0, (), ())
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[core]\nskip-address-classes=loopback,multicast\n",
+     'Invalid skip-address-classes "loopback,multicast" in [core] of "{path}": unknown '
+     'address class "multicast" (known: loopback, link-local, ula, temporary, '
+     "deprecated)."),
+    ("[core]\nskip-address-classes=Loopback\n",
+     'Invalid skip-address-classes "Loopback" in [core] of "{path}": unknown address '
+     'class "Loopback" (known: loopback, link-local, ula, temporary, deprecated).'),
+    ("[interfaces]\nallow=eth0,eth/1\n",
+     'Invalid allow "eth0,eth/1" in [interfaces] of "{path}": "eth/1" cannot match an '
+     'interface name (no "/", ":" or blanks).'),
+    ("[interfaces]\ndeny=eth0:1\n",
+     'Invalid deny "eth0:1" in [interfaces] of "{path}": "eth0:1" cannot match an '
+     'interface name (no "/", ":" or blanks).'),
+    ("[interfaces]\ndeny=..\n",
+     'Invalid deny ".." in [interfaces] of "{path}": ".." cannot match an interface '
+     'name (no "/", ":" or blanks).'),
+    ("[interfaces]\ndeny-kinds=bridge,wire guard\n",
+     'Invalid deny-kinds "bridge,wire guard" in [interfaces] of "{path}": "wire guard" '
+     "is not a link kind."),
+    ("[interface wwan*]\naddr-flags=subflow,bakup\n",
+     'Invalid addr-flags "subflow,bakup" in [interface wwan*] of "{path}": unknown flag '
+     '"bakup" (known: subflow, signal, backup, fullmesh, laminar).'),
+    ("[interface ]\naddr-flags=backup\n",
+     'Invalid group [interface ] in "{path}": no interface name pattern.'),
+    ("[interface]\naddr-flags=backup\n",
+     'Invalid group [interface] in "{path}": no interface name pattern.'),
+    ("[interface a b]\n",
+     'Invalid group [interface a b] in "{path}": "a b" cannot match an interface name '
+     '(no "/", ":" or blanks).'),
+])
+def test_bad_policy_values_are_errors(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path / "m.conf", text)
+    with pytest.raises(ConfigError) as err:
+        load_config(ConfigValues(), path)
+    assert str(err.value) == message.format(path=path)
+    assert err.value.exit_status == 1
+
+
+def test_policy_groups_warn_about_unknown_and_repeated_keys(
+    tmp_path: Path, debug_log: pytest.LogCaptureFixture
+) -> None:
+    path = write(tmp_path / "m.conf", (
+        "[interfaces]\nallow=eth*\nalow=x\ndeny_kinds=tun\nallow=wlan*\n"
+        "[interface eth*]\naddr-flags=backup\nflags=x\n"
+        "[interface eth*]\naddr-flags=signal\n"
+        "[plugin foo]\nanything=1\n[interfacex]\nq=1\n"))
+    values = read_config_file(path)
+    assert values.allow == ("eth*",)
+    assert values.deny_kinds is None
+    assert values.interface_groups == (("eth*", AddrFlags.BACKUP),)
+    assert messages(debug_log, logging.WARNING) == [
+        f'Unknown key "alow" at line 3 of "{path}" ignored.',
+        f'Unknown key "deny_kinds" at line 4 of "{path}" ignored (did you mean '
+        '"deny-kinds"?).',
+        f'Duplicate key "allow" at line 5 of "{path}" ignored: the first, at line 2, '
+        "applies.",
+        f'Unknown key "flags" at line 8 of "{path}" ignored.',
+        f'Duplicate group [interface eth*] at line 9 of "{path}" ignored: the first, at '
+        "line 6, applies.",
+    ]
+
+
+def test_group_kinds() -> None:
+    assert cfg.group_kind("core") == ("core", "")
+    assert cfg.group_kind("interfaces") == ("interfaces", "")
+    assert cfg.group_kind("interface eth*") == ("interface", "eth*")
+    assert cfg.group_kind("interface \t wwan0 ") == ("interface", "wwan0")
+    assert cfg.group_kind("interface") == ("interface", "")
+    assert cfg.group_kind("interfacex") is None
+    assert cfg.group_kind("core x") is None
+    assert cfg.group_kind("Core") is None
+
+
+def test_strict_reading_refuses_what_startup_ignores(tmp_path: Path,
+                                                     debug_log: pytest.LogCaptureFixture
+                                                     ) -> None:
+    path = write(tmp_path / "m.conf", "[core]\nlog=null\nno delimiter\n")
+    assert read_config_file(path) == ConfigValues()  # startup: ignored, warned
+    with pytest.raises(ConfigError) as err:
+        read_config_file(path, strict=True)
+    assert str(err.value) == (f"Unable to load mptcpd settings from file '{path}': "
+                              "line 3: delimiter '=' not found.")
+    with pytest.raises(ConfigError) as err:
+        load_config(ConfigValues(), str(tmp_path / "gone"), strict=True)
+    assert str(err.value) == f'"{tmp_path / "gone"}" does not exist.'
+
+
+# -- reload (SIGHUP) ----------------------------------------------------------------
+
+
+def test_reload_reads_the_file_again_with_the_same_command_line(
+    tmp_path: Path, debug_log: pytest.LogCaptureFixture
+) -> None:
+    path = write(tmp_path / "m.conf", "[core]\naddr-flags=subflow\nlog=null\n")
+    cli = ConfigValues(path_manager="sspi", notify_flags=NotifyFlags.EXISTING)
+    running = load_config(cli, path)
+    assert running.cli_values == cli
+    write(tmp_path / "m.conf", "[core]\naddr-flags=backup\nnotify-flags=check_route\n"
+          "check-route-timeout=5\nlog=journal\nplugin-dir=/elsewhere\npath-manager=x\n"
+          "command-queue-size=7\nload-plugins=a\n"
+          "[interfaces]\ndeny=eth1\n[interface wwan*]\naddr-flags=signal\n")
+    new = cfg.reload_config(running)
+    # Applied: the file's flags and policy; the command line still wins.
+    assert new.addr_flags == AddrFlags.BACKUP
+    assert new.notify_flags == NotifyFlags.EXISTING
+    assert new.check_route_timeout == 5
+    assert new.deny == ("eth1",)
+    assert new.interface_groups == (("wwan*", AddrFlags.SIGNAL),)
+    # Kept until a restart, and said so.
+    assert (new.log, new.plugin_dir, new.path_manager, new.command_queue_size,
+            new.load_plugins) == (running.log, running.plugin_dir, "sspi",
+                                  running.command_queue_size, None)
+    assert messages(debug_log, logging.WARNING) == [
+        f'The new {key} in "{path}" takes effect when mptcpd restarts.'
+        for key in ("log", "plugin-dir", "load-plugins", "command-queue-size")]
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    (None, '"{path}" does not exist.'),
+    (b"[core]\nlog\n", "Unable to load mptcpd settings from file '{path}': line 2: "
+                       "delimiter '=' not found."),
+    (b"[core]\nskip-address-classes=nope\n", 'Invalid skip-address-classes "nope" in '
+     '[core] of "{path}": unknown address class "nope" (known: loopback, link-local, '
+     "ula, temporary, deprecated)."),
+    (b"[core]\nload-plugins=\n", 'The load-plugins list in "{path}" names no plugin.'),
+])
+def test_reload_refuses_a_file_it_cannot_use(tmp_path: Path, text: bytes | None,
+                                             reason: str) -> None:
+    path = write(tmp_path / "m.conf", "[core]\naddr-flags=subflow\n")
+    running = load_config(ConfigValues(), path)
+    if text is None:
+        os.unlink(path)
+    else:
+        write(tmp_path / "m.conf", text)
+    with pytest.raises(ConfigError) as err:
+        cfg.reload_config(running)
+    assert str(err.value) == reason.format(path=path)
+
+
+def test_reload_refuses_a_world_writable_file(tmp_path: Path) -> None:
+    path = write(tmp_path / "m.conf", "[core]\n")
+    running = load_config(ConfigValues(), path)
+    os.chmod(path, 0o666)
+    with pytest.raises(ConfigError, match="should be a file that is not world writable"):
+        cfg.reload_config(running)

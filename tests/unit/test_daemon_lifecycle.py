@@ -21,13 +21,13 @@ from typing import Any
 
 import pytest
 
-from mptcpd.config import Config
+from mptcpd.config import Config, PluginGroup
 from mptcpd.daemon import app
 from mptcpd.daemon.app import Daemon, KernelSide
 from mptcpd.daemon.lock import AlreadyRunning, NamespaceLock
 from mptcpd.daemon.systemd import Notifier
 from mptcpd.errors import NotReady
-from mptcpd.netlink.diag import MptcpConnection
+from mptcpd.netlink.diag import MptcpConnection, MptcpSubflow
 from mptcpd.netlink.rtnl_monitor import AddressMessage, LinkMessage, RouteLookup
 from mptcpd.types import IFF_RUNNING, IFF_UP, NotifyFlags
 
@@ -54,6 +54,16 @@ def pm_ready(pm):
 @hookimpl
 def new_local_address(interface, addr):
     ORDER.append(f"new_local_address {addr}")
+
+
+@hookimpl
+def delete_local_address(interface, addr):
+    ORDER.append(f"delete_local_address {addr}")
+
+
+@hookimpl
+def policy_changed(pm):
+    ORDER.append(f"policy_changed {pm.config.addr_flags!r}")
 
 
 @hookimpl
@@ -206,6 +216,10 @@ async def no_connections() -> list[MptcpConnection]:
     return []
 
 
+async def no_subflows() -> list[MptcpSubflow]:
+    return []
+
+
 def record_state(state: str) -> bool:
     ORDER.append(state.replace("\n", " "))
     return True
@@ -221,7 +235,8 @@ def daemon(tmp_path: Path) -> Daemon:
     (directory / "rec.py").write_text(PLUGIN)
     (directory / "rec.py").chmod(0o644)
     config = Config(plugin_dir=str(directory), load_plugins=("rec",), path_manager="rec",
-                    notify_flags=NotifyFlags.EXISTING)
+                    notify_flags=NotifyFlags.EXISTING,
+                    control_socket=str(tmp_path / "control"))  # never the host's /run
 
     def kernel_ok() -> bool:
         ORDER.append("check kernel")
@@ -229,7 +244,8 @@ def daemon(tmp_path: Path) -> Daemon:
 
     kernel = KernelSide(check_kernel=kernel_ok, path_manager=lambda: "kernel",
                         channel=FakeChannel, watcher=FakeWatcher, reader=FakeReader,
-                        rtnl=FakeRtnl, list_connections=no_connections)
+                        rtnl=FakeRtnl, list_connections=no_connections,
+                        list_subflows=no_subflows)
     daemon = Daemon(config, notifier=Notifier(send=record_state), kernel=kernel)
     daemon.lock = NamespaceLock(tmp_path / "mptcpd.lock")  # never the host's /run
     return daemon
@@ -392,6 +408,81 @@ async def test_a_family_watcher_that_stops_makes_the_daemon_exit_1(
     watcher.on_failure("nlctrl notification socket failed: [Errno 5] Input/output error")
     assert await asyncio.wait_for(serving, 10) == 1
     assert "nlctrl notification socket failed" in caplog.text
+
+
+async def test_the_family_vanishing_and_reappearing_during_initialisation(
+        daemon: Daemon) -> None:
+    """The family goes and comes back (module reload) while the endpoint
+    dump is unanswered, within one loop turn: the daemon ends ready with an
+    event reader and an open channel, not with the channel the vanishing
+    closed."""
+    serving = asyncio.create_task(daemon.serve())
+    await until(lambda: "watcher start" in ORDER)
+    channel = daemon.channel
+    assert isinstance(channel, FakeChannel)
+    answers = dict(channel.answers)
+    channel.answers.clear()
+    watcher = FakeWatcher.instances[0]
+    watcher.on_appeared(23)
+    await until(lambda: "submit kpm_dump_addrs" in ORDER)
+    channel.answers.update(answers)
+    watcher.on_vanished()
+    watcher.on_appeared(24)
+    await until(ready)
+    await until(lambda: ORDER.count("channel close") == 1)
+    for _ in range(100):  # whatever the vanishing scheduled has run
+        await asyncio.sleep(0)
+    assert channel.is_open
+    assert daemon.reader is not None
+    assert daemon.pm.ready
+    assert ORDER.count("plugin_init") == 1
+
+
+async def test_sighup_reloads_the_configuration(daemon: Daemon, tmp_path: Path) -> None:
+    """SIGHUP: systemd hears RELOADING=1, the policy withdraws what it now
+    denies, plugins get policy_changed with the new configuration, READY=1;
+    a bad file changes nothing, and the daemon runs on."""
+    path = tmp_path / "mptcpd.conf"
+    path.write_text("[core]\n")
+    path.chmod(0o644)
+    daemon.config = dataclasses.replace(daemon.config, config_file=str(path))
+    serving = asyncio.create_task(daemon.serve())
+    await until(lambda: "watcher start" in ORDER)
+    FakeWatcher.instances[0].on_appeared(23)
+    await until(ready)
+    del ORDER[:]
+    path.write_text("[core]\naddr-flags=subflow\n[interfaces]\ndeny=eth*\n")
+    os.kill(os.getpid(), signal.SIGHUP)
+    await until(lambda: any(s.startswith("policy_changed") for s in ORDER))
+    await until(lambda: ORDER[-1] == "READY=1")
+    assert ORDER[0].startswith("RELOADING=1 MONOTONIC_USEC=")
+    assert ORDER[1:] == ["delete_local_address 192.0.2.1",
+                         "policy_changed <AddrFlags.SUBFLOW: 2>", "READY=1"]
+    assert daemon.pm.config.deny == ("eth*",) and daemon.network_monitor.interfaces() == []
+    del ORDER[:]
+    path.write_text("[interfaces]\ndeny=a/b\n")
+    os.kill(os.getpid(), signal.SIGHUP)
+    await until(lambda: ORDER[-1:] == ["READY=1"])
+    assert [s for s in ORDER if not s.startswith("RELOADING")] == ["READY=1"]
+    assert daemon.pm.config.deny == ("eth*",)
+    daemon.stop()
+    assert await serving == 0
+
+
+async def test_settings_for_a_plugin_that_is_not_loaded_are_warned_about(
+        daemon: Daemon, caplog: pytest.LogCaptureFixture) -> None:
+    groups = (PluginGroup("rec", "/etc/m.conf", 3, (("x", "1", 4),)),
+              PluginGroup("fullmeh", "/etc/m.conf", 7, ()))
+    daemon.config = dataclasses.replace(daemon.config, plugin_groups=groups)
+    serving = asyncio.create_task(daemon.serve())
+    await until(lambda: "watcher start" in ORDER)
+    FakeWatcher.instances[0].on_appeared(23)
+    await until(ready)
+    daemon.stop()
+    assert await serving == 0
+    assert [r.getMessage() for r in caplog.records if "[plugin" in r.getMessage()] == [
+        'Group [plugin fullmeh] at line 7 of "/etc/m.conf" ignored: no plugin "fullmeh" '
+        "is loaded."]
 
 
 class OverrunReader(FakeReader):

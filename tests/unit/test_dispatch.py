@@ -11,6 +11,8 @@ import pytest
 
 from mptcpd import events as ev
 from mptcpd.daemon.dispatch import Dispatcher
+from mptcpd.netlink import diag
+from mptcpd.netlink.diag import MptcpSubflow
 from mptcpd.plugin import PluginInfo, hookimpl
 from mptcpd.plugins.registry import PluginRegistry
 from mptcpd.types import SockAddr
@@ -236,3 +238,118 @@ def test_reconcile_leaves_alone_what_happened_while_listing(tmp_path: Path) -> N
     d.reconcile({TOKEN1: (LADDR, RADDR, False, True)})
     assert recording.CALLS == []
     assert d.bindings == {TOKEN2: "plugin_one"}
+
+
+# -- subflows reconciled ----------------------------------------------------------
+
+SUB_L1 = SockAddr(ipaddress.ip_address("198.51.100.1"), 40001)
+SUB_L2 = SockAddr(ipaddress.ip_address("198.51.100.1"), 40002)
+SUB_L3 = SockAddr(ipaddress.ip_address("198.51.100.1"), 40003)
+
+
+def listed(token: int, laddr: SockAddr, raddr: SockAddr = RADDR, *, state: int = 1,
+           flags: int = diag.MPTCP_SUBFLOW_FLAG_JOIN_LOC) -> MptcpSubflow:
+    return MptcpSubflow(token=token, laddr=laddr, raddr=raddr, state=state, ifindex=3,
+                        local_id=2, remote_id=0, flags=flags)
+
+
+def subflow_calls() -> list[tuple[str, object, object, object]]:
+    return [(hook, args["token"], args["laddr"], args.get("backup"))
+            for _, hook, args in recording.CALLS if "subflow" in hook]
+
+
+def test_reconcile_tells_the_plugin_of_subflows_that_came_and_went_unseen(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    d = dispatcher(load(fixture_dir(tmp_path, "priority")))
+    d.dispatch(ev.ConnectionCreated(TOKEN1, LADDR, RADDR))
+    d.dispatch(ev.SubflowEstablished(TOKEN1, SUB_L1, RADDR, False))
+    d.dispatch(ev.SubflowEstablished(TOKEN1, SUB_L2, RADDR, False))
+    assert d.subflows(TOKEN1) == [(SUB_L1, RADDR), (SUB_L2, RADDR)]
+    recording.CALLS.clear()
+    # Lost: SUB_L2 closed, SUB_L3 established (backup); the initial subflow
+    # and one still being set up are no news; another token's is not ours.
+    d.reconcile({TOKEN1: (LADDR, RADDR, False, True)}, subflows=[
+        listed(TOKEN1, LADDR, flags=diag.MPTCP_SUBFLOW_FLAG_MCAP_LOC),
+        listed(TOKEN1, SUB_L1),
+        listed(TOKEN1, SUB_L3, flags=diag.MPTCP_SUBFLOW_FLAG_JOIN_LOC
+               | diag.MPTCP_SUBFLOW_FLAG_BKUP_LOC),
+        listed(TOKEN1, SockAddr(SUB_L1.ip, 40004), state=2),
+        listed(TOKEN2, SUB_L1),
+    ])
+    assert subflow_calls() == [("subflow_closed", TOKEN1, SUB_L2, False),
+                               ("new_subflow", TOKEN1, SUB_L3, True)]
+    assert d.subflows(TOKEN1) == [(SUB_L1, RADDR), (SUB_L3, RADDR)]
+    assert f"Subflow {SUB_L2} -> {RADDR} of connection {TOKEN1:08x} closed while " \
+        "events were lost." in caplog.text
+    assert f"Subflow {SUB_L3} -> {RADDR} of connection {TOKEN1:08x} was established " \
+        "while events were lost." in caplog.text
+    # Reconciled again with the same listing: nothing new.
+    recording.CALLS.clear()
+    d.reconcile({TOKEN1: (LADDR, RADDR, False, True)}, subflows=[
+        listed(TOKEN1, SUB_L1), listed(TOKEN1, SUB_L3)])
+    assert subflow_calls() == []
+
+
+def test_ipv4_mapped_addresses_match_plain_ipv4_ones(tmp_path: Path) -> None:
+    d = dispatcher(load(fixture_dir(tmp_path, "priority")))
+    d.dispatch(ev.ConnectionCreated(TOKEN1, LADDR, RADDR))
+    d.dispatch(ev.SubflowEstablished(TOKEN1, SUB_L1, RADDR, False))
+    recording.CALLS.clear()
+    mapped = SockAddr(ipaddress.ip_address(f"::ffff:{SUB_L1.ip}"), SUB_L1.port)
+    rmapped = SockAddr(ipaddress.ip_address(f"::ffff:{RADDR.ip}"), RADDR.port)
+    d.reconcile({TOKEN1: (LADDR, RADDR, False, True)},
+                subflows=[listed(TOKEN1, mapped, rmapped)])
+    assert subflow_calls() == []
+
+
+def test_the_subflows_of_a_connection_adopted_at_startup_are_announced(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    d = dispatcher(load(fixture_dir(tmp_path, "priority")))
+    d.begin_reconcile()
+    d.reconcile({TOKEN3: (LADDR, RADDR, True, True)}, at_startup=True,
+                subflows=[listed(TOKEN3, SUB_L1)])
+    hooks = [(hook, args.get("token")) for _, hook, args in recording.CALLS]
+    # its subflow before connection_established: sspi, which opens paths
+    # then, learns first of the one it has
+    assert hooks == [("new_connection", TOKEN3), ("new_subflow", TOKEN3),
+                     ("connection_established", TOKEN3)]
+    assert f"Subflow {SUB_L1} -> {RADDR} of connection {TOKEN3:08x} existed before " \
+        "mptcpd started." in caplog.text
+
+
+def test_subflows_with_events_while_listing_are_left_alone(tmp_path: Path) -> None:
+    d = dispatcher(load(fixture_dir(tmp_path, "priority")))
+    d.dispatch(ev.ConnectionCreated(TOKEN1, LADDR, RADDR))
+    d.dispatch(ev.ConnectionCreated(TOKEN2, LADDR, RADDR))
+    d.dispatch(ev.SubflowEstablished(TOKEN2, SUB_L1, RADDR, False))
+    d.begin_reconcile()
+    # While the listing is made, TOKEN1 gets a subflow the listing missed.
+    d.dispatch(ev.SubflowEstablished(TOKEN1, SUB_L2, RADDR, False))
+    recording.CALLS.clear()
+    d.reconcile({TOKEN1: (LADDR, RADDR, False, True), TOKEN2: (LADDR, RADDR, False, True)},
+                subflows=[])
+    assert subflow_calls() == [("subflow_closed", TOKEN2, SUB_L1, False)]
+    assert d.subflows(TOKEN1) == [(SUB_L2, RADDR)]
+
+
+def test_without_a_subflow_listing_subflows_are_left_as_they_are(tmp_path: Path) -> None:
+    d = dispatcher(load(fixture_dir(tmp_path, "priority")))
+    d.dispatch(ev.ConnectionCreated(TOKEN1, LADDR, RADDR))
+    d.dispatch(ev.SubflowEstablished(TOKEN1, SUB_L1, RADDR, False))
+    recording.CALLS.clear()
+    d.reconcile({TOKEN1: (LADDR, RADDR, False, True)}, subflows=None)
+    assert subflow_calls() == []
+    assert d.subflows(TOKEN1) == [(SUB_L1, RADDR)]
+
+
+def test_a_closed_connection_forgets_its_subflows(tmp_path: Path) -> None:
+    d = dispatcher(load(fixture_dir(tmp_path, "priority")))
+    d.dispatch(ev.ConnectionCreated(TOKEN1, LADDR, RADDR))
+    d.dispatch(ev.SubflowEstablished(TOKEN1, SUB_L1, RADDR, False))
+    d.dispatch(ev.SubflowClosed(TOKEN1, SUB_L1, RADDR, False))
+    assert d.subflows(TOKEN1) == []
+    d.dispatch(ev.SubflowEstablished(TOKEN1, SUB_L2, RADDR, False))
+    d.dispatch(ev.ConnectionClosed(TOKEN1))
+    assert d.subflows(TOKEN1) == []
+    assert d._subflows == {}

@@ -34,6 +34,7 @@ C_PLUGIN_OPS = (
 )
 LIFECYCLE = ("plugin_init", "plugin_exit", "pm_ready", "pm_not_ready")
 CARRIER = ("link_down", "link_up")
+RELOAD = ("policy_changed",)  # issue 13
 
 TOKEN = 0x12345678
 LADDR = SockAddr(ipaddress.ip_address("192.0.2.1"), 40000)
@@ -43,7 +44,7 @@ IFACE = object()
 
 
 def test_hook_names_are_the_c_ops_plus_lifecycle_and_carrier_hooks() -> None:
-    assert set(HOOKS) == set(C_PLUGIN_OPS + LIFECYCLE + CARRIER)
+    assert set(HOOKS) == set(C_PLUGIN_OPS + LIFECYCLE + CARRIER + RELOAD)
     assert len(HOOKS) == len(set(HOOKS))
 
 
@@ -82,7 +83,7 @@ def test_every_hook_but_the_lifecycle_is_fed_by_an_event_class() -> None:
     """One list of hooks (the hookspecs): each is an event class's or a
     lifecycle hook the daemon calls itself."""
     fed = {cls.HOOK for cls in EVENT_CLASSES}
-    assert set(HOOKS) - fed == set(LIFECYCLE)
+    assert set(HOOKS) - fed == set(LIFECYCLE + RELOAD)
     assert set(ev.__all__) >= {cls.__name__ for cls in EVENT_CLASSES}
 
 
@@ -143,6 +144,11 @@ def test_hook_pm_ready(d: Dispatcher) -> None:
 def test_hook_pm_not_ready(d: Dispatcher) -> None:
     d.pm_not_ready()
     assert calls() == [("pm_not_ready", {})]
+
+
+def test_hook_policy_changed(d: Dispatcher) -> None:
+    d.registry.broadcast(hookspecs.policy_changed, pm=PM)  # as Daemon.reload does
+    assert calls() == [("policy_changed", {})]
 
 
 def test_hook_new_connection(d: Dispatcher) -> None:

@@ -25,6 +25,7 @@ FILES = {
     "usr/local/share/man/man8/mptcpd.8": 0o644,
     "usr/local/share/man/man8/mptcpize.8": 0o644,
     "usr/local/share/man/man8/mptcp-get-debug.8": 0o644,
+    "usr/local/share/man/man8/mptcpctl.8": 0o644,
 }
 
 
@@ -98,6 +99,6 @@ def test_the_wheel_carries_the_system_files(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(build_wheel(tmp_path)).namelist())
     assert {f"mptcpd/_system/{n}" for n in
             ("mptcp.service", "mptcpd.conf", "mptcpd.8", "mptcpize.8",
-             "mptcp-get-debug.8")} <= names
+             "mptcp-get-debug.8", "mptcpctl.8")} <= names
     assert any(n.startswith("mptcpd/mptcpize/_mptcpwrap") and n.endswith(".so")
                for n in names)

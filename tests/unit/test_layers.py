@@ -135,12 +135,14 @@ LAYERS: dict[str, int] = {
     "mptcpd.types": 0, "mptcpd.errors": 0, "mptcpd.log": 0,
     "mptcpd.netlink.constants": 0, "mptcpd.netlink.sysctl": 0,
     "mptcpd.events": 1, "mptcpd.config": 1,
-    "mptcpd.netlink": 2,
+    "mptcpd.netlink": 2, "mptcpd.netlink.mptcp_info": 2,
     "mptcpd.hookspecs": 3, "mptcpd.plugin": 3, "mptcpd.pm": 3,
+    "mptcpd.pm.policy": 3, "mptcpd.pm.settings": 3, "mptcpd.pm.keeper": 3,
     "mptcpd.plugins": 4,
-    "mptcpd.daemon": 5,
+    "mptcpd.daemon": 5, "mptcpd.daemon.control": 5,
     "mptcpd.testing": 6, "mptcpd.cli": 6, "mptcpd.__main__": 6, "mptcpd": 6,
     "mptcpd.mptcpize": 6, "mptcpd.install": 6, "mptcpd.get_debug": 6,
+    "mptcpd.ctl": 6, "mptcpd.sockinfo": 6,
 }
 
 

@@ -15,7 +15,7 @@ from mptcpd import cli, config
 ROOT = Path(__file__).resolve().parents[2]
 MAN = ROOT / "man" / "mptcpd.8"
 
-CONFIG_KEYS = config.FILE_KEYS
+CONFIG_KEYS = tuple(key for keys in config.GROUP_KEYS.values() for key in keys)
 SECTIONS = (
     "NAME",
     "SYNOPSIS",
@@ -23,6 +23,7 @@ SECTIONS = (
     "OPTIONS",
     "CONFIGURATION FILE",
     "PLUGIN HOOKS",
+    "SIGNALS",
     "ENVIRONMENT",
     "EXIT STATUS",
     "FILES",
@@ -95,6 +96,10 @@ def test_every_config_key_documented(rendered: str) -> None:
         assert word in rendered
     names = [name for name, _ in config.ADDR_FLAG_TOKENS]
     names += [name for name, _ in config.NOTIFY_FLAG_TOKENS]
+    names += [name for name, _ in config.ADDRESS_CLASS_TOKENS]
+    names += [f"[{group}]" for group in config.GROUP_KEYS
+              if group not in config.PREFIXED_GROUPS]
+    names += [f"[{group} GLOB]" for group in config.PREFIXED_GROUPS]
     for name in names:
         assert name in rendered
 

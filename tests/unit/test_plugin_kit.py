@@ -96,7 +96,8 @@ def test_a_plugin_from_the_guide_type_checks_against_the_installed_package(
     pytest.importorskip("mypy", reason="mypy is part of the test extra")
     wheel = build_wheel(tmp_path)
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"mptcpd/py.typed", "mptcpd/plugin.py", "mptcpd/testing.py"} <= names
+    assert {"mptcpd/py.typed", "mptcpd/plugin.py", "mptcpd/testing.py",
+            "mptcpd/daemon/io.mptcpd.varlink"} <= names
     python, purelib = install(wheel, tmp_path / "venv")
     directory = plugin_dir(tmp_path, **{"hello.py": guide.minimal_plugin(),
                                         "test_hello.py": guide.plugin_test()})

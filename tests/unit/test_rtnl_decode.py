@@ -57,12 +57,17 @@ def oracle_one(msg: Any) -> Any:
     mtype = msg["header"].get("type")
     if mtype in (RTM_NEWLINK, RTM_DELLINK):
         carrier = msg.get("IFLA_CARRIER")
+        linkinfo = msg.get_attr("IFLA_LINKINFO")
+        kind = linkinfo.get_attr("IFLA_INFO_KIND") if linkinfo is not None else None
         return LinkMessage(
             index=int(msg["index"]), name=str(msg.get("IFLA_IFNAME") or ""),
             flags=int(msg["flags"]), type=int(msg["ifi_type"]),
             operstate=str(msg.get("IFLA_OPERSTATE") or ""),
             carrier=None if carrier is None else bool(carrier),
-            deleted=mtype == RTM_DELLINK)
+            deleted=mtype == RTM_DELLINK,
+            # pyroute2 hands back the raw bytes of a mangled nested
+            # attribute, which the decoder drops.
+            kind=kind if isinstance(kind, str) else "")
     if mtype in (RTM_NEWADDR, RTM_DELADDR):
         if msg["family"] not in (socket.AF_INET, socket.AF_INET6):
             return None
@@ -196,6 +201,11 @@ def test_built_address_messages(family: int, attrs: list[Any], flags: int, mtype
      ("IFLA_CARRIER", 0)],
     [("IFLA_IFNAME", "x")],
     [],
+    [("IFLA_IFNAME", "br0"), ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "bridge")]})],
+    [("IFLA_IFNAME", "v0"), ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "veth")]}),
+     ("IFLA_CARRIER", 1)],
+    [("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "wireguard")]}),
+     ("IFLA_IFNAME", "wg0")],
 ])
 @pytest.mark.parametrize("mtype", [RTM_NEWLINK, RTM_DELLINK])
 def test_built_link_messages(attrs: list[Any], mtype: int) -> None:

@@ -49,6 +49,8 @@ def test_the_unit_says_what_the_daemon_needs() -> None:
     assert one(service["Type"]) == "notify" and one(service["NotifyAccess"]) == "main"
     assert one(service["Restart"]) == "on-failure"
     assert one(service["WatchdogSec"]) == "30s"
+    # systemctl reload: SIGHUP reloads the configuration (issue 13).
+    assert one(service["ExecReload"]) == "kill -HUP $MAINPID"
     assert one(service["DynamicUser"]) == "yes"
     assert one(service["CapabilityBoundingSet"]) == "CAP_NET_ADMIN"
     assert one(service["AmbientCapabilities"]) == "CAP_NET_ADMIN"

@@ -605,3 +605,33 @@ def test_ids_of_addresses_that_go_are_freed(d: Dispatcher, pm: FakePM) -> None:
         pm.network_monitor.replace(Interface(8, "c7", READY))
         d.broadcast(ev.LocalAddressRemoved(iface, addr))
     assert pm.id_manager.lookup(sa("2001:db8:7::1")) == 0
+
+
+def test_a_foreign_join_while_ours_is_pending(d: Dispatcher, pm: FakePM,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    """While sspi's own join on c2 is pending, another subflow on c2
+    appears.  To another remote address, or from c2's other address, it is
+    not ours: closed.  With our
+    addresses it cannot be told from ours (the kernel's answer to the
+    create carries no port): taken as ours, and the second one of the same
+    pair that follows is the duplicate that is closed.  Either way c2 ends
+    with one subflow."""
+    open_client(d)
+    calls = pm.take()
+    c2 = sa("198.51.100.1")
+    assert ("add_subflow", T1, pm.id_manager.lookup(c2), 0, c2, SERVER) in calls
+    other = sa("198.51.100.2", PORT)
+    foreign = sa("198.51.100.1", 42000)
+    join(d, T1, foreign, other)
+    assert pm.take() == [("remove_subflow", T1, foreign, other)]
+    other_ip = sa("198.51.100.11", 42003)  # c2's other address
+    join(d, T1, other_ip, SERVER)
+    assert pm.take() == [("remove_subflow", T1, other_ip, SERVER)]
+    same_pair = sa("198.51.100.1", 42001)
+    join(d, T1, same_pair, SERVER)
+    assert pm.take() == []  # taken as ours
+    ours = sa("198.51.100.1", 42002)
+    join(d, T1, ours, SERVER)
+    assert pm.take() == [("remove_subflow", T1, ours, SERVER)]
+    assert log_lines(caplog) == [
+        "Subflow already exists on network interface (3). Closing new subflow."] * 3

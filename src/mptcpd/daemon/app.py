@@ -15,8 +15,7 @@ Shutdown on SIGINT or SIGTERM: ``STOPPING=1``, stop reading events, plugin
 exits in reverse priority order, wait (up to :data:`DRAIN_TIMEOUT`) for the
 kernel's answers to the commands they sent, close listeners and sockets,
 exit 0.
-SIGHUP is logged and ignored (configuration reload is not implemented; C
-dies of it).
+SIGHUP reloads the configuration (C dies of it): see :meth:`Daemon.reload`.
 """
 
 from __future__ import annotations
@@ -26,17 +25,31 @@ import dataclasses
 import logging
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from typing import Any, Protocol
 
 from mptcpd import events as ev
-from mptcpd.config import Config
+from mptcpd import hookspecs
+from mptcpd.config import Config, ConfigError, log_config, reload_config
+from mptcpd.daemon.control import (
+    CommandRecorder,
+    ControlServer,
+    MonitorHub,
+    Stats,
+    start_server,
+)
 from mptcpd.daemon.dispatch import Dispatcher
 from mptcpd.daemon.lock import AlreadyRunning, NamespaceLock
 from mptcpd.daemon.network import NetworkFeed, RtnlSource
 from mptcpd.daemon.systemd import Notifier
 from mptcpd.errors import KernelError, NotReady
-from mptcpd.netlink.diag import MptcpConnection, list_mptcp_connections
+from mptcpd.netlink.diag import (
+    MptcpConnection,
+    MptcpSubflow,
+    list_mptcp_connections,
+    list_mptcp_subflows,
+)
 from mptcpd.netlink.family import FamilyWatcher
 from mptcpd.netlink.genl_commands import CommandChannel
 from mptcpd.netlink.genl_events import EventReader
@@ -46,7 +59,9 @@ from mptcpd.plugins.registry import PluginRegistry
 from mptcpd.pm.id_manager import IdManager
 from mptcpd.pm.listener_manager import ListenerManager
 from mptcpd.pm.network_monitor import NetworkMonitor
+from mptcpd.pm.policy import Policy
 from mptcpd.pm.path_manager import PathManager
+from mptcpd.types import NotifyFlags
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +133,8 @@ class KernelSide:
     #: the live MPTCP connections (sock_diag).
     list_connections: Callable[[], Awaitable[Sequence[MptcpConnection]]] = (
         list_mptcp_connections)
+    #: the subflows of the live MPTCP connections (sock_diag).
+    list_subflows: Callable[[], Awaitable[Sequence[MptcpSubflow]]] = list_mptcp_subflows
 
 
 class Daemon:
@@ -137,13 +154,20 @@ class Daemon:
         self.channel = kernel.channel(max_queue=config.command_queue_size,
                                       on_failure=self._channel_failed)
         self.network_monitor = NetworkMonitor(
-            config.notify_flags, route_wait_timeout=config.check_route_timeout)
+            config.notify_flags, route_wait_timeout=config.check_route_timeout,
+            policy=Policy.from_config(config), readdress=True)
         self.network_feed = NetworkFeed(self.network_monitor, kernel.rtnl,
                                         on_failure=self._fail)
         self.id_manager = IdManager()
         self.listener_manager = ListenerManager()
+        #: Counters for the control socket.
+        self.stats = Stats()
+        self.commands = CommandRecorder(self.channel, self.stats, self._current_plugin)
+        #: The control socket's monitor clients.
+        self.monitor = MonitorHub(self.stats)
+        self.commands.on_result = self.monitor.command
         self.pm = PathManager(
-            self.channel, config=config,
+            self.commands, config=config,
             network_monitor=self.network_monitor, id_manager=self.id_manager,
             listener_manager=self.listener_manager,
         )
@@ -153,6 +177,7 @@ class Daemon:
         self.reader: Reader | None = None
         self.lock = NamespaceLock()
         self._plugins_loaded = False
+        self._serving = False  #: READY=1 was sent
         self._stop = asyncio.Event()
         self._fatal: str | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -160,6 +185,10 @@ class Daemon:
         self._replayed = False
         self._resync_task: asyncio.Task[None] | None = None
         self._resync_again = False  #: an overrun came during the resync
+        self.control: ControlServer | None = None
+        #: Event-socket overruns of the readers closed so far.
+        self.events_lost = 0
+        self._channel_closing: asyncio.Task[None] | None = None
 
     # -- running ------------------------------------------------------------
 
@@ -196,10 +225,50 @@ class Daemon:
     def _channel_failed(self, reason: str) -> None:
         self._fail(f"The mptcp_pm command channel failed: {reason}")
 
-    @staticmethod
-    def _sighup() -> None:
-        log.warning("SIGHUP received: configuration reload is not supported; "
-                    "carrying on with the current configuration.")
+    def _sighup(self) -> None:
+        try:
+            self.reload()
+        except Exception:
+            log.exception("Configuration reload failed.")
+
+    def reload(self) -> bool:
+        """Read the configuration file again and apply what can change at
+        run time, keeping connections, bindings and endpoint ownership.
+
+        The notify flags, the ``check_route`` timeout, the global address
+        flags and the interface policy take effect: the network monitor
+        withdraws what the new policy refuses and reports what it now lets
+        through, then every plugin gets ``policy_changed``.  The settings of
+        :data:`~mptcpd.config.RESTART_FIELDS` are logged and kept.  A file
+        that cannot be used changes nothing (logged with the reason).
+        Returns whether the new configuration was applied.
+        """
+        path = self.config.config_file
+        log.info('Reloading the configuration from "%s".', path)
+        if self._serving:
+            self.notifier.notify("RELOADING=1\nMONOTONIC_USEC="
+                                 f"{time.monotonic_ns() // 1000}")
+        try:
+            try:
+                new = reload_config(self.config)
+            except ConfigError as err:
+                log.error("Configuration reload refused: %s The running configuration "
+                          "stays.", err)
+                return False
+            self.config = new
+            self.pm.set_config(new)
+            monitor = self.network_monitor
+            monitor.notify_flags = NotifyFlags(new.notify_flags)
+            monitor.routes.timeout = float(new.check_route_timeout)
+            monitor.set_policy(Policy.from_config(new))
+            if self._plugins_loaded:
+                self.registry.broadcast(hookspecs.policy_changed, pm=self.pm)
+            log_config(new)
+            log.info('Configuration reloaded from "%s".', path)
+            return True
+        finally:
+            if self._serving:
+                self.notifier.notify("READY=1")
 
     # -- startup -----------------------------------------------------------
 
@@ -215,6 +284,7 @@ class Daemon:
         except OSError as exc:  # no runtime directory: run on, unguarded
             log.warning("Unable to lock %s: %s; another mptcpd in this network "
                         "namespace would not be noticed.", self.lock.path, exc.strerror)
+        self._start_control()
         pm_type = self.kernel.path_manager()
         if pm_type:
             log.info("The kernel uses the %s path manager.", pm_type)
@@ -239,12 +309,16 @@ class Daemon:
 
     def _still_waiting(self) -> None:
         if not self.pm.ready and not self._stop.is_set():
+            self._serving = True
             self.notifier.ready("Waiting for the mptcp_pm generic netlink family")
 
     def _family_appeared(self, family_id: int) -> None:
         self.pm.set_ready(True)
-        if self._init_task is None or self._init_task.done():
-            self._init_task = self._spawn(self._complete_init(), "initialisation")
+        previous = self._init_task
+        # A cancelled attempt (the family vanished meanwhile) is not done
+        # until it has run once more: start a new one, which waits for it.
+        if previous is None or previous.done() or previous.cancelling():
+            self._init_task = self._spawn(self._complete_init(previous), "initialisation")
 
     def _family_vanished(self) -> None:
         self.pm.set_ready(False)
@@ -253,12 +327,20 @@ class Daemon:
         self._close_reader()
         # The channel is bound to the family's id: open it anew when the
         # family comes back.
-        self._spawn(self.channel.close(), "closing the command channel")
+        self._channel_closing = self._spawn(self.channel.close(),
+                                            "closing the command channel")
         self.notifier.status("Waiting for the mptcp_pm generic netlink family")
         self.dispatcher.pm_not_ready()
 
-    async def _complete_init(self) -> None:
-        """Once the family is there: ID sync, plugins, event join, ready."""
+    async def _complete_init(self, previous: asyncio.Task[None] | None = None) -> None:
+        """Once the family is there: ID sync, plugins, event join, ready.
+
+        ``previous`` is the attempt a vanishing family cancelled: it ends,
+        and the channel it was using is closed, before this one starts.
+        """
+        for task in (previous, self._channel_closing):
+            if task is not None and not task.done():
+                await asyncio.wait([task])
         try:
             if not self.channel.is_open:
                 await self.channel.open()
@@ -289,6 +371,7 @@ class Daemon:
             await self._reconcile_connections(at_startup=True)
         names = ", ".join(p.name for p in self.registry.plugins)
         default = self.dispatcher.default.name if self.dispatcher.default else "none"
+        self._serving = True
         self.notifier.ready(f"Managing MPTCP paths; plugins: {names}; default: {default}")
         log.info("mptcpd ready: plugins %s; default path manager %s.", names, default)
 
@@ -314,6 +397,11 @@ class Daemon:
             log.error("%s", exc)
             raise PluginLoadError(PLUGIN_LOAD_FAILED) from exc
         self._plugins_loaded = True
+        loaded = {plugin.name for plugin in self.registry.plugins}
+        for group in config.plugin_groups:
+            if group.name not in loaded:
+                log.warning('Group [plugin %s] at line %d of "%s" ignored: no plugin "%s" '
+                            "is loaded.", group.name, group.line, group.path, group.name)
         self.dispatcher.default = self.registry.select_default(config.path_manager)
         self.registry.init_all(self.pm)
 
@@ -336,8 +424,13 @@ class Daemon:
         while it is still the daemon's (it is closed when the family
         vanishes or at shutdown, and then ends quietly)."""
         dispatch, forget = self.dispatcher.dispatch, self.channel.forget
+        counts, monitors, publish = (self.stats.events, self.monitor.subscribers,
+                                     self.monitor.publish)
         try:
             async for event in reader:
+                counts[type(event)] += 1
+                if monitors:
+                    publish(event)
                 try:
                     dispatch(event)
                 except Exception:  # never let one event end the reader
@@ -376,8 +469,9 @@ class Daemon:
             self.reader.overrun_pending = False
 
     async def _reconcile_connections(self, at_startup: bool) -> bool:
-        """Bring the connection bindings in line with sock_diag's listing (at
-        startup, or after lost events); False when the listing failed (logged)."""
+        """Bring the connection bindings and their subflows in line with
+        sock_diag's listings (at startup, or after lost events); False when
+        the connections could not be listed (logged)."""
         when = "at startup" if at_startup else "after lost events"
         self.dispatcher.begin_reconcile()
         try:
@@ -386,10 +480,16 @@ class Daemon:
             self.dispatcher.reconcile_cancel()
             log.warning("Unable to list the MPTCP connections %s: %s", when, exc)
             return False
+        subflows: Sequence[MptcpSubflow] | None
+        try:
+            subflows = await self.kernel.list_subflows()
+        except Exception as exc:  # the connections are reconciled all the same
+            log.warning("Unable to list the MPTCP subflows %s: %s", when, exc)
+            subflows = None
         self.dispatcher.reconcile({
             c.token: (c.laddr, c.raddr, c.server_side, c.established)
             for c in connections if not c.fallback  # no events exist for those
-        }, at_startup=at_startup)
+        }, at_startup=at_startup, subflows=subflows)
         if at_startup:
             log.info("%d MPTCP connection(s) existed at startup.", len(connections))
         else:
@@ -401,6 +501,7 @@ class Daemon:
         reader, self.reader = self.reader, None
         self.channel.closed_tokens = None
         if reader is not None:
+            self.events_lost += getattr(reader, "overruns", 0)
             reader.close()
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
@@ -415,6 +516,22 @@ class Daemon:
             exc = task.exception()
             log.error("%s failed: %s", task.get_name(), exc, exc_info=exc)
 
+    # -- the control socket ------------------------------------------------
+
+    def _start_control(self) -> None:
+        """Serve the control socket (``control-socket``); the daemon runs on
+        without it when it cannot be made."""
+        self.control = start_server(self)
+
+    def _current_plugin(self) -> str | None:
+        plugin = self.registry.current
+        return plugin.name if plugin is not None else None
+
+    def _stop_control(self) -> None:
+        control, self.control = self.control, None
+        if control is not None:
+            control.close()
+
     # -- shutdown ----------------------------------------------------------
 
     async def shutdown(self) -> None:
@@ -427,6 +544,7 @@ class Daemon:
                       SHUTDOWN_TIMEOUT)
 
     async def _shutdown(self) -> None:
+        self._stop_control()
         self._close_reader()
         tasks = list(self._tasks)
         for task in tasks:

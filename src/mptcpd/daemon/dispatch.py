@@ -5,6 +5,9 @@
   plugin only.  The binding is dropped once ``connection_closed`` has run
   (the C mptcpd keeps it forever).
 * Listener events go to the default path manager.
+* The joined subflows of each bound connection are remembered from
+  ``new_subflow`` to ``subflow_closed``, so that a reconciliation after lost
+  events can tell the plugin about the subflows that came or went unseen.
 * Network-monitor events (:data:`~mptcpd.events.NetworkEvent`) go to every
   plugin, in priority order.
 
@@ -16,13 +19,16 @@ connection's events in kernel order.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from mptcpd import events as ev
 from mptcpd import hookspecs
 from mptcpd.plugins.registry import Plugin, PluginRegistry
-from mptcpd.types import SockAddr, Token
+from mptcpd.types import AddressId, SockAddr, Token
+
+if TYPE_CHECKING:
+    from mptcpd.netlink.diag import MptcpSubflow
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +50,18 @@ class Dispatcher:
         self._recent: set[int] | None = None
         #: Tokens adopted from a listing whose CREATED may still be unread.
         self._adopted: set[int] = set()
+        #: Reconciliations after lost events (not those at startup).
+        self.resyncs = 0
+        #: token -> (local, remote) address pair, IPv4-mapped ones as IPv4 ->
+        #: the event that told its plugin of the joined subflow.
+        self._subflows: dict[int, dict[tuple[SockAddr, SockAddr], ev._SubflowEvent]] = {}
+        #: Tokens with subflow events since :meth:`begin_reconcile`.
+        self._recent_subflows: set[int] | None = None
         self._handlers: dict[type, Callable[[Any], None]] = {
             ev.ConnectionCreated: self._created,
             ev.ConnectionClosed: self._closed,
+            ev.SubflowEstablished: self._subflow_established,
+            ev.SubflowClosed: self._subflow_closed,
             ev.ListenerCreated: self._listener,
             ev.ListenerClosed: self._listener,
         }
@@ -95,6 +110,7 @@ class Dispatcher:
             self.registry.call_event(plugin, event, self.pm)
         finally:
             del self._bindings[event.token]
+            self._subflows.pop(event.token, None)
             self._adopted.discard(event.token)
             if self._recent is not None:
                 self._recent.add(event.token)
@@ -102,6 +118,34 @@ class Dispatcher:
     def _listener(self, event: ev.ListenerCreated | ev.ListenerClosed) -> None:
         if self.default is not None:
             self.registry.call_event(self.default, event, self.pm)
+
+    def _subflow_established(self, event: ev.SubflowEstablished) -> None:
+        plugin = self._bindings.get(event.token)
+        if plugin is None:
+            log.error("Unable to match token to plugin.")
+            return
+        key = (event.laddr.unmapped(), event.raddr.unmapped())
+        self._subflows.setdefault(event.token, {})[key] = event
+        if self._recent_subflows is not None:
+            self._recent_subflows.add(event.token)
+        self.registry.call_event(plugin, event, self.pm)
+
+    def _subflow_closed(self, event: ev.SubflowClosed) -> None:
+        plugin = self._bindings.get(event.token)
+        if plugin is None:
+            log.error("Unable to match token to plugin.")
+            return
+        known = self._subflows.get(event.token)
+        if known is not None:
+            known.pop((event.laddr.unmapped(), event.raddr.unmapped()), None)
+        if self._recent_subflows is not None:
+            self._recent_subflows.add(event.token)
+        self.registry.call_event(plugin, event, self.pm)
+
+    def subflows(self, token: int) -> list[tuple[SockAddr, SockAddr]]:
+        """The joined subflows of a bound connection that its plugin was
+        told of and not yet told closed (for inspection)."""
+        return [(e.laddr, e.raddr) for e in self._subflows.get(token, {}).values()]
 
     # -- reconciliation after lost events ------------------------------------
 
@@ -113,13 +157,16 @@ class Dispatcher:
         :meth:`reconcile` leaves those connections alone.
         """
         self._recent = set()
+        self._recent_subflows = set()
 
     def reconcile_cancel(self) -> None:
         """Stop noting connections: the listing failed."""
         self._recent = None
+        self._recent_subflows = None
 
     def reconcile(self, live: dict[int, tuple[SockAddr, SockAddr, bool, bool]],
-                  at_startup: bool = False) -> None:
+                  at_startup: bool = False,
+                  subflows: Sequence[MptcpSubflow] | None = None) -> None:
         """Bring the token bindings in line with the connections that exist.
 
         ``live`` maps each live connection's token to ``(laddr, raddr,
@@ -131,11 +178,31 @@ class Dispatcher:
         ``at_startup`` the connections are those open before the daemon
         started.  A CREATED of an adopted connection read afterwards (it was
         still queued when the listing was taken) is not dispatched again.
+
+        ``subflows`` (from sock_diag; None: not listed) reconciles the joined
+        subflows of every bound connection the same way: a subflow the
+        plugin was told of that is gone gets the ``subflow_closed`` it
+        missed, an established one it was not told of its ``new_subflow``
+        (for an adopted connection, between its ``new_connection`` and its
+        ``connection_established``).  Connections with subflow events while
+        the listing was made are left alone.
         """
         recent, self._recent = self._recent or set(), None
+        if not at_startup:
+            self.resyncs += 1
+        recent_subflows, self._recent_subflows = self._recent_subflows or set(), None
+        listed: dict[int, dict[tuple[SockAddr, SockAddr], MptcpSubflow]] = {}
+        for sf in subflows or ():
+            if not sf.initial:
+                listed.setdefault(sf.token, {})[(sf.laddr.unmapped(), sf.raddr.unmapped())] = sf
         for token in [t for t in self._bindings if t not in live and t not in recent]:
             log.warning("Connection %08x closed while events were lost.", token)
             self._closed(ev.ConnectionClosed(Token(token)))
+        if subflows is not None:
+            leave = recent | recent_subflows
+            for token in [t for t in self._bindings if t in live and t not in leave]:
+                self._reconcile_subflows(token, listed.get(token, {}), live[token][2],
+                                         at_startup)
         if self.default is None:
             return
         for token, (laddr, raddr, server_side, established) in live.items():
@@ -150,9 +217,40 @@ class Dispatcher:
             self._created(ev.ConnectionCreated(Token(token), laddr, raddr,
                                                server_side=server_side))
             self._adopted.add(token)
+            # Its subflows before connection_established: a path manager
+            # that opens paths when a connection is established learns first
+            # of those it already has.
+            self._reconcile_subflows(token, listed.get(token, {}), server_side, at_startup)
             if established:
                 self.dispatch(ev.ConnectionEstablished(Token(token), laddr, raddr,
                                                        server_side=server_side))
+
+    def _reconcile_subflows(self, token: int,
+                            now: dict[tuple[SockAddr, SockAddr], MptcpSubflow],
+                            server_side: bool, at_startup: bool) -> None:
+        """Tell the plugin of ``token`` of the joined subflows that closed or
+        were established unseen, given those listed ``now``."""
+        known = self._subflows.get(token, {})
+        for key in [k for k in known if k not in now]:
+            old = known[key]
+            log.warning("Subflow %s -> %s of connection %08x closed while events "
+                        "were lost.", old.laddr, old.raddr, token)
+            self._subflow_closed(ev.SubflowClosed(
+                old.token, old.laddr, old.raddr, old.backup, loc_id=old.loc_id,
+                rem_id=old.rem_id, if_idx=old.if_idx, server_side=old.server_side))
+        for key, sf in now.items():
+            if key in known or not sf.established:
+                continue
+            if at_startup:
+                log.info("Subflow %s -> %s of connection %08x existed before "
+                         "mptcpd started.", sf.laddr, sf.raddr, token)
+            else:
+                log.warning("Subflow %s -> %s of connection %08x was established "
+                            "while events were lost.", sf.laddr, sf.raddr, token)
+            self._subflow_established(ev.SubflowEstablished(
+                Token(token), sf.laddr, sf.raddr, sf.backup,
+                loc_id=AddressId(sf.local_id), rem_id=AddressId(sf.remote_id),
+                if_idx=sf.ifindex or None, server_side=server_side))
 
     # -- network monitor events (broadcast) ---------------------------------
 

@@ -27,6 +27,15 @@ skipped: without the token the connection is of no use here.  A dump that
 fails after it started (no handler for the protocol, for instance) ends
 with an ``NLMSG_DONE`` whose payload is the negative errno.
 
+:func:`list_mptcp_subflows` lists the subflows the same way: a TCP dump
+(every subflow is a TCP socket whose upper-layer protocol is ``mptcp``)
+whose replies carry ``INET_DIAG_ULP_INFO`` (given to a ``CAP_NET_ADMIN``
+caller that asked for ``INET_DIAG_INFO``): a nest with ``INET_ULP_INFO_NAME`` (``"mptcp"``) and
+``INET_ULP_INFO_MPTCP``, whose ``MPTCP_SUBFLOW_ATTR_*`` carry the
+connection's local token, the address IDs and the subflow flags (initial
+or joined, backup on either side).  TCP sockets of another upper layer, or
+none, are skipped without a word.
+
 Encoding and decoding are pure functions over bytes (:func:`build_request`,
 :func:`decode_datagram`); the dump runs on a plain netlink socket read with
 the loop's ``sock_recv``, so the loop never waits for the kernel.  Every
@@ -43,8 +52,12 @@ import logging
 import os
 import socket
 import struct
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from mptcpd.netlink import nla
+from mptcpd.netlink import mptcp_info as counters
 from mptcpd.netlink.nlsock import netlink_socket
 from mptcpd.types import SockAddr
 
@@ -58,11 +71,14 @@ __all__ = [
     "MptcpConnection",
     "MptcpDiagUnsupported",
     "MptcpInfo",
+    "MptcpSubflow",
     "build_request",
+    "build_subflow_request",
     "decode_datagram",
     "decode_mptcp_info",
     "dump_family",
     "list_mptcp_connections",
+    "list_mptcp_subflows",
     "parse_datagram",
 ]
 
@@ -73,6 +89,26 @@ IPPROTO_MPTCP = socket.IPPROTO_MPTCP
 SOCK_DIAG_BY_FAMILY = 20
 #: ``INET_DIAG_INFO`` (``enum`` in ``linux/inet_diag.h``), reply attribute.
 INET_DIAG_INFO = 2
+#: ``INET_DIAG_ULP_INFO`` (``enum`` in ``linux/inet_diag.h``), reply
+#: attribute: a nest of ``INET_ULP_INFO_*``.
+INET_DIAG_ULP_INFO = 19
+INET_ULP_INFO_NAME = 1
+INET_ULP_INFO_MPTCP = 3
+#: ``MPTCP_SUBFLOW_ATTR_*`` (``linux/mptcp.h``) in ``INET_ULP_INFO_MPTCP``.
+MPTCP_SUBFLOW_ATTR_TOKEN_REM = 1
+MPTCP_SUBFLOW_ATTR_TOKEN_LOC = 2
+MPTCP_SUBFLOW_ATTR_FLAGS = 8
+MPTCP_SUBFLOW_ATTR_ID_REM = 9
+MPTCP_SUBFLOW_ATTR_ID_LOC = 10
+#: ``MPTCP_SUBFLOW_FLAG_*`` (``linux/mptcp.h``).
+MPTCP_SUBFLOW_FLAG_MCAP_REM = 0x1
+MPTCP_SUBFLOW_FLAG_MCAP_LOC = 0x2
+MPTCP_SUBFLOW_FLAG_JOIN_REM = 0x4
+MPTCP_SUBFLOW_FLAG_JOIN_LOC = 0x8
+MPTCP_SUBFLOW_FLAG_BKUP_REM = 0x10
+MPTCP_SUBFLOW_FLAG_BKUP_LOC = 0x20
+MPTCP_SUBFLOW_FLAG_FULLY_ESTABLISHED = 0x40
+MPTCP_SUBFLOW_FLAG_CONNECTED = 0x80
 #: ``INET_DIAG_REQ_PROTOCOL`` (``linux/inet_diag.h``), request attribute.
 INET_DIAG_REQ_PROTOCOL = 3
 NLMSG_NOOP = 1
@@ -87,8 +123,8 @@ _NLMSG_HDRLEN = _NLMSG_HDR.size
 _REQ_V2 = struct.Struct("=BBBxI48x")
 #: ``struct inet_diag_msg``: family, state, timer, retrans, sport, dport (both
 #: network order), src and dst (16 bytes each), then if, cookie, expires,
-#: rqueue, wqueue, uid, inode (not read).
-_DIAG_MSG = struct.Struct("=BBxx2H16s16s")
+#: rqueue, wqueue, uid, inode (not read but the interface).
+_DIAG_MSG = struct.Struct("=BBxx2H16s16sI")
 _INET_DIAG_MSG_LEN = 72  #: sizeof(struct inet_diag_msg)
 _I32 = struct.Struct("=i")
 _MAX_ERRNO = 4095  #: the kernel's MAX_ERRNO
@@ -157,7 +193,9 @@ class MptcpConnection:
       ``mptcp_pm`` event for it;
     * ``server_side``: the connection was accepted here: its local port is
       the port of an MPTCP listener of the namespace (set by
-      :func:`list_mptcp_connections`, which lists the listeners too).
+      :func:`list_mptcp_connections`, which lists the listeners too);
+    * ``info``: every ``struct mptcp_info`` counter the kernel reported
+      (:func:`mptcpd.netlink.mptcp_info.decode_mptcp_info`).
     """
 
     token: int
@@ -167,6 +205,51 @@ class MptcpConnection:
     established: bool
     fallback: bool = False
     server_side: bool = False
+    info: dict[str, int] = dataclasses.field(default_factory=dict, compare=False)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MptcpSubflow:
+    """One subflow (a TCP socket of an MPTCP connection) as the kernel lists it.
+
+    * ``token``: the local token of its connection (as in ``mptcp_pm``
+      events and :attr:`MptcpConnection.token`);
+    * ``laddr`` / ``raddr``: the subflow's addresses and ports (host order),
+      IPv4-mapped for an IPv4 subflow of a dual-stack socket, as the
+      subflow events of that connection carry them;
+    * ``state``: the TCP state of the subflow (``TCP_ESTABLISHED`` 1, ...);
+    * ``ifindex``: the interface the subflow is bound to (0: not bound);
+    * ``local_id`` / ``remote_id``: the address IDs;
+    * ``flags``: ``MPTCP_SUBFLOW_FLAG_*``.
+    """
+
+    token: int
+    laddr: SockAddr
+    raddr: SockAddr
+    state: int
+    ifindex: int = 0
+    local_id: int = 0
+    remote_id: int = 0
+    flags: int = 0
+
+    @property
+    def initial(self) -> bool:
+        """The connection's first subflow (MP_CAPABLE), not a join."""
+        return not self.flags & (MPTCP_SUBFLOW_FLAG_JOIN_LOC | MPTCP_SUBFLOW_FLAG_JOIN_REM)
+
+    @property
+    def backup(self) -> bool:
+        """This side asked the peer to use the subflow as a backup."""
+        return bool(self.flags & MPTCP_SUBFLOW_FLAG_BKUP_LOC)
+
+    @property
+    def backup_remote(self) -> bool:
+        """The peer asked this side to use the subflow as a backup."""
+        return bool(self.flags & MPTCP_SUBFLOW_FLAG_BKUP_REM)
+
+    @property
+    def established(self) -> bool:
+        return self.state == TCP_ESTABLISHED
 
 
 @dataclasses.dataclass(slots=True)
@@ -174,11 +257,13 @@ class DiagBatch:
     """What one received datagram of a dump holds.
 
     ``listeners`` are the (address, port) of the MPTCP listeners met;
+    ``subflows`` the subflows of a TCP dump (:func:`build_subflow_request`);
     ``done`` tells that the dump's ``NLMSG_DONE`` was in the datagram.
     """
 
     connections: list[MptcpConnection] = dataclasses.field(default_factory=list)
     listeners: list[SockAddr] = dataclasses.field(default_factory=list)
+    subflows: list[MptcpSubflow] = dataclasses.field(default_factory=list)
     done: bool = False
 
 
@@ -201,19 +286,27 @@ def decode_mptcp_info(data: bytes) -> MptcpInfo | None:
 # -- encoding ------------------------------------------------------------------
 
 
-def build_request(family: int, protocol: int = IPPROTO_MPTCP, seq: int = 0) -> bytes:
+def build_request(family: int, protocol: int = IPPROTO_MPTCP, seq: int = 0,
+                  *, ext: int = 1 << (INET_DIAG_INFO - 1),
+                  states: int = STATES_NO_LISTEN | (1 << TCP_LISTEN)) -> bytes:
     """The dump request for ``family``, a whole netlink message: every state
     (listeners too), with ``INET_DIAG_INFO``, the protocol in
     ``INET_DIAG_REQ_PROTOCOL``."""
     # sdiag_protocol 0 has no inet_diag handler: a kernel that ignored the
     # protocol attribute answers ENOENT instead of dumping another protocol.
-    body = _REQ_V2.pack(family, 0, 1 << (INET_DIAG_INFO - 1),
-                        STATES_NO_LISTEN | (1 << TCP_LISTEN))
+    body = _REQ_V2.pack(family, 0, ext, states)
     attr = nla.encode(INET_DIAG_REQ_PROTOCOL, struct.pack("=I", protocol))
     length = _NLMSG_HDRLEN + len(body) + len(attr)
     header = _NLMSG_HDR.pack(length, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP,
                              seq, 0)
     return header + body + attr
+
+
+def build_subflow_request(family: int, seq: int = 0) -> bytes:
+    """The TCP dump request that lists subflows: every state but listeners,
+    with ``INET_DIAG_INFO`` (``struct tcp_info``, not read: the kernel adds
+    the ULP info only to replies that carry it)."""
+    return build_request(family, socket.IPPROTO_TCP, seq, states=STATES_NO_LISTEN)
 
 
 # -- decoding ------------------------------------------------------------------
@@ -252,14 +345,71 @@ def _info_payload(data: bytes, offset: int, end: int) -> bytes | None:
     return None
 
 
-def _decode_reply(data: bytes, start: int, end: int, batch: DiagBatch) -> None:
-    """One ``SOCK_DIAG_BY_FAMILY`` reply in data[start:end] into ``batch``."""
+def _subflow_info(data: bytes, offset: int, end: int) -> dict[int, bytes] | None:
+    """The ``MPTCP_SUBFLOW_ATTR_*`` payloads of an ``mptcp`` ULP among the
+    attributes in [offset, end); None for a socket of another upper layer
+    or none.  ValueError when the attributes are malformed."""
+    try:
+        for kind, start, stop in nla.walk(data, offset, end):
+            if kind != INET_DIAG_ULP_INFO:
+                continue
+            ulp = {k: (a, b) for k, a, b in nla.walk(data, start, stop)}
+            name = ulp.get(INET_ULP_INFO_NAME)
+            nest = ulp.get(INET_ULP_INFO_MPTCP)
+            if name is None or data[name[0]:name[1]].rstrip(b"\0") != b"mptcp" or nest is None:
+                return None
+            return {k: data[a:b] for k, a, b in nla.walk(data, *nest)}
+    except nla.MalformedAttribute as exc:
+        raise ValueError(f"attribute {exc.type} of {exc.length} bytes does not fit "
+                         f"the message") from None
+    return None
+
+
+def _uint(attrs: dict[int, bytes], kind: int) -> int:
+    """A u8 or u32 attribute (0 when absent); ValueError when its size is wrong."""
+    raw = attrs.get(kind)
+    if raw is None:
+        return 0
+    if len(raw) == 1:
+        return raw[0]
+    if len(raw) == 4:
+        return int.from_bytes(raw, sys.byteorder)
+    raise ValueError(f"subflow attribute {kind} has {len(raw)} bytes")
+
+
+def _decode_subflow(data: bytes, body: int, end: int, state: int,
+                    laddr: SockAddr, raddr: SockAddr, ifindex: int,
+                    batch: DiagBatch) -> None:
+    try:
+        attrs = _subflow_info(data, body + _INET_DIAG_MSG_LEN, end)
+        if attrs is None:
+            return
+        if MPTCP_SUBFLOW_ATTR_TOKEN_LOC not in attrs:
+            return  # no MPTCP connection (yet): nothing to list
+        subflow = MptcpSubflow(
+            token=_uint(attrs, MPTCP_SUBFLOW_ATTR_TOKEN_LOC), laddr=laddr, raddr=raddr,
+            state=state, ifindex=ifindex,
+            local_id=_uint(attrs, MPTCP_SUBFLOW_ATTR_ID_LOC),
+            remote_id=_uint(attrs, MPTCP_SUBFLOW_ATTR_ID_REM),
+            flags=_uint(attrs, MPTCP_SUBFLOW_ATTR_FLAGS),
+        )
+    except ValueError as exc:
+        log.warning("MPTCP diag: malformed subflow %s port %d -> %s port %d (%s); "
+                    "skipped", laddr.ip, laddr.port, raddr.ip, raddr.port, exc)
+        return
+    batch.subflows.append(subflow)
+
+
+def _decode_reply(data: bytes, start: int, end: int, batch: DiagBatch,
+                  subflows: bool = False) -> None:
+    """One ``SOCK_DIAG_BY_FAMILY`` reply in data[start:end] into ``batch``:
+    an MPTCP socket, or with ``subflows`` a TCP socket."""
     body = start + _NLMSG_HDRLEN
     if end - body < _INET_DIAG_MSG_LEN:
         log.warning("MPTCP diag: undecodable reply (type %d, %d bytes) skipped: "
                     "too short", SOCK_DIAG_BY_FAMILY, end - start)
         return
-    family, state, sport, dport, src, dst = _DIAG_MSG.unpack_from(data, body)
+    family, state, sport, dport, src, dst, ifindex = _DIAG_MSG.unpack_from(data, body)
     if family == socket.AF_INET:
         src, dst = src[:4], dst[:4]
     elif family != socket.AF_INET6:
@@ -267,9 +417,13 @@ def _decode_reply(data: bytes, start: int, end: int, batch: DiagBatch) -> None:
         return
     laddr = SockAddr(ipaddress.ip_address(src), socket.ntohs(sport))
     if state == TCP_LISTEN:
-        batch.listeners.append(laddr)
+        if not subflows:
+            batch.listeners.append(laddr)
         return
     raddr = SockAddr(ipaddress.ip_address(dst), socket.ntohs(dport))
+    if subflows:
+        _decode_subflow(data, body, end, state, laddr, raddr, ifindex, batch)
+        return
     where = (f"{socket.inet_ntop(family, src)} port {laddr.port} -> "
              f"{socket.inet_ntop(family, dst)} port {raddr.port}")
     try:
@@ -290,12 +444,15 @@ def _decode_reply(data: bytes, start: int, end: int, batch: DiagBatch) -> None:
     batch.connections.append(MptcpConnection(
         token=info.token, laddr=laddr, raddr=raddr, state=state,
         established=state == TCP_ESTABLISHED, fallback=info.fallback,
+        info=counters.decode_mptcp_info(raw),
     ))
 
 
 def decode_datagram(data: bytes, seq: int | None = None,
-                    netns: str | None = None) -> DiagBatch:
-    """The replies, listeners and end of dump in one received datagram.
+                    netns: str | None = None, *, subflows: bool = False) -> DiagBatch:
+    """The replies, listeners and end of dump in one received datagram
+    (the subflows, with ``subflows``: the datagram answers
+    :func:`build_subflow_request`).
 
     Messages whose sequence number is not ``seq`` (when given) are ignored;
     a message whose length does not fit the datagram ends it, with a
@@ -316,7 +473,7 @@ def decode_datagram(data: bytes, seq: int | None = None,
         end = offset + length
         if seq is None or msg_seq == seq:
             if kind == SOCK_DIAG_BY_FAMILY:
-                _decode_reply(data, offset, end, batch)
+                _decode_reply(data, offset, end, batch, subflows)
             elif kind in (NLMSG_ERROR, NLMSG_DONE):
                 code = (_I32.unpack_from(data, offset + _NLMSG_HDRLEN)[0]
                         if length >= _NLMSG_HDRLEN + 4 else 0)
@@ -344,6 +501,25 @@ def parse_datagram(data: bytes) -> list[MptcpConnection]:
 # -- the dump ------------------------------------------------------------------
 
 
+async def _dump(sock: socket.socket, request: bytes, seq: int, netns: str | None,
+                subflows: bool = False) -> DiagBatch:
+    """Send one dump request and gather its replies until ``NLMSG_DONE``."""
+    loop = asyncio.get_running_loop()
+    await loop.sock_sendall(sock, request)
+    result = DiagBatch()
+    while True:
+        data = await loop.sock_recv(sock, _RECV_SIZE)
+        if not data:
+            raise OSError(errno.EIO, f"sock_diag socket closed{_where(netns)}")
+        batch = decode_datagram(data, seq, netns, subflows=subflows)
+        result.connections.extend(batch.connections)
+        result.listeners.extend(batch.listeners)
+        result.subflows.extend(batch.subflows)
+        if batch.done:
+            result.done = True
+            return result
+
+
 async def dump_family(
     sock: socket.socket, family: int, protocol: int = IPPROTO_MPTCP,
     listeners: set[SockAddr] | None = None, *, seq: int = 1,
@@ -354,19 +530,10 @@ async def dump_family(
     The listeners met on the way are added to ``listeners``.  Raises
     :class:`OSError` when the kernel reports an error.
     """
-    loop = asyncio.get_running_loop()
-    await loop.sock_sendall(sock, build_request(family, protocol, seq))
-    result: list[MptcpConnection] = []
-    while True:
-        data = await loop.sock_recv(sock, _RECV_SIZE)
-        if not data:
-            raise OSError(errno.EIO, f"sock_diag socket closed{_where(netns)}")
-        batch = decode_datagram(data, seq, netns)
-        result.extend(batch.connections)
-        if listeners is not None:
-            listeners.update(batch.listeners)
-        if batch.done:
-            return result
+    batch = await _dump(sock, build_request(family, protocol, seq), seq, netns)
+    if listeners is not None:
+        listeners.update(batch.listeners)
+    return batch.connections
 
 
 def _with_side(conn: MptcpConnection, listeners: set[SockAddr]) -> MptcpConnection:
@@ -395,6 +562,45 @@ async def list_mptcp_connections(
         namespace does not exist), the kernel refused the dump, or the
         listing took longer than ``timeout`` (``errno.ETIMEDOUT``).
     """
+    async def dumps(sock: socket.socket) -> list[MptcpConnection]:
+        connections = []
+        listeners: set[SockAddr] = set()
+        for seq, family in enumerate((socket.AF_INET, socket.AF_INET6), 1):
+            connections.extend(await dump_family(
+                sock, family, listeners=listeners, seq=seq, netns=netns))
+        return [_with_side(c, listeners) for c in connections]
+
+    return await _listing(dumps, "MPTCP socket diagnostics", netns, timeout)
+
+
+async def list_mptcp_subflows(
+    netns: str | None = None, *, timeout: float | None = DEFAULT_TIMEOUT
+) -> list[MptcpSubflow]:
+    """List the subflows of every MPTCP connection of a namespace (the
+    initial subflows too; not those of listeners), IPv4 then IPv6.
+
+    Same parameters and errors as :func:`list_mptcp_connections`; the
+    caller needs ``CAP_NET_ADMIN`` in the namespace, without which the
+    kernel leaves out the information that tells a subflow from another
+    TCP socket, and the list is empty.
+    """
+    async def dumps(sock: socket.socket) -> list[MptcpSubflow]:
+        subflows = []
+        for seq, family in enumerate((socket.AF_INET, socket.AF_INET6), 1):
+            batch = await _dump(sock, build_subflow_request(family, seq), seq, netns,
+                                subflows=True)
+            subflows.extend(batch.subflows)
+        return subflows
+
+    return await _listing(dumps, "TCP socket diagnostics", netns, timeout)
+
+
+_T = TypeVar("_T")
+
+
+async def _listing(dumps: Callable[[socket.socket], Awaitable[_T]], what: str,
+                   netns: str | None, timeout: float | None) -> _T:
+    """Run ``dumps`` on a fresh sock_diag socket of ``netns`` within ``timeout``."""
     try:
         sock = netlink_socket(NETLINK_SOCK_DIAG, netns)
     except OSError as exc:
@@ -404,18 +610,13 @@ async def list_mptcp_connections(
         ) from exc
     try:
         async with asyncio.timeout(timeout):
-            connections = []
-            listeners: set[SockAddr] = set()
-            for seq, family in enumerate((socket.AF_INET, socket.AF_INET6), 1):
-                connections.extend(await dump_family(
-                    sock, family, listeners=listeners, seq=seq, netns=netns))
-            return [_with_side(c, listeners) for c in connections]
+            return await dumps(sock)
     except TimeoutError as exc:
         if isinstance(exc, OSError) and exc.errno is not None:
             raise  # a socket-level ETIMEDOUT, already explained
         raise OSError(
             errno.ETIMEDOUT,
-            f"MPTCP socket diagnostics{_where(netns)} took longer than {timeout} s",
+            f"{what}{_where(netns)} took longer than {timeout} s",
         ) from exc
     finally:
         sock.close()

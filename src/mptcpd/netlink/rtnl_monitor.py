@@ -56,7 +56,8 @@ NLMSG_NOOP, NLMSG_ERROR, NLMSG_DONE, NLMSG_OVERRUN = 1, 2, 3, 4
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
-IFLA_IFNAME, IFLA_OPERSTATE, IFLA_CARRIER = 3, 16, 33
+IFLA_IFNAME, IFLA_OPERSTATE, IFLA_LINKINFO, IFLA_CARRIER = 3, 16, 18, 33
+IFLA_INFO_KIND = 1  #: nested in ``IFLA_LINKINFO``
 IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
 RTA_DST, RTA_OIF, RTA_TABLE = 1, 4, 15
 #: ``IF_OPER_*`` names, as ``ip link`` shows them.
@@ -105,6 +106,9 @@ class LinkMessage:
     operstate: str = ""  #: ``"UP"``, ``"DOWN"``, ``"LOWERLAYERDOWN"``, ...
     carrier: bool | None = None
     deleted: bool = False  #: ``RTM_DELLINK``
+    #: ``IFLA_INFO_KIND`` (``"bridge"``, ``"veth"``, ``"tun"``, ...); empty
+    #: for devices without one (physical ones, loopback).
+    kind: str = ""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -216,6 +220,8 @@ def decode_link(mtype: int, body: bytes) -> LinkMessage | None:
     name = attrs.get(IFLA_IFNAME)
     oper = attrs.get(IFLA_OPERSTATE)
     carrier = attrs.get(IFLA_CARRIER)
+    linkinfo = attrs.get(IFLA_LINKINFO)
+    kind = attributes(linkinfo, 0).get(IFLA_INFO_KIND) if linkinfo else None
     return LinkMessage(
         index=index,
         name=name.split(b"\0", 1)[0].decode("utf-8", "replace") if name else "",
@@ -224,6 +230,7 @@ def decode_link(mtype: int, body: bytes) -> LinkMessage | None:
         operstate=OPERSTATES[oper[0]] if oper and oper[0] < len(OPERSTATES) else "",
         carrier=bool(carrier[0]) if carrier else None,
         deleted=mtype == RTM_DELLINK,
+        kind=kind.split(b"\0", 1)[0].decode("utf-8", "replace") if kind else "",
     )
 
 

@@ -11,6 +11,7 @@ pluggy as the catalogue and calls the implementations itself.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import inspect
 import logging
@@ -60,6 +61,11 @@ class Plugin:
     @property
     def sort_key(self) -> tuple[int, str]:
         return (self.info.priority, self.info.name)
+
+
+#: The plugin whose hook is running (see :attr:`PluginRegistry.current`).
+_running: contextvars.ContextVar[Plugin | None] = contextvars.ContextVar(
+    "mptcpd_plugin", default=None)
 
 
 class PluginRegistry:
@@ -155,6 +161,14 @@ class PluginRegistry:
 
     # -- calling -----------------------------------------------------------
 
+    @property
+    def current(self) -> Plugin | None:
+        """The plugin on whose behalf the code now running acts: the plugin
+        whose hook runs, or that added the done-callback that runs (asyncio
+        runs a callback in the context it was added in); None otherwise.
+        Who sent a command, for the control socket's endpoint owners."""
+        return _running.get()
+
     def call(self, plugin: Plugin, hook: Callable[..., Any], **kwargs: Any) -> Any:
         """Call ``plugin``'s implementation of ``hook`` (a hook specification
         of :mod:`mptcpd.hookspecs`, ``hookspecs.pm_ready`` say: a misspelled
@@ -186,12 +200,14 @@ class PluginRegistry:
     def _invoke(self, plugin: Plugin, hook: str, function: Callable[..., Any],
                 args: list[Any]) -> Any:
         start = time.perf_counter()
+        running = _running.set(plugin)
         try:
             return function(*args)
         except BaseException as exc:  # noqa: B036 - nothing a plugin raises may end a loop
             self._failed(plugin, hook, exc)
             return Failed
         finally:
+            _running.reset(running)
             elapsed = time.perf_counter() - start
             if elapsed > SLOW_HOOK_SECONDS:
                 log.warning('Plugin "%s" took %.3f s in hook %s; hooks must not block '

@@ -40,10 +40,23 @@ Semantics are mptcpd's, with these deliberate differences:
   joined late (the daemon calls it once the plugins are loaded, which fixes
   the C daemon's startup race deterministically).
 
-Kept from C: removing an interface sends no
-``delete_local_address`` for its addresses; an interface that comes back
-after an administrative down does not get its remaining addresses re-read;
-renames are not tracked (the first name stays).
+* **Administrative down/up** (spec 12.2 defect 11; ``readdress``, which
+  the daemon turns on): an interface that goes down, or is removed, has its
+  reported addresses withdrawn (``delete_local_address``) before
+  ``delete_interface``; one that is down stays tracked silently with its
+  addresses, so when it comes up it gets ``new_interface`` and then
+  ``new_local_address`` for the addresses it still has (IPv4 addresses
+  survive a down; the kernel removes IPv6 ones, and reports them again when
+  they come back).  C forgets the addresses and never reports them again.
+  Without ``readdress`` C's behaviour is kept.
+* **The policy** (:mod:`mptcpd.pm.policy`) decides, once per change, which
+  interfaces and addresses subscribers hear of at all; see
+  :meth:`NetworkMonitor.set_policy` for changes at run time.
+* **Duplicate address detection**: a tentative address is reported once
+  DAD has completed, never when it failed; a later change of an address's
+  flags (deprecated) is decided again.
+
+Kept from C: renames are not tracked (the first name stays).
 """
 
 from __future__ import annotations
@@ -63,6 +76,7 @@ from mptcpd.netlink.rtnl_monitor import (
     RouteMessage,
     RtnlEvent,
 )
+from mptcpd.pm.policy import ALLOWED, InterfaceDecision, Policy
 from mptcpd.pm.route_check import (
     ROUTE_CHECK_DELAYS,
     ROUTE_WAIT_TIMEOUT,
@@ -108,6 +122,10 @@ class _Address:
     addr: SockAddr
     scope: int
     state: AddressState
+    #: ``IFA_F_*`` of the last message (for the policy's decisions).
+    ifa_flags: int = 0
+    #: Why the policy keeps it from subscribers (None: it passes).
+    filtered: str | None = None
     check: Check | None = None
     #: Order in which the kernel reported the address, across interfaces.
     seq: int = dataclasses.field(default_factory=lambda: next(_arrival))
@@ -122,6 +140,9 @@ class _Interface:
     operstate: str
     carrier: bool | None
     visible: bool  #: subscribers know it (startup dump or new_interface)
+    kind: str = ""
+    #: The policy's decision (allowed, own address flags).
+    decision: InterfaceDecision = ALLOWED
     #: Change it only through :meth:`add`, :meth:`remove` and :meth:`update`:
     #: they drop the cached snapshot.
     addrs: list[_Address] = dataclasses.field(default_factory=list)
@@ -139,7 +160,9 @@ class _Interface:
                 type=self.type,
                 operstate=self.operstate,
                 carrier=self.carrier,
-                addrs=tuple(a.addr for a in self.addrs),
+                addrs=tuple(a.addr for a in self.addrs if a.filtered is None),
+                kind=self.kind,
+                addr_flags=self.decision.addr_flags,
             )
         return snap
 
@@ -157,17 +180,27 @@ class _Interface:
                 return entry
         return None
 
+    def changed(self) -> None:
+        """Drop the cached snapshot (an entry or the decision changed)."""
+        self._snapshot = None
+
     def update(self, msg: LinkMessage) -> None:
         # As in mptcpd the name is not updated (renames are not tracked).
         self.flags = msg.flags
         self.type = msg.type
         self.operstate = msg.operstate
         self.carrier = msg.carrier
+        if msg.kind:
+            self.kind = msg.kind
         self._snapshot = None
 
     @property
     def running(self) -> bool:
         return bool(self.flags & IFF_RUNNING)
+
+    @property
+    def allowed(self) -> bool:
+        return self.decision.denied is None
 
 
 class NetworkMonitor:
@@ -188,6 +221,16 @@ class NetworkMonitor:
         or treat it as mptcpd does, as ``delete_interface``/``new_interface``
         (False).
     :param monitor_loopback: also track the loopback interface.
+    :param policy: which interfaces and addresses subscribers hear of, and
+        the interfaces' own address flags (:mod:`mptcpd.pm.policy`); every
+        interface and address passes by default, tentative and DAD-failed
+        addresses apart.
+    :param readdress: keep an interface that goes administratively down
+        (or is not up when first seen) with its addresses, so that when it
+        comes up its addresses are reported again; and withdraw
+        (``delete_local_address``) the reported addresses of an interface
+        before ``delete_interface``.  False gives C's behaviour: the
+        interface and its addresses are forgotten silently.
     """
 
     def __init__(
@@ -199,11 +242,15 @@ class NetworkMonitor:
         route_wait_timeout: float = ROUTE_WAIT_TIMEOUT,
         carrier_events: bool = True,
         monitor_loopback: bool = False,
+        policy: Policy | None = None,
+        readdress: bool = False,
     ) -> None:
         self.notify_flags = NotifyFlags(notify_flags)
         self.routes = RouteCheck(route_lookup, route_check_delays, route_wait_timeout)
         self.carrier_events = carrier_events
+        self.readdress = readdress
         self._monitor_loopback = monitor_loopback
+        self._policy = policy if policy is not None else Policy()
         self._interfaces: dict[int, _Interface] = {}
         self._subscribers: list[Subscriber] = []
 
@@ -218,14 +265,20 @@ class NetworkMonitor:
 
     @property
     def tracking(self) -> bool:
-        """Whether an interface is tracked (ready, or up and waiting for its
-        carrier): only then are addresses worth a dump."""
+        """Whether an interface is tracked (ready, up and waiting for its
+        carrier, or, with ``readdress``, down): only then are addresses
+        worth a dump."""
         return bool(self._interfaces)
 
     @property
     def wants_routes(self) -> bool:
         """Whether route changes matter (``check_route`` waits for them)."""
         return bool(self.notify_flags & NotifyFlags.CHECK_ROUTE and self.routes.timeout > 0)
+
+    @property
+    def policy(self) -> Policy:
+        """The policy in force."""
+        return self._policy
 
     # -- configuration and subscribers ------------------------------------
 
@@ -300,7 +353,8 @@ class NetworkMonitor:
         IPv4-mapped IPv6 address is looked up as IPv4)."""
         key = SockAddr(addr.ip).unmapped()
         for iface in self._visible():
-            if iface.find(key) is not None:
+            entry = iface.find(key)
+            if entry is not None and entry.filtered is None:
                 return iface.snapshot()
         return None
 
@@ -312,6 +366,19 @@ class NetworkMonitor:
             if entry is not None:
                 return entry.state
         return None
+
+    def decisions(self) -> list[tuple[Interface, str | None, list[tuple[SockAddr, str | None]]]]:
+        """Every tracked interface (reported or not), why the policy keeps it
+        from plugins (None: it does not) and the same for each of its
+        addresses: for logs and the status API."""
+        out = []
+        for index in sorted(self._interfaces):
+            iface = self._interfaces[index]
+            out.append((dataclasses.replace(iface.snapshot(),
+                                            addrs=tuple(a.addr for a in iface.addrs)),
+                        iface.decision.denied,
+                        [(a.addr, a.filtered) for a in iface.addrs]))
+        return out
 
     def replay(self, subscriber: Subscriber, *, interfaces: bool = False) -> None:
         """Tell ``subscriber`` about the current state, as if it had been
@@ -341,12 +408,115 @@ class NetworkMonitor:
         for _, iface, entry in announced:
             self._call(subscriber, ev.LocalAddressAdded(iface.snapshot(), entry.addr))
 
+    # -- policy ----------------------------------------------------------
+
+    def set_policy(self, policy: Policy) -> None:
+        """Apply a new policy (a configuration reload) to everything tracked.
+
+        Interfaces it now denies are withdrawn (``delete_local_address`` for
+        each reported address, then ``delete_interface``); addresses it now
+        keeps back are withdrawn; interfaces whose own address flags change
+        get ``update_interface``; addresses and interfaces it now lets
+        through are reported (``new_interface``, ``new_local_address``), as
+        if they had just appeared.
+        """
+        self._policy = policy
+        for index in sorted(self._interfaces):
+            iface = self._interfaces.get(index)
+            if iface is None:
+                continue
+            decision = policy.interface(iface.name, iface.kind)
+            old_flags = iface.decision.addr_flags
+            if decision.denied is not None and iface.visible:
+                log.info("Network interface %s(%d) is now %s: withdrawn.", iface.name,
+                         iface.index, decision.denied)
+                self._hide(iface)
+            iface.decision = decision
+            iface.changed()
+            for entry in list(iface.addrs):
+                self._refilter(iface, entry, policy.address(entry.addr.ip, entry.ifa_flags))
+            if iface.visible and decision.addr_flags != old_flags:
+                self._emit(ev.InterfaceUpdated(iface.snapshot()))
+            elif not iface.visible and iface.allowed and self._ready(iface.flags):
+                self._show(iface)
+
+    def _decide(self, iface: _Interface) -> None:
+        iface.decision = self._policy.interface(iface.name, iface.kind)
+        if not iface.allowed:
+            log.debug("Network interface %s(%d) is %s: not reported to plugins.",
+                      iface.name, iface.index, iface.decision.denied)
+
+    def _refilter(self, iface: _Interface, entry: _Address, reason: str | None) -> bool:
+        """Give ``entry`` the policy's new decision ``reason``, reporting or
+        withdrawing it as that changes; whether the decision changed."""
+        was = entry.filtered
+        if was == reason:
+            return False
+        entry.filtered = reason
+        iface.changed()
+        if reason is None:
+            log.debug("Address %s on %s is no longer held back (%s).", entry.addr,
+                      iface.name, was)
+            if iface.visible and entry.state is AddressState.DEFERRED:
+                self._announce(iface, entry)
+        else:
+            log.debug("Address %s on %s is held back: %s.", entry.addr, iface.name,
+                      reason)
+            if was is None:
+                self._withdraw(iface, entry)
+        return True
+
+    def _withdraw(self, iface: _Interface, entry: _Address) -> None:
+        """Take back what subscribers were told of ``entry`` (still recorded);
+        it will be reported again when it may."""
+        self._cancel_check(entry)
+        if entry.state is AddressState.SILENT:
+            return
+        announced = entry.state is AddressState.ANNOUNCED
+        entry.state = AddressState.DEFERRED
+        if announced and iface.visible:
+            self._emit(ev.LocalAddressRemoved(iface.snapshot(), entry.addr))
+
+    def _hide(self, iface: _Interface, last: Interface | None = None, *,
+              withdraw: bool = True) -> None:
+        """Subscribers stop seeing ``iface``: its reported addresses are
+        withdrawn (unless not ``withdraw``: C's removal), then
+        ``delete_interface`` with the ``last`` state subscribers saw (as C:
+        the flags before the change)."""
+        if withdraw:
+            for entry in list(iface.addrs):
+                if entry.state is AddressState.SILENT:
+                    entry.state = AddressState.DEFERRED
+                else:
+                    self._withdraw(iface, entry)
+        else:
+            for entry in iface.addrs:
+                self._cancel_check(entry)
+        snap = iface.snapshot()
+        if last is not None:
+            snap = dataclasses.replace(last, addrs=snap.addrs)
+        iface.visible = False
+        self._emit(ev.InterfaceRemoved(snap))
+
+    def _show(self, iface: _Interface) -> None:
+        """Subscribers start seeing ``iface``: ``new_interface``, then its
+        addresses that pass the policy."""
+        iface.visible = True
+        self._emit(ev.InterfaceAdded(iface.snapshot()))
+        for entry in list(iface.addrs):
+            if entry.state is AddressState.DEFERRED and entry.filtered is None:
+                self._announce(iface, entry)
+
     # -- links -----------------------------------------------------------
 
     def would_track(self, msg: LinkMessage) -> bool:
         """Whether a link message of an interface not tracked yet would make
         it tracked (then its addresses are worth a dump)."""
-        return not msg.deleted and (self._ready(msg.flags) or self._trackable(msg.flags))
+        if msg.deleted:
+            return False
+        if self.readdress:
+            return self._admissible(msg.flags)
+        return self._ready(msg.flags) or self._trackable(msg.flags)
 
     def _admissible(self, flags: int) -> bool:
         return not flags & IFF_LOOPBACK or self._monitor_loopback
@@ -358,6 +528,10 @@ class NetworkMonitor:
         """Up (maybe without carrier) and kept while waiting for carrier."""
         return self.carrier_events and bool(flags & IFF_UP) and self._admissible(flags)
 
+    def _kept(self, flags: int) -> bool:
+        """Kept tracked (silently) although not reported."""
+        return self._trackable(flags) or (self.readdress and self._admissible(flags))
+
     def handle_link(self, msg: LinkMessage, *, initial: bool = False) -> None:
         """Apply a link message (``initial``: a startup-dump entry)."""
         iface = self._interfaces.get(msg.index)
@@ -367,59 +541,63 @@ class NetworkMonitor:
                 return
             self._drop_interface(iface)
             return
-        if self._ready(msg.flags):
-            if iface is None:
-                iface = _Interface(msg.index, msg.name, msg.flags, msg.type,
-                                   msg.operstate, msg.carrier, visible=True)
-                self._interfaces[msg.index] = iface
+        ready = self._ready(msg.flags)
+        if iface is None:
+            if not ready and not self._kept(msg.flags):
+                log.debug("Ignoring network interface %d that is not ready.", msg.index)
+                return
+            iface = _Interface(msg.index, msg.name, msg.flags, msg.type,
+                               msg.operstate, msg.carrier, visible=False, kind=msg.kind)
+            self._decide(iface)
+            self._interfaces[msg.index] = iface
+            if ready and iface.allowed:
+                iface.visible = True
                 if not initial:
                     self._emit(ev.InterfaceAdded(iface.snapshot()))
+            return
+        was_running = iface.running
+        kind = iface.kind
+        last = iface.snapshot()
+        iface.update(msg)
+        if iface.kind != kind:
+            self._decide(iface)  # the kind came late: decide again
+            if not iface.allowed and iface.visible:
+                self._hide(iface)
                 return
-            was_running = iface.running
-            iface.update(msg)
-            if not iface.visible:
-                # First time ready: announce it, then what it collected.
-                iface.visible = True
-                self._emit(ev.InterfaceAdded(iface.snapshot()))
-                for entry in list(iface.addrs):
-                    if entry.state is AddressState.DEFERRED:
-                        self._announce(iface, entry)
-            elif not was_running and self.carrier_events:
+        if not iface.visible:
+            if ready and iface.allowed:
+                # (Again) ready: announce it, then what it collected.
+                self._show(iface)
+            elif not self._kept(msg.flags):
+                del self._interfaces[iface.index]
+                for entry in iface.addrs:
+                    self._cancel_check(entry)
+            return
+        if ready:
+            if not was_running and self.carrier_events:
                 self._emit(ev.LinkUp(iface.snapshot()))
             else:
                 self._emit(ev.InterfaceUpdated(iface.snapshot()))
             return
-        # Not ready.
         if self._trackable(msg.flags):
-            if iface is None:
-                # Up without carrier: keep it quietly so that its addresses
-                # are recorded before it becomes ready.
-                self._interfaces[msg.index] = _Interface(
-                    msg.index, msg.name, msg.flags, msg.type, msg.operstate,
-                    msg.carrier, visible=False,
-                )
-                return
-            was_running = iface.running
-            iface.update(msg)
-            if not iface.visible:
-                return
+            # Up without carrier.
             if was_running:
                 self._emit(ev.LinkDown(iface.snapshot()))
             else:
                 self._emit(ev.InterfaceUpdated(iface.snapshot()))
             return
-        if iface is None:
-            log.debug("Ignoring network interface %d that is not ready.", msg.index)
-            return
-        self._drop_interface(iface)
+        # Administratively down (or, without carrier events, not running).
+        if self.readdress:
+            self._hide(iface, last)
+        else:
+            self._drop_interface(iface, last)
 
-    def _drop_interface(self, iface: _Interface) -> None:
-        snap = iface.snapshot()
+    def _drop_interface(self, iface: _Interface, last: Interface | None = None) -> None:
         del self._interfaces[iface.index]
+        if iface.visible:
+            self._hide(iface, last, withdraw=self.readdress)
         for entry in iface.addrs:
             self._cancel_check(entry)
-        if iface.visible:
-            self._emit(ev.InterfaceRemoved(snap))
 
     # -- addresses ---------------------------------------------------------
 
@@ -439,24 +617,33 @@ class NetworkMonitor:
                 return
             iface.remove(entry)
             self._cancel_check(entry)
-            if iface.visible:
+            if iface.visible and entry.filtered is None:
                 self._emit(ev.LocalAddressRemoved(iface.snapshot(), addr))
             return
-        if initial and not self.notify_flags & NotifyFlags.EXISTING:
-            # Recorded silently; the skip filters do not apply (as in C).
+        reason = self._policy.address(msg.ip, msg.flags)
+        if (initial and not self.notify_flags & NotifyFlags.EXISTING
+                and (iface.visible or not self.readdress)):
+            # Recorded silently; the skip flags do not apply (as in C).
             if iface.find(addr) is None:
-                iface.add(_Address(addr, msg.scope, AddressState.SILENT))
+                iface.add(_Address(addr, msg.scope, AddressState.SILENT, msg.flags,
+                                   reason))
             return
         if self.notify_flags & NotifyFlags.SKIP_LINK_LOCAL and msg.scope == RT_SCOPE_LINK:
             return
         if self.notify_flags & NotifyFlags.SKIP_LOOPBACK and msg.scope == RT_SCOPE_HOST:
             return
-        if iface.find(addr) is not None:
-            log.debug("Network address information updated.")
+        entry = iface.find(addr)
+        if entry is not None:
+            entry.ifa_flags = msg.flags
+            # DAD done or failed, deprecated: the policy decides again.
+            if not self._refilter(iface, entry, reason):
+                log.debug("Network address information updated.")
             return
-        entry = _Address(addr, msg.scope, AddressState.DEFERRED)
+        entry = _Address(addr, msg.scope, AddressState.DEFERRED, msg.flags, reason)
         iface.add(entry)
-        if iface.visible:
+        if reason is not None:
+            log.debug("Address %s on %s is held back: %s.", addr, iface.name, reason)
+        elif iface.visible:
             self._announce(iface, entry)
 
     def _announce(self, iface: _Interface, entry: _Address) -> None:

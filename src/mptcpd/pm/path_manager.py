@@ -29,7 +29,8 @@ from mptcpd.errors import NotReady
 from mptcpd.netlink.pm_codec import Limits
 from mptcpd.pm.id_manager import IdManager
 from mptcpd.pm.listener_manager import ListenerManager
-from mptcpd.types import AddrFlags, Interface, SockAddr
+from mptcpd.pm.settings import PluginSettings
+from mptcpd.types import AddrFlags, Interface, NotifyFlags, SockAddr
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,56 @@ class AddressIds:
         self.remove_id = ids.remove_id
 
 
+class ConfigView:
+    """``pm.config``: the frozen daemon configuration as plugins see it, with
+    each plugin's own settings (``plugin_settings(name)``, built once per
+    name)."""
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._groups = {group.name: group for group in config.plugin_groups}
+        self._settings: dict[str, PluginSettings] = {}
+
+    @property
+    def addr_flags(self) -> AddrFlags:
+        return self._config.addr_flags
+
+    @property
+    def notify_flags(self) -> NotifyFlags:
+        return self._config.notify_flags
+
+    @property
+    def path_manager(self) -> str | None:
+        return self._config.path_manager
+
+    @property
+    def plugin_dir(self) -> str:
+        return self._config.plugin_dir
+
+    @property
+    def load_plugins(self) -> tuple[str, ...] | None:
+        return self._config.load_plugins
+
+    @property
+    def config_file(self) -> str:
+        """The configuration file that was read (or would have been)."""
+        return self._config.config_file
+
+    def __getattr__(self, name: str) -> Any:
+        """Every other field of the daemon's :class:`Config` (read only; the
+        public protocol promises plugins the ones above)."""
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._config, name)
+
+    def plugin_settings(self, name: str) -> PluginSettings:
+        """The settings of plugin ``name`` (empty when the file has no group for it)."""
+        settings = self._settings.get(name)
+        if settings is None:
+            settings = self._settings[name] = PluginSettings(name, self._groups.get(name))
+        return settings
+
+
 class PathManager:
     """The ``pm`` object handed to every plugin hook; it implements the
     protocol :class:`mptcpd.plugin.PathManager`.
@@ -163,7 +214,7 @@ class PathManager:
         listener_manager: Listeners | None = None,
     ) -> None:
         self._submit = commands.submit
-        self._config = config if config is not None else Config()
+        self._config = ConfigView(config if config is not None else Config())
         self._network_monitor = NetworkView(
             network_monitor if network_monitor is not None else NoInterfaces())
         ids = id_manager if id_manager is not None else IdManager()
@@ -195,9 +246,13 @@ class PathManager:
         return self._id_manager
 
     @property
-    def config(self) -> Config:
-        """The daemon's configuration (frozen)."""
+    def config(self) -> ConfigView:
+        """The daemon's configuration (frozen) and the plugins' settings."""
         return self._config
+
+    def set_config(self, config: Config) -> None:
+        """Use a reloaded configuration (the daemon's; not for plugins)."""
+        self._config = ConfigView(config)
 
     def _check_ready(self, function: str) -> None:
         if not self._ready:

@@ -1,0 +1,97 @@
+"""The bundled ``failover`` plugin on a real transfer: the client's second
+link is a backup link; pulling the first link's carrier moves the data to
+it (promotion, MP_PRIO), and the carrier's return moves it back.  Bytes per
+link are read from the client's interface counters (``ip -s link``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from mptcpd.netlink.diag import list_mptcp_subflows
+
+from tests.integration.test_fullmesh import paths, start_plugin, start_server
+from tests.integration.test_sspi import PORT, error_lines, tx_bytes, wait_tokens
+from tests.lab import Lab, wait_for
+
+MB = 1 << 20
+
+
+def peer_sees_backup(lab: Lab, client_ip: str) -> bool | None:
+    """Whether the server sees its subflow from ``client_ip`` as one the
+    client asked to be a backup (MP_JOIN bit or MP_PRIO), read with
+    sock_diag in the server namespace; None when there is no such subflow."""
+    subflows = asyncio.run(list_mptcp_subflows(lab.server))
+    found = [s.backup_remote for s in subflows
+             if s.established and str(s.raddr.unmapped().ip) == client_ip]
+    return found[0] if len(found) == 1 else None
+
+
+@pytest.mark.lab(links=2, path_manager="userspace")
+def test_a_transfer_survives_the_primary_carrier_loss_on_the_backup_link_and_back(
+        lab: Lab, tmp_path: Path) -> None:
+    primary, backup = lab.links
+    daemon = start_plugin(lab, tmp_path, "failover", f"backup-interfaces={backup.client_if}\n")
+    assert f"(backup interfaces: {backup.client_if})" in daemon.output()
+    start_server(lab)
+    client = lab.python(lab.client, "-m", "tests.lab.traffic", "client",
+                        str(primary.server4), str(PORT), "--wait-subflows", "1",
+                        "--stream", "12", "--rate", str(4 * MB), "--timeout", "60",
+                        name="streamer")
+    (token,) = wait_tokens(lab, 1)
+    wait_for(lambda: len(paths(lab)[token]) == 2, timeout=15, what="the backup join")
+    # The join is marked backup (MP_PRIO), and the peer knows it; the
+    # primary is not.
+    wait_for(lambda: peer_sees_backup(lab, str(backup.client4)), timeout=10,
+             what="the server to see the backup subflow as backup")
+    assert peer_sees_backup(lab, str(primary.client4)) is False
+
+    def moved(link_if: str, start: dict[str, int], amount: int) -> dict[str, int] | None:
+        now = tx_bytes(lab, lab.client)
+        return now if now[link_if] - start[link_if] >= amount else None
+
+    # Both links up: the data goes over the primary link only.
+    start = tx_bytes(lab, lab.client)
+    now = wait_for(lambda: moved(primary.client_if, start, 2 * MB), timeout=20,
+                   what="data on the primary link")
+    both_up = {ifname: now[ifname] - start[ifname] for ifname in now}
+    assert both_up[backup.client_if] < both_up[primary.client_if] // 20, both_up
+
+    # The primary's carrier goes: the backup subflow is promoted, data moves.
+    lab.set_carrier(primary, False)
+    start = tx_bytes(lab, lab.client)
+    now = wait_for(lambda: moved(backup.client_if, start, 2 * MB), timeout=20,
+                   what="data on the backup link")
+    failed_over = {ifname: now[ifname] - start[ifname] for ifname in now}
+    daemon.wait_output(rf"Connection {token:08x}: promoting the subflow "
+                       rf"{backup.client4}:\d+ -> {primary.server4}:{PORT}\.")
+    # The peer was told (MP_PRIO over the backup link): no longer a backup.
+    wait_for(lambda: peer_sees_backup(lab, str(backup.client4)) is False, timeout=10,
+             what="the server to see the promoted subflow as regular")
+
+    # The carrier returns: the backup is demoted, data moves back.
+    lab.set_carrier(primary, True)
+    daemon.wait_output(rf"Connection {token:08x}: demoting the subflow "
+                       rf"{backup.client4}:\d+ -> {primary.server4}:{PORT}\.", timeout=15)
+    wait_for(lambda: peer_sees_backup(lab, str(backup.client4)), timeout=10,
+             what="the server to see the demoted subflow as backup again")
+    start = tx_bytes(lab, lab.client)
+    start = wait_for(lambda: moved(primary.client_if, start, MB), timeout=20,
+                     what="data on the primary link again")
+    # (what was queued on the backup subflow drains meanwhile; from then on,
+    # the data is back on the primary link alone)
+    now = wait_for(lambda: moved(primary.client_if, start, 2 * MB), timeout=20,
+                   what="more data on the primary link")
+    back = {ifname: now[ifname] - start[ifname] for ifname in now}
+    assert back[backup.client_if] < back[primary.client_if] // 20, back
+
+    # The transfer survived: everything sent was acknowledged.
+    assert client.wait(90) == 0, client.output()
+    result = json.loads(client.output())
+    assert result["info"]["bytes_acked"] >= result["sent"]
+    print("per-link tx bytes:", {"both up": both_up, "primary lost": failed_over,
+                                 "primary back": back})
+    assert error_lines(daemon) == []

@@ -1,0 +1,85 @@
+"""The bundled ``failover`` plugin's logic, with mptcpd's test kit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mptcpd.plugin import AddrFlags, Interface, SockAddr
+from mptcpd.testing import READY, FakePathManager, PluginDriver
+from tests.unit.test_fullmesh import C1, INITIAL, SERVER, T1, established, load
+
+C2 = Interface(3, "wwan0", READY, addrs=(SockAddr("198.51.100.1"),))
+C3 = Interface(4, "eth3", READY, addrs=(SockAddr("203.0.113.1"),))
+JOIN2 = SockAddr("198.51.100.1", 41002)
+JOIN3 = SockAddr("203.0.113.1", 41003)
+
+
+def not_running(interface: Interface) -> Interface:
+    return Interface(interface.index, interface.name, READY & ~READY, addrs=interface.addrs)
+
+
+def setup(tmp_path: Path, *interfaces: Interface) -> tuple[PluginDriver, FakePathManager]:
+    pm = FakePathManager(interfaces=[C1, *interfaces],
+                         settings={"failover": {"backup-interfaces": "wwan*, ppp?"}})
+    fo = load(tmp_path, pm, "failover")
+    established(fo)
+    return fo, pm
+
+
+def test_backup_interfaces_get_backup_subflows(tmp_path: Path) -> None:
+    fo, pm = setup(tmp_path, C2, C3)
+    assert [(c[4], c[5], c[6]) for c in pm.take("add_subflow")] == [
+        (SockAddr("198.51.100.1"), SERVER, True), (SockAddr("203.0.113.1"), SERVER, False)]
+    pm.answer_all()
+    # add_subflow sends no backup flag (as upstream): the kernel reports the
+    # join as a regular one, and failover marks it backup at once (MP_PRIO).
+    fo.new_subflow(T1, JOIN2, SERVER, backup=False)
+    fo.new_subflow(T1, JOIN3, SERVER, backup=False)
+    assert pm.take() == [("set_backup", T1, JOIN2, SERVER, True)]
+
+
+def test_losing_the_last_primary_promotes_a_backup_and_its_return_demotes_it(
+        tmp_path: Path) -> None:
+    fo, pm = setup(tmp_path, C2)
+    pm.answer_all()
+    pm.take()
+    fo.new_subflow(T1, JOIN2, SERVER, backup=True)
+    assert pm.take() == []
+    fo.link_down(not_running(C1))
+    assert pm.take() == [("set_backup", T1, INITIAL, SERVER, True),
+                         ("set_backup", T1, JOIN2, SERVER, False)]
+    fo.link_up(C1)
+    assert pm.take() == [("set_backup", T1, JOIN2, SERVER, True),
+                         ("set_backup", T1, INITIAL, SERVER, False)]
+
+
+def test_no_promotion_while_another_primary_works(tmp_path: Path) -> None:
+    fo, pm = setup(tmp_path, C2, C3)
+    pm.answer_all()
+    pm.take()
+    fo.new_subflow(T1, JOIN2, SERVER, backup=True)
+    fo.new_subflow(T1, JOIN3, SERVER)
+    fo.link_down(not_running(C1))
+    assert pm.take() == []
+    # The last primary closes (its interface still up: it is retried later),
+    # and the backup is promoted.
+    fo.subflow_closed(T1, JOIN3, SERVER)
+    assert pm.take("set_backup") == [("set_backup", T1, INITIAL, SERVER, True),
+                                     ("set_backup", T1, JOIN2, SERVER, False)]
+    # A primary joins again: the backup is demoted.
+    fo.new_subflow(T1, SockAddr("203.0.113.1", 41004), SERVER)
+    assert pm.take("set_backup") == [("set_backup", T1, JOIN2, SERVER, True)]
+
+
+def test_an_interface_whose_own_flags_say_backup_is_a_backup_interface(
+        tmp_path: Path) -> None:
+    cell = Interface(5, "cell0", READY, addrs=(SockAddr("203.0.113.9"),),
+                     addr_flags=AddrFlags.SUBFLOW | AddrFlags.BACKUP)
+    fo, pm = setup(tmp_path, cell)
+    pm.answer_all()
+    pm.take()
+    fo.new_subflow(T1, SockAddr("203.0.113.9", 41005), SERVER, backup=False)
+    assert pm.take() == [("set_backup", T1, SockAddr("203.0.113.9", 41005), SERVER, True)]
+    fo.link_down(not_running(C1))
+    assert pm.take() == [("set_backup", T1, INITIAL, SERVER, True),
+                         ("set_backup", T1, SockAddr("203.0.113.9", 41005), SERVER, False)]
