@@ -516,6 +516,49 @@ async def test_overrun_is_detected_and_events_flow_again(
     assert len(of(got, ev.ConnectionCreated)) < int(out) + 1
 
 
+async def test_events_dropped_while_the_socket_is_still_full_are_another_overrun(
+        lab: Lab, caplog: pytest.LogCaptureFixture) -> None:
+    """The kernel reports one ENOBUFS per congestion: datagrams it drops
+    until the receive queue is empty again come without one.  A resync begun
+    at the first report may have listed the connections before those were
+    lost, so the reader reports them as one more overrun once it has
+    drained the queue."""
+    caplog.set_level(logging.WARNING, "mptcpd.netlink.genl_events")
+    start_server(lab)
+    server = str(lab.links[0].server4)
+    calls: list[int] = []
+
+    def flood() -> None:  # the loop is blocked: nobody reads meanwhile
+        out = lab.exec(lab.client, lab_python(), "-c", FLOOD, server, "1500",
+                       str(PORT)).stdout
+        assert int(out) > 1000
+
+    # More than one wake-up's worth of datagrams fit (1024 are read per
+    # wake-up), and reading pauses as soon as two events are pending.
+    async with EventReader(netns=lab.client, rcvbuf=1 << 20, max_pending=2,
+                           on_overrun=calls.append) as reader:
+        flood()
+        for _ in range(1000):  # one wake-up: the overrun, 1024 datagrams
+            if calls:
+                break
+            await asyncio.sleep(0.001)
+        assert calls == [1]
+        flood()  # dropped too, with the queue never empty: no ENOBUFS
+        got = 0
+
+        async def drain() -> None:
+            nonlocal got
+            async for _ in reader:
+                got += 1
+                if len(calls) >= 2:
+                    return
+
+        await asyncio.wait_for(drain(), 30)
+    assert calls == [1, 2] and reader.overrun_pending
+    assert any("more event(s) lost while it was full" in r.getMessage()
+               for r in caplog.records)
+
+
 def lab_python() -> str:
     import sys
     return sys.executable

@@ -75,6 +75,17 @@ def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     return registry.get("addr_adv").module  # type: ignore[union-attr]
 
 
+async def answer(pm: FakePM, name: str, error: BaseException | None = None) -> None:
+    """The kernel answers every pending ``name`` command (with ``error``)."""
+    for future in pm.futures.get(name, []):
+        if not future.done():
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
+    await asyncio.sleep(0)
+
+
 async def started(plugin: Any, pm: FakePM, existing: list[AddrInfo] = ()) -> None:
     plugin.plugin_init(pm)
     pm.futures["dump"][-1].set_result(list(existing))
@@ -144,10 +155,11 @@ async def test_deleting_an_address_removes_its_endpoint(plugin: Any) -> None:
     await started(plugin, pm)
     plugin.new_local_address(IF2, A1, pm)
     plugin.new_local_address(IF3, A2, pm)
+    await answer(pm, "add")
     plugin.delete_local_address(IF2, A1, pm)
     assert pm.commands("remove") == [("remove", (1,))]
-    assert pm.id_manager.lookup(A1) == 0
     assert pm.commands("set_limits")[-1] == ("set_limits", ([(1, 3), (0, 0)],))
+    assert pm.id_manager.lookup(A1) == 0
 
 
 async def test_an_unknown_address_is_only_logged(plugin: Any,
@@ -166,8 +178,10 @@ async def test_carrier_loss_withdraws_and_recovery_restores_with_the_same_id(
     await started(plugin, pm)
     plugin.new_local_address(IF2, A1, pm)
     plugin.new_local_address(IF3, A2, pm)
+    await answer(pm, "add")
     plugin.link_down(IF3, pm)
     assert pm.commands("remove") == [("remove", (2,))]
+    await answer(pm, "remove")
     plugin.link_down(IF3, pm)  # twice: nothing more
     assert len(pm.commands("remove")) == 1
     plugin.link_up(IF3, pm)
@@ -210,6 +224,7 @@ async def test_ids_do_not_run_out_when_addresses_come_and_go(plugin: Any) -> Non
             future.set_exception(KernelError("add_addr", errno.ERANGE, None))
         await asyncio.sleep(0)
         plugin.delete_local_address(IF2, addr, pm)
+        await answer(pm, "remove")
     assert len(pm.commands("add")) == 300
     assert all(args[1] == 1 for _, args in pm.commands("add"))  # the lowest free ID
     assert len(pm.id_manager) == 0
@@ -257,6 +272,80 @@ async def test_a_corrupt_state_file_is_warned_about_and_nothing_taken_as_ours(
     assert [args[0] for _, args in pm.commands("add")] == [A2]
     plugin.delete_local_address(IF2, A1, pm)
     assert pm.commands("remove") == []  # never removed: not proven ours
+
+
+async def test_a_command_the_daemon_could_not_send_is_sent_again(
+        plugin: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full command queue (a storm of carrier flaps) must not cost an
+    address its endpoint for good."""
+    from mptcpd.errors import QueueFull
+
+    monkeypatch.setattr(plugin, "RETRY_DELAY", 0)
+    pm = FakePM()
+    await started(plugin, pm)
+    plugin.new_local_address(IF3, A2, pm)
+    await answer(pm, "add", QueueFull())
+    await asyncio.sleep(0.01)
+    assert pm.commands("add") == [("add", (A2, 1, 0, 3))] * 2
+    await answer(pm, "add")
+    plugin.link_down(IF3, pm)
+    await answer(pm, "remove", QueueFull())
+    await asyncio.sleep(0.01)
+    assert pm.commands("remove") == [("remove", (1,))] * 2
+    await answer(pm, "remove")
+    plugin.link_up(IF3, pm)
+    assert pm.commands("add")[-1] == ("add", (A2, 1, 0, 3))
+
+
+async def test_an_address_on_a_link_without_carrier_waits_for_it(plugin: Any) -> None:
+    pm = FakePM()
+    await started(plugin, pm)
+    no_carrier = Interface(index=3, name="c2", flags=0x1, addrs=(A2,))
+    plugin.new_local_address(no_carrier, A2, pm)
+    assert pm.commands("add") == []
+    plugin.link_up(IF3, pm)
+    assert pm.commands("add") == [("add", (A2, 1, 0, 3))]
+
+
+async def test_an_endpoint_is_remembered_before_the_kernel_is_asked(plugin: Any) -> None:
+    """A daemon killed between the two still takes it for its own."""
+    pm = FakePM()
+    await started(plugin, pm)
+    plugin.new_local_address(IF3, A2, pm)
+    assert '"198.51.100.1": 1' in plugin.state_file().read_text()
+
+
+class FakeMonitor:
+    def __init__(self, *interfaces: Interface) -> None:
+        self.interfaces = interfaces
+
+    def find_interface(self, addr: SockAddr) -> Interface | None:
+        return next((i for i in self.interfaces if addr in i.addrs), None)
+
+
+async def test_endpoints_taken_over_whose_address_went_are_removed(plugin: Any) -> None:
+    """Addresses that went, and carriers lost, while no daemon ran: the
+    endpoints of the last run are removed, or withdrawn, at start-up."""
+    path = plugin.state_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text('{"endpoints": {"192.0.2.1": 1, "198.51.100.1": 2, "2001:db8:1::1": 3}}')
+    pm = FakePM()
+    no_carrier = Interface(index=3, name="c2", flags=0x1, addrs=(A2,))
+    pm.network_monitor = FakeMonitor(Interface(index=2, name="c1", flags=0x41,  # type: ignore[attr-defined]
+                                               addrs=(A1,)), no_carrier)
+    for addr, id in ((A1, 1), (A2, 2), (A3, 3)):
+        pm.id_manager.map_id(addr, id)
+    await started(plugin, pm, [AddrInfo(A1, 1, 2), AddrInfo(A2, 2, 3), AddrInfo(A3, 3, 2)])
+    assert sorted(pm.commands("remove")) == [("remove", (2,)), ("remove", (3,))]
+    assert pm.id_manager.lookup(A3) == 0 and pm.id_manager.lookup(A2) == 2
+    await answer(pm, "remove")
+    await asyncio.sleep(0.1)  # the state file is written
+    assert '"2001:db8:1::1"' not in path.read_text()
+    plugin.new_local_address(IF2, A1, pm)
+    plugin.new_local_address(no_carrier, A2, pm)
+    assert pm.commands("add") == []
+    plugin.link_up(IF3, pm)  # the carrier is back: restored with its ID
+    assert pm.commands("add") == [("add", (A2, 2, 0, 3))]
 
 
 @pytest.mark.parametrize("second", [IF2, IF3], ids=["same interface", "another interface"])

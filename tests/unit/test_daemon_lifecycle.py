@@ -483,3 +483,71 @@ async def test_settings_for_a_plugin_that_is_not_loaded_are_warned_about(
     assert [r.getMessage() for r in caplog.records if "[plugin" in r.getMessage()] == [
         'Group [plugin fullmeh] at line 7 of "/etc/m.conf" ignored: no plugin "fullmeh" '
         "is loaded."]
+
+
+class OverrunReader(FakeReader):
+    """An event reader whose overruns the test reports."""
+
+    last: OverrunReader | None = None
+
+    def __init__(self, on_overrun: Callable[[int], None] | None = None) -> None:
+        super().__init__(on_overrun)
+        assert on_overrun is not None
+        self.on_overrun = on_overrun
+        OverrunReader.last = self
+
+    def overrun(self, count: int) -> None:
+        self.overrun_pending = True
+        self.on_overrun(count)
+
+
+async def test_an_overrun_during_a_resync_makes_it_run_once_more(
+        daemon: Daemon, caplog: pytest.LogCaptureFixture) -> None:
+    """Events lost while the resync lists the connections may be about
+    connections that listing missed: the resync runs again when it is done,
+    once for any number of overruns meanwhile."""
+    from ipaddress import ip_address
+
+    from mptcpd.types import SockAddr
+
+    gate = asyncio.Event()
+    listings: list[int] = []
+    conn = MptcpConnection(token=0x1234, laddr=SockAddr(ip_address("192.0.2.1"), 40000),
+                           raddr=SockAddr(ip_address("192.0.2.2"), 5201), state=1,
+                           established=True)
+
+    async def listing() -> list[MptcpConnection]:
+        listings.append(len(listings))
+        if len(listings) == 1:  # at startup
+            return []
+        if len(listings) == 2:  # the first resync: the kernel's answer is slow
+            await gate.wait()
+            return []
+        return [conn]  # created while events were lost again
+
+    daemon.kernel = dataclasses.replace(daemon.kernel, reader=OverrunReader,
+                                        list_connections=listing)
+    caplog.set_level(logging.INFO, "mptcpd")
+    serving = asyncio.create_task(daemon.serve())
+    await until(lambda: "watcher start" in ORDER)
+    FakeWatcher.instances[0].on_appeared(23)
+    await until(ready)
+    reader = OverrunReader.last
+    assert reader is not None and listings == [0]
+    reader.overrun(1)
+    await until(lambda: len(listings) == 2)
+    for count in (2, 3, 4):  # lost again, and again, while the listing runs
+        reader.overrun(count)
+    gate.set()
+    await until(lambda: 0x1234 in daemon.dispatcher.bindings)
+    for _ in range(100):
+        await asyncio.sleep(0)
+    assert listings == [0, 1, 2]  # one more pass, not three
+    assert not reader.overrun_pending
+    assert caplog.text.count("Events were lost during the resync: it will run again.") == 1
+    assert caplog.text.count("Resynchronised after lost events") == 2
+    # A later overrun starts a resync of its own.
+    reader.overrun(5)
+    await until(lambda: len(listings) == 4)
+    daemon.stop()
+    assert await asyncio.wait_for(serving, 10) == 0

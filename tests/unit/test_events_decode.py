@@ -414,9 +414,11 @@ def test_truncated_datagram_is_logged_not_raised(caplog: pytest.LogCaptureFixtur
 class _Overrunning:
     """A stand-in socket: ENOBUFS once, then the queued datagrams."""
 
-    def __init__(self, datagrams: list[bytes]) -> None:
+    def __init__(self, datagrams: list[bytes], drops_while_full: int = 0) -> None:
         self.items: list[bytes | OSError] = [OSError(errno.ENOBUFS, "No buffer space")]
         self.items += datagrams
+        self.drops = 1
+        self.drops_while_full = drops_while_full
 
     def recv_into(self, buf: bytearray) -> int:
         if not self.items:
@@ -424,8 +426,14 @@ class _Overrunning:
         item = self.items.pop(0)
         if isinstance(item, OSError):
             raise item
+        # The queue is not empty yet: the kernel drops more, silently.
+        self.drops += self.drops_while_full
         buf[:len(item)] = item
         return len(item)
+
+    def getsockopt(self, level: int, name: int, size: int) -> bytes:
+        assert (level, name) == (socket.SOL_SOCKET, 55)  # SO_MEMINFO
+        return struct.pack("=9I", *[0] * 8, self.drops)[:size]
 
 
 def test_reader_reports_an_overrun_and_keeps_reading(
@@ -450,6 +458,26 @@ def test_reader_reports_an_overrun_and_keeps_reading(
     reader._raw = cast(socket.socket, _Overrunning([]))
     reader._on_readable()
     assert reader.overruns == 2
+
+
+def test_drops_after_the_overrun_until_the_queue_is_empty_are_another_overrun(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The kernel reports one ENOBUFS per congestion: what it drops until
+    the queue is empty again is seen from its drop counter, once drained."""
+    calls: list[int] = []
+    reader = EventReader(on_overrun=calls.append)
+    datagrams = [bytes.fromhex(rec["hex"]) for _, rec in CAPTURES[:3]]
+    reader._raw = cast(socket.socket, _Overrunning(datagrams, drops_while_full=2))
+    caplog.set_level(logging.WARNING, LOGGER)
+    reader._on_readable()
+    assert calls == [1, 2]
+    assert caplog.records[-1].getMessage() == (
+        "MPTCP event socket receive buffer overrun (6 more event(s) lost while it was "
+        "full), events were lost; overrun #2, resynchronising")
+    # None dropped meanwhile: one overrun.
+    reader._raw = cast(socket.socket, _Overrunning(datagrams))
+    reader._on_readable()
+    assert calls == [1, 2, 3]
 
 
 async def test_reader_pauses_when_the_consumer_lags_and_resumes() -> None:

@@ -184,6 +184,7 @@ class Daemon:
         self._init_task: asyncio.Task[None] | None = None
         self._replayed = False
         self._resync_task: asyncio.Task[None] | None = None
+        self._resync_again = False  #: an overrun came during the resync
         self.control: ControlServer | None = None
         #: Event-socket overruns of the readers closed so far.
         self.events_lost = 0
@@ -445,17 +446,27 @@ class Daemon:
             self._fail(f"The mptcp_pm event reader {reason}.")
 
     def _overrun(self, count: int) -> None:
-        """Events were lost: resynchronise what the kernel lets us."""
+        """Events were lost: resynchronise what the kernel lets us.  Events
+        lost while a resync runs may postdate its listings: it runs once
+        more when it is done (however many overruns came meanwhile)."""
         if self._resync_task is None or self._resync_task.done():
+            self._resync_again = False
             self._resync_task = self._spawn(self._resync(), "resync after lost events")
+        elif not self._resync_again:
+            self._resync_again = True
+            log.info("Events were lost during the resync: it will run again.")
 
     async def _resync(self) -> None:
         """The endpoint IDs from an endpoint dump, the connections from sock_diag:
         plugins get the ``new_connection``/``connection_closed`` they missed."""
-        await self._sync_ids()
-        if await self._reconcile_connections(at_startup=False):
-            if self.reader is not None:
-                self.reader.overrun_pending = False
+        while True:
+            await self._sync_ids()
+            done = await self._reconcile_connections(at_startup=False)
+            if not self._resync_again:
+                break
+            self._resync_again = False  # one more pass covers every overrun so far
+        if done and self.reader is not None:
+            self.reader.overrun_pending = False
 
     async def _reconcile_connections(self, at_startup: bool) -> bool:
         """Bring the connection bindings and their subflows in line with

@@ -11,7 +11,12 @@ datagram the socket holds and decodes it with
 A receive overrun (``ENOBUFS``) is logged, counted and reported through
 ``on_overrun``; the subscription is kept (the kernel goes on delivering
 after reporting the overrun), so events flow again at once and the owner
-resynchronises its state.
+resynchronises its state.  The kernel reports one ``ENOBUFS`` per
+congestion: what it drops until the receive queue is empty again comes
+without one.  So when the queue is drained after an overrun, the socket's
+drop counter (``SO_MEMINFO``) is read again, and datagrams dropped
+meanwhile are reported as one more overrun (they may postdate a resync
+begun at the first).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import asyncio
 import errno
 import logging
 import socket
+import struct
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Self
@@ -45,6 +51,10 @@ __all__ = ["DEFAULT_RCVBUF", "EventReader"]
 #: machine still overran a few times; with 16 MiB none did up to ~85 000
 #: events/s.  Memory is only used while a backlog exists.
 DEFAULT_RCVBUF = 16 << 20
+#: ``getsockopt(SOL_SOCKET, SO_MEMINFO)``: the socket's memory counters, of
+#: which ``SK_MEMINFO_DROPS`` counts the datagrams dropped for want of room.
+SO_MEMINFO = 55
+SK_MEMINFO_DROPS = 8
 #: Events handed out in a row before the loop is given a turn (see
 #: :meth:`EventReader.events`).
 YIELD_EVERY = 32
@@ -105,6 +115,9 @@ class EventReader:
         self._reading = False
         self._buf = bytearray(65536)
         self._closed = False
+        #: The socket's drop count when it last reported an overrun, until
+        #: its receive queue is empty again (None: not congested).
+        self._drops: int | None = None
 
     # -- lifecycle ------------------------------------------------------
 
@@ -187,9 +200,12 @@ class EventReader:
             try:
                 n = raw.recv_into(buf)
             except (BlockingIOError, InterruptedError):
+                if self._drops is not None:
+                    self._drained()
                 break
             except OSError as exc:
                 if exc.errno == errno.ENOBUFS:
+                    self._drops = self._drop_count()
                     self._overrun()
                     continue
                 log.error("MPTCP event socket receive failed: %s", exc)
@@ -201,6 +217,7 @@ class EventReader:
                     log.exception("on_datagram callback failed")
             for item in decode_datagram(buf, n, family_id):
                 if item is OVERRUN:
+                    self._drops = self._drop_count()
                     self._overrun()
                 else:
                     pending.append(item)
@@ -219,12 +236,34 @@ class EventReader:
             self._on_readable()
         return self.closing
 
-    def _overrun(self) -> None:
+    def _drop_count(self) -> int:
+        """The socket's count of dropped datagrams (``SK_MEMINFO_DROPS``),
+        -1 when the kernel does not say."""
+        raw = self._raw
+        if raw is None:
+            return -1
+        try:
+            info = raw.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * (SK_MEMINFO_DROPS + 1))
+            return int(struct.unpack_from("=I", info, 4 * SK_MEMINFO_DROPS)[0])
+        except (OSError, struct.error):
+            return -1
+
+    def _drained(self) -> None:
+        """The receive queue is empty after an overrun.  Until it was, the
+        kernel dropped further datagrams without a new ``ENOBUFS`` (it
+        reports one per congestion); if it did, that is another overrun:
+        events were lost after the resync may have taken its listings."""
+        before, self._drops = self._drops, None
+        after = self._drop_count()
+        if before is not None and before >= 0 and after > before:
+            self._overrun(f"{after - before} more event(s) lost while it was full")
+
+    def _overrun(self, what: str = "ENOBUFS") -> None:
         self.overruns += 1
         self.overrun_pending = True
         log.warning(
-            "MPTCP event socket receive buffer overrun (ENOBUFS), events were "
-            "lost; overrun #%d, resynchronising", self.overruns)
+            "MPTCP event socket receive buffer overrun (%s), events were "
+            "lost; overrun #%d, resynchronising", what, self.overruns)
         if self.on_overrun is not None:
             try:
                 self.on_overrun(self.overruns)
