@@ -457,8 +457,10 @@ class Daemon:
             log.info("Events were lost during the resync: it will run again.")
 
     async def _resync(self) -> None:
-        """The endpoint IDs from an endpoint dump, the connections from sock_diag:
-        plugins get the ``new_connection``/``connection_closed`` they missed."""
+        """The endpoint IDs from an endpoint dump, the connections and their
+        subflows from sock_diag: plugins get the ``new_connection``,
+        ``connection_closed``, ``new_subflow`` and ``subflow_closed`` they
+        missed."""
         while True:
             await self._sync_ids()
             done = await self._reconcile_connections(at_startup=False)
