@@ -245,7 +245,8 @@ def daemon(tmp_path: Path) -> Daemon:
     kernel = KernelSide(check_kernel=kernel_ok, path_manager=lambda: "kernel",
                         channel=FakeChannel, watcher=FakeWatcher, reader=FakeReader,
                         rtnl=FakeRtnl, list_connections=no_connections,
-                        list_subflows=no_subflows)
+                        list_subflows=no_subflows,
+                        network_manager=lambda: None)
     daemon = Daemon(config, notifier=Notifier(send=record_state), kernel=kernel)
     daemon.lock = NamespaceLock(tmp_path / "mptcpd.lock")  # never the host's /run
     return daemon
@@ -551,3 +552,20 @@ async def test_an_overrun_during_a_resync_makes_it_run_once_more(
     await until(lambda: len(listings) == 4)
     daemon.stop()
     assert await asyncio.wait_for(serving, 10) == 0
+
+
+@pytest.mark.parametrize(("pm_type", "checked"), [("kernel", 1), ("userspace", 0)])
+async def test_networkmanager_is_looked_for_when_endpoints_are_in_use(
+        daemon: Daemon, pm_type: str, checked: int) -> None:
+    """The in-kernel path manager uses endpoints, which NetworkManager may
+    add too: the daemon checks once at startup; not for the userspace one."""
+    calls: list[None] = []
+    daemon.kernel = dataclasses.replace(daemon.kernel, path_manager=lambda: pm_type,
+                                        network_manager=lambda: calls.append(None))
+    serving = asyncio.create_task(daemon.serve())
+    await until(lambda: "watcher start" in ORDER)
+    FakeWatcher.instances[0].on_appeared(23)
+    await until(ready)
+    daemon.stop()
+    assert await serving == 0
+    assert len(calls) == checked

@@ -41,6 +41,7 @@ from mptcpd.daemon.control import (
 )
 from mptcpd.daemon.dispatch import Dispatcher
 from mptcpd.daemon.lock import AlreadyRunning, NamespaceLock
+from mptcpd.daemon.network_manager import warn_if_clashing
 from mptcpd.daemon.network import NetworkFeed, RtnlSource
 from mptcpd.daemon.systemd import Notifier
 from mptcpd.errors import KernelError, NotReady
@@ -135,6 +136,8 @@ class KernelSide:
         list_mptcp_connections)
     #: the subflows of the live MPTCP connections (sock_diag).
     list_subflows: Callable[[], Awaitable[Sequence[MptcpSubflow]]] = list_mptcp_subflows
+    #: logs whether NetworkManager manages the endpoints too.
+    network_manager: Callable[[], object] = warn_if_clashing
 
 
 class Daemon:
@@ -288,6 +291,8 @@ class Daemon:
         pm_type = self.kernel.path_manager()
         if pm_type:
             log.info("The kernel uses the %s path manager.", pm_type)
+        if pm_type != "userspace":  # endpoints are in use: NetworkManager may add its own
+            self.kernel.network_manager()
         self.notifier.status("Waiting for the mptcp_pm generic netlink family")
         try:
             await self.network_feed.start()
