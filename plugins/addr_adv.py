@@ -501,9 +501,18 @@ class AddressAdvertiser:
         try:
             if self._state_written is None:
                 path.parent.mkdir(parents=True, exist_ok=True)
+            # Atomic and durable: the new file's bytes reach the disk before
+            # the rename, and the rename before the file counts as written.
             with open(tmp, "w") as f:
                 f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
             os.replace(tmp, path)
+            directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
             self._state_written = text
         except OSError as exc:
             log.warning("Unable to remember the endpoints in %s: %s", path, exc)

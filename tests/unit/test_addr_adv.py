@@ -6,6 +6,7 @@ import asyncio
 import errno
 import ipaddress
 import logging
+import os
 import types
 from pathlib import Path
 from typing import Any
@@ -313,6 +314,33 @@ async def test_an_endpoint_is_remembered_before_the_kernel_is_asked(plugin: Any)
     await started(plugin, pm)
     plugin.new_local_address(IF3, A2, pm)
     assert '"198.51.100.1": 1' in plugin.state_file().read_text()
+
+
+async def test_the_state_file_is_written_atomically_and_durably(
+        plugin: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The new file's bytes are synced before it replaces the old one, and
+    the directory after: a crash leaves the old file or the new, whole."""
+    pm = FakePM()
+    await started(plugin, pm)
+    steps: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        steps.append("fsync dir" if os.path.isdir(target) else "fsync file")
+        real_fsync(fd)
+
+    def replace(src: Any, dst: Any) -> None:
+        steps.append("replace")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    plugin.new_local_address(IF3, A2, pm)
+    assert steps == ["fsync file", "replace", "fsync dir"]
+    assert '"198.51.100.1": 1' in plugin.state_file().read_text()
+    assert [p.name for p in plugin.state_file().parent.iterdir()] == [
+        plugin.state_file().name]  # no temporary file left
 
 
 class FakeMonitor:
