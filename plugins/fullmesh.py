@@ -50,16 +50,15 @@ from mptcpd.plugin import (
     Priority,
     RetryPolicy,
     SettingsError,
-    SockAddr,
     SubflowKeeper,
-    Token,
     Wanted,
     hookimpl,
+    keeper_hooks,
     usable_addresses,
 )
 
 if TYPE_CHECKING:
-    from mptcpd.plugin import Interface, KeptConnection, PathManager
+    from mptcpd.plugin import KeptConnection, PathManager
 
 PLUGIN = PluginInfo(
     name="fullmesh",
@@ -120,89 +119,5 @@ def plugin_exit(pm: PathManager) -> None:
     log.info("MPTCP full-mesh path manager exited.")
 
 
-@hookimpl
-def new_connection(token: Token, laddr: SockAddr, raddr: SockAddr, server_side: bool,
-                   deny_join_id0: bool, pm: PathManager) -> None:
-    """Track the connection and its initial subflow."""
-    _keeper.new_connection(token, laddr, raddr, server_side, deny_join_id0, pm)
-
-
-@hookimpl
-def connection_established(token: Token, laddr: SockAddr, raddr: SockAddr,
-                           server_side: bool, deny_join_id0: bool,
-                           pm: PathManager) -> None:
-    """Client: open the mesh; server: announce the other addresses."""
-    _keeper.connection_established(token, laddr, raddr, server_side, deny_join_id0, pm)
-
-
-@hookimpl
-def connection_closed(token: Token) -> None:
-    """Forget the connection."""
-    _keeper.connection_closed(token)
-
-
-@hookimpl
-def new_address(token: Token, addr_id: int, addr: SockAddr, pm: PathManager) -> None:
-    """Open subflows from every local address to the announced one."""
-    _keeper.new_address(token, addr_id, addr, pm)
-
-
-@hookimpl
-def address_removed(token: Token, addr_id: int, pm: PathManager) -> None:
-    """Forget a peer address and its subflows (the kernel closes them)."""
-    _keeper.address_removed(token, addr_id, pm)
-
-
-@hookimpl
-def new_subflow(token: Token, laddr: SockAddr, raddr: SockAddr, backup: bool,
-                pm: PathManager) -> None:
-    """Track a subflow."""
-    _keeper.new_subflow(token, laddr, raddr, backup, pm)
-
-
-@hookimpl
-def subflow_closed(token: Token, laddr: SockAddr, raddr: SockAddr, pm: PathManager) -> None:
-    """Fill the gap a subflow left."""
-    _keeper.subflow_closed(token, laddr, raddr, pm)
-
-
-@hookimpl
-def subflow_priority(token: Token, laddr: SockAddr, raddr: SockAddr, backup: bool) -> None:
-    """Remember a subflow's backup priority."""
-    _keeper.subflow_priority(token, laddr, raddr, backup)
-
-
-@hookimpl
-def link_down(interface: Interface, pm: PathManager) -> None:
-    """Close the joins on an interface that lost its carrier."""
-    _keeper.interface_lost(interface, pm)
-
-
-@hookimpl
-def delete_interface(interface: Interface, pm: PathManager) -> None:
-    """Close the joins on an interface that went down or away."""
-    _keeper.interface_lost(interface, pm)
-
-
-@hookimpl
-def link_up(interface: Interface, pm: PathManager) -> None:
-    """Open the subflows of an interface whose carrier came back."""
-    _keeper.interface_back(interface, pm)
-
-
-@hookimpl
-def new_interface(pm: PathManager) -> None:
-    """An interface is ready: fill the gaps."""
-    _keeper.refill(pm)
-
-
-@hookimpl
-def new_local_address(pm: PathManager) -> None:
-    """A new local address: fill the gaps (and announce it)."""
-    _keeper.refill(pm)
-
-
-@hookimpl
-def delete_local_address(addr: SockAddr, pm: PathManager) -> None:
-    """Close the joins from a removed address and withdraw its announcements."""
-    _keeper.address_lost(addr, pm)
+# Every connection and network hook hands its event to the keeper.
+globals().update(keeper_hooks(lambda: _keeper))

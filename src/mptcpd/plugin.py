@@ -88,6 +88,7 @@ __all__ = [
     "Token",
     "Wanted",
     "hookimpl",
+    "keeper_hooks",
     "usable_addresses",
     "usable_interfaces",
 ]
@@ -364,3 +365,89 @@ class PathManager(Protocol):
 
     def kpm_set_flags(self, addr: SockAddr, flags: AddrFlags | int) -> asyncio.Future[Any]:
         """Change the flags of the endpoint with address ``addr``."""
+
+
+def keeper_hooks(keeper: Callable[[], SubflowKeeper]) -> dict[str, Callable[..., None]]:
+    """The hooks of a path manager built on a :class:`SubflowKeeper`.
+
+    Every connection and network hook, each handing its event to the keeper
+    that ``keeper()`` returns at that moment (so a plugin may make a new
+    keeper in its ``plugin_init``): ``link_down`` and ``delete_interface``
+    to :meth:`~SubflowKeeper.interface_lost`, ``link_up`` to
+    :meth:`~SubflowKeeper.interface_back`, ``new_interface`` and
+    ``new_local_address`` to :meth:`~SubflowKeeper.refill`,
+    ``delete_local_address`` to :meth:`~SubflowKeeper.address_lost`, the
+    others to the keeper's method of the same name.  A plugin adds them to
+    its module, next to its own ``plugin_init`` and ``plugin_exit``::
+
+        globals().update(keeper_hooks(lambda: _keeper))
+    """
+
+    @hookimpl
+    def new_connection(token: Token, laddr: SockAddr, raddr: SockAddr, server_side: bool,
+                       deny_join_id0: bool, pm: PathManager) -> None:
+        keeper().new_connection(token, laddr, raddr, server_side, deny_join_id0, pm)
+
+    @hookimpl
+    def connection_established(token: Token, laddr: SockAddr, raddr: SockAddr,
+                               server_side: bool, deny_join_id0: bool,
+                               pm: PathManager) -> None:
+        keeper().connection_established(token, laddr, raddr, server_side, deny_join_id0,
+                                        pm)
+
+    @hookimpl
+    def connection_closed(token: Token) -> None:
+        keeper().connection_closed(token)
+
+    @hookimpl
+    def new_address(token: Token, addr_id: int, addr: SockAddr, pm: PathManager) -> None:
+        keeper().new_address(token, addr_id, addr, pm)
+
+    @hookimpl
+    def address_removed(token: Token, addr_id: int, pm: PathManager) -> None:
+        keeper().address_removed(token, addr_id, pm)
+
+    @hookimpl
+    def new_subflow(token: Token, laddr: SockAddr, raddr: SockAddr, backup: bool,
+                    pm: PathManager) -> None:
+        keeper().new_subflow(token, laddr, raddr, backup, pm)
+
+    @hookimpl
+    def subflow_closed(token: Token, laddr: SockAddr, raddr: SockAddr,
+                       pm: PathManager) -> None:
+        keeper().subflow_closed(token, laddr, raddr, pm)
+
+    @hookimpl
+    def subflow_priority(token: Token, laddr: SockAddr, raddr: SockAddr,
+                         backup: bool) -> None:
+        keeper().subflow_priority(token, laddr, raddr, backup)
+
+    @hookimpl
+    def link_down(interface: Interface, pm: PathManager) -> None:
+        keeper().interface_lost(interface, pm)
+
+    @hookimpl
+    def delete_interface(interface: Interface, pm: PathManager) -> None:
+        keeper().interface_lost(interface, pm)
+
+    @hookimpl
+    def link_up(interface: Interface, pm: PathManager) -> None:
+        keeper().interface_back(interface, pm)
+
+    @hookimpl
+    def new_interface(pm: PathManager) -> None:
+        keeper().refill(pm)
+
+    @hookimpl
+    def new_local_address(pm: PathManager) -> None:
+        keeper().refill(pm)
+
+    @hookimpl
+    def delete_local_address(addr: SockAddr, pm: PathManager) -> None:
+        keeper().address_lost(addr, pm)
+
+    hooks: list[Callable[..., None]] = [
+        new_connection, connection_established, connection_closed, new_address,
+        address_removed, new_subflow, subflow_closed, subflow_priority, link_down,
+        delete_interface, link_up, new_interface, new_local_address, delete_local_address]
+    return {hook.__name__: hook for hook in hooks}

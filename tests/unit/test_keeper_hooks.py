@@ -1,0 +1,61 @@
+"""keeper_hooks: a plugin built on a SubflowKeeper gets every connection and
+network hook from one call, each handing its event to the keeper."""
+
+from __future__ import annotations
+
+import inspect
+import types
+from typing import Any
+
+from mptcpd import hookspecs
+from mptcpd.plugin import PluginInfo, SockAddr, keeper_hooks
+from mptcpd.plugins.registry import PluginRegistry
+
+#: The hooks a plugin writes itself (its lifecycle, and what is not about
+#: subflows).
+OWN = {"plugin_init", "plugin_exit", "pm_ready", "pm_not_ready", "listener_created",
+       "listener_closed", "update_interface", "policy_changed"}
+#: hook -> the keeper method it calls.
+ROUTES = {"link_down": "interface_lost", "delete_interface": "interface_lost",
+          "link_up": "interface_back", "new_interface": "refill",
+          "new_local_address": "refill", "delete_local_address": "address_lost"}
+
+
+class Recorder:
+    """Stands for the keeper: records each method called and its arguments."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args: self.calls.append((name, args))
+
+
+def test_every_subflow_hook_is_given_and_each_reaches_the_keeper() -> None:
+    keeper = Recorder()
+    current = {"keeper": keeper}
+    hooks = keeper_hooks(lambda: current["keeper"])  # type: ignore[arg-type, return-value]
+    specs = {name for name, obj in vars(hookspecs).items()
+             if callable(obj) and hasattr(obj, f"{hookspecs.PROJECT}_spec")}
+    assert set(hooks) == specs - OWN
+
+    # A module with them registers: names and parameters match the hooks.
+    module = types.ModuleType("kept")
+    vars(module).update(hooks)
+    module.PLUGIN = PluginInfo(name="kept")  # type: ignore[attr-defined]
+    plugin = PluginRegistry().register(module, module.PLUGIN, "test")  # type: ignore[attr-defined]
+    assert set(plugin.impls) == set(hooks)
+
+    for name, hook in hooks.items():
+        params = inspect.signature(hook).parameters
+        assert set(params) <= set(inspect.signature(getattr(hookspecs, name)).parameters)
+        args = [SockAddr("192.0.2.1", 1) if p in ("laddr", "raddr", "addr") else p
+                for p in params]
+        keeper.calls.clear()
+        hook(*args)
+        assert keeper.calls == [(ROUTES.get(name, name), tuple(args))], name
+
+    # The keeper is looked up at each event: a new one takes over.
+    current["keeper"] = other = Recorder()
+    hooks["connection_closed"](7)
+    assert other.calls == [("connection_closed", (7,))]
