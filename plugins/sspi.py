@@ -99,6 +99,13 @@ Differences from the C sspi (mptcpd 0.12/0.13)
   not produce ``Closed subflow was not tracked ...`` errors.
 * Carrier and address loss are handled (C sspi has no network monitoring,
   users' #68).
+* A subflow that the kernel refuses, that fails to establish or that closes
+  unasked is tried again (client side) after a backoff, as fullmesh and
+  ndiffports do: ``retry-base`` (default 1 s) after the first failure,
+  twice as long after each further one up to ``retry-cap`` (30 s), at most
+  ``retry-attempts`` (6) times, settings of ``[plugin sspi]``; a subflow
+  that lived ``retry-cap`` or longer starts afresh; ``link_up`` retries at
+  once.  One timer per connection.  C never tries again.
 """
 
 from __future__ import annotations
@@ -110,7 +117,15 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from mptcpd.plugin import AddressId, PluginInfo, Priority, SockAddr, Token, hookimpl
+from mptcpd.plugin import (
+    AddressId,
+    PluginInfo,
+    Priority,
+    RetryPolicy,
+    SockAddr,
+    Token,
+    hookimpl,
+)
 
 if TYPE_CHECKING:
     from mptcpd.plugin import Interface, IPAddress, PathManager
@@ -154,6 +169,8 @@ class Subflow:
     raddr: SockAddr
     pending: bool = False
     initial: bool = False
+    #: loop time it was reported established (None: not yet, or unknown).
+    since: float | None = None
 
     def matches(self, laddr: SockAddr, raddr: SockAddr) -> bool:
         """Whether the kernel's subflow ``laddr``→``raddr`` is this one."""
@@ -194,12 +211,22 @@ class Connection:
     #: that loop (the one the previous announcement was answered on).
     announce_after: float = 0.0
     announce_loop: asyncio.AbstractEventLoop | None = None
+    #: client side: failures in a row of each (interface index, target), and
+    #: the loop time when each waiting one may be tried again.
+    failures: dict[tuple[int, SockAddr], int] = dataclasses.field(default_factory=dict)
+    due: dict[tuple[int, SockAddr], float] = dataclasses.field(default_factory=dict)
+    #: the one retry timer (at the earliest due), and the loop commands run on.
+    retry_timer: asyncio.TimerHandle | None = None
+    loop: asyncio.AbstractEventLoop | None = None
 
     def forget(self) -> None:
         """Stop what is scheduled for the connection."""
         if self.announce_timer is not None:
             self.announce_timer.cancel()
             self.announce_timer = None
+        if self.retry_timer is not None:
+            self.retry_timer.cancel()
+            self.retry_timer = None
 
     @property
     def family(self) -> int:
@@ -243,7 +270,8 @@ def candidate_interfaces(pm: PathManager, family: int) -> Iterator[tuple[Interfa
 class SingleSubflowPerInterface:
     """The plugin's state and logic; the module's hooks delegate to one instance."""
 
-    def __init__(self) -> None:
+    def __init__(self, retry: RetryPolicy | None = None) -> None:
+        self.retry = retry if retry is not None else RetryPolicy()
         self.connections: dict[Token, Connection] = {}
         #: the local addresses sspi took an ID for: it frees them when they go.
         self.with_ids: set[SockAddr] = set()
@@ -323,20 +351,67 @@ class SingleSubflowPerInterface:
                 del conn.subflows[index]
                 conn.attempted.discard((index, raddr))  # never sent: may be tried again
                 continue
-            future.add_done_callback(self._on_refusal(conn, index, subflow))
+            if conn.loop is None:
+                conn.loop = future.get_loop()
+            future.add_done_callback(self._on_refusal(conn, index, subflow, pm))
 
-    @staticmethod
-    def _on_refusal(conn: Connection, index: int,
-                    subflow: Subflow) -> Callable[[asyncio.Future[Any]], None]:
+    def _on_refusal(self, conn: Connection, index: int, subflow: Subflow,
+                    pm: PathManager) -> Callable[[asyncio.Future[Any]], None]:
         """A done-callback freeing the interface when the kernel refuses the
-        subflow (the channel has logged the error)."""
+        subflow (the channel has logged the error); it is tried again later."""
 
         def done(future: asyncio.Future[Any]) -> None:
             refused = future.cancelled() or future.exception() is not None
             if refused and subflow.pending and conn.subflows.get(index) is subflow:
                 del conn.subflows[index]
+                if not future.cancelled():  # cancelled: the connection closed
+                    self._failed(conn, index, plain(subflow.raddr), pm)
 
         return done
+
+    # -- retries (client side) -------------------------------------------------
+
+    def _failed(self, conn: Connection, index: int, target: SockAddr,
+                pm: PathManager) -> None:
+        """The subflow on ``index`` to ``target`` failed: try it again after
+        the backoff, or give it up."""
+        if conn.server_side or self.connections.get(conn.token) is not conn:
+            return
+        key = (index, target)
+        failures = conn.failures.get(key, 0) + 1
+        conn.failures[key] = failures
+        if failures > self.retry.attempts:
+            log.info("Connection %08x: giving up on a subflow on interface %d to %s "
+                     "after %d attempts.", conn.token, index, target, failures)
+            return
+        if conn.loop is None:
+            return
+        conn.due[key] = conn.loop.time() + self.retry.delay(failures)
+        self._schedule(conn, pm)
+
+    def _schedule(self, conn: Connection, pm: PathManager) -> None:
+        """One timer per connection, at its earliest due retry."""
+        if not conn.due or conn.loop is None:
+            return
+        when = min(conn.due.values())
+        timer = conn.retry_timer
+        if timer is not None and timer.when() <= when:
+            return
+        if timer is not None:
+            timer.cancel()
+        conn.retry_timer = conn.loop.call_at(when, self._retry_due, conn, pm)
+
+    def _retry_due(self, conn: Connection, pm: PathManager) -> None:
+        conn.retry_timer = None
+        if self.connections.get(conn.token) is not conn or conn.loop is None:
+            return
+        now = conn.loop.time()
+        for key, when in list(conn.due.items()):
+            if when <= now:
+                del conn.due[key]
+                conn.attempted.discard(key)
+        self._fill(conn, pm)
+        self._schedule(conn, pm)
 
     @staticmethod
     def _to_announce(conn: Connection, pm: PathManager) -> Iterator[SockAddr]:
@@ -495,6 +570,7 @@ class SingleSubflowPerInterface:
         if current.pending and current.matches(laddr, raddr):
             current.laddr = laddr
             current.pending = False
+            current.since = conn.loop.time() if conn.loop is not None else None
             return
         log.warning("Subflow already exists on network interface (%d). "
                     "Closing new subflow.", index)
@@ -522,7 +598,13 @@ class SingleSubflowPerInterface:
                 log.error("Closed subflow was not tracked on network interface %d.",
                           interface.index)
             return
-        del conn.subflows[index]
+        subflow = conn.subflows.pop(index)
+        if not subflow.initial and not conn.server_side:
+            slot = (index, plain(subflow.raddr))
+            if (subflow.since is not None and conn.loop is not None
+                    and conn.loop.time() - subflow.since >= self.retry.cap):
+                conn.failures.pop(slot, None)  # it lived long: start afresh
+            self._failed(conn, index, plain(subflow.raddr), pm)
         self._fill(conn, pm)
 
     # -- network monitor events ----------------------------------------------
@@ -538,6 +620,8 @@ class SingleSubflowPerInterface:
         """The interface runs again: every connection may try it afresh."""
         for conn in self.connections.values():
             conn.attempted = {pair for pair in conn.attempted if pair[0] != index}
+            conn.failures = {k: n for k, n in conn.failures.items() if k[0] != index}
+            conn.due = {k: when for k, when in conn.due.items() if k[0] != index}
             self._fill(conn, pm)
             self._announce(conn, pm)
 
@@ -574,9 +658,11 @@ _sspi = SingleSubflowPerInterface()
 
 @hookimpl
 def plugin_init(pm: PathManager) -> None:
-    """Start with no tracked connection."""
+    """Read the retry settings; start with no tracked connection."""
     global _sspi
-    _sspi = SingleSubflowPerInterface()
+    settings = pm.config.plugin_settings(PLUGIN.name)
+    settings.check_keys(RetryPolicy.KEYS)
+    _sspi = SingleSubflowPerInterface(RetryPolicy.from_settings(settings, log))
     log.info("MPTCP single-subflow-per-interface path manager initialized.")
 
 

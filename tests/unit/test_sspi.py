@@ -12,6 +12,7 @@ import asyncio
 import ipaddress
 import logging
 import shutil
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,12 +21,14 @@ import pytest
 
 from mptcpd import events as ev
 from mptcpd import hookspecs
+from mptcpd.config import PluginGroup
 from mptcpd.daemon.dispatch import Dispatcher
 from mptcpd.errors import KernelError, NotReady
 from mptcpd.plugin import Priority
 from mptcpd.plugins.loader import load_plugins
 from mptcpd.plugins.registry import PluginRegistry
 from mptcpd.pm.id_manager import IdManager
+from mptcpd.pm.settings import PluginSettings
 from mptcpd.types import IFF_LOOPBACK, IFF_RUNNING, IFF_UP, Interface, SockAddr
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,8 +87,14 @@ class FakePM:
         self.id_manager = IdManager()
         self.calls: list[tuple[str, tuple[Any, ...], asyncio.Future[Any]]] = []
         self.ready = True
-        self.config = None
+        self.settings: dict[str, str] = {}
+        self.config = types.SimpleNamespace(plugin_settings=self._plugin_settings)
         self.listener_manager = None
+
+    def _plugin_settings(self, name: str) -> PluginSettings:
+        items = tuple((key, value, line) for line, (key, value)
+                      in enumerate(self.settings.items(), 2))
+        return PluginSettings(name, PluginGroup(name, "/test/mptcpd.conf", 1, items))
 
     def _record(self, name: str, *args: Any) -> asyncio.Future[Any]:
         if not self.ready:
@@ -635,3 +644,120 @@ def test_a_foreign_join_while_ours_is_pending(d: Dispatcher, pm: FakePM,
     assert pm.take() == [("remove_subflow", T1, ours, SERVER)]
     assert log_lines(caplog) == [
         "Subflow already exists on network interface (3). Closing new subflow."] * 3
+
+
+# -- retries (client side) ------------------------------------------------------------
+
+
+class Clock:
+    """An event loop whose time only moves when told."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.now = 1000.0
+        self.loop = loop
+        loop.time = lambda: self.now  # type: ignore[method-assign]
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        for _ in range(3):  # the due timers, then what they scheduled at once
+            self.loop.run_until_complete(asyncio.sleep(0))
+
+    def timers(self) -> list[float]:
+        scheduled: list[Any] = getattr(self.loop, "_scheduled")
+        return sorted(round(h.when() - self.now, 6) for h in scheduled if not h.cancelled())
+
+
+def c2_subflow(pm: FakePM) -> list[tuple[Any, ...]]:
+    return [c for c in pm.take("add_subflow") if str(c[4].ip) == "198.51.100.1"]
+
+
+def refuse_all(pm: FakePM) -> None:
+    for _, _, future in pm.calls:
+        if not future.done():
+            future.set_exception(KernelError("add_subflow", 22))
+    pm.settle()
+
+
+def test_a_refused_subflow_is_tried_again_with_backoff_then_given_up(
+        registry: PluginRegistry, pm: FakePM, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, LOGGER)
+    clock = Clock(pm.loop)
+    pm.settings = {"retry-base": "100ms", "retry-cap": "300ms", "retry-attempts": "3"}
+    registry.init_all(pm)
+    d = Dispatcher(registry, pm, registry.select_default("sspi"))
+    open_client(d)
+    delays = []
+    for _ in range(4):  # the first try and three retries
+        calls = pm.calls[:]
+        assert [c for n, c, _ in calls if n == "add_subflow" and str(c[3].ip) == "198.51.100.1"]
+        refuse_all(pm)
+        pm.calls.clear()
+        delays.append(clock.timers())
+        clock.advance(delays[-1][0] if delays[-1] else 10)
+    assert delays == [[0.1], [0.2], [0.3], []]  # doubled, capped, then none
+    assert c2_subflow(pm) == []
+    assert "giving up on a subflow on interface 3 to 192.0.2.2:5201 after 4 attempts" \
+        in caplog.text
+    # Its carrier coming back starts afresh, at once.
+    d.broadcast(ev.LinkUp(C2))
+    assert len(c2_subflow(pm)) == 1
+
+
+def test_a_join_that_closes_unasked_is_tried_again_and_the_timer_goes_with_the_connection(
+        d: Dispatcher, pm: FakePM) -> None:
+    clock = Clock(pm.loop)
+    open_client(d)
+    made = joins_established(d, pm)
+    # c2's join closes (the peer reset it): tried again after the default 1 s.
+    d.dispatch(ev.SubflowClosed(T1, made["198.51.100.1"], SERVER, backup=False))
+    assert c2_subflow(pm) == [] and clock.timers() == [1.0]
+    clock.advance(1.0)
+    (again,) = c2_subflow(pm)
+    assert again[4:] == (sa("198.51.100.1"), SERVER)
+    # It fails to establish (closed before established): two seconds then.
+    d.dispatch(ev.SubflowClosed(T1, sa("198.51.100.1", 50100), SERVER, backup=False))
+    assert clock.timers() == [2.0]
+    d.dispatch(ev.ConnectionClosed(T1))
+    assert clock.timers() == []
+    clock.advance(5)
+    assert pm.take() == []
+
+
+def test_a_join_that_lived_long_starts_its_backoff_afresh(d: Dispatcher, pm: FakePM) -> None:
+    clock = Clock(pm.loop)
+    open_client(d)
+    made = joins_established(d, pm)
+    d.dispatch(ev.SubflowClosed(T1, made["198.51.100.1"], SERVER, backup=False))
+    clock.advance(1.0)
+    pm.calls[-1][2].set_result(None)
+    d.dispatch(ev.SubflowEstablished(T1, sa("198.51.100.1", 50200), SERVER, backup=False))
+    clock.advance(30.0)  # the cap: it lived long
+    d.dispatch(ev.SubflowClosed(T1, sa("198.51.100.1", 50200), SERVER, backup=False))
+    assert clock.timers() == [1.0]  # the first failure again, not the second
+
+
+def test_the_server_side_and_subflows_sspi_closes_are_not_retried(
+        d: Dispatcher, pm: FakePM) -> None:
+    clock = Clock(pm.loop)
+    open_client(d)
+    joins_established(d, pm)
+    extra = sa("198.51.100.11", 41000)
+    join(d, T1, extra, SERVER)  # a duplicate, which sspi closes
+    d.dispatch(ev.SubflowClosed(T1, extra, SERVER, backup=False))
+    assert clock.timers() == []
+    client = sa("192.0.2.2", 33000)
+    d.dispatch(ev.ConnectionCreated(T2, sa("192.0.2.1", PORT), client, server_side=True))
+    d.dispatch(ev.ConnectionEstablished(T2, sa("192.0.2.1", PORT), client, server_side=True))
+    join(d, T2, sa("198.51.100.1", PORT), sa("198.51.100.2", 34000))
+    d.dispatch(ev.SubflowClosed(T2, sa("198.51.100.1", PORT), sa("198.51.100.2", 34000),
+                                backup=False))
+    assert [t for t in clock.timers() if t >= 0.5] == []  # only announcement pacing, if any
+
+
+def test_bad_retry_settings_are_errors_with_their_place_and_defaults_apply(
+        registry: PluginRegistry, pm: FakePM, caplog: pytest.LogCaptureFixture) -> None:
+    pm.settings = {"retry-attempts": "lots", "retry-bogus": "1"}
+    registry.init_all(pm)
+    messages = [r.getMessage() for r in caplog.records if r.name == LOGGER]
+    assert any("retry-attempts=lots" in m and "using 6" in m for m in messages), messages
+    assert any("retry-bogus" in m for m in messages), messages
