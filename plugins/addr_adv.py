@@ -109,6 +109,11 @@ class Endpoint:
     inflight: int = 0  #: commands about it waiting for their answers
     target: bool = False  #: in the kernel once they are all applied
     gone: bool = False  #: its address went; dropped once out of the kernel
+    #: the address as the state file writes it (made once, not per write).
+    text: str = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.text = str(self.addr.ip)
 
 
 def state_file() -> Path:
@@ -156,6 +161,8 @@ class AddressAdvertiser:
         self.remembered: dict[SockAddr, int] = {}
         self._state_path: Path | None = None
         self._state_written: str | None = None
+        #: what the file last written holds: address text -> ID.
+        self._written: dict[str, int] = {}
         self._state_timer: asyncio.TimerHandle | None = None
         self._state_dirty = False
 
@@ -276,7 +283,8 @@ class AddressAdvertiser:
             if wanted:
                 # Remembered before the kernel has it: a daemon killed now
                 # still takes it for its own after a restart.
-                self._save_state(now=True)
+                if self._written.get(endpoint.text) != endpoint.id:
+                    self._save_state(now=True)
                 future = pm.kpm_add_addr(endpoint.addr, endpoint.id, endpoint.flags,
                                          endpoint.ifindex)
             else:
@@ -493,27 +501,24 @@ class AddressAdvertiser:
         path = self._state_path
         # What may be in the kernel: the owned endpoints, and those whose
         # address went but which are not known to be out of the kernel yet.
-        entries = [*self.retiring, *self.owned.values()]
-        text = json.dumps({"endpoints": {str(e.addr.ip): e.id for e in entries}})
+        entries = {e.text: e.id for e in (*self.retiring, *self.owned.values())}
+        text = json.dumps({"endpoints": entries})
         if text == self._state_written:
             return
         tmp = path.parent / f".addr_adv-{os.getpid()}.tmp"
         try:
             if self._state_written is None:
                 path.parent.mkdir(parents=True, exist_ok=True)
-            # Atomic and durable: the new file's bytes reach the disk before
-            # the rename, and the rename before the file counts as written.
+            # Atomic: a reader (the next daemon) finds the old file or the
+            # new one, whole.  Not fsynced, on purpose: the file must live as
+            # long as the kernel's endpoints, and those are gone after the
+            # only events an fsync protects from (a power loss or a crash of
+            # the machine); /run is a tmpfs, where fsync does nothing either.
             with open(tmp, "w") as f:
                 f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
             os.replace(tmp, path)
-            directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
             self._state_written = text
+            self._written = entries
         except OSError as exc:
             log.warning("Unable to remember the endpoints in %s: %s", path, exc)
 
