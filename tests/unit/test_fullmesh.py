@@ -112,9 +112,9 @@ def test_max_subflows_counts_the_initial_one(tmp_path: Path) -> None:
 class Clock:
     """An event loop whose time only moves when told (timers fire on :meth:`advance`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.now = 1000.0
-        self.loop = asyncio.new_event_loop()
+        self.loop = loop if loop is not None else asyncio.new_event_loop()
         self.loop.time = lambda: self.now  # type: ignore[method-assign]
 
     def advance(self, seconds: float) -> None:

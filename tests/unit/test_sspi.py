@@ -30,6 +30,7 @@ from mptcpd.plugins.registry import PluginRegistry
 from mptcpd.pm.id_manager import IdManager
 from mptcpd.pm.settings import PluginSettings
 from mptcpd.types import IFF_LOOPBACK, IFF_RUNNING, IFF_UP, Interface, SockAddr
+from tests.unit.test_fullmesh import Clock
 
 ROOT = Path(__file__).resolve().parents[2]
 LOGGER = "mptcpd.plugins.sspi"
@@ -647,24 +648,6 @@ def test_a_foreign_join_while_ours_is_pending(d: Dispatcher, pm: FakePM,
 
 
 # -- retries (client side) ------------------------------------------------------------
-
-
-class Clock:
-    """An event loop whose time only moves when told."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.now = 1000.0
-        self.loop = loop
-        loop.time = lambda: self.now  # type: ignore[method-assign]
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-        for _ in range(3):  # the due timers, then what they scheduled at once
-            self.loop.run_until_complete(asyncio.sleep(0))
-
-    def timers(self) -> list[float]:
-        scheduled: list[Any] = getattr(self.loop, "_scheduled")
-        return sorted(round(h.when() - self.now, 6) for h in scheduled if not h.cancelled())
 
 
 def c2_subflow(pm: FakePM) -> list[tuple[Any, ...]]:
