@@ -114,6 +114,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import math
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -372,21 +373,23 @@ class SingleSubflowPerInterface:
     # -- retries (client side) -------------------------------------------------
 
     def _failed(self, conn: Connection, index: int, target: SockAddr,
-                pm: PathManager) -> None:
-        """The subflow on ``index`` to ``target`` failed: try it again after
-        the backoff, or give it up."""
-        if conn.server_side or self.connections.get(conn.token) is not conn:
+                pm: PathManager, since: float | None = None) -> None:
+        """The subflow on ``index`` to ``target`` (established at loop time
+        ``since``, None: never) failed: try it again after the backoff, or
+        give it up."""
+        if (conn.server_side or conn.loop is None
+                or self.connections.get(conn.token) is not conn):
             return
         key = (index, target)
-        failures = conn.failures.get(key, 0) + 1
+        now = conn.loop.time()
+        lived = None if since is None else now - since
+        failures, due = self.retry.after_failure(conn.failures.get(key, 0), now, lived)
         conn.failures[key] = failures
-        if failures > self.retry.attempts:
+        if due == math.inf:
             log.info("Connection %08x: giving up on a subflow on interface %d to %s "
                      "after %d attempts.", conn.token, index, target, failures)
             return
-        if conn.loop is None:
-            return
-        conn.due[key] = conn.loop.time() + self.retry.delay(failures)
+        conn.due[key] = due
         self._schedule(conn, pm)
 
     def _schedule(self, conn: Connection, pm: PathManager) -> None:
@@ -410,8 +413,11 @@ class SingleSubflowPerInterface:
             if when <= now:
                 del conn.due[key]
                 conn.attempted.discard(key)
-        self._fill(conn, pm)
-        self._schedule(conn, pm)
+        try:
+            self._fill(conn, pm)
+            self._schedule(conn, pm)
+        except Exception:  # a timer callback: no hook containment around it
+            log.exception("Connection %08x: opening subflows again failed.", conn.token)
 
     @staticmethod
     def _to_announce(conn: Connection, pm: PathManager) -> Iterator[SockAddr]:
@@ -599,12 +605,8 @@ class SingleSubflowPerInterface:
                           interface.index)
             return
         subflow = conn.subflows.pop(index)
-        if not subflow.initial and not conn.server_side:
-            slot = (index, plain(subflow.raddr))
-            if (subflow.since is not None and conn.loop is not None
-                    and conn.loop.time() - subflow.since >= self.retry.cap):
-                conn.failures.pop(slot, None)  # it lived long: start afresh
-            self._failed(conn, index, plain(subflow.raddr), pm)
+        if not subflow.initial:
+            self._failed(conn, index, plain(subflow.raddr), pm, subflow.since)
         self._fill(conn, pm)
 
     # -- network monitor events ----------------------------------------------

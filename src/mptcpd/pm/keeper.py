@@ -107,6 +107,20 @@ class RetryPolicy:
         """Seconds to wait after the ``failures``-th failure in a row (1-based)."""
         return min(self.cap, self.base * 2.0 ** min(failures - 1, 64))
 
+    def after_failure(self, failures: int, now: float,
+                      lived: float | None = None) -> tuple[int, float]:
+        """One more failure of an attempt that had failed ``failures`` times
+        in a row: the new count, and the loop time from which it may be made
+        again (``math.inf``: given up).  ``lived`` is how long the lost
+        subflow had been established (None: it never was); ``cap`` seconds
+        or more make the loss a first failure again."""
+        if lived is not None and lived >= self.cap:
+            failures = 0
+        failures += 1
+        if failures > self.attempts:
+            return failures, math.inf
+        return failures, now + self.delay(failures)
+
     @classmethod
     def from_settings(cls, settings: PluginSettings, log: logging.Logger) -> RetryPolicy:
         """The policy of a plugin's settings; a bad value is logged as an
@@ -352,19 +366,15 @@ class SubflowKeeper:
         now = conn.loop.time()
         slot = conn.slots.setdefault(kept.key, Slot(kept.laddr))
         slot.laddr = SockAddr(plain(kept.laddr).ip)
-        if kept.since is not None and now - kept.since >= self.retry.cap:
-            slot.failures = 0  # it lived long enough: a fresh loss
-        slot.failures += 1
-        if slot.failures > self.retry.attempts:
-            slot.due = math.inf
+        lived = None if kept.since is None else now - kept.since
+        slot.failures, slot.due = self.retry.after_failure(slot.failures, now, lived)
+        if slot.due == math.inf:
             self.log.info("Connection %08x: giving up on the subflow from %s to %s after "
                           "%d attempts.", conn.token, slot.laddr, kept.raddr, slot.failures)
             return
-        delay = self.retry.delay(slot.failures)
-        slot.due = now + delay
         self.log.debug("Connection %08x: the subflow from %s to %s was lost (%d in a row); "
                        "retrying in %.3g s.", conn.token, slot.laddr, kept.raddr,
-                       slot.failures, delay)
+                       slot.failures, slot.due - now)
         self._schedule(conn, pm)
 
     def _schedule(self, conn: KeptConnection, pm: PathManager) -> None:

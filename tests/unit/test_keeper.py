@@ -1,9 +1,11 @@
-"""keeper_hooks: a plugin built on a SubflowKeeper gets every connection and
-network hook from one call, each handing its event to the keeper."""
+"""What the userspace path managers share: ``keeper_hooks`` (a plugin built
+on a SubflowKeeper gets every connection and network hook from one call,
+each handing its event to the keeper) and the retry policy's rule."""
 
 from __future__ import annotations
 
 import inspect
+import math
 import types
 from typing import Any
 
@@ -59,3 +61,19 @@ def test_every_subflow_hook_is_given_and_each_reaches_the_keeper() -> None:
     current["keeper"] = other = Recorder()
     hooks["connection_closed"](7)
     assert other.calls == [("connection_closed", (7,))]
+
+
+def test_the_retry_policy_after_a_failure() -> None:
+    """The one backoff rule the keeper and sspi share: doubled up to the cap,
+    given up after ``attempts`` retries, afresh after a long life."""
+    from mptcpd.plugin import RetryPolicy
+
+    policy = RetryPolicy(base=1.0, cap=3.0, attempts=3)
+    failures, dues = 0, []
+    for _ in range(4):
+        failures, due = policy.after_failure(failures, 100.0)
+        dues.append(due)
+    assert (failures, dues) == (4, [101.0, 102.0, 103.0, math.inf])
+    # A subflow that lived cap seconds or more: its loss is a first failure.
+    assert policy.after_failure(3, 100.0, lived=3.0) == (1, 101.0)
+    assert policy.after_failure(2, 100.0, lived=2.9) == (3, 103.0)
