@@ -191,13 +191,12 @@ def _os_error(exc: Any) -> OSError:
     return OSError(code, os.strerror(code))
 
 
-def decode(data: bytes) -> tuple[list[MptcpConnection], list[SockAddr], bool]:
-    """(connections, listeners, done) in one datagram, as pyroute2 parses it;
-    raises :class:`OSError` for an error the datagram carries."""
-    connections = []
-    listeners = []
-    done = False
-    for msg in MarshalMptcpDiag().parse(data):
+def _replies(marshal: Any, data: bytes) -> tuple[list[Any], bool]:
+    """The ``SOCK_DIAG_BY_FAMILY`` replies of one datagram up to its
+    ``NLMSG_DONE``, and whether that came; raises :class:`OSError` for an
+    error the datagram carries."""
+    replies = []
+    for msg in marshal.parse(data):
         if msg is None:
             continue
         error = msg["header"].get("error")
@@ -205,10 +204,19 @@ def decode(data: bytes) -> tuple[list[MptcpConnection], list[SockAddr], bool]:
             raise _os_error(error)
         kind = msg["header"]["type"]
         if kind == NLMSG_DONE:
-            done = True
-            break
-        if kind != SOCK_DIAG_BY_FAMILY:
-            continue
+            return replies, True
+        if kind == SOCK_DIAG_BY_FAMILY:
+            replies.append(msg)
+    return replies, False
+
+
+def decode(data: bytes) -> tuple[list[MptcpConnection], list[SockAddr], bool]:
+    """(connections, listeners, done) in one datagram, as pyroute2 parses it;
+    raises :class:`OSError` for an error the datagram carries."""
+    connections = []
+    listeners = []
+    replies, done = _replies(MarshalMptcpDiag(), data)
+    for msg in replies:
         if int(msg["idiag_state"]) == TCP_LISTEN:
             if msg["idiag_family"] in (socket.AF_INET, socket.AF_INET6):
                 listeners.append(SockAddr(ipaddress.ip_address(msg["idiag_src"]),
@@ -287,18 +295,9 @@ def decode_subflows(data: bytes) -> tuple[list[MptcpSubflow], bool]:
     """(subflows, done) in one datagram of a subflow dump, as pyroute2 parses
     it; raises :class:`OSError` for an error the datagram carries."""
     subflows = []
-    done = False
-    for msg in MarshalSubflowDiag().parse(data):
-        if msg is None:
-            continue
-        error = msg["header"].get("error")
-        if error is not None:
-            raise _os_error(error)
-        kind = msg["header"]["type"]
-        if kind == NLMSG_DONE:
-            done = True
-            break
-        if (kind != SOCK_DIAG_BY_FAMILY or int(msg["idiag_state"]) == TCP_LISTEN
+    replies, done = _replies(MarshalSubflowDiag(), data)
+    for msg in replies:
+        if (int(msg["idiag_state"]) == TCP_LISTEN
                 or msg["idiag_family"] not in (socket.AF_INET, socket.AF_INET6)):
             continue
         ulp = msg.get_attr("INET_DIAG_ULP_INFO")
