@@ -170,6 +170,17 @@ class Watcher:
         return doc
 
 
+def flood(lab: Lab, o: argparse.Namespace) -> int:
+    """Run ``o.flooders`` flooders from the client to the server for
+    ``o.seconds``; the connections they made."""
+    flooders = [lab.python(lab.client, "-m", "tests.lab.traffic", "flood",
+                           str(lab.links[0].server4), "5201", "--seconds", str(o.seconds),
+                           name=f"flood{i}", env=py_env()) for i in range(o.flooders)]
+    for f in flooders:
+        f.wait(o.seconds + 60)
+    return sum(int(f.output().split()[-1]) for f in flooders)
+
+
 def py_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT / "src")
@@ -337,12 +348,7 @@ def churn(impl: str, o: argparse.Namespace) -> dict[str, Any]:
         rss0 = daemon.rss_kb()
         watcher = Watcher(lab, lab.client, count_only=True)
         cpu0 = daemon.cpu()
-        flooders = [lab.python(lab.client, "-m", "tests.lab.traffic", "flood",
-                               str(lab.links[0].server4), "5201", "--seconds", str(o.seconds),
-                               name=f"flood{i}", env=py_env()) for i in range(o.flooders)]
-        for f in flooders:
-            f.wait(o.seconds + 60)
-        made = sum(int(f.output().split()[-1]) for f in flooders)
+        made = flood(lab, o)
         daemon.settle(timeout=60)
         cpu = daemon.cpu() - cpu0
         drops = daemon.drops()

@@ -25,7 +25,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "src"), str(ROOT / "bench")]
 
-from bench_load import SSPI, Daemon, Watcher, lab_for, py_env  # noqa: E402
+from bench_load import SSPI, Daemon, Watcher, flood, lab_for, py_env  # noqa: E402
 
 MPTCPCTL = Path(sys.executable).with_name("mptcpctl")
 
@@ -74,12 +74,7 @@ def run(mode: str, o: argparse.Namespace) -> dict[str, Any]:
         time.sleep(0.5)
         watcher = Watcher(lab, lab.client, count_only=True)
         cpu0 = daemon.cpu()
-        flooders = [lab.python(lab.client, "-m", "tests.lab.traffic", "flood",
-                               str(lab.links[0].server4), "5201", "--seconds", str(o.seconds),
-                               name=f"flood{i}", env=py_env()) for i in range(o.flooders)]
-        for f in flooders:
-            f.wait(o.seconds + 60)
-        made = sum(int(f.output().split()[-1]) for f in flooders)
+        made = flood(lab, o)
         daemon.settle(timeout=60)
         cpu = daemon.cpu() - cpu0
         drops = daemon.drops()
