@@ -360,8 +360,9 @@ class InterfaceUpdated(_InterfaceEvent):
 @dataclasses.dataclass(frozen=True, slots=True)
 class InterfaceRemoved(_InterfaceEvent):
     """An interface went administratively down or away; ``interface`` is
-    its last recorded state, addresses included (no address events follow
-    for them, as in mptcpd)."""
+    its last recorded state, addresses included.  The daemon withdraws its
+    reported addresses first (``delete_local_address`` for each); C sends
+    no address event for them."""
 
     HOOK: ClassVar[str] = "delete_interface"
 
