@@ -38,7 +38,7 @@ C_DAEMON = "/usr/libexec/mptcpd"
 C_PLUGIN_DIR = "/usr/lib/x86_64-linux-gnu/mptcpd"
 OURS_READY = "mptcpd ready"
 C_READY = "path manager initialized"
-SUB_ESTABLISHED, SUB_CLOSED = 10, 11
+ESTABLISHED, SUB_ESTABLISHED, SUB_CLOSED = 2, 10, 11
 
 
 # -- daemons -------------------------------------------------------------------
@@ -82,6 +82,10 @@ def status_kb(pid: int, key: str) -> int:
     return 0
 
 
+#: ``--profile``: where our daemon's cProfile statistics go, or None.
+PROFILE: str | None = None
+
+
 class Daemon:
     """One daemon (ours or C) running inside a lab namespace."""
 
@@ -97,8 +101,18 @@ class Daemon:
             env = dict(os.environ)
             env.pop("NOTIFY_SOCKET", None)
             env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + str(ROOT)
-            self.proc = lab.start_mptcpd("--log=stderr", f"--plugin-dir={ROOT / 'plugins'}",
-                                         *args, ns=ns, config=config, env=env)
+            daemon_args = ("--log=stderr", f"--plugin-dir={ROOT / 'plugins'}", *args)
+            if PROFILE:
+                # cProfile from READY on; the statistics are written at exit.
+                from bench_addr import PROFILER
+                path = lab.workdir / f"profile-{len(lab._procs)}.conf"
+                path.write_text(config)
+                env["MPTCPD_CONFIG"] = str(path)
+                env.setdefault("MPTCPD_STATE_DIR", str(lab.workdir / "state"))
+                self.proc = lab.python(ns, "-c", PROFILER, PROFILE, *daemon_args,
+                                       name="mptcpd", env=env)
+            else:
+                self.proc = lab.start_mptcpd(*daemon_args, ns=ns, config=config, env=env)
             ready = OURS_READY
         self.pid = self.proc.pid
         # Never let a daemon manage the host namespace.
@@ -123,6 +137,12 @@ class Daemon:
 
     def cpu(self) -> int:
         return cpu_ns(self.pid)
+
+    def user_sys_ticks(self) -> tuple[int, int]:
+        """utime and stime of the whole process, in clock ticks."""
+        with open(f"/proc/{self.pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return int(fields[11]), int(fields[12])
 
     def rss_kb(self) -> int:
         return status_kb(self.pid, "VmRSS")
@@ -261,10 +281,12 @@ def client_burst(impl: str, o: argparse.Namespace) -> dict[str, Any]:
         daemon = Daemon(lab, impl, lab.client, SSPI, o.c_daemon)
         watcher = Watcher(lab, lab.client)
         cpu0 = daemon.cpu()
+        ticks0 = daemon.user_sys_ticks()
         res = run_conns(lab, lab.client, str(lab.links[0].server4), o.conns, want=1,
                         deadline=o.deadline)
         daemon.settle()
         cpu = daemon.cpu() - cpu0
+        ticks = [b - a for a, b in zip(ticks0, daemon.user_sys_ticks())]
         events = watcher.result()
         hwm = daemon.hwm_kb()
         drops, alive = daemon.drops(), daemon.proc.popen.poll() is None
@@ -278,12 +300,24 @@ def client_burst(impl: str, o: argparse.Namespace) -> dict[str, Any]:
         t = first.get(token) if token is not None else None
         if t is not None and t - t_connect <= o.deadline:
             lat.append((t - t_connect) * 1e3)
+    # The part the daemon answers for: the kernel's ESTABLISHED (it may not
+    # create a subflow before) → the extra subflow's SUB_ESTABLISHED.  The
+    # rest, connect → ESTABLISHED, is the handshake and the harness's
+    # client and server (the first data acknowledged).
+    established: dict[int, float] = {}
+    for t, cmd, token, *_ in events["events"]:
+        if cmd == ESTABLISHED and token is not None:
+            established.setdefault(token, t)
+    reaction = [(first[token] - t) * 1e3 for token, t in established.items()
+                if token in first]
     opened = sum(1 for c in res["conns"] if c[3] is not None)
     return {
         "connections": o.conns, "opened": opened, "served": len(lat),
         "served_pct": 100.0 * len(lat) / o.conns,
         "p50_ms": pct(lat, 0.5), "p90_ms": pct(lat, 0.9),
+        "reaction_p50_ms": pct(reaction, 0.5), "reaction_p90_ms": pct(reaction, 0.9),
         "cpu_us_per_conn": cpu / 1e3 / o.conns,
+        "user_share": ticks[0] / max(1, sum(ticks)),
         "peak_rss_kb": hwm, "invalid_token": invalid_tokens(log),
         "events_lost": drops, "daemon_alive": alive, "watcher_drops": events["drops"],
     }
@@ -305,10 +339,12 @@ def server_burst(impl: str, o: argparse.Namespace) -> dict[str, Any]:
         daemon = Daemon(lab, impl, lab.server, SSPI, o.c_daemon)
         watcher = Watcher(lab, lab.server)
         cpu0 = daemon.cpu()
+        ticks0 = daemon.user_sys_ticks()
         run_conns(lab, lab.client, str(lab.links[0].server4), o.conns,
                   deadline=o.server_hold)
         daemon.settle()
         cpu = daemon.cpu() - cpu0
+        ticks = [b - a for a, b in zip(ticks0, daemon.user_sys_ticks())]
         events = watcher.result()
         drops, alive = daemon.drops(), daemon.proc.popen.poll() is None
         log = daemon.log()
@@ -330,7 +366,8 @@ def server_burst(impl: str, o: argparse.Namespace) -> dict[str, Any]:
         "connections": o.conns, "duplicate_joins": joins, "closed": len(lat),
         "closed_pct": 100.0 * len(lat) / joins if joins else 0.0,
         "p50_ms": pct(lat, 0.5), "p90_ms": pct(lat, 0.9),
-        "cpu_us_per_conn": cpu / 1e3 / o.conns, "invalid_token": invalid_tokens(log),
+        "cpu_us_per_conn": cpu / 1e3 / o.conns,
+        "user_share": ticks[0] / max(1, sum(ticks)), "invalid_token": invalid_tokens(log),
         "events_lost": drops, "daemon_alive": alive, "watcher_drops": events["drops"],
     }
 
@@ -493,6 +530,8 @@ ROWS = [
     ("client-burst", "served_pct", "sspi client burst: % served"),
     ("client-burst", "p50_ms", "sspi client burst: connect→subflow p50 ms"),
     ("client-burst", "p90_ms", "sspi client burst: connect→subflow p90 ms"),
+    ("client-burst", "reaction_p50_ms", "sspi client burst: ESTABLISHED→subflow p50 ms"),
+    ("client-burst", "reaction_p90_ms", "sspi client burst: ESTABLISHED→subflow p90 ms"),
     ("client-burst", "cpu_us_per_conn", "sspi client burst: CPU µs/conn"),
     ("client-burst", "events_lost", "sspi client burst: events lost"),
     ("server-burst", "closed_pct", "sspi server burst: % duplicates closed"),
@@ -558,7 +597,12 @@ def main(argv: list[str] | None = None) -> int:
                         default=[100.0, 250.0, 500.0, 1000.0, 2000.0, 4000.0])
     parser.add_argument("--rate-seconds", type=float, default=3.0)
     parser.add_argument("--rate-deadline", type=float, default=1.0)
+    parser.add_argument("--profile", metavar="FILE",
+                        help="run our daemon under cProfile from READY on and write "
+                             "its statistics to FILE when it stops (one scenario)")
     o = parser.parse_args(argv)
+    global PROFILE
+    PROFILE = o.profile
     if o.scenario == "smoke":
         o.conns, o.deadline, o.server_hold, o.seconds = 20, 3.0, 1.5, 2.0
         o.addr_rounds, o.addr_churn_seconds, o.starts = 5, 1.0, 1
