@@ -57,7 +57,12 @@ CAPTURES = captures()
 
 
 def both(data: bytes) -> tuple[ev.Event | None, ev.Event | None]:
-    return decode(pyroute2_parse(data)), decode_message(data)
+    """pyroute2's event and the decoder's, which must read the message the
+    same way twice: the second time (or both times, when an earlier test
+    decoded a message of this layout) through the layout it learnt."""
+    lean = decode_message(data)
+    assert decode_message(data) == lean
+    return decode(pyroute2_parse(data)), lean
 
 
 def sa(ip: str, port: int) -> SockAddr:
@@ -531,6 +536,38 @@ def test_a_learnt_layout_decodes_as_the_walk_does(caplog: pytest.LogCaptureFixtu
     got = decode_message(bytes(changed))
     assert "Unknown MPTCP genl attribute: 99" in caplog.text
     assert got == decode(pyroute2_parse(bytes(changed)))
+
+
+@pytest.mark.parametrize("name", ["CREATED", "ESTABLISHED", "CLOSED", "SUB_ESTABLISHED",
+                                  "SUB_CLOSED", "SUB_PRIORITY"])
+def test_frequent_events_are_built_straight_from_a_learnt_layout(name: str) -> None:
+    """The events of every connection are built from the learnt layout's
+    values without the walk's dict (see ``_builder``), as the walk builds
+    them."""
+    from mptcpd.netlink import event_codec
+
+    for what, rec in CAPTURES:
+        if what != name:
+            continue
+        data = bytes.fromhex(rec["hex"])
+        walked = decode_message(data)
+        template = event_codec._templates[(data[16], len(data) - 20)]
+        assert template is not None and template.build is not None
+        assert template.event(data, 20) == walked == decode(pyroute2_parse(data))
+
+
+def test_a_layout_without_a_required_attribute_has_no_builder(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Every such message is logged as the walk logs it, learnt or not."""
+    from mptcpd.netlink import event_codec
+
+    data = build(C.MPTCP_EVENT_SUB_ESTABLISHED, [a for a in FULL_V4 if a[0] != "MPTCP_ATTR_DPORT"]
+                 + [("MPTCP_ATTR_BACKUP", 0)])
+    caplog.set_level(logging.DEBUG, LOGGER)
+    assert decode_message(data) is None and decode_message(data) is None
+    template = event_codec._templates[(data[16], len(data) - 20)]
+    assert template is not None and template.build is None
+    assert caplog.text.count("Required MPTCP_EVENT_SUB_* message attributes are missing.") == 2
 
 
 def test_the_reader_knows_which_connections_the_kernel_closed() -> None:

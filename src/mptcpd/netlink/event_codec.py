@@ -282,7 +282,7 @@ class _Template:
     learnt, so the fast path logs nothing, as the walk would not.
     """
 
-    __slots__ = ("headers", "expected", "values", "types", "ip4", "ip6", "be16")
+    __slots__ = ("headers", "expected", "values", "types", "ip4", "ip6", "be16", "build")
     headers: Callable[[Any, int], tuple[Any, ...]]
     values: Callable[[Any, int], tuple[Any, ...]]
     expected: tuple[int, ...]
@@ -290,9 +290,12 @@ class _Template:
     ip4: list[tuple[int, int]]
     ip6: list[tuple[int, int]]
     be16: list[tuple[int, int]]
+    #: the event straight from the values, where the layout holds every
+    #: required attribute (:func:`_builder`); None: through :func:`build_event`.
+    build: Callable[[tuple[Any, ...]], Event] | None
 
     @classmethod
-    def learn(cls, layout: list[tuple[int, int, int]]) -> _Template | None:
+    def learn(cls, layout: list[tuple[int, int, int]], cmd: int = 0) -> _Template | None:
         types = [t for _, _, t in layout]
         if len(set(types)) != len(types):
             return None
@@ -322,7 +325,16 @@ class _Template:
         self.values = struct.Struct("".join(value_fmt)).unpack_from
         self.expected = tuple(header for _, header, _ in layout)
         self.types = types
+        self.build = _builder(cmd, types)
         return self
+
+    def event(self, buf: Any, p: int) -> Event | None:
+        """The event of the attributes at ``buf[p:]`` built by :attr:`build`;
+        None when the headers differ (or there is no builder)."""
+        build = self.build
+        if build is None or self.headers(buf, p) != self.expected:
+            return None
+        return build(self.values(buf, p))
 
     def read(self, buf: Any, p: int) -> dict[int, Any] | None:
         """The attributes at ``buf[p:]``, or None when the headers differ."""
@@ -338,6 +350,81 @@ class _Template:
             value = values[index]
             attrs[attr_type] = ((value & 0xFF) << 8) | (value >> 8)
         return attrs
+
+
+def _builder(cmd: int, types: list[int]) -> Callable[[tuple[Any, ...]], Event] | None:
+    """A function making ``cmd``'s event from a template's values (in the
+    order of ``types``) as :func:`build_event` makes it from their dict,
+    without the dict: each field is read at a position fixed when the layout
+    is learnt; an attribute the layout lacks reads None (the last position,
+    a None appended to the values).  None when the layout lacks a required
+    attribute (then :func:`build_event` logs why there is no event) or for
+    the rare events, which keep the general path."""
+    where = {t: i for i, t in enumerate(types)}
+    absent = len(types)
+
+    def at(*candidates: int) -> int:
+        """The position of the first of ``candidates`` the layout holds."""
+        return next((where[t] for t in candidates if t in where), absent)
+
+    token = at(C.MPTCP_ATTR_TOKEN)
+    if token == absent:
+        return None
+    if cmd == C.MPTCP_EVENT_CLOSED:
+        return lambda values: ConnectionClosed(values[token])
+    subflow = cmd in (C.MPTCP_EVENT_SUB_ESTABLISHED, C.MPTCP_EVENT_SUB_CLOSED,
+                      C.MPTCP_EVENT_SUB_PRIORITY)
+    if not subflow and cmd not in (C.MPTCP_EVENT_CREATED, C.MPTCP_EVENT_ESTABLISHED):
+        return None
+    saddr, daddr = at(C.MPTCP_ATTR_SADDR4, C.MPTCP_ATTR_SADDR6), at(
+        C.MPTCP_ATTR_DADDR4, C.MPTCP_ATTR_DADDR6)
+    sport, dport = at(C.MPTCP_ATTR_SPORT), at(C.MPTCP_ATTR_DPORT)
+    backup = at(C.MPTCP_ATTR_BACKUP)
+    if absent in (saddr, daddr, sport, dport) or (subflow and backup == absent):
+        return None
+    # The v4 attribute wins over the v6 one, as in build_event.
+    sip = _ip4_from_bytes if C.MPTCP_ATTR_SADDR4 in where else _ip6_from_bytes
+    dip = _ip4_from_bytes if C.MPTCP_ATTR_DADDR4 in where else _ip6_from_bytes
+    flags, side = at(C.MPTCP_ATTR_FLAGS), at(C.MPTCP_ATTR_SERVER_SIDE)
+    loc_id, rem_id, family = (at(C.MPTCP_ATTR_LOC_ID), at(C.MPTCP_ATTR_REM_ID),
+                              at(C.MPTCP_ATTR_FAMILY))
+    timeout = at(C.MPTCP_ATTR_TIMEOUT)
+    server_flag, deny_flag = C.MPTCP_PM_EV_FLAG_SERVER_SIDE, C.MPTCP_PM_EV_FLAG_DENY_JOIN_ID0
+    none = (None,)
+
+    def swap(port: int) -> int:
+        return ((port & 0xFF) << 8) | (port >> 8)
+
+    if not subflow:
+        conn_cls = ConnectionCreated if cmd == C.MPTCP_EVENT_CREATED else ConnectionEstablished
+
+        def build_connection(values: tuple[Any, ...]) -> Event:
+            v = values + none
+            f = v[flags] or 0
+            return conn_cls(
+                v[token], SockAddr(sip(v[saddr]), swap(v[sport])),
+                SockAddr(dip(v[daddr]), swap(v[dport])),
+                bool(f & server_flag) or bool(v[side]), bool(f & deny_flag),
+                loc_id=v[loc_id], rem_id=v[rem_id], family=v[family], flags=f,
+                timeout=v[timeout])
+        return build_connection
+
+    sub_cls = (SubflowEstablished if cmd == C.MPTCP_EVENT_SUB_ESTABLISHED
+               else SubflowClosed if cmd == C.MPTCP_EVENT_SUB_CLOSED else SubflowPriority)
+    error, if_idx = at(C.MPTCP_ATTR_ERROR), at(C.MPTCP_ATTR_IF_IDX)
+    reason, reset_flags = at(C.MPTCP_ATTR_RESET_REASON), at(C.MPTCP_ATTR_RESET_FLAGS)
+
+    def build_subflow(values: tuple[Any, ...]) -> Event:
+        v = values + none
+        f = v[flags] or 0
+        return sub_cls(
+            v[token], SockAddr(sip(v[saddr]), swap(v[sport])),
+            SockAddr(dip(v[daddr]), swap(v[dport])), bool(v[backup]),
+            loc_id=v[loc_id], rem_id=v[rem_id], family=v[family], error=v[error],
+            if_idx=v[if_idx], reset_reason=v[reason], reset_flags=v[reset_flags],
+            flags=f, server_side=bool(f & server_flag) or bool(v[side]),
+            deny_join_id0=bool(f & deny_flag), timeout=v[timeout])
+    return build_subflow
 
 
 #: (command, attribute bytes) -> learnt layout (None: not learnable).
@@ -382,6 +469,9 @@ def decode_message(buf: Any, offset: int = 0, end: int | None = None) -> Event |
         key = (cmd, end - p)
         template = _templates.get(key)
         if template is not None:
+            event = template.event(buf, p)
+            if event is not None:
+                return event
             attrs = template.read(buf, p)
             if attrs is not None:
                 return build_event(cmd, attrs)
@@ -414,7 +504,7 @@ def decode_message(buf: Any, offset: int = 0, end: int | None = None) -> Event |
                     layout.append((p - start, _u32(buf, p)[0], nla_type))
             p += (nla_len + 3) & ~3
         if layout and p == end and len(_templates) < _TEMPLATES_MAX:
-            _templates[key] = _Template.learn(layout)
+            _templates[key] = _Template.learn(layout, cmd)
         return build_event(cmd, attrs)
     except Exception:  # nothing malformed may escape
         log.exception("Unable to decode MPTCP event message")
