@@ -637,3 +637,22 @@ def test_snapshots_are_reused_until_the_interface_changes() -> None:
     fourth = nm.get_interface(2)
     assert fourth is not None and [str(a) for a in fourth.addrs] == ["198.51.100.1"]
     assert [str(a) for a in third.addrs] == ["192.0.2.1", "198.51.100.1"]  # snapshots stay
+
+
+def test_an_interface_finds_the_first_entry_of_an_address_while_entries_come_and_go() -> None:
+    from mptcpd.pm.network_monitor import _Address, _Interface
+
+    iface = _Interface(3, "eth0", IFF_UP | IFF_RUNNING, 1, "UP", True, True)
+    a, b = SockAddr("192.0.2.1"), SockAddr("2001:db8::1")
+    first, second, other = (_Address(a, 0, AddressState.ANNOUNCED),
+                            _Address(a, 0, AddressState.ANNOUNCED),
+                            _Address(b, 0, AddressState.ANNOUNCED))
+    for entry in (first, other, second):
+        iface.add(entry)
+    assert iface.find(SockAddr("192.0.2.1")) is first and iface.find(b) is other
+    iface.remove(first)
+    assert iface.find(a) is second
+    iface.remove(second)
+    assert iface.find(a) is None and iface.find(b) is other
+    iface.remove(other)
+    assert iface.find(b) is None and iface.addrs == []

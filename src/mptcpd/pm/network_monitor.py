@@ -147,6 +147,9 @@ class _Interface:
     #: they drop the cached snapshot.
     addrs: list[_Address] = dataclasses.field(default_factory=list)
     _snapshot: Interface | None = None
+    #: The first entry of each address in :attr:`addrs`: path managers look
+    #: addresses up on every event (:meth:`NetworkMonitor.find_interface`).
+    _by_addr: dict[SockAddr, _Address] = dataclasses.field(default_factory=dict)
 
     def snapshot(self) -> Interface:
         """The interface as plugins see it (immutable; cached until it changes:
@@ -168,17 +171,22 @@ class _Interface:
 
     def add(self, entry: _Address) -> None:
         self.addrs.append(entry)
+        self._by_addr.setdefault(entry.addr, entry)
         self._snapshot = None
 
     def remove(self, entry: _Address) -> None:
         self.addrs.remove(entry)
+        if self._by_addr.get(entry.addr) is entry:
+            del self._by_addr[entry.addr]
+            for other in self.addrs:  # another entry of that address, if any
+                if other.addr == entry.addr:
+                    self._by_addr[entry.addr] = other
+                    break
         self._snapshot = None
 
     def find(self, addr: SockAddr) -> _Address | None:
-        for entry in self.addrs:
-            if entry.addr == addr:
-                return entry
-        return None
+        """The first entry of ``addr``."""
+        return self._by_addr.get(addr)
 
     def changed(self) -> None:
         """Drop the cached snapshot (an entry or the decision changed)."""
