@@ -24,7 +24,8 @@ import mptcpd
 from mptcpd.config import Config, ConfigValues, load_config
 from mptcpd.daemon import control
 from mptcpd.daemon.app import Daemon
-from mptcpd.daemon.control import ControlInterface, ControlServer
+from mptcpd.daemon.control import ControlServer
+from mptcpd.daemon.control_api import ControlInterface
 
 TIMEOUT = 20.0
 
