@@ -21,9 +21,10 @@ ROOT = Path(__file__).resolve().parents[2]
 #: Modules the daemon must not load to start: the control interface (and
 #: asyncvarlink under it) wait for a client, the others are not the
 #: daemon's at all (pyroute2 is the tests' oracle, prometheus_client is
-#: mptcpctl's, configparser is read only for a kernel path manager).
+#: mptcpctl's, configparser is read only for a kernel path manager,
+#: logging.handlers for syslog, click for the click command).
 LATER = ("asyncvarlink", "mptcpd.daemon.control_api", "pyroute2", "prometheus_client",
-         "configparser", "logging.handlers")
+         "configparser", "logging.handlers", "click")
 
 SCRIPT = """
 import asyncio, json, sys
@@ -35,6 +36,10 @@ LATER = %r
 
 
 async def main(tmp: Path) -> dict:
+    # The command line's part, as far as it goes without a kernel.
+    from mptcpd import cli
+    options = cli.option_values(cli.scan(["-d", "--log=stderr", "--load-plugins=rec"]))
+    assert options == {"debug": True, "log": "stderr", "load_plugins": "rec"}, options
     daemon = lifecycle.make_daemon(tmp)
     serving = asyncio.create_task(daemon.serve())
     await lifecycle.until(lambda: "watcher start" in lifecycle.ORDER)
