@@ -454,11 +454,12 @@ def addr(impl: str, o: argparse.Namespace) -> dict[str, Any]:
 def startup(impl: str, o: argparse.Namespace) -> dict[str, Any]:
     """Start → ready (median of ``--starts``) and idle RSS (sspi, userspace PM).
 
-    With ``--bytecode``, our daemon's modules are compiled once (a start
-    not counted) into a bytecode cache of the run's own
-    (``PYTHONPYCACHEPREFIX``), as an installed package has them; without
-    it, they are compiled at each start when the environment says
-    ``PYTHONDONTWRITEBYTECODE`` (a source tree has no cache otherwise)."""
+    By default (``--bytecode``) our daemon's modules are compiled once (a
+    start not counted) into a bytecode cache of the run's own
+    (``PYTHONPYCACHEPREFIX``), as an installed package has them (pip and
+    the distributions compile at install); with ``--no-bytecode`` they are
+    compiled at each start when the environment says
+    ``PYTHONDONTWRITEBYTECODE`` (this project's machines do)."""
     times: list[float] = []
     cpus: list[float] = []
     rss: list[int] = []
@@ -601,8 +602,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--addr-rounds", type=int, default=50)
     parser.add_argument("--addr-churn-seconds", type=float, default=5.0)
     parser.add_argument("--starts", type=int, default=3)
-    parser.add_argument("--bytecode", action="store_true",
-                        help="startup: our modules' bytecode cached, as when installed")
+    parser.add_argument("--bytecode", action=argparse.BooleanOptionalAction, default=True,
+                        help="startup: our modules' bytecode cached, as an installed "
+                        "package has it (default); --no-bytecode: compiled at each "
+                        "start when PYTHONDONTWRITEBYTECODE is set")
     parser.add_argument("--rates", type=lambda s: [float(x) for x in s.split(",")],
                         default=[100.0, 250.0, 500.0, 1000.0, 2000.0, 4000.0])
     parser.add_argument("--rate-seconds", type=float, default=3.0)
