@@ -1,4 +1,4 @@
-"""The ``mptcpd`` command line: GNU argp behaviour on top of click.
+"""The ``mptcpd`` command line: GNU argp behaviour, with a click command.
 
 C mptcpd parses its options with glibc's argp/getopt_long, and users (and
 scripts) see that: unique prefixes of long options, bundled short options,
@@ -6,21 +6,23 @@ scripts) see that: unique prefixes of long options, bundled short options,
 exact diagnostics, and exit status 64 (``EX_USAGE``) for usage errors.
 Click does none of that the same way, so :func:`scan` reproduces getopt's
 scan, validates each value when it is met (as mptcpd's argp parser does), and
-hands click a normalised argument list (``--name=value`` only).  The click
-command then collects the values; its callback builds the configuration and
-starts the daemon.  The CLI holds no behaviour of its own.
+returns a normalised argument list (``--debug`` and ``--name=value`` only).
+:func:`main` hands those values to :func:`run_daemon`, which builds the
+configuration and starts the daemon; :data:`command`, the click command
+(made on first use: the daemon's start does not load click), does the same
+through click's option parsing, for shell completion and for callers that
+embed or test it as a click command.  The CLI holds no behaviour of its own.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
-
-import click
 
 from mptcpd import __version__
 from mptcpd.config import (
@@ -400,50 +402,21 @@ def scan(
 
 
 # ---------------------------------------------------------------------------
-# The click command
+# Running the daemon, and the click command
 # ---------------------------------------------------------------------------
 
 
-class _UsageError(click.UsageError):
-    exit_code = EX_USAGE
-
-
-class ArgpCommand(click.Command):
-    """A click command whose arguments go through :func:`scan` first."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        argv0 = ctx.info_name or PROGRAM
-        try:
-            normalised = scan(args, argv0)
-        except ArgpExit as done:
-            if done.stdout:
-                click.echo(done.stdout, nl=False)
-            if done.stderr:
-                click.echo(done.stderr, nl=False, err=True)
-            ctx.exit(done.status)
-        try:
-            return super().parse_args(ctx, normalised)
-        except click.UsageError as err:  # not expected after the scan
-            raise _UsageError(err.message, ctx) from err
-
-    def get_help(self, ctx: click.Context) -> str:
-        return help_text().rstrip("\n")
-
-    def get_usage(self, ctx: click.Context) -> str:
-        return usage_text().rstrip("\n")
-
-
-def _start(
-    debug: bool,
-    log: str | None,
-    plugin_dir: str | None,
-    path_manager: str | None,
-    addr_flags: str | None,
-    notify_flags: str | None,
-    load_plugins: str | None,
-) -> None:
-    """Click callback: build the configuration, set up logging, run the daemon."""
-    ctx = click.get_current_context()
+def run_daemon(
+    debug: bool = False,
+    log: str | None = None,
+    plugin_dir: str | None = None,
+    path_manager: str | None = None,
+    addr_flags: str | None = None,
+    notify_flags: str | None = None,
+    load_plugins: str | None = None,
+) -> int:
+    """Build the configuration from the option values, set up logging, run
+    the daemon; the exit status (1 for a configuration error)."""
     values = ConfigValues(
         log=log,
         debug=debug,
@@ -460,32 +433,96 @@ def _start(
         config = load_config(values)
     except ConfigError as err:
         logger.error("%s", err)
-        ctx.exit(err.exit_status)
+        return err.exit_status
     setup_logging(config.log, config.debug)
     log_config(config)
 
     from mptcpd.daemon import run  # imported late: the CLI must not load the daemon
 
     status: Any = run(config)
-    ctx.exit(int(status or 0))
+    return int(status or 0)
 
 
-def _option(name: str, **kwargs: Any) -> click.Option:
-    opt = _BY_NAME[name]
-    decls = [f"--{name}"] + ([f"-{opt.short}"] if opt.short else [])
-    return click.Option(decls, metavar=opt.arg, help=opt.doc, **kwargs)
+def option_values(normalised: Sequence[str]) -> dict[str, Any]:
+    """:func:`run_daemon`'s arguments from :func:`scan`'s result (the last
+    value of an option wins)."""
+    values: dict[str, Any] = {}
+    for item in normalised:
+        name, equal, value = item[2:].partition("=")
+        values[name.replace("-", "_")] = value if equal else True
+    return values
 
 
-command = ArgpCommand(
-    name=PROGRAM,
-    callback=_start,
-    params=[
-        _option("debug", is_flag=True, default=False),
-        *(_option(name) for name in _VALUE_OPTIONS[1:]),
-    ],
-    add_help_option=False,
-    help=DOC,
-)
+def _make_command() -> Any:
+    """The click command: :func:`scan`, then click collects the values and
+    calls :func:`run_daemon`.  Made (and click imported) on first use of
+    :data:`command`: :func:`main` does not need it."""
+    import click
+
+    class _UsageError(click.UsageError):
+        exit_code = EX_USAGE
+
+    class ArgpCommand(click.Command):
+        """A click command whose arguments go through :func:`scan` first."""
+
+        def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+            argv0 = ctx.info_name or PROGRAM
+            try:
+                normalised = scan(args, argv0)
+            except ArgpExit as done:
+                if done.stdout:
+                    click.echo(done.stdout, nl=False)
+                if done.stderr:
+                    click.echo(done.stderr, nl=False, err=True)
+                ctx.exit(done.status)
+            try:
+                return super().parse_args(ctx, normalised)
+            except click.UsageError as err:  # not expected after the scan
+                raise _UsageError(err.message, ctx) from err
+
+        def get_help(self, ctx: click.Context) -> str:
+            return help_text().rstrip("\n")
+
+        def get_usage(self, ctx: click.Context) -> str:
+            return usage_text().rstrip("\n")
+
+    def start(**values: Any) -> None:
+        click.get_current_context().exit(run_daemon(**values))
+
+    def option(name: str, **kwargs: Any) -> click.Option:
+        opt = _BY_NAME[name]
+        decls = [f"--{name}"] + ([f"-{opt.short}"] if opt.short else [])
+        return click.Option(decls, metavar=opt.arg, help=opt.doc, **kwargs)
+
+    return ArgpCommand(
+        name=PROGRAM,
+        callback=start,
+        params=[
+            option("debug", is_flag=True, default=False),
+            *(option(name) for name in _VALUE_OPTIONS[1:]),
+        ],
+        add_help_option=False,
+        help=DOC,
+    )
+
+
+_command: Any = None
+
+
+def __getattr__(name: str) -> Any:
+    """``command``, the click command, made on first use."""
+    global _command
+    if name == "command":
+        if _command is None:
+            _command = _make_command()
+        return _command
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _write(stream: Any, text: str) -> None:
+    if text:
+        stream.write(text)
+        stream.flush()
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> NoReturn:
@@ -495,12 +532,32 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> NoReturn
     in getopt's messages) to ``sys.argv[0]``.  Always exits: 0 after
     ``--help``/``--usage``/``--version``, 64 for a usage error, 1 for a
     configuration error, otherwise the daemon's exit status.
+
+    The arguments go through :func:`scan` and straight to
+    :func:`run_daemon`, as the click command would send them, without
+    loading click (about 10 ms of every start); shell completion
+    (``_MPTCPD_COMPLETE``) is click's, through :data:`command`.
     """
     setup_logging()  # early logging from process start
     args = list(sys.argv[1:] if argv is None else argv)
-    command.main(
-        args=args,
-        prog_name=prog if prog is not None else sys.argv[0],
-        complete_var="_MPTCPD_COMPLETE",
-    )
-    raise SystemExit(0)  # not reached: click exits  # pragma: no cover
+    prog_name = prog if prog is not None else sys.argv[0]
+    if "_MPTCPD_COMPLETE" in os.environ:
+        __getattr__("command").main(args=args, prog_name=prog_name,
+                                    complete_var="_MPTCPD_COMPLETE")
+    try:
+        try:
+            normalised = scan(args, prog_name or PROGRAM)
+        except ArgpExit as done:
+            _write(sys.stdout, done.stdout)
+            _write(sys.stderr, done.stderr)
+            raise SystemExit(done.status) from None
+        raise SystemExit(run_daemon(**option_values(normalised)))
+    except BrokenPipeError:  # as click: "mptcpd --help | head -1" ends quietly
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # not a file: nothing to flush at exit
+            pass
+        raise SystemExit(1) from None
+    except (KeyboardInterrupt, EOFError):  # as click
+        _write(sys.stderr, "\nAborted!\n")
+        raise SystemExit(1) from None

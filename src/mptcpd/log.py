@@ -18,7 +18,6 @@ missing, the destination silently becomes ``null`` (as in C mptcpd).
 from __future__ import annotations
 
 import logging
-import logging.handlers
 import socket
 import sys
 from collections.abc import Callable
@@ -69,16 +68,18 @@ def _can_connect(path: str) -> bool:
     return True
 
 
-class _QuietSysLogHandler(logging.handlers.SysLogHandler):
-    """Drops a message it cannot send, as C mptcpd does, instead of printing a traceback."""
-
-    def handleError(self, record: logging.LogRecord) -> None:
-        pass
-
-
 def _syslog_handler(address: str) -> logging.Handler | None:
     if not _can_connect(address):
         return None
+    import logging.handlers  # only for syslog: not loaded at every start
+
+    class _QuietSysLogHandler(logging.handlers.SysLogHandler):
+        """Drops a message it cannot send, as C mptcpd does, instead of
+        printing a traceback."""
+
+        def handleError(self, record: logging.LogRecord) -> None:
+            pass
+
     try:
         handler = _QuietSysLogHandler(
             address=address, facility=logging.handlers.SysLogHandler.LOG_DAEMON

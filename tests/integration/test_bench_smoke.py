@@ -44,7 +44,9 @@ def test_bench_load_smoke_runs_every_scenario(lab_available: None, tmp_path: Pat
     assert churn["daemon_alive"] is True and churn["peak_rss_kb"] > 0
     addr = results["addr"]["ours"]
     assert addr["endpoint_added"] == addr["rounds"]
-    assert results["startup"]["ours"]["idle_rss_kb"] > 0
+    startup = results["startup"]["ours"]
+    assert startup["idle_rss_kb"] > 0 and startup["start_cpu_ms"] > 0
+    assert startup["bytecode"] is True
     step = results["served-rate"]["ours"]["steps"][0]
     assert step["served"] == step["connections"]
     # Every lab namespace the benchmark made is gone.

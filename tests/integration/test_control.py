@@ -65,6 +65,9 @@ def start(lab: Lab, tmp_path: Path) -> tuple[Process, Path]:
         "--addr-flags=subflow", config=f"[core]\ncontrol-socket={path}\n",
         env=daemon_env())
     daemon.wait_output(READY, timeout=20)
+    # The first call, as soon as the daemon says it is ready, is answered
+    # (the socket listens before READY; its code loads at the first client).
+    assert call(path, "io.mptcpd.GetStatus")["status"]["ready"] is True
     return daemon, path
 
 

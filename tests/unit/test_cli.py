@@ -396,6 +396,40 @@ def test_last_occurrence_wins(
     assert (config.addr_flags, config.log) == (AddrFlags.BACKUP, "null")
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["-d"],
+        ["-dlnull", "--plugin-dir=/a", "--plugin-dir", "/b=c"],
+        ["--path-man=one", "--load-plugins=x,y", "--addr-flags=subflow,backup",
+         "--notify-flags=existing", "--log", "stderr", "--log=null"],
+        ["--debug", "--debug", "--load-plugins=x", "--load-plugins=y"],
+    ],
+)
+def test_main_and_the_click_command_give_the_same_configuration(
+    capsys: pytest.CaptureFixture[str], fake_run: FakeRun, args: list[str]
+) -> None:
+    """main() goes from the scan to the daemon without click; the click
+    command must end in the same configuration and status."""
+    fake_run.status = 5
+    assert run_main(capsys, *args)[0] == 5
+    result = CliRunner().invoke(cli.command, args, prog_name="mptcpd")
+    assert result.exit_code == 5, result.output
+    first, second = fake_run.configs
+    assert first == second
+
+
+def test_main_does_not_load_click(tmp_path: Path) -> None:
+    """click is about 10 ms of a start; main() does without it."""
+    code = ("import sys, mptcpd.cli\n"
+            "try:\n    mptcpd.cli.main(['--version'])\nexcept SystemExit:\n    pass\n"
+            "print('click' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True, cwd=tmp_path)
+    assert out.stdout.splitlines()[-1] == "False", out.stderr
+
+
 def test_required_value_takes_next_argument_even_if_dashed() -> None:
     assert cli.scan(["--plugin-dir", "--debug"]) == ["--plugin-dir=--debug"]
     assert cli.scan(["--path-manager=-x"]) == ["--path-manager=-x"]

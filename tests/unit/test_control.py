@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import stat
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,8 @@ import mptcpd
 from mptcpd.config import Config, ConfigValues, load_config
 from mptcpd.daemon import control
 from mptcpd.daemon.app import Daemon
-from mptcpd.daemon.control import ControlInterface, ControlServer
+from mptcpd.daemon.control import ControlServer
+from mptcpd.daemon.control_api import ControlInterface
 
 TIMEOUT = 20.0
 
@@ -276,6 +278,29 @@ async def test_a_stale_socket_is_replaced_and_a_live_one_is_not(tmp_path: Path) 
     with pytest.raises(OSError, match="not a socket"):
         ControlServer(daemon, path).start()
     assert path.read_text() == "not a socket"
+
+
+async def test_a_control_interface_that_cannot_be_loaded_closes_the_socket_only(
+        served: tuple[Daemon, ControlServer, Path], monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The interface is imported at the first client: when that fails (a
+    broken installation), the error is logged, the socket is closed and
+    removed, and the daemon runs on without it."""
+    _, server, path = served
+    monkeypatch.delitem(sys.modules, "mptcpd.daemon.control_api", raising=False)
+    monkeypatch.setitem(sys.modules, "mptcpd.daemon.control_api", None)  # ImportError
+    client = await Client.connect(path)
+    try:
+        try:
+            reply = await client.reply()
+        except ConnectionResetError:  # the listening socket closed under it
+            reply = None
+        assert reply is None  # no answer
+    finally:
+        client.close()
+    assert not path.exists() and server.clients == set()
+    assert f"Unable to serve the control socket {path}" in caplog.text
+    server.close()  # again, at shutdown: harmless
 
 
 async def test_the_daemon_serves_and_removes_its_socket(tmp_path: Path) -> None:

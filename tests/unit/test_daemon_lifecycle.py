@@ -166,6 +166,7 @@ class FakeReader:
 
     def __init__(self, on_overrun: Callable[[int], None] | None = None) -> None:
         self.overrun_pending = False
+        self.overruns = 0
         self._closed = asyncio.Event()
 
     def closed_tokens(self) -> set[int]:
@@ -227,6 +228,12 @@ def record_state(state: str) -> bool:
 
 @pytest.fixture
 def daemon(tmp_path: Path) -> Daemon:
+    return make_daemon(tmp_path)
+
+
+def make_daemon(tmp_path: Path) -> Daemon:
+    """A real daemon with the doubles as its kernel side, its plugin, lock
+    and control socket in ``tmp_path``."""
     ORDER.clear()
     FakeWatcher.instances.clear()
     directory = tmp_path / "plugins"

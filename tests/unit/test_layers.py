@@ -139,7 +139,7 @@ LAYERS: dict[str, int] = {
     "mptcpd.hookspecs": 3, "mptcpd.plugin": 3, "mptcpd.pm": 3,
     "mptcpd.pm.policy": 3, "mptcpd.pm.settings": 3, "mptcpd.pm.keeper": 3,
     "mptcpd.plugins": 4,
-    "mptcpd.daemon": 5, "mptcpd.daemon.control": 5,
+    "mptcpd.daemon": 5, "mptcpd.daemon.control": 5, "mptcpd.daemon.control_api": 5,
     "mptcpd.testing": 6, "mptcpd.cli": 6, "mptcpd.__main__": 6, "mptcpd": 6,
     "mptcpd.mptcpize": 6, "mptcpd.install": 6, "mptcpd.get_debug": 6,
     "mptcpd.ctl": 6, "mptcpd.sockinfo": 6,

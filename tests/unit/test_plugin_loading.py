@@ -392,6 +392,65 @@ def test_load_plugins_filters_entry_points_by_name(
     assert [p.name for p in registry.plugins] == ["noop"]
 
 
+def _only_path(monkeypatch: pytest.MonkeyPatch, *entries: Path) -> None:
+    """Distributions are looked for in ``entries`` only, by the standard finder."""
+    import importlib.machinery
+
+    monkeypatch.setattr(sys, "path", [str(e) for e in entries])
+    monkeypatch.setattr(sys, "meta_path", [importlib.machinery.PathFinder])
+
+
+def _dist(site: Path, name: str, entry_points: str | None) -> None:
+    dist = site / f"{name}-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    if entry_points is not None:
+        (dist / "entry_points.txt").write_text(entry_points)
+
+
+def test_entry_points_are_looked_up_only_when_a_distribution_may_declare_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """importlib.metadata (and its email and zip modules) is for a daemon
+    that has entry-point plugins: without a distribution whose
+    entry_points.txt names the group, it is not asked."""
+    import importlib.metadata
+
+    from mptcpd.plugins import loader
+
+    site, other = tmp_path / "site", tmp_path / "other"
+    _dist(site, "tool", "[console_scripts]\ntool = tool:main\n")
+    _dist(site, "bare", None)
+    (site / "legacy.egg-info").write_text("Metadata-Version: 1.0\n")  # a PKG-INFO file
+    directory = fixture_dir(tmp_path, "noop")
+
+    def refuse(**kwargs: object) -> object:
+        raise AssertionError("importlib.metadata.entry_points was called")
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", refuse)
+    _only_path(monkeypatch, site, tmp_path / "missing")
+    assert loader.may_declare_entry_points() is False
+    registry = PluginRegistry()
+    load_plugins(registry, str(directory), ["noop"])  # entry points named: looked for
+    assert [p.name for p in registry.plugins] == ["noop"]
+    # What may declare them: such a file, a zip on the path, another finder.
+    _dist(other, "plugin", "[mptcpd.plugins]\nmine = mine\n")
+    _only_path(monkeypatch, site, other)
+    assert loader.may_declare_entry_points() is True
+    (tmp_path / "lib.zip").write_bytes(b"")
+    _only_path(monkeypatch, site, tmp_path / "lib.zip")
+    assert loader.may_declare_entry_points() is True
+
+    class Finder:
+        @staticmethod
+        def find_distributions(*args: object) -> list[object]:
+            return []
+
+    _only_path(monkeypatch, site)
+    monkeypatch.setattr(sys, "meta_path", [Finder, *sys.meta_path])
+    assert loader.may_declare_entry_points() is True
+
+
 def test_a_world_writable_entry_point_module_is_refused(
     tmp_path: Path, installed_plugin: Path, default_dir: Path,
     caplog: pytest.LogCaptureFixture,

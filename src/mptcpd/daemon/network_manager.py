@@ -19,7 +19,6 @@ winning) has the ``disabled`` flag (0x1).
 
 from __future__ import annotations
 
-import configparser
 import errno
 import logging
 import os
@@ -101,6 +100,8 @@ def configured_flags(root: Path) -> tuple[int | None, str | None]:
             continue
     flags: int | None = None
     source: str | None = None
+    import configparser  # only with a kernel path manager: not at every start
+
     for path in files:
         parser = configparser.ConfigParser(interpolation=None, strict=False)
         try:

@@ -28,7 +28,6 @@ import errno
 import functools
 import importlib
 import importlib.machinery
-import importlib.metadata
 import importlib.util
 import logging
 import os
@@ -38,10 +37,14 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from mptcpd import config
 from mptcpd.plugin import PluginInfo
 from mptcpd.plugins.registry import PluginError, PluginRegistry
+
+if TYPE_CHECKING:
+    import importlib.metadata
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +226,57 @@ def directory_candidates(
                         functools.partial(_import_file, dir_fd, directory, entry.name))
 
 
+def _metadata_dirs(entry: str) -> Iterator[str] | None:
+    """The metadata directories in ``sys.path`` entry ``entry`` where
+    :mod:`importlib.metadata` looks for entry points (``*.dist-info``,
+    ``*.egg-info``, an egg's ``EGG-INFO``); None when ``entry`` is a file
+    (a zip, whose contents are not looked at here)."""
+    base = entry or "."
+    try:
+        children = os.listdir(base)
+    except NotADirectoryError:
+        return None
+    except OSError:  # missing or unreadable: importlib.metadata skips it too
+        return iter(())
+    egg = base.lower().endswith(".egg")
+    return (os.path.join(base, child) for child in children
+            if child.lower().endswith((".dist-info", ".egg-info"))
+            or (egg and child.lower() == "egg-info"))
+
+
+def may_declare_entry_points(group: str = ENTRY_POINT_GROUP) -> bool:
+    """Whether a distribution on ``sys.path`` may declare entry points of
+    ``group``: whether an ``entry_points.txt`` of one mentions it at all.
+
+    The daemon asks this before it loads :mod:`importlib.metadata` (most
+    of a start's 10-15 ms of loading the plugins, its email and zip
+    modules): without such a distribution, nothing of it is needed.  What
+    this look cannot rule out (a file such as a zip on the path, a
+    distribution finder other than the standard one) counts as "may"."""
+    for finder in sys.meta_path:
+        if (finder is not importlib.machinery.PathFinder
+                and getattr(finder, "find_distributions", None) is not None):
+            return True
+    needle = group.encode()
+    for entry in sys.path:
+        directories = _metadata_dirs(entry)
+        if directories is None:
+            return True
+        for directory in directories:
+            try:
+                with open(os.path.join(directory, "entry_points.txt"), "rb") as file:
+                    if needle in file.read():
+                        return True
+            except OSError:
+                continue
+    return False
+
+
 def entry_point_candidates(names: Iterable[str] | None) -> Iterator[Candidate]:
+    if not may_declare_entry_points(ENTRY_POINT_GROUP):
+        return
+    import importlib.metadata  # only now: see may_declare_entry_points
+
     wanted = None if names is None else set(names)
     eps = sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
     for ep in eps:
