@@ -629,30 +629,6 @@ async def test_every_datagram_goes_through_the_thread_in_mode_all_in_order() -> 
     await ch.close()
 
 
-async def test_a_datagram_the_kernel_takes_long_over_is_written_by_the_thread() -> None:
-    """Subflow creations cost the kernel ~40 µs each inside the sendmsg: a
-    datagram of enough of them (THREAD_COST_US in all) goes to the worker
-    thread, fewer stay on the loop."""
-    from mptcpd.netlink.genl_commands import KERNEL_COST_US, THREAD_COST_US
-    sock = GatedSocket(None)
-    sock.gate.set()
-    ch, _ = make(sock=sock, send_in_thread="slow", request_timeout=None)
-    enough = -(-THREAD_COST_US // KERNEL_COST_US["add_subflow"])
-    for k, n in enumerate((enough - 1, enough), 1):
-        futures = [ch.submit("add_subflow", (TOKEN, i, 0, A4, R4, False), TOKEN)
-                   for i in range(n)]
-        await wait_until(lambda: len(sock.datagrams) == k and sock.returned.is_set())
-        sock.returned.clear()
-        for seq in p.messages(sock.datagrams[-1]):
-            sock.ack(seq.seq)
-        ch._on_readable()
-        await wait_until(lambda: all(f.done() for f in futures))
-        assert [f.result() for f in futures] == [None] * n
-    assert sock.writers == [MAIN, WORKER]
-    assert [len(p.messages(d)) for d in sock.datagrams] == [enough - 1, enough]
-    await ch.close()
-
-
 async def test_commands_handed_to_the_thread_are_not_forgotten_the_queued_ones_are(
         ) -> None:
     sock = GatedSocket(SLOW)

@@ -39,12 +39,9 @@ holding such a command (:data:`SLOW_COMMANDS`) is written by a worker
 thread while the loop goes on reading events and answers; the channel
 writes nothing else until the kernel is done with that datagram (the answer
 to its last request is read, or the ``sendmsg`` returned), so order,
-batching and the bounds are the same.  So is a datagram of requests that
-keep the kernel busy for long together (:data:`KERNEL_COST_US`, e.g. the
-subflows sspi creates for a burst of connections: ~40 µs each): the loop
-decodes and dispatches the next events on the other CPU meanwhile.
-``send_in_thread="all"`` sends every datagram that way (a hand-off costs
-far more than a fast request), ``"never"`` none.
+batching and the bounds are the same.  ``send_in_thread="all"`` sends every
+datagram that way (a hand-off costs far more than a fast request),
+``"never"`` none.
 
 Bounds: at most ``max_queue`` commands wait to be sent (default
 :data:`DEFAULT_MAX_QUEUE`); beyond, ``submit`` returns a future failed with
@@ -109,15 +106,6 @@ QUEUE_FULL_WARNING_INTERVAL = 1.0
 #: and a non-empty FLUSH_ADDRS, 8-30 ms each; every other command returns in
 #: under 0.2 ms): sent from a worker thread, never from the loop.
 SLOW_COMMANDS = frozenset({"kpm_remove_addr", "kpm_flush_addrs"})
-#: CPU the kernel spends on one request inside our ``sendmsg``, in µs, where
-#: it is well above the ~5 µs of the rest (kernel 6.18, ``bench_commands.py
-#: sendtime``, CPU p50): a subflow's connect, an endpoint's creation.
-KERNEL_COST_US = {"add_subflow": 40, "kpm_add_addr": 80, "remove_subflow": 20,
-                  "set_backup": 25, "kpm_set_flags": 25}
-#: A datagram whose requests cost the kernel this long in all is written by
-#: the worker thread (``send_in_thread="slow"``): a hand-off, some tens of µs
-#: of CPU, buys the loop that long on the other CPU.
-THREAD_COST_US = 200
 
 SendInThread = Literal["slow", "all", "never"]
 
@@ -129,12 +117,12 @@ _RCVBUF = 1 << 20  # room for the answers of max_in_flight requests
 
 class _Request:
     __slots__ = ("command", "args", "token", "future", "seq", "deadline", "result", "dead",
-                 "cost", "sending")
+                 "slow", "sending")
 
     def __init__(self, command: Command, args: tuple[Any, ...], token: int | None,
-                 future: asyncio.Future[Any], cost: int) -> None:
+                 future: asyncio.Future[Any], slow: bool) -> None:
         self.command = command
-        self.cost = cost  # the kernel's, in µs; THREAD_COST_US for a slow command
+        self.slow = slow
         self.sending = False  # its datagram is being written by the worker thread
         self.args = args
         self.token = token
@@ -188,9 +176,8 @@ class CommandChannel:
     :param request_timeout: seconds a request may wait for its answer (None:
         forever).
     :param send_in_thread: which datagrams a worker thread writes:
-        ``"slow"`` those holding one of :data:`SLOW_COMMANDS` or requests
-        of :data:`THREAD_COST_US` or more in all (:data:`KERNEL_COST_US`),
-        ``"all"``, or ``"never"`` (the loop writes them all).
+        ``"slow"`` those holding one of :data:`SLOW_COMMANDS`, ``"all"``,
+        or ``"never"`` (the loop writes them all).
     :param family: generic netlink family name (tests only).
     :param on_failure: called with the reason if the channel dies.
 
@@ -227,8 +214,7 @@ class CommandChannel:
         self.max_queue = max_queue
         self.request_timeout = request_timeout
         self.send_in_thread = send_in_thread
-        self._costs = ({**KERNEL_COST_US, **dict.fromkeys(SLOW_COMMANDS, THREAD_COST_US)}
-                       if send_in_thread == "slow" else {})
+        self._slow_names = (SLOW_COMMANDS if send_in_thread == "slow" else frozenset())
         self.family = family
         self.on_failure = on_failure
         #: See the class docstring; None: no check.
@@ -361,7 +347,7 @@ class CommandChannel:
         if len(self._queue) - self._dead >= self.max_queue:
             self._refuse(future, command.op)
             return future
-        req = _Request(command, args, token, future, self._costs.get(name, 0))
+        req = _Request(command, args, token, future, name in self._slow_names)
         self._queue.append(req)
         if token is not None:
             same = self._by_token.get(token)
@@ -514,8 +500,7 @@ class CommandChannel:
 
     def _send(self, sock: socket.socket, reqs: list[_Request], datas: list[bytes]) -> None:
         mode = self.send_in_thread
-        if mode == "all" or (mode == "slow"
-                             and sum(req.cost for req in reqs) >= THREAD_COST_US):
+        if mode == "all" or (mode == "slow" and any(req.slow for req in reqs)):
             self._send_in_thread(sock, reqs, datas)
             return
         try:
