@@ -65,6 +65,10 @@ OPERSTATES = ("UNKNOWN", "NOTPRESENT", "DOWN", "LOWERLAYERDOWN", "TESTING",
               "DORMANT", "UP")
 #: Receive buffer for one datagram (the kernel's dump datagrams are <= 32 KiB).
 RECV_SIZE = 1 << 16
+#: Datagrams a :class:`NetlinkSocket` reads per turn of the loop.
+READS_PER_WAKEUP = 64
+#: Unread datagrams at which a :class:`NetlinkSocket` stops reading ahead.
+INBOX_LIMIT = 256
 
 # -- rtnetlink multicast groups (enum rtnetlink_groups) ---------------------
 RTNLGRP_LINK = 1
@@ -382,6 +386,15 @@ class NetlinkSocket:
     Replies to our requests are told apart from notifications by sequence
     number and port id; notifications read while waiting for a reply are
     kept (``backlog``) for the event stream, in order.
+
+    Once :meth:`recv` has had to wait, the socket stays watched: the reader
+    callback reads what arrives into an inbox (at most
+    :data:`READS_PER_WAKEUP` datagrams a turn, in order, a receive error
+    kept in its place) and wakes the waiting :meth:`recv`, so a stream of
+    datagrams costs no ``epoll_ctl`` and no failed ``recv`` each.  The
+    watch stops when :data:`INBOX_LIMIT` datagrams wait unread (the kernel's
+    receive buffer holds the rest) or after a receive error, and resumes
+    with the next :meth:`recv` that has to wait.
     """
 
     def __init__(self, sock: socket.socket) -> None:
@@ -389,29 +402,63 @@ class NetlinkSocket:
         self.fd = sock.fileno()
         self.port = int(sock.getsockname()[0])
         self.backlog: deque[bytes] = deque()
+        #: Read by the reader callback, not yet taken by :meth:`recv`.
+        self._inbox: deque[bytes | OSError] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._watching = False
         self.closed = False
 
     async def recv(self) -> bytes:
         """The next datagram; raises the socket's error (ENOBUFS...) and
         ``OSError(EBADF)`` once closed."""
+        inbox = self._inbox
         while True:
+            if inbox:
+                item = inbox.popleft()
+                if isinstance(item, OSError):
+                    raise item
+                return item
             if self.closed:
                 raise OSError(errno.EBADF, "the rtnetlink socket is closed")
-            try:
-                return self.sock.recv(RECV_SIZE)
-            except (BlockingIOError, InterruptedError):
-                pass
-            loop = self._loop = asyncio.get_running_loop()
+            loop = self._loop
+            if not self._watching or loop is None:
+                try:
+                    return self.sock.recv(RECV_SIZE)
+                except (BlockingIOError, InterruptedError):
+                    pass
+                loop = self._loop = asyncio.get_running_loop()
+                loop.add_reader(self.fd, self._on_readable)
+                self._watching = True
             waiter = self._waiter = loop.create_future()
-            loop.add_reader(self.fd, _wake, waiter)
             try:
                 await waiter
             finally:
                 self._waiter = None
-                if not self.closed:
-                    loop.remove_reader(self.fd)
+
+    def _on_readable(self) -> None:
+        inbox = self._inbox
+        recv = self.sock.recv
+        try:
+            for _ in range(READS_PER_WAKEUP):
+                inbox.append(recv(RECV_SIZE))
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as exc:
+            inbox.append(exc)
+            self._unwatch()  # the reader decides what follows
+        if len(inbox) >= INBOX_LIMIT:
+            self._unwatch()
+        waiter = self._waiter
+        if inbox and waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _unwatch(self) -> None:
+        if self._watching:
+            self._watching = False
+            loop = self._loop
+            if loop is not None and not loop.is_closed():
+                loop.remove_reader(self.fd)
 
     def send(self, mtype: int, flags: int, body: bytes) -> int:
         """Send one request; its sequence number."""
@@ -454,16 +501,11 @@ class NetlinkSocket:
         if self.closed:
             return
         self.closed = True
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.remove_reader(self.fd)
+        self._unwatch()
+        self._inbox.clear()
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
         self.sock.close()
-
-
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
 
 
 # -- the monitor ----------------------------------------------------------------
