@@ -214,13 +214,24 @@ def error_code(payload: bytes) -> int:
     return code if code <= MAX_ERRNO else errno.EPROTO
 
 
+#: Address objects by their bytes: the same few addresses come again and
+#: again (an address added, then deleted), and making one costs microseconds.
+_ip_cache: dict[bytes, IPAddress] = {}
+#: The cache is emptied when it holds this many.
+_IP_CACHE_MAX = 1024
+
+
 def _raw_ip(family: int, raw: bytes | None) -> IPAddress | None:
     if raw is None:
         return None
-    if family == socket.AF_INET and len(raw) == 4:
-        return ipaddress.IPv4Address(raw)
-    if family == socket.AF_INET6 and len(raw) == 16:
-        return ipaddress.IPv6Address(raw)
+    size = len(raw)
+    if (size == 4 and family == socket.AF_INET) or (size == 16 and family == socket.AF_INET6):
+        ip = _ip_cache.get(raw)
+        if ip is None:
+            if len(_ip_cache) >= _IP_CACHE_MAX:
+                _ip_cache.clear()
+            ip = _ip_cache[raw] = ipaddress.ip_address(raw)
+        return ip
     return None
 
 
@@ -262,20 +273,35 @@ def decode_address(mtype: int, body: bytes) -> AddressMessage | None:
     family, prefixlen, flags, scope, index = _IFADDRMSG.unpack_from(body)
     if family != socket.AF_INET and family != socket.AF_INET6:
         return None
-    attrs = attributes(body, _IFADDRMSG.size)
-    local = _raw_ip(family, attrs.get(IFA_LOCAL))
-    address = _raw_ip(family, attrs.get(IFA_ADDRESS))
+    # The three attributes used (the first of each type), in one pass.
+    raw_local = raw_address = raw_flags = None
+    try:
+        for kind, start, stop in nla.walk(body, _IFADDRMSG.size, len(body)):
+            if kind == IFA_LOCAL:
+                if raw_local is None:
+                    raw_local = body[start:stop]
+            elif kind == IFA_ADDRESS:
+                if raw_address is None:
+                    raw_address = body[start:stop]
+            elif kind == IFA_FLAGS and raw_flags is None:
+                raw_flags = body[start:stop]
+    except nla.MalformedAttribute:
+        pass
+    local = _raw_ip(family, raw_local)
+    address = _raw_ip(family, raw_address)
     ip = local or address
     if ip is None:
         return None
-    long_flags = _u32(attrs.get(IFA_FLAGS))
+    long_flags = _u32(raw_flags)
     return AddressMessage(
         index=index,
         ip=ip,
         prefixlen=prefixlen,
         scope=scope,
         flags=flags if long_flags is None else long_flags,
-        peer=address if local is not None and address != local else None,
+        # Two valid addresses of one family are equal when their bytes are.
+        peer=address if local is not None and address is not None
+        and raw_address != raw_local else None,
         deleted=mtype == RTM_DELADDR,
     )
 
