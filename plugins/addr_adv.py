@@ -414,7 +414,7 @@ class AddressAdvertiser:
         self.subflows_limit += delta
         if not MIN_LIMIT <= self.subflows_limit <= MAX_LIMIT:
             return
-        if pm.config.addr_flags & AddrFlags.SUBFLOW:
+        if AddrFlags.SUBFLOW in pm.config.addr_flags:  # cheaper than &
             self.rcv_limit = self.subflows_limit
         try:
             pm.kpm_set_limits(Limits(subflows=self.subflows_limit,

@@ -629,9 +629,9 @@ class NetworkMonitor:
                                    reason))
             return
         # The scope first: a flag test costs more than an int comparison.
-        if msg.scope == RT_SCOPE_LINK and self.notify_flags & NotifyFlags.SKIP_LINK_LOCAL:
+        if msg.scope == RT_SCOPE_LINK and NotifyFlags.SKIP_LINK_LOCAL in self.notify_flags:
             return
-        if msg.scope == RT_SCOPE_HOST and self.notify_flags & NotifyFlags.SKIP_LOOPBACK:
+        if msg.scope == RT_SCOPE_HOST and NotifyFlags.SKIP_LOOPBACK in self.notify_flags:
             return
         entry = iface.find(addr)
         if entry is not None:
@@ -648,7 +648,7 @@ class NetworkMonitor:
             self._announce(iface, entry)
 
     def _announce(self, iface: _Interface, entry: _Address) -> None:
-        if self.notify_flags & NotifyFlags.CHECK_ROUTE:
+        if NotifyFlags.CHECK_ROUTE in self.notify_flags:  # cheaper than &
             entry.state = AddressState.PENDING
             entry.check = self.routes.start(entry.addr, iface.index, self._route_checked)
             return
