@@ -65,8 +65,6 @@ OPERSTATES = ("UNKNOWN", "NOTPRESENT", "DOWN", "LOWERLAYERDOWN", "TESTING",
               "DORMANT", "UP")
 #: Receive buffer for one datagram (the kernel's dump datagrams are <= 32 KiB).
 RECV_SIZE = 1 << 16
-#: Datagrams a :class:`NetlinkSocket` reads per turn of the loop.
-READS_PER_WAKEUP = 64
 #: Unread datagrams at which a :class:`NetlinkSocket` stops reading ahead.
 INBOX_LIMIT = 256
 
@@ -413,14 +411,15 @@ class NetlinkSocket:
     number and port id; notifications read while waiting for a reply are
     kept (``backlog``) for the event stream, in order.
 
-    Once :meth:`recv` has had to wait, the socket stays watched: the reader
-    callback reads what arrives into an inbox (at most
-    :data:`READS_PER_WAKEUP` datagrams a turn, in order, a receive error
-    kept in its place) and wakes the waiting :meth:`recv`, so a stream of
-    datagrams costs no ``epoll_ctl`` and no failed ``recv`` each.  The
-    watch stops when :data:`INBOX_LIMIT` datagrams wait unread (the kernel's
-    receive buffer holds the rest) or after a receive error, and resumes
-    with the next :meth:`recv` that has to wait.
+    :meth:`recv` reads what the socket holds without yielding to the loop
+    (a burst is handed out whole before anything else runs, as the daemon's
+    ordering relies on); once it has had to wait, the socket stays watched:
+    the reader callback reads one datagram a turn into an inbox (in order,
+    a receive error kept in its place) and wakes the waiting :meth:`recv`,
+    so a stream of datagrams costs no ``epoll_ctl`` each.  The watch stops
+    when :data:`INBOX_LIMIT` datagrams wait unread (the kernel's receive
+    buffer holds the rest) or after a receive error, and resumes with the
+    next :meth:`recv` that has to wait.
     """
 
     def __init__(self, sock: socket.socket) -> None:
@@ -447,12 +446,12 @@ class NetlinkSocket:
                 return item
             if self.closed:
                 raise OSError(errno.EBADF, "the rtnetlink socket is closed")
+            try:
+                return self.sock.recv(RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                pass
             loop = self._loop
             if not self._watching or loop is None:
-                try:
-                    return self.sock.recv(RECV_SIZE)
-                except (BlockingIOError, InterruptedError):
-                    pass
                 loop = self._loop = asyncio.get_running_loop()
                 loop.add_reader(self.fd, self._on_readable)
                 self._watching = True
@@ -464,12 +463,10 @@ class NetlinkSocket:
 
     def _on_readable(self) -> None:
         inbox = self._inbox
-        recv = self.sock.recv
         try:
-            for _ in range(READS_PER_WAKEUP):
-                inbox.append(recv(RECV_SIZE))
+            inbox.append(self.sock.recv(RECV_SIZE))
         except (BlockingIOError, InterruptedError):
-            pass
+            return
         except OSError as exc:
             inbox.append(exc)
             self._unwatch()  # the reader decides what follows
