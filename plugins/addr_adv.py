@@ -21,8 +21,10 @@ What it does better than the C plugin (each is in the changelog):
   The endpoints it created are remembered in a small state file (one per
   network namespace, under ``$MPTCPD_STATE_DIR``, ``$RUNTIME_DIRECTORY`` or
   ``/run/mptcpd``), so a restarted daemon takes them over again instead of
-  piling up duplicates or leaving them unmanaged.  Changes are written
-  within 50 ms (together when they come in a burst), and at exit.
+  piling up duplicates or leaving them unmanaged.  The file is a journal:
+  each change is one short line appended at once (one ``write``); it is
+  rewritten whole, atomically, at start-up, at exit and when it has grown
+  well beyond what it describes (see :class:`Journal`).
 * **Per-interface flags.**  An interface that the configuration gives its own
   ``addr-flags`` gets endpoints with those; when they change (a reload),
   the endpoints follow: ``backup`` and ``fullmesh`` in place, other flags
@@ -90,8 +92,15 @@ MIN_LIMIT, MAX_LIMIT = 2, 8
 KERNEL_MAX_ENDPOINTS = 8
 #: The endpoint flags the kernel changes in place (``MPTCP_PM_CMD_SET_FLAGS``).
 IN_PLACE_FLAGS = int(AddrFlags.BACKUP | AddrFlags.FULLMESH)
-#: Changes to the state file within this many seconds are written together.
-STATE_WRITE_DELAY = 0.05
+#: The state file's first line: the journal format, version 1.
+JOURNAL_HEADER = b"mptcpd addr_adv endpoints journal 1\n"
+#: The journal is rewritten whole (compacted) once it holds more lines than
+#: this and :data:`JOURNAL_SLACK` times as many lines as entries.
+JOURNAL_MAX_LINES = 1024
+JOURNAL_SLACK = 4
+#: A compaction the journal's growth calls for waits this long (a burst of
+#: changes ends first, and the change that crossed the line is not delayed).
+COMPACT_DELAY = 1.0
 #: A command the daemon could not send (its queue was full) is retried after this.
 RETRY_DELAY = 0.1
 
@@ -117,18 +126,25 @@ class Endpoint:
 
 
 def state_file() -> Path:
-    """Where the endpoints this plugin created are remembered (per netns)."""
+    """Where the endpoints this plugin created are remembered (per netns):
+    the journal, ``addr_adv-netns-INODE.journal``."""
     base = os.environ.get("MPTCPD_STATE_DIR") or os.environ.get("RUNTIME_DIRECTORY") \
         or "/run/mptcpd"
     try:
         netns = os.stat("/proc/self/ns/net").st_ino
     except OSError:
         netns = 0
-    return Path(base.split(":")[0]) / f"addr_adv-netns-{netns}.json"
+    return Path(base.split(":")[0]) / f"addr_adv-netns-{netns}.journal"
+
+
+def legacy_state_file() -> Path:
+    """The state file of the earlier format (one JSON document, rewritten on
+    every change), read once and replaced by the journal."""
+    return state_file().with_suffix(".json")
 
 
 def parse_state(data: bytes) -> dict[SockAddr, int]:
-    """The state file's contents, ``{"endpoints": {"<address>": <ID>}}``
+    """The earlier state file's contents, ``{"endpoints": {"<address>": <ID>}}``
     in UTF-8 JSON, as address -> ID (1..255).
 
     :raises ValueError: for anything else (and never another exception).
@@ -142,6 +158,230 @@ def parse_state(data: bytes) -> dict[SockAddr, int]:
     if len(remembered) != len(entries):
         raise ValueError("an entry is not an address and an ID 1..255")
     return remembered
+
+
+def _journal_address(text: str) -> SockAddr:
+    addr = SockAddr(text)
+    if str(addr.ip) != text:
+        raise ValueError("not an address as the journal writes it")
+    return addr
+
+
+def parse_journal(data: bytes) -> tuple[dict[SockAddr, int], bytes]:
+    """The journal's contents as address -> ID (1..255), and its unfinished
+    last line (``b""`` when it ends with a newline), which is not applied.
+
+    The journal is :data:`JOURNAL_HEADER`, then one line per change, in
+    ASCII: ``+ ADDRESS ID`` (the endpoint of ADDRESS, with that ID, is ours
+    and may be in the kernel) or ``- ADDRESS`` (it is out of the kernel and
+    forgotten).  Applied in order, the lines give what the plugin owns.
+
+    :raises ValueError: for anything else (and never another exception).
+    """
+    end = data.rfind(b"\n") + 1
+    torn = data[end:]
+    if not data.startswith(JOURNAL_HEADER):
+        if not end and JOURNAL_HEADER.startswith(data):
+            return {}, torn  # the first write was cut short
+        raise ValueError("no journal header")
+    entries: dict[SockAddr, int] = {}
+    lines = data[len(JOURNAL_HEADER):end].split(b"\n")
+    lines.pop()  # what follows the last newline
+    for number, line in enumerate(lines, 2):
+        try:
+            op, _, rest = line.decode("ascii").partition(" ")
+            if op == "+":
+                text, _, digits = rest.partition(" ")
+                if not (0 < len(digits) <= 3 and digits.isdigit()) \
+                        or not 0 < int(digits) <= 255 or str(int(digits)) != digits:
+                    raise ValueError("not an ID 1..255")
+                entries[_journal_address(text)] = int(digits)
+            elif op == "-":
+                entries.pop(_journal_address(rest), None)
+            else:
+                raise ValueError("neither + nor -")
+        except ValueError as exc:  # UnicodeDecodeError included
+            raise ValueError(f"line {number}: {exc}") from None
+    return entries, torn
+
+
+class Journal:
+    """The state file: the endpoints this plugin created, as address text -> ID.
+
+    A change costs one ``write`` of one line or a few to the file opened with
+    ``O_APPEND`` (:func:`parse_journal` has the format).  The file is
+    rewritten whole (a temporary file renamed over it, so a reader finds the
+    old file or the new one, whole) on the first change of a run, at
+    :meth:`close` (exit), and once it holds many more lines than entries
+    (:data:`JOURNAL_MAX_LINES`, :data:`JOURNAL_SLACK`; deferred by
+    :data:`COMPACT_DELAY` while the loop runs).
+
+    Nothing is fsynced, on purpose: the file must live as long as the
+    kernel's endpoints, and those are gone after the only events an fsync
+    protects from (a power loss or a crash of the machine, which may also
+    leave a cut last line: it is ignored); a process killed at any moment
+    leaves every line it wrote in the page cache, whole.  (``/run`` is
+    usually a tmpfs, where fsync does nothing either.)
+
+    A write that fails is warned about (once until one succeeds again);
+    then the file is rewritten whole (at once, and at each change until
+    that works) rather than appended to after a line it may have cut.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        #: What the file says.
+        self.entries: dict[str, int] = {}
+        #: What it should say (differs while writing fails).
+        self._wanted: dict[str, int] | None = None
+        self._fd: int | None = None
+        self._lines = 0  #: entry lines in the file
+        self._timer: asyncio.TimerHandle | None = None
+        self._failing = False
+        #: A state file of the earlier format, removed once the journal is written.
+        self.legacy: Path | None = None
+
+    def load(self) -> dict[SockAddr, int]:
+        """What an earlier run recorded: address -> ID.  A missing file means
+        none; an unreadable or corrupt one is warned about and taken as none
+        (whatever cannot be proven ours is left alone).  A state file of the
+        earlier format is read instead when there is one (it is removed once
+        the journal is written, so it is the newer of the two)."""
+        legacy = self.path.with_suffix(".json")
+        try:
+            data = legacy.read_bytes()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            self.legacy = legacy
+            log.warning("Unable to read %s: %s; taking no endpoint as ours.", legacy,
+                        exc.strerror)
+            return {}
+        else:
+            self.legacy = legacy
+            try:
+                return parse_state(data)
+            except ValueError as exc:
+                log.warning("Ignoring the corrupt %s (%s); taking no endpoint as ours.",
+                            legacy, exc)
+                return {}
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            log.warning("Unable to read %s: %s; taking no endpoint as ours.", self.path,
+                        exc.strerror)
+            return {}
+        try:
+            remembered, torn = parse_journal(data)
+        except ValueError as exc:
+            log.warning("Ignoring the corrupt %s (%s); taking no endpoint as ours.",
+                        self.path, exc)
+            return {}
+        if torn:
+            log.warning("Ignoring the unfinished last line of %s (%r).", self.path,
+                        torn[:60])
+        return remembered
+
+    def update(self, entries: dict[str, int]) -> None:
+        """Record ``entries`` (the caller's; not copied) as what is ours."""
+        if entries == self.entries and self._fd is not None:
+            return
+        self._wanted = entries
+        fd = self._fd
+        if fd is None:
+            self.compact()
+            return
+        old = self.entries
+        lines = [f"- {text}\n" for text in old if text not in entries]
+        lines += [f"+ {text} {id}\n" for text, id in entries.items() if old.get(text) != id]
+        try:
+            _write_all(fd, "".join(lines).encode())
+        except OSError as exc:
+            # Perhaps cut short: never append after it; rewrite it whole.
+            self._fd = None
+            os.close(fd)
+            self._failed(exc)
+            self.compact()
+            return
+        self.entries = entries
+        self._lines += len(lines)
+        if self._lines > JOURNAL_MAX_LINES and self._lines > JOURNAL_SLACK * len(entries) \
+                and self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.compact()
+                return
+            self._timer = loop.call_later(COMPACT_DELAY, self.compact)
+
+    def compact(self) -> bool:
+        """Rewrite the file whole with what is ours; False if that failed."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        entries = self.entries if self._wanted is None else self._wanted
+        data = JOURNAL_HEADER + "".join(
+            f"+ {text} {id}\n" for text, id in entries.items()).encode()
+        path = self.path
+        tmp = path.parent / f".addr_adv-{os.getpid()}.tmp"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+                         | os.O_CLOEXEC, 0o644)
+            try:
+                _write_all(fd, data)
+                os.replace(tmp, path)  # fd now writes to the journal
+            except BaseException:
+                os.close(fd)
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+                raise
+        except OSError as exc:
+            self._failed(exc)
+            return False
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = fd
+        self.entries = entries
+        self._wanted = None
+        self._lines = len(entries)
+        self._failing = False
+        if self.legacy is not None:
+            try:
+                self.legacy.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("Unable to remove %s: %s", self.legacy, exc.strerror)
+            self.legacy = None
+        return True
+
+    def _failed(self, exc: OSError) -> None:
+        if not self._failing:
+            self._failing = True
+            log.warning("Unable to remember the endpoints in %s: %s", self.path, exc)
+
+    def close(self) -> None:
+        """Compact the file if it needs it, and close it."""
+        if self._wanted is not None or self._timer is not None \
+                or (self._fd is not None and self._lines > len(self.entries)):
+            self.compact()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if not written:
+            raise OSError(errno.EIO, "nothing written")
+        view = view[written:]
 
 
 class AddressAdvertiser:
@@ -159,12 +399,14 @@ class AddressAdvertiser:
         self.synced = False
         self.pending: list[tuple[str, Any, SockAddr]] = []
         self.remembered: dict[SockAddr, int] = {}
-        self._state_path: Path | None = None
-        self._state_written: str | None = None
-        #: what the file last written holds: address text -> ID.
-        self._written: dict[str, int] = {}
-        self._state_timer: asyncio.TimerHandle | None = None
-        self._state_dirty = False
+        self._journal: Journal | None = None
+
+    @property
+    def journal(self) -> Journal:
+        """The state file (found when first needed: the environment decides)."""
+        if self._journal is None:
+            self._journal = Journal(state_file())
+        return self._journal
 
     # -- limits (C: update_limits) ------------------------------------------
 
@@ -172,7 +414,7 @@ class AddressAdvertiser:
         self.subflows_limit += delta
         if not MIN_LIMIT <= self.subflows_limit <= MAX_LIMIT:
             return
-        if pm.config.addr_flags & AddrFlags.SUBFLOW:
+        if AddrFlags.SUBFLOW in pm.config.addr_flags:  # cheaper than &
             self.rcv_limit = self.subflows_limit
         try:
             pm.kpm_set_limits(Limits(subflows=self.subflows_limit,
@@ -187,7 +429,7 @@ class AddressAdvertiser:
 
     def init(self, pm: PathManager) -> None:
         self.update_limits(pm, +2)
-        self.remembered = self._load_state()
+        self.remembered = self.journal.load()
         try:
             dump = pm.kpm_dump_addrs()
         except OSError as exc:
@@ -283,8 +525,8 @@ class AddressAdvertiser:
             if wanted:
                 # Remembered before the kernel has it: a daemon killed now
                 # still takes it for its own after a restart.
-                if self._written.get(endpoint.text) != endpoint.id:
-                    self._save_state(now=True)
+                if self.journal.entries.get(endpoint.text) != endpoint.id:
+                    self._save_state()
                 future = pm.kpm_add_addr(endpoint.addr, endpoint.id, endpoint.flags,
                                          endpoint.ifindex)
             else:
@@ -453,74 +695,19 @@ class AddressAdvertiser:
     # -- persistence ---------------------------------------------------------
 
     def _load_state(self) -> dict[SockAddr, int]:
-        """The endpoints an earlier run created: address -> ID.  A missing
-        file means none; an unreadable or corrupt one is warned about and
-        taken as none (whatever cannot be proven ours is left alone)."""
-        path = state_file()
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return {}
-        except OSError as exc:
-            log.warning("Unable to read %s: %s; taking no endpoint as ours.", path,
-                        exc.strerror)
-            return {}
-        try:
-            return parse_state(data)
-        except ValueError as exc:
-            log.warning("Ignoring the corrupt %s (%s); taking no endpoint as ours.", path,
-                        exc)
-            return {}
+        """The endpoints an earlier run created: address -> ID (see
+        :meth:`Journal.load`)."""
+        return self.journal.load()
 
-    def _save_state(self, now: bool = False) -> None:
-        """Remember the owned endpoints; changes made within
-        :data:`STATE_WRITE_DELAY` are written together (at once when no
-        loop runs), and :meth:`flush_state` writes what is left."""
-        self._state_dirty = True
-        if now:
-            self.flush_state()
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self.flush_state()
-            return
-        if self._state_timer is None:
-            self._state_timer = loop.call_later(STATE_WRITE_DELAY, self.flush_state)
+    def _save_state(self) -> None:
+        """Remember what may be in the kernel: the owned endpoints, and those
+        whose address went but which are not known to be out of it yet."""
+        self.journal.update({e.text: e.id for e in (*self.retiring, *self.owned.values())})
 
     def flush_state(self) -> None:
-        """Write the state file now if a change is waiting."""
-        timer, self._state_timer = self._state_timer, None
-        if timer is not None:
-            timer.cancel()
-        if not self._state_dirty:
-            return
-        self._state_dirty = False
-        if self._state_path is None:
-            self._state_path = state_file()
-        path = self._state_path
-        # What may be in the kernel: the owned endpoints, and those whose
-        # address went but which are not known to be out of the kernel yet.
-        entries = {e.text: e.id for e in (*self.retiring, *self.owned.values())}
-        text = json.dumps({"endpoints": entries})
-        if text == self._state_written:
-            return
-        tmp = path.parent / f".addr_adv-{os.getpid()}.tmp"
-        try:
-            if self._state_written is None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            # Atomic: a reader (the next daemon) finds the old file or the
-            # new one, whole.  Not fsynced, on purpose: the file must live as
-            # long as the kernel's endpoints, and those are gone after the
-            # only events an fsync protects from (a power loss or a crash of
-            # the machine); /run is a tmpfs, where fsync does nothing either.
-            with open(tmp, "w") as f:
-                f.write(text)
-            os.replace(tmp, path)
-            self._state_written = text
-            self._written = entries
-        except OSError as exc:
-            log.warning("Unable to remember the endpoints in %s: %s", path, exc)
+        """Leave the state file compact and closed (at exit)."""
+        if self._journal is not None:
+            self._journal.close()
 
 
 _advertiser = AddressAdvertiser()

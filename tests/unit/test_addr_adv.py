@@ -259,7 +259,8 @@ async def test_a_restarted_plugin_takes_its_endpoints_over(plugin: Any) -> None:
 ])
 async def test_a_corrupt_state_file_is_warned_about_and_nothing_taken_as_ours(
         plugin: Any, text: str | bytes, caplog: pytest.LogCaptureFixture) -> None:
-    path = plugin.state_file()
+    """The state file of the earlier format (JSON), corrupt."""
+    path = plugin.legacy_state_file()
     path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(text, bytes):
         path.write_bytes(text)
@@ -312,29 +313,46 @@ async def test_an_endpoint_is_remembered_before_the_kernel_is_asked(plugin: Any)
     """A daemon killed between the two still takes it for its own."""
     pm = FakePM()
     await started(plugin, pm)
+    seen: list[dict[SockAddr, int]] = []
+    add = pm.kpm_add_addr
+
+    def kpm_add_addr(*args: Any) -> Any:
+        seen.append(plugin.parse_journal(plugin.state_file().read_bytes())[0])
+        return add(*args)
+
+    pm.kpm_add_addr = kpm_add_addr  # type: ignore[method-assign]
     plugin.new_local_address(IF3, A2, pm)
-    assert '"198.51.100.1": 1' in plugin.state_file().read_text()
+    plugin.new_local_address(IF2, A1, pm)
+    assert seen == [{A2: 1}, {A2: 1, A1: 2}]
 
 
-async def test_the_state_file_is_replaced_whole(plugin: Any,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """The new content goes to a temporary file that then replaces the old
-    one: a daemon killed meanwhile leaves the old file or the new, whole."""
+async def test_the_state_file_is_replaced_whole_then_appended_to(
+        plugin: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first change of a run writes the whole file to a temporary file
+    that then replaces the old one (a daemon killed meanwhile leaves the old
+    file or the new, whole); later changes are one appended line each, no
+    file replaced."""
+    path = plugin.state_file()
+    path.parent.mkdir(parents=True)
+    path.write_bytes(plugin.JOURNAL_HEADER + b"+ 192.0.2.1 1\n- 192.0.2.1\n")
     pm = FakePM()
-    await started(plugin, pm)
-    replaced: list[tuple[str, str]] = []
+    replaced: list[tuple[bytes, str]] = []
     real_replace = os.replace
 
     def replace(src: Any, dst: Any) -> None:
-        replaced.append((Path(src).read_text(), str(dst)))
+        replaced.append((Path(src).read_bytes(), str(dst)))
         real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", replace)
+    await started(plugin, pm)
+    assert replaced == [(plugin.JOURNAL_HEADER, str(path))]
     plugin.new_local_address(IF3, A2, pm)
-    ((content, target),) = replaced
-    assert target == str(plugin.state_file()) and '"198.51.100.1": 1' in content
-    assert [p.name for p in plugin.state_file().parent.iterdir()] == [
-        plugin.state_file().name]  # no temporary file left
+    await answer(pm, "add")
+    plugin.delete_local_address(IF3, A2, pm)
+    await answer(pm, "remove")
+    assert len(replaced) == 1
+    assert path.read_bytes() == plugin.JOURNAL_HEADER + b"+ 198.51.100.1 1\n- 198.51.100.1\n"
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left
 
 
 class FakeMonitor:
@@ -350,7 +368,8 @@ async def test_endpoints_taken_over_whose_address_went_are_removed(plugin: Any) 
     endpoints of the last run are removed, or withdrawn, at start-up."""
     path = plugin.state_file()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text('{"endpoints": {"192.0.2.1": 1, "198.51.100.1": 2, "2001:db8:1::1": 3}}')
+    path.write_bytes(plugin.JOURNAL_HEADER
+                     + b"+ 192.0.2.1 1\n+ 198.51.100.1 2\n+ 2001:db8:1::1 3\n")
     pm = FakePM()
     no_carrier = Interface(index=3, name="c2", flags=0x1, addrs=(A2,))
     pm.network_monitor = FakeMonitor(Interface(index=2, name="c1", flags=0x41,  # type: ignore[attr-defined]
@@ -361,8 +380,7 @@ async def test_endpoints_taken_over_whose_address_went_are_removed(plugin: Any) 
     assert sorted(pm.commands("remove")) == [("remove", (2,)), ("remove", (3,))]
     assert pm.id_manager.lookup(A3) == 0 and pm.id_manager.lookup(A2) == 2
     await answer(pm, "remove")
-    await asyncio.sleep(0.1)  # the state file is written
-    assert '"2001:db8:1::1"' not in path.read_text()
+    assert plugin.parse_journal(path.read_bytes())[0] == {A1: 1, A2: 2}
     plugin.new_local_address(IF2, A1, pm)
     plugin.new_local_address(no_carrier, A2, pm)
     assert pm.commands("add") == []
@@ -461,3 +479,208 @@ async def test_after_a_reload_endpoints_follow_the_global_flags(plugin: Any) -> 
 
 wwan = Interface(index=4, name="wwan0", flags=0x41, addrs=(A2,),
                  addr_flags=AddrFlags.SUBFLOW | AddrFlags.BACKUP)
+
+
+# -- the state file: a journal ------------------------------------------------------
+
+
+def write_journal(plugin: Any, *lines: bytes) -> Path:
+    path = plugin.state_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(plugin.JOURNAL_HEADER + b"".join(lines))
+    return path
+
+
+def journal_lines(path: Path, plugin: Any) -> list[bytes]:
+    data = path.read_bytes()
+    assert data.startswith(plugin.JOURNAL_HEADER)
+    return data[len(plugin.JOURNAL_HEADER):].splitlines()
+
+
+async def test_the_journal_is_replayed_in_order(plugin: Any) -> None:
+    write_journal(plugin, b"+ 192.0.2.1 1\n", b"+ 198.51.100.1 2\n", b"- 192.0.2.1\n",
+                  b"+ 2001:db8:1::1 3\n", b"+ 198.51.100.1 4\n", b"- 203.0.113.9\n")
+    pm = FakePM()
+    for addr, id in ((A1, 1), (A2, 4), (A3, 3)):
+        pm.id_manager.map_id(addr, id)
+    await started(plugin, pm, [AddrInfo(A1, 1, 2), AddrInfo(A2, 4, 3), AddrInfo(A3, 3, 2)])
+    assert plugin._advertiser.remembered == {A2: 4, A3: 3}
+    plugin.new_local_address(IF2, A1, pm)
+    plugin.new_local_address(IF3, A2, pm)
+    plugin.new_local_address(IF2, A3, pm)
+    assert pm.commands("add") == []
+    plugin.delete_local_address(IF2, A1, pm)  # not ours (any more): stays
+    plugin.delete_local_address(IF3, A2, pm)
+    plugin.delete_local_address(IF2, A3, pm)
+    assert pm.commands("remove") == [("remove", (4,)), ("remove", (3,))]
+
+
+async def test_an_unfinished_last_line_is_ignored_with_a_warning(
+        plugin: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """What a crash of the machine in the middle of a write may leave."""
+    path = write_journal(plugin, b"+ 192.0.2.1 1\n", b"+ 198.51.10")
+    pm = FakePM()
+    await started(plugin, pm, [AddrInfo(A1, 1), AddrInfo(A2, 1)])
+    assert plugin._advertiser.remembered == {A1: 1}
+    assert f"Ignoring the unfinished last line of {path}" in caplog.text
+    assert "corrupt" not in caplog.text
+    # Rewritten whole at start-up: the cut line is gone.
+    assert journal_lines(path, plugin) == [b"+ 192.0.2.1 1"]
+
+
+async def test_a_cut_header_is_an_empty_journal(plugin: Any,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    path = plugin.state_file()
+    path.parent.mkdir(parents=True)
+    path.write_bytes(plugin.JOURNAL_HEADER[:9])
+    await started(plugin, FakePM(), [AddrInfo(A1, 1)])
+    assert plugin._advertiser.remembered == {}
+    assert "corrupt" not in caplog.text
+    assert path.read_bytes() == plugin.JOURNAL_HEADER
+
+
+@pytest.mark.parametrize("garbage", [
+    b"+ 192.0.2.1 0\n", b"+ 192.0.2.1 256\n", b"+ 192.0.2.1 01\n", b"+ 192.0.2.1 1000\n",
+    b"+ 192.0.2.1 \xd9\xa1\n", b"+ 192.0.2.1\n", b"+ 192.0.2.1 1 1\n", b"+  192.0.2.1 1\n",
+    b"+ 2001:DB8:1::1 1\n", b"+ 2001:db8:1:0::1 1\n", b"+ 192.0.2.256 1\n", b"- \n",
+    b"* 192.0.2.1 1\n", b"\n", b"\xff\xfe\n", b"\x00\x00\x00\x00\n",
+    b'{"endpoints": {"192.0.2.1": 1}}\n',
+], ids=lambda b: repr(b))
+async def test_garbage_in_the_journal_is_warned_about_and_nothing_taken_as_ours(
+        plugin: Any, garbage: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    path = write_journal(plugin, b"+ 198.51.100.1 2\n", garbage, b"+ 192.0.2.1 1\n")
+    pm = FakePM()
+    pm.id_manager.map_id(A2, 2)
+    await started(plugin, pm, [AddrInfo(A2, 2)])
+    assert f"Ignoring the corrupt {path} (line 3:" in caplog.text
+    assert plugin._advertiser.remembered == {}
+    plugin.new_local_address(IF3, A2, pm)
+    plugin.new_local_address(IF2, A1, pm)  # and it goes on working
+    assert [args[0] for _, args in pm.commands("add")] == [A1]
+    plugin.delete_local_address(IF3, A2, pm)
+    assert pm.commands("remove") == []  # never removed: not proven ours
+
+
+@pytest.mark.parametrize("data", [b'{"endpoints": {"192.0.2.1": 1}}',
+                                  b"mptcpd addr_adv endpoints journal 2\n+ 192.0.2.1 1\n"],
+                         ids=["JSON", "another version"])
+async def test_a_journal_without_its_header_is_corrupt(
+        plugin: Any, data: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    path = plugin.state_file()
+    path.parent.mkdir(parents=True)
+    path.write_bytes(data)
+    await started(plugin, FakePM(), [AddrInfo(A1, 1)])
+    assert f"Ignoring the corrupt {path} (no journal header)" in caplog.text
+    assert plugin._advertiser.remembered == {}
+
+
+async def test_the_journal_is_compacted_once_it_has_grown(
+        plugin: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compacted after a delay (not in the change that crossed the line),
+    to the entries it describes."""
+    monkeypatch.setattr(plugin, "JOURNAL_MAX_LINES", 10)
+    monkeypatch.setattr(plugin, "COMPACT_DELAY", 0.01)
+    pm = FakePM()
+    await started(plugin, pm)
+    path = plugin.state_file()
+    plugin.new_local_address(IF2, A1, pm)
+    for _ in range(6):
+        plugin.new_local_address(IF3, A2, pm)
+        await answer(pm, "add")
+        plugin.delete_local_address(IF3, A2, pm)
+        await answer(pm, "remove")
+    assert len(journal_lines(path, plugin)) == 13  # 1 + 6 * 2: not yet
+    await asyncio.sleep(0.1)
+    assert journal_lines(path, plugin) == [b"+ 192.0.2.1 1"]
+    # It goes on being appended to.
+    plugin.new_local_address(IF3, A2, pm)
+    assert journal_lines(path, plugin) == [b"+ 192.0.2.1 1", b"+ 198.51.100.1 2"]
+
+
+async def test_the_journal_is_compacted_at_exit(plugin: Any) -> None:
+    pm = FakePM()
+    await started(plugin, pm)
+    plugin.new_local_address(IF2, A1, pm)
+    plugin.new_local_address(IF3, A2, pm)
+    await answer(pm, "add")
+    plugin.delete_local_address(IF2, A1, pm)
+    await answer(pm, "remove")
+    path = plugin.state_file()
+    assert len(journal_lines(path, plugin)) == 3
+    plugin.plugin_exit(pm)
+    assert journal_lines(path, plugin) == [b"+ 198.51.100.1 2"]
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+async def test_the_earlier_json_state_file_is_migrated(
+        plugin: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """An upgrade keeps the endpoints the earlier version created as ours;
+    the JSON file, newer than any journal left beside it (it is removed
+    once migrated), wins, and is removed once the journal is written."""
+    legacy = plugin.legacy_state_file()
+    journal = write_journal(plugin, b"+ 192.0.2.1 1\n")
+    legacy.write_text('{"endpoints": {"198.51.100.1": 2}}')
+    pm = FakePM()
+    pm.id_manager.map_id(A1, 1)
+    pm.id_manager.map_id(A2, 2)
+    await started(plugin, pm, [AddrInfo(A1, 1, 2), AddrInfo(A2, 2, 3)])
+    assert plugin._advertiser.remembered == {A2: 2}
+    assert not legacy.exists()
+    assert journal_lines(journal, plugin) == [b"+ 198.51.100.1 2"]
+    plugin.new_local_address(IF3, A2, pm)
+    plugin.new_local_address(IF2, A1, pm)
+    plugin.delete_local_address(IF2, A1, pm)
+    plugin.delete_local_address(IF3, A2, pm)
+    assert pm.commands("add") == [] and pm.commands("remove") == [("remove", (2,))]
+    assert "WARNING" not in caplog.text
+
+
+async def test_an_unwritable_state_directory_is_warned_about_once(
+        plugin: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The plugin goes on without its memory; once the directory can be
+    written again, the next change writes the whole state."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("MPTCPD_STATE_DIR", str(blocker / "state"))
+    pm = FakePM()
+    await started(plugin, pm)
+    plugin.new_local_address(IF2, A1, pm)
+    plugin.new_local_address(IF3, A2, pm)
+    assert [args[0] for _, args in pm.commands("add")] == [A1, A2]
+    warnings = [r.getMessage() for r in caplog.records
+                if r.levelno == logging.WARNING and "remember" in r.getMessage()]
+    assert len(warnings) == 1
+    assert warnings[0].startswith(f"Unable to remember the endpoints in {plugin.state_file()}")
+    blocker.unlink()
+    plugin.new_local_address(IF2, A3, pm)
+    assert journal_lines(plugin.state_file(), plugin) == [
+        b"+ 192.0.2.1 1", b"+ 198.51.100.1 2", b"+ 2001:db8:1::1 3"]
+
+
+async def test_a_failed_append_is_not_appended_after(
+        plugin: Any, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A write cut short (a full disk) leaves a cut line: the next write
+    rewrites the file whole instead of appending after it."""
+    pm = FakePM()
+    await started(plugin, pm)
+    plugin.new_local_address(IF2, A1, pm)
+    real_write = os.write
+    calls = []
+
+    def write(fd: int, data: Any) -> int:
+        calls.append(bytes(data))
+        if len(calls) == 1:
+            return real_write(fd, bytes(data)[:5])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", write)
+    plugin.new_local_address(IF3, A2, pm)
+    monkeypatch.setattr(os, "write", real_write)
+    assert calls[0] == b"+ 198.51.100.1 2\n" and len(calls) == 3  # append, rest, rewrite
+    assert "Unable to remember the endpoints" in caplog.text
+    assert pm.commands("add")[-1] == ("add", (A2, 2, 0, 3))  # sent all the same
+    plugin.new_local_address(IF2, A3, pm)
+    assert journal_lines(plugin.state_file(), plugin) == [
+        b"+ 192.0.2.1 1", b"+ 198.51.100.1 2", b"+ 2001:db8:1::1 3"]

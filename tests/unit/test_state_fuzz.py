@@ -1,13 +1,22 @@
-"""Fuzzing addr_adv's state-file reader (hypothesis).
+"""Fuzzing addr_adv's state-file readers (hypothesis).
 
-Cases: random bytes; any JSON value, alone or as ``"endpoints"``; state
-files as the plugin writes them, intact or with bytes changed, cut or
-appended; deep nesting; numbers JSON cannot hold (``1e400``,
-``Infinity``, 5 000 digits).  Properties (the documented results):
-:func:`parse_state` returns address -> ID (1..255) or raises
-:class:`ValueError`, never another exception and never hangs; what the
-plugin writes reads back as written; and the plugin's loader, reading a
-real file, never raises (it warns and takes nothing as its own).
+The earlier format (JSON, read once to migrate): random bytes; any JSON
+value, alone or as ``"endpoints"``; state files as the plugin wrote them,
+intact or with bytes changed, cut or appended; deep nesting; numbers JSON
+cannot hold (``1e400``, ``Infinity``, 5 000 digits).  Properties (the
+documented results): :func:`parse_state` returns address -> ID (1..255) or
+raises :class:`ValueError`, never another exception and never hangs; what
+the plugin wrote reads back as written.
+
+The journal: random bytes; journals as :class:`Journal` writes them, with
+random changes, intact or with bytes changed, cut or appended.
+:func:`parse_journal` returns address -> ID (1..255) and the unfinished last
+line, or raises :class:`ValueError`; what the plugin writes reads back as
+the entries it was given, and a cut one holds no entry it was never
+given.
+
+The plugin's loader, reading a real file of either format, never raises
+(it warns and takes nothing as its own).
 """
 
 from __future__ import annotations
@@ -23,7 +32,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mptcpd.types import SockAddr
-from plugins.addr_adv import AddressAdvertiser, parse_state, state_file
+from plugins.addr_adv import (
+    JOURNAL_HEADER,
+    AddressAdvertiser,
+    Journal,
+    legacy_state_file,
+    parse_journal,
+    parse_state,
+    state_file,
+)
 from tests.unit.fuzz_support import FUZZ, no_hang, recording
 
 #: The documented error of :func:`check`.
@@ -106,14 +123,86 @@ def test_what_the_plugin_writes_reads_back(endpoints: dict[str, int]) -> None:
     assert check(written(endpoints)) == {SockAddr(ip): id for ip, id in endpoints.items()}
 
 
+# -- the journal --------------------------------------------------------------------------
+
+
+def check_journal(data: bytes) -> dict[SockAddr, int]:
+    """parse_journal on ``data``: its entries (checked) or ValueError."""
+    with no_hang():
+        result, torn = parse_journal(data)
+    assert isinstance(torn, bytes) and b"\n" not in torn and data.endswith(torn)
+    for addr, id in result.items():
+        assert isinstance(addr, SockAddr) and type(id) is int and 1 <= id <= 255
+    return result
+
+
+#: A run of changes: each the whole set of entries after it.
+histories = st.lists(good, min_size=1, max_size=6)
+
+
+#: Where the strategies have journals written (removed at exit).
+_SCRATCH = tempfile.TemporaryDirectory(prefix="journal-fuzz-")
+
+
+def journal_of(history: list[dict[str, int]]) -> bytes:
+    """The file :class:`Journal` leaves after these changes."""
+    journal = Journal(Path(_SCRATCH.name) / "j.journal")
+    for entries in history:
+        journal.update(dict(entries))
+    data = journal.path.read_bytes()
+    journal.close()
+    return data
+
+
+@st.composite
+def damaged_journals(draw: st.DrawFn) -> bytes:
+    data = bytearray(journal_of(draw(histories)))
+    for _ in range(draw(st.integers(0, 3))):
+        data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+    cut = draw(st.integers(0, len(data)))
+    return bytes(data[:cut] if draw(st.booleans()) else data) + draw(st.binary(max_size=4))
+
+
+@settings(FUZZ, max_examples=300)
+@given(st.one_of(st.binary(max_size=200), damaged_journals(),
+                 st.binary(max_size=100).map(lambda b: JOURNAL_HEADER + b)))
+def test_any_bytes_give_the_journal_or_value_error(data: bytes) -> None:
+    try:
+        check_journal(data)
+    except ValueError:
+        pass
+
+
 @settings(FUZZ, max_examples=100)
-@given(st.one_of(st.binary(max_size=100), near_misses(), odd_numbers.map(str.encode)))
-def test_the_plugin_reads_any_file_without_raising(data: bytes) -> None:
+@given(histories, st.data())
+def test_what_the_journal_writes_reads_back_and_cut_reads_as_before(
+        history: list[dict[str, int]], data: st.DataObject) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        journal = Journal(Path(tmp) / "j.journal")
+        states: list[dict[SockAddr, int]] = [{}]
+        for entries in history:
+            journal.update(dict(entries))
+            states.append({SockAddr(ip): id for ip, id in entries.items()})
+            written = journal.path.read_bytes()
+            assert check_journal(written) == states[-1]
+        journal.close()
+        assert check_journal(journal.path.read_bytes()) == states[-1]
+    # Cut anywhere (a crash of the machine): no entry it was never given.
+    cut = data.draw(st.integers(0, len(written)))
+    given = {item for state in states for item in state.items()}
+    assert set(check_journal(written[:cut]).items()) <= given
+
+
+@settings(FUZZ, max_examples=100)
+@given(st.one_of(st.binary(max_size=100), near_misses(), odd_numbers.map(str.encode),
+                 damaged_journals()),
+       st.booleans())
+def test_the_plugin_reads_any_file_without_raising(data: bytes, legacy: bool) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         saved = os.environ.get("MPTCPD_STATE_DIR")
         os.environ["MPTCPD_STATE_DIR"] = tmp
         try:
-            state_file().write_bytes(data)
+            (legacy_state_file() if legacy else state_file()).write_bytes(data)
             with recording("mptcpd.plugins.addr_adv"):
                 result = AddressAdvertiser()._load_state()
         finally:
@@ -144,7 +233,7 @@ def test_regressions(data: bytes) -> None:
 def test_a_file_that_is_not_utf8_is_warned_about(tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MPTCPD_STATE_DIR", str(tmp_path))
-    state_file().write_bytes(b'{"endpoints": {"192.0.2.1": 1}}\xff')
+    legacy_state_file().write_bytes(b'{"endpoints": {"192.0.2.1": 1}}\xff')
     with recording("mptcpd.plugins.addr_adv") as rec:
         assert AddressAdvertiser()._load_state() == {}
     assert any("Ignoring the corrupt" in line and "utf-8" in line for _, line in rec.lines())

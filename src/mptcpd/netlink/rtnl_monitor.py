@@ -65,6 +65,8 @@ OPERSTATES = ("UNKNOWN", "NOTPRESENT", "DOWN", "LOWERLAYERDOWN", "TESTING",
               "DORMANT", "UP")
 #: Receive buffer for one datagram (the kernel's dump datagrams are <= 32 KiB).
 RECV_SIZE = 1 << 16
+#: Unread datagrams at which a :class:`NetlinkSocket` stops reading ahead.
+INBOX_LIMIT = 256
 
 # -- rtnetlink multicast groups (enum rtnetlink_groups) ---------------------
 RTNLGRP_LINK = 1
@@ -210,13 +212,24 @@ def error_code(payload: bytes) -> int:
     return code if code <= MAX_ERRNO else errno.EPROTO
 
 
+#: Address objects by their bytes: the same few addresses come again and
+#: again (an address added, then deleted), and making one costs microseconds.
+_ip_cache: dict[bytes, IPAddress] = {}
+#: The cache is emptied when it holds this many.
+_IP_CACHE_MAX = 1024
+
+
 def _raw_ip(family: int, raw: bytes | None) -> IPAddress | None:
     if raw is None:
         return None
-    if family == socket.AF_INET and len(raw) == 4:
-        return ipaddress.IPv4Address(raw)
-    if family == socket.AF_INET6 and len(raw) == 16:
-        return ipaddress.IPv6Address(raw)
+    size = len(raw)
+    if (size == 4 and family == socket.AF_INET) or (size == 16 and family == socket.AF_INET6):
+        ip = _ip_cache.get(raw)
+        if ip is None:
+            if len(_ip_cache) >= _IP_CACHE_MAX:
+                _ip_cache.clear()
+            ip = _ip_cache[raw] = ipaddress.ip_address(raw)
+        return ip
     return None
 
 
@@ -258,20 +271,35 @@ def decode_address(mtype: int, body: bytes) -> AddressMessage | None:
     family, prefixlen, flags, scope, index = _IFADDRMSG.unpack_from(body)
     if family != socket.AF_INET and family != socket.AF_INET6:
         return None
-    attrs = attributes(body, _IFADDRMSG.size)
-    local = _raw_ip(family, attrs.get(IFA_LOCAL))
-    address = _raw_ip(family, attrs.get(IFA_ADDRESS))
+    # The three attributes used (the first of each type), in one pass.
+    raw_local = raw_address = raw_flags = None
+    try:
+        for kind, start, stop in nla.walk(body, _IFADDRMSG.size, len(body)):
+            if kind == IFA_LOCAL:
+                if raw_local is None:
+                    raw_local = body[start:stop]
+            elif kind == IFA_ADDRESS:
+                if raw_address is None:
+                    raw_address = body[start:stop]
+            elif kind == IFA_FLAGS and raw_flags is None:
+                raw_flags = body[start:stop]
+    except nla.MalformedAttribute:
+        pass
+    local = _raw_ip(family, raw_local)
+    address = _raw_ip(family, raw_address)
     ip = local or address
     if ip is None:
         return None
-    long_flags = _u32(attrs.get(IFA_FLAGS))
+    long_flags = _u32(raw_flags)
     return AddressMessage(
         index=index,
         ip=ip,
         prefixlen=prefixlen,
         scope=scope,
         flags=flags if long_flags is None else long_flags,
-        peer=address if local is not None and address != local else None,
+        # Two valid addresses of one family are equal when their bytes are.
+        peer=address if local is not None and address is not None
+        and raw_address != raw_local else None,
         deleted=mtype == RTM_DELADDR,
     )
 
@@ -382,6 +410,16 @@ class NetlinkSocket:
     Replies to our requests are told apart from notifications by sequence
     number and port id; notifications read while waiting for a reply are
     kept (``backlog``) for the event stream, in order.
+
+    :meth:`recv` reads what the socket holds without yielding to the loop
+    (a burst is handed out whole before anything else runs, as the daemon's
+    ordering relies on); once it has had to wait, the socket stays watched:
+    the reader callback reads one datagram a turn into an inbox (in order,
+    a receive error kept in its place) and wakes the waiting :meth:`recv`,
+    so a stream of datagrams costs no ``epoll_ctl`` each.  The watch stops
+    when :data:`INBOX_LIMIT` datagrams wait unread (the kernel's receive
+    buffer holds the rest) or after a receive error, and resumes with the
+    next :meth:`recv` that has to wait.
     """
 
     def __init__(self, sock: socket.socket) -> None:
@@ -389,29 +427,61 @@ class NetlinkSocket:
         self.fd = sock.fileno()
         self.port = int(sock.getsockname()[0])
         self.backlog: deque[bytes] = deque()
+        #: Read by the reader callback, not yet taken by :meth:`recv`.
+        self._inbox: deque[bytes | OSError] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._watching = False
         self.closed = False
 
     async def recv(self) -> bytes:
         """The next datagram; raises the socket's error (ENOBUFS...) and
         ``OSError(EBADF)`` once closed."""
+        inbox = self._inbox
         while True:
+            if inbox:
+                item = inbox.popleft()
+                if isinstance(item, OSError):
+                    raise item
+                return item
             if self.closed:
                 raise OSError(errno.EBADF, "the rtnetlink socket is closed")
             try:
                 return self.sock.recv(RECV_SIZE)
             except (BlockingIOError, InterruptedError):
                 pass
-            loop = self._loop = asyncio.get_running_loop()
+            loop = self._loop
+            if not self._watching or loop is None:
+                loop = self._loop = asyncio.get_running_loop()
+                loop.add_reader(self.fd, self._on_readable)
+                self._watching = True
             waiter = self._waiter = loop.create_future()
-            loop.add_reader(self.fd, _wake, waiter)
             try:
                 await waiter
             finally:
                 self._waiter = None
-                if not self.closed:
-                    loop.remove_reader(self.fd)
+
+    def _on_readable(self) -> None:
+        inbox = self._inbox
+        try:
+            inbox.append(self.sock.recv(RECV_SIZE))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            inbox.append(exc)
+            self._unwatch()  # the reader decides what follows
+        if len(inbox) >= INBOX_LIMIT:
+            self._unwatch()
+        waiter = self._waiter
+        if inbox and waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _unwatch(self) -> None:
+        if self._watching:
+            self._watching = False
+            loop = self._loop
+            if loop is not None and not loop.is_closed():
+                loop.remove_reader(self.fd)
 
     def send(self, mtype: int, flags: int, body: bytes) -> int:
         """Send one request; its sequence number."""
@@ -454,16 +524,11 @@ class NetlinkSocket:
         if self.closed:
             return
         self.closed = True
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.remove_reader(self.fd)
+        self._unwatch()
+        self._inbox.clear()
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
         self.sock.close()
-
-
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
 
 
 # -- the monitor ----------------------------------------------------------------
