@@ -459,6 +459,14 @@ async def test_commands_of_connections_the_kernel_closed_are_not_sent(
     exc = gone.exception()
     assert isinstance(exc, ConnectionClosed)
     assert not live.done() and not plain.done() and ch.queued == 0
+    # Commands of no connection (endpoints, limits) leave without asking: the
+    # question reads the event socket.
+    for seq in sock.seqs():
+        sock.ack(seq)
+    ch._on_readable()
+    later = [ch.submit("kpm_get_limits"), ch.submit("kpm_remove_addr", (3,))]
+    await turn()
+    assert asked == [1] and len(sock.datagrams) == 2 and not any(f.done() for f in later)
 
 
 # -- supervision -----------------------------------------------------------------

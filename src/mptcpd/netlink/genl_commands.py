@@ -244,7 +244,6 @@ class CommandChannel:
         self._sending: list[_Request] | None = None  # handed to the worker thread
         self._send_done: concurrent.futures.Future[None] | None = None
         self._wake_asked = False
-        self._paused = False  # reader off while the thread sends several requests
         self._resend: collections.deque[tuple[_Request, bytes]] = collections.deque()
 
     # -- lifecycle ---------------------------------------------------------
@@ -440,12 +439,17 @@ class CommandChannel:
         out = self._outgoing  # taken from the queue, not yet sent
         datas: list[bytes] = []
         size = 0
-        closed = self.closed_tokens() if self.closed_tokens is not None and queue else ()
+        # Asked once per write, at its first command of a connection
+        # (asking reads the event socket: endpoint commands need not).
+        closed_tokens, closed = self.closed_tokens, None
         while queue and room > 0:
             req = queue[0]
             token = req.token
-            if token is not None and token in closed and not req.future.done():
-                self.forget(token)  # its CLOSED is read but not yet handled
+            if token is not None and not req.future.done():
+                if closed is None:
+                    closed = closed_tokens() if closed_tokens is not None else ()
+                if token in closed:
+                    self.forget(token)  # its CLOSED is read but not yet handled
             if req.future.done():  # forgotten, or cancelled by its caller
                 queue.popleft()
                 self._unqueue(req)
@@ -552,23 +556,20 @@ class CommandChannel:
         self._sent(reqs)
         self._sending = reqs
         self._wake_asked = False
-        # Several requests: their answers, each waking the loop as the kernel
-        # makes it, are read in one go once the thread's sendmsg returned.
-        many = len(reqs) > 1
-        if many:
-            loop.remove_reader(sock.fileno())
-            self._paused = True
-        self._send_done = executor.submit(self._thread_send, loop, sock, reqs, datas, many)
+        # The socket stays watched: each answer is read as the kernel makes
+        # it (an epoll_ctl pair per datagram to read them in one go costs
+        # more than the extra wake-ups).
+        self._send_done = executor.submit(self._thread_send, loop, sock, reqs, datas)
 
     def _thread_send(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
-                     reqs: list[_Request], datas: list[bytes], wake: bool) -> None:
-        """In the worker thread: wakes the loop if asked to, or on failure."""
+                     reqs: list[_Request], datas: list[bytes]) -> None:
+        """In the worker thread: wakes the loop on failure."""
         exc: BaseException | None = None
         try:
             _send_datagram(sock, datas)
         except BaseException as error:
             exc = error
-        if exc is not None or wake:
+        if exc is not None:
             try:
                 loop.call_soon_threadsafe(self._on_sent, reqs, datas, exc)
             except RuntimeError:  # the loop is closed: nobody waits any more
@@ -598,10 +599,6 @@ class CommandChannel:
             for req in reqs:
                 req.sending = False
             self._sending = None
-        if self._paused:
-            self._paused = False
-            if self._sock is not None and self._loop is not None:
-                self._loop.add_reader(self._sock.fileno(), self._on_readable)
 
     def _on_sent(self, reqs: list[_Request], datas: list[bytes],
                  exc: BaseException | None) -> None:
