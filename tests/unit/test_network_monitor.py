@@ -656,3 +656,27 @@ def test_an_interface_finds_the_first_entry_of_an_address_while_entries_come_and
     assert iface.find(a) is None and iface.find(b) is other
     iface.remove(other)
     assert iface.find(b) is None and iface.addrs == []
+
+
+@pytest.mark.parametrize("readdress", [False, True])
+def test_the_interface_list_follows_every_change_after_being_asked_for(
+        readdress: bool) -> None:
+    """Path managers ask for the interfaces on every connection: the answer
+    is kept, and must change as soon as an interface comes, goes, or is
+    hidden and shown again (an interface going down is dropped, or with
+    ``readdress`` kept hidden)."""
+    nm, _ = monitor(readdress=readdress)
+    for msg in (link(3), link(2)):
+        nm.handle_link(msg, initial=True)
+    assert [i.index for i in nm.interfaces()] == [2, 3]
+    nm.handle_link(link(1))
+    assert [i.index for i in nm.interfaces()] == [1, 2, 3]
+    nm.handle_link(link(3, deleted=True))
+    assert [i.index for i in nm.interfaces()] == [1, 2]
+    nm.handle_link(link(1, DOWN))
+    assert [i.index for i in nm.interfaces()] == [2]
+    nm.handle_link(link(1))
+    assert [i.index for i in nm.interfaces()] == [1, 2]
+    nm.handle_link(link(1, deleted=True))
+    nm.handle_address(addr(2, "192.0.2.1"))
+    assert nm.find_interface(SockAddr("192.0.2.1", 80)) == nm.interfaces()[0]

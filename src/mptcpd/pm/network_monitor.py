@@ -260,6 +260,8 @@ class NetworkMonitor:
         self._monitor_loopback = monitor_loopback
         self._policy = policy if policy is not None else Policy()
         self._interfaces: dict[int, _Interface] = {}
+        #: :meth:`_visible`'s answer until an interface comes, goes, shows or hides.
+        self._visible_cache: list[_Interface] | None = None
         self._subscribers: list[Subscriber] = []
 
     @property
@@ -333,11 +335,15 @@ class NetworkMonitor:
 
     # -- queries -------------------------------------------------------------
 
-    def _visible(self) -> Iterator[_Interface]:
-        for index in sorted(self._interfaces):
-            iface = self._interfaces[index]
-            if iface.visible:
-                yield iface
+    def _visible(self) -> list[_Interface]:
+        """The interfaces subscribers know, in ifindex order (asked on every
+        connection by path managers: kept until it changes)."""
+        visible = self._visible_cache
+        if visible is None:
+            visible = self._visible_cache = [
+                self._interfaces[index] for index in sorted(self._interfaces)
+                if self._interfaces[index].visible]
+        return visible
 
     def interfaces(self) -> list[Interface]:
         """Snapshots of the tracked interfaces, in ifindex order."""
@@ -504,12 +510,14 @@ class NetworkMonitor:
         if last is not None:
             snap = dataclasses.replace(last, addrs=snap.addrs)
         iface.visible = False
+        self._visible_cache = None
         self._emit(ev.InterfaceRemoved(snap))
 
     def _show(self, iface: _Interface) -> None:
         """Subscribers start seeing ``iface``: ``new_interface``, then its
         addresses that pass the policy."""
         iface.visible = True
+        self._visible_cache = None
         self._emit(ev.InterfaceAdded(iface.snapshot()))
         for entry in list(iface.addrs):
             if entry.state is AddressState.DEFERRED and entry.filtered is None:
@@ -558,6 +566,7 @@ class NetworkMonitor:
                                msg.operstate, msg.carrier, visible=False, kind=msg.kind)
             self._decide(iface)
             self._interfaces[msg.index] = iface
+            self._visible_cache = None
             if ready and iface.allowed:
                 iface.visible = True
                 if not initial:
@@ -578,6 +587,7 @@ class NetworkMonitor:
                 self._show(iface)
             elif not self._kept(msg.flags):
                 del self._interfaces[iface.index]
+                self._visible_cache = None
                 for entry in iface.addrs:
                     self._cancel_check(entry)
             return
@@ -602,6 +612,7 @@ class NetworkMonitor:
 
     def _drop_interface(self, iface: _Interface, last: Interface | None = None) -> None:
         del self._interfaces[iface.index]
+        self._visible_cache = None
         if iface.visible:
             self._hide(iface, last, withdraw=self.readdress)
         for entry in iface.addrs:
