@@ -32,7 +32,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "src"), str(ROOT / "bench")]
 
-from tests.lab import Lab, LabError, Process, wait_for  # noqa: E402
+from tests.lab import Lab, LabError, wait_for  # noqa: E402
 from tests.lab.pmwatch import netlink_drops, netlink_sockets  # noqa: E402
 
 C_DAEMON = "/usr/libexec/mptcpd"

@@ -829,9 +829,9 @@ def merge(first: ConfigValues, second: ConfigValues) -> ConfigValues:
     """Fill every unset value of *first* from *second*: a value is unset when
     it is its field's default (None, False, or 0 for flags)."""
     merged: dict[str, Any] = {}
-    for field in fields(ConfigValues):
-        value = getattr(first, field.name)
-        merged[field.name] = getattr(second, field.name) if value == field.default else value
+    for f in fields(ConfigValues):
+        value = getattr(first, f.name)
+        merged[f.name] = getattr(second, f.name) if value == f.default else value
     return ConfigValues(**merged)
 
 
@@ -859,7 +859,7 @@ def load_config(cli: ConfigValues | None = None, path: str | None = None, *,
         )
         path_manager = path_manager[:MAX_PATH_MANAGER_NAME]
     given: dict[str, Any] = {
-        field.name: getattr(values, field.name) for field in fields(ConfigValues)
+        f.name: getattr(values, f.name) for f in fields(ConfigValues)
     }
     given.update(path_manager=path_manager, config_file=path, cli_values=cli)
     # A value still None takes the default of Config's field.

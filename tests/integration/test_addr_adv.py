@@ -8,8 +8,6 @@ import re
 import signal
 from pathlib import Path
 
-import pytest
-
 from tests.lab import Endpoint, Lab, Process, wait_for
 from tests.integration.test_daemon import READY, daemon_env
 
@@ -143,6 +141,7 @@ def test_a_restart_leaves_no_duplicates_and_keeps_managing(lab: Lab, tmp_path: P
     lab.set_carrier(lab.links[1], up=False)
     wait_endpoints(lab, {str(lab.links[0].client4), str(lab.links[0].client6)})
     assert os.listdir(state)
+    assert second_run.stop(signal.SIGTERM) == 0
 
 
 def test_the_ninth_endpoint_is_reported_as_the_kernel_limit(lab: Lab) -> None:

@@ -21,7 +21,7 @@ from tests.lab import Lab, list_namespaces
 from mptcpd.netlink.rtnl_monitor import RouteLookup, RtnlMonitor, RtnlMonitorError
 from mptcpd.daemon.network import NetworkFeed
 from mptcpd.pm.network_monitor import AddressState, NetworkMonitor
-from mptcpd.types import Interface, NotifyFlags, SockAddr
+from mptcpd.types import NotifyFlags, SockAddr
 from tests.nm_support import Recorder as NmRecorder
 
 TIMEOUT = 10.0

@@ -438,7 +438,7 @@ async def test_the_monitor_streams_events_and_commands_in_order(
 async def test_a_monitor_that_never_reads_is_dropped_and_slows_nothing(
         served: tuple[Daemon, ControlServer, Path], caplog: pytest.LogCaptureFixture) -> None:
     from mptcpd import events as ev
-    from mptcpd.types import SockAddr, Token
+    from mptcpd.types import Token
 
     daemon, server, path = served
     stalled = await Client.connect(path)
@@ -451,7 +451,6 @@ async def test_a_monitor_that_never_reads_is_dropped_and_slows_nothing(
         async with asyncio.timeout(TIMEOUT):
             while len(daemon.monitor.subscribers) != 2:
                 await asyncio.sleep(0.01)
-        laddr, raddr = SockAddr("192.0.2.1", 40000), SockAddr("198.51.100.2", 80)
         count = 3 * control.MONITOR_QUEUE
         received = 0
         with caplog.at_level(logging.WARNING):

@@ -13,7 +13,7 @@ import asyncio
 import socket
 import struct
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from mptcpd.netlink import diag

@@ -8,7 +8,7 @@ import ipaddress
 import logging
 import socket
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -17,14 +17,12 @@ from mptcpd import events as ev
 from mptcpd.netlink.rtnl_monitor import (
     AddressMessage,
     LinkMessage,
-    Resync,
     RouteLookup,
     RouteMessage,
-    RtnlEvent,
     parse,
 )
 from mptcpd.pm.network_monitor import AddressState, NetworkMonitor
-from mptcpd.types import IFF_LOOPBACK, IFF_LOWER_UP, IFF_RUNNING, IFF_UP, Interface, NotifyFlags, SockAddr
+from mptcpd.types import IFF_LOOPBACK, IFF_LOWER_UP, IFF_RUNNING, IFF_UP, NotifyFlags, SockAddr
 from tests.nm_support import Recorder
 
 BROADCAST_MULTICAST = 0x2 | 0x1000

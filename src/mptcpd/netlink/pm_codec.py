@@ -68,7 +68,6 @@ from mptcpd.netlink.constants import (  # noqa: E402
     CTRL_ATTR_MCAST_GRP_NAME,
     CTRL_ATTR_MCAST_GROUPS,
     CTRL_CMD_GETFAMILY,
-    CTRL_CMD_NEWFAMILY,
     GENL_ID_CTRL,
 )
 

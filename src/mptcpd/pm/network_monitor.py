@@ -66,7 +66,7 @@ import enum
 import itertools
 import logging
 import socket
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 from mptcpd import events as ev
 from mptcpd.netlink.rtnl_monitor import (
