@@ -134,14 +134,15 @@ def test_reading_a_file_raises_only_config_error(conf_dir: str, data: bytes, mod
     assert not mode & 0o002  # a world-writable file is always refused
 
 
-def test_this_run_is_not_derandomised() -> None:
-    # Hypothesis's own ci profile derandomises: every CI run would repeat
-    # the same cases.
-    assert not settings.default.derandomize
+def test_a_local_run_is_randomised_and_ci_is_not() -> None:
+    # Local runs explore with a fresh seed; CI, the gate, repeats its cases
+    # (tests/conftest.py says why).
+    assert settings.default.derandomize == (os.environ.get("CI", "").lower()
+                                             in ("1", "true", "yes"))
 
 
-def _seed_of_a_ci_run(*args: str) -> str:
-    env = {**os.environ, "CI": "true"}
+def _header(ci: bool, *args: str) -> str:
+    env = {**os.environ, "CI": "true" if ci else ""}
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "--collect-only", "-p", "no:cacheprovider",
          __file__, *args],
@@ -149,12 +150,22 @@ def _seed_of_a_ci_run(*args: str) -> str:
         cwd=Path(__file__).resolve().parents[2],
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def _seed_of_a_local_run(*args: str) -> str:
+    out = _header(False, *args)
     found = re.findall(r"^hypothesis seed: (\d+) \(profile mptcpd, derandomize=False\); "
-                       r"replay with --hypothesis-seed=\1$", proc.stdout, re.MULTILINE)
-    assert found, proc.stdout
+                       r"replay with --hypothesis-seed=\1$", out, re.MULTILINE)
+    assert found, out
     return found[0]
 
 
-def test_ci_runs_get_a_fresh_seed_that_is_printed() -> None:
-    assert _seed_of_a_ci_run() != _seed_of_a_ci_run()
-    assert _seed_of_a_ci_run("--hypothesis-seed=12345") == "12345"
+def test_local_runs_get_a_fresh_seed_that_is_printed() -> None:
+    assert _seed_of_a_local_run() != _seed_of_a_local_run()
+    assert _seed_of_a_local_run("--hypothesis-seed=12345") == "12345"
+
+
+def test_ci_runs_are_derandomised_and_say_so() -> None:
+    assert re.search(r"^hypothesis: derandomised \(CI; profile mptcpd\)$", _header(True),
+                     re.MULTILINE)
