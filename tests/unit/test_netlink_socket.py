@@ -90,17 +90,24 @@ async def test_a_stream_of_datagrams_is_read_with_one_watch(
     assert raised.value.errno == errno.EBADF
 
 
+async def reading_after_a_first_datagram(sender: socket.socket,
+                                         receiver: Socket) -> NetlinkSocket:
+    """A NetlinkSocket on ``receiver`` that waited for and got a datagram."""
+    nl = NetlinkSocket(receiver)  # type: ignore[arg-type]
+    reading = asyncio.ensure_future(nl.recv())
+    await asyncio.sleep(0)
+    sender.send(b"first")
+    assert await asyncio.wait_for(reading, 10) == b"first"
+    return nl
+
+
 async def test_a_burst_is_read_without_yielding(
         pair: tuple[socket.socket, Socket]) -> None:
     """What the socket holds is handed out before anything else runs (the
     daemon handles a burst of address changes before the events that
     follow it)."""
     sender, receiver = pair
-    nl = NetlinkSocket(receiver)  # type: ignore[arg-type]
-    reading = asyncio.ensure_future(nl.recv())
-    await asyncio.sleep(0)
-    sender.send(b"first")
-    assert await asyncio.wait_for(reading, 10) == b"first"
+    nl = await reading_after_a_first_datagram(sender, receiver)
     for n in range(10):
         sender.send(b"%d" % n)
     ran: list[str] = []
@@ -142,11 +149,7 @@ async def test_what_nobody_reads_stays_bounded_and_in_order(
     buffer, and every one is handed out in order."""
     monkeypatch.setattr(rtnl_monitor, "INBOX_LIMIT", 8)
     sender, receiver = pair
-    nl = NetlinkSocket(receiver)  # type: ignore[arg-type]
-    reading = asyncio.ensure_future(nl.recv())
-    await asyncio.sleep(0)
-    sender.send(b"first")
-    assert await asyncio.wait_for(reading, 10) == b"first"
+    nl = await reading_after_a_first_datagram(sender, receiver)
     for n in range(30):  # nobody waits for these
         sender.send(b"%d" % n)
     for _ in range(20):
