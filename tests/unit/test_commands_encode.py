@@ -401,7 +401,7 @@ def test_get_family_request_matches_pyroute2() -> None:
 
 
 def test_family_reply_and_error() -> None:
-    body = struct.pack("=BBH", p.CTRL_CMD_NEWFAMILY, 2, 0)
+    body = struct.pack("=BBH", c.CTRL_CMD_NEWFAMILY, 2, 0)
     body += tlv(p.CTRL_ATTR_FAMILY_NAME, b"mptcp_pm\0") + u16(p.CTRL_ATTR_FAMILY_ID, 0x1C)
     assert p.decode_family(nlmsg(p.GENL_ID_CTRL, 0, 5, body), 5) == (0x1C, 0)
     error = nlmsg(p.NLMSG_ERROR, 0x100, 5, struct.pack("=i", -errno.ENOENT) + b"\0" * 16)
