@@ -36,6 +36,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "src"), str(ROOT / "bench")]
 
+from bench_load import pct, run_meta  # noqa: E402
 from tests.lab import Lab, LabError, wait_for  # noqa: E402
 
 PORT = 5201
@@ -117,11 +118,6 @@ def trial(mode: str, o: argparse.Namespace) -> dict[str, Any]:
     return {"ms": (result["t_flow"] - result["t_lost"]) * 1e3}
 
 
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
-
-
 def main(argv: list[str] | None = None) -> int:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "poll":
         return poll(sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5]))
@@ -159,10 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{mode:10s} {len(ok):>3d}/{len(values):<3d} {statistics.median(ok):8.0f} "
               f"{pct(ok, 0.9):8.0f} {max(ok):8.0f}")
     if o.json_file:
-        meta = {"uname": os.uname().release, "python": sys.version.split()[0],
-                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "args": {k: v for k, v in vars(o).items() if k != "json_file"}}
-        Path(o.json_file).write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+        Path(o.json_file).write_text(json.dumps({"meta": run_meta(o), "results": results},
+                                                indent=1))
     return 0
 
 

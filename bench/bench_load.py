@@ -625,6 +625,13 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
         print(f"{label:44s} {fmt(ours):>10s} {fmt(c):>10s} {ratio:>8s}")
 
 
+def run_meta(o: argparse.Namespace) -> dict[str, Any]:
+    """What a benchmark's JSON records of the run: machine, time, options."""
+    return {"uname": os.uname().release, "python": sys.version.split()[0],
+            "cpus": os.cpu_count(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "args": {k: v for k, v in vars(o).items() if k != "json_file"}}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("scenario", choices=[*SCENARIOS, "all", "smoke"])
@@ -676,9 +683,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     results: dict[str, dict[str, Any]] = {}
-    meta = {"uname": os.uname().release, "python": sys.version.split()[0],
-            "cpus": os.cpu_count(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "args": {k: v for k, v in vars(o).items() if k != "json_file"}}
+    meta = run_meta(o)
     try:
         for name in names:
             for impl in impls:
