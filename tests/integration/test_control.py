@@ -57,8 +57,9 @@ def mptcpctl(path: Path, *args: str) -> Any:
     return json.loads(proc.stdout)
 
 
-def start(lab: Lab, tmp_path: Path) -> tuple[Process, Path]:
-    path = tmp_path / "ctl" / "control"
+def start(lab: Lab, tmp_path: Path, path: Path | None = None) -> tuple[Process, Path]:
+    """addr_adv with its control socket at ``path`` (by default in ``tmp_path``)."""
+    path = path or tmp_path / "ctl" / "control"
     daemon = lab.start_mptcpd(
         "--log=stderr", f"--plugin-dir={PLUGINS}", "--load-plugins=addr_adv",
         "--path-manager=addr_adv", "--notify-flags=existing,skip_link_local",
@@ -275,13 +276,7 @@ def test_write_methods_are_for_root_and_change_the_kernel(lab: Lab, tmp_path: Pa
     shared = Path(tempfile.mkdtemp(prefix="mptcpd-ctl-", dir="/tmp"))
     try:
         shared.chmod(0o755)
-        path = shared / "control"
-        daemon = lab.start_mptcpd(
-            "--log=stderr", f"--plugin-dir={PLUGINS}", "--load-plugins=addr_adv",
-            "--path-manager=addr_adv", "--notify-flags=existing,skip_link_local",
-            "--addr-flags=subflow", config=f"[core]\ncontrol-socket={path}\n",
-            env=daemon_env())
-        daemon.wait_output(READY, timeout=20)
+        daemon, path = start(lab, tmp_path, shared / "control")
         wait_endpoints(lab, lab_addresses(lab))
         os.chown(path, 0, NOBODY)
         link = lab.links[0]

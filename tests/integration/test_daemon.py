@@ -164,6 +164,16 @@ def recorded(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
+def a_fresh_connection_is_seen(lab: Lab, server: str, log_path: Path) -> None:
+    """A new connection to ``server``, made now, reaches the recorder plugin
+    (logging to ``log_path``) through to its ``connection_closed``."""
+    out = lab.exec(lab.client, sys.executable, "-m", "tests.lab.traffic", "client",
+                   server, "5201").stdout
+    fresh = json.loads(out)["info"]["token"]
+    wait_for(lambda: any(c["hook"] == "connection_closed" and c["args"].get("token") == fresh
+                         for c in recorded(log_path)), 20, what="the fresh connection")
+
+
 def test_a_recorder_plugin_sees_real_connections_in_kernel_order(
     lab: Lab, tmp_path: Path
 ) -> None:

@@ -25,7 +25,6 @@ import ipaddress
 import json
 import shutil
 import signal
-import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -33,7 +32,13 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_addr_adv import PLUGINS as PLUGIN_DIR, start
-from tests.integration.test_daemon import READY, daemon_env, plugin_dir, recorded
+from tests.integration.test_daemon import (
+    READY,
+    a_fresh_connection_is_seen,
+    daemon_env,
+    plugin_dir,
+    recorded,
+)
 from tests.integration.test_sspi import mptcp_tokens
 from tests.lab import Endpoint, Lab, Process, run, wait_for
 
@@ -354,10 +359,6 @@ def test_an_overrun_during_the_resync_is_resynchronised_too(
     (token,) = kernel
     assert f"Connection {token:08x} was created while events were lost" in daemon.output()
     # The daemon still answers: a new connection is seen as it happens.
-    out = lab.exec(lab.client, sys.executable, "-m", "tests.lab.traffic", "client",
-                   server, "5201").stdout
-    fresh = json.loads(out)["info"]["token"]
-    wait_for(lambda: any(c["hook"] == "connection_closed" and c["args"].get("token") == fresh
-                         for c in recorded(log_path)), 20, what="the fresh connection")
+    a_fresh_connection_is_seen(lab, server, log_path)
     held.stop()
     assert daemon.stop() == 0

@@ -79,6 +79,20 @@ def start_clients(lab: Lab, count: int, nbytes: int, hold: float,
     ]
 
 
+def clients_ended_with_three_joins(lab: Lab, daemon: Process, clients: list[Process],
+                                   tokens: set[int], nbytes: int) -> None:
+    """Each client ended well, its connection one of ``tokens`` with three
+    joined subflows and ``nbytes`` acknowledged; three join SYNs per client
+    and no error from the daemon."""
+    for client in clients:
+        assert client.wait(60) == 0
+        info = json.loads(client.output())["info"]
+        assert info["token"] in tokens and info["subflows"] == 3, info
+        assert info["bytes_acked"] >= nbytes
+    assert mib(lab, lab.client)["MPTcpExtMPJoinSynTx"] == 3 * len(clients)
+    assert error_lines(daemon) == []
+
+
 def paths(lab: Lab) -> dict[int, dict[tuple[str, str], list[Sock]]]:
     """token -> (client address, server address) -> its subflow sockets."""
     table: dict[int, dict[tuple[str, str], list[Sock]]] = defaultdict(
@@ -142,13 +156,7 @@ def test_two_by_two_addresses_give_four_subflows_each_carrying_data(
     print("per-subflow bytes_acked:", sorted(per_subflow.values()))
     assert all(value >= 64 * 1024 for value in per_subflow.values()), sorted(
         per_subflow.values())
-    for client in clients:
-        assert client.wait(60) == 0
-        info = json.loads(client.output())["info"]
-        assert info["token"] in tokens and info["subflows"] == 3, info
-        assert info["bytes_acked"] >= nbytes
-    assert mib(lab, lab.client)["MPTcpExtMPJoinSynTx"] == 3 * count
-    assert error_lines(daemon) == []
+    clients_ended_with_three_joins(lab, daemon, clients, tokens, nbytes)
 
 
 @pytest.mark.lab(links=2, path_manager="userspace")

@@ -3,13 +3,18 @@ userspace PM with mptcpd; server: the in-kernel PM)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from tests.integration.test_fullmesh import paths, start_clients, start_plugin, start_server
-from tests.integration.test_sspi import error_lines, mib, wait_tokens
+from tests.integration.test_fullmesh import (
+    clients_ended_with_three_joins,
+    paths,
+    start_clients,
+    start_plugin,
+    start_server,
+)
+from tests.integration.test_sspi import wait_tokens
 from tests.lab import Lab, wait_for
 
 
@@ -33,10 +38,4 @@ def test_subflows_4_gives_four_subflows_on_one_pair_from_four_ports(
     ports = wait_for(four_each, timeout=20, what="four subflows on the initial pair")
     all_ports = [p for t in tokens for p in ports[t]]
     assert len(set(all_ports)) == 4 * count  # every subflow its own source port
-    for client in clients:
-        assert client.wait(60) == 0
-        info = json.loads(client.output())["info"]
-        assert info["token"] in tokens and info["subflows"] == 3, info
-        assert info["bytes_acked"] >= nbytes
-    assert mib(lab, lab.client)["MPTcpExtMPJoinSynTx"] == 3 * count
-    assert error_lines(daemon) == []
+    clients_ended_with_three_joins(lab, daemon, clients, tokens, nbytes)

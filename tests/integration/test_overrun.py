@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import json
 import signal
-import sys
 from pathlib import Path
 
 from tests.lab import Lab, wait_for
-from tests.integration.test_daemon import READY, recorded, start
+from tests.integration.test_daemon import READY, a_fresh_connection_is_seen, recorded, start
 
 def test_an_overrun_is_recovered_and_missed_connections_adopted(
     lab: Lab, tmp_path: Path
@@ -60,9 +59,5 @@ def test_an_overrun_is_recovered_and_missed_connections_adopted(
     assert calls[0]["args"]["server_side"] is False
     assert f"Connection {token:08x} was created while events were lost" in daemon.output()
     # Events flow again after the recovery: a new connection is seen normally.
-    out = lab.exec(lab.client, sys.executable, "-m", "tests.lab.traffic", "client",
-                   server_addr, "5201").stdout
-    fresh = json.loads(out)["info"]["token"]
-    wait_for(lambda: any(c["hook"] == "connection_closed" and c["args"].get("token") == fresh
-                         for c in recorded(log_path)), 20, what="the fresh connection")
+    a_fresh_connection_is_seen(lab, server_addr, log_path)
     assert daemon.stop() == 0
