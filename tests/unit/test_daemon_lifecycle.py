@@ -179,7 +179,7 @@ class FakeReader:
         ORDER.append("reader close")
         self._closed.set()
 
-    def __aiter__(self) -> AsyncIterator[Any]:
+    def batches(self) -> AsyncIterator[Any]:
         return until_set(self._closed)
 
 
@@ -354,7 +354,7 @@ async def broken() -> AsyncIterator[Any]:
 class BrokenReader(FakeReader):
     """An event reader whose stream breaks."""
 
-    def __aiter__(self) -> AsyncIterator[Any]:
+    def batches(self) -> AsyncIterator[Any]:
         return broken()
 
 

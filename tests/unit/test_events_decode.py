@@ -496,16 +496,19 @@ async def test_reader_pauses_when_the_consumer_lags_and_resumes() -> None:
         closed = [build(C.MPTCP_EVENT_CLOSED, [("MPTCP_ATTR_TOKEN", i)]) for i in range(10)]
         for d in closed:
             a.send(d)
+        # The loop calls the reader, which reads what the socket holds and
+        # stops reading once max_pending datagrams are waiting...
+        async with asyncio.timeout(5):
+            while not reader.backlog:
+                await asyncio.sleep(0.001)
+        assert reader.backlog == 10 and not reader._reading
+        got = reader.take(3) + reader.take(5)
+        assert reader.backlog == 2 and not reader._reading
+        # ...and reads again once fewer than half of that are left.
+        got += reader.take(1)
+        assert reader.backlog == 1 and reader._reading
         events = reader.events()
-        # The first event is handed out once the loop has called the reader,
-        # which read what the socket held...
-        got = [await asyncio.wait_for(anext(events), 5)]
-        # ...and stopped reading once max_pending events were waiting.
-        assert not reader._reading
-        async for event in events:
-            got.append(event)
-            if len(got) == 10:
-                break
+        got.append(await asyncio.wait_for(anext(events), 5))
         await events.aclose()
         assert got == [ev.ConnectionClosed(Token(i)) for i in range(10)]
         assert reader._reading
@@ -580,11 +583,65 @@ def test_the_reader_knows_which_connections_the_kernel_closed() -> None:
     reader._raw = cast(socket.socket, _Overrunning(datagrams))
     reader._on_readable()
     assert reader.closed_tokens() == {7, 8}
-    loop = asyncio.new_event_loop()
-    try:
-        first = loop.run_until_complete(reader._next())
-    finally:
-        loop.close()
-    assert first == ev.ConnectionClosed(Token(7)) and reader.closing == {8}
+    assert reader.take(1) == [ev.ConnectionClosed(Token(7))] and reader.closing == {8}
     reader.drain()
+    assert reader.closing == set()
+
+
+class _Queue:
+    """A stand-in socket holding datagrams (no queue limit, unlike a local
+    datagram socket)."""
+
+    def __init__(self, datagrams: list[bytes]) -> None:
+        self.items = list(reversed(datagrams))
+
+    def recv_into(self, buf: memoryview) -> int:
+        if not self.items:
+            raise BlockingIOError
+        item = self.items.pop()
+        buf[:len(item)] = item
+        return len(item)
+
+
+def test_the_backlog_spans_chunks_and_gives_them_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Datagrams are held as received, chunk after chunk; a chunk read to its
+    end is unmapped, and the last one is written from its start again."""
+    from mptcpd.netlink import genl_events
+
+    monkeypatch.setattr(genl_events, "CHUNK_SIZE", 3 * genl_events.DATAGRAM_ROOM)
+    created = by_what("CREATED", "daddr4=")
+    datagrams = [build(C.MPTCP_EVENT_CLOSED, [("MPTCP_ATTR_TOKEN", i)]) if i % 2 else created
+                 for i in range(6000)]
+    expected = [decode_message(d) for d in datagrams]
+    reader = EventReader()
+    reader._raw = cast(socket.socket, _Queue(datagrams[:1000]))
+    reader._on_readable()  # 1024 datagrams at most per call
+    reader._raw = cast(socket.socket, _Queue(datagrams[1000:]))
+    for _ in range(10):
+        reader._on_readable()
+    assert reader.backlog == 6000 and reader.closing == set(range(1, 6000, 2))
+    chunks = list(reader._chunks)
+    assert len(chunks) >= 3
+    got: list[ev.Event] = []
+    while batch := reader.take(32):
+        got += batch
+    assert got == expected and reader.backlog == 0 and reader.closing == set()
+    # Every chunk but the last is unmapped; the last is written from its start.
+    assert [c.mem.closed for c in chunks] == [True] * (len(chunks) - 1) + [False]
+    assert list(reader._chunks) == chunks[-1:] and chunks[-1].wpos == 0
+    reader._raw = cast(socket.socket, _Queue(datagrams[:3]))
+    reader._on_readable()
+    assert reader.take(32) == expected[:3] and chunks[-1].wpos == 0
+
+
+def test_a_closed_connection_in_a_datagram_of_several_messages_is_known() -> None:
+    """The kernel sends one event per datagram, but a datagram of several
+    messages is read whole: a CLOSED after another message counts too."""
+    created = by_what("CREATED", "daddr4=")
+    closed = build(C.MPTCP_EVENT_CLOSED, [("MPTCP_ATTR_TOKEN", 9)])
+    reader = EventReader()
+    reader._raw = cast(socket.socket, _Queue([created + closed]))
+    reader._on_readable()
+    assert reader.closed_tokens() == {9}
+    assert reader.take(1) == [decode_message(created), ev.ConnectionClosed(Token(9))]
     assert reader.closing == set()

@@ -110,7 +110,7 @@ class Reader(Protocol):
     def closed_tokens(self) -> set[int]: ...
     async def open(self) -> None: ...
     def close(self) -> None: ...
-    def __aiter__(self) -> AsyncIterator[ev.Event]: ...
+    def batches(self) -> AsyncIterator[list[ev.Event]]: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -431,17 +431,20 @@ class Daemon:
         dispatch, forget = self.dispatcher.dispatch, self.channel.forget
         counts, monitors, publish = (self.stats.events, self.monitor.subscribers,
                                      self.monitor.publish)
+        closed = ev.ConnectionClosed
         try:
-            async for event in reader:
-                counts[type(event)] += 1
-                if monitors:
-                    publish(event)
-                try:
-                    dispatch(event)
-                except Exception:  # never let one event end the reader
-                    log.exception("Unable to dispatch %r", event)
-                if type(event) is ev.ConnectionClosed:  # after its hook: drop what is unsent
-                    forget(event.token)
+            async for batch in reader.batches():
+                for event in batch:
+                    kind = type(event)
+                    counts[kind] += 1
+                    if monitors:
+                        publish(event)
+                    try:
+                        dispatch(event)
+                    except Exception:  # never let one event end the reader
+                        log.exception("Unable to dispatch %r", event)
+                    if kind is closed:  # after its hook: drop what is unsent
+                        forget(event.token)  # type: ignore[union-attr]
         except Exception as exc:
             log.debug("mptcp_pm event reader", exc_info=True)
             reason = f"failed: {exc!r}"

@@ -50,6 +50,7 @@ __all__ = [
     "NLMSG_ERROR",
     "OVERRUN",
     "build_event",
+    "closed_tokens",
     "decode_datagram",
     "decode_message",
 ]
@@ -517,8 +518,9 @@ OVERRUN = object()
 
 
 def decode_datagram(data: Any, length: int | None = None,
-                    family_id: int | None = None) -> list[Any]:
-    """Decode every netlink message of one received datagram.
+                    family_id: int | None = None, offset: int = 0) -> list[Any]:
+    """Decode every netlink message of one received datagram, the bytes of
+    ``data`` from ``offset`` to ``length`` (default: its end).
 
     Returns the events in order (messages that give no event are left out;
     an in-band ``ENOBUFS`` error gives :data:`OVERRUN`).  Messages whose
@@ -528,7 +530,6 @@ def decode_datagram(data: Any, length: int | None = None,
     """
     out: list[Any] = []
     end = len(data) if length is None else min(length, len(data))
-    offset = 0
     try:
         while end - offset >= _NLMSG_HDRLEN:
             msg_len, msg_type, _flags, _seq, _pid = _nlmsg_hdr(data, offset)
@@ -548,3 +549,40 @@ def decode_datagram(data: Any, length: int | None = None,
     except Exception:  # nothing malformed may escape
         log.exception("Unable to decode MPTCP event datagram")
     return out
+
+
+def closed_tokens(data: Any, offset: int, end: int, family_id: int | None = None) -> list[int]:
+    """The tokens of the ``CLOSED`` events that :func:`decode_datagram` finds
+    in ``data`` from ``offset`` to ``end`` (one received datagram), without
+    decoding the rest: for each ``CLOSED`` message, its last well-formed
+    ``MPTCP_ATTR_TOKEN``, walked as :func:`decode_message` walks.  Silent
+    and never raises (what is malformed is logged by the decoder); the
+    reader uses it to know, before a datagram is decoded, which connections
+    the kernel has closed."""
+    out: list[int] = []
+    try:
+        while end - offset >= _NLMSG_HDRLEN:
+            msg_len, msg_type = _len_type(data, offset)
+            if msg_len < _NLMSG_HDRLEN or msg_len > end - offset:
+                break
+            if (msg_type >= 0x10 and (family_id is None or msg_type == family_id)
+                    and msg_len >= _NLMSG_HDRLEN + _GENL_HDRLEN
+                    and data[offset + _NLMSG_HDRLEN] == C.MPTCP_EVENT_CLOSED):
+                token = None
+                p, stop = offset + _NLMSG_HDRLEN + _GENL_HDRLEN, offset + msg_len
+                while p <= stop - 4:
+                    declared, nla_type = _nla_hdr(data, p)
+                    nla_len = 4 if declared < 4 else min(declared, stop - p)
+                    if nla_type & _NLA_TYPE_MASK == C.MPTCP_ATTR_TOKEN and declared == 8 \
+                            and nla_len == 8:
+                        token = _u32(data, p + 4)[0]
+                    p += (nla_len + 3) & ~3
+                if token is not None:
+                    out.append(token)
+            offset += (msg_len + 3) & ~3
+    except (struct.error, IndexError, ValueError):
+        pass
+    return out
+
+
+_len_type = struct.Struct("=IH").unpack_from

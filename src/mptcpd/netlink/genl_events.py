@@ -24,15 +24,17 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import mmap
 import socket
 import struct
+from array import array
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Self
 
 from mptcpd.events import ConnectionClosed, Event
 from mptcpd.netlink import constants as C
-from mptcpd.netlink.event_codec import OVERRUN, decode_datagram
+from mptcpd.netlink.event_codec import OVERRUN, closed_tokens, decode_datagram
 from mptcpd.netlink.nlsock import (
     NETLINK_ADD_MEMBERSHIP,
     NETLINK_GENERIC,
@@ -56,8 +58,47 @@ DEFAULT_RCVBUF = 16 << 20
 SO_MEMINFO = 55
 SK_MEMINFO_DROPS = 8
 #: Events handed out in a row before the loop is given a turn (see
-#: :meth:`EventReader.events`).
+#: :meth:`EventReader.batches`).
 YIELD_EVERY = 32
+#: Size of one chunk of the backlog of received datagrams (an anonymous
+#: mapping, returned to the system once read), and the room a datagram is
+#: received into (a multicast event is a few hundred bytes at most).
+CHUNK_SIZE = 1 << 20
+DATAGRAM_ROOM = 65536
+#: Set in a backlog entry (a datagram's end offset) when the datagram holds a
+#: ``CLOSED`` event.
+_HAS_CLOSED = 1 << 31
+_u32 = struct.Struct("=I").unpack_from
+
+
+class _Chunk:
+    """Received datagrams, back to back, as the kernel wrote them: ``ends[i]``
+    is where datagram ``i`` ends (it starts where ``i - 1`` ends), with
+    :data:`_HAS_CLOSED` set when it holds a ``CLOSED``; ``read`` datagrams
+    are decoded already."""
+
+    __slots__ = ("mem", "view", "ends", "read", "start", "wpos")
+
+    def __init__(self) -> None:
+        self.mem = mmap.mmap(-1, CHUNK_SIZE)
+        self.view = memoryview(self.mem)
+        self.ends = array("I")
+        self.read = 0
+        self.start = 0  #: where the next datagram to decode starts
+        self.wpos = 0  #: where the next datagram received goes
+
+    def reset(self) -> None:
+        """Empty (every datagram decoded): written from the start again.  The
+        pages a burst filled beyond the first :data:`DATAGRAM_ROOM` bytes go
+        back to the system (they read as zeros if ever touched again)."""
+        if self.wpos > DATAGRAM_ROOM:
+            self.mem.madvise(mmap.MADV_DONTNEED, DATAGRAM_ROOM, CHUNK_SIZE - DATAGRAM_ROOM)
+        del self.ends[:]
+        self.read = self.start = self.wpos = 0
+
+    def release(self) -> None:
+        self.view.release()
+        self.mem.close()
 
 
 class EventReader:
@@ -78,9 +119,12 @@ class EventReader:
     :param on_overrun: called with the overrun count after a receive
         overrun (``ENOBUFS``): events were lost and the owner should
         resynchronise.  Exceptions it raises are logged.
-    :param max_pending: decoded events held before reading pauses; a
-        consumer that stops iterating then lets the kernel buffer fill,
-        which ends in a reported overrun rather than unbounded memory.
+    :param max_pending: received datagrams (one event each, as the kernel
+        sends them) held before reading pauses; a consumer that stops
+        iterating then lets the kernel buffer fill, which ends in a reported
+        overrun rather than unbounded memory.  They are held as the bytes
+        received (about 100 per event, in 1 MiB anonymous mappings given
+        back once read) and decoded when handed out.
     :param on_datagram: called with a copy of every datagram received,
         before decoding (capture and debugging).
     """
@@ -103,7 +147,12 @@ class EventReader:
         #: Set when an overrun happened; the owner clears it after resyncing.
         self.overrun_pending = False
         self.family_id: int | None = None
-        self._pending: deque[Event] = deque()
+        #: Received datagrams not decoded yet, oldest chunk first; decoding
+        #: waits until their events are asked for, so a backlog costs the
+        #: datagrams' bytes (about 100 each), not their events' objects.
+        self._chunks: deque[_Chunk] = deque()
+        #: How many datagrams the backlog holds.
+        self.backlog = 0
         self._waiter: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._raw: socket.socket | None = None
@@ -113,7 +162,6 @@ class EventReader:
         self.closing: set[int] = set()
         self._fd = -1
         self._reading = False
-        self._buf = bytearray(65536)
         self._closed = False
         #: The socket's drop count when it last reported an overrun, until
         #: its receive queue is empty again (None: not congested).
@@ -189,16 +237,21 @@ class EventReader:
             waiter.set_result(None)
 
     def _on_readable(self) -> None:
-        """Drain the socket: every queued datagram, decoded straight from the buffer."""
+        """Drain the socket: every queued datagram, received straight into the
+        backlog (decoded when handed out, see :meth:`take`)."""
         raw = self._raw
         if raw is None:
             return
-        buf = self._buf
-        pending, closing = self._pending, self.closing
+        chunks, closing = self._chunks, self.closing
         family_id = self.family_id
+        chunk = chunks[-1] if chunks else None
+        received = 0
         for _ in range(1024):
+            if chunk is None or chunk.wpos > CHUNK_SIZE - DATAGRAM_ROOM:
+                chunk = self._new_chunk()
+            wpos = chunk.wpos
             try:
-                n = raw.recv_into(buf)
+                n = raw.recv_into(chunk.view[wpos:wpos + DATAGRAM_ROOM])
             except (BlockingIOError, InterruptedError):
                 if self._drops is not None:
                     self._drained()
@@ -210,23 +263,68 @@ class EventReader:
                     continue
                 log.error("MPTCP event socket receive failed: %s", exc)
                 break
+            end = wpos + n
+            mem = chunk.mem
             if self.on_datagram is not None:
                 try:
-                    self.on_datagram(bytes(buf[:n]))
+                    self.on_datagram(mem[wpos:end])
                 except Exception:
                     log.exception("on_datagram callback failed")
-            for item in decode_datagram(buf, n, family_id):
+            if n > 16 and (mem[wpos + 16] == C.MPTCP_EVENT_CLOSED
+                           or _u32(mem, wpos)[0] + 3 & ~3 < n):
+                tokens = closed_tokens(mem, wpos, end, family_id)
+                if tokens:
+                    closing.update(tokens)
+                    end |= _HAS_CLOSED
+            chunk.ends.append(end)
+            chunk.wpos = wpos + n
+            received += 1
+        self.backlog += received
+        if self.backlog >= self.max_pending:
+            self._stop_reading()
+        if self.backlog:
+            self._wake()
+
+    def _new_chunk(self) -> _Chunk:
+        chunk = _Chunk()
+        self._chunks.append(chunk)
+        return chunk
+
+    def take(self, limit: int) -> list[Event]:
+        """Up to ``limit`` events (more when the last datagram decoded held
+        several), decoded from the backlog in kernel order; ``[]`` when it
+        is empty.  Never waits."""
+        out: list[Event] = []
+        chunks, closing, family_id = self._chunks, self.closing, self.family_id
+        taken = 0
+        while len(out) < limit and chunks:
+            chunk = chunks[0]
+            ends = chunk.ends
+            if chunk.read == len(ends):
+                if len(chunks) == 1:
+                    chunk.reset()  # the one being written: start it again
+                    break
+                chunks.popleft().release()  # its memory goes back to the system
+                continue
+            end = ends[chunk.read]
+            start = chunk.start
+            chunk.read += 1
+            taken += 1
+            if end & _HAS_CLOSED:
+                end &= ~_HAS_CLOSED
+                closing.difference_update(closed_tokens(chunk.mem, start, end, family_id))
+            chunk.start = end
+            for item in decode_datagram(chunk.mem, end, family_id, start):
                 if item is OVERRUN:
                     self._drops = self._drop_count()
                     self._overrun()
                 else:
-                    pending.append(item)
-                    if type(item) is ConnectionClosed:
-                        closing.add(item.token)
-        if len(pending) >= self.max_pending:
-            self._stop_reading()
-        if pending:
-            self._wake()
+                    out.append(item)
+        if taken:
+            self.backlog -= taken
+            if not self._reading and not self._closed and self.backlog < self.max_pending // 2:
+                self._start_reading()
+        return out
 
     def closed_tokens(self) -> set[int]:
         """The connections the kernel has reported closed in events not yet
@@ -270,53 +368,49 @@ class EventReader:
             except Exception:
                 log.exception("on_overrun callback failed")
 
-    async def _next(self) -> Event | None:
-        pending = self._pending
-        while not pending:
+    async def _wait(self) -> bool:
+        """Until the backlog holds a datagram (True) or the reader is closed."""
+        while not self.backlog:
             if self._closed:
-                return None
+                return False
             assert self._loop is not None
             self._waiter = self._loop.create_future()
             try:
                 await self._waiter
             finally:
                 self._waiter = None
-        event = pending.popleft()
-        if type(event) is ConnectionClosed:
-            self.closing.discard(event.token)
-        if not self._reading and not self._closed and len(pending) < self.max_pending // 2:
-            self._start_reading()
-        return event
+        return True
 
     # -- iteration --------------------------------------------------------
 
-    async def events(self) -> AsyncIterator[Event]:
-        """Yield decoded events in kernel order until :meth:`close`.
-
-        Every :data:`YIELD_EVERY` events handed out in a row, the loop gets a
-        turn: the commands the consumer issued meanwhile are sent and their
-        answers read while a burst is still being worked through.
+    async def batches(self) -> AsyncIterator[list[Event]]:
+        """Yield the decoded events in kernel order, in lists of about
+        :data:`YIELD_EVERY`, until :meth:`close`.  Between two lists the
+        loop gets a turn: the commands the consumer issued meanwhile are sent
+        and their answers read while a burst is still being worked through.
         """
-        run = 0
-        while True:
-            if run >= YIELD_EVERY:
-                run = 0
+        take = self.take
+        while await self._wait():
+            batch = take(YIELD_EVERY)
+            if batch:
+                yield batch
+            if self.backlog:
                 await asyncio.sleep(0)
-            event = await self._next()
-            if event is None:
-                return
-            run = run + 1 if self._pending else 0
-            yield event
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Yield decoded events in kernel order until :meth:`close` (one at a
+        time, from :meth:`batches`)."""
+        async for batch in self.batches():
+            for event in batch:
+                yield event
 
     def __aiter__(self) -> AsyncIterator[Event]:
         return self.events()
 
     def drain(self) -> list[Event]:
-        """Events already received and decoded, without waiting."""
-        out = list(self._pending)
-        self._pending.clear()
+        """Events already received, decoded, without waiting."""
+        out: list[Event] = []
+        while self.backlog:
+            out += self.take(1 << 30)
         self.closing.clear()
-        if not self._reading and not self._closed and self._raw is not None:
-            self._start_reading()
         return out
-
