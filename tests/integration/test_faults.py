@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import ipaddress
 import json
+import re
 import shutil
 import signal
 import time
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import pytest
 
+from mptcpd.netlink.genl_events import DEFAULT_RCVBUF
 from tests.integration.test_addr_adv import PLUGINS as PLUGIN_DIR, start
 from tests.integration.test_daemon import (
     READY,
@@ -41,6 +43,7 @@ from tests.integration.test_daemon import (
 )
 from tests.integration.test_sspi import mptcp_tokens
 from tests.lab import Endpoint, Lab, Process, run, wait_for
+from tests.lab.pmwatch import netlink_drops, netlink_rmem
 
 #: Storm sizes (issue 10, item 9).
 FLAPS = 1000
@@ -361,4 +364,81 @@ def test_an_overrun_during_the_resync_is_resynchronised_too(
     # The daemon still answers: a new connection is seen as it happens.
     a_fresh_connection_is_seen(lab, server, log_path)
     held.stop()
+    assert daemon.stop() == 0
+
+
+def test_a_connection_whose_close_was_lost_behind_its_waiting_events_is_closed(
+        lab: Lab, tmp_path: Path) -> None:
+    """While the daemon is frozen, a flood half fills its event socket, a
+    connection opens, a second flood fills the socket, and the connection
+    closes: its CLOSED is dropped, as are those of the flood's connections
+    once the socket is full.  When the resync lists the live connections,
+    two kinds are gone from the kernel with their events still waiting:
+    those whose CLOSED waits too (the resync leaves them to it: closing
+    them twice logged ``Unable to match token to plugin.``), and those whose
+    CLOSED was lost (not bound yet, so the listing could not close them and
+    no event would: the reader hands out their close after their waiting
+    events).  Once the floods are handled the plugin has no connection left,
+    and no command went to a closed one."""
+    log_path = tmp_path / "calls.jsonl"
+    directory = plugin_dir(tmp_path, "recorder")
+    daemon = lab.start_mptcpd(
+        "--log=stderr", f"--plugin-dir={directory}", "--load-plugins=recorder",
+        "--path-manager=recorder", config="[core]\n",
+        env=daemon_env(MPTCPD_RECORDER_LOG=str(log_path)))
+    daemon.wait_output(READY, timeout=20)
+    server = str(lab.links[0].server4)
+    lab.python(lab.server, "-m", "tests.lab.traffic", "server", "--duration", "200"
+               ).wait_output("listening")
+    lab.python(lab.server, "-m", "tests.lab.traffic", "sink", "--port", "5300",
+               "--duration", "200", name="sink").wait_output("listening")
+    rcvbuf = 2 * DEFAULT_RCVBUF  # as the kernel grants it
+
+    def bound() -> set[int]:
+        live: set[int] = set()
+        for call in recorded(log_path):
+            tok = call["args"].get("token")
+            if call["hook"] == "new_connection":
+                live.add(tok)
+            elif call["hook"] == "connection_closed":
+                live.discard(tok)
+        return live
+
+    daemon.send_signal(signal.SIGSTOP)
+    try:
+        for _ in range(200):  # bounded: a few 50 ms floods half fill 32 MiB
+            if netlink_rmem(daemon.pid) > rcvbuf // 2:
+                break
+            assert all(f.wait(30) == 0 for f in flood(lab, 0.05))
+        else:
+            raise AssertionError(f"the event socket holds {netlink_rmem(daemon.pid)} bytes")
+        held = lab.python(lab.client, "-m", "tests.lab.traffic", "client", server, "5201",
+                          "--hold", "120", name="held")
+        wait_for(lambda: mptcp_tokens(lab, lab.client), 20, what="the held connection")
+        assert all(f.wait(30) == 0 for f in flood(lab, 2))
+        assert netlink_drops(daemon.pid) > 0
+        held.stop()  # its CLOSED is dropped
+    finally:
+        daemon.send_signal(signal.SIGCONT)
+    wait_for(lambda: "Resynchronised after lost events" in daemon.output(), 60,
+             what="the resync")
+    # A barrier: once a connection made now is seen closed, every event
+    # before it has been handled.
+    a_fresh_connection_is_seen(lab, server, log_path)
+    assert not bound() and not mptcp_tokens(lab, lab.client)
+    output = daemon.output()
+    assert "invalid token" not in output
+    # The plugin saw each connection open, then close once, last; among them
+    # those whose close the reader handed out.
+    hooks: dict[int, list[str]] = collections.defaultdict(list)
+    for call in recorded(log_path):
+        if "token" in call["args"]:
+            hooks[call["args"]["token"]].append(call["hook"])
+    for token, seen in hooks.items():
+        assert seen[0] == "new_connection" and seen[-1] == "connection_closed" \
+            and seen.count("connection_closed") == 1, (token, seen)
+    lost = re.findall(r"Connection ([0-9a-f]{8}) closed while events were lost; its waiting",
+                      output)
+    assert {int(t, 16) for t in lost} <= set(hooks)
+    assert daemon.popen.poll() is None
     assert daemon.stop() == 0

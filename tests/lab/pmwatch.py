@@ -124,8 +124,16 @@ def netlink_drops(pid: int | str = "self", protocol: int = NETLINK_GENERIC) -> i
     return sum(netlink_sockets(pid, protocol))
 
 
-def netlink_sockets(pid: int | str = "self", protocol: int = NETLINK_GENERIC) -> list[int]:
-    """The drop counts of ``pid``'s open netlink sockets of ``protocol``."""
+def netlink_rmem(pid: int | str = "self", protocol: int = NETLINK_GENERIC) -> int:
+    """The most receive-queue memory (bytes) held by one of ``pid``'s
+    netlink sockets of ``protocol`` (``Rmem`` in ``/proc/PID/net/netlink``)."""
+    return max(netlink_sockets(pid, protocol, column=4), default=0)
+
+
+def netlink_sockets(pid: int | str = "self", protocol: int = NETLINK_GENERIC,
+                    column: int = 8) -> list[int]:
+    """The drop counts (or another ``column`` of ``/proc/PID/net/netlink``:
+    4 is ``Rmem``) of ``pid``'s open netlink sockets of ``protocol``."""
     inodes = set()
     fd_dir = f"/proc/{pid}/fd"
     for fd in os.listdir(fd_dir):
@@ -141,7 +149,7 @@ def netlink_sockets(pid: int | str = "self", protocol: int = NETLINK_GENERIC) ->
         for line in table:
             cols = line.split()
             if len(cols) >= 10 and int(cols[1]) == protocol and cols[9] in inodes:
-                drops.append(int(cols[8]))
+                drops.append(int(cols[column]))
     return drops
 
 

@@ -168,9 +168,19 @@ class FakeReader:
         self.overrun_pending = False
         self.overruns = 0
         self._closed = asyncio.Event()
+        self.closing: set[int] = set()
 
     def closed_tokens(self) -> set[int]:
-        return set()
+        return self.closing
+
+    def fill(self) -> int:
+        return 0
+
+    def queued_tokens(self, before: int) -> dict[int, int]:
+        return {}
+
+    def close_after(self, token: int, index: int) -> None:
+        raise AssertionError("nothing is queued")
 
     async def open(self) -> None:
         ORDER.append("reader open")

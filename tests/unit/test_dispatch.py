@@ -240,6 +240,22 @@ def test_reconcile_leaves_alone_what_happened_while_listing(tmp_path: Path) -> N
     assert d.bindings == {TOKEN2: "plugin_one"}
 
 
+def test_reconcile_leaves_a_vanished_connection_to_its_waiting_close(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Its CLOSED is read but not handled yet: closing it now as well made
+    that CLOSED find no binding (``Unable to match token to plugin.``)."""
+    d = dispatcher(load(fixture_dir(tmp_path, "priority")))
+    d.dispatch(ev.ConnectionCreated(TOKEN1, LADDR, RADDR))
+    d.dispatch(ev.ConnectionCreated(TOKEN2, LADDR, RADDR))
+    recording.CALLS.clear()
+    d.reconcile({}, closing={TOKEN1})
+    d.dispatch(ev.ConnectionClosed(TOKEN1))
+    calls = [(hook, args.get("token")) for _, hook, args in recording.CALLS]
+    assert calls == [("connection_closed", TOKEN2), ("connection_closed", TOKEN1)]
+    assert d.bindings == {}
+    assert "Unable to match token to plugin." not in caplog.text
+
+
 # -- subflows reconciled ----------------------------------------------------------
 
 SUB_L1 = SockAddr(ipaddress.ip_address("198.51.100.1"), 40001)

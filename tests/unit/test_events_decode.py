@@ -645,3 +645,30 @@ def test_a_closed_connection_in_a_datagram_of_several_messages_is_known() -> Non
     assert reader.closed_tokens() == {9}
     assert reader.take(1) == [decode_message(created), ev.ConnectionClosed(Token(9))]
     assert reader.closing == set()
+
+
+def test_a_close_is_handed_out_after_the_waiting_events_of_a_connection() -> None:
+    """What the resync asks of the reader: the connections the datagrams
+    received before a mark are about, and a ConnectionClosed handed out
+    right after the last of them (the token counts as closed until then)."""
+    def created(token: int) -> bytes:
+        return build(C.MPTCP_EVENT_CREATED, [("MPTCP_ATTR_TOKEN", token)] + FULL_V4[1:])
+
+    first = [created(5), created(6), build(C.MPTCP_EVENT_CLOSED, [("MPTCP_ATTR_TOKEN", 6)]),
+             created(7)]
+    reader = EventReader()
+    reader._raw = cast(socket.socket, _Queue(first))
+    mark = reader.fill()
+    assert mark == 4
+    reader._raw = cast(socket.socket, _Queue([created(8)]))  # after the mark
+    assert reader.fill() == 5
+    assert reader.take(1) == [decode_message(first[0])]  # 5's CREATED is handed out
+    assert reader.queued_tokens(mark) == {6: 2, 7: 3}
+    reader.close_after(7, 3)
+    assert reader.closed_tokens() == {6, 7}
+    with pytest.raises(ValueError):
+        reader.close_after(5, 0)  # handed out already
+    got = reader.take(32)
+    assert got == [decode_message(d) for d in first[1:]] + [ev.ConnectionClosed(Token(7)),
+                                                             decode_message(created(8))]
+    assert reader.closing == set() and reader.backlog == 0

@@ -106,8 +106,12 @@ class Reader(Protocol):
     """What the daemon needs of the event reader (:class:`EventReader`)."""
 
     overrun_pending: bool
+    closing: set[int]
 
     def closed_tokens(self) -> set[int]: ...
+    def fill(self) -> int: ...
+    def queued_tokens(self, before: int) -> dict[int, int]: ...
+    def close_after(self, token: int, index: int) -> None: ...
     async def open(self) -> None: ...
     def close(self) -> None: ...
     def batches(self) -> AsyncIterator[list[ev.Event]]: ...
@@ -483,6 +487,9 @@ class Daemon:
         sock_diag's listings (at startup, or after lost events); False when
         the connections could not be listed (logged)."""
         when = "at startup" if at_startup else "after lost events"
+        # Every event the kernel sent so far is now read, handled or lost.
+        reader = self.reader
+        mark = reader.fill() if reader is not None else 0
         self.dispatcher.begin_reconcile()
         try:
             connections = await self.kernel.list_connections()
@@ -496,16 +503,35 @@ class Daemon:
         except Exception as exc:  # the connections are reconciled all the same
             log.warning("Unable to list the MPTCP subflows %s: %s", when, exc)
             subflows = None
+        closing: Collection[int] = ()
+        if reader is not None and reader is self.reader:
+            closing = self._close_the_unlisted(reader, mark, {c.token for c in connections})
         self.dispatcher.reconcile({
             c.token: (c.laddr, c.raddr, c.server_side, c.established)
             for c in connections if not c.fallback  # no events exist for those
-        }, at_startup=at_startup, subflows=subflows)
+        }, at_startup=at_startup, subflows=subflows, closing=closing)
         if at_startup:
             log.info("%d MPTCP connection(s) existed at startup.", len(connections))
         else:
             log.info("Resynchronised %s: %d live MPTCP connection(s).",
                      when, len(connections))
         return True
+
+    @staticmethod
+    def _close_the_unlisted(reader: Reader, mark: int, listed: set[int]) -> set[int]:
+        """The connections whose events, sent before the listing began, still
+        wait in the reader, and that the listing no longer shows: unless
+        their CLOSED waits too, it was lost, and the reader hands one out
+        after their last event (their commands are dropped meanwhile, their
+        plugin is not left bound to a dead connection).  Returns every
+        connection whose CLOSED is now on its way, to be left to it."""
+        reader.fill()  # the CLOSEDs sent while the listing was taken
+        for token, index in reader.queued_tokens(mark).items():
+            if token not in listed and token not in reader.closing:
+                log.warning("Connection %08x closed while events were lost; its "
+                            "waiting events are handled, then its close.", token)
+                reader.close_after(token, index)
+        return set(reader.closing)
 
     def _close_reader(self) -> None:
         reader, self.reader = self.reader, None

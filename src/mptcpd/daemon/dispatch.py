@@ -19,7 +19,7 @@ connection's events in kernel order.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mptcpd import events as ev
@@ -166,7 +166,8 @@ class Dispatcher:
 
     def reconcile(self, live: dict[int, tuple[SockAddr, SockAddr, bool, bool]],
                   at_startup: bool = False,
-                  subflows: Sequence[MptcpSubflow] | None = None) -> None:
+                  subflows: Sequence[MptcpSubflow] | None = None,
+                  closing: Collection[int] = ()) -> None:
         """Bring the token bindings in line with the connections that exist.
 
         ``live`` maps each live connection's token to ``(laddr, raddr,
@@ -186,6 +187,9 @@ class Dispatcher:
         (for an adopted connection, between its ``new_connection`` and its
         ``connection_established``).  Connections with subflow events while
         the listing was made are left alone.
+
+        ``closing``: connections whose ``ConnectionClosed`` is still to be
+        dispatched (read but not yet handled); a bound one is left to it.
         """
         recent, self._recent = self._recent or set(), None
         if not at_startup:
@@ -195,7 +199,8 @@ class Dispatcher:
         for sf in subflows or ():
             if not sf.initial:
                 listed.setdefault(sf.token, {})[(sf.laddr.unmapped(), sf.raddr.unmapped())] = sf
-        for token in [t for t in self._bindings if t not in live and t not in recent]:
+        for token in [t for t in self._bindings
+                      if t not in live and t not in recent and t not in closing]:
             log.warning("Connection %08x closed while events were lost.", token)
             self._closed(ev.ConnectionClosed(Token(token)))
         if subflows is not None:

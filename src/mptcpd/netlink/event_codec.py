@@ -52,6 +52,7 @@ __all__ = [
     "build_event",
     "closed_tokens",
     "decode_datagram",
+    "event_tokens",
     "decode_message",
 ]
 
@@ -559,6 +560,19 @@ def closed_tokens(data: Any, offset: int, end: int, family_id: int | None = None
     and never raises (what is malformed is logged by the decoder); the
     reader uses it to know, before a datagram is decoded, which connections
     the kernel has closed."""
+    return _tokens(data, offset, end, family_id, C.MPTCP_EVENT_CLOSED)
+
+
+def event_tokens(data: Any, offset: int, end: int, family_id: int | None = None) -> list[int]:
+    """The tokens of every event message of the datagram (``data`` from
+    ``offset`` to ``end``), found as :func:`closed_tokens` finds those of
+    ``CLOSED``: the connections the datagram is about.  Listener events
+    carry no token and give none."""
+    return _tokens(data, offset, end, family_id, None)
+
+
+def _tokens(data: Any, offset: int, end: int, family_id: int | None,
+            cmd: int | None) -> list[int]:
     out: list[int] = []
     try:
         while end - offset >= _NLMSG_HDRLEN:
@@ -567,7 +581,8 @@ def closed_tokens(data: Any, offset: int, end: int, family_id: int | None = None
                 break
             if (msg_type >= 0x10 and (family_id is None or msg_type == family_id)
                     and msg_len >= _NLMSG_HDRLEN + _GENL_HDRLEN
-                    and data[offset + _NLMSG_HDRLEN] == C.MPTCP_EVENT_CLOSED):
+                    and (data[offset + _NLMSG_HDRLEN] == cmd
+                         or cmd is None and data[offset + _NLMSG_HDRLEN] in _MISSING)):
                 token = None
                 p, stop = offset + _NLMSG_HDRLEN + _GENL_HDRLEN, offset + msg_len
                 while p <= stop - 4:

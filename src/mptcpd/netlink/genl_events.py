@@ -34,7 +34,7 @@ from typing import Self
 
 from mptcpd.events import ConnectionClosed, Event
 from mptcpd.netlink import constants as C
-from mptcpd.netlink.event_codec import OVERRUN, closed_tokens, decode_datagram
+from mptcpd.netlink.event_codec import OVERRUN, closed_tokens, decode_datagram, event_tokens
 from mptcpd.netlink.nlsock import (
     NETLINK_ADD_MEMBERSHIP,
     NETLINK_GENERIC,
@@ -43,6 +43,7 @@ from mptcpd.netlink.nlsock import (
     netlink_socket,
     set_rcvbuf,
 )
+from mptcpd.types import Token
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +152,13 @@ class EventReader:
         #: waits until their events are asked for, so a backlog costs the
         #: datagrams' bytes (about 100 each), not their events' objects.
         self._chunks: deque[_Chunk] = deque()
-        #: How many datagrams the backlog holds.
+        #: How many datagrams the backlog holds, and how many were ever
+        #: received (datagram ``i`` is the ``i``-th received, from 0).
         self.backlog = 0
+        self.received = 0
+        #: Connections whose CLOSED was lost: index of a datagram -> the
+        #: tokens to hand out a ConnectionClosed for right after it.
+        self._close_after: dict[int, list[int]] = {}
         self._waiter: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._raw: socket.socket | None = None
@@ -280,6 +286,7 @@ class EventReader:
             chunk.wpos = wpos + n
             received += 1
         self.backlog += received
+        self.received += received
         if self.backlog >= self.max_pending:
             self._stop_reading()
         if self.backlog:
@@ -296,6 +303,7 @@ class EventReader:
         is empty.  Never waits."""
         out: list[Event] = []
         chunks, closing, family_id = self._chunks, self.closing, self.family_id
+        close_after = self._close_after
         taken = 0
         while len(out) < limit and chunks:
             chunk = chunks[0]
@@ -320,11 +328,60 @@ class EventReader:
                     self._overrun()
                 else:
                     out.append(item)
+            if close_after:
+                tokens = close_after.pop(self.received - self.backlog + taken - 1, None)
+                if tokens:
+                    out += [ConnectionClosed(Token(t)) for t in tokens]
+                    closing.difference_update(tokens)
         if taken:
             self.backlog -= taken
             if not self._reading and not self._closed and self.backlog < self.max_pending // 2:
                 self._start_reading()
         return out
+
+    def fill(self) -> int:
+        """Read everything the socket holds into the backlog, however long it
+        is already (what the kernel queued is bounded by the receive
+        buffer); the number of datagrams received so far.  Events the
+        kernel sent before this call are then either in the backlog, handed
+        out already, or lost."""
+        for _ in range(4096):
+            before = self.received
+            if self._raw is None:
+                break
+            self._on_readable()
+            if self.received == before:
+                break
+        return self.received
+
+    def queued_tokens(self, before: int) -> dict[int, int]:
+        """The connections that the datagrams still in the backlog and
+        received before datagram ``before`` are about: token -> index of the
+        last such datagram."""
+        out: dict[int, int] = {}
+        index = self.received - self.backlog
+        family_id = self.family_id
+        for chunk in self._chunks:
+            start = chunk.start
+            for end in chunk.ends[chunk.read:]:
+                if index >= before:
+                    return out
+                end &= ~_HAS_CLOSED
+                for token in event_tokens(chunk.mem, start, end, family_id):
+                    out[token] = index
+                start = end
+                index += 1
+        return out
+
+    def close_after(self, token: int, index: int) -> None:
+        """Hand out a ``ConnectionClosed`` of ``token`` right after the events
+        of datagram ``index`` (still in the backlog): the kernel closed the
+        connection, and its CLOSED was lost.  Meanwhile the token counts as
+        closed (:attr:`closing`)."""
+        if not self.received - self.backlog <= index < self.received:
+            raise ValueError(f"datagram {index} is not in the backlog")
+        self._close_after.setdefault(index, []).append(token)
+        self.closing.add(token)
 
     def closed_tokens(self) -> set[int]:
         """The connections the kernel has reported closed in events not yet
