@@ -664,6 +664,7 @@ def test_a_close_is_handed_out_after_the_waiting_events_of_a_connection() -> Non
     assert reader.fill() == 5
     assert reader.take(1) == [decode_message(first[0])]  # 5's CREATED is handed out
     assert reader.queued_tokens(mark) == {6: 2, 7: 3}
+    assert reader.queued_tokens(mark, {7}, reader.closing) == {}
     reader.close_after(7, 3)
     assert reader.closed_tokens() == {6, 7}
     with pytest.raises(ValueError):

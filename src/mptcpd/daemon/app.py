@@ -110,7 +110,7 @@ class Reader(Protocol):
 
     def closed_tokens(self) -> set[int]: ...
     def fill(self) -> int: ...
-    def queued_tokens(self, before: int) -> dict[int, int]: ...
+    def queued_tokens(self, before: int, *skip: Collection[int]) -> dict[int, int]: ...
     def close_after(self, token: int, index: int) -> None: ...
     async def open(self) -> None: ...
     def close(self) -> None: ...
@@ -518,7 +518,7 @@ class Daemon:
         return True
 
     @staticmethod
-    def _close_the_unlisted(reader: Reader, mark: int, listed: set[int]) -> set[int]:
+    def _close_the_unlisted(reader: Reader, mark: int, listed: set[int]) -> Collection[int]:
         """The connections whose events, sent before the listing began, still
         wait in the reader, and that the listing no longer shows: unless
         their CLOSED waits too, it was lost, and the reader hands one out
@@ -526,12 +526,11 @@ class Daemon:
         plugin is not left bound to a dead connection).  Returns every
         connection whose CLOSED is now on its way, to be left to it."""
         reader.fill()  # the CLOSEDs sent while the listing was taken
-        for token, index in reader.queued_tokens(mark).items():
-            if token not in listed and token not in reader.closing:
-                log.warning("Connection %08x closed while events were lost; its "
-                            "waiting events are handled, then its close.", token)
-                reader.close_after(token, index)
-        return set(reader.closing)
+        for token, index in reader.queued_tokens(mark, listed, reader.closing).items():
+            log.warning("Connection %08x closed while events were lost; its "
+                        "waiting events are handled, then its close.", token)
+            reader.close_after(token, index)
+        return reader.closing
 
     def _close_reader(self) -> None:
         reader, self.reader = self.reader, None

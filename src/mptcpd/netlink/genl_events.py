@@ -29,7 +29,7 @@ import socket
 import struct
 from array import array
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from typing import Self
 
 from mptcpd.events import ConnectionClosed, Event
@@ -354,10 +354,10 @@ class EventReader:
                 break
         return self.received
 
-    def queued_tokens(self, before: int) -> dict[int, int]:
+    def queued_tokens(self, before: int, *skip: Collection[int]) -> dict[int, int]:
         """The connections that the datagrams still in the backlog and
-        received before datagram ``before`` are about: token -> index of the
-        last such datagram."""
+        received before datagram ``before`` are about, but those in any of
+        ``skip``: token -> index of the last such datagram."""
         out: dict[int, int] = {}
         index = self.received - self.backlog
         family_id = self.family_id
@@ -368,7 +368,8 @@ class EventReader:
                     return out
                 end &= ~_HAS_CLOSED
                 for token in event_tokens(chunk.mem, start, end, family_id):
-                    out[token] = index
+                    if not any(token in tokens for tokens in skip):
+                        out[token] = index
                 start = end
                 index += 1
         return out
