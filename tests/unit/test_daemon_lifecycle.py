@@ -176,7 +176,7 @@ class FakeReader:
     def fill(self) -> int:
         return 0
 
-    def queued_tokens(self, before: int, *skip: Collection[int]) -> dict[int, int]:
+    def queued_tokens(self, before: int, skip: Collection[int] = ()) -> dict[int, int]:
         return {}
 
     def close_after(self, token: int, index: int) -> None:

@@ -142,6 +142,10 @@ class EventReader:
         self.rcvbuf = rcvbuf
         self.on_overrun = on_overrun
         self.max_pending = max_pending
+        #: Reading resumes once the backlog is this much shorter than
+        #: ``max_pending``: soon, so that the kernel's buffer is emptied while
+        #: the backlog is worked through (its room is lost time otherwise).
+        self._resume_at = max_pending - max(1, max_pending // 16)
         self.on_datagram = on_datagram
         #: How many receive overruns were seen.
         self.overruns = 0
@@ -335,7 +339,7 @@ class EventReader:
                     closing.difference_update(tokens)
         if taken:
             self.backlog -= taken
-            if not self._reading and not self._closed and self.backlog < self.max_pending // 2:
+            if not self._reading and not self._closed and self.backlog < self._resume_at:
                 self._start_reading()
         return out
 
@@ -354,11 +358,13 @@ class EventReader:
                 break
         return self.received
 
-    def queued_tokens(self, before: int, *skip: Collection[int]) -> dict[int, int]:
+    def queued_tokens(self, before: int, skip: Collection[int] = ()) -> dict[int, int]:
         """The connections that the datagrams still in the backlog and
-        received before datagram ``before`` are about, but those in any of
-        ``skip``: token -> index of the last such datagram."""
+        received before datagram ``before`` are about, leaving out those
+        whose CLOSED waits too (:attr:`closing`) and those in ``skip``:
+        token -> index of the last such datagram."""
         out: dict[int, int] = {}
+        closing = self.closing
         index = self.received - self.backlog
         family_id = self.family_id
         for chunk in self._chunks:
@@ -366,9 +372,15 @@ class EventReader:
             for end in chunk.ends[chunk.read:]:
                 if index >= before:
                     return out
-                end &= ~_HAS_CLOSED
+                if end & _HAS_CLOSED:
+                    end &= ~_HAS_CLOSED
+                    if (_u32(chunk.mem, start)[0] + 3) & ~3 >= end - start:
+                        # One message, a CLOSED: its connection is closing.
+                        start = end
+                        index += 1
+                        continue
                 for token in event_tokens(chunk.mem, start, end, family_id):
-                    if not any(token in tokens for tokens in skip):
+                    if token not in closing and token not in skip:
                         out[token] = index
                 start = end
                 index += 1
