@@ -34,7 +34,13 @@ from typing import Self
 
 from mptcpd.events import ConnectionClosed, Event
 from mptcpd.netlink import constants as C
-from mptcpd.netlink.event_codec import OVERRUN, closed_tokens, decode_datagram, event_tokens
+from mptcpd.netlink.event_codec import (
+    OVERRUN,
+    closed_tokens,
+    decode_datagram,
+    decode_message,
+    event_tokens,
+)
 from mptcpd.netlink.nlsock import (
     NETLINK_ADD_MEMBERSHIP,
     NETLINK_GENERIC,
@@ -70,6 +76,7 @@ DATAGRAM_ROOM = 65536
 #: ``CLOSED`` event.
 _HAS_CLOSED = 1 << 31
 _u32 = struct.Struct("=I").unpack_from
+_len_type = struct.Struct("=IH").unpack_from
 
 
 class _Chunk:
@@ -322,16 +329,30 @@ class EventReader:
             start = chunk.start
             chunk.read += 1
             taken += 1
-            if end & _HAS_CLOSED:
-                end &= ~_HAS_CLOSED
-                closing.difference_update(closed_tokens(chunk.mem, start, end, family_id))
+            mem = chunk.mem
+            has_closed = end & _HAS_CLOSED
+            end &= ~_HAS_CLOSED
             chunk.start = end
-            for item in decode_datagram(chunk.mem, end, family_id, start):
-                if item is OVERRUN:
-                    self._drops = self._drop_count()
-                    self._overrun()
-                else:
-                    out.append(item)
+            if end - start >= 20 and _len_type(mem, start) == (end - start, family_id):
+                # One event message, as the kernel sends them: what
+                # decode_datagram would do, without its walk.
+                event = decode_message(mem, start, end)
+                if has_closed:
+                    if type(event) is ConnectionClosed:
+                        closing.discard(event.token)  # the token the scan found
+                    else:
+                        closing.difference_update(closed_tokens(mem, start, end, family_id))
+                if event is not None:
+                    out.append(event)
+            else:
+                if has_closed:
+                    closing.difference_update(closed_tokens(mem, start, end, family_id))
+                for item in decode_datagram(mem, end, family_id, start):
+                    if item is OVERRUN:
+                        self._drops = self._drop_count()
+                        self._overrun()
+                    else:
+                        out.append(item)
             if close_after:
                 tokens = close_after.pop(self.received - self.backlog + taken - 1, None)
                 if tokens:
