@@ -70,10 +70,14 @@ async def path_manager(lab: Lab, **kwargs: Any) -> AsyncIterator[tuple[PathManag
 
 
 def stop_reading(ch: CommandChannel) -> None:
+    """The channel reads no answer: neither when the socket is reported
+    readable nor right after it wrote a request."""
     asyncio.get_running_loop().remove_reader(ch.fileno())
+    ch._read = lambda: None  # type: ignore[method-assign]
 
 
 def resume_reading(ch: CommandChannel) -> None:
+    del ch._read
     asyncio.get_running_loop().add_reader(ch.fileno(), ch._on_readable)
 
 

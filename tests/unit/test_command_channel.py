@@ -180,6 +180,27 @@ async def test_commands_of_one_iteration_leave_in_one_datagram_and_resolve_in_or
     assert done == list(range(6))
 
 
+class AnsweringSocket(FakeSocket):
+    """Answers every request inside the send that carries it, as the
+    kernel does (an ACK each)."""
+
+    def _accept(self, data: bytes) -> None:
+        super()._accept(data)
+        for msg in p.messages(data):
+            self.ack(msg.seq)
+
+
+async def test_answers_made_inside_the_send_are_read_in_the_same_turn() -> None:
+    """No loop turn (nor epoll wake-up) between a request and its answer;
+    the answers free room, and what waited for it leaves at once."""
+    ch, sock = make(sock=AnsweringSocket(), max_in_flight=2)
+    futures = [ch.submit("kpm_flush_addrs") for _ in range(5)]
+    await turn()  # the flush: nothing reported the socket readable
+    assert all(f.done() for f in futures) and [f.result() for f in futures] == [None] * 5
+    assert len(sock.datagrams) == 3 and ch.in_flight == 0 and ch.queued == 0
+    await ch.close()
+
+
 async def test_without_batching_each_request_is_its_own_send() -> None:
     ch, sock = make(batch=False)
     for _ in range(4):
@@ -584,23 +605,25 @@ async def test_a_datagram_with_a_slow_command_is_written_by_the_thread_the_loop_
         asyncio.get_running_loop().call_soon(ticks.append, 1)
         await turn()
     assert len(ticks) == 3
-    assert sock.writers == [WORKER] and len(sock.datagrams) == 1
+    # What came before the slow command left from the loop, the rest from
+    # the thread, in order.
+    assert sock.writers == [MAIN, WORKER] and len(sock.datagrams) == 2
     assert ch.queued == 0 and ch.in_flight == 3  # handed over: no longer queued
     later = [ch.submit("kpm_set_limits", (Limits(subflows=2),)), ch.submit("kpm_get_limits")]
     await turn()
-    assert ch.queued == 2 and len(sock.writers) == 1  # nothing else is written meanwhile
+    assert ch.queued == 2 and len(sock.writers) == 2  # nothing else is written meanwhile
     s1, s2, s3 = sock.seqs()
     sock.ack(s1)
     sock.ack(s2)
     ch._on_readable()  # answers read before the thread's send returned
     assert first[0].result() is None and first[1].result() is None
-    assert not first[2].done() and ch.in_flight == 1 and len(sock.datagrams) == 1
+    assert not first[2].done() and ch.in_flight == 1 and len(sock.datagrams) == 2
     # the last request's answer: the kernel is done with the datagram, so
     # the next one leaves (from the loop: no slow command in it) at once
     sock.ack(s3)
     ch._on_readable()
     assert first[2].result() == Limits()
-    assert len(sock.datagrams) == 2 and sock.writers == [WORKER, MAIN]
+    assert len(sock.datagrams) == 3 and sock.writers == [MAIN, WORKER, MAIN]
     sock.gate.set()
     await wait_until(sock.returned.is_set)
     assert sock.cmds() == [c.MPTCP_PM_CMD_SET_LIMITS, c.MPTCP_PM_CMD_DEL_ADDR,

@@ -30,12 +30,15 @@ Flow: commands queued during one loop iteration leave together in one
 socket's requests in the order it received them, so replies are matched by
 sequence number and futures resolve in submission order; a dump (the kernel
 runs one per socket at a time) is sent alone and nothing follows it until
-its end.  A request whose encoding or sending raises fails alone.
+its end.  The kernel answers a request inside the ``sendmsg`` that carries
+it: the answers to what the loop wrote are read right after, in the same
+loop turn.  A request whose encoding or sending raises fails alone.
 
 Slow commands: the kernel handles a request inside the ``sendmsg`` that
 carries it, and it waits for an RCU grace period (several milliseconds of
 wall time, almost no CPU) on deleting or flushing endpoints.  A datagram
-holding such a command (:data:`SLOW_COMMANDS`) is written by a worker
+holding such a command (:data:`SLOW_COMMANDS`; the requests queued before
+it leave first, from the loop) is written by a worker
 thread while the loop goes on reading events and answers; the channel
 writes nothing else until the kernel is done with that datagram (the answer
 to its last request is read, or the ``sendmsg`` returned), so order,
@@ -244,6 +247,8 @@ class CommandChannel:
         self._sending: list[_Request] | None = None  # handed to the worker thread
         self._send_done: concurrent.futures.Future[None] | None = None
         self._wake_asked = False
+        #: The loop wrote a datagram whose answers are not read yet.
+        self._answers_due = False
         self._resend: collections.deque[tuple[_Request, bytes]] = collections.deque()
 
     # -- lifecycle ---------------------------------------------------------
@@ -428,6 +433,19 @@ class CommandChannel:
             del self._by_token[token]
 
     def _write(self) -> None:
+        """Write what the queue and the bounds allow.  The kernel answers a
+        request inside the ``sendmsg`` that carries it, so the answers to
+        what the loop wrote are read at once, without waiting for the
+        loop's next turn to report the socket readable (one wake-up, one
+        loop turn less per datagram); what they free is written too."""
+        self._write_queue()
+        while self._answers_due:
+            self._answers_due = False
+            self._read()
+            if self._queue or self._resend:
+                self._write_queue()
+
+    def _write_queue(self) -> None:
         sock = self._sock
         if sock is None or self._dump_seq is not None or self._sending is not None:
             return
@@ -458,6 +476,12 @@ class CommandChannel:
             dump = command.kind == "dump"
             if dump and (inflight or out):
                 break
+            if req.slow and out and not any(r.slow for r in out):
+                # What comes before it leaves from the loop first, its
+                # answers read at once; the worker thread takes the rest.
+                self._send(sock, out, datas)
+                out.clear()
+                datas, size = [], 0
             queue.popleft()
             out.append(req)
             self._unqueue(req)
@@ -520,6 +544,7 @@ class CommandChannel:
             _settle_exception(req.future, error)
             return
         self._sent(reqs)
+        self._answers_due = True
 
     def _sent(self, reqs: list[_Request]) -> None:
         """``reqs`` now wait for their answers."""
