@@ -577,13 +577,13 @@ async def test_close_while_the_thread_sends_a_removal(lab: Lab) -> None:
     removals = [ch.submit("kpm_remove_addr", (i,)) for i in range(1, 9)]
     await asyncio.sleep(0)  # one loop turn: the writer hands the datagram over
     assert ch._sending is not None and ch.queued == 0
-    executor = ch._executor
-    assert executor is not None
+    sender = ch._sender
+    assert sender is not None
     queued = ch.submit("kpm_get_limits")
     async with asyncio.timeout(5):
         await ch.close()
     assert all(f.done() for f in removals) and isinstance(queued.exception(), NotReady)
-    threads = list(executor._threads)
+    threads = [sender.thread]
     for thread in threads:
         thread.join(10)
     assert threads and not any(t.is_alive() for t in threads)

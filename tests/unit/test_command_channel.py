@@ -16,6 +16,7 @@ import logging
 import os
 import struct
 import threading
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -588,7 +589,7 @@ class GatedSocket(FakeSocket):
 
 SLOW = {c.MPTCP_PM_CMD_DEL_ADDR, c.MPTCP_PM_CMD_FLUSH_ADDRS}
 MAIN = threading.current_thread().name
-WORKER = "mptcp_pm-send_0"
+WORKER = genl_commands.SENDER_THREAD
 
 
 async def test_a_datagram_with_a_slow_command_is_written_by_the_thread_the_loop_runs_on(
@@ -686,8 +687,8 @@ async def test_close_during_a_slow_send_returns_at_once_and_the_thread_ends() ->
     sending = ch.submit("kpm_remove_addr", (1,))
     await wait_until(sock.entered.is_set)
     queued = ch.submit("kpm_get_limits")
-    executor = ch._executor
-    assert executor is not None
+    sender = ch._sender
+    assert sender is not None
     async with asyncio.timeout(5):
         await ch.close()  # the gate is still shut: close does not wait for it
     assert isinstance(sending.exception(), NotReady)
@@ -698,7 +699,7 @@ async def test_close_during_a_slow_send_returns_at_once_and_the_thread_ends() ->
         ch.submit("kpm_get_limits")
     sock.gate.set()
     await wait_until(lambda: sock.closed)  # closed by the thread once send returned
-    threads = list(executor._threads)
+    threads = [sender.thread]
     for thread in threads:
         thread.join(5)
     assert threads and not any(t.is_alive() for t in threads)
@@ -780,6 +781,41 @@ async def test_a_bug_in_the_thread_send_is_fatal_not_silent() -> None:
     await wait_until(lambda: bool(reasons))
     assert "RuntimeError('boom')" in reasons[0]
     assert isinstance(future.exception(), NotReady) and not ch.is_open
+
+
+def test_the_worker_thread_writes_jobs_in_order_and_survives_their_failures(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """One plain thread for every slow datagram: a job's ``sendmsg`` that
+    raises reports it (before the job counts as done), a callback that
+    raises is logged, and the thread goes on with the next job; a callback
+    asked for after the send returned runs at once."""
+    sock = GatedSocket(None)
+    sender = genl_commands._Sender()
+    events: list[str] = []
+    try:
+        first = genl_commands._Job(sock, [b"one"], lambda exc: events.append("error"))
+        first.when_done(lambda: events.append("first done"))
+        first.when_done(lambda: 1 / 0)
+        sock.fail_send = OSError(errno.EMSGSIZE, "Message too long")
+        sender.submit(first)
+        assert sock.entered.wait(5) and not first.done
+        second = genl_commands._Job(sock, [b"two"], lambda exc: events.append("error 2"))
+        second.when_done(lambda: events.append("second done"))
+        sender.submit(second)
+        sock.gate.set()
+        deadline = time.monotonic() + 5
+        while not second.done and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert first.done and second.done
+        assert events == ["error", "first done", "error 2", "second done"]
+        assert "ZeroDivisionError" in caplog.text
+        second.when_done(lambda: events.append("at once"))
+        assert events[-1] == "at once"
+        assert sock.writers == [WORKER, WORKER]
+    finally:
+        sender.shutdown()
+        sender.thread.join(5)
+    assert not sender.thread.is_alive()
 
 
 def test_send_in_thread_modes_are_checked() -> None:
