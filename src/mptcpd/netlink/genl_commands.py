@@ -65,10 +65,10 @@ import collections
 import errno
 import functools
 import logging
-import queue
 import socket
 import threading
 from collections.abc import Callable, Collection
+from queue import SimpleQueue
 from typing import Any, Literal
 
 from mptcpd.errors import ConnectionClosed, KernelError, NotReady, QueueFull
@@ -206,7 +206,7 @@ class _Sender:
     per hand-off."""
 
     def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._jobs: SimpleQueue[_Job | None] = SimpleQueue()
         self.thread = threading.Thread(target=self._run, name=SENDER_THREAD, daemon=True)
         self.thread.start()
 
