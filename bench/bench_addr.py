@@ -222,6 +222,19 @@ def cpu_ns(pid: int) -> int:
     return total
 
 
+def cpu_by_thread_ns(pid: int) -> dict[str, int]:
+    """CPU time of ``pid``'s main thread (``loop``) and of its other threads
+    together (``threads``: our daemon's worker thread), in ns (schedstat)."""
+    out = {"loop": 0, "threads": 0}
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                out["loop" if int(task) == pid else "threads"] += int(f.read().split()[0])
+        except (OSError, ValueError):
+            pass
+    return out
+
+
 def cpu_ticks_ns(pid: int) -> tuple[int, int]:
     """utime and stime of ``pid`` (all threads), in ns (clock-tick resolution)."""
     with open(f"/proc/{pid}/stat") as f:
@@ -367,7 +380,7 @@ def run_impl(impl: str, args: argparse.Namespace) -> dict[str, Any]:
                 nl.del_address(ip, idx)
                 nl.wait_endpoint(ip, False)
             wait_idle(pid)
-            c0, t0 = cpu_ns(pid), cpu_ticks_ns(pid)
+            c0, t0, th0 = cpu_ns(pid), cpu_ticks_ns(pid), cpu_by_thread_ns(pid)
             for n in range(args.cycles):
                 ip = f"203.0.113.{10 + n % 100}"
                 start_add = time.monotonic()
@@ -377,8 +390,10 @@ def run_impl(impl: str, args: argparse.Namespace) -> dict[str, Any]:
                 nl.del_address(ip, idx)
                 dels.append(nl.wait_endpoint(ip, False) - start_del)
             wait_idle(pid, quiet=0.2)
-            c1, t1 = cpu_ns(pid), cpu_ticks_ns(pid)
+            c1, t1, th1 = cpu_ns(pid), cpu_ticks_ns(pid), cpu_by_thread_ns(pid)
             events = 2 * args.cycles
+            result["cpu_per_event_by_thread_us"] = {
+                name: (ns - th0[name]) / events / 1e3 for name, ns in th1.items()}
             result["add_to_endpoint_ms"] = {"p50": pct(adds, 0.5) * 1e3, "p90": pct(adds, 0.9) * 1e3}
             result["del_to_gone_ms"] = {"p50": pct(dels, 0.5) * 1e3, "p90": pct(dels, 0.9) * 1e3}
             result["cpu_per_event_us"] = (c1 - c0) / events / 1e3

@@ -105,9 +105,9 @@ COMPACT_DELAY = 1.0
 RETRY_DELAY = 0.1
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class Endpoint:
-    """An endpoint this plugin created."""
+    """An endpoint this plugin created (equal only to itself)."""
 
     addr: SockAddr
     id: int
@@ -208,7 +208,8 @@ def parse_journal(data: bytes) -> tuple[dict[SockAddr, int], bytes]:
 class Journal:
     """The state file: the endpoints this plugin created, as address text -> ID.
 
-    A change costs one ``write`` of one line or a few to the file opened with
+    A change costs one ``write`` of one line (:meth:`record`, whatever the
+    number of entries) to the file opened with
     ``O_APPEND`` (:func:`parse_journal` has the format).  The file is
     rewritten whole (a temporary file renamed over it, so a reader finds the
     old file or the new one, whole) on the first change of a run, at
@@ -285,10 +286,12 @@ class Journal:
         return remembered
 
     def update(self, entries: dict[str, int]) -> None:
-        """Record ``entries`` (the caller's; not copied) as what is ours."""
+        """Record ``entries`` (copied) as what is ours: the lines that differ
+        from what the file says.  O(entries): for start-up; one change is
+        :meth:`record`."""
         if entries == self.entries and self._fd is not None:
             return
-        self._wanted = entries
+        self._wanted = entries = dict(entries)
         fd = self._fd
         if fd is None:
             self.compact()
@@ -296,18 +299,64 @@ class Journal:
         old = self.entries
         lines = [f"- {text}\n" for text in old if text not in entries]
         lines += [f"+ {text} {id}\n" for text, id in entries.items() if old.get(text) != id]
+        if self._append(fd, "".join(lines)):
+            self.entries = entries
+            self._wanted = None
+            self._appended(len(lines))
+        else:
+            self.compact()
+
+    def record(self, text: str, id: int | None) -> None:
+        """Record one change: the endpoint of ``text`` is ours with ``id``,
+        or (``None``) no longer.  One line appended whatever the number of
+        entries, none when the file says so already."""
+        fd = self._fd
+        if fd is not None and self._wanted is None:
+            entries = self.entries
+            if entries.get(text) == id:
+                return
+            if id is None:
+                if self._append(fd, f"- {text}\n"):
+                    del entries[text]
+                    self._appended(1)
+                    return
+            elif self._append(fd, f"+ {text} {id}\n"):
+                entries[text] = id
+                self._appended(1)
+                return
+        # The first change of this run, or writing failed: the file is
+        # rewritten whole (at each change until that works).
+        wanted = self._wanted
+        if wanted is None:
+            self._wanted = wanted = dict(self.entries)
+        if id is None:
+            wanted.pop(text, None)
+        else:
+            wanted[text] = id
+        self.compact()
+
+    def wanted(self, text: str) -> int | None:
+        """The ID the file should give ``text`` (what it says, unless writing
+        failed), None for none."""
+        return (self.entries if self._wanted is None else self._wanted).get(text)
+
+    def _append(self, fd: int, lines: str) -> bool:
+        """Append ``lines``; False (the file closed, to be rewritten whole:
+        it may end in a cut line) if that failed."""
         try:
-            _write_all(fd, "".join(lines).encode())
+            _write_all(fd, lines.encode())
         except OSError as exc:
-            # Perhaps cut short: never append after it; rewrite it whole.
             self._fd = None
             os.close(fd)
             self._failed(exc)
-            self.compact()
-            return
-        self.entries = entries
-        self._lines += len(lines)
-        if self._lines > JOURNAL_MAX_LINES and self._lines > JOURNAL_SLACK * len(entries) \
+            return False
+        return True
+
+    def _appended(self, count: int) -> None:
+        """``count`` lines were appended: compact the file once it has grown
+        well beyond what it describes."""
+        self._lines += count
+        if self._lines > JOURNAL_MAX_LINES and self._lines > JOURNAL_SLACK * len(self.entries) \
                 and self._timer is None:
             try:
                 loop = asyncio.get_running_loop()
@@ -391,8 +440,11 @@ class AddressAdvertiser:
         self.subflows_limit = 0
         self.rcv_limit = 0
         self.owned: dict[SockAddr, Endpoint] = {}
-        #: Endpoints whose address went, until the kernel has dropped them.
-        self.retiring: list[Endpoint] = []
+        #: Endpoints whose address went, until the kernel has dropped them,
+        #: by address, in the order they went (an address that comes back
+        #: and goes again while its first endpoint is still on its way out
+        #: has two).
+        self.retiring: dict[SockAddr, list[Endpoint]] = {}
         self.foreign: set[SockAddr] = set()  #: addresses with endpoints not ours
         #: Addresses that count in the limits now (reported, carrier up).
         self.counted: set[SockAddr] = set()
@@ -456,10 +508,10 @@ class AddressAdvertiser:
             log.warning("Unable to list the existing endpoints; "
                         "assuming there are none.")
         self.synced = True
+        self._save_state()  # whole, once: each later change records itself
         pending, self.pending = self.pending, []
         for op, interface, addr in pending:
             getattr(self, op)(pm, interface, addr)
-        self._save_state()
 
     def _check_adopted(self, pm: PathManager) -> None:
         """Endpoints taken over whose address went while no daemon ran are
@@ -505,6 +557,7 @@ class AddressAdvertiser:
                                 int(interface.endpoint_flags(pm.config.addr_flags)),
                                 active=False)
             self.owned[key] = endpoint
+            self._record(endpoint)
         # The monitor says where it lives now (an endpoint taken over at
         # start-up, or an address that moved).
         endpoint.ifindex = interface.index
@@ -525,8 +578,8 @@ class AddressAdvertiser:
             if wanted:
                 # Remembered before the kernel has it: a daemon killed now
                 # still takes it for its own after a restart.
-                if self.journal.entries.get(endpoint.text) != endpoint.id:
-                    self._save_state()
+                if self.journal.wanted(endpoint.text) != endpoint.id:
+                    self._record(endpoint)
                 future = pm.kpm_add_addr(endpoint.addr, endpoint.id, endpoint.flags,
                                          endpoint.ifindex)
             else:
@@ -572,7 +625,6 @@ class AddressAdvertiser:
         else:
             endpoint.in_kernel = False  # the kernel has no such endpoint
         self._settle(endpoint)
-        self._save_state()
         self._pump(pm, endpoint)
 
     @staticmethod
@@ -582,15 +634,21 @@ class AddressAdvertiser:
             endpoint.target = endpoint.in_kernel
 
     def _removals_pending(self, other: Endpoint) -> bool:
+        """Whether an endpoint other than ``other`` is on its way out of the
+        kernel (it stops at the first: the oldest retiring one, usually)."""
+        for endpoints in self.retiring.values():
+            for e in endpoints:
+                if e.in_kernel and e is not other:
+                    return True  # retiring ones are never active
         return any(e.in_kernel and not e.active
-                   for e in (*self.retiring, *self.owned.values()) if e is not other)
+                   for e in self.owned.values() if e is not other)
 
     def _drop(self, pm: PathManager, endpoint: Endpoint) -> None:
         """The kernel refused the endpoint: not ours, no retry; its ID is
         freed when its address goes."""
         if self.owned.get(endpoint.addr) is endpoint:
             del self.owned[endpoint.addr]
-        self._forget(pm, endpoint)
+        self._forget(pm, endpoint)  # records it
 
     def _retire(self, pm: PathManager, endpoint: Endpoint) -> None:
         """Its address went: remove the endpoint, then forget it."""
@@ -598,14 +656,19 @@ class AddressAdvertiser:
             del self.owned[endpoint.addr]
         endpoint.gone = True
         endpoint.active = False
-        self.retiring.append(endpoint)
+        # The state file's entry stays: the last to go of an address wins
+        # among the retiring ones, as it did among the owned.
+        self.retiring.setdefault(endpoint.addr, []).append(endpoint)
         self._pump(pm, endpoint)
 
     def _forget(self, pm: PathManager, endpoint: Endpoint) -> None:
         """Out of the kernel (or never in it) and its address gone."""
-        if endpoint in self.retiring:
-            self.retiring.remove(endpoint)
-        self._save_state()
+        endpoints = self.retiring.get(endpoint.addr)
+        if endpoints is not None and endpoint in endpoints:
+            endpoints.remove(endpoint)
+            if not endpoints:
+                del self.retiring[endpoint.addr]
+        self._record(endpoint)
 
     def delete_local_address(self, pm: PathManager, interface: Interface, addr: SockAddr) -> None:
         if not self.synced:
@@ -690,7 +753,6 @@ class AddressAdvertiser:
             self._pump(pm, endpoint)
             endpoint.active = True
             self._pump(pm, endpoint)
-        self._save_state()
 
     # -- persistence ---------------------------------------------------------
 
@@ -699,10 +761,28 @@ class AddressAdvertiser:
         :meth:`Journal.load`)."""
         return self.journal.load()
 
+    def _state(self) -> dict[str, int]:
+        """What may be in the kernel, as the state file says it: the owned
+        endpoints, and those whose address went but which are not known to
+        be out of it yet; for an address with both, the owned one, else the
+        last to go."""
+        state = {e.text: e.id for endpoints in self.retiring.values() for e in endpoints}
+        state.update((e.text, e.id) for e in self.owned.values())
+        return state
+
     def _save_state(self) -> None:
-        """Remember what may be in the kernel: the owned endpoints, and those
-        whose address went but which are not known to be out of it yet."""
-        self.journal.update({e.text: e.id for e in (*self.retiring, *self.owned.values())})
+        """Record the whole of :meth:`_state` (at start-up; O(endpoints))."""
+        self.journal.update(self._state())
+
+    def _record(self, endpoint: Endpoint) -> None:
+        """Record what :meth:`_state` now says for ``endpoint``'s address
+        (after a change of the owned or the retiring endpoints for it):
+        O(1), whatever the number of endpoints."""
+        entry = self.owned.get(endpoint.addr)
+        if entry is None:
+            endpoints = self.retiring.get(endpoint.addr)
+            entry = endpoints[-1] if endpoints else None
+        self.journal.record(endpoint.text, None if entry is None else entry.id)
 
     def flush_state(self) -> None:
         """Leave the state file compact and closed (at exit)."""

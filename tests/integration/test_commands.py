@@ -70,10 +70,14 @@ async def path_manager(lab: Lab, **kwargs: Any) -> AsyncIterator[tuple[PathManag
 
 
 def stop_reading(ch: CommandChannel) -> None:
+    """The channel reads no answer: neither when the socket is reported
+    readable nor right after it wrote a request."""
     asyncio.get_running_loop().remove_reader(ch.fileno())
+    ch._read = lambda: None  # type: ignore[method-assign]
 
 
 def resume_reading(ch: CommandChannel) -> None:
+    del ch._read
     asyncio.get_running_loop().add_reader(ch.fileno(), ch._on_readable)
 
 
@@ -573,13 +577,13 @@ async def test_close_while_the_thread_sends_a_removal(lab: Lab) -> None:
     removals = [ch.submit("kpm_remove_addr", (i,)) for i in range(1, 9)]
     await asyncio.sleep(0)  # one loop turn: the writer hands the datagram over
     assert ch._sending is not None and ch.queued == 0
-    executor = ch._executor
-    assert executor is not None
+    sender = ch._sender
+    assert sender is not None
     queued = ch.submit("kpm_get_limits")
     async with asyncio.timeout(5):
         await ch.close()
     assert all(f.done() for f in removals) and isinstance(queued.exception(), NotReady)
-    threads = list(executor._threads)
+    threads = [sender.thread]
     for thread in threads:
         thread.join(10)
     assert threads and not any(t.is_alive() for t in threads)

@@ -7,6 +7,7 @@ import errno
 import ipaddress
 import logging
 import os
+import sys
 import types
 from pathlib import Path
 from typing import Any
@@ -684,3 +685,100 @@ async def test_a_failed_append_is_not_appended_after(
     plugin.new_local_address(IF2, A3, pm)
     assert journal_lines(plugin.state_file(), plugin) == [
         b"+ 192.0.2.1 1", b"+ 198.51.100.1 2", b"+ 2001:db8:1::1 3"]
+
+
+# -- the state file follows each change (O(1)) ---------------------------------------
+
+
+def says(plugin: Any) -> dict[SockAddr, int]:
+    entries, torn = plugin.parse_journal(plugin.state_file().read_bytes())
+    assert torn == b""
+    return entries  # type: ignore[no-any-return]
+
+
+async def test_an_address_that_comes_back_while_its_endpoint_goes(plugin: Any) -> None:
+    """One address can have an endpoint on its way out of the kernel and a
+    new one: the file gives the new one while it is ours, the old one again
+    once the new one is refused (it may still be in the kernel), and keeps
+    the address until both are gone; with the same ID too."""
+    pm = FakePM()
+    await started(plugin, pm)
+    plugin.new_local_address(IF2, A1, pm)
+    plugin.new_local_address(IF3, A2, pm)
+    await answer(pm, "add")
+    plugin.delete_local_address(IF3, A2, pm)  # endpoint 2 on its way out
+    assert says(plugin) == {A1: 1, A2: 2}
+    plugin.new_local_address(IF2, A3, pm)  # takes ID 2
+    plugin.new_local_address(IF3, A2, pm)  # back, with ID 3
+    assert pm.commands("add")[-2:] == [("add", (A3, 2, 0, 2)), ("add", (A2, 3, 0, 3))]
+    assert says(plugin) == {A1: 1, A2: 3, A3: 2}
+    pm.futures["add"][-1].set_exception(KernelError("add_addr", errno.EEXIST, None))
+    await asyncio.sleep(0)
+    assert says(plugin) == {A1: 1, A2: 2, A3: 2}  # endpoint 2 may still be there
+    await answer(pm, "remove")
+    assert says(plugin) == {A1: 1, A3: 2}
+    # Same address, same ID: the old endpoint's removal answered last.
+    await answer(pm, "add")
+    plugin.delete_local_address(IF2, A3, pm)
+    plugin.new_local_address(IF2, A3, pm)
+    assert pm.commands("remove")[-1] == ("remove", (2,))
+    assert pm.commands("add")[-1] == ("add", (A3, 2, 0, 2))
+    assert says(plugin) == {A1: 1, A3: 2}
+    await answer(pm, "remove")
+    assert says(plugin) == {A1: 1, A3: 2}
+    plugin.plugin_exit(pm)  # compacted: the same
+    assert journal_lines(plugin.state_file(), plugin) == [b"+ 192.0.2.1 1",
+                                                          b"+ 2001:db8:1::1 2"]
+
+
+async def calls_made(run: Any) -> int:
+    """How many Python and C functions ``await run()`` calls, the event
+    loop's included (a count, deterministic, unlike a time)."""
+    count = 0
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        nonlocal count
+        if event in ("call", "c_call"):
+            count += 1
+
+    sys.setprofile(profile)
+    try:
+        await run()
+    finally:
+        sys.setprofile(None)
+    return count
+
+
+async def test_a_change_costs_the_same_however_many_endpoints_are_retiring(
+        plugin: Any) -> None:
+    """A churn faster than the kernel's removals leaves hundreds of endpoints
+    on their way out; each change of the state file is still one line
+    written, with no walk over them (it was O(endpoints) per change, so
+    the churn O(n²))."""
+    pm = FakePM()
+    await started(plugin, pm)
+    path = plugin.state_file()
+
+    async def go(i: int) -> None:  # an address comes and goes, its removal pending
+        addr = SockAddr(ipaddress.ip_address(f"2001:db8:7::{i:x}"))
+        plugin.new_local_address(IF2, addr, pm)
+        pm.futures["add"][-1].set_result(None)
+        await asyncio.sleep(0)
+        plugin.delete_local_address(IF2, addr, pm)
+
+    async def cycle(i: int) -> None:
+        await go(i)
+        pm.futures["remove"][-1].set_result(None)
+        await asyncio.sleep(0)
+
+    costs = []
+    for retiring in (10, 300):
+        while len(plugin._advertiser.retiring) < retiring:
+            await go(len(pm.commands("add")) + 1)
+        lines = len(journal_lines(path, plugin))
+        costs.append(await calls_made(lambda: cycle(1000 + retiring)))
+        assert len(journal_lines(path, plugin)) == lines + 2  # "+" and "-"
+    assert len(says(plugin)) == 300
+    assert costs[1] == costs[0]
+    await answer(pm, "remove")
+    assert says(plugin) == {}

@@ -16,6 +16,7 @@ import logging
 import os
 import struct
 import threading
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -178,6 +179,27 @@ async def test_commands_of_one_iteration_leave_in_one_datagram_and_resolve_in_or
     assert [f.result() for f in futures] == [None] * 5 + [Limits(3, 5)]
     await turn()
     assert done == list(range(6))
+
+
+class AnsweringSocket(FakeSocket):
+    """Answers every request inside the send that carries it, as the
+    kernel does (an ACK each)."""
+
+    def _accept(self, data: bytes) -> None:
+        super()._accept(data)
+        for msg in p.messages(data):
+            self.ack(msg.seq)
+
+
+async def test_answers_made_inside_the_send_are_read_in_the_same_turn() -> None:
+    """No loop turn (nor epoll wake-up) between a request and its answer;
+    the answers free room, and what waited for it leaves at once."""
+    ch, sock = make(sock=AnsweringSocket(), max_in_flight=2)
+    futures = [ch.submit("kpm_flush_addrs") for _ in range(5)]
+    await turn()  # the flush: nothing reported the socket readable
+    assert all(f.done() for f in futures) and [f.result() for f in futures] == [None] * 5
+    assert len(sock.datagrams) == 3 and ch.in_flight == 0 and ch.queued == 0
+    await ch.close()
 
 
 async def test_without_batching_each_request_is_its_own_send() -> None:
@@ -567,7 +589,7 @@ class GatedSocket(FakeSocket):
 
 SLOW = {c.MPTCP_PM_CMD_DEL_ADDR, c.MPTCP_PM_CMD_FLUSH_ADDRS}
 MAIN = threading.current_thread().name
-WORKER = "mptcp_pm-send_0"
+WORKER = genl_commands.SENDER_THREAD
 
 
 async def test_a_datagram_with_a_slow_command_is_written_by_the_thread_the_loop_runs_on(
@@ -584,23 +606,25 @@ async def test_a_datagram_with_a_slow_command_is_written_by_the_thread_the_loop_
         asyncio.get_running_loop().call_soon(ticks.append, 1)
         await turn()
     assert len(ticks) == 3
-    assert sock.writers == [WORKER] and len(sock.datagrams) == 1
+    # What came before the slow command left from the loop, the rest from
+    # the thread, in order.
+    assert sock.writers == [MAIN, WORKER] and len(sock.datagrams) == 2
     assert ch.queued == 0 and ch.in_flight == 3  # handed over: no longer queued
     later = [ch.submit("kpm_set_limits", (Limits(subflows=2),)), ch.submit("kpm_get_limits")]
     await turn()
-    assert ch.queued == 2 and len(sock.writers) == 1  # nothing else is written meanwhile
+    assert ch.queued == 2 and len(sock.writers) == 2  # nothing else is written meanwhile
     s1, s2, s3 = sock.seqs()
     sock.ack(s1)
     sock.ack(s2)
     ch._on_readable()  # answers read before the thread's send returned
     assert first[0].result() is None and first[1].result() is None
-    assert not first[2].done() and ch.in_flight == 1 and len(sock.datagrams) == 1
+    assert not first[2].done() and ch.in_flight == 1 and len(sock.datagrams) == 2
     # the last request's answer: the kernel is done with the datagram, so
     # the next one leaves (from the loop: no slow command in it) at once
     sock.ack(s3)
     ch._on_readable()
     assert first[2].result() == Limits()
-    assert len(sock.datagrams) == 2 and sock.writers == [WORKER, MAIN]
+    assert len(sock.datagrams) == 3 and sock.writers == [MAIN, WORKER, MAIN]
     sock.gate.set()
     await wait_until(sock.returned.is_set)
     assert sock.cmds() == [c.MPTCP_PM_CMD_SET_LIMITS, c.MPTCP_PM_CMD_DEL_ADDR,
@@ -663,8 +687,8 @@ async def test_close_during_a_slow_send_returns_at_once_and_the_thread_ends() ->
     sending = ch.submit("kpm_remove_addr", (1,))
     await wait_until(sock.entered.is_set)
     queued = ch.submit("kpm_get_limits")
-    executor = ch._executor
-    assert executor is not None
+    sender = ch._sender
+    assert sender is not None
     async with asyncio.timeout(5):
         await ch.close()  # the gate is still shut: close does not wait for it
     assert isinstance(sending.exception(), NotReady)
@@ -675,7 +699,7 @@ async def test_close_during_a_slow_send_returns_at_once_and_the_thread_ends() ->
         ch.submit("kpm_get_limits")
     sock.gate.set()
     await wait_until(lambda: sock.closed)  # closed by the thread once send returned
-    threads = list(executor._threads)
+    threads = [sender.thread]
     for thread in threads:
         thread.join(5)
     assert threads and not any(t.is_alive() for t in threads)
@@ -757,6 +781,41 @@ async def test_a_bug_in_the_thread_send_is_fatal_not_silent() -> None:
     await wait_until(lambda: bool(reasons))
     assert "RuntimeError('boom')" in reasons[0]
     assert isinstance(future.exception(), NotReady) and not ch.is_open
+
+
+def test_the_worker_thread_writes_jobs_in_order_and_survives_their_failures(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """One plain thread for every slow datagram: a job's ``sendmsg`` that
+    raises reports it (before the job counts as done), a callback that
+    raises is logged, and the thread goes on with the next job; a callback
+    asked for after the send returned runs at once."""
+    sock = GatedSocket(None)
+    sender = genl_commands._Sender()
+    events: list[str] = []
+    try:
+        first = genl_commands._Job(sock, [b"one"], lambda exc: events.append("error"))
+        first.when_done(lambda: events.append("first done"))
+        first.when_done(lambda: 1 / 0)
+        sock.fail_send = OSError(errno.EMSGSIZE, "Message too long")
+        sender.submit(first)
+        assert sock.entered.wait(5) and not first.done
+        second = genl_commands._Job(sock, [b"two"], lambda exc: events.append("error 2"))
+        second.when_done(lambda: events.append("second done"))
+        sender.submit(second)
+        sock.gate.set()
+        deadline = time.monotonic() + 5
+        while not second.done and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert first.done and second.done
+        assert events == ["error", "first done", "error 2", "second done"]
+        assert "ZeroDivisionError" in caplog.text
+        second.when_done(lambda: events.append("at once"))
+        assert events[-1] == "at once"
+        assert sock.writers == [WORKER, WORKER]
+    finally:
+        sender.shutdown()
+        sender.thread.join(5)
+    assert not sender.thread.is_alive()
 
 
 def test_send_in_thread_modes_are_checked() -> None:

@@ -21,17 +21,24 @@ The plugin's loader, reading a real file of either format, never raises
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import errno
+import functools
 import ipaddress
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mptcpd.types import SockAddr
+from mptcpd.errors import KernelError
+from mptcpd.types import Interface, SockAddr
 from plugins.addr_adv import (
     JOURNAL_HEADER,
     AddressAdvertiser,
@@ -193,6 +200,72 @@ def test_what_the_journal_writes_reads_back_and_cut_reads_as_before(
     assert set(check_journal(written[:cut]).items()) <= given
 
 
+#: One change to a journal: the whole set of entries (``Journal.update``),
+#: or one entry set or (None) removed (``Journal.record``); and whether the
+#: disk is full meanwhile (a write cut short, then failing).
+changes = st.tuples(
+    st.one_of(good, st.tuples(st.sampled_from(["192.0.2.1", "192.0.2.2", "2001:db8::1"]),
+                              st.one_of(st.none(), st.integers(1, 255)))),
+    st.booleans())
+
+
+@contextlib.contextmanager
+def disk_full() -> Iterator[None]:
+    """The first ``os.write`` writes half its bytes, the others fail."""
+    real = os.write
+    calls = []
+
+    def write(fd: int, data: Any) -> int:
+        calls.append(fd)
+        if len(calls) == 1:
+            return real(fd, bytes(data)[:len(data) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    os.write = write
+    try:
+        yield
+    finally:
+        os.write = real
+
+
+@settings(FUZZ, max_examples=100)
+@given(st.lists(changes, min_size=1, max_size=12))
+def test_whole_and_single_changes_and_failed_writes_read_back(
+        history: list[tuple[Any, bool]]) -> None:
+    """Whatever the mix of whole and single changes, and of writes that fail
+    (cut short): once a write works again the file reads back as the
+    entries; while they fail it reads as one of the earlier states."""
+    with tempfile.TemporaryDirectory() as tmp, recording("mptcpd.plugins.addr_adv"):
+        journal = Journal(Path(tmp) / "j.journal")
+        model: dict[str, int] = {}
+        states: list[dict[SockAddr, int]] = [{}]
+        for change, full in history:
+            if isinstance(change, dict):
+                model = dict(change)
+                apply = functools.partial(journal.update, dict(change))
+            else:
+                text, id = change
+                if id is None:
+                    model.pop(text, None)
+                else:
+                    model[text] = id
+                apply = functools.partial(journal.record, text, id)
+            wanted = {SockAddr(ip): id for ip, id in model.items()}
+            if full:
+                with disk_full():
+                    apply()
+                if journal.path.exists():  # a cut line, or lines of a change cut
+                    given = {item for state in (*states, wanted) for item in state.items()}
+                    assert set(check_journal(journal.path.read_bytes()).items()) <= given
+            else:
+                apply()
+                assert check_journal(journal.path.read_bytes()) == wanted
+                assert journal.entries == model
+            states.append(wanted)
+        journal.close()  # written whole if the last change failed
+        assert check_journal(journal.path.read_bytes()) == states[-1]
+
+
 @settings(FUZZ, max_examples=100)
 @given(st.one_of(st.binary(max_size=100), near_misses(), odd_numbers.map(str.encode),
                  damaged_journals()),
@@ -211,6 +284,83 @@ def test_the_plugin_reads_any_file_without_raising(data: bytes, legacy: bool) ->
             else:
                 os.environ["MPTCPD_STATE_DIR"] = saved
     assert isinstance(result, dict)
+
+
+#: One step of the plugin's life: an address reported (on a link with or
+#: without carrier) or gone, a carrier lost or back, one of the first
+#: unanswered adds or removes answered (done, or refused by the kernel).
+steps = st.one_of(
+    st.tuples(st.just("new"), st.integers(0, 2), st.booleans()),
+    st.tuples(st.just("del"), st.integers(0, 2)),
+    st.tuples(st.just("answer"), st.sampled_from(["add", "remove"]), st.none(),
+              st.just(0)),
+    st.tuples(st.sampled_from(["down", "up"]), st.integers(0, 1)),
+    st.tuples(st.just("answer"), st.sampled_from(["add", "remove"]),
+              st.sampled_from([None, errno.EEXIST, errno.ERANGE, errno.ENOENT]),
+              st.integers(0, 2)),
+)
+
+
+async def _live(history: list[tuple[Any, ...]]) -> None:
+    from tests.unit.test_addr_adv import FakePM  # noqa: PLC0415 (a test module)
+    addrs = [SockAddr(ipaddress.ip_address(ip))
+             for ip in ("192.0.2.1", "2001:db8:1::1", "198.51.100.1")]
+    links = [((2, "c1"), (addrs[0], addrs[1])), ((3, "c2"), (addrs[2],))]
+
+    def interface(link: int, carrier: bool) -> Interface:
+        (index, name), on = links[link]
+        return Interface(index=index, name=name, flags=0x41 if carrier else 0x1, addrs=on)
+
+    pm: Any = FakePM()
+    adv = AddressAdvertiser()
+    adv.init(pm)
+    pm.futures["dump"][-1].set_result([])
+    await asyncio.sleep(0)
+    for step in history:
+        if step[0] == "new":
+            adv.new_local_address(pm, interface(step[1] // 2, step[2]), addrs[step[1]])
+        elif step[0] == "del":
+            adv.delete_local_address(pm, interface(step[1] // 2, True), addrs[step[1]])
+        elif step[0] == "down":
+            adv.link_down(pm, interface(step[1], False))
+        elif step[0] == "up":
+            adv.link_up(pm, interface(step[1], True))
+        else:
+            pending = [f for f in pm.futures.get(step[1], []) if not f.done()]
+            if pending:
+                future = pending[min(step[3], len(pending) - 1)]
+                if step[2] is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(KernelError(step[1], step[2], None))
+        await asyncio.sleep(0)
+        # What the file says is what may be in the kernel, as worked out whole.
+        entries, torn = parse_journal(state_file().read_bytes())
+        assert torn == b""
+        assert entries == {SockAddr(ip): id for ip, id in adv._state().items()}
+    adv.flush_state()  # compacted: the same
+    assert parse_journal(state_file().read_bytes())[0] == \
+        {SockAddr(ip): id for ip, id in adv._state().items()}
+
+
+@settings(FUZZ, max_examples=400)
+@given(st.lists(steps, max_size=20))
+def test_the_file_follows_each_change_as_the_whole_state_says(
+        history: list[tuple[Any, ...]]) -> None:
+    """Addresses come and go (the same one again while its endpoint is on its
+    way out), carriers flap, the kernel answers or refuses in any order:
+    after every step the journal, written one change at a time, says what
+    the plugin's whole state says may be in the kernel."""
+    with tempfile.TemporaryDirectory() as tmp, recording("mptcpd.plugins.addr_adv"):
+        saved = os.environ.get("MPTCPD_STATE_DIR")
+        os.environ["MPTCPD_STATE_DIR"] = tmp
+        try:
+            asyncio.run(_live(history))
+        finally:
+            if saved is None:
+                del os.environ["MPTCPD_STATE_DIR"]
+            else:
+                os.environ["MPTCPD_STATE_DIR"] = saved
 
 
 # -- regressions ----------------------------------------------------------------------------

@@ -30,12 +30,15 @@ Flow: commands queued during one loop iteration leave together in one
 socket's requests in the order it received them, so replies are matched by
 sequence number and futures resolve in submission order; a dump (the kernel
 runs one per socket at a time) is sent alone and nothing follows it until
-its end.  A request whose encoding or sending raises fails alone.
+its end.  The kernel answers a request inside the ``sendmsg`` that carries
+it: the answers to what the loop wrote are read right after, in the same
+loop turn.  A request whose encoding or sending raises fails alone.
 
 Slow commands: the kernel handles a request inside the ``sendmsg`` that
 carries it, and it waits for an RCU grace period (several milliseconds of
 wall time, almost no CPU) on deleting or flushing endpoints.  A datagram
-holding such a command (:data:`SLOW_COMMANDS`) is written by a worker
+holding such a command (:data:`SLOW_COMMANDS`; the requests queued before
+it leave first, from the loop) is written by a worker
 thread while the loop goes on reading events and answers; the channel
 writes nothing else until the kernel is done with that datagram (the answer
 to its last request is read, or the ``sendmsg`` returned), so order,
@@ -59,11 +62,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import errno
+import functools
 import logging
 import socket
+import threading
 from collections.abc import Callable, Collection
+from queue import SimpleQueue
 from typing import Any, Literal
 
 from mptcpd.errors import ConnectionClosed, KernelError, NotReady, QueueFull
@@ -146,6 +151,79 @@ def _send_datagram(sock: socket.socket, datas: list[bytes]) -> None:
         sock.send(datas[0])
     else:
         sock.sendmsg(datas)
+
+
+#: The name of the worker thread that writes slow commands.
+SENDER_THREAD = "mptcp_pm-send"
+
+
+class _Job:
+    """One datagram for the worker thread; :attr:`done` once its
+    ``sendmsg`` returned (``on_error`` called first if it raised)."""
+
+    __slots__ = ("sock", "datas", "on_error", "done", "_then", "_lock")
+
+    def __init__(self, sock: socket.socket, datas: list[bytes],
+                 on_error: Callable[[BaseException], object]) -> None:
+        self.sock, self.datas, self.on_error = sock, datas, on_error
+        self.done = False
+        self._then: list[Callable[[], object]] = []
+        self._lock = threading.Lock()
+
+    def run(self) -> None:
+        """In the worker thread."""
+        try:
+            _send_datagram(self.sock, self.datas)
+        except BaseException as exc:
+            _call_safely(functools.partial(self.on_error, exc))
+        with self._lock:
+            self.done = True
+            then, self._then = self._then, []
+        for call in then:
+            _call_safely(call)
+
+    def when_done(self, call: Callable[[], object]) -> None:
+        """Have ``call()`` run once the ``sendmsg`` returned: by the worker
+        thread then, or here and now if it has already."""
+        with self._lock:
+            if not self.done:
+                self._then.append(call)
+                return
+        call()
+
+
+def _call_safely(call: Callable[[], object]) -> None:
+    try:
+        call()
+    except Exception:
+        log.exception("mptcp_pm worker thread: %r failed", call)
+
+
+class _Sender:
+    """The worker thread: writes the jobs handed to it, one at a time, in
+    order.  A queue and a plain thread: a ``ThreadPoolExecutor`` (a future,
+    a work item and two semaphores per datagram) cost about twice the CPU
+    per hand-off."""
+
+    def __init__(self) -> None:
+        self._jobs: SimpleQueue[_Job | None] = SimpleQueue()
+        self.thread = threading.Thread(target=self._run, name=SENDER_THREAD, daemon=True)
+        self.thread.start()
+
+    def submit(self, job: _Job) -> None:
+        self._jobs.put(job)
+
+    def shutdown(self) -> None:
+        """The thread ends after the job it is writing, if any."""
+        self._jobs.put(None)
+
+    def _run(self) -> None:
+        jobs = self._jobs
+        while True:
+            job = jobs.get()
+            if job is None:
+                return
+            job.run()
 
 
 def open_socket(netns: str | None = None) -> socket.socket:
@@ -240,10 +318,12 @@ class CommandChannel:
         self._failed: asyncio.Future[str] | None = None
         self._overrun = False
         self._outgoing: list[_Request] = []
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._sender: _Sender | None = None
         self._sending: list[_Request] | None = None  # handed to the worker thread
-        self._send_done: concurrent.futures.Future[None] | None = None
+        self._send_done: _Job | None = None  # their datagram
         self._wake_asked = False
+        #: The loop wrote a datagram whose answers are not read yet.
+        self._answers_due = False
         self._resend: collections.deque[tuple[_Request, bytes]] = collections.deque()
 
     # -- lifecycle ---------------------------------------------------------
@@ -428,6 +508,19 @@ class CommandChannel:
             del self._by_token[token]
 
     def _write(self) -> None:
+        """Write what the queue and the bounds allow.  The kernel answers a
+        request inside the ``sendmsg`` that carries it, so the answers to
+        what the loop wrote are read at once, without waiting for the
+        loop's next turn to report the socket readable (one wake-up, one
+        loop turn less per datagram); what they free is written too."""
+        self._write_queue()
+        while self._answers_due:
+            self._answers_due = False
+            self._read()
+            if self._queue or self._resend:
+                self._write_queue()
+
+    def _write_queue(self) -> None:
         sock = self._sock
         if sock is None or self._dump_seq is not None or self._sending is not None:
             return
@@ -458,6 +551,12 @@ class CommandChannel:
             dump = command.kind == "dump"
             if dump and (inflight or out):
                 break
+            if req.slow and out and not any(r.slow for r in out):
+                # What comes before it leaves from the loop first, its
+                # answers read at once; the worker thread takes the rest.
+                self._send(sock, out, datas)
+                out.clear()
+                datas, size = [], 0
             queue.popleft()
             out.append(req)
             self._unqueue(req)
@@ -520,6 +619,7 @@ class CommandChannel:
             _settle_exception(req.future, error)
             return
         self._sent(reqs)
+        self._answers_due = True
 
     def _sent(self, reqs: list[_Request]) -> None:
         """``reqs`` now wait for their answers."""
@@ -547,10 +647,9 @@ class CommandChannel:
         loop = self._loop
         assert loop is not None
         reqs, datas = list(reqs), list(datas)  # the writer reuses its lists
-        executor = self._executor
-        if executor is None:
-            executor = self._executor = concurrent.futures.ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix="mptcp_pm-send")
+        sender = self._sender
+        if sender is None:
+            sender = self._sender = _Sender()
         for req in reqs:
             req.sending = True
         self._sent(reqs)
@@ -559,21 +658,17 @@ class CommandChannel:
         # The socket stays watched: each answer is read as the kernel makes
         # it (an epoll_ctl pair per datagram to read them in one go costs
         # more than the extra wake-ups).
-        self._send_done = executor.submit(self._thread_send, loop, sock, reqs, datas)
+        job = self._send_done = _Job(
+            sock, datas, functools.partial(self._thread_failed, loop, reqs, datas))
+        sender.submit(job)
 
-    def _thread_send(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
-                     reqs: list[_Request], datas: list[bytes]) -> None:
-        """In the worker thread: wakes the loop on failure."""
-        exc: BaseException | None = None
+    def _thread_failed(self, loop: asyncio.AbstractEventLoop, reqs: list[_Request],
+                       datas: list[bytes], exc: BaseException) -> None:
+        """In the worker thread, when its ``sendmsg`` raised: wakes the loop."""
         try:
-            _send_datagram(sock, datas)
-        except BaseException as error:
-            exc = error
-        if exc is not None:
-            try:
-                loop.call_soon_threadsafe(self._on_sent, reqs, datas, exc)
-            except RuntimeError:  # the loop is closed: nobody waits any more
-                pass
+            loop.call_soon_threadsafe(self._on_sent, reqs, datas, exc)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            pass
 
     def _await_send(self) -> None:
         """Have the loop run :meth:`_on_sent` once the thread's ``sendmsg``
@@ -584,13 +679,13 @@ class CommandChannel:
             return
         self._wake_asked = True
 
-        def wake(_: concurrent.futures.Future[None]) -> None:
+        def wake() -> None:
             try:
                 loop.call_soon_threadsafe(self._on_sent, reqs, [], None)
             except RuntimeError:  # the loop is closed: nobody waits any more
                 pass
 
-        done.add_done_callback(wake)
+        done.when_done(wake)
 
     def _release(self) -> None:
         """The kernel is done with the thread's datagram: writing resumes."""
@@ -700,7 +795,7 @@ class CommandChannel:
 
     def _send_returned(self) -> bool:
         done = self._send_done
-        return done is None or done.done()
+        return done is None or done.done
 
     def _match(self, seq: int) -> _Request | None:
         inflight = self._inflight
@@ -815,16 +910,16 @@ class CommandChannel:
         self._overrun = False
         for req in pending:
             _settle_exception(req.future, exc)
-        done, executor = self._send_done, self._executor
+        done, sender = self._send_done, self._sender
         self._release()
-        self._send_done = self._executor = None
-        if executor is not None:
-            executor.shutdown(wait=False)  # its thread ends after the current send
-        if done is not None and not done.done():
-            # The thread is inside sendmsg on this socket: it is closed when
-            # that returns (from the thread), so its descriptor is never reused
-            # under a running send.  Nothing here waits for it.
-            done.add_done_callback(lambda _: sock.close())
+        self._send_done = self._sender = None
+        if sender is not None:
+            sender.shutdown()  # its thread ends after the current send
+        if done is not None:
+            # If the thread is inside sendmsg on this socket, it is closed
+            # when that returns (by the thread), so its descriptor is never
+            # reused under a running send.  Nothing here waits for it.
+            done.when_done(sock.close)
         else:
             sock.close()
 
