@@ -284,7 +284,8 @@ class _Template:
     learnt, so the fast path logs nothing, as the walk would not.
     """
 
-    __slots__ = ("headers", "expected", "values", "types", "ip4", "ip6", "be16", "build")
+    __slots__ = ("headers", "expected", "values", "types", "ip4", "ip6", "be16", "build",
+                 "token_at")
     headers: Callable[[Any, int], tuple[Any, ...]]
     values: Callable[[Any, int], tuple[Any, ...]]
     expected: tuple[int, ...]
@@ -295,6 +296,8 @@ class _Template:
     #: the event straight from the values, where the layout holds every
     #: required attribute (:func:`_builder`); None: through :func:`build_event`.
     build: Callable[[tuple[Any, ...]], Event] | None
+    #: where the token's value is, from the first attribute (None: no token).
+    token_at: int | None
 
     @classmethod
     def learn(cls, layout: list[tuple[int, int, int]], cmd: int = 0) -> _Template | None:
@@ -328,6 +331,8 @@ class _Template:
         self.expected = tuple(header for _, header, _ in layout)
         self.types = types
         self.build = _builder(cmd, types)
+        self.token_at = next((off + 4 for off, _header, attr_type in layout
+                              if attr_type == C.MPTCP_ATTR_TOKEN), None)
         return self
 
     def event(self, buf: Any, p: int) -> Event | None:
@@ -585,6 +590,13 @@ def _tokens(data: Any, offset: int, end: int, family_id: int | None,
                          or cmd is None and data[offset + _NLMSG_HDRLEN] in _MISSING)):
                 token = None
                 p, stop = offset + _NLMSG_HDRLEN + _GENL_HDRLEN, offset + msg_len
+                template = _templates.get((data[offset + _NLMSG_HDRLEN], stop - p))
+                if template is not None and template.token_at is not None \
+                        and template.headers(data, p) == template.expected:
+                    # A learnt layout: its one token attribute is the walk's.
+                    out.append(_u32(data, p + template.token_at)[0])
+                    offset += (msg_len + 3) & ~3
+                    continue
                 while p <= stop - 4:
                     declared, nla_type = _nla_hdr(data, p)
                     nla_len = 4 if declared < 4 else min(declared, stop - p)
