@@ -271,6 +271,19 @@ def test_sigkill_during_churn_leaves_no_duplicate_and_no_orphan(
     assert restarted.stop() == 0
 
 
+def bound(log_path: Path) -> set[int]:
+    """The connections the recorder plugin (logging to ``log_path``) was
+    told of and not told closed."""
+    live: set[int] = set()
+    for call in recorded(log_path):
+        tok = call["args"].get("token")
+        if call["hook"] == "new_connection":
+            live.add(tok)
+        elif call["hook"] == "connection_closed":
+            live.discard(tok)
+    return live
+
+
 def flood(lab: Lab, seconds: float) -> list[Process]:
     server = str(lab.links[0].server4)
     return [lab.python(lab.client, "-m", "tests.lab.traffic", "flood", server, "5300",
@@ -345,18 +358,8 @@ def test_an_overrun_during_the_resync_is_resynchronised_too(
     wait_for(lambda: passes() >= done + 2, 60, what="the resync's second pass")
     assert daemon.popen.poll() is None
 
-    def bound() -> set[int]:
-        live: set[int] = set()
-        for call in recorded(log_path):
-            tok = call["args"].get("token")
-            if call["hook"] == "new_connection":
-                live.add(tok)
-            elif call["hook"] == "connection_closed":
-                live.discard(tok)
-        return live
-
     # Once the floods are over, the plugin's connections are the kernel's.
-    kernel = wait_for(lambda: (k := mptcp_tokens(lab, lab.client)) and k == bound() and k,
+    kernel = wait_for(lambda: (k := mptcp_tokens(lab, lab.client)) and k == bound(log_path) and k,
                       30, what="the bindings to equal the live connections")
     assert len(kernel) == 1  # the held connection, adopted by a resync
     (token,) = kernel
@@ -394,16 +397,6 @@ def test_a_connection_whose_close_was_lost_behind_its_waiting_events_is_closed(
                "--duration", "200", name="sink").wait_output("listening")
     rcvbuf = 2 * DEFAULT_RCVBUF  # as the kernel grants it
 
-    def bound() -> set[int]:
-        live: set[int] = set()
-        for call in recorded(log_path):
-            tok = call["args"].get("token")
-            if call["hook"] == "new_connection":
-                live.add(tok)
-            elif call["hook"] == "connection_closed":
-                live.discard(tok)
-        return live
-
     daemon.send_signal(signal.SIGSTOP)
     try:
         for _ in range(200):  # bounded: a few 50 ms floods half fill 32 MiB
@@ -425,7 +418,7 @@ def test_a_connection_whose_close_was_lost_behind_its_waiting_events_is_closed(
     # A barrier: once a connection made now is seen closed, every event
     # before it has been handled.
     a_fresh_connection_is_seen(lab, server, log_path)
-    assert not bound() and not mptcp_tokens(lab, lab.client)
+    assert not bound(log_path) and not mptcp_tokens(lab, lab.client)
     output = daemon.output()
     assert "invalid token" not in output
     # The plugin saw each connection open, then close once, last; among them
