@@ -12,6 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mptcpd import events as ev
 from mptcpd.netlink.rtnl_monitor import (
@@ -22,8 +24,10 @@ from mptcpd.netlink.rtnl_monitor import (
     parse,
 )
 from mptcpd.pm.network_monitor import AddressState, NetworkMonitor
+from mptcpd.pm.policy import Policy
 from mptcpd.types import IFF_LOOPBACK, IFF_LOWER_UP, IFF_RUNNING, IFF_UP, NotifyFlags, SockAddr
 from tests.nm_support import Recorder
+from tests.unit.fuzz_support import FUZZ
 
 BROADCAST_MULTICAST = 0x2 | 0x1000
 READY = IFF_UP | IFF_RUNNING | IFF_LOWER_UP | BROADCAST_MULTICAST
@@ -678,3 +682,56 @@ def test_the_interface_list_follows_every_change_after_being_asked_for(
     nm.handle_link(link(1, deleted=True))
     nm.handle_address(addr(2, "192.0.2.1"))
     assert nm.find_interface(SockAddr("192.0.2.1", 80)) == nm.interfaces()[0]
+
+
+# -- find_interface's answers between changes -------------------------------------
+
+PROBES = ["198.51.100.1", "198.51.100.2", "2001:db8::1", "::ffff:198.51.100.1", "192.0.2.9"]
+_OPS = st.one_of(
+    st.tuples(st.just("link"), st.integers(2, 4),
+              st.sampled_from([READY, NO_CARRIER, DOWN]), st.booleans()),
+    st.tuples(st.just("addr"), st.integers(2, 4), st.sampled_from(PROBES[:3] + ["192.0.2.9"]),
+              st.booleans()),
+    st.tuples(st.just("policy"), st.sampled_from([(), ("eth3",), ("eth2", "eth4")])),
+)
+
+
+class _Asking(Recorder):
+    """A subscriber that asks where each probe is on every event (answers
+    given while the monitor is still changing must not outlive the change)."""
+
+    def __init__(self, nm: NetworkMonitor) -> None:
+        super().__init__()
+        self.nm = nm
+
+    def __call__(self, event: ev.NetworkEvent) -> None:
+        super().__call__(event)
+        for ip in PROBES:
+            self.nm.find_interface(SockAddr(ip))
+
+
+@settings(FUZZ, max_examples=300)
+@given(st.lists(_OPS, max_size=25))
+def test_find_interface_answers_as_a_fresh_lookup_after_every_change(ops: list[tuple[Any, ...]]) -> None:
+    """Answers are remembered between changes: after any sequence of link,
+    address and policy changes, each is what a lookup from scratch gives."""
+    nm = NetworkMonitor(NotifyFlags(0), readdress=False)
+    assert nm.register(_Asking(nm))
+
+    def answers() -> list[int | None]:
+        found = [nm.find_interface(SockAddr(ip)) for ip in PROBES]
+        return [f.index if f is not None else None for f in found]
+
+    for op in ops:
+        answers()  # remembered before the change
+        if op[0] == "link":
+            _, index, flags, deleted = op
+            nm.handle_link(link(index, flags, deleted=deleted))
+        elif op[0] == "addr":
+            _, index, ip, deleted = op
+            nm.handle_address(addr(index, ip, deleted=deleted))
+        else:
+            nm.set_policy(Policy(deny=op[1]))
+        remembered = answers()
+        nm._found.clear()
+        assert remembered == answers(), op

@@ -67,6 +67,7 @@ import itertools
 import logging
 import socket
 from collections.abc import Callable, Sequence
+from typing import Concatenate, ParamSpec, TypeVar
 
 from mptcpd import events as ev
 from mptcpd.netlink.rtnl_monitor import (
@@ -211,6 +212,31 @@ class _Interface:
         return self.decision.denied is None
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+#: Addresses whose interface :meth:`NetworkMonitor.find_interface` remembers
+#: between two changes (the cache is emptied when it is full).
+FIND_CACHE_SIZE = 1024
+
+
+def _changes(method: Callable[Concatenate[NetworkMonitor, _P], _R]
+             ) -> Callable[Concatenate[NetworkMonitor, _P], _R]:
+    """Marks a method that may change what the monitor reports: its
+    :attr:`~NetworkMonitor.generation` moves on before and after it (a
+    query made by a subscriber while it runs is not remembered past it)."""
+
+    def changing(self: NetworkMonitor, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        self.generation += 1
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self.generation += 1
+
+    changing.__name__, changing.__qualname__ = method.__name__, method.__qualname__
+    changing.__doc__ = method.__doc__
+    return changing
+
+
 class NetworkMonitor:
     """Interfaces and local addresses of one network namespace, and their changes.
 
@@ -263,6 +289,11 @@ class NetworkMonitor:
         #: :meth:`_visible`'s answer until an interface comes, goes, shows or hides.
         self._visible_cache: list[_Interface] | None = None
         self._subscribers: list[Subscriber] = []
+        #: Moves on with every change of what the monitor reports
+        #: (:func:`_changes`); answers kept for a generation are its own.
+        self.generation = 0
+        self._found: dict[object, Interface | None] = {}
+        self._found_generation = -1
 
     @property
     def route_lookup(self) -> RouteLookupFn | None:
@@ -365,12 +396,26 @@ class NetworkMonitor:
     def find_interface(self, addr: SockAddr) -> Interface | None:
         """The tracked interface holding the IP of ``addr`` (port ignored; an
         IPv4-mapped IPv6 address is looked up as IPv4)."""
-        key = SockAddr(addr.ip).unmapped()
+        found = self._found
+        if self._found_generation != self.generation:
+            found.clear()
+            self._found_generation = self.generation
+        ip = addr.ip
+        try:
+            return found[ip]
+        except KeyError:
+            pass
+        key = SockAddr(ip).unmapped()
+        answer = None
         for iface in self._visible():
             entry = iface.find(key)
             if entry is not None and entry.filtered is None:
-                return iface.snapshot()
-        return None
+                answer = iface.snapshot()
+                break
+        if len(found) >= FIND_CACHE_SIZE:
+            found.clear()
+        found[ip] = answer
+        return answer
 
     def address_state(self, addr: SockAddr) -> AddressState | None:
         """Where a recorded address stands (None when not recorded)."""
@@ -424,6 +469,7 @@ class NetworkMonitor:
 
     # -- policy ----------------------------------------------------------
 
+    @_changes
     def set_policy(self, policy: Policy) -> None:
         """Apply a new policy (a configuration reload) to everything tracked.
 
@@ -548,6 +594,7 @@ class NetworkMonitor:
         """Kept tracked (silently) although not reported."""
         return self._trackable(flags) or (self.readdress and self._admissible(flags))
 
+    @_changes
     def handle_link(self, msg: LinkMessage, *, initial: bool = False) -> None:
         """Apply a link message (``initial``: a startup-dump entry)."""
         iface = self._interfaces.get(msg.index)
@@ -620,6 +667,7 @@ class NetworkMonitor:
 
     # -- addresses ---------------------------------------------------------
 
+    @_changes
     def handle_address(self, msg: AddressMessage, *, initial: bool = False) -> None:
         """Apply an address message (``initial``: a startup-dump entry)."""
         if msg.family not in (socket.AF_INET, socket.AF_INET6):
@@ -676,6 +724,7 @@ class NetworkMonitor:
 
     # -- check_route ---------------------------------------------------------
 
+    @_changes
     def handle_route(self, msg: RouteMessage) -> None:
         """A route changed: recheck the pending addresses of that family."""
         if not msg.deleted:
@@ -685,6 +734,7 @@ class NetworkMonitor:
         check, entry.check = entry.check, None
         self.routes.cancel(check)
 
+    @_changes
     def _route_checked(self, check: Check, found: bool) -> None:
         iface = self._interfaces.get(check.index)
         entry = iface.find(check.addr) if iface is not None else None
@@ -700,6 +750,7 @@ class NetworkMonitor:
 
     # -- resynchronisation -----------------------------------------------------
 
+    @_changes
     def reconcile(self, links: Sequence[LinkMessage],
                   addresses: Sequence[AddressMessage]) -> None:
         """Bring the state in line with a fresh dump after lost messages.
