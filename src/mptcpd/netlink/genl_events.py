@@ -3,10 +3,17 @@
 :class:`EventReader` owns a plain generic-netlink socket (stdlib
 :mod:`socket`, read through the loop's reader callback): at open it looks
 up the ``mptcp_pm`` family and its ``mptcp_pm_events`` group with one
-nlctrl request and joins the group; then each wake-up drains every
-datagram the socket holds and decodes it with
-:mod:`mptcpd.netlink.event_codec`.  The receive buffer is sized for bursts
-(a kernel event is 28-92 bytes but costs about 1 KiB of socket memory).
+nlctrl request and joins the group; then each wake-up drains the datagrams
+the socket holds into a backlog of the bytes received, which are decoded
+with :mod:`mptcpd.netlink.event_codec` when handed out (:meth:`take`,
+:meth:`batches`).  The receive buffer is sized for bursts (a kernel event
+is 28-124 bytes but costs about 1 KiB of socket memory).
+
+The resync after an overrun asks what waits in the backlog:
+:meth:`fill` reads everything the socket holds, :meth:`queued_tokens`
+names the connections the waiting events are about, and
+:meth:`close_after` hands out the ``ConnectionClosed`` of one whose
+``CLOSED`` was lost, after its waiting events.
 
 A receive overrun (``ENOBUFS``) is logged, counted and reported through
 ``on_overrun``; the subscription is kept (the kernel goes on delivering
