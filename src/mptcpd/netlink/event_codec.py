@@ -52,8 +52,8 @@ __all__ = [
     "build_event",
     "closed_tokens",
     "decode_datagram",
-    "event_tokens",
     "decode_message",
+    "event_tokens",
 ]
 
 NLMSG_ERROR = 2
@@ -84,6 +84,7 @@ _u32 = struct.Struct("=I").unpack_from
 _be16 = struct.Struct(">H").unpack_from
 _nla_hdr = nla.HEADER.unpack_from
 _nlmsg_hdr = struct.Struct("=IHHII").unpack_from
+_len_type = struct.Struct("=IH").unpack_from  # a netlink header's length and type
 
 
 #: Attribute number → payload size in bytes, for every attribute the
@@ -296,7 +297,8 @@ class _Template:
     #: the event straight from the values, where the layout holds every
     #: required attribute (:func:`_builder`); None: through :func:`build_event`.
     build: Callable[[tuple[Any, ...]], Event] | None
-    #: where the token's value is, from the first attribute (None: no token).
+    #: where the token's value is, counted from the first attribute (None:
+    #: the layout has no token).
     token_at: int | None
 
     @classmethod
@@ -610,6 +612,3 @@ def _tokens(data: Any, offset: int, end: int, family_id: int | None,
     except (struct.error, IndexError, ValueError):
         pass
     return out
-
-
-_len_type = struct.Struct("=IH").unpack_from
