@@ -421,15 +421,15 @@ def test_a_connection_whose_close_was_lost_behind_its_waiting_events_is_closed(
     assert not bound(log_path) and not mptcp_tokens(lab, lab.client)
     output = daemon.output()
     assert "invalid token" not in output
-    # The plugin saw each connection open, then close once, last; among them
-    # those whose close the reader handed out.
+    # The plugin saw each connection open, then close: for each token, opens
+    # and closes alternate, a close last (a flood of 10^5 connections makes a
+    # token come back now and then: they are random 32-bit numbers).
     hooks: dict[int, list[str]] = collections.defaultdict(list)
     for call in recorded(log_path):
-        if "token" in call["args"]:
+        if call["hook"] in ("new_connection", "connection_closed"):
             hooks[call["args"]["token"]].append(call["hook"])
     for token, seen in hooks.items():
-        assert seen[0] == "new_connection" and seen[-1] == "connection_closed" \
-            and seen.count("connection_closed") == 1, (token, seen)
+        assert seen == ["new_connection", "connection_closed"] * (len(seen) // 2), (token, seen)
     lost = re.findall(r"Connection ([0-9a-f]{8}) closed while events were lost; its waiting",
                       output)
     assert {int(t, 16) for t in lost} <= set(hooks)
