@@ -381,8 +381,9 @@ def test_a_connection_whose_close_was_lost_behind_its_waiting_events_is_closed(
     them twice logged ``Unable to match token to plugin.``), and those whose
     CLOSED was lost (not bound yet, so the listing could not close them and
     no event would: the reader hands out their close after their waiting
-    events).  Once the floods are handled the plugin has no connection left,
-    and no command went to a closed one."""
+    events).  Once the floods are handled the plugin has no connection left.
+    (The recorder sends no command, so ``invalid token`` is not looked for
+    here: the churn benchmark counts it.)"""
     log_path = tmp_path / "calls.jsonl"
     directory = plugin_dir(tmp_path, "recorder")
     daemon = lab.start_mptcpd(
@@ -420,7 +421,6 @@ def test_a_connection_whose_close_was_lost_behind_its_waiting_events_is_closed(
     a_fresh_connection_is_seen(lab, server, log_path)
     assert not bound(log_path) and not mptcp_tokens(lab, lab.client)
     output = daemon.output()
-    assert "invalid token" not in output
     # The plugin saw each connection open, then close: for each token, opens
     # and closes alternate, a close last (a flood of 10^5 connections makes a
     # token come back now and then: they are random 32-bit numbers).
