@@ -15,6 +15,19 @@ Two parts:
     the event to a plugin bound to its token (a plugin implementing every
     hook with an empty body), so the figure is mptcpd's own overhead.
 
+``sspi``
+    Cost per connection of the daemon's Python past the decoder with the
+    sspi plugin (``plugins/sspi.py``) loaded: the
+    :class:`~mptcpd.daemon.dispatch.Dispatcher`, sspi, the
+    :class:`~mptcpd.pm.path_manager.PathManager`'s checks and a
+    :class:`~mptcpd.pm.network_monitor.NetworkMonitor` with two interfaces,
+    for the event sequence of one connection on the client side (CREATED,
+    ESTABLISHED → a subflow created, its SUB_ESTABLISHED, CLOSED) and on the
+    server side (CREATED, ESTABLISHED → an announcement, a duplicate join's
+    SUB_ESTABLISHED → closed, its SUB_CLOSED, CLOSED).  Commands are recorded
+    and answered at once (nothing is sent): the kernel's share, decoding and
+    the command channel are measured by the lab benchmarks.
+
 ``flood`` (root)
     End to end: a lab (client and server namespaces), an
     :class:`~mptcpd.netlink.genl_events.EventReader` in the client
@@ -27,6 +40,7 @@ Usage::
 
     python bench/bench_events.py decode [--rounds N]
     python bench/bench_events.py dispatch [--rounds N]
+    python bench/bench_events.py sspi [--conns N]
     python bench/bench_events.py flood [--seconds S] [--flooders K]
 """
 
@@ -165,6 +179,101 @@ def bench_dispatch(rounds: int) -> dict[str, Any]:
     }
 
 
+# -- sspi past the decoder -------------------------------------------------------
+
+def bench_sspi(conns: int, runs: int = 5) -> dict[str, Any]:
+    import ipaddress
+    import logging
+
+    from mptcpd import events as ev
+    from mptcpd.daemon.dispatch import Dispatcher
+    from mptcpd.netlink.rtnl_monitor import AddressMessage, LinkMessage
+    from mptcpd.plugins.loader import load_plugins
+    from mptcpd.plugins.registry import PluginRegistry
+    from mptcpd.pm.network_monitor import NetworkMonitor
+    from mptcpd.pm.path_manager import PathManager
+    from mptcpd.types import NotifyFlags, SockAddr
+
+    logging.disable(logging.CRITICAL)
+    ready = 0x1 | 0x40 | 0x10000  # IFF_UP | IFF_RUNNING | IFF_LOWER_UP
+
+    class Answering:
+        """Takes the path manager's commands and answers each at once."""
+
+        def __init__(self) -> None:
+            self.count = 0
+
+        def submit(self, name: str, args: tuple[Any, ...] = (),
+                   token: int | None = None) -> asyncio.Future[Any]:
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            future.set_result(None)
+            self.count += 1
+            return future
+
+    def side(first: str, second: str) -> tuple[Dispatcher, Answering, SockAddr, SockAddr]:
+        monitor = NetworkMonitor(NotifyFlags(0))
+        for index, ip in ((2, first), (3, second)):
+            monitor.handle(LinkMessage(index, f"eth{index}", ready, 1, "UP", True, False))
+            monitor.handle(AddressMessage(index, ipaddress.ip_address(ip), 24, 0, 0,
+                                          None, False))
+        commands = Answering()
+        pm = PathManager(commands, network_monitor=monitor)
+        pm.set_ready(True)
+        registry = PluginRegistry()
+        load_plugins(registry, str(ROOT / "plugins"), ["sspi"], entry_points=False)
+        dispatcher = Dispatcher(registry, pm, registry.select_default("sspi"))
+        registry.init_all(pm)
+        return dispatcher, commands, SockAddr(first), SockAddr(second)
+
+    async def client(n: int) -> int:
+        dispatcher, commands, c1, c2 = side("198.51.100.1", "203.0.113.1")
+        server = SockAddr("198.51.100.2", 5201)
+        dispatch = dispatcher.dispatch
+        for i in range(n):
+            token = 0x1000 + i
+            laddr = SockAddr(c1.ip, 10000 + i % 50000)
+            dispatch(ev.ConnectionCreated(token, laddr, server))
+            dispatch(ev.ConnectionEstablished(token, laddr, server))
+            dispatch(ev.SubflowEstablished(token, SockAddr(c2.ip, 20000 + i % 40000),
+                                           server, False))
+            dispatch(ev.ConnectionClosed(token))
+            if i % 32 == 31:
+                await asyncio.sleep(0)  # the done-callbacks run, as between batches
+        await asyncio.sleep(0)
+        return commands.count
+
+    async def server(n: int) -> int:
+        dispatcher, commands, s1, s2 = side("198.51.100.2", "203.0.113.2")
+        local = SockAddr(s1.ip, 5201)
+        c1, c2 = ipaddress.ip_address("198.51.100.1"), ipaddress.ip_address("203.0.113.1")
+        dispatch = dispatcher.dispatch
+        for i in range(n):
+            token = 0x1000 + i
+            peer = SockAddr(c1, 10000 + i % 50000)
+            join = SockAddr(c2, 20000 + i % 40000)
+            dispatch(ev.ConnectionCreated(token, local, peer, True))
+            dispatch(ev.ConnectionEstablished(token, local, peer, True))
+            dispatch(ev.SubflowEstablished(token, local, join, False))
+            dispatch(ev.SubflowClosed(token, local, join, False))
+            dispatch(ev.ConnectionClosed(token))
+            if i % 32 == 31:
+                await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        return commands.count
+
+    result: dict[str, Any] = {"conns": conns}
+    for name, scenario, expected in (("client", client, 1), ("server", server, 2)):
+        best = float("inf")
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            sent = asyncio.run(scenario(conns))
+            best = min(best, (time.perf_counter() - t0) / conns * 1e6)
+            if sent != expected * conns:
+                raise RuntimeError(f"{name}: {sent} commands for {conns} connections")
+        result[f"{name}_us_per_conn"] = best
+    return result
+
+
 # -- end to end ------------------------------------------------------------------
 
 async def flood_once(lean: bool, seconds: float, flooders: int,
@@ -239,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--rounds", type=int, default=20000)
     p = sub.add_parser("dispatch")
     p.add_argument("--rounds", type=int, default=20000)
+    s = sub.add_parser("sspi")
+    s.add_argument("--conns", type=int, default=20000)
     f = sub.add_parser("flood")
     f.add_argument("--seconds", type=float, default=5.0)
     f.add_argument("--flooders", type=int, default=2)
@@ -263,6 +374,16 @@ def main(argv: list[str] | None = None) -> int:
               "µs per event (best of 5):")
         print(f"  dispatch to the bound plugin : {res['dispatch_us']:6.2f}")
         print(f"  lean decode + dispatch       : {res['decode_and_dispatch_us']:6.2f}")
+        return 0
+    if args.what == "sspi":
+        res = bench_sspi(args.conns)
+        print(f"{res['conns']} connections through the dispatcher and sspi (no decoding, "
+              "commands answered at once), µs per connection (best of 5):")
+        print(f"  client side (4 events, 1 subflow created)      : "
+              f"{res['client_us_per_conn']:6.2f}")
+        print(f"  server side (5 events, 1 announcement, 1 close) : "
+              f"{res['server_us_per_conn']:6.2f}")
+        print(json.dumps(res))
         return 0
     modes = [True]  # one production reader
     results = []
