@@ -518,6 +518,69 @@ async def test_reader_pauses_when_the_consumer_lags_and_resumes() -> None:
         b.close()
 
 
+async def test_the_memory_of_a_burst_goes_back_once_it_is_worked_through(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A backlog that reached TRIM_AFTER datagrams releases memory once it
+    is empty (the set of closing tokens made anew, the heap trimmed), once;
+    a smaller one does not."""
+    from mptcpd.netlink import genl_events
+
+    monkeypatch.setattr(genl_events, "TRIM_AFTER", 8)
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    releases: list[int] = []
+    try:
+        b.setblocking(False)
+        reader = EventReader()
+        reader.release_memory = lambda: releases.append(len(reader.closing))
+        reader._loop = asyncio.get_running_loop()
+        reader._raw, reader._fd = b, b.fileno()
+        reader._start_reading()
+        batches = reader.batches()
+
+        async def handed_out(count: int) -> list[ev.Event]:
+            got: list[ev.Event] = []
+            while len(got) < count:
+                got += await asyncio.wait_for(anext(batches), 5)
+            return got
+
+        for i in range(10):
+            a.send(build(C.MPTCP_EVENT_CLOSED, [("MPTCP_ATTR_TOKEN", i)]))
+        grown = reader.closing
+        got = await handed_out(10)
+        assert got == [ev.ConnectionClosed(Token(i)) for i in range(10)]
+        assert releases == []  # not while the burst's last batch is handled
+        waiting = asyncio.ensure_future(anext(batches))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert releases == [0] and reader.closing == set() and reader.closing is not grown
+        # A few events are no burst.
+        for i in range(3):
+            a.send(build(C.MPTCP_EVENT_CLOSED, [("MPTCP_ATTR_TOKEN", 100 + i)]))
+        got = await asyncio.wait_for(waiting, 5)
+        got += await handed_out(3 - len(got))
+        assert got == [ev.ConnectionClosed(Token(100 + i)) for i in range(3)]
+        waiting = asyncio.ensure_future(anext(batches))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert releases == [0]
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await batches.aclose()
+        reader._stop_reading()
+    finally:
+        a.close()
+        b.close()
+
+
+def test_release_memory_can_be_called() -> None:
+    """glibc's malloc_trim where there is one; no error either way."""
+    from mptcpd.netlink import genl_events
+
+    genl_events.release_memory()
+    genl_events.release_memory()
+
+
 # -- learnt layouts -------------------------------------------------------------
 
 
