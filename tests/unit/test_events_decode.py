@@ -604,6 +604,24 @@ def test_a_learnt_layout_decodes_as_the_walk_does(caplog: pytest.LogCaptureFixtu
     assert got == decode(pyroute2_parse(bytes(changed)))
 
 
+def test_the_slots_filled_are_the_fields_of_the_event() -> None:
+    """Events built from a learnt layout fill their slots directly; a class
+    whose fields are not the ones filled, in order, is refused at import
+    (a field added to an event must be filled too)."""
+    from mptcpd.netlink import event_codec
+
+    for cls in (ev.ConnectionCreated, ev.ConnectionEstablished):
+        assert len(event_codec._slot_setters(cls, event_codec._CONNECTION_FIELDS)) == 10
+    for cls in (ev.SubflowEstablished, ev.SubflowClosed, ev.SubflowPriority):
+        assert len(event_codec._slot_setters(cls, event_codec._SUBFLOW_FIELDS)) == 15
+    with pytest.raises(RuntimeError, match="ConnectionCreated has fields"):
+        event_codec._slot_setters(ev.ConnectionCreated, event_codec._CONNECTION_FIELDS[:-1])
+    addr = event_codec._fast_sockaddr(ipaddress.ip_address("192.0.2.1"), 80)
+    assert addr == SockAddr("192.0.2.1", 80) and hash(addr) == hash(SockAddr("192.0.2.1", 80))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        addr.port = 81  # type: ignore[misc]
+
+
 @pytest.mark.parametrize("name", ["CREATED", "ESTABLISHED", "CLOSED", "SUB_ESTABLISHED",
                                   "SUB_CLOSED", "SUB_PRIORITY"])
 def test_frequent_events_are_built_straight_from_a_learnt_layout(name: str) -> None:

@@ -19,6 +19,7 @@ message classes on captured kernel datagrams and under fuzzing.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import ipaddress
 import logging
@@ -361,6 +362,39 @@ class _Template:
         return attrs
 
 
+_new = object.__new__
+
+
+def _slot_setters(cls: type, names: tuple[str, ...]) -> tuple[Callable[[Any, Any], None], ...]:
+    """The setters of the slots of ``cls``'s fields, which must be ``names``
+    in this order: the frequent events and their addresses are built by
+    filling every slot of a new instance, which costs half what the frozen
+    dataclass's ``__init__`` does (its ``object.__setattr__`` per field)."""
+    fields = tuple(field.name for field in dataclasses.fields(cls))
+    if fields != names:
+        raise RuntimeError(f"{cls.__name__} has fields {fields}, not {names}")
+    return tuple(getattr(cls, name).__set__ for name in names)
+
+
+_set_ip, _set_port = _slot_setters(SockAddr, ("ip", "port"))
+
+
+def _fast_sockaddr(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> SockAddr:
+    """``SockAddr(ip, port)`` for values known good (an address object, a
+    16-bit port), without its checks."""
+    addr: SockAddr = _new(SockAddr)
+    _set_ip(addr, ip)
+    _set_port(addr, port)
+    return addr
+
+
+_CONNECTION_FIELDS = ("token", "laddr", "raddr", "server_side", "deny_join_id0", "loc_id",
+                      "rem_id", "family", "flags", "timeout")
+_SUBFLOW_FIELDS = ("token", "laddr", "raddr", "backup", "loc_id", "rem_id", "family", "error",
+                   "if_idx", "reset_reason", "reset_flags", "flags", "server_side",
+                   "deny_join_id0", "timeout")
+
+
 def _builder(cmd: int, types: list[int]) -> Callable[[tuple[Any, ...]], Event] | None:
     """A function making ``cmd``'s event from a template's values (in the
     order of ``types``) as :func:`build_event` makes it from their dict,
@@ -406,33 +440,54 @@ def _builder(cmd: int, types: list[int]) -> Callable[[tuple[Any, ...]], Event] |
 
     if not subflow:
         conn_cls = ConnectionCreated if cmd == C.MPTCP_EVENT_CREATED else ConnectionEstablished
+        (s_token, s_laddr, s_raddr, s_server, s_deny, s_loc, s_rem, s_family, s_flags,
+         s_timeout) = _slot_setters(conn_cls, _CONNECTION_FIELDS)
 
-        def build_connection(values: tuple[Any, ...]) -> Event:
+        def build_connection(values: tuple[Any, ...]) -> Any:  # an Event
             v = values + none
             f = v[flags] or 0
-            return conn_cls(
-                v[token], SockAddr(sip(v[saddr]), swap(v[sport])),
-                SockAddr(dip(v[daddr]), swap(v[dport])),
-                bool(f & server_flag) or bool(v[side]), bool(f & deny_flag),
-                loc_id=v[loc_id], rem_id=v[rem_id], family=v[family], flags=f,
-                timeout=v[timeout])
+            event: Any = _new(conn_cls)
+            s_token(event, v[token])
+            s_laddr(event, _fast_sockaddr(sip(v[saddr]), swap(v[sport])))
+            s_raddr(event, _fast_sockaddr(dip(v[daddr]), swap(v[dport])))
+            s_server(event, bool(f & server_flag) or bool(v[side]))
+            s_deny(event, bool(f & deny_flag))
+            s_loc(event, v[loc_id])
+            s_rem(event, v[rem_id])
+            s_family(event, v[family])
+            s_flags(event, f)
+            s_timeout(event, v[timeout])
+            return event
         return build_connection
 
     sub_cls = (SubflowEstablished if cmd == C.MPTCP_EVENT_SUB_ESTABLISHED
                else SubflowClosed if cmd == C.MPTCP_EVENT_SUB_CLOSED else SubflowPriority)
     error, if_idx = at(C.MPTCP_ATTR_ERROR), at(C.MPTCP_ATTR_IF_IDX)
     reason, reset_flags = at(C.MPTCP_ATTR_RESET_REASON), at(C.MPTCP_ATTR_RESET_FLAGS)
+    (t_token, t_laddr, t_raddr, t_backup, t_loc, t_rem, t_family, t_error, t_if_idx,
+     t_reason, t_reset_flags, t_flags, t_server, t_deny,
+     t_timeout) = _slot_setters(sub_cls, _SUBFLOW_FIELDS)
 
-    def build_subflow(values: tuple[Any, ...]) -> Event:
+    def build_subflow(values: tuple[Any, ...]) -> Any:  # an Event
         v = values + none
         f = v[flags] or 0
-        return sub_cls(
-            v[token], SockAddr(sip(v[saddr]), swap(v[sport])),
-            SockAddr(dip(v[daddr]), swap(v[dport])), bool(v[backup]),
-            loc_id=v[loc_id], rem_id=v[rem_id], family=v[family], error=v[error],
-            if_idx=v[if_idx], reset_reason=v[reason], reset_flags=v[reset_flags],
-            flags=f, server_side=bool(f & server_flag) or bool(v[side]),
-            deny_join_id0=bool(f & deny_flag), timeout=v[timeout])
+        event: Any = _new(sub_cls)
+        t_token(event, v[token])
+        t_laddr(event, _fast_sockaddr(sip(v[saddr]), swap(v[sport])))
+        t_raddr(event, _fast_sockaddr(dip(v[daddr]), swap(v[dport])))
+        t_backup(event, bool(v[backup]))
+        t_loc(event, v[loc_id])
+        t_rem(event, v[rem_id])
+        t_family(event, v[family])
+        t_error(event, v[error])
+        t_if_idx(event, v[if_idx])
+        t_reason(event, v[reason])
+        t_reset_flags(event, v[reset_flags])
+        t_flags(event, f)
+        t_server(event, bool(f & server_flag) or bool(v[side]))
+        t_deny(event, bool(f & deny_flag))
+        t_timeout(event, v[timeout])
+        return event
     return build_subflow
 
 
