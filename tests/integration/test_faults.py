@@ -400,7 +400,7 @@ def test_a_connection_whose_close_was_lost_behind_its_waiting_events_is_closed(
 
     daemon.send_signal(signal.SIGSTOP)
     try:
-        for _ in range(200):  # bounded: a few 50 ms floods half fill 32 MiB
+        for _ in range(200):  # bounded: a few 50 ms floods half fill the socket
             if netlink_rmem(daemon.pid) > rcvbuf // 2:
                 break
             assert all(f.wait(30) == 0 for f in flood(lab, 0.05))

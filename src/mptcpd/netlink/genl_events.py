@@ -64,14 +64,21 @@ log = logging.getLogger(__name__)
 __all__ = ["DEFAULT_RCVBUF", "EventReader"]
 
 #: Receive buffer asked for the event socket (bytes; the kernel doubles
-#: it).  With 4 MiB a connection flood of ~45 000 events/s on a 2-core
-#: machine still overran a few times; with 16 MiB none did up to ~85 000
-#: events/s.  Memory is only used while a backlog exists.
-DEFAULT_RCVBUF = 16 << 20
+#: it, and an event takes several hundred bytes of it).  It only bridges
+#: the moments the daemon is not scheduled: each wake-up moves what the
+#: socket holds into the backlog.  With 4 MiB the reader of 2026-12-01
+#: (which decoded on receipt) overran a few times under a connection flood
+#: of ~45 000 events/s on a 2-core machine; the reader of 2026-12-07 kept up with
+#: 55 000–75 000 events/s without an overrun with 8 MiB, as with 16 MiB
+#: (the default until 2026-12-07).  What the socket holds is also what a
+#: resync brings into the process at once (:meth:`EventReader.fill`), and
+#: it is kernel memory while it waits: 16 MiB gave the churn benchmark a
+#: ~2 MiB higher peak RSS, and lost as many events within the noise.
+DEFAULT_RCVBUF = 8 << 20
 #: Datagrams the backlog holds before reading pauses (about 80 bytes each).
 #: A resync reads the socket dry on top of them (:meth:`EventReader.fill`,
 #: several hundred bytes of socket memory per event), so a flood may bring
-#: ~100 000 datagrams into the process at once: about 8 MiB.  (With 65 536
+#: ~70 000 datagrams into the process at once: about 6 MiB.  (With 65 536
 #: the peak RSS of the churn benchmark was 3–6 MiB higher, and as many
 #: events were lost, within the runs' noise: under a flood the daemon
 #: cannot keep up with, a longer backlog only delays.)
