@@ -118,6 +118,12 @@ class FakeChannel:
         _, left = await asyncio.wait(pending, timeout=timeout)
         return not left
 
+    def hold(self) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
     def submit(self, name: str, args: tuple[Any, ...] = (),
                token: int | None = None) -> asyncio.Future[Any]:
         ORDER.append(f"submit {name}")

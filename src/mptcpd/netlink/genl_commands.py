@@ -309,6 +309,7 @@ class CommandChannel:
         self._inflight: collections.deque[_Request] = collections.deque()
         self._dump_seq: int | None = None
         self._flush_handle: asyncio.Handle | None = None
+        self._held = 0  #: :meth:`hold` calls not yet released
         self._timer: asyncio.TimerHandle | None = None
         self._warn_handle: asyncio.TimerHandle | None = None
         self._unreported = 0
@@ -434,9 +435,28 @@ class CommandChannel:
                 self._by_token[token] = [req]
             else:
                 same.append(req)
-        if self._flush_handle is None:
+        if self._flush_handle is None and not self._held:
             self._flush_handle = loop.call_soon(self._flush)
         return future
+
+    def hold(self) -> None:
+        """Keep what is submitted from now on until :meth:`release`, which
+        sends it at once: a caller that knows when a batch of commands ends
+        (the network feed, once a datagram's records are applied) has them
+        leave in that loop turn, together, instead of the next one.  Holds
+        nest."""
+        self._held += 1
+
+    def release(self) -> None:
+        """End a :meth:`hold`; the last one writes what waits (and reads the
+        answers, as every write from the loop does)."""
+        self._held -= 1
+        if self._held or not (self._queue or self._resend) or self._sock is None:
+            return
+        handle, self._flush_handle = self._flush_handle, None
+        if handle is not None:
+            handle.cancel()  # submitted before the hold: leaves now too
+        self._flush()
 
     def forget(self, token: int) -> int:
         """Drop every queued, not yet sent command of connection ``token``.
@@ -516,7 +536,7 @@ class CommandChannel:
         self._write_queue()
         while self._answers_due:
             self._answers_due = False
-            self._read()
+            self._read(inline=True)
             if self._queue or self._resend:
                 self._write_queue()
 
@@ -707,7 +727,7 @@ class CommandChannel:
                 if not isinstance(exc, OSError):
                     raise exc
                 self._unsent(reqs, datas, exc)
-            self._read()  # the answers, all there now
+            self._read(inline=True)  # the answers, all there now
             self._write()
         except Exception as error:
             self._die(f"the writer raised {error!r}", error)
@@ -754,11 +774,18 @@ class CommandChannel:
         except Exception as exc:
             self._die(f"the reader raised {exc!r}", exc)
 
-    def _read(self) -> None:
+    def _read(self, inline: bool = False) -> None:
+        """Read and handle answers until the socket is empty or nothing
+        waits for one (no failed ``recv`` to learn it is empty then: stray
+        messages wake the reader again); ``inline``: right after the loop's
+        own write, which has nothing to read once its answers are in."""
         view, size = self._view, len(self._buf)
-        for _ in range(_READS_PER_WAKEUP):
+        for i in range(_READS_PER_WAKEUP):
             sock = self._sock
             if sock is None:
+                return
+            if (i or inline) and not self._inflight:
+                self._overrun = False  # every request is answered or failed
                 return
             try:
                 n = sock.recv_into(self._buf, size, socket.MSG_TRUNC)

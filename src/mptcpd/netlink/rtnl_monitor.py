@@ -432,6 +432,8 @@ class NetlinkSocket:
         self._waiter: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watching = False
+        #: The consumer of :meth:`follow` (None: :meth:`recv` reads).
+        self._following: Callable[[bytes | OSError], object] | None = None
         self.closed = False
 
     async def recv(self) -> bytes:
@@ -475,6 +477,47 @@ class NetlinkSocket:
         waiter = self._waiter
         if inbox and waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def follow(self, on_datagram: Callable[[bytes | OSError], object]) -> None:
+        """Hand every datagram to ``on_datagram`` from the loop's reader
+        callback, in order, as it arrives (one per wake-up): no task, future
+        or extra loop turn between the kernel's message and its consumer.
+        What :meth:`request` left unread (``backlog``, then the inbox) comes
+        first.  A receive error is handed over in its place and ends the
+        watch; :meth:`recv` is not to be used any more."""
+        loop = self._loop = asyncio.get_running_loop()
+        self._following = on_datagram
+        while self.backlog and self._following is on_datagram:
+            on_datagram(self.backlog.popleft())
+        inbox = self._inbox
+        while inbox and self._following is on_datagram:
+            item = inbox.popleft()
+            on_datagram(item)
+            if isinstance(item, OSError):
+                self._unwatch()
+                return
+        if self.closed or self._following is not on_datagram:
+            return
+        # add_reader replaces the inbox's callback, if it was watching.
+        loop.add_reader(self.fd, self._on_datagram)
+        self._watching = True
+
+    def _on_datagram(self) -> None:
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._unwatch()
+            self._following(exc)  # type: ignore[misc]
+            return
+        self._following(data)  # type: ignore[misc]
+
+    def unfollow(self) -> None:
+        """Stop handing datagrams to the consumer of :meth:`follow`."""
+        if self._following is not None:
+            self._following = None
+            self._unwatch()
 
     def _unwatch(self) -> None:
         if self._watching:
@@ -525,6 +568,7 @@ class NetlinkSocket:
             return
         self.closed = True
         self._unwatch()
+        self._following = None
         self._inbox.clear()
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
@@ -545,8 +589,9 @@ class RtnlMonitor:
     :param rcvbuf: receive buffer size of the event socket.
 
     Use: ``await open()``, ``await dump_links()``, ``await
-    dump_addresses()``, then ``async for event in events()``; ``close()``
-    at the end.  :meth:`lookup_default_route` may be called at any time after
+    dump_addresses()``, then ``async for event in events()`` (or
+    :meth:`follow`, the daemon's: the records handed over from the loop's
+    reader callback); ``close()`` at the end.  :meth:`lookup_default_route` may be called at any time after
     :meth:`open`.
     """
 
@@ -561,6 +606,10 @@ class RtnlMonitor:
         self._lookup_sock: NetlinkSocket | None = None
         self._lookup_lock: asyncio.Lock | None = None
         self._closed = False
+        #: The consumers of :meth:`follow` (None: not following).
+        self._on_records: Callable[[list[RtnlEvent]], object] | None = None
+        self._on_end: Callable[[BaseException | None], object] | None = None
+        self._resync_task: asyncio.Task[None] | None = None
         #: How many times the event socket was reopened after ENOBUFS.
         self.resyncs = 0
 
@@ -675,6 +724,82 @@ class RtnlMonitor:
                         log.error("Network monitor: rtnetlink error: %s",
                                   os.strerror(code))
 
+    def follow(self, on_records: Callable[[list[RtnlEvent]], object],
+               on_end: Callable[[BaseException | None], object]) -> None:
+        """The stream of :meth:`events`, without a task: each datagram's
+        records go, as one list, to ``on_records``, called from the loop's
+        reader callback as the datagram arrives (an address change reaches
+        the consumer in the loop turn that sees it, with no future, task
+        wake-up or async generator in between).
+
+        After an ``ENOBUFS`` overrun a task reopens the socket and takes the
+        dumps; ``on_records`` then gets ``[Resync(...)]`` and the stream goes
+        on from the new socket.  ``on_end`` is called once, when the stream
+        stops: with None when the monitor is closed (or its socket reset),
+        else with the exception (:class:`RtnlMonitorError` when the socket
+        cannot be reopened after an overrun; a receive error; whatever
+        decoding or ``on_records`` raised).
+        """
+        if self._closed:
+            on_end(None)
+            return
+        sock = self._require()
+        self._on_records, self._on_end = on_records, on_end
+        sock.follow(self._on_datagram)
+
+    def _on_datagram(self, data: bytes | OSError) -> None:
+        if isinstance(data, OSError):
+            if self._closed or data.errno in (errno.ECONNRESET, errno.EBADF):
+                self._end(None)
+            elif data.errno == errno.ENOBUFS:
+                self._resync_task = asyncio.get_running_loop().create_task(
+                    self._resync_and_follow(), name="rtnetlink resync")
+            else:
+                self._end(data)
+            return
+        on_records = self._on_records
+        if on_records is None:
+            return
+        try:
+            records: list[RtnlEvent] = []
+            for mtype, _, _, _, body in messages(data):
+                decoder = _DECODERS.get(mtype)
+                if decoder is not None:
+                    record = decoder(mtype, body)
+                    if record is not None:
+                        records.append(record)
+                elif mtype == NLMSG_ERROR:
+                    code = error_code(body)
+                    if code:
+                        log.error("Network monitor: rtnetlink error: %s", os.strerror(code))
+            if records:
+                on_records(records)
+        except Exception as exc:
+            self._end(exc)
+
+    async def _resync_and_follow(self) -> None:
+        try:
+            resync = await self._resync()
+            if self._closed:
+                return
+            on_records = self._on_records
+            if on_records is not None:
+                on_records([resync])
+            if not self._closed and self._on_end is not None:
+                self._require().follow(self._on_datagram)
+        except Exception as exc:
+            self._end(exc)
+        finally:
+            self._resync_task = None
+
+    def _end(self, exc: BaseException | None) -> None:
+        """The stream of :meth:`follow` stops; its ``on_end`` is told once."""
+        on_end, self._on_end, self._on_records = self._on_end, None, None
+        if self._sock is not None:
+            self._sock.unfollow()
+        if on_end is not None:
+            on_end(exc)
+
     async def _resync(self) -> Resync:
         log.warning(
             "Network monitor lost rtnetlink messages (receive buffer overrun); "
@@ -734,8 +859,12 @@ class RtnlMonitor:
     # -- teardown --------------------------------------------------------
 
     def close(self) -> None:
-        """Close the sockets; :meth:`events` ends."""
+        """Close the sockets; :meth:`events` ends, and so does :meth:`follow`
+        (its ``on_end`` gets None)."""
         self._closed = True
+        task, self._resync_task = self._resync_task, None
+        if task is not None:
+            task.cancel()
         for sock in (self._sock, self._lookup_sock):
             if sock is not None:
                 try:
@@ -744,3 +873,4 @@ class RtnlMonitor:
                     log.debug("closing an rtnetlink socket failed", exc_info=True)
         self._sock = None
         self._lookup_sock = None
+        self._end(None)
