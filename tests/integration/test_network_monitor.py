@@ -20,6 +20,7 @@ import pytest
 from tests.lab import Lab, list_namespaces
 from mptcpd.netlink.rtnl_monitor import RouteLookup, RtnlMonitor, RtnlMonitorError
 from mptcpd.daemon.network import NetworkFeed
+from mptcpd.netlink.genl_commands import CommandChannel
 from mptcpd.pm.network_monitor import AddressState, NetworkMonitor
 from mptcpd.types import NotifyFlags, SockAddr
 from tests.nm_support import Recorder as NmRecorder
@@ -317,3 +318,42 @@ async def test_a_lost_rtnetlink_socket_is_reopened_and_what_changed_meanwhile_re
         assert feed.running and len(sources) == 2
     finally:
         await feed.close()
+
+
+async def test_an_address_change_and_the_commands_it_makes_are_handled_in_one_loop_turn(
+        lab: Lab) -> None:
+    """The daemon's address path: the rtnetlink datagram is read by the
+    socket's reader callback, applied, and the commands a subscriber
+    submits for it leave together and are answered before the loop's next
+    turn (a callback the subscriber schedules first finds them answered)."""
+    loop = asyncio.get_running_loop()
+    seen: list[tuple[str, int, bool]] = []
+    async with CommandChannel(lab.client) as channel:
+        def subscriber(event: Any) -> None:
+            if event.HOOK != "new_local_address":
+                return
+            futures: list[asyncio.Future[Any]] = []
+            # scheduled before the commands are submitted: runs on the next turn
+            loop.call_soon(lambda: seen.append((str(event.addr), len(channel_sends),
+                                                all(f.done() for f in futures))))
+            futures += [channel.submit("kpm_get_limits"), channel.submit("kpm_get_limits")]
+
+        channel_sends: list[int] = []
+        real_send = channel._send
+
+        def counting_send(*args: Any) -> None:
+            channel_sends.append(len(args[1]))
+            real_send(*args)
+
+        channel._send = counting_send  # type: ignore[method-assign]
+        nm = NetworkMonitor()
+        assert nm.register(subscriber)
+        feed = NetworkFeed(nm, netns=lab.client, batch=channel)
+        await feed.start()
+        try:
+            lab.ip(lab.client, "addr", "add", "203.0.113.91/32", "dev", "c1")
+            await until(lambda: seen, "the address")
+            # two commands, one datagram, both answered in the turn that read the address
+            assert seen == [("203.0.113.91", 1, True)] and channel_sends == [2]
+        finally:
+            await feed.close()

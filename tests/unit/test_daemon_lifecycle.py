@@ -292,6 +292,12 @@ def index(entry: str) -> int:
     return ORDER.index(entry)
 
 
+def test_the_network_feed_holds_the_command_channel_per_datagram(daemon: Daemon) -> None:
+    """What plugins submit for one rtnetlink datagram leaves together, in
+    the turn that read it (the feed holds the channel meanwhile)."""
+    assert daemon.network_feed.batch is daemon.channel
+
+
 async def test_startup_order_ready_and_shutdown_order(daemon: Daemon) -> None:
     serving = asyncio.create_task(daemon.serve())
     await until(lambda: "watcher start" in ORDER)

@@ -158,3 +158,60 @@ async def test_what_nobody_reads_stays_bounded_and_in_order(
     got = [await asyncio.wait_for(nl.recv(), 10) for _ in range(30)]
     assert got == [b"%d" % n for n in range(30)]
     nl.close()
+
+
+async def test_follow_hands_every_datagram_over_from_the_reader_callback(
+        pair: tuple[socket.socket, Socket], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon's stream: what a request left unread first (backlog, then
+    the inbox), then each datagram from the loop's reader callback itself,
+    in order, with one watch; a receive error is handed over in its place
+    and ends the watch."""
+    sender, receiver = pair
+    nl = await reading_after_a_first_datagram(sender, receiver)
+    nl.backlog.append(b"backlog")
+    sender.send(b"inbox")
+    await asyncio.sleep(0.01)  # the watching reader puts it in the inbox
+    calls = count_watch_calls(monkeypatch)
+    got: list[bytes | OSError] = []
+    stack: list[str] = []
+
+    def consume(item: bytes | OSError) -> None:
+        got.append(item)
+        # called from the reader callback, not from a task
+        stack.append("task" if asyncio.current_task() is not None else "callback")
+
+    nl.follow(consume)  # what waits is handed over at once
+    assert got == [b"backlog", b"inbox"]
+    for n in range(3):
+        sender.send(b"%d" % n)
+    await wait_for(lambda: len(got) == 5)
+    assert got[2:] == [b"0", b"1", b"2"] and stack[2:] == ["callback"] * 3
+    assert calls == {"add_reader": 1, "remove_reader": 0}
+    receiver.errors[receiver.received] = OSError(errno.ENOBUFS, "No buffer space available")
+    sender.send(b"after the error")
+    await wait_for(lambda: len(got) == 6)
+    assert isinstance(got[5], OSError) and got[5].errno == errno.ENOBUFS
+    assert calls == {"add_reader": 1, "remove_reader": 1}  # the watch ended
+    await asyncio.sleep(0.01)
+    assert len(got) == 6  # nothing more handed over
+    nl.close()
+
+
+async def test_unfollow_stops_the_stream(pair: tuple[socket.socket, Socket]) -> None:
+    sender, receiver = pair
+    nl = NetlinkSocket(receiver)  # type: ignore[arg-type]
+    got: list[bytes | OSError] = []
+    nl.follow(got.append)
+    sender.send(b"1")
+    await wait_for(lambda: got == [b"1"])
+    nl.unfollow()
+    sender.send(b"2")
+    await asyncio.sleep(0.01)
+    assert got == [b"1"]
+    nl.close()
+
+
+async def wait_for(condition: Any, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.001)
