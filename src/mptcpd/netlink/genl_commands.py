@@ -138,6 +138,15 @@ class _Request:
         self.dead = False
 
 
+def _any_slow(reqs: list[_Request]) -> bool:
+    """Whether one of ``reqs`` is slow (a loop: ``any`` over a generator
+    costs a generator step per request)."""
+    for req in reqs:
+        if req.slow:
+            return True
+    return False
+
+
 def _settle_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
     if not future.done():
         future.set_exception(exc)
@@ -571,7 +580,7 @@ class CommandChannel:
             dump = command.kind == "dump"
             if dump and (inflight or out):
                 break
-            if req.slow and out and not any(r.slow for r in out):
+            if req.slow and out and not _any_slow(out):
                 # What comes before it leaves from the loop first, its
                 # answers read at once; the worker thread takes the rest.
                 self._send(sock, out, datas)
@@ -623,7 +632,7 @@ class CommandChannel:
 
     def _send(self, sock: socket.socket, reqs: list[_Request], datas: list[bytes]) -> None:
         mode = self.send_in_thread
-        if mode == "all" or (mode == "slow" and any(req.slow for req in reqs)):
+        if mode == "all" or (mode == "slow" and _any_slow(reqs)):
             self._send_in_thread(sock, reqs, datas)
             return
         try:
