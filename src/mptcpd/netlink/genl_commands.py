@@ -25,7 +25,10 @@ Callers may ignore the future: a failure is logged once and never reported
 as "exception never retrieved".
 
 Flow: commands queued during one loop iteration leave together in one
-``sendmsg`` (the kernel handles the messages of a datagram in order), up to
+``sendmsg`` (the kernel handles the messages of a datagram in order) on the
+next, or, submitted during a :meth:`~CommandChannel.hold` (the network feed
+holds the channel while it applies a datagram's records), at its
+:meth:`~CommandChannel.release`, in the same loop turn; up to
 ``max_in_flight`` requests awaiting their answer.  The kernel answers a
 socket's requests in the order it received them, so replies are matched by
 sequence number and futures resolve in submission order; a dump (the kernel
