@@ -215,3 +215,31 @@ async def wait_for(condition: Any, timeout: float = 10.0) -> None:
     async with asyncio.timeout(timeout):
         while not condition():
             await asyncio.sleep(0.001)
+
+
+async def test_follow_reads_a_burst_in_one_wake_up_up_to_a_bound(
+        pair: tuple[socket.socket, Socket], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wake-up hands over what the socket holds, READS_PER_WAKEUP at most
+    (a burst costs no loop turn per datagram; other callbacks still run),
+    and stops as soon as the consumer stops following."""
+    monkeypatch.setattr(rtnl_monitor, "READS_PER_WAKEUP", 4)
+    sender, receiver = pair
+    nl = NetlinkSocket(receiver)  # type: ignore[arg-type]
+    got: list[bytes | OSError] = []
+
+    def consume(item: bytes | OSError) -> None:
+        got.append(item)
+        if item == b"stop":
+            nl.unfollow()
+
+    nl.follow(consume)
+    for n in range(6):
+        sender.send(b"%d" % n)
+    sender.send(b"stop")
+    sender.send(b"after")
+    nl._on_datagram()  # one wake-up
+    assert got == [b"0", b"1", b"2", b"3"]
+    nl._on_datagram()
+    assert got[4:] == [b"4", b"5", b"stop"]
+    assert receiver.received == 7  # "after" is left in the socket
+    nl.close()

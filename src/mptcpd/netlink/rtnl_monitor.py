@@ -67,6 +67,9 @@ OPERSTATES = ("UNKNOWN", "NOTPRESENT", "DOWN", "LOWERLAYERDOWN", "TESTING",
 RECV_SIZE = 1 << 16
 #: Unread datagrams at which a :class:`NetlinkSocket` stops reading ahead.
 INBOX_LIMIT = 256
+#: Datagrams :meth:`NetlinkSocket.follow` hands over per wake-up at most
+#: (then the loop runs its other callbacks).
+READS_PER_WAKEUP = 64
 
 # -- rtnetlink multicast groups (enum rtnetlink_groups) ---------------------
 RTNLGRP_LINK = 1
@@ -480,8 +483,9 @@ class NetlinkSocket:
 
     def follow(self, on_datagram: Callable[[bytes | OSError], object]) -> None:
         """Hand every datagram to ``on_datagram`` from the loop's reader
-        callback, in order, as it arrives (one per wake-up): no task, future
-        or extra loop turn between the kernel's message and its consumer.
+        callback, in order, as it arrives (what the socket holds, up to
+        :data:`READS_PER_WAKEUP` per wake-up): no task, future or extra loop
+        turn between the kernel's message and its consumer.
         What :meth:`request` left unread (``backlog``, then the inbox) comes
         first.  A receive error is handed over in its place and ends the
         watch; :meth:`recv` is not to be used any more."""
@@ -503,15 +507,22 @@ class NetlinkSocket:
         self._watching = True
 
     def _on_datagram(self) -> None:
-        try:
-            data = self.sock.recv(RECV_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            self._unwatch()
-            self._following(exc)  # type: ignore[misc]
-            return
-        self._following(data)  # type: ignore[misc]
+        # What the socket holds, up to READS_PER_WAKEUP datagrams: a burst
+        # costs a loop turn per READS_PER_WAKEUP datagrams, not per datagram.
+        recv = self.sock.recv
+        for _ in range(READS_PER_WAKEUP):
+            consumer = self._following
+            if consumer is None:  # unfollowed or closed by the consumer
+                return
+            try:
+                data = recv(RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._unwatch()
+                consumer(exc)
+                return
+            consumer(data)
 
     def unfollow(self) -> None:
         """Stop handing datagrams to the consumer of :meth:`follow`."""
