@@ -602,8 +602,8 @@ class RtnlMonitor:
     Use: ``await open()``, ``await dump_links()``, ``await
     dump_addresses()``, then ``async for event in events()`` (or
     :meth:`follow`, the daemon's: the records handed over from the loop's
-    reader callback); ``close()`` at the end.  :meth:`lookup_default_route` may be called at any time after
-    :meth:`open`.
+    reader callback); ``close()`` at the end.  :meth:`lookup_default_route`
+    may be called at any time after :meth:`open`.
     """
 
     def __init__(
