@@ -357,3 +357,28 @@ async def test_an_address_change_and_the_commands_it_makes_are_handled_in_one_lo
             assert seen == [("203.0.113.91", 1, True)] and channel_sends == [2]
         finally:
             await feed.close()
+
+
+async def test_rtnl_follow_hands_over_records_per_datagram_and_ends_once_on_close(
+        lab: Lab) -> None:
+    """RtnlMonitor.follow on its own: an address added in the namespace
+    comes as a list of records from the reader callback (no task), and
+    closing the monitor ends the stream with None, once."""
+    mon = RtnlMonitor(lab.client)
+    await mon.open()
+    await mon.dump_links()
+    batches: list[tuple[list[Any], bool]] = []
+    ends: list[BaseException | None] = []
+    mon.follow(lambda records: batches.append((records, asyncio.current_task() is None)),
+               ends.append)
+    try:
+        lab.ip(lab.client, "addr", "add", "203.0.113.93/32", "dev", "c1")
+        await until(lambda: any(str(getattr(r, "ip", "")) == "203.0.113.93"
+                                for records, _ in batches for r in records), "the address")
+        assert all(outside_a_task for _, outside_a_task in batches)
+        assert ends == []
+    finally:
+        mon.close()
+    assert ends == [None]
+    mon.close()
+    assert ends == [None]
