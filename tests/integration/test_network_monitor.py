@@ -355,6 +355,13 @@ async def test_an_address_change_and_the_commands_it_makes_are_handled_in_one_lo
             await until(lambda: seen, "the address")
             # two commands, one datagram, both answered in the turn that read the address
             assert seen == [("203.0.113.91", 1, True)] and channel_sends == [2]
+            # A burst (five addresses added while this loop is blocked): one
+            # wake-up reads them all, and the ten commands leave together.
+            lab.exec(lab.client, "ip", "-batch", "-", input="".join(
+                f"addr add 203.0.113.{i}/32 dev c1\n" for i in range(101, 106)))
+            await until(lambda: len(seen) == 6, "the burst")
+            assert [s[0] for s in seen[1:]] == [f"203.0.113.{i}" for i in range(101, 106)]
+            assert all(s[2] for s in seen) and channel_sends == [2, 10]
         finally:
             await feed.close()
 

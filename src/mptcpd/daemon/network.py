@@ -45,7 +45,7 @@ class RtnlSource(Protocol):
 
 
 class Batch(Protocol):
-    """Holds commands back while one datagram's records are applied, and
+    """Holds commands back while a batch of records is applied, and
     sends them together when released (the command channel:
     :meth:`~mptcpd.netlink.genl_commands.CommandChannel.hold`)."""
 
@@ -70,9 +70,9 @@ class NetworkFeed:
     :param netns: the namespace to monitor (``None``: our own).
     :param on_failure: called with the reason when the feed gives up.
     :param retry_delays: the waits before each reopening attempt.
-    :param batch: held while the records of one datagram are applied
-        (the command channel: what plugins submit for them leaves in one
-        datagram, in the same loop turn); None: nothing held.
+    :param batch: held while the records of one wake-up's datagrams are
+        applied (the command channel: what plugins submit for them leaves
+        together, in the same loop turn); None: nothing held.
     """
 
     def __init__(self, monitor: NetworkMonitor,
@@ -178,8 +178,8 @@ class NetworkFeed:
         return f"rtnetlink reader failed: {exc!r}"
 
     def _apply(self, records: list[RtnlEvent]) -> None:
-        """Apply one datagram's records; the commands they make plugins
-        submit leave together once they all are (:attr:`hold`)."""
+        """Apply the records of one wake-up's datagrams; the commands they
+        make plugins submit leave together once they all are (:attr:`batch`)."""
         handle = self.monitor.handle
         batch = self.batch
         if batch is not None:

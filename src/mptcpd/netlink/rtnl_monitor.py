@@ -436,7 +436,7 @@ class NetlinkSocket:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watching = False
         #: The consumer of :meth:`follow` (None: :meth:`recv` reads).
-        self._following: Callable[[bytes | OSError], object] | None = None
+        self._following: Callable[[list[bytes | OSError]], object] | None = None
         self.closed = False
 
     async def recv(self) -> bytes:
@@ -481,48 +481,53 @@ class NetlinkSocket:
         if inbox and waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def follow(self, on_datagram: Callable[[bytes | OSError], object]) -> None:
-        """Hand every datagram to ``on_datagram`` from the loop's reader
-        callback, in order, as it arrives (what the socket holds, up to
-        :data:`READS_PER_WAKEUP` per wake-up): no task, future or extra loop
-        turn between the kernel's message and its consumer.
-        What :meth:`request` left unread (``backlog``, then the inbox) comes
-        first.  A receive error is handed over in its place and ends the
-        watch; :meth:`recv` is not to be used any more."""
+    def follow(self, on_datagrams: Callable[[list[bytes | OSError]], object]) -> None:
+        """Hand the datagrams over to ``on_datagrams`` from the loop's reader
+        callback, in order, as they arrive: what one wake-up finds (what the
+        socket holds, up to :data:`READS_PER_WAKEUP`) in one list, which its
+        consumer can treat as one batch; no task, future or extra loop turn
+        between the kernel's messages and their consumer.  What
+        :meth:`request` left unread (``backlog``, then the inbox) comes
+        first, in one list.  A receive error ends its list and the watch;
+        :meth:`recv` is not to be used any more."""
         loop = self._loop = asyncio.get_running_loop()
-        self._following = on_datagram
-        while self.backlog and self._following is on_datagram:
-            on_datagram(self.backlog.popleft())
-        inbox = self._inbox
-        while inbox and self._following is on_datagram:
+        self._following = on_datagrams
+        waiting: list[bytes | OSError] = list(self.backlog)
+        self.backlog.clear()
+        inbox, failed = self._inbox, False
+        while inbox and not failed:
             item = inbox.popleft()
-            on_datagram(item)
-            if isinstance(item, OSError):
-                self._unwatch()
-                return
-        if self.closed or self._following is not on_datagram:
+            waiting.append(item)
+            failed = isinstance(item, OSError)
+        if failed:
+            self._unwatch()
+        if waiting:
+            on_datagrams(waiting)
+        if failed or self.closed or self._following is not on_datagrams:
             return
         # add_reader replaces the inbox's callback, if it was watching.
-        loop.add_reader(self.fd, self._on_datagram)
+        loop.add_reader(self.fd, self._on_datagrams)
         self._watching = True
 
-    def _on_datagram(self) -> None:
-        # What the socket holds, up to READS_PER_WAKEUP datagrams: a burst
-        # costs a loop turn per READS_PER_WAKEUP datagrams, not per datagram.
+    def _on_datagrams(self) -> None:
+        # What the socket holds, up to READS_PER_WAKEUP datagrams, in one
+        # list: a burst costs a loop turn per READS_PER_WAKEUP datagrams.
+        consumer = self._following
+        if consumer is None:
+            return
         recv = self.sock.recv
+        batch: list[bytes | OSError] = []
         for _ in range(READS_PER_WAKEUP):
-            consumer = self._following
-            if consumer is None:  # unfollowed or closed by the consumer
-                return
             try:
-                data = recv(RECV_SIZE)
+                batch.append(recv(RECV_SIZE))
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError as exc:
                 self._unwatch()
-                consumer(exc)
-                return
-            consumer(data)
+                batch.append(exc)
+                break
+        if batch:
+            consumer(batch)
 
     def unfollow(self) -> None:
         """Stop handing datagrams to the consumer of :meth:`follow`."""
@@ -737,11 +742,11 @@ class RtnlMonitor:
 
     def follow(self, on_records: Callable[[list[RtnlEvent]], object],
                on_end: Callable[[BaseException | None], object]) -> None:
-        """The stream of :meth:`events`, without a task: each datagram's
-        records go, as one list, to ``on_records``, called from the loop's
-        reader callback as the datagram arrives (an address change reaches
+        """The stream of :meth:`events`, without a task: the records of the
+        datagrams one wake-up reads go, as one list, to ``on_records``,
+        called from the loop's reader callback (an address change reaches
         the consumer in the loop turn that sees it, with no future, task
-        wake-up or async generator in between).
+        wake-up or async generator in between; a burst is one batch).
 
         After an ``ENOBUFS`` overrun a task reopens the socket and takes the
         dumps; ``on_records`` then gets ``[Resync(...)]`` and the stream goes
@@ -756,37 +761,48 @@ class RtnlMonitor:
             return
         sock = self._require()
         self._on_records, self._on_end = on_records, on_end
-        sock.follow(self._on_datagram)
+        sock.follow(self._on_datagrams)
 
-    def _on_datagram(self, data: bytes | OSError) -> None:
-        if isinstance(data, OSError):
-            if self._closed or data.errno in (errno.ECONNRESET, errno.EBADF):
-                self._end(None)
-            elif data.errno == errno.ENOBUFS:
-                self._resync_task = asyncio.get_running_loop().create_task(
-                    self._resync_and_follow(), name="rtnetlink resync")
-            else:
-                self._end(data)
-            return
+    def _on_datagrams(self, items: list[bytes | OSError]) -> None:
         on_records = self._on_records
         if on_records is None:
             return
+        records: list[RtnlEvent] = []
+        error: OSError | None = None
+        failure: Exception | None = None
         try:
-            records: list[RtnlEvent] = []
-            for mtype, _, _, _, body in messages(data):
-                decoder = _DECODERS.get(mtype)
-                if decoder is not None:
-                    record = decoder(mtype, body)
-                    if record is not None:
-                        records.append(record)
-                elif mtype == NLMSG_ERROR:
-                    code = error_code(body)
-                    if code:
-                        log.error("Network monitor: rtnetlink error: %s", os.strerror(code))
-            if records:
-                on_records(records)
+            for data in items:
+                if isinstance(data, OSError):
+                    error = data
+                    break
+                for mtype, _, _, _, body in messages(data):
+                    decoder = _DECODERS.get(mtype)
+                    if decoder is not None:
+                        record = decoder(mtype, body)
+                        if record is not None:
+                            records.append(record)
+                    elif mtype == NLMSG_ERROR:
+                        code = error_code(body)
+                        if code:
+                            log.error("Network monitor: rtnetlink error: %s",
+                                      os.strerror(code))
         except Exception as exc:
-            self._end(exc)
+            failure = exc  # what was decoded before it is applied first
+        if records:
+            try:
+                on_records(records)
+            except Exception as exc:
+                failure = exc
+        if failure is not None:
+            self._end(failure)
+        elif error is not None:
+            if self._closed or error.errno in (errno.ECONNRESET, errno.EBADF):
+                self._end(None)
+            elif error.errno == errno.ENOBUFS:
+                self._resync_task = asyncio.get_running_loop().create_task(
+                    self._resync_and_follow(), name="rtnetlink resync")
+            else:
+                self._end(error)
 
     async def _resync_and_follow(self) -> None:
         try:
@@ -797,7 +813,7 @@ class RtnlMonitor:
             if on_records is not None:
                 on_records([resync])
             if not self._closed and self._on_end is not None:
-                self._require().follow(self._on_datagram)
+                self._require().follow(self._on_datagrams)
         except Exception as exc:
             self._end(exc)
         finally:
