@@ -56,6 +56,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import errno
+import functools
 import json
 import logging
 import os
@@ -593,7 +594,7 @@ class AddressAdvertiser:
             return
         endpoint.inflight += 1
         endpoint.target = wanted
-        future.add_done_callback(lambda f: self._answered(pm, endpoint, wanted, f))
+        future.add_done_callback(functools.partial(self._answered, pm, endpoint, wanted))
 
     def _answered(self, pm: PathManager, endpoint: Endpoint, wanted: bool,
                   future: asyncio.Future[Any]) -> None:

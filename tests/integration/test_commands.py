@@ -73,7 +73,7 @@ def stop_reading(ch: CommandChannel) -> None:
     """The channel reads no answer: neither when the socket is reported
     readable nor right after it wrote a request."""
     asyncio.get_running_loop().remove_reader(ch.fileno())
-    ch._read = lambda: None  # type: ignore[method-assign]
+    ch._read = lambda inline=False: None  # type: ignore[method-assign]
 
 
 def resume_reading(ch: CommandChannel) -> None:

@@ -20,6 +20,7 @@ import pytest
 from tests.lab import Lab, list_namespaces
 from mptcpd.netlink.rtnl_monitor import RouteLookup, RtnlMonitor, RtnlMonitorError
 from mptcpd.daemon.network import NetworkFeed
+from mptcpd.netlink.genl_commands import CommandChannel
 from mptcpd.pm.network_monitor import AddressState, NetworkMonitor
 from mptcpd.types import NotifyFlags, SockAddr
 from tests.nm_support import Recorder as NmRecorder
@@ -317,3 +318,74 @@ async def test_a_lost_rtnetlink_socket_is_reopened_and_what_changed_meanwhile_re
         assert feed.running and len(sources) == 2
     finally:
         await feed.close()
+
+
+async def test_an_address_change_and_the_commands_it_makes_are_handled_in_one_loop_turn(
+        lab: Lab) -> None:
+    """The daemon's address path: the rtnetlink datagram is read by the
+    socket's reader callback, applied, and the commands a subscriber
+    submits for it leave together and are answered before the loop's next
+    turn (a callback the subscriber schedules first finds them answered)."""
+    loop = asyncio.get_running_loop()
+    seen: list[tuple[str, int, bool]] = []
+    async with CommandChannel(lab.client) as channel:
+        def subscriber(event: Any) -> None:
+            if event.HOOK != "new_local_address":
+                return
+            futures: list[asyncio.Future[Any]] = []
+            # scheduled before the commands are submitted: runs on the next turn
+            loop.call_soon(lambda: seen.append((str(event.addr), len(channel_sends),
+                                                all(f.done() for f in futures))))
+            futures += [channel.submit("kpm_get_limits"), channel.submit("kpm_get_limits")]
+
+        channel_sends: list[int] = []
+        real_send = channel._send
+
+        def counting_send(*args: Any) -> None:
+            channel_sends.append(len(args[1]))
+            real_send(*args)
+
+        channel._send = counting_send  # type: ignore[method-assign]
+        nm = NetworkMonitor()
+        assert nm.register(subscriber)
+        feed = NetworkFeed(nm, netns=lab.client, batch=channel)
+        await feed.start()
+        try:
+            lab.ip(lab.client, "addr", "add", "203.0.113.91/32", "dev", "c1")
+            await until(lambda: seen, "the address")
+            # two commands, one datagram, both answered in the turn that read the address
+            assert seen == [("203.0.113.91", 1, True)] and channel_sends == [2]
+            # A burst (five addresses added while this loop is blocked): one
+            # wake-up reads them all, and the ten commands leave together.
+            lab.exec(lab.client, "ip", "-batch", "-", input="".join(
+                f"addr add 203.0.113.{i}/32 dev c1\n" for i in range(101, 106)))
+            await until(lambda: len(seen) == 6, "the burst")
+            assert [s[0] for s in seen[1:]] == [f"203.0.113.{i}" for i in range(101, 106)]
+            assert all(s[2] for s in seen) and channel_sends == [2, 10]
+        finally:
+            await feed.close()
+
+
+async def test_rtnl_follow_hands_over_records_per_datagram_and_ends_once_on_close(
+        lab: Lab) -> None:
+    """RtnlMonitor.follow on its own: an address added in the namespace
+    comes as a list of records from the reader callback (no task), and
+    closing the monitor ends the stream with None, once."""
+    mon = RtnlMonitor(lab.client)
+    await mon.open()
+    await mon.dump_links()
+    batches: list[tuple[list[Any], bool]] = []
+    ends: list[BaseException | None] = []
+    mon.follow(lambda records: batches.append((records, asyncio.current_task() is None)),
+               ends.append)
+    try:
+        lab.ip(lab.client, "addr", "add", "203.0.113.93/32", "dev", "c1")
+        await until(lambda: any(str(getattr(r, "ip", "")) == "203.0.113.93"
+                                for records, _ in batches for r in records), "the address")
+        assert all(outside_a_task for _, outside_a_task in batches)
+        assert ends == []
+    finally:
+        mon.close()
+    assert ends == [None]
+    mon.close()
+    assert ends == [None]

@@ -70,6 +70,21 @@ def children(pid: int) -> list[int]:
         return []
 
 
+def daemon_children(pid: int) -> list[int]:
+    """The children of ``pid`` (strace) that run the daemon (Python): strace
+    also forks short-lived children of its own at start (to test ptrace;
+    strace's own command line), which a bare first child could be."""
+    found = []
+    for child in children(pid):
+        try:
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+            if argv[0] == os.fsencode(sys.executable) and b"mptcpd" in argv:
+                found.append(child)
+        except OSError:
+            pass  # gone already: strace's own
+    return found
+
+
 def exercise(lab: Lab, pm: str, daemon: Process) -> None:
     """Make the daemon work: addresses and carrier (addr_adv), a connection
     that gets a subflow (sspi)."""
@@ -115,7 +130,8 @@ def test_the_daemon_stays_within_the_units_system_call_filter(
                            name=f"mptcpd-{plugin}", env=env)
         # The daemon is strace's child: end it by its own PID whatever happens
         # (strace leaves its tracee running when it is killed).
-        child = wait_for(lambda: children(daemon.pid), timeout=10, what="strace's child")[0]
+        child = wait_for(lambda: daemon_children(daemon.pid), timeout=10,
+                         what="strace's child running mptcpd")[0]
         try:
             daemon.wait_output(READY, timeout=30)
             exercise(lab, pm, daemon)

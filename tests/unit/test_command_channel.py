@@ -202,6 +202,67 @@ async def test_answers_made_inside_the_send_are_read_in_the_same_turn() -> None:
     await ch.close()
 
 
+class CountingSocket(AnsweringSocket):
+    """Counts the ``recv_into`` calls, and those that found nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = self.empty_reads = 0
+
+    def recv_into(self, buf: bytearray, size: int, flags: int = 0) -> int:
+        self.reads += 1
+        if not self.answers:
+            self.empty_reads += 1
+        return super().recv_into(buf, size, flags)
+
+
+async def test_what_is_submitted_during_a_hold_leaves_together_when_it_is_released() -> None:
+    """The network feed holds the channel while a datagram's records are
+    applied: what plugins submit meanwhile leaves in one datagram at the
+    release, answered there and then, with no loop turn in between; holds
+    nest, and a command submitted before the hold leaves with them."""
+    ch, sock = make(sock=CountingSocket())
+    before = ch.submit("kpm_get_limits")
+    ch.hold()
+    ch.hold()
+    held = [ch.submit("kpm_set_limits", (Limits(subflows=2),)),
+            ch.submit("kpm_add_addr", (A4, 1, 0, 0))]
+    ch.release()
+    assert sock.datagrams == []  # still held
+    ch.release()
+    assert len(sock.datagrams) == 1
+    assert sock.cmds() == [c.MPTCP_PM_CMD_GET_LIMITS, c.MPTCP_PM_CMD_SET_LIMITS,
+                           c.MPTCP_PM_CMD_ADD_ADDR]
+    assert before.done() and all(f.done() for f in held) and ch.in_flight == 0
+    # the answers were read without a recv that found the socket empty
+    assert sock.reads == 3 and sock.empty_reads == 0
+    await turn()
+    assert len(sock.datagrams) == 1  # the flush scheduled before the hold sent nothing
+    # released, the channel flushes on the next turn again
+    after = ch.submit("kpm_get_limits")
+    assert len(sock.datagrams) == 1
+    await turn()
+    assert len(sock.datagrams) == 2 and after.done()
+    ch.hold()
+    ch.release()  # nothing waits: nothing written
+    assert len(sock.datagrams) == 2
+    await ch.close()
+
+
+async def test_the_reader_stops_once_nothing_waits_for_an_answer() -> None:
+    """A wake-up reads a stray message (nothing in flight) and no more: no
+    recv to learn that the socket is empty; the socket stays watched, so
+    whatever else it holds wakes the reader again."""
+    ch, sock = make(sock=CountingSocket())
+    sock.ack(4242)
+    sock.ack(4243)
+    ch._on_readable()
+    assert sock.reads == 1 and len(sock.answers) == 1
+    ch._on_readable()
+    assert sock.reads == 2 and not sock.answers and sock.empty_reads == 0
+    await ch.close()
+
+
 async def test_without_batching_each_request_is_its_own_send() -> None:
     ch, sock = make(batch=False)
     for _ in range(4):

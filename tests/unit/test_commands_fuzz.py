@@ -334,7 +334,7 @@ def check_channel(answers: list[tuple[bytes, int | None]]) -> list[object]:
     1..4095 (or is still waiting)."""
     async def body() -> list[object]:
         ch, sock = make(request_timeout=None)
-        futures = [ch.submit(name, 1) if name == "kpm_get_addr" else ch.submit(name)
+        futures = [ch.submit(name, (1,)) if name == "kpm_get_addr" else ch.submit(name)
                    for name in COMMANDS]
         await turn()
         seqs = sock.seqs()

@@ -118,6 +118,12 @@ class FakeChannel:
         _, left = await asyncio.wait(pending, timeout=timeout)
         return not left
 
+    def hold(self) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
     def submit(self, name: str, args: tuple[Any, ...] = (),
                token: int | None = None) -> asyncio.Future[Any]:
         ORDER.append(f"submit {name}")
@@ -284,6 +290,12 @@ def ready() -> bool:
 
 def index(entry: str) -> int:
     return ORDER.index(entry)
+
+
+def test_the_network_feed_holds_the_command_channel_per_datagram(daemon: Daemon) -> None:
+    """What plugins submit for one rtnetlink datagram leaves together, in
+    the turn that read it (the feed holds the channel meanwhile)."""
+    assert daemon.network_feed.batch is daemon.channel
 
 
 async def test_startup_order_ready_and_shutdown_order(daemon: Daemon) -> None:

@@ -158,3 +158,83 @@ async def test_what_nobody_reads_stays_bounded_and_in_order(
     got = [await asyncio.wait_for(nl.recv(), 10) for _ in range(30)]
     assert got == [b"%d" % n for n in range(30)]
     nl.close()
+
+
+async def test_follow_hands_every_datagram_over_from_the_reader_callback(
+        pair: tuple[socket.socket, Socket], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon's stream: what a request left unread first (backlog, then
+    the inbox), then what each wake-up reads, from the loop's reader
+    callback itself, in order, with one watch; a receive error ends its
+    list and the watch."""
+    sender, receiver = pair
+    nl = await reading_after_a_first_datagram(sender, receiver)
+    nl.backlog.append(b"backlog")
+    sender.send(b"inbox")
+    await asyncio.sleep(0.01)  # the watching reader puts it in the inbox
+    calls = count_watch_calls(monkeypatch)
+    got: list[list[bytes | OSError]] = []
+    stack: list[str] = []
+
+    def consume(items: list[bytes | OSError]) -> None:
+        got.append(list(items))
+        # called from the reader callback, not from a task
+        stack.append("task" if asyncio.current_task() is not None else "callback")
+
+    nl.follow(consume)  # what waits is handed over at once
+    assert got == [[b"backlog", b"inbox"]]
+    for n in range(3):
+        sender.send(b"%d" % n)
+    await wait_for(lambda: sum(map(len, got)) == 5)
+    assert [d for items in got[1:] for d in items] == [b"0", b"1", b"2"]
+    assert set(stack[1:]) == {"callback"}
+    assert calls == {"add_reader": 1, "remove_reader": 0}
+    receiver.errors[receiver.received] = OSError(errno.ENOBUFS, "No buffer space available")
+    sender.send(b"after the error")
+    await wait_for(lambda: isinstance(got[-1][-1], OSError))
+    assert got[-1][-1].errno == errno.ENOBUFS  # type: ignore[union-attr]
+    assert calls == {"add_reader": 1, "remove_reader": 1}  # the watch ended
+    seen = len(got)
+    await asyncio.sleep(0.01)
+    assert len(got) == seen  # nothing more handed over
+    nl.close()
+
+
+async def test_unfollow_stops_the_stream(pair: tuple[socket.socket, Socket]) -> None:
+    sender, receiver = pair
+    nl = NetlinkSocket(receiver)  # type: ignore[arg-type]
+    got: list[list[bytes | OSError]] = []
+    nl.follow(got.append)
+    sender.send(b"1")
+    await wait_for(lambda: got == [[b"1"]])
+    nl.unfollow()
+    sender.send(b"2")
+    await asyncio.sleep(0.01)
+    assert got == [[b"1"]]
+    nl.close()
+
+
+async def wait_for(condition: Any, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.001)
+
+
+async def test_follow_reads_a_burst_in_one_wake_up_up_to_a_bound(
+        pair: tuple[socket.socket, Socket], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wake-up hands over what the socket holds, READS_PER_WAKEUP at most,
+    in one list (a burst costs no loop turn per datagram, and its consumer
+    gets it as one batch; other callbacks still run between wake-ups)."""
+    monkeypatch.setattr(rtnl_monitor, "READS_PER_WAKEUP", 4)
+    sender, receiver = pair
+    nl = NetlinkSocket(receiver)  # type: ignore[arg-type]
+    got: list[list[bytes | OSError]] = []
+    nl.follow(got.append)
+    for n in range(6):
+        sender.send(b"%d" % n)
+    nl._on_datagrams()  # one wake-up
+    assert got == [[b"0", b"1", b"2", b"3"]]
+    nl._on_datagrams()
+    assert got[1:] == [[b"4", b"5"]]
+    nl._on_datagrams()  # nothing there: nothing handed over
+    assert len(got) == 2
+    nl.close()

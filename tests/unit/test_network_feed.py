@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 from collections.abc import AsyncIterator
 
 from mptcpd.daemon.network import NetworkFeed
@@ -15,6 +16,7 @@ from mptcpd.netlink.rtnl_monitor import (
     LinkMessage,
     Resync,
     RouteLookup,
+    RouteMessage,
     RtnlEvent,
     RtnlMonitorError,
 )
@@ -154,4 +156,90 @@ async def test_when_reopening_keeps_failing_the_feed_reports_and_stops() -> None
     assert failures == ["network monitor stopped: Network monitor: rtnetlink socket lost"
                         + "; reopening failed: Unable to monitor network device changes." * 3]
     await until(lambda: not feed.running)
+    await feed.close()
+
+
+class FollowSource(FakeSource):
+    """A source with RtnlMonitor's synchronous stream: the test hands over
+    datagrams' records (``deliver``) and ends the stream (``end``)."""
+
+    def __init__(self, links: list[LinkMessage], addrs: list[AddressMessage]) -> None:
+        super().__init__(links, addrs)
+        self.on_records: Any = None
+        self.on_end: Any = None
+
+    def follow(self, on_records: Any, on_end: Any) -> None:
+        self.log.append("follow")
+        self.on_records, self.on_end = on_records, on_end
+
+    async def events(self) -> AsyncIterator[RtnlEvent]:
+        raise AssertionError("a source that can follow is not iterated")
+        yield  # pragma: no cover
+
+
+class Batch:
+    """Stands for the command channel's hold and release."""
+
+    def __init__(self) -> None:
+        self.log: list[str] = []
+
+    def hold(self) -> None:
+        self.log.append("hold")
+
+    def release(self) -> None:
+        self.log.append("release")
+
+
+async def test_a_following_source_is_applied_from_its_callback_one_datagram_per_hold(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The records of one datagram are applied when the source hands them
+    over (no task in between), inside one hold of the command batch, which
+    is released even when a record fails."""
+    src = FollowSource([link(2)], [])
+    nm, rec = monitor()
+    batch = Batch()
+    rec_calls = rec.calls
+    nm.register(lambda event: batch.log.append(event.HOOK))
+    feed = NetworkFeed(nm, lambda: src, batch=batch)
+    await feed.start()
+    await until(lambda: src.on_records is not None)
+    src.on_records([addr(2, "192.0.2.7"), addr(2, "192.0.2.8")])
+    assert rec_calls == [("new_local_address", 2, "192.0.2.7"),
+                         ("new_local_address", 2, "192.0.2.8")]
+    assert batch.log == ["hold", "new_local_address", "new_local_address", "release"]
+    def broken(msg: RouteMessage) -> None:
+        raise RuntimeError("a bug")
+
+    nm.handle_route = broken  # type: ignore[method-assign]
+    src.on_records([RouteMessage(2), addr(2, "192.0.2.7", deleted=True)])
+    assert batch.log[4:] == ["hold", "delete_local_address", "release"]
+    assert "network monitor failed to handle RouteMessage" in caplog.text
+    src.on_records([RouteMessage(2)])
+    assert batch.log[7:] == ["hold", "release"]
+    assert feed.running
+    await feed.close()
+    assert src.closed
+
+
+async def test_a_following_source_that_ends_is_reopened_and_an_error_is_reported(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "mptcpd.daemon.network")
+    first = FollowSource([link(2)], [addr(2, "192.0.2.1")])
+    second = FollowSource([link(2)], [addr(2, "192.0.2.2")])
+    third = FollowSource([link(2)], [addr(2, "192.0.2.2")])
+    sources = iter([first, second, third])
+    nm, rec = monitor(NotifyFlags.EXISTING)
+    feed = NetworkFeed(nm, lambda: next(sources), retry_delays=(0,))
+    await feed.start()
+    await until(lambda: first.on_end is not None)
+    first.on_end(None)  # closed under it: the stream ended
+    await until(lambda: feed.reopened == 1 and second.on_end is not None)
+    assert first.closed and rec.calls[1:] == [("delete_local_address", 2, "192.0.2.1"),
+                                              ("new_local_address", 2, "192.0.2.2")]
+    assert "rtnetlink stream ended; reopening" in caplog.text
+    second.on_end(RtnlMonitorError("Unable to monitor IPv4 address changes."))
+    await until(lambda: feed.reopened == 2 and third.on_end is not None)
+    assert "Unable to monitor IPv4 address changes.; reopening" in caplog.text
+    third.on_end(ValueError("a decoding bug"))
+    await until(lambda: "rtnetlink reader failed: ValueError('a decoding bug')" in caplog.text)
     await feed.close()

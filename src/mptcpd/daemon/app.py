@@ -90,6 +90,8 @@ class Channel(Protocol):
     def submit(self, name: str, args: tuple[Any, ...] = (),
                token: int | None = None) -> asyncio.Future[Any]: ...
     def forget(self, token: int) -> int: ...
+    def hold(self) -> None: ...
+    def release(self) -> None: ...
 
 
 class Watcher(Protocol):
@@ -164,7 +166,7 @@ class Daemon:
             config.notify_flags, route_wait_timeout=config.check_route_timeout,
             policy=Policy.from_config(config), readdress=True)
         self.network_feed = NetworkFeed(self.network_monitor, kernel.rtnl,
-                                        on_failure=self._fail)
+                                        on_failure=self._fail, batch=self.channel)
         self.id_manager = IdManager()
         self.listener_manager = ListenerManager()
         #: Counters for the control socket.

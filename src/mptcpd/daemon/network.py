@@ -44,6 +44,15 @@ class RtnlSource(Protocol):
     def close(self) -> None: ...
 
 
+class Batch(Protocol):
+    """Holds commands back while a batch of records is applied, and
+    sends them together when released (the command channel:
+    :meth:`~mptcpd.netlink.genl_commands.CommandChannel.hold`)."""
+
+    def hold(self) -> None: ...
+    def release(self) -> None: ...
+
+
 class NetworkFeed:
     """Feeds ``monitor`` from rtnetlink, and keeps doing so.
 
@@ -61,14 +70,19 @@ class NetworkFeed:
     :param netns: the namespace to monitor (``None``: our own).
     :param on_failure: called with the reason when the feed gives up.
     :param retry_delays: the waits before each reopening attempt.
+    :param batch: held while the records of one wake-up's datagrams are
+        applied (the command channel: what plugins submit for them leaves
+        together, in the same loop turn); None: nothing held.
     """
 
     def __init__(self, monitor: NetworkMonitor,
                  open_source: Callable[[], RtnlSource] | None = None,
                  netns: str | None = None,
                  on_failure: Callable[[str], None] | None = None,
-                 retry_delays: Sequence[float] = RETRY_DELAYS) -> None:
+                 retry_delays: Sequence[float] = RETRY_DELAYS,
+                 batch: Batch | None = None) -> None:
         self.monitor = monitor
+        self.batch = batch
         self._open_source = open_source or self._rtnl_monitor
         self._netns = netns
         self.on_failure = on_failure
@@ -135,7 +149,53 @@ class NetworkFeed:
             source = reopened
 
     async def _read(self, source: RtnlSource) -> str:
-        """Apply the source's records until it fails; why it stopped."""
+        """Apply the source's records until it fails; why it stopped.
+
+        A source that can (:meth:`RtnlMonitor.follow
+        <mptcpd.netlink.rtnl_monitor.RtnlMonitor.follow>`) hands each
+        datagram's records over from the loop's reader callback, and they
+        are applied there and then (:meth:`_apply`); others are iterated."""
+        follow = getattr(source, "follow", None)
+        if follow is None:
+            return await self._iterate(source)
+        ended: asyncio.Future[BaseException | None] = \
+            asyncio.get_running_loop().create_future()
+
+        def on_end(exc: BaseException | None) -> None:
+            if not ended.done():
+                ended.set_result(exc)
+
+        try:
+            follow(self._apply, on_end)
+        except Exception as error:
+            on_end(error)
+        exc = await ended
+        if exc is None:
+            return "rtnetlink stream ended"
+        if isinstance(exc, RtnlMonitorError):
+            return str(exc) or "rtnetlink socket lost"
+        log.error("Network monitor: rtnetlink reader failed.", exc_info=exc)
+        return f"rtnetlink reader failed: {exc!r}"
+
+    def _apply(self, records: list[RtnlEvent]) -> None:
+        """Apply the records of one wake-up's datagrams; the commands they
+        make plugins submit leave together once they all are (:attr:`batch`)."""
+        handle = self.monitor.handle
+        batch = self.batch
+        if batch is not None:
+            batch.hold()
+        try:
+            for record in records:
+                try:
+                    handle(record)
+                except Exception:
+                    log.exception("network monitor failed to handle %r", record)
+        finally:
+            if batch is not None:
+                batch.release()
+
+    async def _iterate(self, source: RtnlSource) -> str:
+        """:meth:`_read` for a source that only has :meth:`RtnlSource.events`."""
         handle = self.monitor.handle
         try:
             async for record in source.events():

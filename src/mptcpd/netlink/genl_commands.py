@@ -25,7 +25,10 @@ Callers may ignore the future: a failure is logged once and never reported
 as "exception never retrieved".
 
 Flow: commands queued during one loop iteration leave together in one
-``sendmsg`` (the kernel handles the messages of a datagram in order), up to
+``sendmsg`` (the kernel handles the messages of a datagram in order) on the
+next, or, submitted during a :meth:`~CommandChannel.hold` (the network feed
+holds the channel while it applies a datagram's records), at its
+:meth:`~CommandChannel.release`, in the same loop turn; up to
 ``max_in_flight`` requests awaiting their answer.  The kernel answers a
 socket's requests in the order it received them, so replies are matched by
 sequence number and futures resolve in submission order; a dump (the kernel
@@ -136,6 +139,15 @@ class _Request:
         self.deadline = 0.0
         self.result: Any = [] if command.kind == "dump" else None
         self.dead = False
+
+
+def _any_slow(reqs: list[_Request]) -> bool:
+    """Whether one of ``reqs`` is slow (a loop: ``any`` over a generator
+    costs a generator step per request)."""
+    for req in reqs:
+        if req.slow:
+            return True
+    return False
 
 
 def _settle_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
@@ -309,6 +321,7 @@ class CommandChannel:
         self._inflight: collections.deque[_Request] = collections.deque()
         self._dump_seq: int | None = None
         self._flush_handle: asyncio.Handle | None = None
+        self._held = 0  #: :meth:`hold` calls not yet released
         self._timer: asyncio.TimerHandle | None = None
         self._warn_handle: asyncio.TimerHandle | None = None
         self._unreported = 0
@@ -434,9 +447,28 @@ class CommandChannel:
                 self._by_token[token] = [req]
             else:
                 same.append(req)
-        if self._flush_handle is None:
+        if self._flush_handle is None and not self._held:
             self._flush_handle = loop.call_soon(self._flush)
         return future
+
+    def hold(self) -> None:
+        """Keep what is submitted from now on until :meth:`release`, which
+        sends it at once: a caller that knows when a batch of commands ends
+        (the network feed, once a datagram's records are applied) has them
+        leave in that loop turn, together, instead of the next one.  Holds
+        nest."""
+        self._held += 1
+
+    def release(self) -> None:
+        """End a :meth:`hold`; the last one writes what waits (and reads the
+        answers, as every write from the loop does)."""
+        self._held -= 1
+        if self._held or not (self._queue or self._resend) or self._sock is None:
+            return
+        handle, self._flush_handle = self._flush_handle, None
+        if handle is not None:
+            handle.cancel()  # submitted before the hold: leaves now too
+        self._flush()
 
     def forget(self, token: int) -> int:
         """Drop every queued, not yet sent command of connection ``token``.
@@ -516,7 +548,7 @@ class CommandChannel:
         self._write_queue()
         while self._answers_due:
             self._answers_due = False
-            self._read()
+            self._read(inline=True)
             if self._queue or self._resend:
                 self._write_queue()
 
@@ -551,7 +583,7 @@ class CommandChannel:
             dump = command.kind == "dump"
             if dump and (inflight or out):
                 break
-            if req.slow and out and not any(r.slow for r in out):
+            if req.slow and out and not _any_slow(out):
                 # What comes before it leaves from the loop first, its
                 # answers read at once; the worker thread takes the rest.
                 self._send(sock, out, datas)
@@ -603,7 +635,7 @@ class CommandChannel:
 
     def _send(self, sock: socket.socket, reqs: list[_Request], datas: list[bytes]) -> None:
         mode = self.send_in_thread
-        if mode == "all" or (mode == "slow" and any(req.slow for req in reqs)):
+        if mode == "all" or (mode == "slow" and _any_slow(reqs)):
             self._send_in_thread(sock, reqs, datas)
             return
         try:
@@ -707,7 +739,7 @@ class CommandChannel:
                 if not isinstance(exc, OSError):
                     raise exc
                 self._unsent(reqs, datas, exc)
-            self._read()  # the answers, all there now
+            self._read(inline=True)  # the answers, all there now
             self._write()
         except Exception as error:
             self._die(f"the writer raised {error!r}", error)
@@ -754,11 +786,18 @@ class CommandChannel:
         except Exception as exc:
             self._die(f"the reader raised {exc!r}", exc)
 
-    def _read(self) -> None:
+    def _read(self, inline: bool = False) -> None:
+        """Read and handle answers until the socket is empty or nothing
+        waits for one (no failed ``recv`` to learn it is empty then: stray
+        messages wake the reader again); ``inline``: right after the loop's
+        own write, which has nothing to read once its answers are in."""
         view, size = self._view, len(self._buf)
-        for _ in range(_READS_PER_WAKEUP):
+        for i in range(_READS_PER_WAKEUP):
             sock = self._sock
             if sock is None:
+                return
+            if (i or inline) and not self._inflight:
+                self._overrun = False  # every request is answered or failed
                 return
             try:
                 n = sock.recv_into(self._buf, size, socket.MSG_TRUNC)

@@ -67,6 +67,9 @@ OPERSTATES = ("UNKNOWN", "NOTPRESENT", "DOWN", "LOWERLAYERDOWN", "TESTING",
 RECV_SIZE = 1 << 16
 #: Unread datagrams at which a :class:`NetlinkSocket` stops reading ahead.
 INBOX_LIMIT = 256
+#: Datagrams :meth:`NetlinkSocket.follow` hands over per wake-up at most
+#: (then the loop runs its other callbacks).
+READS_PER_WAKEUP = 64
 
 # -- rtnetlink multicast groups (enum rtnetlink_groups) ---------------------
 RTNLGRP_LINK = 1
@@ -432,6 +435,8 @@ class NetlinkSocket:
         self._waiter: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watching = False
+        #: The consumer of :meth:`follow` (None: :meth:`recv` reads).
+        self._following: Callable[[list[bytes | OSError]], object] | None = None
         self.closed = False
 
     async def recv(self) -> bytes:
@@ -475,6 +480,60 @@ class NetlinkSocket:
         waiter = self._waiter
         if inbox and waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def follow(self, on_datagrams: Callable[[list[bytes | OSError]], object]) -> None:
+        """Hand the datagrams over to ``on_datagrams`` from the loop's reader
+        callback, in order, as they arrive: what one wake-up finds (what the
+        socket holds, up to :data:`READS_PER_WAKEUP`) in one list, which its
+        consumer can treat as one batch; no task, future or extra loop turn
+        between the kernel's messages and their consumer.  What
+        :meth:`request` left unread (``backlog``, then the inbox) comes
+        first, in one list.  A receive error ends its list and the watch;
+        :meth:`recv` is not to be used any more."""
+        loop = self._loop = asyncio.get_running_loop()
+        self._following = on_datagrams
+        waiting: list[bytes | OSError] = list(self.backlog)
+        self.backlog.clear()
+        inbox, failed = self._inbox, False
+        while inbox and not failed:
+            item = inbox.popleft()
+            waiting.append(item)
+            failed = isinstance(item, OSError)
+        if failed:
+            self._unwatch()
+        if waiting:
+            on_datagrams(waiting)
+        if failed or self.closed or self._following is not on_datagrams:
+            return
+        # add_reader replaces the inbox's callback, if it was watching.
+        loop.add_reader(self.fd, self._on_datagrams)
+        self._watching = True
+
+    def _on_datagrams(self) -> None:
+        # What the socket holds, up to READS_PER_WAKEUP datagrams, in one
+        # list: a burst costs a loop turn per READS_PER_WAKEUP datagrams.
+        consumer = self._following
+        if consumer is None:
+            return
+        recv = self.sock.recv
+        batch: list[bytes | OSError] = []
+        for _ in range(READS_PER_WAKEUP):
+            try:
+                batch.append(recv(RECV_SIZE))
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self._unwatch()
+                batch.append(exc)
+                break
+        if batch:
+            consumer(batch)
+
+    def unfollow(self) -> None:
+        """Stop handing datagrams to the consumer of :meth:`follow`."""
+        if self._following is not None:
+            self._following = None
+            self._unwatch()
 
     def _unwatch(self) -> None:
         if self._watching:
@@ -525,6 +584,7 @@ class NetlinkSocket:
             return
         self.closed = True
         self._unwatch()
+        self._following = None
         self._inbox.clear()
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
@@ -545,9 +605,10 @@ class RtnlMonitor:
     :param rcvbuf: receive buffer size of the event socket.
 
     Use: ``await open()``, ``await dump_links()``, ``await
-    dump_addresses()``, then ``async for event in events()``; ``close()``
-    at the end.  :meth:`lookup_default_route` may be called at any time after
-    :meth:`open`.
+    dump_addresses()``, then ``async for event in events()`` (or
+    :meth:`follow`, the daemon's: the records handed over from the loop's
+    reader callback); ``close()`` at the end.  :meth:`lookup_default_route`
+    may be called at any time after :meth:`open`.
     """
 
     def __init__(
@@ -561,6 +622,10 @@ class RtnlMonitor:
         self._lookup_sock: NetlinkSocket | None = None
         self._lookup_lock: asyncio.Lock | None = None
         self._closed = False
+        #: The consumers of :meth:`follow` (None: not following).
+        self._on_records: Callable[[list[RtnlEvent]], object] | None = None
+        self._on_end: Callable[[BaseException | None], object] | None = None
+        self._resync_task: asyncio.Task[None] | None = None
         #: How many times the event socket was reopened after ENOBUFS.
         self.resyncs = 0
 
@@ -675,6 +740,93 @@ class RtnlMonitor:
                         log.error("Network monitor: rtnetlink error: %s",
                                   os.strerror(code))
 
+    def follow(self, on_records: Callable[[list[RtnlEvent]], object],
+               on_end: Callable[[BaseException | None], object]) -> None:
+        """The stream of :meth:`events`, without a task: the records of the
+        datagrams one wake-up reads go, as one list, to ``on_records``,
+        called from the loop's reader callback (an address change reaches
+        the consumer in the loop turn that sees it, with no future, task
+        wake-up or async generator in between; a burst is one batch).
+
+        After an ``ENOBUFS`` overrun a task reopens the socket and takes the
+        dumps; ``on_records`` then gets ``[Resync(...)]`` and the stream goes
+        on from the new socket.  ``on_end`` is called once, when the stream
+        stops: with None when the monitor is closed (or its socket reset),
+        else with the exception (:class:`RtnlMonitorError` when the socket
+        cannot be reopened after an overrun; a receive error; whatever
+        decoding or ``on_records`` raised).
+        """
+        if self._closed:
+            on_end(None)
+            return
+        sock = self._require()
+        self._on_records, self._on_end = on_records, on_end
+        sock.follow(self._on_datagrams)
+
+    def _on_datagrams(self, items: list[bytes | OSError]) -> None:
+        on_records = self._on_records
+        if on_records is None:
+            return
+        records: list[RtnlEvent] = []
+        error: OSError | None = None
+        failure: Exception | None = None
+        try:
+            for data in items:
+                if isinstance(data, OSError):
+                    error = data
+                    break
+                for mtype, _, _, _, body in messages(data):
+                    decoder = _DECODERS.get(mtype)
+                    if decoder is not None:
+                        record = decoder(mtype, body)
+                        if record is not None:
+                            records.append(record)
+                    elif mtype == NLMSG_ERROR:
+                        code = error_code(body)
+                        if code:
+                            log.error("Network monitor: rtnetlink error: %s",
+                                      os.strerror(code))
+        except Exception as exc:
+            failure = exc  # what was decoded before it is applied first
+        if records:
+            try:
+                on_records(records)
+            except Exception as exc:
+                failure = exc
+        if failure is not None:
+            self._end(failure)
+        elif error is not None:
+            if self._closed or error.errno in (errno.ECONNRESET, errno.EBADF):
+                self._end(None)
+            elif error.errno == errno.ENOBUFS:
+                self._resync_task = asyncio.get_running_loop().create_task(
+                    self._resync_and_follow(), name="rtnetlink resync")
+            else:
+                self._end(error)
+
+    async def _resync_and_follow(self) -> None:
+        try:
+            resync = await self._resync()
+            if self._closed:
+                return
+            on_records = self._on_records
+            if on_records is not None:
+                on_records([resync])
+            if not self._closed and self._on_end is not None:
+                self._require().follow(self._on_datagrams)
+        except Exception as exc:
+            self._end(exc)
+        finally:
+            self._resync_task = None
+
+    def _end(self, exc: BaseException | None) -> None:
+        """The stream of :meth:`follow` stops; its ``on_end`` is told once."""
+        on_end, self._on_end, self._on_records = self._on_end, None, None
+        if self._sock is not None:
+            self._sock.unfollow()
+        if on_end is not None:
+            on_end(exc)
+
     async def _resync(self) -> Resync:
         log.warning(
             "Network monitor lost rtnetlink messages (receive buffer overrun); "
@@ -734,8 +886,12 @@ class RtnlMonitor:
     # -- teardown --------------------------------------------------------
 
     def close(self) -> None:
-        """Close the sockets; :meth:`events` ends."""
+        """Close the sockets; :meth:`events` ends, and so does :meth:`follow`
+        (its ``on_end`` gets None)."""
         self._closed = True
+        task, self._resync_task = self._resync_task, None
+        if task is not None:
+            task.cancel()
         for sock in (self._sock, self._lookup_sock):
             if sock is not None:
                 try:
@@ -744,3 +900,4 @@ class RtnlMonitor:
                     log.debug("closing an rtnetlink socket failed", exc_info=True)
         self._sock = None
         self._lookup_sock = None
+        self._end(None)

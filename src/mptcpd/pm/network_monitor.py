@@ -164,7 +164,7 @@ class _Interface:
                 type=self.type,
                 operstate=self.operstate,
                 carrier=self.carrier,
-                addrs=tuple(a.addr for a in self.addrs if a.filtered is None),
+                addrs=tuple([a.addr for a in self.addrs if a.filtered is None]),
                 kind=self.kind,
                 addr_flags=self.decision.addr_flags,
             )
@@ -354,7 +354,11 @@ class NetworkMonitor:
 
     def _emit(self, event: ev.NetworkEvent) -> None:
         for subscriber in tuple(self._subscribers):
-            self._call(subscriber, event)
+            try:  # _call, inlined: this runs for every change reported
+                subscriber(event)
+            except Exception:
+                log.exception("network monitor subscriber %r failed in %s", subscriber,
+                              event.HOOK)
 
     @staticmethod
     def _call(subscriber: Subscriber, event: ev.NetworkEvent) -> None:
