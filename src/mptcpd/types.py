@@ -59,6 +59,13 @@ class SockAddr:
         object.__setattr__(self, "ip", ip)
         object.__setattr__(self, "port", port)
 
+    def __hash__(self) -> int:
+        # Equal values have equal integers (and ports): the hash of the two,
+        # without ``ipaddress``'s own ``__hash__`` (a Python method that
+        # formats the integer in hex).  Plugins and the network monitor hash
+        # addresses several times per event.
+        return hash((int(self.ip), self.port))
+
     @property
     def family(self) -> int:
         """``AF_INET`` or ``AF_INET6``."""
