@@ -73,13 +73,14 @@ __all__ = ["DEFAULT_RCVBUF", "EventReader"]
 #: (the default until 2026-12-07).  What the socket holds is also what a
 #: resync brings into the process at once (:meth:`EventReader.fill`), and
 #: it is kernel memory while it waits: 16 MiB gave the churn benchmark a
-#: ~2 MiB higher peak RSS, and lost as many events within the noise.
+#: ~1.6 MiB higher peak RSS (medians of three), and lost as many events
+#: within the noise.
 DEFAULT_RCVBUF = 8 << 20
 #: Datagrams the backlog holds before reading pauses (about 80 bytes each).
 #: A resync reads the socket dry on top of them (:meth:`EventReader.fill`,
 #: several hundred bytes of socket memory per event), so a flood may bring
 #: ~70 000 datagrams into the process at once: about 6 MiB.  (With 65 536
-#: the peak RSS of the churn benchmark was 3–6 MiB higher, and as many
+#: the peak RSS of the churn benchmark was 3–8 MiB higher, and as many
 #: events were lost, within the runs' noise: under a flood the daemon
 #: cannot keep up with, a longer backlog only delays.)
 MAX_PENDING = 32768
