@@ -34,7 +34,7 @@ import os
 import socket
 import struct
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TypeVar, Union
 
 from mptcpd.netlink import nla
@@ -361,6 +361,21 @@ def parse(data: bytes) -> list[RtnlEvent]:
             if event is not None:
                 events.append(event)
     return events
+
+
+def _records(data: bytes) -> Iterator[RtnlEvent]:
+    """The records of one datagram of the monitor's socket, in order; an
+    error message the kernel sent is logged."""
+    for mtype, _, _, _, body in messages(data):
+        decoder = _DECODERS.get(mtype)
+        if decoder is not None:
+            record = decoder(mtype, body)
+            if record is not None:
+                yield record
+        elif mtype == NLMSG_ERROR:
+            code = error_code(body)
+            if code:
+                log.error("Network monitor: rtnetlink error: %s", os.strerror(code))
 
 
 def _request(mtype: int, flags: int, seq: int, body: bytes) -> bytes:
@@ -728,17 +743,8 @@ class RtnlMonitor:
                     raise
                 yield await self._resync()
                 continue
-            for mtype, _, _, _, body in messages(data):
-                decoder = _DECODERS.get(mtype)
-                if decoder is not None:
-                    event = decoder(mtype, body)
-                    if event is not None:
-                        yield event
-                elif mtype == NLMSG_ERROR:
-                    code = error_code(body)
-                    if code:
-                        log.error("Network monitor: rtnetlink error: %s",
-                                  os.strerror(code))
+            for event in _records(data):
+                yield event
 
     def follow(self, on_records: Callable[[list[RtnlEvent]], object],
                on_end: Callable[[BaseException | None], object]) -> None:
@@ -775,17 +781,7 @@ class RtnlMonitor:
                 if isinstance(data, OSError):
                     error = data
                     break
-                for mtype, _, _, _, body in messages(data):
-                    decoder = _DECODERS.get(mtype)
-                    if decoder is not None:
-                        record = decoder(mtype, body)
-                        if record is not None:
-                            records.append(record)
-                    elif mtype == NLMSG_ERROR:
-                        code = error_code(body)
-                        if code:
-                            log.error("Network monitor: rtnetlink error: %s",
-                                      os.strerror(code))
+                records.extend(_records(data))  # kept up to a failure
         except Exception as exc:
             failure = exc  # what was decoded before it is applied first
         if records:
