@@ -354,11 +354,7 @@ class NetworkMonitor:
 
     def _emit(self, event: ev.NetworkEvent) -> None:
         for subscriber in tuple(self._subscribers):
-            try:  # _call, inlined: this runs for every change reported
-                subscriber(event)
-            except Exception:
-                log.exception("network monitor subscriber %r failed in %s", subscriber,
-                              event.HOOK)
+            self._call(subscriber, event)
 
     @staticmethod
     def _call(subscriber: Subscriber, event: ev.NetworkEvent) -> None:
