@@ -364,25 +364,17 @@ class PathManager:
     def kpm_add_addr(self, addr: SockAddr, id: int, flags: int = 0,
                      ifindex: int = 0) -> asyncio.Future[Any]:
         """Add an endpoint (ADD_ADDR); a non-zero port adds the SIGNAL flag."""
-        # Plain valid values (addr_adv's, on every address change) pass the
-        # checks inline; anything else goes through them one by one.
-        if not (type(id) is int and 0 < id <= 255 and type(flags) is int
-                and 0 <= flags and not flags & ~_KNOWN_FLAGS and type(ifindex) is int
-                and -0x80000000 <= ifindex <= 0x7FFFFFFF and isinstance(addr, SockAddr)):
-            _sockaddr(addr, "addr")
-            id = _id(id)
-            flags = _flags(flags)
-            ifindex = _int(ifindex, -0x80000000, 0x7FFFFFFF, "ifindex")
-        if not self._ready:
-            self._check_ready("mptcpd_kpm_add_addr")
+        _sockaddr(addr, "addr")
+        id = _id(id)
+        flags = _flags(flags)
+        ifindex = _int(ifindex, -0x80000000, 0x7FFFFFFF, "ifindex")
+        self._check_ready("mptcpd_kpm_add_addr")
         return self._submit("kpm_add_addr", (addr, id, flags, ifindex))
 
     def kpm_remove_addr(self, id: int) -> asyncio.Future[Any]:
         """Remove the endpoint ``id`` (DEL_ADDR)."""
-        if not (type(id) is int and 0 < id <= 255):
-            id = _id(id)
-        if not self._ready:
-            self._check_ready("mptcpd_kpm_remove_addr")
+        id = _id(id)
+        self._check_ready("mptcpd_kpm_remove_addr")
         return self._submit("kpm_remove_addr", (id,))
 
     def kpm_get_addr(self, id: int) -> asyncio.Future[Any]:
@@ -406,20 +398,14 @@ class PathManager:
         left as they are."""
         if not isinstance(limits, Limits):
             raise ValueError(f"limits must be a Limits, not {limits!r}")
-        rcv, subflows = limits.rcv_add_addrs, limits.subflows
-        if rcv is None and subflows is None:
+        if limits.rcv_add_addrs is None and limits.subflows is None:
             raise ValueError("at least one limit is needed")
-        # A plain Limits of plain valid ints (addr_adv's, on every address
-        # change) is sent as it is; anything else is checked and rebuilt.
-        if not (type(limits) is Limits
-                and (rcv is None or (type(rcv) is int and 0 <= rcv <= _U32))
-                and (subflows is None or (type(subflows) is int and 0 <= subflows <= _U32))):
-            limits = Limits(
-                None if rcv is None else _int(rcv, 0, _U32, "rcv_add_addrs"),
-                None if subflows is None else _int(subflows, 0, _U32, "subflows"),
-            )
-        if not self._ready:
-            self._check_ready("mptcpd_kpm_set_limits")
+        limits = Limits(
+            None if limits.rcv_add_addrs is None
+            else _int(limits.rcv_add_addrs, 0, _U32, "rcv_add_addrs"),
+            None if limits.subflows is None else _int(limits.subflows, 0, _U32, "subflows"),
+        )
+        self._check_ready("mptcpd_kpm_set_limits")
         return self._submit("kpm_set_limits", (limits,))
 
     def kpm_get_limits(self) -> asyncio.Future[Any]:
