@@ -13,6 +13,8 @@ to a receive overrun from the kernel's per-socket drop counter
     .venv/bin/python bench/bench_load.py smoke --impl ours      # < 1 min
 
 Scenarios: client-burst, server-burst, churn, addr, startup, served-rate.
+``--floor`` adds, to the two bursts, the lab's floor: ``bench/floor_pm.py``,
+the least a Python process can do there (see bench/README.md).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ C_DAEMON = "/usr/libexec/mptcpd"
 C_PLUGIN_DIR = "/usr/lib/x86_64-linux-gnu/mptcpd"
 OURS_READY = "mptcpd ready"
 C_READY = "path manager initialized"
+FLOOR_READY = "floor ready"
 ESTABLISHED, SUB_ESTABLISHED, SUB_CLOSED = 2, 10, 11
 
 
@@ -103,10 +106,17 @@ class Daemon:
     """One daemon (ours or C) running inside a lab namespace."""
 
     def __init__(self, lab: Lab, impl: str, ns: str, args: list[str], c_daemon: str,
-                 config: str = "[core]\n", env_extra: dict[str, str | None] | None = None):
+                 config: str = "[core]\n", env_extra: dict[str, str | None] | None = None,
+                 floor: list[str] | None = None):
         self.impl = impl
         t0 = time.monotonic()
-        if impl == "c":
+        if impl == "floor":
+            if floor is None:
+                raise LabError("this scenario has no floor")
+            self.proc = lab.python(ns, str(ROOT / "bench" / "floor_pm.py"), *floor,
+                                   name="floor", env=py_env())
+            ready = FLOOR_READY
+        elif impl == "c":
             self.proc = lab.spawn(ns, c_daemon, "--log=stderr",
                                   f"--plugin-dir={C_PLUGIN_DIR}", *args, name="c-mptcpd")
             ready = C_READY
@@ -301,7 +311,9 @@ def client_burst(impl: str, o: argparse.Namespace) -> dict[str, Any]:
         server = lab.python(lab.server, "-m", "tests.lab.traffic", "hold", "--bind", "0.0.0.0", "--duration",
                             "600", name="hold", env=py_env())
         server.wait_output("listening")
-        daemon = Daemon(lab, impl, lab.client, SSPI, o.c_daemon)
+        daemon = Daemon(lab, impl, lab.client, SSPI, o.c_daemon,
+                        floor=["client", str(lab.links[1].client4), str(lab.links[0].server4),
+                               "5201"])
         watcher = Watcher(lab, lab.client)
         cpu0 = daemon.cpu()
         ticks0 = daemon.user_sys_ticks()
@@ -367,7 +379,9 @@ def server_burst(impl: str, o: argparse.Namespace) -> dict[str, Any]:
         server = lab.python(lab.server, "-m", "tests.lab.traffic", "hold", "--bind", "0.0.0.0", "--duration",
                             "600", name="hold", env=py_env())
         server.wait_output("listening")
-        daemon = Daemon(lab, impl, lab.server, SSPI, o.c_daemon)
+        daemon = Daemon(lab, impl, lab.server, SSPI, o.c_daemon,
+                        floor=["server", str(second.server4), str(lab.links[0].server4),
+                               str(second.client4)])
         watcher = Watcher(lab, lab.server)
         cpu0 = daemon.cpu()
         ticks0 = daemon.user_sys_ticks()
@@ -622,8 +636,14 @@ def fmt(v: Any) -> str:
     return str(v)
 
 
+#: The scenarios bench/floor_pm.py can stand in for a daemon in.
+FLOORED = ("client-burst", "server-burst")
+
+
 def print_table(results: dict[str, dict[str, Any]]) -> None:
-    print(f"\n{'figure':44s} {'ours':>10s} {'C':>10s} {'ours/C':>8s}")
+    floor = any("floor" in results.get(scen, {}) for scen in FLOORED)
+    print(f"\n{'figure':44s} {'ours':>10s} {'C':>10s} {'ours/C':>8s}"
+          + (f" {'floor':>10s}" if floor else ""))
     for scen, key, label in ROWS:
         if scen not in results:
             continue
@@ -631,7 +651,10 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
         c = results[scen].get("c", {}).get(key)
         ratio = (f"{ours / c:.2f}" if isinstance(ours, (int, float))
                  and isinstance(c, (int, float)) and c else "—")
-        print(f"{label:44s} {fmt(ours):>10s} {fmt(c):>10s} {ratio:>8s}")
+        line = f"{label:44s} {fmt(ours):>10s} {fmt(c):>10s} {ratio:>8s}"
+        if floor:
+            line += f" {fmt(results[scen].get('floor', {}).get(key)):>10s}"
+        print(line)
 
 
 def run_meta(o: argparse.Namespace) -> dict[str, Any]:
@@ -646,6 +669,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("scenario", choices=[*SCENARIOS, "all", "smoke"])
     parser.add_argument("--impl", choices=("ours", "c", "both"), default="both")
     parser.add_argument("--json", dest="json_file")
+    parser.add_argument("--floor", action="store_true",
+                        help="also run the two bursts with bench/floor_pm.py: the least a "
+                        "Python process can do in this lab")
     parser.add_argument("--c-daemon", default=C_DAEMON)
     parser.add_argument("--conns", type=int, default=1000, help="burst size")
     parser.add_argument("--deadline", type=float, default=5.0,
@@ -679,6 +705,8 @@ def main(argv: list[str] | None = None) -> int:
         print("needs root (network namespaces)", file=sys.stderr)
         return 1
     impls = ["ours", "c"] if o.impl == "both" else [o.impl]
+    if o.floor:
+        impls.append("floor")
     if "c" in impls:
         if not Path(o.c_daemon).exists():
             print(f"no C mptcpd at {o.c_daemon}: apt-get install -y mptcpd mptcpd-plugins",
@@ -698,6 +726,8 @@ def main(argv: list[str] | None = None) -> int:
             for impl in impls:
                 if name == "served-rate" and impl == "c":
                     continue  # C's sspi creates no subflow: nothing to serve
+                if impl == "floor" and name not in FLOORED:
+                    continue
                 print(f"# {name} / {impl} ...", file=sys.stderr, flush=True)
                 t0 = time.monotonic()
                 try:

@@ -1,4 +1,5 @@
-"""The load benchmark's quickest mode works, for this daemon (no timings checked)."""
+"""The load benchmark's quickest mode works, for this daemon and for the
+lab's floor (no timings checked)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def test_bench_load_smoke_runs_every_scenario(lab_available: None, tmp_path: Pat
     out = tmp_path / "bench.json"
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "bench" / "bench_load.py"), "smoke", "--impl", "ours",
-         "--json", str(out)],
+         "--floor", "--json", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -30,8 +31,16 @@ def test_bench_load_smoke_runs_every_scenario(lab_available: None, tmp_path: Pat
     assert set(results) == {"client-burst", "server-burst", "churn", "addr", "startup",
                             "served-rate"}
     for name, by_impl in results.items():
-        assert list(by_impl) == ["ours"], name
-        assert "error" not in by_impl["ours"], (name, by_impl["ours"])
+        floored = name in ("client-burst", "server-burst")
+        assert list(by_impl) == (["ours", "floor"] if floored else ["ours"]), name
+        for impl, result in by_impl.items():
+            assert "error" not in result, (name, impl, result)
+    # The floor does sspi's kernel work of each burst: every connection gets
+    # its extra subflow, every duplicate join is closed.
+    floor = results["client-burst"]["floor"]
+    assert floor["served"] == floor["connections"] == 20
+    floor = results["server-burst"]["floor"]
+    assert floor["duplicate_joins"] == 20 and floor["closed"] == 20
     burst = results["client-burst"]["ours"]
     assert burst["opened"] == burst["connections"] == 20
     assert burst["served"] == 20 and burst["served_pct"] == 100.0
