@@ -159,6 +159,39 @@ async def test_duplicate_endpoint_fails_with_the_kernels_text(
     assert [e.id for e in lab.endpoints(lab.client)] == [1]
 
 
+async def test_one_datagram_asks_for_one_ack_and_the_kernel_answers_its_errors(
+        lab: Lab, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the datagram's last request asks for an ACK; the kernel still
+    answers the failing one in the middle, goes on with the rest, and the
+    last one's ACK settles those without an answer as done."""
+    l1, l2 = lab.links[0], lab.links[1]
+    caplog.set_level(logging.ERROR, LOGGER)
+    sent: list[list[bytes]] = []
+    send = genl_commands._send_datagram
+
+    def spy(sock: Any, datas: list[bytes]) -> None:
+        sent.append(list(datas))
+        send(sock, datas)
+
+    monkeypatch.setattr(genl_commands, "_send_datagram", spy)
+    async with path_manager(lab) as (pm, _ch):
+        futures = [pm.kpm_add_addr(sa(l1.client4), 1, AddrFlags.SUBFLOW),
+                   pm.kpm_add_addr(sa(l1.client4), 2, AddrFlags.SUBFLOW),  # a duplicate
+                   pm.kpm_add_addr(sa(l2.client4), 3, AddrFlags.SUBFLOW),
+                   pm.kpm_set_limits(Limits(rcv_add_addrs=2, subflows=3))]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+    assert len(sent) == 1 and len(sent[0]) == 4
+    flags = [int.from_bytes(data[6:8], "little") for data in sent[0]]
+    assert [bool(f & 0x04) for f in flags] == [False, False, False, True]  # NLM_F_ACK
+    assert results[0] is None and results[2] is None and results[3] is None
+    assert isinstance(results[1], KernelError)
+    assert results[1].errno in (errno.EBUSY, errno.EEXIST) and results[1].extack
+    assert len(error_lines(caplog)) == 1
+    assert [e.id for e in lab.endpoints(lab.client)] == [1, 3]
+    limits = lab.limits(lab.client)
+    assert (limits["subflows"], limits["add_addr_accepted"]) == (3, 2)
+
+
 async def test_ninth_endpoint_is_out_of_range(lab: Lab, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.ERROR, LOGGER)
     async with path_manager(lab) as (pm, _ch):

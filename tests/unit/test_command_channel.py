@@ -94,6 +94,10 @@ class FakeSocket:
     def seqs(self) -> list[int]:
         return [m.seq for m in self.requests()]
 
+    def asks(self) -> list[bool]:
+        """Whether each request sent asks for an answer (``NLM_F_ACK``)."""
+        return [bool(m.flags & p.NLM_F_ACK) for m in self.requests()]
+
     def cmds(self) -> list[int]:
         out = []
         for data in self.datagrams:
@@ -168,8 +172,7 @@ async def test_commands_of_one_iteration_leave_in_one_datagram_and_resolve_in_or
     seqs = sock.seqs()
     assert len(seqs) == 6 and seqs == sorted(seqs)
     assert sock.cmds() == [c.MPTCP_PM_CMD_SET_LIMITS] * 5 + [c.MPTCP_PM_CMD_GET_LIMITS]
-    for seq in seqs[:5]:
-        sock.ack(seq)
+    # As the kernel answers: nothing for the five that ask for no ACK.
     sock.data(seqs[5], with_seq(LIMITS_REPLY, seqs[5]))
     sock.ack(seqs[5])
     done: list[int] = []
@@ -182,13 +185,80 @@ async def test_commands_of_one_iteration_leave_in_one_datagram_and_resolve_in_or
 
 
 class AnsweringSocket(FakeSocket):
-    """Answers every request inside the send that carries it, as the
-    kernel does (an ACK each)."""
+    """Answers the requests that ask for it (``NLM_F_ACK``) inside the send
+    that carries them, as the kernel does."""
 
     def _accept(self, data: bytes) -> None:
         super()._accept(data)
         for msg in p.messages(data):
-            self.ack(msg.seq)
+            if msg.flags & p.NLM_F_ACK:
+                self.ack(msg.seq)
+
+
+# -- one answer per datagram ------------------------------------------------------
+
+
+async def test_only_the_last_request_of_a_datagram_asks_for_an_ack_and_it_settles_all(
+        fake: tuple[CommandChannel, FakeSocket], caplog: pytest.LogCaptureFixture) -> None:
+    """The kernel answers errors whatever the flags and handles a datagram
+    in order: the last request's ACK says the others succeeded."""
+    ch, sock = fake
+    local, remote = SockAddr(ipaddress.ip_address("192.0.2.1")), SockAddr(
+        ipaddress.ip_address("198.51.100.1"), 80)
+    futures = [ch.submit("add_subflow", (TOKEN, 1, 0, local, remote), token=TOKEN),
+               ch.submit("kpm_get_limits"),
+               ch.submit("kpm_set_limits", (Limits(subflows=2),)),
+               ch.submit("remove_subflow", (TOKEN, local.with_port(1), remote),
+                         token=TOKEN)]
+    await turn()
+    assert len(sock.datagrams) == 1
+    # A command with a data answer asks anyway; of the others, the last.
+    assert sock.asks() == [False, True, False, True]
+    seqs = sock.seqs()
+    order: list[int] = []
+    for i, f in enumerate(futures):
+        f.add_done_callback(lambda _f, i=i: order.append(i))
+    sock.data(seqs[1], with_seq(LIMITS_REPLY, seqs[1]))
+    sock.ack(seqs[1])
+    ch._on_readable()
+    assert futures[0].result() is None and futures[1].result() == Limits(3, 5)
+    assert not futures[2].done() and not futures[3].done()
+    sock.ack(seqs[3])
+    ch._on_readable()
+    assert [f.result() for f in futures[2:]] == [None, None]
+    assert ch.in_flight == 0 and not errors(caplog)
+    await turn()
+    assert order == [0, 1, 2, 3]
+
+
+async def test_an_error_answer_inside_a_datagram_fails_that_request_only(
+        fake: tuple[CommandChannel, FakeSocket], caplog: pytest.LogCaptureFixture) -> None:
+    ch, sock = fake
+    futures = [ch.submit("kpm_set_limits", (Limits(subflows=i),)) for i in range(4)]
+    await turn()
+    assert sock.asks() == [False, False, False, True]
+    seqs = sock.seqs()
+    sock.ack(seqs[1], errno.EINVAL, "limit greater than maximum")
+    sock.ack(seqs[3])
+    ch._on_readable()
+    exc = futures[1].exception()
+    assert isinstance(exc, KernelError) and exc.errno == errno.EINVAL
+    assert [futures[i].result() for i in (0, 2, 3)] == [None] * 3
+    assert errors(caplog) == ["set_limits: limit greater than maximum: Invalid argument"]
+
+
+async def test_after_an_overrun_a_request_without_its_own_answer_fails_not_succeeds(
+        fake: tuple[CommandChannel, FakeSocket], caplog: pytest.LogCaptureFixture) -> None:
+    """The overrun may have taken its error answer."""
+    ch, sock = fake
+    futures = [ch.submit("kpm_set_limits", (Limits(subflows=i),)) for i in range(3)]
+    await turn()
+    sock.answers.append(OSError(errno.ENOBUFS, "No buffer space available"))
+    sock.ack(sock.seqs()[2])
+    ch._on_readable()
+    assert [f.exception().errno for f in futures[:2]] == [errno.ENOBUFS] * 2  # type: ignore[union-attr]
+    assert futures[2].result() is None
+    assert ch.in_flight == 0
 
 
 async def test_answers_made_inside_the_send_are_read_in_the_same_turn() -> None:
@@ -234,8 +304,10 @@ async def test_what_is_submitted_during_a_hold_leaves_together_when_it_is_releas
     assert sock.cmds() == [c.MPTCP_PM_CMD_GET_LIMITS, c.MPTCP_PM_CMD_SET_LIMITS,
                            c.MPTCP_PM_CMD_ADD_ADDR]
     assert before.done() and all(f.done() for f in held) and ch.in_flight == 0
-    # the answers were read without a recv that found the socket empty
-    assert sock.reads == 3 and sock.empty_reads == 0
+    # the answers were read without a recv that found the socket empty:
+    # GET_LIMITS's, and the ACK of the datagram's last request
+    assert sock.asks() == [True, False, True]
+    assert sock.reads == 2 and sock.empty_reads == 0
     await turn()
     assert len(sock.datagrams) == 1  # the flush scheduled before the hold sent nothing
     # released, the channel flushes on the next turn again
@@ -377,6 +449,7 @@ async def test_a_refused_datagram_is_resent_one_request_at_a_time(
                ch.submit("kpm_get_limits")]
     await turn()
     assert len(sock.datagrams) == 2  # the two others, one by one
+    assert sock.asks() == [True, True]  # each the last of its datagram
     exc = futures[1].exception()
     assert isinstance(exc, KernelError) and exc.errno == errno.EMSGSIZE
     for seq in sock.seqs():
@@ -413,11 +486,14 @@ async def test_timeouts_then_late_answers_are_ignored(caplog: pytest.LogCaptureF
     await ch.close()
 
 
-async def test_an_answer_skipping_a_request_means_that_request_lost_its_answer(
+async def test_an_answer_skipping_a_request_that_asked_for_one_means_it_lost_its_answer(
         fake: tuple[CommandChannel, FakeSocket], caplog: pytest.LogCaptureFixture) -> None:
     ch, sock = fake
-    lost, answered = ch.submit("kpm_flush_addrs"), ch.submit("kpm_flush_addrs")
+    lost = ch.submit("kpm_flush_addrs")
     await turn()
+    answered = ch.submit("kpm_flush_addrs")
+    await turn()
+    assert len(sock.datagrams) == 2  # each the last of its datagram: both ask
     sock.ack(sock.seqs()[1])
     ch._on_readable()
     assert isinstance(lost.exception(), KernelError) and lost.exception().errno == errno.ENOBUFS  # type: ignore[union-attr]

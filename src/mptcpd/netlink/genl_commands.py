@@ -37,6 +37,14 @@ its end.  The kernel answers a request inside the ``sendmsg`` that carries
 it: the answers to what the loop wrote are read right after, in the same
 loop turn.  A request whose encoding or sending raises fails alone.
 
+One answer per datagram: a command answered with a bare ACK asks for one
+(``NLM_F_ACK``) only as the last message of its datagram.  The kernel
+answers an error whatever the flags, and handles a datagram's messages in
+order, so once the last one's ACK is read, every earlier request of it
+with no error answer succeeded (and resolves then, in order).  A request
+that lost its answer, or whose datagram's replies met a receive overrun,
+fails with ``ENOBUFS`` as before: an overrun may have taken an error.
+
 Slow commands: the kernel handles a request inside the ``sendmsg`` that
 carries it, and it waits for an RCU grace period (several milliseconds of
 wall time, almost no CPU) on deleting or flushing endpoints.  A datagram
@@ -69,6 +77,7 @@ import errno
 import functools
 import logging
 import socket
+import struct
 import threading
 from collections.abc import Callable, Collection
 from queue import SimpleQueue
@@ -88,6 +97,7 @@ from mptcpd.netlink.nlsock import (
 )
 from mptcpd.netlink.pm_codec import (
     COMMANDS,
+    NLM_F_ACK,
     NLMSG_DONE,
     NLMSG_ERROR,
     Command,
@@ -121,11 +131,12 @@ _MAX_BATCH_BYTES = 32768  # well below the socket's send buffer
 _READS_PER_WAKEUP = 64  # datagrams read before the loop gets its turn back
 _RECV_SIZE = 65536  # the kernel's dump datagrams are at most 32 KiB
 _RCVBUF = 1 << 20  # room for the answers of max_in_flight requests
+_FLAGS = struct.Struct("=H")  # nlmsghdr's flags, at offset 6
 
 
 class _Request:
     __slots__ = ("command", "args", "token", "future", "seq", "deadline", "result", "dead",
-                 "slow", "sending")
+                 "slow", "sending", "acked")
 
     def __init__(self, command: Command, args: tuple[Any, ...], token: int | None,
                  future: asyncio.Future[Any], slow: bool) -> None:
@@ -139,6 +150,10 @@ class _Request:
         self.deadline = 0.0
         self.result: Any = [] if command.kind == "dump" else None
         self.dead = False
+        #: Its message asks for an answer: every command but one answered
+        #: with a bare ACK that is not its datagram's last (see the module
+        #: docstring).
+        self.acked = command.kind != "ack"
 
 
 def _any_slow(reqs: list[_Request]) -> bool:
@@ -156,6 +171,12 @@ def _settle_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
         future.exception()  # retrieved: logged already, or the caller's to read
 
 
+
+
+def _asking_ack(data: bytes) -> bytes:
+    """One request's message with ``NLM_F_ACK`` set in its header's flags."""
+    flags = _FLAGS.unpack_from(data, 6)[0] | NLM_F_ACK
+    return data[:6] + _FLAGS.pack(flags) + data[8:]
 
 
 def _send_datagram(sock: socket.socket, datas: list[bytes]) -> None:
@@ -593,8 +614,9 @@ class CommandChannel:
             out.append(req)
             self._unqueue(req)
             seq = self._next_seq()
+            flags = command.flags if req.acked else command.flags & ~NLM_F_ACK
             try:
-                data = command.encode(family, seq, command.flags, *req.args)
+                data = command.encode(family, seq, flags, *req.args)
             except Exception as exc:
                 out.pop()
                 log.error("%s: cannot encode the request: %r", command.op, exc)
@@ -634,6 +656,10 @@ class CommandChannel:
         return True
 
     def _send(self, sock: socket.socket, reqs: list[_Request], datas: list[bytes]) -> None:
+        last = reqs[-1]
+        if not last.acked:  # the datagram's last message asks for the answer
+            datas[-1] = _asking_ack(datas[-1])
+            last.acked = True
         mode = self.send_in_thread
         if mode == "all" or (mode == "slow" and _any_slow(reqs)):
             self._send_in_thread(sock, reqs, datas)
@@ -889,9 +915,17 @@ class CommandChannel:
 
     def _finish(self, req: _Request, code: int, extack: str | None) -> None:
         inflight = self._inflight
-        # Answers come in request order: an older request lost its answer.
+        # Answers come in request order.  An older request that asked for
+        # one lost it; one that did not succeeded, unless an overrun may
+        # have taken its error.
         while inflight[0] is not req:
-            self._fail_head(errno.ENOBUFS)
+            head = inflight[0]
+            if head.acked or self._overrun:
+                self._fail_head(errno.ENOBUFS)
+            else:
+                inflight.popleft()
+                if not head.future.done():
+                    head.future.set_result(None)
         inflight.popleft()
         if req.seq == self._dump_seq:
             self._dump_seq = None
