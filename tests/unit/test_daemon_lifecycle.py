@@ -583,6 +583,40 @@ async def test_an_overrun_during_a_resync_makes_it_run_once_more(
     assert await asyncio.wait_for(serving, 10) == 0
 
 
+async def test_connections_listed_with_token_0_are_not_adopted(
+        daemon: Daemon, caplog: pytest.LogCaptureFixture) -> None:
+    """sock_diag lists token 0 for a connection whose token is not set yet
+    or already released (under a connection flood: SYN_SENT from 0.0.0.0,
+    and CLOSE); no event carries it, so it is not a connection to adopt
+    (it was adopted as connection 00000000, and sspi logged errors about it)."""
+    from ipaddress import ip_address
+
+    from mptcpd.types import SockAddr
+
+    anywhere = SockAddr(ip_address("0.0.0.0"))
+    server = SockAddr(ip_address("192.0.2.2"), 5201)
+    listing = [MptcpConnection(token=0, laddr=anywhere, raddr=anywhere, state=2,
+                               established=False),
+               MptcpConnection(token=0, laddr=SockAddr(ip_address("192.0.2.1"), 40001),
+                               raddr=server, state=7, established=False),
+               MptcpConnection(token=0x1234, laddr=SockAddr(ip_address("192.0.2.1"), 40000),
+                               raddr=server, state=1, established=True)]
+
+    async def connections() -> list[MptcpConnection]:
+        return listing
+
+    daemon.kernel = dataclasses.replace(daemon.kernel, list_connections=connections)
+    caplog.set_level(logging.INFO, "mptcpd")
+    serving = asyncio.create_task(daemon.serve())
+    await until(lambda: "watcher start" in ORDER)
+    FakeWatcher.instances[0].on_appeared(23)
+    await until(ready)
+    assert set(daemon.dispatcher.bindings) == {0x1234}
+    assert "00000000" not in caplog.text
+    daemon.stop()
+    assert await asyncio.wait_for(serving, 10) == 0
+
+
 @pytest.mark.parametrize(("pm_type", "checked"), [("kernel", 1), ("userspace", 0)])
 async def test_networkmanager_is_looked_for_when_endpoints_are_in_use(
         daemon: Daemon, pm_type: str, checked: int) -> None:

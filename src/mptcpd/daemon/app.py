@@ -508,9 +508,14 @@ class Daemon:
         closing: Collection[int] = ()
         if reader is not None and reader is self.reader:
             closing = self._close_the_unlisted(reader, mark, {c.token for c in connections})
+        # No events exist for a connection that fell back to TCP, nor for
+        # one listed with token 0: the kernel lists that for a connection
+        # whose token is not set yet or already released (seen under a
+        # connection flood: SYN_SENT from 0.0.0.0, and CLOSE), and no
+        # event carries it.
         self.dispatcher.reconcile({
             c.token: (c.laddr, c.raddr, c.server_side, c.established)
-            for c in connections if not c.fallback  # no events exist for those
+            for c in connections if not c.fallback and c.token
         }, at_startup=at_startup, subflows=subflows, closing=closing)
         if at_startup:
             log.info("%d MPTCP connection(s) existed at startup.", len(connections))
