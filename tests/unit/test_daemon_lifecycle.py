@@ -532,13 +532,16 @@ class OverrunReader(FakeReader):
 
 
 async def test_an_overrun_during_a_resync_makes_it_run_once_more(
-        daemon: Daemon, caplog: pytest.LogCaptureFixture) -> None:
+        daemon: Daemon, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """Events lost while the resync lists the connections may be about
     connections that listing missed: the resync runs again when it is done,
     once for any number of overruns meanwhile."""
     from ipaddress import ip_address
 
     from mptcpd.types import SockAddr
+
+    monkeypatch.setattr(app, "RESYNC_MIN_GAP", 0.0)  # the third pass too at once
 
     gate = asyncio.Event()
     listings: list[int] = []
@@ -613,6 +616,55 @@ async def test_connections_listed_with_token_0_are_not_adopted(
     await until(ready)
     assert set(daemon.dispatcher.bindings) == {0x1234}
     assert "00000000" not in caplog.text
+    daemon.stop()
+    assert await asyncio.wait_for(serving, 10) == 0
+
+
+async def test_resyncs_in_a_row_back_off_then_run_at_once_after_a_quiet_while(
+        daemon: Daemon, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under a flood that keeps overrunning the event socket, a resync pass
+    right after another waits, longer each time (events are handled
+    meanwhile, and the pass covers what was lost until it starts); the
+    first two in a row run at once, and so does one after a quiet while."""
+    monkeypatch.setattr(app, "RESYNC_MIN_GAP", 0.2)
+    monkeypatch.setattr(app, "RESYNC_MAX_GAP", 0.4)
+    monkeypatch.setattr(app, "RESYNC_STREAK_WINDOW", 1.0)
+    loop = asyncio.get_running_loop()
+    starts: list[float] = []
+    ends: list[float] = []
+
+    async def listing() -> list[MptcpConnection]:
+        starts.append(loop.time())
+        ends.append(loop.time())
+        return []
+
+    daemon.kernel = dataclasses.replace(daemon.kernel, reader=OverrunReader,
+                                        list_connections=listing)
+    caplog.set_level(logging.INFO, "mptcpd")
+    serving = asyncio.create_task(daemon.serve())
+    await until(lambda: "watcher start" in ORDER)
+    FakeWatcher.instances[0].on_appeared(23)
+    await until(ready)
+    reader = OverrunReader.last
+    assert reader is not None and len(starts) == 1  # at startup
+    async with asyncio.timeout(10):
+        for count in range(1, 6):  # lost again as soon as each pass is done
+            reader.overrun(count)
+            while len(ends) < count + 1:
+                await asyncio.sleep(0.005)
+    gaps = [b - a for a, b in zip(ends[1:], starts[2:])]
+    assert gaps[0] < 0.2  # the second in a row: at once
+    assert 0.2 <= gaps[1] < 0.4 and 0.4 <= gaps[2] < 1.0  # waits, doubling
+    assert 0.4 <= gaps[3] < 1.0  # up to the longest gap
+    assert caplog.text.count("Events are still being lost: the next resync waits") == 3
+    await asyncio.sleep(1.1)  # quiet for the streak window
+    before = loop.time()
+    reader.overrun(6)
+    async with asyncio.timeout(10):
+        while len(starts) < 7:
+            await asyncio.sleep(0.005)
+    assert starts[-1] - before < 0.2  # at once again
     daemon.stop()
     assert await asyncio.wait_for(serving, 10) == 0
 
