@@ -53,6 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "src")]
 
 from tests.lab import Lab, Process, wait_for  # noqa: E402
+from tests.lab.pmwatch import netlink_drops, netlink_sockets  # noqa: E402
 
 C_DAEMON = "/usr/libexec/mptcpd"
 C_PLUGIN_DIR = "/usr/lib/x86_64-linux-gnu/mptcpd"
@@ -394,6 +395,7 @@ def run_impl(impl: str, args: argparse.Namespace) -> dict[str, Any]:
             events = 2 * args.cycles
             result["cpu_per_event_by_thread_us"] = {
                 name: (ns - th0[name]) / events / 1e3 for name, ns in th1.items()}
+            result["cycles_done"] = len(adds)
             result["add_to_endpoint_ms"] = {"p50": pct(adds, 0.5) * 1e3, "p90": pct(adds, 0.9) * 1e3}
             result["del_to_gone_ms"] = {"p50": pct(dels, 0.5) * 1e3, "p90": pct(dels, 0.9) * 1e3}
             result["cpu_per_event_us"] = (c1 - c0) / events / 1e3
@@ -412,6 +414,10 @@ def run_impl(impl: str, args: argparse.Namespace) -> dict[str, Any]:
             c1 = cpu_ns(pid)
             result["churn_cpu_per_event_us"] = (c1 - c0) / (2 * args.churn) / 1e3
             result["churn_drain_s"] = time.monotonic() - churn_sent
+            # The C mptcpd closes its rtnetlink socket on an overrun (and
+            # then follows no address change any more): its drops go with it.
+            result["rtnetlink_drops"] = netlink_drops(pid, NETLINK_ROUTE)
+            result["rtnetlink_sockets_after"] = len(netlink_sockets(pid, NETLINK_ROUTE))
             mem = memory(pid)
             result["peak_rss_kb"] = mem["VmHWM"]
             result["overruns_logged"] = proc.output().count("receive buffer overrun")
@@ -421,6 +427,32 @@ def run_impl(impl: str, args: argparse.Namespace) -> dict[str, Any]:
             nl.close()
             proc.stop()
     return result
+
+
+#: Back-to-back add/delete pairs per second of ``bench_load.py
+#: --addr-churn-seconds`` (5 s: this script's default of 2 000).
+CHURN_PER_SECOND = 400
+
+
+def load_scenario(impl: str, o: argparse.Namespace) -> dict[str, Any]:
+    """``bench_load.py addr``: this script's measurement for one daemon,
+    ``o.addr_rounds`` cycles and ``o.addr_churn_seconds`` ×
+    :data:`CHURN_PER_SECOND` churn pairs, one start, under bench_load's
+    names."""
+    churn = max(1, round(o.addr_churn_seconds * CHURN_PER_SECOND))
+    r = run_impl(impl, argparse.Namespace(cycles=o.addr_rounds, churn=churn, starts=1,
+                                          profile=None, c_daemon=o.c_daemon))
+    return {
+        "rounds": o.addr_rounds, "endpoint_added": r["cycles_done"],
+        "add_to_endpoint_p50_ms": r["add_to_endpoint_ms"]["p50"],
+        "del_to_gone_p50_ms": r["del_to_gone_ms"]["p50"],
+        "cpu_us_per_addr_event": r["cpu_per_event_us"],
+        "churn_events": 2 * churn, "churn_cpu_us_per_event": r["churn_cpu_per_event_us"],
+        "rtnetlink_drops": r["rtnetlink_drops"],
+        "rtnetlink_sockets_after": r["rtnetlink_sockets_after"],
+        "overruns_logged": r["overruns_logged"], "errors_logged": r["errors_logged"],
+        "source": "bench_addr",
+    }
 
 
 FIGURES = [

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "src"), str(ROOT / "bench")]
 
 from tests.lab import Lab, LabError, wait_for  # noqa: E402
-from tests.lab.pmwatch import netlink_drops, netlink_sockets  # noqa: E402
+from tests.lab.pmwatch import netlink_drops  # noqa: E402
 
 C_DAEMON = "/usr/libexec/mptcpd"
 C_PLUGIN_DIR = "/usr/lib/x86_64-linux-gnu/mptcpd"
@@ -453,61 +453,15 @@ def churn(impl: str, o: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def addr_own(impl: str, o: argparse.Namespace) -> dict[str, Any]:
-    """Minimal address scenario: addr_adv with the in-kernel PM; addresses
-    added and removed one at a time (address → endpoint), then back to back."""
-    lab = lab_for("kernel", "kernel", links=1)
-    try:
-        daemon = Daemon(lab, impl, lab.client,
-                        ["--path-manager=addr_adv", "--load-plugins=addr_adv",
-                         "--addr-flags=subflow", "--notify-flags=existing,skip_link_local"],
-                        o.c_daemon)
-        time.sleep(0.3)
-        out = lab.workdir / "addr.json"
-        cpu0 = daemon.cpu()
-        probe = lab.python(lab.client, "-m", "tests.lab.pmwatch", "addr", "--dev", "c1",
-                           "--rounds", str(o.addr_rounds), "--churn-seconds",
-                           str(o.addr_churn_seconds), "--out", str(out), name="addrprobe",
-                           env=py_env())
-        probe.wait_output(r"^churn ", timeout=o.addr_rounds * 5 + 30)
-        t_churn = float(probe.output().split("churn ")[1].split()[0])
-        # CPU of the one-at-a-time part, read as soon as the churn starts.
-        cpu_rounds = daemon.cpu() - cpu0
-        while time.monotonic() < t_churn:
-            time.sleep(0.001)
-        probe.wait(o.addr_churn_seconds + 60)
-        daemon.settle()
-        cpu_churn = daemon.cpu() - cpu0 - cpu_rounds
-        rtnl_drops = netlink_drops(daemon.pid, 0)
-        rtnl_sockets = len(netlink_sockets(daemon.pid, 0))
-        doc = json.loads(out.read_text())
-        daemon.stop()
-    finally:
-        lab.close()
-    added = [t * 1e3 for t in doc["added_s"] if t is not None]
-    return {
-        "rounds": o.addr_rounds, "endpoint_added": len(added),
-        "add_to_endpoint_p50_ms": pct(added, 0.5),
-        "cpu_us_per_addr_event": cpu_rounds / 1e3 / (2 * o.addr_rounds),
-        "churn_events": doc["churn_events"],
-        "churn_cpu_us_per_event": cpu_churn / 1e3 / max(doc["churn_events"], 1),
-        "rtnetlink_drops": rtnl_drops, "rtnetlink_sockets_after": rtnl_sockets,
-        "source": "bench_load minimal",
-    }
-
-
 def addr(impl: str, o: argparse.Namespace) -> dict[str, Any]:
-    """The address scenario: ``bench_addr.load_scenario(impl, options)`` when
-    bench/bench_addr.py provides it, else the minimal version here."""
-    try:
-        import bench_addr  # type: ignore[import-not-found]
-    except ImportError:
-        bench_addr = None
-    hook: Callable[[str, argparse.Namespace], dict[str, Any]] | None = getattr(
-        bench_addr, "load_scenario", None)
-    if hook is not None:
-        return hook(impl, o)
-    return addr_own(impl, o)
+    """addr_adv with the in-kernel PM, measured by ``bench_addr.py``:
+    ``--addr-rounds`` addresses added and deleted one at a time (address →
+    endpoint, CPU per address event), then back-to-back pairs for
+    ``--addr-churn-seconds`` × 400 (CPU per churn event)."""
+    import bench_addr  # type: ignore[import-not-found]
+
+    result: dict[str, Any] = bench_addr.load_scenario(impl, o)
+    return result
 
 
 def startup(impl: str, o: argparse.Namespace) -> dict[str, Any]:
@@ -680,7 +634,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="server burst: how long each connection stays open")
     parser.add_argument("--seconds", type=float, default=30.0, help="churn duration")
     parser.add_argument("--flooders", type=int, default=2)
-    parser.add_argument("--addr-rounds", type=int, default=50)
+    parser.add_argument("--addr-rounds", type=int, default=200)
     parser.add_argument("--addr-churn-seconds", type=float, default=5.0)
     parser.add_argument("--starts", type=int, default=3)
     parser.add_argument("--bytecode", action=argparse.BooleanOptionalAction, default=True,

@@ -1,4 +1,4 @@
-"""An independent witness of the kernel's MPTCP events, and an endpoint prober.
+"""An independent witness of the kernel's MPTCP events.
 
 Benchmarks need to know what the kernel did without trusting the daemon under
 test, so this module talks to the kernel with nothing but the standard
@@ -6,15 +6,13 @@ library (a raw generic-netlink socket, its own few constants and parsing).
 Run inside a lab namespace::
 
     python -m tests.lab.pmwatch watch --out events.json [--count-only]
-    python -m tests.lab.pmwatch addr --dev c1 --rounds 50 --out addr.json
 
 ``watch`` joins ``mptcp_pm_events`` with a large receive buffer and records
 every event with the ``CLOCK_MONOTONIC`` time it was received (the clock is
 the same in every namespace, so times compare with other processes' own),
 until SIGTERM/SIGINT or ``--duration``; then it writes a JSON document with
 the events (or only counts per type) and the datagrams the kernel dropped
-for its socket.  ``addr`` adds and removes addresses through rtnetlink and
-times how long until the in-kernel PM endpoint of each appears and goes.
+for its socket.  (The address path is measured by ``bench/bench_addr.py``.)
 
 Also usable as a library: :func:`netlink_drops` reads how many datagrams the
 kernel dropped for a process's netlink sockets (``/proc/PID/net/netlink``).
@@ -24,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import ipaddress
 import json
 import os
 import signal
@@ -35,7 +32,6 @@ import time
 from typing import Any
 
 NETLINK_GENERIC = 16
-NETLINK_ROUTE = 0
 SOL_NETLINK = 270
 NETLINK_ADD_MEMBERSHIP = 1
 SO_RCVBUFFORCE = 33
@@ -47,20 +43,7 @@ CTRL_ATTR_MCAST_GROUPS = 7
 CTRL_ATTR_MCAST_GRP_NAME = 1
 CTRL_ATTR_MCAST_GRP_ID = 2
 NLM_F_REQUEST = 0x1
-NLM_F_ACK = 0x4
-NLM_F_DUMP = 0x300
-NLM_F_CREATE = 0x400
-NLM_F_EXCL = 0x200
 NLMSG_ERROR = 2
-NLMSG_DONE = 3
-RTM_NEWADDR = 20
-RTM_DELADDR = 21
-IFA_ADDRESS = 1
-IFA_LOCAL = 2
-MPTCP_PM_CMD_GET_ADDR = 3
-MPTCP_PM_ATTR_ADDR = 1
-MPTCP_PM_ADDR_ATTR_ADDR4 = 3
-MPTCP_PM_ADDR_ATTR_ADDR6 = 4
 
 #: mptcp_pm_events event types, by number.
 EVENT_NAMES = {
@@ -234,94 +217,6 @@ def watch(out: str, duration: float, count_only: bool, rcvbuf: int) -> int:
     return 0
 
 
-# -- address → endpoint ----------------------------------------------------------
-
-def _endpoints(sock: socket.socket, family: int, seq: int) -> set[str]:
-    _request(sock, family, NLM_F_REQUEST | NLM_F_DUMP,
-             _GENL.pack(MPTCP_PM_CMD_GET_ADDR, 1, 0), seq)
-    found: set[str] = set()
-    while True:
-        data = sock.recv(65536)
-        offset = 0
-        while offset + 16 <= len(data):
-            length, mtype = struct.unpack_from("=IH", data, offset)
-            if length < 16:
-                return found
-            if mtype in (NLMSG_DONE, NLMSG_ERROR):
-                return found
-            nested = _attrs(data, offset + 20, offset + length).get(MPTCP_PM_ATTR_ADDR, b"")
-            addr = _addr(_attrs(nested, 0, len(nested)), MPTCP_PM_ADDR_ATTR_ADDR4,
-                         MPTCP_PM_ADDR_ATTR_ADDR6)
-            if addr:
-                found.add(addr)
-            offset += (length + 3) & ~3
-
-
-def _ifaddr(sock: socket.socket, msg_type: int, index: int, addr: str, prefix: int,
-            seq: int) -> None:
-    packed = ipaddress.IPv4Address(addr).packed
-    body = struct.pack("=BBBBI", socket.AF_INET, prefix, 0, 0, index)
-    body += _attr(IFA_LOCAL, packed) + _attr(IFA_ADDRESS, packed)
-    flags = NLM_F_REQUEST | NLM_F_ACK | (NLM_F_CREATE | NLM_F_EXCL
-                                         if msg_type == RTM_NEWADDR else 0)
-    _request(sock, msg_type, flags, body, seq)
-    data = sock.recv(65536)
-    code = -struct.unpack_from("=i", data, 16)[0]
-    if code:
-        raise OSError(code, f"{'add' if msg_type == RTM_NEWADDR else 'del'} {addr}: "
-                      f"{os.strerror(code)}")
-
-
-def addr_probe(dev: str, rounds: int, churn_seconds: float, timeout: float,
-               out: str) -> int:
-    """Add/remove ``rounds`` addresses on ``dev`` one at a time, timing the
-    endpoint's arrival and departure; then ``churn_seconds`` of add/remove
-    back to back without waiting (counted)."""
-    index = socket.if_nametoindex(dev)
-    rt = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
-    rt.bind((0, 0))
-    genl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
-    genl.bind((0, 0))
-    family, _ = resolve_family(genl, "mptcp_pm")
-    seq = 10
-    added: list[float | None] = []
-    removed: list[float | None] = []
-
-    def wait_until(addr: str, present: bool, t0: float) -> float | None:
-        nonlocal seq
-        while time.monotonic() - t0 < timeout:
-            seq += 1
-            if (addr in _endpoints(genl, family, seq)) == present:
-                return time.monotonic() - t0
-            time.sleep(0.0002)
-        return None
-
-    for i in range(rounds):
-        addr = f"203.0.113.{10 + i % 200}"
-        seq += 1
-        t0 = time.monotonic()
-        _ifaddr(rt, RTM_NEWADDR, index, addr, 24, seq)
-        added.append(wait_until(addr, True, t0))
-        seq += 1
-        t0 = time.monotonic()
-        _ifaddr(rt, RTM_DELADDR, index, addr, 24, seq)
-        removed.append(wait_until(addr, False, t0))
-    churn_events = 0
-    t_churn0 = time.monotonic()
-    deadline = t_churn0 + churn_seconds
-    print("churn", t_churn0, flush=True)
-    while time.monotonic() < deadline:
-        seq += 1
-        _ifaddr(rt, RTM_NEWADDR, index, "203.0.113.250", 24, seq)
-        seq += 1
-        _ifaddr(rt, RTM_DELADDR, index, "203.0.113.250", 24, seq)
-        churn_events += 2
-    with open(out, "w") as fh:
-        json.dump({"added_s": added, "removed_s": removed, "churn_events": churn_events,
-                   "churn_seconds": time.monotonic() - t_churn0}, fh)
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.lab.pmwatch")
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -330,16 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--duration", type=float, default=600.0)
     w.add_argument("--count-only", action="store_true")
     w.add_argument("--rcvbuf", type=int, default=64 << 20)
-    a = sub.add_parser("addr", help="time address -> in-kernel PM endpoint")
-    a.add_argument("--dev", required=True)
-    a.add_argument("--rounds", type=int, default=50)
-    a.add_argument("--churn-seconds", type=float, default=0.0)
-    a.add_argument("--timeout", type=float, default=2.0)
-    a.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    if args.mode == "watch":
-        return watch(args.out, args.duration, args.count_only, args.rcvbuf)
-    return addr_probe(args.dev, args.rounds, args.churn_seconds, args.timeout, args.out)
+    return watch(args.out, args.duration, args.count_only, args.rcvbuf)
 
 
 if __name__ == "__main__":
