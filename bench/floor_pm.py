@@ -31,15 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from mptcpd.netlink import constants as C  # noqa: E402
-from mptcpd.netlink import pm_codec  # noqa: E402
-from mptcpd.netlink.nlsock import (  # noqa: E402
-    NETLINK_ADD_MEMBERSHIP,
-    NETLINK_GENERIC,
-    SOL_NETLINK,
-    lookup_family,
-    netlink_socket,
-    set_rcvbuf,
-)
+from mptcpd.netlink import nlsock, pm_codec  # noqa: E402
 from mptcpd.types import SockAddr  # noqa: E402
 
 _ATTR = struct.Struct("=HH").unpack_from
@@ -60,12 +52,13 @@ def attributes(data: bytes) -> dict[int, bytes]:
 
 
 async def open_sockets() -> tuple[socket.socket, socket.socket, int]:
-    events = netlink_socket(NETLINK_GENERIC)
-    set_rcvbuf(events, 8 << 20)
+    events = nlsock.netlink_socket(nlsock.NETLINK_GENERIC)
+    nlsock.set_rcvbuf(events, 8 << 20)
     events.bind((0, 0))
-    family, groups = await lookup_family(events)
-    events.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, groups[C.MPTCP_PM_EV_GRP_NAME])
-    commands = netlink_socket(NETLINK_GENERIC)
+    family, groups = await nlsock.lookup_family(events)
+    events.setsockopt(nlsock.SOL_NETLINK, nlsock.NETLINK_ADD_MEMBERSHIP,
+                      groups[C.MPTCP_PM_EV_GRP_NAME])
+    commands = nlsock.netlink_socket(nlsock.NETLINK_GENERIC)
     commands.bind((0, 0))
     events.setblocking(True)
     return events, commands, family

@@ -515,6 +515,17 @@ async def test_settings_for_a_plugin_that_is_not_loaded_are_warned_about(
         "is loaded."]
 
 
+async def serve_until_ready(daemon: Daemon, **kernel: Any) -> asyncio.Task[int]:
+    """Serve ``daemon`` with these parts of its kernel side replaced, the
+    family present; returns the serving task once READY=1 was sent."""
+    daemon.kernel = dataclasses.replace(daemon.kernel, **kernel)
+    serving = asyncio.create_task(daemon.serve())
+    await until(lambda: "watcher start" in ORDER)
+    FakeWatcher.instances[0].on_appeared(23)
+    await until(ready)
+    return serving
+
+
 class OverrunReader(FakeReader):
     """An event reader whose overruns the test reports."""
 
@@ -558,13 +569,8 @@ async def test_an_overrun_during_a_resync_makes_it_run_once_more(
             return []
         return [conn]  # created while events were lost again
 
-    daemon.kernel = dataclasses.replace(daemon.kernel, reader=OverrunReader,
-                                        list_connections=listing)
     caplog.set_level(logging.INFO, "mptcpd")
-    serving = asyncio.create_task(daemon.serve())
-    await until(lambda: "watcher start" in ORDER)
-    FakeWatcher.instances[0].on_appeared(23)
-    await until(ready)
+    serving = await serve_until_ready(daemon, reader=OverrunReader, list_connections=listing)
     reader = OverrunReader.last
     assert reader is not None and listings == [0]
     reader.overrun(1)
@@ -608,12 +614,8 @@ async def test_connections_listed_with_token_0_are_not_adopted(
     async def connections() -> list[MptcpConnection]:
         return listing
 
-    daemon.kernel = dataclasses.replace(daemon.kernel, list_connections=connections)
     caplog.set_level(logging.INFO, "mptcpd")
-    serving = asyncio.create_task(daemon.serve())
-    await until(lambda: "watcher start" in ORDER)
-    FakeWatcher.instances[0].on_appeared(23)
-    await until(ready)
+    serving = await serve_until_ready(daemon, list_connections=connections)
     assert set(daemon.dispatcher.bindings) == {0x1234}
     assert "00000000" not in caplog.text
     daemon.stop()
@@ -639,13 +641,8 @@ async def test_resyncs_in_a_row_back_off_then_run_at_once_after_a_quiet_while(
         ends.append(loop.time())
         return []
 
-    daemon.kernel = dataclasses.replace(daemon.kernel, reader=OverrunReader,
-                                        list_connections=listing)
     caplog.set_level(logging.INFO, "mptcpd")
-    serving = asyncio.create_task(daemon.serve())
-    await until(lambda: "watcher start" in ORDER)
-    FakeWatcher.instances[0].on_appeared(23)
-    await until(ready)
+    serving = await serve_until_ready(daemon, reader=OverrunReader, list_connections=listing)
     reader = OverrunReader.last
     assert reader is not None and len(starts) == 1  # at startup
     async with asyncio.timeout(10):
