@@ -211,6 +211,7 @@ class Daemon:
         #: last one ended.
         self._resync_streak = 0
         self._resync_ended = -math.inf
+        self._resync_waiting = False  #: a pass waits out its gap
         self.control: ControlServer | None = None
         #: Event-socket overruns of the readers closed so far.
         self.events_lost = 0
@@ -483,6 +484,8 @@ class Daemon:
         if self._resync_task is None or self._resync_task.done():
             self._resync_again = False
             self._resync_task = self._spawn(self._resync(), "resync after lost events")
+        elif self._resync_waiting:
+            pass  # the pass about to start covers what was lost until then
         elif not self._resync_again:
             self._resync_again = True
             log.info("Events were lost during the resync: it will run again.")
@@ -516,7 +519,11 @@ class Daemon:
         if gap > since:
             log.info("Events are still being lost: the next resync waits %.2f s.",
                      gap - since)
-            await asyncio.sleep(gap - since)
+            self._resync_waiting = True
+            try:
+                await asyncio.sleep(gap - since)
+            finally:
+                self._resync_waiting = False
 
     async def _reconcile_connections(self, at_startup: bool) -> bool:
         """Bring the connection bindings and their subflows in line with
