@@ -460,7 +460,10 @@ def addr(impl: str, o: argparse.Namespace) -> dict[str, Any]:
     ``--addr-churn-seconds`` × 400 (CPU per churn event)."""
     import bench_addr  # type: ignore[import-not-found]
 
-    result: dict[str, Any] = bench_addr.load_scenario(impl, o)
+    try:
+        result: dict[str, Any] = bench_addr.load_scenario(impl, o)
+    except (TimeoutError, RuntimeError) as exc:  # an endpoint never came, a daemon failed
+        raise LabError(f"addr: {exc}") from exc
     return result
 
 
