@@ -16,7 +16,8 @@ client of ``bench_load.py client-burst``.
 ``DUP_LOCAL`` to ``DUP_REMOTE``, SUBFLOW_DESTROY of it, as sspi does on the
 server of ``bench_load.py server-burst``.
 
-Prints ``floor ready`` once it listens.  Runs until killed.
+Prints ``floor ready`` once it listens.  Runs until killed, or for
+:data:`DURATION` seconds.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import ipaddress
 import socket
 import struct
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -37,6 +40,8 @@ from mptcpd.types import SockAddr  # noqa: E402
 _ATTR = struct.Struct("=HH").unpack_from
 _U32 = struct.Struct("=I").unpack_from
 _BE16 = struct.Struct("!H").unpack_from
+#: Seconds it runs at most (the bench's servers hold 600 s too).
+DURATION = 600.0
 
 
 def attributes(data: bytes) -> dict[int, bytes]:
@@ -61,7 +66,20 @@ async def open_sockets() -> tuple[socket.socket, socket.socket, int]:
     commands = nlsock.netlink_socket(nlsock.NETLINK_GENERIC)
     commands.bind((0, 0))
     events.setblocking(True)
+    # A kernel-side receive timeout (no poll before each recv, as Python's
+    # own timeout would add): recv raises BlockingIOError once a second.
+    events.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 1, 0))
     return events, commands, family
+
+
+def datagrams(events: socket.socket) -> Iterator[bytes]:
+    """What the event socket receives, for :data:`DURATION` seconds."""
+    deadline = time.monotonic() + DURATION
+    while time.monotonic() < deadline:
+        try:
+            yield events.recv(65536)
+        except BlockingIOError:
+            continue
 
 
 def main(argv: list[str]) -> int:
@@ -73,17 +91,16 @@ def main(argv: list[str]) -> int:
     if mode == "client":
         local = SockAddr(ip(addrs[0]))
         remote = SockAddr(ip(addrs[1]), int(addrs[2]))
-        while True:
-            data = events.recv(65536)
+        for data in datagrams(events):
             if data[16] != C.MPTCP_EVENT_ESTABLISHED:
                 continue
             token = _U32(attributes(data)[C.MPTCP_ATTR_TOKEN])[0]
             seq += 1
             commands.send(pm_codec.add_subflow(family, seq, 1, token, 1, 0, local, remote))
+        return 0
     announce = SockAddr(ip(addrs[0]))
     dup = (ip(addrs[1]).packed, ip(addrs[2]).packed)
-    while True:
-        data = events.recv(65536)
+    for data in datagrams(events):
         cmd = data[16]
         if cmd == C.MPTCP_EVENT_ESTABLISHED:
             token = _U32(attributes(data)[C.MPTCP_ATTR_TOKEN])[0]
@@ -98,6 +115,7 @@ def main(argv: list[str]) -> int:
             raddr = SockAddr(ip(dup[1]), _BE16(attrs[C.MPTCP_ATTR_DPORT])[0])
             seq += 1
             commands.send(pm_codec.remove_subflow(family, seq, 1, token, laddr, raddr))
+    return 0
 
 
 if __name__ == "__main__":
