@@ -169,7 +169,11 @@ class NetworkFeed:
             follow(self._apply, on_end)
         except Exception as error:
             on_end(error)
-        exc = await ended
+        return self._why(await ended)
+
+    @staticmethod
+    def _why(exc: BaseException | None) -> str:
+        """Why the stream stopped: ``exc`` ended it (None: it just ended)."""
         if exc is None:
             return "rtnetlink stream ended"
         if isinstance(exc, RtnlMonitorError):
@@ -196,19 +200,12 @@ class NetworkFeed:
 
     async def _iterate(self, source: RtnlSource) -> str:
         """:meth:`_read` for a source that only has :meth:`RtnlSource.events`."""
-        handle = self.monitor.handle
         try:
             async for record in source.events():
-                try:
-                    handle(record)
-                except Exception:
-                    log.exception("network monitor failed to handle %r", record)
-        except RtnlMonitorError as exc:
-            return str(exc) or "rtnetlink socket lost"
+                self._apply([record])
         except Exception as exc:
-            log.exception("Network monitor: rtnetlink reader failed.")
-            return f"rtnetlink reader failed: {exc!r}"
-        return "rtnetlink stream ended"
+            return self._why(exc)
+        return self._why(None)
 
     async def _reopen(self, reason: str) -> RtnlSource | None:
         """A new rtnetlink side, the monitor brought in line with its dumps;

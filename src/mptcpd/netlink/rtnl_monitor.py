@@ -737,7 +737,7 @@ class RtnlMonitor:
             try:
                 data = sock.backlog.popleft() if sock.backlog else await sock.recv()
             except OSError as exc:
-                if self._closed or exc.errno in (errno.ECONNRESET, errno.EBADF):
+                if self._ends(exc):
                     return
                 if exc.errno != errno.ENOBUFS:
                     raise
@@ -792,13 +792,18 @@ class RtnlMonitor:
         if failure is not None:
             self._end(failure)
         elif error is not None:
-            if self._closed or error.errno in (errno.ECONNRESET, errno.EBADF):
+            if self._ends(error):
                 self._end(None)
             elif error.errno == errno.ENOBUFS:
                 self._resync_task = asyncio.get_running_loop().create_task(
                     self._resync_and_follow(), name="rtnetlink resync")
             else:
                 self._end(error)
+
+    def _ends(self, exc: OSError) -> bool:
+        """Whether a receive error just ends the stream: the monitor was
+        closed, or its socket reset (else: an overrun, or a failure)."""
+        return self._closed or exc.errno in (errno.ECONNRESET, errno.EBADF)
 
     async def _resync_and_follow(self) -> None:
         try:
