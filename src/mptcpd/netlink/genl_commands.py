@@ -136,7 +136,7 @@ _FLAGS = struct.Struct("=H")  # nlmsghdr's flags, at offset 6
 
 class _Request:
     __slots__ = ("command", "args", "token", "future", "seq", "deadline", "result", "dead",
-                 "slow", "sending", "acked")
+                 "slow", "sending", "asks_answer")
 
     def __init__(self, command: Command, args: tuple[Any, ...], token: int | None,
                  future: asyncio.Future[Any], slow: bool) -> None:
@@ -153,7 +153,7 @@ class _Request:
         #: Its message asks for an answer: every command but one answered
         #: with a bare ACK that is not its datagram's last (see the module
         #: docstring).
-        self.acked = command.kind != "ack"
+        self.asks_answer = command.kind != "ack"
 
 
 def _any_slow(reqs: list[_Request]) -> bool:
@@ -614,7 +614,7 @@ class CommandChannel:
             out.append(req)
             self._unqueue(req)
             seq = self._next_seq()
-            flags = command.flags if req.acked else command.flags & ~NLM_F_ACK
+            flags = command.flags if req.asks_answer else command.flags & ~NLM_F_ACK
             try:
                 data = command.encode(family, seq, flags, *req.args)
             except Exception as exc:
@@ -657,9 +657,9 @@ class CommandChannel:
 
     def _send(self, sock: socket.socket, reqs: list[_Request], datas: list[bytes]) -> None:
         last = reqs[-1]
-        if not last.acked:  # the datagram's last message asks for the answer
+        if not last.asks_answer:  # the datagram's last message asks for the answer
             datas[-1] = _asking_ack(datas[-1])
-            last.acked = True
+            last.asks_answer = True
         mode = self.send_in_thread
         if mode == "all" or (mode == "slow" and _any_slow(reqs)):
             self._send_in_thread(sock, reqs, datas)
@@ -920,7 +920,7 @@ class CommandChannel:
         # have taken its error.
         while inflight[0] is not req:
             head = inflight[0]
-            if head.acked or self._overrun:
+            if head.asks_answer or self._overrun:
                 self._fail_head(errno.ENOBUFS)
             else:
                 inflight.popleft()
