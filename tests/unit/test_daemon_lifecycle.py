@@ -622,16 +622,42 @@ async def test_connections_listed_with_token_0_are_not_adopted(
     assert await asyncio.wait_for(serving, 10) == 0
 
 
-async def test_resyncs_in_a_row_back_off_then_run_at_once_after_a_quiet_while(
+def test_resyncs_in_a_row_back_off_then_start_afresh_after_a_quiet_while(
+        daemon: Daemon) -> None:
+    """The schedule, in loop time: under a flood that keeps overrunning the
+    event socket, the first two passes in a row run at once, each further
+    one waits RESYNC_MIN_GAP (0.25 s) after the previous one ended, twice as
+    long each time up to RESYNC_MAX_GAP (4 s); a pass that starts
+    RESYNC_STREAK_WINDOW (5 s) after the previous one's end runs at once."""
+    def pass_at(start: float, end: float) -> float:
+        wait = daemon._resync_wait(start)
+        daemon._resync_ended = end
+        return wait
+
+    def back_to_back() -> float:
+        """A pass needed as the previous one ended; it ends once it waited."""
+        start = daemon._resync_ended
+        wait = daemon._resync_wait(start)
+        daemon._resync_ended = start + wait
+        return wait
+
+    assert pass_at(100.0, 100.2) == 0  # the first
+    assert pass_at(100.2, 100.4) == 0  # lost during it: once more, at once
+    assert pass_at(100.4, 100.6) == pytest.approx(0.25)
+    assert pass_at(101.0, 101.2) == pytest.approx(0.5 - 0.4)  # counted from its end
+    assert [back_to_back() for _ in range(4)] == pytest.approx([1.0, 2.0, 4.0, 4.0])
+    quiet = daemon._resync_ended + 5.1  # longer than the window
+    assert pass_at(quiet, quiet + 0.2) == 0
+    assert pass_at(quiet + 0.2, quiet + 0.4) == 0
+
+
+async def test_a_pass_waiting_out_its_gap_covers_what_is_lost_meanwhile(
         daemon: Daemon, caplog: pytest.LogCaptureFixture,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Under a flood that keeps overrunning the event socket, a resync pass
-    right after another waits, longer each time (events are handled
-    meanwhile, and the pass covers what was lost until it starts); the
-    first two in a row run at once, and so does one after a quiet while."""
-    monkeypatch.setattr(app, "RESYNC_MIN_GAP", 0.2)
-    monkeypatch.setattr(app, "RESYNC_MAX_GAP", 0.4)
-    monkeypatch.setattr(app, "RESYNC_STREAK_WINDOW", 1.0)
+    """The daemon waits the schedule's gaps (events are handled meanwhile),
+    and an overrun during a wait adds no pass: the pass about to start
+    covers it."""
+    monkeypatch.setattr(app, "RESYNC_MIN_GAP", 0.3)
     loop = asyncio.get_running_loop()
     starts: list[float] = []
     ends: list[float] = []
@@ -646,26 +672,19 @@ async def test_resyncs_in_a_row_back_off_then_run_at_once_after_a_quiet_while(
     reader = OverrunReader.last
     assert reader is not None and len(starts) == 1  # at startup
     async with asyncio.timeout(10):
-        for count in range(1, 6):  # lost again as soon as each pass is done
+        for count in range(1, 5):  # lost again as soon as each pass is done
             reader.overrun(count)
-            if count == 3:  # lost again while the pass waits: it covers that too
-                await asyncio.sleep(0.05)
+            if count >= 3:  # lost again while the pass waits
+                await asyncio.sleep(0.01)
                 reader.overrun(99)
             while len(ends) < count + 1:
                 await asyncio.sleep(0.005)
-    gaps = [b - a for a, b in zip(ends[1:], starts[2:])]
-    assert gaps[0] < 0.2  # the second in a row: at once
-    assert 0.2 <= gaps[1] < 0.4 and 0.4 <= gaps[2] < 1.0  # waits, doubling
-    assert 0.4 <= gaps[3] < 1.0  # up to the longest gap
-    assert caplog.text.count("Events are still being lost: the next resync waits") == 3
+        await asyncio.sleep(0.3)  # no pass for the overruns during the waits
+    assert len(starts) == 5
+    gaps = [b - a for a, b in zip(ends[2:], starts[3:])]
+    assert gaps[0] >= 0.3 and gaps[1] >= 0.6  # waited (at least) the schedule's gaps
+    assert caplog.text.count("Events are still being lost: the next resync waits") == 2
     assert "it will run again" not in caplog.text
-    await asyncio.sleep(1.1)  # quiet for the streak window
-    before = loop.time()
-    reader.overrun(6)
-    async with asyncio.timeout(10):
-        while len(starts) < 7:
-            await asyncio.sleep(0.005)
-    assert starts[-1] - before < 0.2  # at once again
     daemon.stop()
     assert await asyncio.wait_for(serving, 10) == 0
 

@@ -509,21 +509,26 @@ class Daemon:
 
     async def _resync_gap(self, loop: asyncio.AbstractEventLoop) -> None:
         """Before a resync pass: wait out the gap a flood of lost events
-        calls for (:data:`RESYNC_MIN_GAP`), events being handled meanwhile;
+        calls for (:meth:`_resync_wait`), events being handled meanwhile;
         whatever is lost until the pass starts, it covers."""
-        since = loop.time() - self._resync_ended
-        self._resync_streak = self._resync_streak + 1 if since < RESYNC_STREAK_WINDOW else 1
-        if self._resync_streak < 3:
-            return
-        gap = min(RESYNC_MIN_GAP * 2 ** (self._resync_streak - 3), RESYNC_MAX_GAP)
-        if gap > since:
-            log.info("Events are still being lost: the next resync waits %.2f s.",
-                     gap - since)
+        wait = self._resync_wait(loop.time())
+        if wait > 0:
+            log.info("Events are still being lost: the next resync waits %.2f s.", wait)
             self._resync_waiting = True
             try:
-                await asyncio.sleep(gap - since)
+                await asyncio.sleep(wait)
             finally:
                 self._resync_waiting = False
+
+    def _resync_wait(self, now: float) -> float:
+        """How long a resync pass starting at loop time ``now`` waits
+        (:data:`RESYNC_MIN_GAP`); it counts in the streak of passes."""
+        since = now - self._resync_ended
+        self._resync_streak = self._resync_streak + 1 if since < RESYNC_STREAK_WINDOW else 1
+        if self._resync_streak < 3:
+            return 0.0
+        gap = min(RESYNC_MIN_GAP * 2 ** (self._resync_streak - 3), RESYNC_MAX_GAP)
+        return max(0.0, gap - since)
 
     async def _reconcile_connections(self, at_startup: bool) -> bool:
         """Bring the connection bindings and their subflows in line with
