@@ -527,7 +527,7 @@ class Daemon:
         self._resync_streak = self._resync_streak + 1 if since < RESYNC_STREAK_WINDOW else 1
         if self._resync_streak < 3:
             return 0.0
-        gap = min(RESYNC_MIN_GAP * 2 ** (self._resync_streak - 3), RESYNC_MAX_GAP)
+        gap = min(RESYNC_MIN_GAP * 2.0 ** (self._resync_streak - 3), RESYNC_MAX_GAP)
         return max(0.0, gap - since)
 
     async def _reconcile_connections(self, at_startup: bool) -> bool:
