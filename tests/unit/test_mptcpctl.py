@@ -235,6 +235,43 @@ async def test_metrics_in_the_prometheus_text_format(served: tuple[Daemon, Path]
     assert "# TYPE mptcpd_events_total counter" in out
 
 
+async def test_a_subflow_listed_with_token_0_goes_to_its_own_connection_only(
+        served: tuple[Daemon, Path]) -> None:
+    """Under a connection flood the kernel lists connections and subflows
+    whose token is not set yet or already released with token 0: each such
+    subflow belongs to the token-0 connection of its addresses (an IPv4
+    subflow of a dual-stack socket listed mapped), not to every one."""
+    import dataclasses
+    import json
+
+    from mptcpd.netlink.diag import MptcpConnection, MptcpSubflow
+    from mptcpd.types import SockAddr
+
+    daemon, path = served
+    server = SockAddr("198.51.100.2", 80)
+    first, second = SockAddr("192.0.2.1", 40000), SockAddr("192.0.2.1", 40001)
+    mapped = SockAddr("::ffff:192.0.2.1", 40001)
+
+    async def connections() -> list[MptcpConnection]:
+        return [MptcpConnection(0, first, server, 2, False),
+                MptcpConnection(0, second, server, 7, False),
+                MptcpConnection(0xA, first.with_port(40002), server, 1, False)]
+
+    async def subflows() -> list[MptcpSubflow]:
+        return [MptcpSubflow(0, first, server, 2),
+                MptcpSubflow(0, mapped, SockAddr("::ffff:198.51.100.2", 80), 7),
+                MptcpSubflow(0xA, first.with_port(40002), server, 1),
+                MptcpSubflow(0xA, SockAddr("203.0.113.1", 40003), server, 1)]
+
+    daemon.kernel = dataclasses.replace(daemon.kernel, list_connections=connections,
+                                        list_subflows=subflows)
+    code, out, err = await mptcpctl("--socket", str(path), "--json", "connections")
+    assert (code, err) == (0, "")
+    listed = json.loads(out)
+    ports = [[s["local_port"] for s in c["subflows"]] for c in listed]
+    assert ports == [[40000], [40001], [40002, 40003]]
+
+
 async def test_a_second_namespace_serves_its_own_socket(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """Daemons of two network namespaces sharing the runtime directory: the

@@ -451,11 +451,16 @@ class ControlInterface(VarlinkInterface, name=INTERFACE):
             subflows = await daemon.kernel.list_subflows()
         except OSError as exc:
             raise _kernel_error(exc) from None
-        by_token: dict[int, list[Subflow]] = {}
+        # A subflow belongs to the connection of its token.  The kernel lists
+        # token 0 for every connection whose token is not set yet or already
+        # released (under a connection flood): such a subflow is given only
+        # to a token-0 connection with its addresses, not to all of them.
+        by_token: dict[int | tuple[SockAddr, SockAddr], list[Subflow]] = {}
         monitor = daemon.network_monitor
         for sf in subflows:
             iface = monitor.get_interface(sf.ifindex) if sf.ifindex else None
-            by_token.setdefault(sf.token, []).append(Subflow(
+            key = sf.token or (sf.laddr.unmapped(), sf.raddr.unmapped())
+            by_token.setdefault(key, []).append(Subflow(
                 local_address=str(sf.laddr.ip), local_port=sf.laddr.port,
                 remote_address=str(sf.raddr.ip), remote_port=sf.raddr.port,
                 interface=iface.name if iface is not None else None, ifindex=sf.ifindex,
@@ -467,7 +472,7 @@ class ControlInterface(VarlinkInterface, name=INTERFACE):
             local_address=str(c.laddr.ip), local_port=c.laddr.port,
             remote_address=str(c.raddr.ip), remote_port=c.raddr.port,
             state=_tcp_state(c.state), fallback=c.fallback, info=dict(c.info),
-            subflows=by_token.get(c.token, []),
+            subflows=by_token.get(c.token or (c.laddr.unmapped(), c.raddr.unmapped()), []),
         ) for c in listed]
 
     @varlinkmethod(return_parameter="endpoints")
