@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from mptcpd import events as ev
 from mptcpd.config import Config, PluginGroup
 from mptcpd.daemon import app
 from mptcpd.daemon.app import Daemon, KernelSide
@@ -29,7 +30,7 @@ from mptcpd.daemon.systemd import Notifier
 from mptcpd.errors import NotReady
 from mptcpd.netlink.diag import MptcpConnection, MptcpSubflow
 from mptcpd.netlink.rtnl_monitor import AddressMessage, LinkMessage, RouteLookup
-from mptcpd.types import IFF_RUNNING, IFF_UP, NotifyFlags
+from mptcpd.types import IFF_RUNNING, IFF_UP, NotifyFlags, Token
 
 #: What happened, in order: the doubles, the plugin and systemd write here.
 ORDER: list[str] = []
@@ -390,6 +391,58 @@ async def test_an_event_reader_that_breaks_makes_the_daemon_exit_1(
     assert await asyncio.wait_for(serving, 10) == 1
     assert "The mptcp_pm event reader failed: RuntimeError('reader bug')." in caplog.text
     assert "plugin_exit" in ORDER  # a clean shutdown all the same
+
+
+class FollowedReader(FakeReader):
+    """An event reader that hands its events over from its callback
+    (EventReader.follow): the test calls what the daemon gave it."""
+
+    last: FollowedReader | None = None
+
+    def __init__(self, on_overrun: Callable[[int], None] | None = None) -> None:
+        super().__init__(on_overrun)
+        self.follower: tuple[Callable[[list[Any]], None],
+                             Callable[[BaseException | None], None]] | None = None
+        FollowedReader.last = self
+
+    def follow(self, on_batch: Callable[[list[Any]], None],
+               on_end: Callable[[BaseException | None], None]) -> None:
+        ORDER.append("reader follow")
+        self.follower = (on_batch, on_end)
+
+    def batches(self) -> AsyncIterator[Any]:
+        raise AssertionError("a reader that can be followed is not iterated")
+
+
+async def test_a_followed_event_reader_feeds_the_dispatcher_and_its_end_is_exit_1(
+        daemon: Daemon, caplog: pytest.LogCaptureFixture) -> None:
+    """The daemon follows a reader that can be followed: each list is
+    dispatched with the command channel held (what its hooks submit leaves
+    together at the release), and the reader failing ends the daemon."""
+    from ipaddress import ip_address
+
+    from mptcpd.types import SockAddr
+
+    daemon.kernel = dataclasses.replace(daemon.kernel, reader=FollowedReader)
+    serving = await serve_until_ready(daemon)
+    reader = FollowedReader.last
+    assert reader is not None and reader.follower is not None
+    on_batch, on_end = reader.follower
+    channel = daemon.channel
+    channel.hold = lambda: ORDER.append("hold")  # type: ignore[method-assign]
+    channel.release = lambda: ORDER.append("release")  # type: ignore[method-assign]
+    laddr = SockAddr(ip_address("192.0.2.1"), 40000)
+    raddr = SockAddr(ip_address("192.0.2.2"), 5201)
+    ORDER.clear()
+    on_batch([ev.ConnectionCreated(Token(0x1234), laddr, raddr),
+              ev.ConnectionClosed(Token(0x1234))])
+    assert ORDER == ["hold", "release"]
+    assert daemon.stats.events[ev.ConnectionCreated] == 1
+    assert daemon.stats.events[ev.ConnectionClosed] == 1
+    assert daemon.dispatcher.bindings == {}
+    on_end(RuntimeError("reader bug"))
+    assert await asyncio.wait_for(serving, 10) == 1
+    assert "The mptcp_pm event reader failed: RuntimeError('reader bug')." in caplog.text
 
 
 async def test_a_network_feed_that_cannot_recover_makes_the_daemon_exit_1(

@@ -573,6 +573,99 @@ async def test_the_memory_of_a_burst_goes_back_once_it_is_worked_through(
         b.close()
 
 
+async def test_a_followed_reader_hands_out_lists_from_its_callback(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """follow(): what waited before is handed out, then what arrives, in
+    kernel order, in lists of YIELD_EVERY with a loop turn between two
+    (what a list's consumer scheduled runs before the next list); a burst's
+    memory goes back once it is worked through."""
+    from mptcpd.netlink import genl_events
+
+    monkeypatch.setattr(genl_events, "YIELD_EVERY", 4)
+    monkeypatch.setattr(genl_events, "TRIM_AFTER", 8)
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    loop = asyncio.get_running_loop()
+    lists: list[list[ev.Event]] = []
+    order: list[str] = []
+    ends: list[BaseException | None] = []
+    releases: list[int] = []
+
+    def on_batch(batch: list[ev.Event]) -> None:
+        lists.append(batch)
+        order.append(f"list {len(lists)}")
+        loop.call_soon(order.append, f"turn after {len(lists)}")
+
+    try:
+        b.setblocking(False)
+        reader = EventReader()
+        reader.release_memory = lambda: releases.append(1)
+        reader._loop = loop
+        reader._raw, reader._fd = b, b.fileno()
+        reader._start_reading()
+        a.send(build(C.MPTCP_EVENT_CLOSED, [("MPTCP_ATTR_TOKEN", 0)]))
+        reader.fill()  # received before anyone follows
+        reader.follow(on_batch, ends.append)
+        with pytest.raises(RuntimeError, match="already followed"):
+            reader.follow(on_batch, ends.append)
+        for i in range(1, 10):
+            a.send(build(C.MPTCP_EVENT_CLOSED, [("MPTCP_ATTR_TOKEN", i)]))
+        async with asyncio.timeout(5):
+            while sum(map(len, lists)) < 10 or not releases:
+                await asyncio.sleep(0.001)
+        assert [e for batch in lists for e in batch] == \
+            [ev.ConnectionClosed(Token(i)) for i in range(10)]
+        assert all(len(batch) <= 4 for batch in lists)
+        # The nine that came together: one list a loop turn.
+        assert [len(batch) for batch in lists[1:]] == [4, 4, 1]
+        for n in (2, 3):
+            assert order.index(f"turn after {n}") < order.index(f"list {n + 1}")
+        assert releases == [1] and ends == []
+        reader.close()
+        assert len(ends) == 1 and ends[0] is None
+    finally:
+        a.close()
+        b.close()
+
+
+async def test_a_followed_reader_whose_consumer_raises_ends_with_the_exception() -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ends: list[BaseException | None] = []
+    seen: list[ev.Event] = []
+
+    def on_batch(batch: list[ev.Event]) -> None:
+        seen.extend(batch)
+        raise RuntimeError("consumer bug")
+
+    try:
+        b.setblocking(False)
+        reader = EventReader()
+        with pytest.raises(RuntimeError, match="not open"):
+            reader.follow(on_batch, ends.append)
+        reader._loop = asyncio.get_running_loop()
+        reader._raw, reader._fd = b, b.fileno()
+        reader._start_reading()
+        reader.follow(on_batch, ends.append)
+        a.send(build(C.MPTCP_EVENT_CLOSED, [("MPTCP_ATTR_TOKEN", 7)]))
+        async with asyncio.timeout(5):
+            while not ends:
+                await asyncio.sleep(0.001)
+        assert seen == [ev.ConnectionClosed(Token(7))]
+        assert isinstance(ends[0], RuntimeError) and str(ends[0]) == "consumer bug"
+        # Following stopped: what arrives now waits to be taken; closing
+        # does not end it twice.
+        a.send(build(C.MPTCP_EVENT_CLOSED, [("MPTCP_ATTR_TOKEN", 8)]))
+        async with asyncio.timeout(5):
+            while not reader.backlog:
+                await asyncio.sleep(0.001)
+        assert seen == [ev.ConnectionClosed(Token(7))]
+        assert reader.take(10) == [ev.ConnectionClosed(Token(8))]
+        reader.close()
+        assert len(ends) == 1
+    finally:
+        a.close()
+        b.close()
+
+
 def test_release_memory_can_be_called() -> None:
     """glibc's malloc_trim where there is one; no error either way."""
     from mptcpd.netlink import genl_events

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import math
 import signal
@@ -118,7 +119,9 @@ class Watcher(Protocol):
 
 
 class Reader(Protocol):
-    """What the daemon needs of the event reader (:class:`EventReader`)."""
+    """What the daemon needs of the event reader (:class:`EventReader`).
+    One that also has ``follow`` (:meth:`EventReader.follow`) is followed
+    rather than iterated."""
 
     overrun_pending: bool
     closing: set[int]
@@ -446,35 +449,56 @@ class Daemon:
         # Commands of connections whose CLOSED is read but not yet handled
         # are dropped, not sent.
         self.channel.closed_tokens = reader.closed_tokens
-        self._spawn(self._read_events(reader), "mptcp_pm events")
+        # The reader hands each list of events over from its socket's
+        # callback (EventReader.follow); one that cannot is iterated.
+        follow = getattr(reader, "follow", None)
+        if follow is None:
+            self._spawn(self._read_events(reader), "mptcp_pm events")
+        else:
+            follow(self._dispatch_events, functools.partial(self._reader_ended, reader))
 
-    async def _read_events(self, reader: Reader) -> None:
-        """Dispatch every event; the daemon exits 1 if the reader ever stops
-        while it is still the daemon's (it is closed when the family
-        vanishes or at shutdown, and then ends quietly)."""
+    def _dispatch_events(self, batch: list[ev.Event]) -> None:
+        """Dispatch a list of events in order; the commands their hooks
+        submit leave together once all are dispatched (the channel is held)."""
         dispatch, forget = self.dispatcher.dispatch, self.channel.forget
         counts, monitors, publish = (self.stats.events, self.monitor.subscribers,
                                      self.monitor.publish)
         closed = ev.ConnectionClosed
+        channel = self.channel
+        channel.hold()
+        try:
+            for event in batch:
+                kind = type(event)
+                counts[kind] += 1
+                if monitors:
+                    publish(event)
+                try:
+                    dispatch(event)
+                except Exception:  # never let one event end the reader
+                    log.exception("Unable to dispatch %r", event)
+                if kind is closed:  # after its hook: drop what is unsent
+                    forget(event.token)  # type: ignore[union-attr]
+        finally:
+            channel.release()
+
+    async def _read_events(self, reader: Reader) -> None:
+        """Dispatch every event of a reader that is iterated."""
         try:
             async for batch in reader.batches():
-                for event in batch:
-                    kind = type(event)
-                    counts[kind] += 1
-                    if monitors:
-                        publish(event)
-                    try:
-                        dispatch(event)
-                    except Exception:  # never let one event end the reader
-                        log.exception("Unable to dispatch %r", event)
-                    if kind is closed:  # after its hook: drop what is unsent
-                        forget(event.token)  # type: ignore[union-attr]
+                self._dispatch_events(batch)
         except Exception as exc:
-            log.debug("mptcp_pm event reader", exc_info=True)
-            reason = f"failed: {exc!r}"
+            self._reader_ended(reader, exc)
         else:
-            reason = "stopped"
+            self._reader_ended(reader, None)
+
+    def _reader_ended(self, reader: Reader, exc: BaseException | None) -> None:
+        """The daemon exits 1 if the reader ever stops while it is still the
+        daemon's (it is closed when the family vanishes or at shutdown, and
+        then ends quietly)."""
+        if exc is not None:
+            log.debug("mptcp_pm event reader", exc_info=exc)
         if self.reader is reader and not self._stop.is_set():
+            reason = "stopped" if exc is None else f"failed: {exc!r}"
             self._fail(f"The mptcp_pm event reader {reason}.")
 
     def _overrun(self, count: int) -> None:

@@ -5,8 +5,9 @@
 up the ``mptcp_pm`` family and its ``mptcp_pm_events`` group with one
 nlctrl request and joins the group; then each wake-up drains the datagrams
 the socket holds into a backlog of the bytes received, which are decoded
-with :mod:`mptcpd.netlink.event_codec` when handed out (:meth:`take`,
-:meth:`batches`).  The receive buffer is sized for bursts (a kernel event
+with :mod:`mptcpd.netlink.event_codec` when handed out: to the follower
+from the reader callback itself (:meth:`follow`, the daemon's way), or
+through :meth:`take` and :meth:`batches`.  The receive buffer is sized for bursts (a kernel event
 is 28-124 bytes but costs several hundred bytes of socket memory).  Once a
 burst is worked through, the memory it took goes back to the system.
 
@@ -93,7 +94,7 @@ TRIM_AFTER = 8192
 SO_MEMINFO = 55
 SK_MEMINFO_DROPS = 8
 #: Events handed out in a row before the loop is given a turn (see
-#: :meth:`EventReader.batches`).
+#: :meth:`EventReader.follow` and :meth:`EventReader.batches`).
 YIELD_EVERY = 32
 #: Size of one chunk of the backlog of received datagrams (an anonymous
 #: mapping, returned to the system once read), and the room a datagram is
@@ -240,6 +241,13 @@ class EventReader:
         #: The socket's drop count when it last reported an overrun, until
         #: its receive queue is empty again (None: not congested).
         self._drops: int | None = None
+        #: :meth:`follow`'s ``(on_batch, on_end)`` while it is followed.
+        self._follower: tuple[Callable[[list[Event]], None],
+                              Callable[[BaseException | None], None]] | None = None
+        #: The next list's delivery, when one is scheduled.
+        self._delivery: asyncio.Handle | None = None
+        self._receiving = False  #: the reader callback receives (delivers after)
+        self._delivering = False  #: a list is being handed to ``on_batch``
 
     # -- lifecycle ------------------------------------------------------
 
@@ -277,7 +285,8 @@ class EventReader:
         return int(self._raw.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
 
     def close(self) -> None:
-        """Stop reading and close the socket; a pending iteration ends."""
+        """Stop reading and close the socket; a pending iteration ends, and
+        so does following (``on_end(None)``)."""
         self._closed = True
         self._stop_reading()
         if self._raw is not None:
@@ -285,6 +294,7 @@ class EventReader:
             self._raw = None
             self._fd = -1
         self._wake()
+        self._end_following(None)
 
     async def __aenter__(self) -> Self:
         await self.open()
@@ -297,7 +307,8 @@ class EventReader:
 
     def _start_reading(self) -> None:
         if not self._reading and self._loop is not None and self._fd >= 0:
-            self._loop.add_reader(self._fd, self._on_readable)
+            self._loop.add_reader(self._fd, self._on_readable
+                                  if self._follower is None else self._on_readable_followed)
             self._reading = True
 
     def _stop_reading(self) -> None:
@@ -306,6 +317,10 @@ class EventReader:
             self._reading = False
 
     def _wake(self) -> None:
+        if self._follower is not None:
+            if not self._receiving:  # the reader callback delivers itself
+                self._schedule_delivery()
+            return
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -544,6 +559,84 @@ class EventReader:
             self.release_memory()
         except Exception:
             log.exception("Releasing memory after a burst of events failed")
+
+    # -- following ---------------------------------------------------------
+
+    def follow(self, on_batch: Callable[[list[Event]], None],
+               on_end: Callable[[BaseException | None], None]) -> None:
+        """Hand the events to ``on_batch`` in kernel order, in lists of
+        about :data:`YIELD_EVERY`, from the loop's reader callback as they
+        are received: no task, future or loop turn between the socket and
+        the consumer (the way :meth:`RtnlMonitor.follow
+        <mptcpd.netlink.rtnl_monitor.RtnlMonitor.follow>` feeds the network
+        monitor).  Between two lists the loop gets a turn, so the commands
+        issued for a burst leave and are answered while it is worked
+        through.  ``on_end`` is called once: with None when the reader is
+        closed, with the exception when handing out failed (following then
+        stops).  Use either this or :meth:`batches`, not both."""
+        if self._raw is None or self._loop is None:
+            raise RuntimeError("the event reader is not open")
+        if self._follower is not None:
+            raise RuntimeError("the event reader is already followed")
+        self._follower = (on_batch, on_end)
+        if self._reading:  # the reader callback becomes the delivering one
+            self._stop_reading()
+            self._start_reading()
+        if self.backlog:
+            self._schedule_delivery()
+
+    def _on_readable_followed(self) -> None:
+        """The loop's reader callback while followed: receive, then hand
+        out the next list at once, unless one is scheduled already (a
+        burst is being worked through: one list a loop turn)."""
+        self._receiving = True
+        try:
+            self._on_readable()
+        finally:
+            self._receiving = False
+        if self._delivery is None:
+            self._deliver()
+
+    def _schedule_delivery(self) -> None:
+        if self._delivery is None and self._loop is not None:
+            self._delivery = self._loop.call_soon(self._deliver)
+
+    def _deliver(self) -> None:
+        """Hand the next list to the follower; the one after it gets the
+        next loop turn."""
+        self._delivery = None
+        follower = self._follower
+        if follower is None or self._delivering:
+            return
+        self._delivering = True
+        try:
+            batch = self.take(YIELD_EVERY)
+            if batch:
+                follower[0](batch)
+        except Exception as exc:
+            self._end_following(exc)
+            return
+        finally:
+            self._delivering = False
+        if self.backlog:
+            self._schedule_delivery()
+        elif self._peak >= TRIM_AFTER:
+            self._after_burst()
+
+    def _end_following(self, exc: BaseException | None) -> None:
+        follower, self._follower = self._follower, None
+        if self._delivery is not None:
+            self._delivery.cancel()
+            self._delivery = None
+        if follower is None:
+            return
+        if self._reading and not self._closed:  # back to the plain callback
+            self._stop_reading()
+            self._start_reading()
+        try:
+            follower[1](exc)
+        except Exception:
+            log.exception("the event reader's on_end callback failed")
 
     # -- iteration --------------------------------------------------------
 
