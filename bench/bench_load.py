@@ -11,6 +11,7 @@ to a receive overrun from the kernel's per-socket drop counter
     .venv/bin/python bench/bench_load.py all [--impl ours|c|both] [--json FILE]
     .venv/bin/python bench/bench_load.py client-burst --conns 1000
     .venv/bin/python bench/bench_load.py smoke --impl ours      # < 1 min
+    .venv/bin/python bench/bench_load.py all --floor --runs 5   # medians of 5 runs
 
 Scenarios: client-burst, server-burst, churn, addr, startup, served-rate.
 ``--floor`` adds, to the two bursts, the lab's floor: ``bench/floor_pm.py``,
@@ -614,6 +615,31 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
         print(line)
 
 
+def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One scenario's runs for one implementation as one result (``--runs``):
+    each number the median of the runs, every run's value under ``each``;
+    anything else (flags, lists, tables) as the first run gave it.  Runs
+    that failed are left out and counted (``failed_runs``); when all
+    failed, the first one's error stands."""
+    if len(runs) == 1:
+        return runs[0]
+    good = [r for r in runs if "error" not in r]
+    if not good:
+        return {**runs[0], "runs": len(runs), "failed_runs": len(runs)}
+    out = dict(good[0])
+    each: dict[str, list[float]] = {}
+    for key, first in good[0].items():
+        if isinstance(first, bool) or not isinstance(first, (int, float)):
+            continue
+        values = [r.get(key) for r in good]
+        numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if len(numbers) == len(good):
+            each[key] = numbers
+            out[key] = statistics.median(numbers)
+    out.update(runs=len(runs), failed_runs=len(runs) - len(good), each=each)
+    return out
+
+
 def run_meta(o: argparse.Namespace) -> dict[str, Any]:
     """What a benchmark's JSON records of the run: machine, time, options."""
     return {"uname": os.uname().release, "python": sys.version.split()[0],
@@ -629,6 +655,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--floor", action="store_true",
                         help="also run the two bursts with bench/floor_pm.py: the least a "
                         "Python process can do in this lab")
+    parser.add_argument("--runs", type=int, default=1, metavar="N",
+                        help="run each scenario N times, the implementations taking "
+                        "turns in each round, and report each figure's median (every "
+                        "run's value is in the JSON)")
     parser.add_argument("--c-daemon", default=C_DAEMON)
     parser.add_argument("--conns", type=int, default=1000, help="burst size")
     parser.add_argument("--deadline", type=float, default=5.0,
@@ -678,24 +708,32 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     results: dict[str, dict[str, Any]] = {}
     meta = run_meta(o)
+    if o.runs < 1:
+        parser.error("--runs must be at least 1")
     try:
         for name in names:
-            for impl in impls:
-                if name == "served-rate" and impl == "c":
-                    continue  # C's sspi creates no subflow: nothing to serve
-                if impl == "floor" and name not in FLOORED:
-                    continue
-                print(f"# {name} / {impl} ...", file=sys.stderr, flush=True)
-                t0 = time.monotonic()
-                try:
-                    r = SCENARIOS[name](impl, o)
-                except LabError as exc:
-                    r = {"error": str(exc)[:2000]}
-                r["wall_s"] = round(time.monotonic() - t0, 1)
-                results.setdefault(name, {})[impl] = r
-                print(f"#   {json.dumps(r)[:600]}", file=sys.stderr, flush=True)
+            runs: dict[str, list[dict[str, Any]]] = {}
+            for round_ in range(1, o.runs + 1):
+                for impl in impls:
+                    if name == "served-rate" and impl == "c":
+                        continue  # C's sspi creates no subflow: nothing to serve
+                    if impl == "floor" and name not in FLOORED:
+                        continue
+                    of = f" (run {round_} of {o.runs})" if o.runs > 1 else ""
+                    print(f"# {name} / {impl}{of} ...", file=sys.stderr, flush=True)
+                    t0 = time.monotonic()
+                    try:
+                        r = SCENARIOS[name](impl, o)
+                    except LabError as exc:
+                        r = {"error": str(exc)[:2000]}
+                    r["wall_s"] = round(time.monotonic() - t0, 1)
+                    runs.setdefault(impl, []).append(r)
+                    results.setdefault(name, {})[impl] = combine(runs[impl])
+                    print(f"#   {json.dumps(r)[:600]}", file=sys.stderr, flush=True)
     except KeyboardInterrupt:
         print("interrupted; labs removed", file=sys.stderr)
+    if o.runs > 1:
+        print(f"\nmedians of {o.runs} runs (each run's figures in the JSON, under \"each\")")
     print_table(results)
     if o.json_file:
         Path(o.json_file).write_text(json.dumps({"meta": meta, "results": results}, indent=1))
