@@ -7,9 +7,10 @@ nlctrl request and joins the group; then each wake-up drains the datagrams
 the socket holds into a backlog of the bytes received, which are decoded
 with :mod:`mptcpd.netlink.event_codec` when handed out: to the follower
 from the reader callback itself (:meth:`follow`, the daemon's way), or
-through :meth:`take` and :meth:`batches`.  The receive buffer is sized for bursts (a kernel event
-is 28-124 bytes but costs several hundred bytes of socket memory).  Once a
-burst is worked through, the memory it took goes back to the system.
+through :meth:`take` and :meth:`batches`.  The receive buffer is sized for
+bursts (a kernel event is 28-124 bytes but costs several hundred bytes of
+socket memory).  Once a burst is worked through, the memory it took goes
+back to the system.
 
 The resync after an overrun asks what waits in the backlog:
 :meth:`fill` reads everything the socket holds, :meth:`queued_tokens`
@@ -606,7 +607,10 @@ class EventReader:
         next loop turn."""
         self._delivery = None
         follower = self._follower
-        if follower is None or self._delivering:
+        if follower is None:
+            return
+        if self._delivering:  # called while a list is handled: the next turn
+            self._schedule_delivery()
             return
         self._delivering = True
         try:
