@@ -617,10 +617,11 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
 
 def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One scenario's runs for one implementation as one result (``--runs``):
-    each number the median of the runs, every run's value under ``each``;
-    anything else (flags, lists, tables) as the first run gave it.  Runs
-    that failed are left out and counted (``failed_runs``); when all
-    failed, the first one's error stands."""
+    each figure that every run gave as a number, the median of the runs,
+    every run's value under ``each``; anything else (flags, lists, tables,
+    a figure some runs lack) as the first run gave it.  Runs that failed
+    are left out and counted (``failed_runs``); when all failed, the first
+    one's error stands."""
     if len(runs) == 1:
         return runs[0]
     good = [r for r in runs if "error" not in r]
@@ -682,6 +683,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="run our daemon under cProfile from READY on and write "
                              "its statistics to FILE when it stops (one scenario)")
     o = parser.parse_args(argv)
+    if o.runs < 1:
+        parser.error("--runs must be at least 1")
     global PROFILE
     PROFILE = o.profile
     if o.scenario == "smoke":
@@ -708,8 +711,6 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     results: dict[str, dict[str, Any]] = {}
     meta = run_meta(o)
-    if o.runs < 1:
-        parser.error("--runs must be at least 1")
     try:
         for name in names:
             runs: dict[str, list[dict[str, Any]]] = {}
