@@ -431,12 +431,20 @@ async def test_a_followed_event_reader_feeds_the_dispatcher_and_its_end_is_exit_
     channel = daemon.channel
     channel.hold = lambda: ORDER.append("hold")  # type: ignore[method-assign]
     channel.release = lambda: ORDER.append("release")  # type: ignore[method-assign]
+    dispatch = daemon.dispatcher.dispatch
+
+    def recorded(event: ev.Event) -> None:
+        ORDER.append(f"dispatch {type(event).__name__} {daemon.dispatcher.bindings}")
+        dispatch(event)
+
+    daemon.dispatcher.dispatch = recorded  # type: ignore[method-assign]
     laddr = SockAddr(ip_address("192.0.2.1"), 40000)
     raddr = SockAddr(ip_address("192.0.2.2"), 5201)
     ORDER.clear()
     on_batch([ev.ConnectionCreated(Token(0x1234), laddr, raddr),
               ev.ConnectionClosed(Token(0x1234))])
-    assert ORDER == ["hold", "release"]
+    assert ORDER == ["hold", "dispatch ConnectionCreated {}",
+                     "dispatch ConnectionClosed {4660: 'rec'}", "release"]
     assert daemon.stats.events[ev.ConnectionCreated] == 1
     assert daemon.stats.events[ev.ConnectionClosed] == 1
     assert daemon.dispatcher.bindings == {}
