@@ -527,6 +527,8 @@ async def test_the_family_vanishing_and_reappearing_during_initialisation(
     assert daemon.reader is not None
     assert daemon.pm.ready
     assert ORDER.count("plugin_init") == 1
+    daemon.stop()
+    assert await asyncio.wait_for(serving, 10) == 0
 
 
 async def test_sighup_reloads_the_configuration(daemon: Daemon, tmp_path: Path) -> None:
