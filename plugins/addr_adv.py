@@ -37,8 +37,10 @@ What it does better than the C plugin (each is in the changelog):
   address cycles, SIGKILL during churn).  Each endpoint tracks what it
   should be (in the kernel or not) and what the kernel's answers say it is;
   commands go out in the order of the changes, and one the daemon could
-  not send (its command queue full) is sent again, so a storm never leaves
-  an address without its endpoint or a withdrawn one in the kernel.  An
+  not send (its command queue full) is sent again, with every later one
+  waiting behind it, so a storm never leaves an address without its
+  endpoint or a withdrawn one in the kernel, nor makes the kernel see an
+  endpoint's removal after the addition of the address that reused its ID.  An
   endpoint is written to the state file *before* the kernel is asked for
   it, so a daemon killed at any moment takes it over after a restart; at
   start-up, endpoints taken over whose address went while no daemon ran
@@ -54,6 +56,7 @@ address flags ``add_addr_accepted`` is set to 0.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import errno
 import functools
@@ -102,7 +105,8 @@ JOURNAL_SLACK = 4
 #: A compaction the journal's growth calls for waits this long (a burst of
 #: changes ends first, and the change that crossed the line is not delayed).
 COMPACT_DELAY = 1.0
-#: A command the daemon could not send (its queue was full) is retried after this.
+#: A command the daemon could not send (its queue was full) is retried after
+#: this, with the commands made after it (:attr:`AddressAdvertiser.backlog`).
 RETRY_DELAY = 0.1
 
 
@@ -124,6 +128,13 @@ class Endpoint:
 
     def __post_init__(self) -> None:
         self.text = str(self.addr.ip)
+
+
+def _refused(future: asyncio.Future[Any]) -> bool:
+    """Whether the daemon's command queue refused the command at once (it
+    was full: the future comes back failed with :class:`QueueFull`)."""
+    return (future.done() and not future.cancelled()
+            and isinstance(future.exception(), QueueFull))
 
 
 def state_file() -> Path:
@@ -453,6 +464,17 @@ class AddressAdvertiser:
         self.pending: list[tuple[str, Any, SockAddr]] = []
         self.remembered: dict[SockAddr, int] = {}
         self._journal: Journal | None = None
+        #: Commands the daemon's queue refused, and every one made after the
+        #: first of them, in the order they were made: (endpoint, wanted in
+        #: the kernel), or (None, False) for the limits (one entry at most:
+        #: the latest limits are sent when it comes up).  While it is not
+        #: empty nothing goes straight to the queue, so the kernel still sees
+        #: the changes in their order: an endpoint's removal before the
+        #: addition of a new address that reuses its ID.
+        self.backlog: collections.deque[tuple[Endpoint | None, bool]] = collections.deque()
+        self.limits: Limits | None = None  #: the latest limits asked for
+        self._limits_waiting = False  #: the backlog holds the limits' entry
+        self._retry: asyncio.TimerHandle | None = None
 
     @property
     def journal(self) -> Journal:
@@ -469,14 +491,43 @@ class AddressAdvertiser:
             return
         if AddrFlags.SUBFLOW in pm.config.addr_flags:  # cheaper than &
             self.rcv_limit = self.subflows_limit
+        self.limits = Limits(subflows=self.subflows_limit, rcv_add_addrs=self.rcv_limit)
+        if self.backlog:
+            self._limits_later(pm)
+        else:
+            self._send_limits(pm)
+
+    def _send_limits(self, pm: PathManager) -> bool:
+        """Ask the kernel for the latest limits; False when the queue refused
+        them (they wait at the head of the backlog)."""
+        limits = self.limits
+        if limits is None:
+            return True
         try:
-            pm.kpm_set_limits(Limits(subflows=self.subflows_limit,
-                                     rcv_add_addrs=self.rcv_limit))
+            future = pm.kpm_set_limits(limits)
         except NotSupported:
-            pass
+            return True
         except OSError as exc:
-            log.warning("can't update limit to %d: %d", self.subflows_limit,
-                        exc.errno or 0)
+            log.warning("can't update limit to %d: %d", limits.subflows, exc.errno or 0)
+            return True
+        if _refused(future):
+            self._limits_waiting = True
+            self.backlog.appendleft((None, False))
+            self._retry_later(pm)
+            return False
+        future.add_done_callback(functools.partial(self._limits_answered, pm))
+        return True
+
+    def _limits_later(self, pm: PathManager) -> None:
+        """The latest limits leave from the backlog, in their turn."""
+        if not self._limits_waiting:
+            self._limits_waiting = True
+            self.backlog.append((None, False))
+        self._retry_later(pm)
+
+    def _limits_answered(self, pm: PathManager, future: asyncio.Future[Any]) -> None:
+        if not future.cancelled() and isinstance(future.exception(), (QueueFull, NotReady)):
+            self._limits_later(pm)  # not sent, or not known to be: the latest, again
 
     # -- start-up: which endpoints exist already -----------------------------
 
@@ -575,38 +626,79 @@ class AddressAdvertiser:
                 self._forget(pm, endpoint)
             return
         wanted = endpoint.active
+        # Remembered before the kernel has it: a daemon killed now still
+        # takes it for its own after a restart.
+        if wanted and self.journal.wanted(endpoint.text) != endpoint.id:
+            self._record(endpoint)
+        # Counted as asked for from now, whether it leaves now or from the backlog.
+        endpoint.inflight += 1
+        endpoint.target = wanted
+        if self.backlog:
+            self.backlog.append((endpoint, wanted))
+        else:
+            self._send(pm, endpoint, wanted)
+
+    def _send(self, pm: PathManager, endpoint: Endpoint, wanted: bool) -> bool:
+        """Hand the command that makes ``endpoint`` ``wanted`` in the kernel to
+        the daemon; False when its queue refused it (it waits at the head of
+        the backlog, and so does everything made after it)."""
         try:
             if wanted:
-                # Remembered before the kernel has it: a daemon killed now
-                # still takes it for its own after a restart.
-                if self.journal.wanted(endpoint.text) != endpoint.id:
-                    self._record(endpoint)
                 future = pm.kpm_add_addr(endpoint.addr, endpoint.id, endpoint.flags,
                                          endpoint.ifindex)
             else:
                 future = pm.kpm_remove_addr(endpoint.id)
         except (OSError, ValueError):
+            endpoint.inflight -= 1
+            self._settle(endpoint)
             if wanted:
                 log.error("Unable to advertise IP address.")
                 self._drop(pm, endpoint)
             else:
                 log.error("Unable to stop advertising IP address.")
-            return
-        endpoint.inflight += 1
-        endpoint.target = wanted
+            return True
+        if _refused(future):
+            self.backlog.appendleft((endpoint, wanted))
+            self._retry_later(pm)
+            return False
         future.add_done_callback(functools.partial(self._answered, pm, endpoint, wanted))
+        return True
+
+    def _retry_later(self, pm: PathManager) -> None:
+        if self._retry is None:
+            self._retry = asyncio.get_running_loop().call_later(
+                RETRY_DELAY, self._send_backlog, pm)
+
+    def _send_backlog(self, pm: PathManager) -> None:
+        """Hand the backlog to the daemon in order, up to the first command
+        its queue refuses again."""
+        self._retry = None
+        backlog = self.backlog
+        while backlog:
+            endpoint, wanted = backlog.popleft()
+            if endpoint is None:
+                self._limits_waiting = False
+                if not self._send_limits(pm):
+                    return
+            elif not self._send(pm, endpoint, wanted):
+                return
 
     def _answered(self, pm: PathManager, endpoint: Endpoint, wanted: bool,
                   future: asyncio.Future[Any]) -> None:
-        endpoint.inflight -= 1
         if future.cancelled():
+            endpoint.inflight -= 1
             return  # the daemon is stopping
         error = future.exception()
+        if isinstance(error, (QueueFull, NotReady)):
+            # Not sent (or not known to be): again, in its turn.
+            self.backlog.append((endpoint, wanted))
+            self._retry_later(pm)
+            return
+        endpoint.inflight -= 1
         full = isinstance(error, KernelError) and error.errno == errno.ERANGE
-        if isinstance(error, (QueueFull, NotReady)) or (
-                wanted and full and self._removals_pending(endpoint)):
-            # Never sent, or no room yet while endpoints are on their way
-            # out: try again a little later.
+        if wanted and full and self._removals_pending(endpoint):
+            # No room yet while endpoints are on their way out: try again a
+            # little later.
             self._settle(endpoint)
             asyncio.get_running_loop().call_later(RETRY_DELAY, self._pump, pm, endpoint)
             return
@@ -786,7 +878,10 @@ class AddressAdvertiser:
         self.journal.record(endpoint.text, None if entry is None else entry.id)
 
     def flush_state(self) -> None:
-        """Leave the state file compact and closed (at exit)."""
+        """Leave the state file compact and closed, and send nothing more (at exit)."""
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
         if self._journal is not None:
             self._journal.close()
 

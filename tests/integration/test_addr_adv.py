@@ -15,14 +15,15 @@ ROOT = Path(__file__).resolve().parents[2]
 PLUGINS = str(ROOT / "plugins")
 
 
-def start(lab: Lab, *args: str, state: Path | None = None) -> Process:
+def start(lab: Lab, *args: str, state: Path | None = None,
+          config: str = "[core]\n") -> Process:
     env = daemon_env()
     if state is not None:
         env["MPTCPD_STATE_DIR"] = str(state)
     daemon = lab.start_mptcpd(
         "--log=stderr", f"--plugin-dir={PLUGINS}", "--load-plugins=addr_adv",
         "--path-manager=addr_adv", "--notify-flags=existing,skip_link_local",
-        "--addr-flags=subflow", *args, config="[core]\n", env=env)
+        "--addr-flags=subflow", *args, config=config, env=env)
     daemon.wait_output(READY, timeout=20)
     return daemon
 
@@ -155,3 +156,30 @@ def test_the_ninth_endpoint_is_reported_as_the_kernel_limit(lab: Lab) -> None:
     assert len(lab.endpoints(lab.client)) == 8
     # The kernel's own words are logged too, by the command channel.
     assert re.search(r"add_addr: .*: Numerical result out of range", daemon.output())
+
+
+def test_a_full_command_queue_keeps_the_endpoint_commands_in_order(lab: Lab) -> None:
+    """Addresses churned faster than the kernel removes endpoints (each
+    removal waits for an RCU grace period) overflow a small command queue.
+    The commands it refused are sent again in the order they were made: a
+    new address never gets the ID of an endpoint still in the kernel
+    (``EBUSY``), no removal meets an endpoint already gone, and every
+    address ends with its endpoint and the limits counting it."""
+    daemon = start(lab, config="[core]\ncommand-queue-size = 4\n")
+    base = lab_addresses(lab)
+    wait_endpoints(lab, base)
+    dev = lab.links[0].client_if
+    churn = "".join(f"addr add 203.0.113.{200 + i % 4}/32 dev {dev}\n"
+                    f"addr del 203.0.113.{200 + i % 4}/32 dev {dev}\n" for i in range(300))
+    kept = [f"203.0.113.{i}" for i in (10, 11)]
+    churn += "".join(f"addr add {ip}/32 dev {dev}\n" for ip in kept)
+    lab.exec(lab.client, "ip", "-batch", "-", input=churn)
+    eps = wait_endpoints(lab, base | set(kept), timeout=60)
+    assert len({e.id for e in eps.values()}) == len(eps)
+    wait_for(lambda: lab.limits(lab.client) == {"add_addr_accepted": 8, "subflows": 8},
+             20, what="limits 8")
+    output = daemon.output()
+    assert "Command queue full" in output  # the churn did overflow it
+    for wrong in ("Unable to advertise", "resource busy", "address not found"):
+        assert wrong not in output, output
+    assert daemon.stop() == 0

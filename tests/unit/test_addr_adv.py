@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from mptcpd.errors import KernelError
+from mptcpd.errors import KernelError, QueueFull
 from mptcpd.plugins.loader import load_plugins
 from mptcpd.plugins.registry import PluginRegistry
 from mptcpd.pm.id_manager import IdManager
@@ -34,17 +34,26 @@ class AddrInfo:
 
 
 class FakePM:
-    """Records kernel commands; each returns a future the test may settle."""
+    """Records kernel commands; each returns a future the test may settle.
+    While ``full`` is set, a command is refused as the daemon's full queue
+    refuses it (a future failed with QueueFull at once) and recorded in
+    ``refused`` instead."""
 
     def __init__(self, addr_flags: AddrFlags = AddrFlags(0)) -> None:
         self.config = types.SimpleNamespace(addr_flags=addr_flags)
         self.id_manager = IdManager()
         self.calls: list[tuple[str, Any]] = []
         self.futures: dict[str, list[asyncio.Future[Any]]] = {}
+        self.full = False
+        self.refused: list[tuple[str, Any]] = []
 
     def _command(self, name: str, *args: Any) -> asyncio.Future[Any]:
-        self.calls.append((name, args))
         future = asyncio.get_running_loop().create_future()
+        if self.full:
+            self.refused.append((name, args))
+            future.set_exception(QueueFull())
+            return future
+        self.calls.append((name, args))
         self.futures.setdefault(name, []).append(future)
         return future
 
@@ -281,8 +290,6 @@ async def test_a_command_the_daemon_could_not_send_is_sent_again(
         plugin: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """A full command queue (a storm of carrier flaps) must not cost an
     address its endpoint for good."""
-    from mptcpd.errors import QueueFull
-
     monkeypatch.setattr(plugin, "RETRY_DELAY", 0)
     pm = FakePM()
     await started(plugin, pm)
@@ -782,3 +789,76 @@ async def test_a_change_costs_the_same_however_many_endpoints_are_retiring(
     assert costs[1] == costs[0]
     await answer(pm, "remove")
     assert says(plugin) == {}
+
+
+async def test_a_refused_removal_holds_back_the_addition_that_reuses_its_id(
+        plugin: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once the daemon's queue refuses a command, the later ones wait behind
+    it and all leave in their order: the kernel removes endpoint 1 before it
+    is asked for the new address that took ID 1 (the other way round it
+    refuses the addition with EBUSY, the ID being in use)."""
+    monkeypatch.setattr(plugin, "RETRY_DELAY", 0.01)
+    pm = FakePM()
+    await started(plugin, pm)
+    plugin.new_local_address(IF3, A2, pm)
+    await answer(pm, "add")
+    await answer(pm, "set_limits")
+    pm.full = True
+    plugin.delete_local_address(IF3, A2, pm)  # ID 1 free again at once, as in C
+    assert pm.refused == [("set_limits", ([(1, 2), (0, 0)],))]
+    pm.full = False  # room again, before the retry
+    plugin.new_local_address(IF2, A1, pm)  # takes ID 1
+    assert pm.commands("add") == [("add", (A2, 1, 0, 3))]  # waits its turn
+    assert plugin._advertiser.backlog
+    sent = len(pm.calls)
+    await asyncio.sleep(0.05)
+    assert pm.calls[sent:] == [("set_limits", ([(1, 3), (0, 0)],)), ("remove", (1,)),
+                               ("add", (A1, 1, 0, 2))]
+    assert not plugin._advertiser.backlog
+    await answer(pm, "remove")
+    await answer(pm, "add")
+    assert says(plugin) == {A1: 1}
+
+
+async def test_a_refused_backlog_is_sent_from_where_it_stopped(
+        plugin: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A queue still full at the retry refuses the head again: nothing after
+    it leaves, and the next retry goes on from there; the limits go once,
+    with their latest values."""
+    monkeypatch.setattr(plugin, "RETRY_DELAY", 0.01)
+    pm = FakePM()
+    await started(plugin, pm)
+    pm.full = True
+    plugin.new_local_address(IF3, A2, pm)  # limits 3 refused, then ADD waits
+    plugin.new_local_address(IF2, A1, pm)  # limits 4 (the same entry), ADD waits
+    assert pm.refused == [("set_limits", ([(1, 3), (0, 0)],))]
+    await asyncio.sleep(0.03)  # retried, refused again at the head
+    retried = pm.refused[1:]
+    assert retried and all(c == ("set_limits", ([(1, 4), (0, 0)],)) for c in retried)
+    assert pm.commands() == [("set_limits", ([(1, 2), (0, 0)],)), ("dump", ())]
+    pm.full = False
+    await asyncio.sleep(0.03)
+    assert pm.commands()[2:] == [("set_limits", ([(1, 4), (0, 0)],)),
+                                 ("add", (A2, 1, 0, 3)), ("add", (A1, 2, 0, 2))]
+    await answer(pm, "add")
+    assert says(plugin) == {A2: 1, A1: 2}
+
+
+async def test_limits_refused_by_a_full_queue_are_sent_again(
+        plugin: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last change of the limits may be the one refused: the kernel must
+    not be left with the previous ones."""
+    monkeypatch.setattr(plugin, "RETRY_DELAY", 0.01)
+    pm = FakePM()
+    await started(plugin, pm)
+    plugin.new_local_address(IF3, A2, pm)
+    await answer(pm, "add")
+    pm.full = True
+    plugin.link_down(IF3, pm)  # limits 2 and the withdrawal refused
+    pm.full = False
+    await asyncio.sleep(0.03)
+    assert pm.commands()[-2:] == [("set_limits", ([(1, 2), (0, 0)],)), ("remove", (1,))]
+    # Refused later, by a queue that failed it after taking it: again, the latest.
+    pm.futures["set_limits"][-1].set_exception(QueueFull())
+    await asyncio.sleep(0.03)
+    assert pm.commands()[-1] == ("set_limits", ([(1, 2), (0, 0)],))
