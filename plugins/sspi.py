@@ -122,6 +122,7 @@ from mptcpd.plugin import (
     AddressId,
     PluginInfo,
     Priority,
+    QueueFull,
     RetryPolicy,
     SockAddr,
     Token,
@@ -216,6 +217,11 @@ class Connection:
     #: the loop time when each waiting one may be tried again.
     failures: dict[tuple[int, SockAddr], int] = dataclasses.field(default_factory=dict)
     due: dict[tuple[int, SockAddr], float] = dataclasses.field(default_factory=dict)
+    #: client side: attempts in a row the daemon's full command queue refused
+    #: (not failures: the kernel never saw them), per (interface index, target);
+    #: server side: announcements in a row it refused.
+    refusals: dict[tuple[int, SockAddr], int] = dataclasses.field(default_factory=dict)
+    announce_refusals: int = 0
     #: the one retry timer (at the earliest due), and the loop commands run on.
     retry_timer: asyncio.TimerHandle | None = None
     loop: asyncio.AbstractEventLoop | None = None
@@ -362,11 +368,17 @@ class SingleSubflowPerInterface:
         subflow (the channel has logged the error); it is tried again later."""
 
         def done(future: asyncio.Future[Any]) -> None:
-            refused = future.cancelled() or future.exception() is not None
+            target = plain(subflow.raddr)
+            full = not future.cancelled() and isinstance(future.exception(), QueueFull)
+            if not full:
+                conn.refusals.pop((index, target), None)
+            refused = full or future.cancelled() or future.exception() is not None
             if refused and subflow.pending and conn.subflows.get(index) is subflow:
                 del conn.subflows[index]
-                if not future.cancelled():  # cancelled: the connection closed
-                    self._failed(conn, index, plain(subflow.raddr), pm)
+                if full:
+                    self._not_sent(conn, index, target, pm)
+                elif not future.cancelled():  # cancelled: the connection closed
+                    self._failed(conn, index, target, pm)
 
         return done
 
@@ -390,6 +402,19 @@ class SingleSubflowPerInterface:
                      "after %d attempts.", conn.token, index, target, failures)
             return
         conn.due[key] = due
+        self._schedule(conn, pm)
+
+    def _not_sent(self, conn: Connection, index: int, target: SockAddr,
+                  pm: PathManager) -> None:
+        """The daemon's full command queue refused the subflow on ``index``
+        to ``target``: asked for again after a backoff, spread at random so
+        that the connections refused together do not all come back at once,
+        and never given up for it (the kernel never saw it)."""
+        if self.connections.get(conn.token) is not conn or conn.loop is None:
+            return
+        key = (index, target)
+        refusals = conn.refusals[key] = conn.refusals.get(key, 0) + 1
+        conn.due[key] = self.retry.after_refusal(refusals, conn.loop.time())
         self._schedule(conn, pm)
 
     def _schedule(self, conn: Connection, pm: PathManager) -> None:
@@ -458,21 +483,32 @@ class SingleSubflowPerInterface:
                 continue
             conn.announced[local_id] = local
             conn.announcing = True
-            future.add_done_callback(functools.partial(self._announced, conn, pm))
+            future.add_done_callback(
+                functools.partial(self._announced, conn, pm, local_id, local))
             return
 
-    def _announced(self, conn: Connection, pm: PathManager,
-                   future: asyncio.Future[Any]) -> None:
+    def _announced(self, conn: Connection, pm: PathManager, local_id: AddressId,
+                   local: SockAddr, future: asyncio.Future[Any]) -> None:
         """The kernel answered an announcement: the next one, if any, in
-        :data:`ANNOUNCE_INTERVAL` (no timer when there is none)."""
+        :data:`ANNOUNCE_INTERVAL` (no timer when there is none).  One the
+        daemon's full command queue refused is made again after a backoff,
+        as a refused subflow is."""
         if self.connections.get(conn.token) is not conn:
             return
         loop = conn.announce_loop = future.get_loop()
-        conn.announce_after = loop.time() + ANNOUNCE_INTERVAL
+        delay = ANNOUNCE_INTERVAL
+        if not future.cancelled() and isinstance(future.exception(), QueueFull):
+            if conn.announced.get(local_id) == local:
+                del conn.announced[local_id]
+            conn.announce_refusals += 1
+            delay = self.retry.after_refusal(conn.announce_refusals, 0.0)
+        else:
+            conn.announce_refusals = 0
+        conn.announce_after = loop.time() + delay
         if next(self._to_announce(conn, pm), None) is None:
             conn.announcing = False  # a later address waits out the interval
             return
-        conn.announce_timer = loop.call_later(ANNOUNCE_INTERVAL, self._announce_next, conn, pm)
+        conn.announce_timer = loop.call_later(delay, self._announce_next, conn, pm)
 
     def _announce_next(self, conn: Connection, pm: PathManager) -> None:
         conn.announce_timer = None

@@ -35,7 +35,7 @@ from typing import Any
 from mptcpd import events as ev
 from mptcpd.config import Config, PluginGroup
 from mptcpd.daemon.dispatch import Dispatcher
-from mptcpd.errors import KernelError
+from mptcpd.errors import KernelError, QueueFull
 from mptcpd.plugin import Interface, PluginInfo, SockAddr
 from mptcpd.plugins.loader import load_plugins, plugin_info
 from mptcpd.plugins.registry import Plugin, PluginRegistry
@@ -58,8 +58,8 @@ class Command:
         ``"kpm_add_addr"``, …).
     :ivar args: its arguments, checked, in the method's order (``add_addr``:
         the address with the port the listener got).
-    :ivar future: what the plugin got back; settle it with :meth:`answer`
-        or :meth:`refuse`.
+    :ivar future: what the plugin got back; settle it with :meth:`answer`,
+        :meth:`refuse` or :meth:`drop`.
     """
 
     name: str
@@ -73,6 +73,13 @@ class Command:
     def refuse(self, code: int = errno_module.EINVAL, message: str | None = None) -> None:
         """The kernel refuses the command with ``code`` (an errno)."""
         self.future.set_exception(KernelError(self.name, code, message))
+
+    def drop(self) -> None:
+        """The daemon's command queue was full: the command was never sent
+        (:class:`~mptcpd.plugin.QueueFull`; the daemon fails the future as
+        it hands it to the plugin, before any callback is added)."""
+        self.future.set_exception(QueueFull(f"{self.name}: command queue full; "
+                                            "command dropped"))
 
 
 class _Recorder:

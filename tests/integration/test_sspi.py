@@ -133,7 +133,8 @@ def mib(lab: Lab, ns: str) -> dict[str, int]:
             if len(f) >= 2 and f[1].isdigit()}
 
 
-def start_sspi(lab: Lab, tmp_path: Path, ns: str | None = None) -> Process:
+def start_sspi(lab: Lab, tmp_path: Path, ns: str | None = None,
+               config: str = "[core]\n") -> Process:
     """mptcpd with only the bundled sspi (a private copy of the file) in ``ns``."""
     directory = tmp_path / f"plugins-{ns or 'client'}"
     directory.mkdir()
@@ -142,7 +143,7 @@ def start_sspi(lab: Lab, tmp_path: Path, ns: str | None = None) -> Process:
     (directory / "sspi.py").chmod(0o644)
     daemon = lab.start_mptcpd("--log=stderr", "-d", f"--plugin-dir={directory}",
                               "--load-plugins=sspi", "--path-manager=sspi", ns=ns,
-                              config="[core]\n", env=daemon_env())
+                              config=config, env=daemon_env())
     daemon.wait_output(READY, timeout=20)
     assert "MPTCP single-subflow-per-interface path manager initialized." in daemon.output()
     return daemon
@@ -473,3 +474,33 @@ def test_ipv6_connections_get_ipv6_subflows(lab: Lab, tmp_path: Path) -> None:
         assert client.wait(60) == 0
         assert json.loads(client.output())["info"]["subflows"] == 2
     assert error_lines(daemon) == []
+
+
+@pytest.mark.lab(links=2, path_manager="userspace")
+def test_a_full_command_queue_delays_subflows_and_loses_none(lab: Lab, tmp_path: Path) -> None:
+    """A burst of connections against a command queue of 2: the subflow
+    creations it refuses never reached the kernel, so they are asked for
+    again after a short backoff spread at random, and are not counted as
+    failed attempts.  Every connection gets its subflow, and none is given
+    up.  Before, they were failures: the refused connections all came back
+    in the same loop turn, where the queue refused all but two of them
+    again, and gave up after six rounds."""
+    daemon = start_sspi(lab, tmp_path, config="[core]\ncommand-queue-size = 2\n")
+    lab.set_path_manager(lab.server, "kernel")
+    lab.ip(lab.server, "mptcp", "limits", "set", "subflows", "8", "add_addr_accepted", "8")
+    lab.python(lab.server, "-m", "tests.lab.traffic", "hold", "--bind", "0.0.0.0",
+               "--port", str(PORT), "--duration", "120").wait_output("listening")
+    count = 120
+    conns = lab.python(lab.client, "-m", "tests.lab.traffic", "conns",
+                       str(lab.links[0].server4), str(PORT), "--count", str(count),
+                       "--want-subflows", "1", "--deadline", "20", name="conns")
+    assert conns.wait(90) == 0
+    doc = json.loads(conns.output().strip().splitlines()[-1])
+    opened = [c for c in doc["conns"] if c[3] is not None]
+    served = [c for c in opened if c[2] is not None]
+    assert len(opened) == count
+    assert len(served) == count, f"{count - len(served)} connection(s) without their subflow"
+    output = daemon.output()
+    assert "Command queue full" in output  # the burst did overflow it
+    assert "giving up" not in output
+    assert daemon.stop() == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import random
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -167,6 +168,41 @@ def test_a_refused_subflow_is_retried_with_exponential_backoff_then_given_up(
     assert subflows(pm) == [("198.51.100.1", "192.0.2.2:5201")]
 
 
+def test_a_subflow_the_full_queue_refused_is_asked_again_and_never_given_up(
+        tmp_path: Path, clock: Clock, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon's full command queue refused the creation: the kernel never
+    saw it, so it is asked for again after the backoff (times 1 to 1.5 at
+    random; 1.5 here) however often that happens, and it counts as no
+    attempt: the kernel's refusals after it start from the first."""
+    caplog.set_level(logging.INFO, logger="mptcpd.plugins.fullmesh")
+    monkeypatch.setattr(random, "uniform", lambda low, high: high)
+    pm = retrying_pm(clock, **{"retry-attempts": "1"})
+    fm = load(tmp_path, pm)
+    established(fm)
+    delays = []
+    for _attempt in range(6):
+        (cmd,) = pm.commands
+        assert cmd.name == "add_subflow" and str(cmd.args[3].ip) == "198.51.100.1"
+        pm.take()
+        cmd.drop()
+        pm.settle()
+        delays.append(clock.timers())
+        clock.advance(delays[-1][0])
+    assert delays == [[0.15], [0.3], [0.6], [1.2], [1.5], [1.5]]
+    assert not any("giving up" in r.getMessage() for r in caplog.records)
+    # The kernel refuses it twice: a first failure (100 ms), then given up.
+    for expected in ([0.1], []):
+        (cmd,) = pm.commands
+        pm.take()
+        cmd.refuse(errno.EINVAL)
+        pm.settle()
+        assert clock.timers() == expected
+        clock.advance(0.1)
+    assert any("giving up on the subflow from 198.51.100.1 to 192.0.2.2:5201 after 2 "
+               "attempts" in r.getMessage() for r in caplog.records)
+
+
 def test_a_join_that_fails_or_closes_is_retried_and_only_while_wanted(
         tmp_path: Path, clock: Clock) -> None:
     pm = retrying_pm(clock)
@@ -256,6 +292,25 @@ def test_the_server_side_announces_its_other_addresses_one_at_a_time(
     established(fm, server_side=True)
     (first,) = pm.take()
     assert first[:2] == ("add_addr_no_listener", SockAddr("198.51.100.1"))
+
+
+def test_an_announcement_the_full_queue_refused_is_made_again(
+        tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server's announcement that the daemon's full command queue refused
+    is made again after the backoff (nothing was announced)."""
+    monkeypatch.setattr(random, "uniform", lambda low, high: high)
+    pm = retrying_pm(clock)
+    fm = load(tmp_path, pm)
+    established(fm, server_side=True)
+    (cmd,) = pm.commands
+    assert cmd.name == "add_addr_no_listener" and cmd.args[0] == SockAddr("198.51.100.1")
+    pm.take()
+    cmd.drop()
+    pm.settle()
+    assert clock.timers() == [0.15]
+    clock.advance(0.15)
+    (again,) = pm.commands
+    assert again.name == "add_addr_no_listener" and again.args == cmd.args
 
 
 def test_bad_settings_are_errors_naming_the_key_and_unknown_keys_warned(

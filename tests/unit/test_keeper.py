@@ -77,3 +77,15 @@ def test_the_retry_policy_after_a_failure() -> None:
     # A subflow that lived cap seconds or more: its loss is a first failure.
     assert policy.after_failure(3, 100.0, lived=3.0) == (1, 101.0)
     assert policy.after_failure(2, 100.0, lived=2.9) == (3, 103.0)
+
+
+def test_the_retry_policy_after_a_refusal() -> None:
+    """A command the daemon's full queue refused: the failures' backoff,
+    stretched by 1 to 1.5 at random, and never given up."""
+    from mptcpd.plugin import RetryPolicy
+
+    policy = RetryPolicy(base=1.0, cap=3.0, attempts=1)
+    for refusals, delay in ((1, 1.0), (2, 2.0), (3, 3.0), (50, 3.0)):
+        dues = {policy.after_refusal(refusals, 100.0) for _ in range(50)}
+        assert all(100.0 + delay <= due <= 100.0 + 1.5 * delay for due in dues)
+        assert len(dues) > 1  # spread

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import random
 import shutil
 import types
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from mptcpd import events as ev
 from mptcpd import hookspecs
 from mptcpd.config import PluginGroup
 from mptcpd.daemon.dispatch import Dispatcher
-from mptcpd.errors import KernelError, NotReady
+from mptcpd.errors import KernelError, NotReady, QueueFull
 from mptcpd.plugin import Priority
 from mptcpd.plugins.loader import load_plugins
 from mptcpd.plugins.registry import PluginRegistry
@@ -654,10 +655,10 @@ def c2_subflow(pm: FakePM) -> list[tuple[Any, ...]]:
     return [c for c in pm.take("add_subflow") if str(c[4].ip) == "198.51.100.1"]
 
 
-def refuse_all(pm: FakePM) -> None:
+def refuse_all(pm: FakePM, error: BaseException | None = None) -> None:
     for _, _, future in pm.calls:
         if not future.done():
-            future.set_exception(KernelError("add_subflow", 22))
+            future.set_exception(error or KernelError("add_subflow", 22))
     pm.settle()
 
 
@@ -684,6 +685,72 @@ def test_a_refused_subflow_is_tried_again_with_backoff_then_given_up(
     # Its carrier coming back starts afresh, at once.
     d.broadcast(ev.LinkUp(C2))
     assert len(c2_subflow(pm)) == 1
+
+
+def test_a_subflow_the_full_queue_refused_is_asked_again_and_never_given_up(
+        registry: PluginRegistry, pm: FakePM, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A creation the daemon's full command queue refused never reached the
+    kernel: asked for again after the backoff (times 1 to 1.5 at random;
+    1.5 here), as often as it takes, without counting as an attempt."""
+    caplog.set_level(logging.INFO, LOGGER)
+    monkeypatch.setattr(random, "uniform", lambda low, high: high)
+    clock = Clock(pm.loop)
+    pm.settings = {"retry-base": "100ms", "retry-cap": "300ms", "retry-attempts": "1"}
+    pm.network_monitor.replace(Interface(4, "c3", IFF_UP, addrs=(sa("203.0.113.1"),)))
+    registry.init_all(pm)
+    d = Dispatcher(registry, pm, registry.select_default("sspi"))
+    open_client(d)
+    delays = []
+    for _ in range(5):  # more than retry-attempts allows failures
+        assert [str(c[3].ip) for n, c, _ in pm.calls] == ["198.51.100.1"]
+        refuse_all(pm, QueueFull())
+        pm.calls.clear()
+        (delay,) = clock.timers()
+        delays.append(delay)
+        clock.advance(delay)
+    assert delays == [0.15, 0.3, 0.45, 0.45, 0.45]  # doubled, capped, never given up
+    assert "giving up" not in caplog.text
+    # Sent at last, then refused by the kernel: a failure, the first one.
+    assert [str(c[3].ip) for n, c, _ in pm.calls] == ["198.51.100.1"]
+    refuse_all(pm)
+    pm.calls.clear()
+    assert clock.timers() == [0.1]
+    clock.advance(0.1)
+    assert [str(c[3].ip) for n, c, _ in pm.calls] == ["198.51.100.1"]
+    refuse_all(pm)
+    assert clock.timers() == []
+    assert "giving up on a subflow on interface 3 to 192.0.2.2:5201 after 2 attempts" \
+        in caplog.text
+
+
+def test_an_announcement_the_full_queue_refused_is_made_again(
+        d: Dispatcher, pm: FakePM, registry: PluginRegistry, loop: asyncio.AbstractEventLoop,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server's announcement that the daemon's full queue refused is made
+    again after the backoff (the kernel answered nothing: nothing was
+    announced), and the next address waits behind it."""
+    monkeypatch.setattr(random, "uniform", lambda low, high: high)
+    sspi = sspi_module(registry)
+    laddr, raddr = sa("192.0.2.1", PORT), sa("192.0.2.2", 33000)
+    d.dispatch(ev.ConnectionCreated(T1, laddr, raddr, server_side=True))
+    d.dispatch(ev.ConnectionEstablished(T1, laddr, raddr, server_side=True))
+    c2 = sa("198.51.100.1")
+    (call,) = pm.calls
+    assert call[1] == (c2, pm.id_manager.lookup(c2), T1)
+    call[2].set_exception(QueueFull())
+    pm.settle()
+    (conn,) = sspi._sspi.connections.values()
+    assert c2 not in conn.announced.values()
+    assert conn.announce_timer is not None
+    assert conn.announce_timer.when() - loop.time() == pytest.approx(1.5, abs=0.01)
+    fire(conn.announce_timer)
+    assert [c[1] for c in pm.calls[1:]] == [(c2, pm.id_manager.lookup(c2), T1)]
+    pm.calls[1][2].set_result(None)
+    pm.settle()
+    assert conn.announce_refusals == 0
+    assert conn.announce_timer.when() - loop.time() == pytest.approx(
+        sspi.ANNOUNCE_INTERVAL, abs=0.01)
 
 
 def test_a_join_that_closes_unasked_is_tried_again_and_the_timer_goes_with_the_connection(

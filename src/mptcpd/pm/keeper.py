@@ -35,6 +35,13 @@ seconds or more clears its slot's failures.  When an interface's carrier
 comes back (``link_up``) the slots of its addresses start afresh and are
 opened at once.  Each connection has at most one retry timer, at the
 earliest due slot; it is cancelled when the connection closes.
+
+A creation or an announcement the daemon could not send (its command queue
+was full: :class:`~mptcpd.errors.QueueFull`) is not a failure: the kernel
+never saw it.  It is asked for again after the same backoff
+(:meth:`RetryPolicy.after_refusal`), spread over up to half as long again so
+that the connections refused together do not all come back in the same loop
+turn, and it is never given up for it.
 """
 
 from __future__ import annotations
@@ -44,9 +51,11 @@ import dataclasses
 import functools
 import logging
 import math
+import random
 from collections.abc import Callable, Hashable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from mptcpd.errors import QueueFull
 from mptcpd.types import Interface, SockAddr
 
 if TYPE_CHECKING:
@@ -121,6 +130,12 @@ class RetryPolicy:
             return failures, math.inf
         return failures, now + self.delay(failures)
 
+    def after_refusal(self, refusals: int, now: float) -> float:
+        """The loop time from which a command the daemon's full queue refused
+        ``refusals`` times in a row may be asked for again: the backoff of as
+        many failures, times 1 to 1.5 at random.  Never given up."""
+        return now + self.delay(refusals) * random.uniform(1.0, 1.5)
+
     @classmethod
     def from_settings(cls, settings: PluginSettings, log: logging.Logger) -> RetryPolicy:
         """The policy of a plugin's settings; a bad value is logged as an
@@ -153,11 +168,13 @@ class Slot:
     :ivar laddr: the local address of its last attempt.
     :ivar failures: failures in a row.
     :ivar due: loop time before which it is not opened again (inf: given up).
+    :ivar refusals: attempts in a row the daemon's full queue refused.
     """
 
     laddr: SockAddr
     failures: int = 0
     due: float = 0.0
+    refusals: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,6 +244,8 @@ class KeptConnection:
     closing: set[tuple[SockAddr, SockAddr]] = dataclasses.field(default_factory=set)
     announcing: bool = False
     announce_timer: asyncio.TimerHandle | None = None
+    #: announcements in a row the daemon's full queue refused.
+    announce_refusals: int = 0
     #: key -> failure record of the slots that failed.
     slots: dict[Hashable, Slot] = dataclasses.field(default_factory=dict)
     #: the one retry timer (at the earliest due slot), and its loop.
@@ -353,10 +372,31 @@ class SubflowKeeper:
     def _answered(self, conn: KeptConnection, kept: Kept, pm: PathManager,
                   future: asyncio.Future[Any]) -> None:
         """The kernel answered a subflow creation: a refusal frees the slot."""
-        refused = future.cancelled() or future.exception() is not None
+        full = not future.cancelled() and isinstance(future.exception(), QueueFull)
+        if not full and kept.key is not None and kept.key in conn.slots:
+            conn.slots[kept.key].refusals = 0
+        refused = full or future.cancelled() or future.exception() is not None
         if refused and kept.pending and kept in conn.subflows:
             conn.subflows.remove(kept)
-            self.lost(conn, kept, pm)
+            if full:
+                self._not_sent(conn, kept, pm)
+            else:
+                self.lost(conn, kept, pm)
+
+    def _not_sent(self, conn: KeptConnection, kept: Kept, pm: PathManager) -> None:
+        """The daemon's full queue refused the creation: asked for again after
+        a backoff, not counted as a failure (see the module)."""
+        if self.connections.get(conn.token) is not conn or conn.loop is None:
+            return
+        now = conn.loop.time()
+        slot = conn.slots.setdefault(kept.key, Slot(kept.laddr))
+        slot.laddr = SockAddr(plain(kept.laddr).ip)
+        slot.refusals += 1
+        slot.due = self.retry.after_refusal(slot.refusals, now)
+        self.log.debug("Connection %08x: the subflow from %s to %s could not be sent "
+                       "(command queue full); asking again in %.3g s.", conn.token,
+                       slot.laddr, kept.raddr, slot.due - now)
+        self._schedule(conn, pm)
 
     def lost(self, conn: KeptConnection, kept: Kept, pm: PathManager) -> None:
         """A subflow the keeper opened was refused, failed or closed unasked:
@@ -447,15 +487,24 @@ class SubflowKeeper:
                 continue
             conn.announced[local_id] = local
             conn.announcing = True
-            future.add_done_callback(functools.partial(self._announced, conn, pm))
+            future.add_done_callback(
+                functools.partial(self._announced, conn, pm, local_id, local))
             return
 
-    def _announced(self, conn: KeptConnection, pm: PathManager,
-                   future: asyncio.Future[Any]) -> None:
+    def _announced(self, conn: KeptConnection, pm: PathManager, local_id: int,
+                   local: SockAddr, future: asyncio.Future[Any]) -> None:
         if self.connections.get(conn.token) is not conn:
             return
-        conn.announce_timer = future.get_loop().call_later(
-            ANNOUNCE_INTERVAL, self._announce_due, conn, pm)
+        delay = ANNOUNCE_INTERVAL
+        if not future.cancelled() and isinstance(future.exception(), QueueFull):
+            # Never sent: announced again, after a backoff (see the module).
+            if conn.announced.get(local_id) == local:
+                del conn.announced[local_id]
+            conn.announce_refusals += 1
+            delay = self.retry.after_refusal(conn.announce_refusals, 0.0)
+        else:
+            conn.announce_refusals = 0
+        conn.announce_timer = future.get_loop().call_later(delay, self._announce_due, conn, pm)
 
     def _announce_due(self, conn: KeptConnection, pm: PathManager) -> None:
         conn.announce_timer = None
