@@ -823,8 +823,9 @@ class AddressAdvertiser:
         """Give this plugin's endpoints on ``interface`` the flags the
         configuration now gives the interface: in place (``SET_FLAGS``) when
         only ``backup``/``fullmesh`` change, which the kernel can change on a
-        live endpoint, else by removing the endpoint and adding it again
-        with the same ID."""
+        live endpoint, else (and while the daemon's full queue refuses
+        commands) by removing the endpoint and adding it again with the same
+        ID."""
         wanted = int(interface.endpoint_flags(pm.config.addr_flags))
         for endpoint in list(self.owned.values()):
             if endpoint.ifindex != interface.index or endpoint.flags == wanted:
@@ -834,14 +835,15 @@ class AddressAdvertiser:
                 continue  # restored with the new flags when the carrier is back
             log.info("Endpoint %d (%s) on %s: flags %#x -> %#x.", endpoint.id,
                      endpoint.addr, interface.name, old, wanted)
-            if not (old ^ wanted) & ~IN_PLACE_FLAGS:
+            if not (old ^ wanted) & ~IN_PLACE_FLAGS and not self.backlog:
                 try:
-                    pm.kpm_set_flags(endpoint.addr, wanted)
-                    continue
+                    if not _refused(pm.kpm_set_flags(endpoint.addr, wanted)):
+                        continue
                 except (OSError, ValueError) as exc:
                     log.warning("Unable to change the flags of endpoint %d: %s",
                                 endpoint.id, exc)
-            # Out and in again, in this order (the channel keeps it).
+            # Out and in again, in this order (the channel keeps it; so does
+            # the backlog, where it goes while the daemon's queue is full).
             endpoint.active = False
             self._pump(pm, endpoint)
             endpoint.active = True

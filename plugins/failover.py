@@ -50,6 +50,7 @@ from mptcpd.plugin import (
     Token,
     Wanted,
     hookimpl,
+    resend_refused,
     usable_addresses,
     usable_interfaces,
 )
@@ -120,7 +121,12 @@ def _set(conn: KeptConnection, kept: Kept, backup: bool, pm: PathManager,
     log.info("Connection %08x: %s the subflow %s -> %s.", conn.token, action, kept.laddr,
              kept.raddr)
     try:
-        pm.set_backup(conn.token, kept.laddr, kept.raddr, backup)
+        # Asked for again while the daemon's full queue refuses it, as long
+        # as nothing changed the subflow's priority since.
+        resend_refused(
+            lambda: pm.set_backup(conn.token, kept.laddr, kept.raddr, backup),
+            lambda: kept in conn.subflows and kept.backup == backup,
+            _keeper.retry, conn.resend_timers, log)
     except (ValueError, OSError) as exc:
         log.warning("Unable to change the priority of %s -> %s: %s", kept.laddr,
                     kept.raddr, exc)

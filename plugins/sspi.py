@@ -127,6 +127,7 @@ from mptcpd.plugin import (
     SockAddr,
     Token,
     hookimpl,
+    resend_refused,
 )
 
 if TYPE_CHECKING:
@@ -222,6 +223,8 @@ class Connection:
     #: server side: announcements in a row it refused.
     refusals: dict[tuple[int, SockAddr], int] = dataclasses.field(default_factory=dict)
     announce_refusals: int = 0
+    #: timers sending again closes and withdrawals the full queue refused.
+    resend_timers: set[asyncio.TimerHandle] = dataclasses.field(default_factory=set)
     #: the one retry timer (at the earliest due), and the loop commands run on.
     retry_timer: asyncio.TimerHandle | None = None
     loop: asyncio.AbstractEventLoop | None = None
@@ -234,6 +237,9 @@ class Connection:
         if self.retry_timer is not None:
             self.retry_timer.cancel()
             self.retry_timer = None
+        for timer in self.resend_timers:
+            timer.cancel()
+        self.resend_timers.clear()
 
     @property
     def family(self) -> int:
@@ -525,12 +531,21 @@ class SingleSubflowPerInterface:
         subflow = conn.subflows.pop(index, None)
         if subflow is None or subflow.pending:
             return
-        conn.closing.add((plain(subflow.laddr), plain(subflow.raddr)))
+        self._remove_subflow(conn, subflow.laddr, subflow.raddr, pm)
+
+    def _remove_subflow(self, conn: Connection, laddr: SockAddr, raddr: SockAddr,
+                        pm: PathManager) -> None:
+        """Close the subflow ``laddr`` -> ``raddr`` (the kernel's own form);
+        asked for again while the daemon's full queue refuses it."""
+        key = (plain(laddr), plain(raddr))
+        conn.closing.add(key)
         try:
-            pm.remove_subflow(conn.token, subflow.laddr, subflow.raddr)
+            resend_refused(
+                lambda: pm.remove_subflow(conn.token, laddr, raddr),
+                lambda: self.connections.get(conn.token) is conn and key in conn.closing,
+                self.retry, conn.resend_timers, log)
         except (ValueError, OSError) as exc:
-            log.warning("Unable to close subflow %s -> %s: %s", subflow.laddr,
-                        subflow.raddr, exc)
+            log.warning("Unable to close subflow %s -> %s: %s", laddr, raddr, exc)
 
     # -- connection events ---------------------------------------------------
 
@@ -616,11 +631,7 @@ class SingleSubflowPerInterface:
             return
         log.warning("Subflow already exists on network interface (%d). "
                     "Closing new subflow.", index)
-        conn.closing.add((plain(laddr), plain(raddr)))
-        try:
-            pm.remove_subflow(token, laddr, raddr)
-        except (ValueError, OSError) as exc:
-            log.warning("Unable to close subflow %s -> %s: %s", laddr, raddr, exc)
+        self._remove_subflow(conn, laddr, raddr, pm)
 
     def subflow_closed(self, token: Token, laddr: SockAddr, raddr: SockAddr,
                        pm: PathManager) -> None:
@@ -644,6 +655,19 @@ class SingleSubflowPerInterface:
         if not subflow.initial:
             self._failed(conn, index, plain(subflow.raddr), pm, subflow.since)
         self._fill(conn, pm)
+
+    def _withdraw(self, conn: Connection, local_id: AddressId, local: SockAddr,
+                  pm: PathManager) -> None:
+        """Withdraw the announcement of ``local`` (while the ID is not
+        announced again on the connection)."""
+        try:
+            resend_refused(
+                lambda: pm.remove_addr(None, local_id, conn.token),
+                lambda: (self.connections.get(conn.token) is conn
+                         and local_id not in conn.announced),
+                self.retry, conn.resend_timers, log)
+        except (ValueError, OSError) as exc:
+            log.warning("Unable to withdraw %s: %s", local, exc)
 
     # -- network monitor events ----------------------------------------------
 
@@ -676,10 +700,7 @@ class SingleSubflowPerInterface:
             for local_id, local in list(conn.announced.items()):
                 if local.ip == addr.ip:
                     del conn.announced[local_id]
-                    try:
-                        pm.remove_addr(None, local_id, conn.token)
-                    except (ValueError, OSError) as exc:
-                        log.warning("Unable to withdraw %s: %s", local, exc)
+                    self._withdraw(conn, local_id, local, pm)
         # The address is gone: its ID may serve another one (C's sspi never
         # frees one, and runs out after 255 addresses).
         key = SockAddr(addr.ip)

@@ -44,6 +44,7 @@ from mptcpd.pm.keeper import (
     RetryPolicy,
     SubflowKeeper,
     Wanted,
+    resend_refused,
     usable_addresses,
     usable_interfaces,
 )
@@ -89,6 +90,7 @@ __all__ = [
     "Wanted",
     "hookimpl",
     "keeper_hooks",
+    "resend_refused",
     "usable_addresses",
     "usable_interfaces",
 ]

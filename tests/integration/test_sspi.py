@@ -504,3 +504,38 @@ def test_a_full_command_queue_delays_subflows_and_loses_none(lab: Lab, tmp_path:
     assert "Command queue full" in output  # the burst did overflow it
     assert "giving up" not in output
     assert daemon.stop() == 0
+
+
+@pytest.mark.lab(links=2, path_manager="userspace")
+def test_a_full_command_queue_still_closes_every_duplicate_join(
+        lab: Lab, tmp_path: Path) -> None:
+    """sspi on the server with a command queue of 2; a burst of connections
+    whose client (in-kernel PM) each joins from its second link to the
+    server's initial address, a duplicate on the server's interface.  The
+    closes the queue refuses are sent again until it takes them: no
+    duplicate stays.  Before, a refused close was forgotten, and most
+    duplicates stayed open."""
+    second = lab.links[1]
+    lab.set_path_manager(lab.client, "kernel")
+    lab.ip(lab.client, "mptcp", "endpoint", "add", str(second.client4), "dev",
+           second.client_if, "subflow")
+    lab.ip(lab.client, "mptcp", "limits", "set", "subflows", "8", "add_addr_accepted", "0")
+    daemon = start_sspi(lab, tmp_path, ns=lab.server,
+                        config="[core]\ncommand-queue-size = 2\n")
+    lab.python(lab.server, "-m", "tests.lab.traffic", "hold", "--bind", "0.0.0.0",
+               "--port", str(PORT), "--duration", "120").wait_output("listening")
+    count = 100
+    lab.python(lab.client, "-m", "tests.lab.traffic", "conns", str(lab.links[0].server4),
+               str(PORT), "--count", str(count), "--deadline", "30", name="conns")
+    index = ifindex(lab, lab.server, lab.links[0].server_if)
+    closing = f"Subflow already exists on network interface ({index}). Closing new subflow."
+    wait_for(lambda: daemon.output().count(closing) >= count, timeout=20,
+             what=f"{count} duplicate joins")
+
+    def duplicates() -> list[Sock]:
+        return [sock for sock in subflow_sockets(lab, lab.server)
+                if sock.join and sock.remote == str(second.client4)]
+
+    wait_for(lambda: not duplicates(), timeout=20, what="every duplicate join closed")
+    assert len({sock.token for sock in subflow_sockets(lab, lab.server)}) == count
+    assert "Command queue full" in daemon.output()  # the burst did overflow it

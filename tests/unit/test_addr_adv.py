@@ -457,6 +457,27 @@ async def test_endpoints_follow_their_interfaces_flags(plugin: Any) -> None:
     assert pm.calls == [("set_flags", (A1, int(AddrFlags.SUBFLOW)))]
 
 
+async def test_flags_the_full_queue_refused_to_change_in_place_go_out_and_in(
+        plugin: Any) -> None:
+    """A SET_FLAGS the daemon's full queue refused is not lost: the endpoint
+    goes out and in again with its ID, through the ordered backlog."""
+    pm = FakePM(AddrFlags.SUBFLOW)
+    await started(plugin, pm)
+    plugin.new_local_address(IF2, A1, pm)
+    await answer(pm, "add")
+    pm.calls.clear()
+    backup = Interface(index=2, name="c1", flags=0x41, addrs=(A1, A3),
+                       addr_flags=AddrFlags.SUBFLOW | AddrFlags.BACKUP)
+    pm.full = True
+    plugin.update_interface(backup, pm)
+    assert pm.refused == [("set_flags", (A1, int(AddrFlags.SUBFLOW | AddrFlags.BACKUP))),
+                          ("remove", (1,))]
+    pm.full = False
+    plugin._advertiser._send_backlog(pm)
+    assert pm.calls == [("remove", (1,)),
+                        ("add", (A1, 1, int(AddrFlags.SUBFLOW | AddrFlags.BACKUP), 2))]
+
+
 async def test_a_withdrawn_endpoint_comes_back_with_the_new_flags(plugin: Any) -> None:
     pm = FakePM(AddrFlags.SUBFLOW)
     await started(plugin, pm)

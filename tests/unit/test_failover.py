@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
+
+import pytest
 
 from mptcpd.plugin import AddrFlags, Interface, SockAddr
 from mptcpd.testing import READY, FakePathManager, PluginDriver
-from tests.unit.test_fullmesh import C1, INITIAL, SERVER, T1, established, load
+from tests.unit.test_fullmesh import C1, INITIAL, SERVER, T1, Clock, established, load
 
 C2 = Interface(3, "wwan0", READY, addrs=(SockAddr("198.51.100.1"),))
 C3 = Interface(4, "eth3", READY, addrs=(SockAddr("203.0.113.1"),))
@@ -83,3 +86,29 @@ def test_an_interface_whose_own_flags_say_backup_is_a_backup_interface(
     fo.link_down(not_running(C1))
     assert pm.take() == [("set_backup", T1, INITIAL, SERVER, True),
                          ("set_backup", T1, SockAddr("203.0.113.9", 41005), SERVER, False)]
+
+
+def test_a_priority_change_the_full_queue_refused_is_sent_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MP_PRIO that the daemon's full command queue refused is sent again
+    after the backoff (times 1.5 here), while the priority stands."""
+    monkeypatch.setattr(random, "uniform", lambda low, high: high)
+    clock = Clock()
+    try:
+        pm = FakePathManager(interfaces=[C1, C2], loop=clock.loop,
+                             settings={"failover": {"backup-interfaces": "wwan*"}})
+        fo = load(tmp_path, pm, "failover")
+        established(fo)
+        pm.answer_all()
+        pm.take()
+        fo.new_subflow(T1, JOIN2, SERVER, backup=False)
+        (cmd,) = pm.commands
+        assert (cmd.name, *cmd.args) == ("set_backup", T1, JOIN2, SERVER, True)
+        pm.take()
+        cmd.drop()
+        pm.settle()
+        assert clock.timers() == [1.5]
+        clock.advance(1.5)
+        assert pm.take() == [("set_backup", T1, JOIN2, SERVER, True)]
+    finally:
+        clock.loop.close()

@@ -4,8 +4,10 @@ each handing its event to the keeper) and the retry policy's rule."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import math
+import random
 import types
 from typing import Any
 
@@ -89,3 +91,54 @@ def test_the_retry_policy_after_a_refusal() -> None:
         dues = {policy.after_refusal(refusals, 100.0) for _ in range(50)}
         assert all(100.0 + delay <= due <= 100.0 + 1.5 * delay for due in dues)
         assert len(dues) > 1  # spread
+
+
+def test_a_command_the_full_queue_refused_is_sent_again_while_wanted(
+        monkeypatch: Any) -> None:
+    """resend_refused: each QueueFull sends the command again after the
+    refusals' backoff (times 1.5 here), while it is still wanted; the
+    kernel's own answer ends it, and so does cancelling its timers."""
+    from mptcpd.errors import KernelError, QueueFull
+    from mptcpd.plugin import RetryPolicy, resend_refused
+    from tests.unit.test_fullmesh import Clock
+
+    monkeypatch.setattr(random, "uniform", lambda low, high: high)
+    clock = Clock()
+    loop = clock.loop
+    try:
+        sent: list[asyncio.Future[Any]] = []
+
+        def send() -> asyncio.Future[Any]:
+            sent.append(loop.create_future())
+            return sent[-1]
+
+        wanted = [True]
+        timers: set[asyncio.TimerHandle] = set()
+        policy = RetryPolicy(base=0.1, cap=0.3, attempts=1)
+        assert resend_refused(send, lambda: wanted[0], policy, timers) is sent[0]
+        sent[0].set_exception(QueueFull())
+        clock.advance(0)
+        assert clock.timers() == [0.15] and len(timers) == 1
+        clock.advance(0.15)
+        assert len(sent) == 2 and not timers
+        sent[1].set_exception(QueueFull())
+        clock.advance(0)
+        assert clock.timers() == [0.3]
+        wanted[0] = False  # what it was about went meanwhile
+        clock.advance(0.3)
+        assert len(sent) == 2 and not timers
+        # The kernel's answer, an error included, sends nothing more.
+        resend_refused(send, lambda: True, policy, timers)
+        sent[2].set_exception(KernelError("remove_subflow", 22))
+        clock.advance(0)
+        assert clock.timers() == [] and not timers
+        # Cancelled with what it was about (the connection closed).
+        resend_refused(send, lambda: True, policy, timers)
+        sent[3].set_exception(QueueFull())
+        clock.advance(0)
+        for timer in timers:
+            timer.cancel()
+        clock.advance(1)
+        assert len(sent) == 4
+    finally:
+        loop.close()

@@ -753,6 +753,37 @@ def test_an_announcement_the_full_queue_refused_is_made_again(
         sspi.ANNOUNCE_INTERVAL, abs=0.01)
 
 
+def test_a_close_the_full_queue_refused_is_sent_again_until_the_subflow_goes(
+        registry: PluginRegistry, pm: FakePM, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sspi closing a duplicate join: a close the daemon's full queue refused
+    is sent again after the backoff (retry-base 1 s, times 1.5 here) until
+    the join's SUB_CLOSED says it went."""
+    monkeypatch.setattr(random, "uniform", lambda low, high: high)
+    clock = Clock(pm.loop)
+    registry.init_all(pm)
+    d = Dispatcher(registry, pm, registry.select_default("sspi"))
+    open_client(d)
+    joins_established(d, pm)
+    duplicate = sa("198.51.100.1", 45000)
+    join(d, T1, duplicate, SERVER)  # a second join on c2: closed
+    (call,) = pm.calls
+    assert call[:2] == ("remove_subflow", (T1, duplicate, SERVER))
+    pm.calls.clear()
+    call[2].set_exception(QueueFull())
+    pm.settle()
+    assert clock.timers() == [1.5]
+    clock.advance(1.5)
+    (again,) = pm.calls
+    assert again[:2] == ("remove_subflow", (T1, duplicate, SERVER))
+    pm.calls.clear()
+    again[2].set_exception(QueueFull())
+    pm.settle()
+    assert clock.timers() == [3.0]
+    d.dispatch(ev.SubflowClosed(T1, duplicate, SERVER, backup=False))  # gone all the same
+    clock.advance(3.0)
+    assert pm.calls == [] and clock.timers() == []
+
+
 def test_a_join_that_closes_unasked_is_tried_again_and_the_timer_goes_with_the_connection(
         d: Dispatcher, pm: FakePM) -> None:
     clock = Clock(pm.loop)

@@ -41,7 +41,9 @@ was full: :class:`~mptcpd.errors.QueueFull`) is not a failure: the kernel
 never saw it.  It is asked for again after the same backoff
 (:meth:`RetryPolicy.after_refusal`), spread over up to half as long again so
 that the connections refused together do not all come back in the same loop
-turn, and it is never given up for it.
+turn, and it is never given up for it.  So is a command that closes a
+subflow or withdraws an announcement (:func:`resend_refused`), while it is
+still wanted.
 """
 
 from __future__ import annotations
@@ -246,6 +248,8 @@ class KeptConnection:
     announce_timer: asyncio.TimerHandle | None = None
     #: announcements in a row the daemon's full queue refused.
     announce_refusals: int = 0
+    #: timers sending again closes and withdrawals the full queue refused.
+    resend_timers: set[asyncio.TimerHandle] = dataclasses.field(default_factory=set)
     #: key -> failure record of the slots that failed.
     slots: dict[Hashable, Slot] = dataclasses.field(default_factory=dict)
     #: the one retry timer (at the earliest due slot), and its loop.
@@ -282,6 +286,48 @@ class KeptConnection:
         if self.retry_timer is not None:
             self.retry_timer.cancel()
             self.retry_timer = None
+        for timer in self.resend_timers:
+            timer.cancel()
+        self.resend_timers.clear()
+
+
+def resend_refused(send: Callable[[], asyncio.Future[Any]], wanted: Callable[[], bool],
+                   retry: RetryPolicy, timers: set[asyncio.TimerHandle],
+                   log: logging.Logger | None = None, refusals: int = 0) -> asyncio.Future[Any]:
+    """Send a command with ``send()`` (a ``pm`` call) and, each time the
+    daemon's full command queue refuses it (:class:`~mptcpd.errors.QueueFull`:
+    the kernel never saw it), send it again after
+    :meth:`RetryPolicy.after_refusal`, as long as ``wanted()`` says it is
+    still wanted then.  The timer waiting to send it is kept in ``timers``
+    while it waits: cancel those when what they are about goes (a closed
+    connection).  Returns the first future; what ``send()`` raises the first
+    time goes to the caller, later ``ValueError`` and ``OSError`` to ``log``.
+    """
+    future = send()
+    handle: asyncio.TimerHandle | None = None
+
+    def again() -> None:
+        if handle is not None:
+            timers.discard(handle)
+        if not wanted():
+            return
+        try:
+            resend_refused(send, wanted, retry, timers, log, refusals + 1)
+        except (ValueError, OSError) as exc:
+            if log is not None:
+                log.warning("Unable to send a command again: %s", exc)
+
+    def done(answered: asyncio.Future[Any]) -> None:
+        nonlocal handle
+        if (answered.cancelled() or not isinstance(answered.exception(), QueueFull)
+                or not wanted()):
+            return
+        loop = answered.get_loop()
+        handle = loop.call_at(retry.after_refusal(refusals + 1, loop.time()), again)
+        timers.add(handle)
+
+    future.add_done_callback(done)
+    return future
 
 
 WantFunction = Callable[[KeptConnection, "PathManager"], list[Wanted]]
@@ -451,12 +497,29 @@ class SubflowKeeper:
             conn.subflows.remove(kept)
         if kept.pending:
             return
-        conn.closing.add((plain(kept.laddr), plain(kept.raddr)))
+        key = (plain(kept.laddr), plain(kept.raddr))
+        conn.closing.add(key)
         try:
-            pm.remove_subflow(conn.token, kept.laddr, kept.raddr)
+            resend_refused(
+                lambda: pm.remove_subflow(conn.token, kept.laddr, kept.raddr),
+                lambda: self.connections.get(conn.token) is conn and key in conn.closing,
+                self.retry, conn.resend_timers, self.log)
         except (ValueError, OSError) as exc:
             self.log.warning("Unable to close subflow %s -> %s: %s", kept.laddr, kept.raddr,
                              exc)
+
+    def _withdraw(self, conn: KeptConnection, local_id: int, local: SockAddr,
+                  pm: PathManager) -> None:
+        """Withdraw the announcement of ``local`` (while the ID is not
+        announced again on the connection)."""
+        try:
+            resend_refused(
+                lambda: pm.remove_addr(None, local_id, conn.token),
+                lambda: (self.connections.get(conn.token) is conn
+                         and local_id not in conn.announced),
+                self.retry, conn.resend_timers, self.log)
+        except (ValueError, OSError) as exc:
+            self.log.warning("Unable to withdraw %s: %s", local, exc)
 
     # -- announcing (server side) ----------------------------------------------------
 
@@ -660,10 +723,7 @@ class SubflowKeeper:
             for local_id, local in list(conn.announced.items()):
                 if local.ip == addr.ip:
                     del conn.announced[local_id]
-                    try:
-                        pm.remove_addr(None, local_id, conn.token)
-                    except (ValueError, OSError) as exc:
-                        self.log.warning("Unable to withdraw %s: %s", local, exc)
+                    self._withdraw(conn, local_id, local, pm)
         key = SockAddr(addr.ip)
         if key in self.with_ids:
             self.with_ids.discard(key)
