@@ -79,6 +79,7 @@ from mptcpd.plugin import (
     QueueFull,
     SockAddr,
     hookimpl,
+    refused_by_queue,
 )
 
 PLUGIN = PluginInfo(
@@ -128,13 +129,6 @@ class Endpoint:
 
     def __post_init__(self) -> None:
         self.text = str(self.addr.ip)
-
-
-def _refused(future: asyncio.Future[Any]) -> bool:
-    """Whether the daemon's command queue refused the command at once (it
-    was full: the future comes back failed with :class:`QueueFull`)."""
-    return (future.done() and not future.cancelled()
-            and isinstance(future.exception(), QueueFull))
 
 
 def state_file() -> Path:
@@ -510,7 +504,7 @@ class AddressAdvertiser:
         except OSError as exc:
             log.warning("can't update limit to %d: %d", limits.subflows, exc.errno or 0)
             return True
-        if _refused(future):
+        if refused_by_queue(future):
             self._limits_waiting = True
             self.backlog.appendleft((None, False))
             self._retry_later(pm)
@@ -657,7 +651,7 @@ class AddressAdvertiser:
             else:
                 log.error("Unable to stop advertising IP address.")
             return True
-        if _refused(future):
+        if refused_by_queue(future):
             self.backlog.appendleft((endpoint, wanted))
             self._retry_later(pm)
             return False
@@ -837,7 +831,7 @@ class AddressAdvertiser:
                      endpoint.addr, interface.name, old, wanted)
             if not (old ^ wanted) & ~IN_PLACE_FLAGS and not self.backlog:
                 try:
-                    if not _refused(pm.kpm_set_flags(endpoint.addr, wanted)):
+                    if not refused_by_queue(pm.kpm_set_flags(endpoint.addr, wanted)):
                         continue
                 except (OSError, ValueError) as exc:
                     log.warning("Unable to change the flags of endpoint %d: %s",

@@ -121,17 +121,17 @@ def _set(conn: KeptConnection, kept: Kept, backup: bool, pm: PathManager,
     log.info("Connection %08x: %s the subflow %s -> %s.", conn.token, action, kept.laddr,
              kept.raddr)
     try:
-        # Asked for again while the daemon's full queue refuses it, as long
-        # as nothing changed the subflow's priority since.
-        resend_refused(
-            lambda: pm.set_backup(conn.token, kept.laddr, kept.raddr, backup),
-            lambda: kept in conn.subflows and kept.backup == backup,
-            _keeper.retry, conn.resend_timers, log)
+        future = pm.set_backup(conn.token, kept.laddr, kept.raddr, backup)
     except (ValueError, OSError) as exc:
         log.warning("Unable to change the priority of %s -> %s: %s", kept.laddr,
                     kept.raddr, exc)
         return
     kept.backup = backup
+    # Asked for again while the daemon's full queue refuses it, if nothing
+    # changed the subflow's priority since.
+    resend_refused(future, lambda: pm.set_backup(conn.token, kept.laddr, kept.raddr, backup),
+                   lambda: kept in conn.subflows and kept.backup == backup,
+                   _keeper.retry, conn.resend_timers, log)
 
 
 def rebalance(conn: KeptConnection, pm: PathManager) -> None:

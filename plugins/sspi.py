@@ -540,12 +540,15 @@ class SingleSubflowPerInterface:
         key = (plain(laddr), plain(raddr))
         conn.closing.add(key)
         try:
-            resend_refused(
-                lambda: pm.remove_subflow(conn.token, laddr, raddr),
-                lambda: self.connections.get(conn.token) is conn and key in conn.closing,
-                self.retry, conn.resend_timers, log)
+            future = pm.remove_subflow(conn.token, laddr, raddr)
         except (ValueError, OSError) as exc:
             log.warning("Unable to close subflow %s -> %s: %s", laddr, raddr, exc)
+            return
+        if future.done():  # refused by the full queue, or nothing
+            resend_refused(
+                future, lambda: pm.remove_subflow(conn.token, laddr, raddr),
+                lambda: self.connections.get(conn.token) is conn and key in conn.closing,
+                self.retry, conn.resend_timers, log)
 
     # -- connection events ---------------------------------------------------
 
@@ -661,13 +664,16 @@ class SingleSubflowPerInterface:
         """Withdraw the announcement of ``local`` (while the ID is not
         announced again on the connection)."""
         try:
+            future = pm.remove_addr(None, local_id, conn.token)
+        except (ValueError, OSError) as exc:
+            log.warning("Unable to withdraw %s: %s", local, exc)
+            return
+        if future.done():
             resend_refused(
-                lambda: pm.remove_addr(None, local_id, conn.token),
+                future, lambda: pm.remove_addr(None, local_id, conn.token),
                 lambda: (self.connections.get(conn.token) is conn
                          and local_id not in conn.announced),
                 self.retry, conn.resend_timers, log)
-        except (ValueError, OSError) as exc:
-            log.warning("Unable to withdraw %s: %s", local, exc)
 
     # -- network monitor events ----------------------------------------------
 

@@ -58,8 +58,8 @@ class Command:
         ``"kpm_add_addr"``, …).
     :ivar args: its arguments, checked, in the method's order (``add_addr``:
         the address with the port the listener got).
-    :ivar future: what the plugin got back; settle it with :meth:`answer`,
-        :meth:`refuse` or :meth:`drop`.
+    :ivar future: what the plugin got back; settle it with :meth:`answer`
+        or :meth:`refuse`.
     """
 
     name: str
@@ -74,13 +74,6 @@ class Command:
         """The kernel refuses the command with ``code`` (an errno)."""
         self.future.set_exception(KernelError(self.name, code, message))
 
-    def drop(self) -> None:
-        """The daemon's command queue was full: the command was never sent
-        (:class:`~mptcpd.plugin.QueueFull`; the daemon fails the future as
-        it hands it to the plugin, before any callback is added)."""
-        self.future.set_exception(QueueFull(f"{self.name}: command queue full; "
-                                            "command dropped"))
-
 
 class _Recorder:
     """Takes the path manager's checked commands: records them, sends nothing."""
@@ -88,10 +81,16 @@ class _Recorder:
     def __init__(self, loop: Callable[[], asyncio.AbstractEventLoop]) -> None:
         self._loop = loop
         self.commands: list[Command] = []
+        self.refused: list[Command] = []
+        self.full = False
 
     def submit(self, name: str, args: tuple[Any, ...] = (),
                token: int | None = None) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = self._loop().create_future()
+        if self.full:  # as the daemon's full queue: failed before it is handed over
+            future.set_exception(QueueFull(f"{name}: command queue full; command dropped"))
+            self.refused.append(Command(name, args, future))
+            return future
         self.commands.append(Command(name, args, future))
         return future
 
@@ -206,6 +205,23 @@ class FakePathManager(PathManager):
     def commands(self) -> list[Command]:
         """Every command sent since the last :meth:`take`, in order."""
         return self._recorder.commands
+
+    @property
+    def queue_full(self) -> bool:
+        """While true, commands are refused as the daemon's full command queue
+        refuses them: the future the plugin gets is already failed with
+        :class:`~mptcpd.plugin.QueueFull`, and the command is kept in
+        :attr:`refused` instead of :attr:`commands`."""
+        return self._recorder.full
+
+    @queue_full.setter
+    def queue_full(self, full: bool) -> None:
+        self._recorder.full = full
+
+    @property
+    def refused(self) -> list[Command]:
+        """The commands refused while :attr:`queue_full` was true, in order."""
+        return self._recorder.refused
 
     def take(self, name: str | None = None) -> list[tuple[Any, ...]]:
         """The commands sent (only those of method ``name``, if given) as

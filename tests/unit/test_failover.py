@@ -101,14 +101,26 @@ def test_a_priority_change_the_full_queue_refused_is_sent_again(
         established(fo)
         pm.answer_all()
         pm.take()
+        pm.queue_full = True
         fo.new_subflow(T1, JOIN2, SERVER, backup=False)
-        (cmd,) = pm.commands
+        (cmd,) = pm.refused
         assert (cmd.name, *cmd.args) == ("set_backup", T1, JOIN2, SERVER, True)
-        pm.take()
-        cmd.drop()
-        pm.settle()
         assert clock.timers() == [1.5]
-        clock.advance(1.5)
+        clock.advance(1.5)  # refused again: the backoff doubles
+        assert len(pm.refused) == 2 and clock.timers() == [3.0]
+        pm.queue_full = False
+        clock.advance(3.0)
         assert pm.take() == [("set_backup", T1, JOIN2, SERVER, True)]
+        assert clock.timers() == []
+        # A priority changed again meanwhile: the refused one is not sent.
+        pm.queue_full = True
+        fo.link_down(not_running(C1))  # JOIN2 promoted: set_backup False refused
+        assert [c.args[-1] for c in pm.refused[2:]] == [True, False]
+        pm.queue_full = False
+        fo.link_up(C1)  # demoted again at once
+        assert pm.take() == [("set_backup", T1, JOIN2, SERVER, True),
+                             ("set_backup", T1, INITIAL, SERVER, False)]
+        clock.advance(10)
+        assert pm.take() == []
     finally:
         clock.loop.close()

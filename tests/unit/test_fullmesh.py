@@ -179,15 +179,18 @@ def test_a_subflow_the_full_queue_refused_is_asked_again_and_never_given_up(
     monkeypatch.setattr(random, "uniform", lambda low, high: high)
     pm = retrying_pm(clock, **{"retry-attempts": "1"})
     fm = load(tmp_path, pm)
+    pm.queue_full = True
     established(fm)
     delays = []
     for _attempt in range(6):
-        (cmd,) = pm.commands
+        (cmd,) = pm.refused
         assert cmd.name == "add_subflow" and str(cmd.args[3].ip) == "198.51.100.1"
-        pm.take()
-        cmd.drop()
+        assert pm.commands == []
+        pm.refused.clear()
         pm.settle()
         delays.append(clock.timers())
+        if _attempt == 5:
+            pm.queue_full = False
         clock.advance(delays[-1][0])
     assert delays == [[0.15], [0.3], [0.6], [1.2], [1.5], [1.5]]
     assert not any("giving up" in r.getMessage() for r in caplog.records)
@@ -301,13 +304,13 @@ def test_an_announcement_the_full_queue_refused_is_made_again(
     monkeypatch.setattr(random, "uniform", lambda low, high: high)
     pm = retrying_pm(clock)
     fm = load(tmp_path, pm)
+    pm.queue_full = True
     established(fm, server_side=True)
-    (cmd,) = pm.commands
+    (cmd,) = pm.refused
     assert cmd.name == "add_addr_no_listener" and cmd.args[0] == SockAddr("198.51.100.1")
-    pm.take()
-    cmd.drop()
     pm.settle()
     assert clock.timers() == [0.15]
+    pm.queue_full = False
     clock.advance(0.15)
     (again,) = pm.commands
     assert again.name == "add_addr_no_listener" and again.args == cmd.args

@@ -95,11 +95,13 @@ def test_the_retry_policy_after_a_refusal() -> None:
 
 def test_a_command_the_full_queue_refused_is_sent_again_while_wanted(
         monkeypatch: Any) -> None:
-    """resend_refused: each QueueFull sends the command again after the
-    refusals' backoff (times 1.5 here), while it is still wanted; the
-    kernel's own answer ends it, and so does cancelling its timers."""
-    from mptcpd.errors import KernelError, QueueFull
-    from mptcpd.plugin import RetryPolicy, resend_refused
+    """resend_refused: a command the full queue refused (its future failed
+    with QueueFull as it is handed over) is sent again after the refusals'
+    backoff (times 1.5 here), if it is still wanted then; one the queue
+    took, whatever the kernel answers, is not; cancelling the timers stops
+    it."""
+    from mptcpd.errors import QueueFull
+    from mptcpd.plugin import RetryPolicy, refused_by_queue, resend_refused
     from tests.unit.test_fullmesh import Clock
 
     monkeypatch.setattr(random, "uniform", lambda low, high: high)
@@ -107,35 +109,35 @@ def test_a_command_the_full_queue_refused_is_sent_again_while_wanted(
     loop = clock.loop
     try:
         sent: list[asyncio.Future[Any]] = []
+        full = [True]
 
         def send() -> asyncio.Future[Any]:
             sent.append(loop.create_future())
+            if full[0]:
+                sent[-1].set_exception(QueueFull())
             return sent[-1]
 
         wanted = [True]
         timers: set[asyncio.TimerHandle] = set()
         policy = RetryPolicy(base=0.1, cap=0.3, attempts=1)
-        assert resend_refused(send, lambda: wanted[0], policy, timers) is sent[0]
-        sent[0].set_exception(QueueFull())
-        clock.advance(0)
+        resend_refused(send(), send, lambda: wanted[0], policy, timers)
+        assert refused_by_queue(sent[0])
         assert clock.timers() == [0.15] and len(timers) == 1
         clock.advance(0.15)
-        assert len(sent) == 2 and not timers
-        sent[1].set_exception(QueueFull())
-        clock.advance(0)
-        assert clock.timers() == [0.3]
+        assert len(sent) == 2 and clock.timers() == [0.3] and len(timers) == 1
         wanted[0] = False  # what it was about went meanwhile
         clock.advance(0.3)
-        assert len(sent) == 2 and not timers
-        # The kernel's answer, an error included, sends nothing more.
-        resend_refused(send, lambda: True, policy, timers)
-        sent[2].set_exception(KernelError("remove_subflow", 22))
-        clock.advance(0)
-        assert clock.timers() == [] and not timers
+        assert len(sent) == 2 and not timers and clock.timers() == []
+        # Taken: nothing more, whatever the answer.
+        full[0] = False
+        resend_refused(send(), send, lambda: True, policy, timers)
+        assert not refused_by_queue(sent[2])
+        sent[2].set_exception(OSError(22, "Invalid argument"))
+        clock.advance(1)
+        assert len(sent) == 3 and not timers
         # Cancelled with what it was about (the connection closed).
-        resend_refused(send, lambda: True, policy, timers)
-        sent[3].set_exception(QueueFull())
-        clock.advance(0)
+        full[0] = True
+        resend_refused(send(), send, lambda: True, policy, timers)
         for timer in timers:
             timer.cancel()
         clock.advance(1)

@@ -291,43 +291,49 @@ class KeptConnection:
         self.resend_timers.clear()
 
 
-def resend_refused(send: Callable[[], asyncio.Future[Any]], wanted: Callable[[], bool],
-                   retry: RetryPolicy, timers: set[asyncio.TimerHandle],
-                   log: logging.Logger | None = None, refusals: int = 0) -> asyncio.Future[Any]:
-    """Send a command with ``send()`` (a ``pm`` call) and, each time the
-    daemon's full command queue refuses it (:class:`~mptcpd.errors.QueueFull`:
-    the kernel never saw it), send it again after
-    :meth:`RetryPolicy.after_refusal`, as long as ``wanted()`` says it is
-    still wanted then.  The timer waiting to send it is kept in ``timers``
-    while it waits: cancel those when what they are about goes (a closed
-    connection).  Returns the first future; what ``send()`` raises the first
-    time goes to the caller, later ``ValueError`` and ``OSError`` to ``log``.
+def refused_by_queue(future: asyncio.Future[Any]) -> bool:
+    """Whether the daemon's full command queue refused the command whose
+    future this is: it fails such a future with
+    :class:`~mptcpd.errors.QueueFull` before handing it over."""
+    return (future.done() and not future.cancelled()
+            and isinstance(future.exception(), QueueFull))
+
+
+def resend_refused(future: asyncio.Future[Any], send: Callable[[], asyncio.Future[Any]],
+                   wanted: Callable[[], bool], retry: RetryPolicy,
+                   timers: set[asyncio.TimerHandle], log: logging.Logger | None = None,
+                   refusals: int = 0) -> None:
+    """``future`` is what ``send()`` (a ``pm`` call) just returned: if the
+    daemon's full command queue refused that command
+    (:func:`refused_by_queue`: the kernel never saw it), send it again with
+    ``send()`` after :meth:`RetryPolicy.after_refusal`, if ``wanted()`` says
+    it is still wanted then, and so on while the queue refuses it.  The timer
+    waiting to send it is kept in ``timers``: cancel those when what they are
+    about goes (a closed connection).  ``ValueError`` and ``OSError`` from a
+    later ``send()`` go to ``log``.  The queue refuses at once, so a caller
+    may skip the call while ``future.done()`` is false (the usual case)::
+
+        future = pm.remove_subflow(token, laddr, raddr)
+        if future.done():
+            resend_refused(future, lambda: pm.remove_subflow(token, laddr, raddr),
+                           still_wanted, retry, timers, log)
     """
-    future = send()
-    handle: asyncio.TimerHandle | None = None
+    if not refused_by_queue(future):
+        return
+    loop = future.get_loop()
 
     def again() -> None:
-        if handle is not None:
-            timers.discard(handle)
+        timers.discard(handle)
         if not wanted():
             return
         try:
-            resend_refused(send, wanted, retry, timers, log, refusals + 1)
+            resend_refused(send(), send, wanted, retry, timers, log, refusals + 1)
         except (ValueError, OSError) as exc:
             if log is not None:
                 log.warning("Unable to send a command again: %s", exc)
 
-    def done(answered: asyncio.Future[Any]) -> None:
-        nonlocal handle
-        if (answered.cancelled() or not isinstance(answered.exception(), QueueFull)
-                or not wanted()):
-            return
-        loop = answered.get_loop()
-        handle = loop.call_at(retry.after_refusal(refusals + 1, loop.time()), again)
-        timers.add(handle)
-
-    future.add_done_callback(done)
-    return future
+    handle = loop.call_at(retry.after_refusal(refusals + 1, loop.time()), again)
+    timers.add(handle)
 
 
 WantFunction = Callable[[KeptConnection, "PathManager"], list[Wanted]]
@@ -500,26 +506,32 @@ class SubflowKeeper:
         key = (plain(kept.laddr), plain(kept.raddr))
         conn.closing.add(key)
         try:
-            resend_refused(
-                lambda: pm.remove_subflow(conn.token, kept.laddr, kept.raddr),
-                lambda: self.connections.get(conn.token) is conn and key in conn.closing,
-                self.retry, conn.resend_timers, self.log)
+            future = pm.remove_subflow(conn.token, kept.laddr, kept.raddr)
         except (ValueError, OSError) as exc:
             self.log.warning("Unable to close subflow %s -> %s: %s", kept.laddr, kept.raddr,
                              exc)
+            return
+        if future.done():
+            resend_refused(
+                future, lambda: pm.remove_subflow(conn.token, kept.laddr, kept.raddr),
+                lambda: self.connections.get(conn.token) is conn and key in conn.closing,
+                self.retry, conn.resend_timers, self.log)
 
     def _withdraw(self, conn: KeptConnection, local_id: int, local: SockAddr,
                   pm: PathManager) -> None:
         """Withdraw the announcement of ``local`` (while the ID is not
         announced again on the connection)."""
         try:
+            future = pm.remove_addr(None, local_id, conn.token)
+        except (ValueError, OSError) as exc:
+            self.log.warning("Unable to withdraw %s: %s", local, exc)
+            return
+        if future.done():
             resend_refused(
-                lambda: pm.remove_addr(None, local_id, conn.token),
+                future, lambda: pm.remove_addr(None, local_id, conn.token),
                 lambda: (self.connections.get(conn.token) is conn
                          and local_id not in conn.announced),
                 self.retry, conn.resend_timers, self.log)
-        except (ValueError, OSError) as exc:
-            self.log.warning("Unable to withdraw %s: %s", local, exc)
 
     # -- announcing (server side) ----------------------------------------------------
 
