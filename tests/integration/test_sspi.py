@@ -17,6 +17,8 @@ import ipaddress
 import json
 import re
 import shutil
+import signal
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -539,3 +541,41 @@ def test_a_full_command_queue_still_closes_every_duplicate_join(
     wait_for(lambda: not duplicates(), timeout=20, what="every duplicate join closed")
     assert len({sock.token for sock in subflow_sockets(lab, lab.server)}) == count
     assert "Command queue full" in daemon.output()  # the burst did overflow it
+
+
+@pytest.mark.lab(links=2, path_manager="userspace")
+def test_a_connection_whose_established_was_lost_still_gets_its_subflow(
+        lab: Lab, tmp_path: Path) -> None:
+    """sspi opens a client connection's subflows at connection_established.
+    The daemon has this connection's CREATED, then loses its ESTABLISHED to
+    a receive overrun: frozen while a flood of connections fills its event
+    socket, the connection sends its first data (the client's ESTABLISHED
+    waits for it).  The resync gives the plugin the connection_established
+    it missed, from the kernel's listing, and the subflow is opened.  Before,
+    a bound connection never had it, and stayed on one path."""
+    daemon = start_sspi(lab, tmp_path)
+    start_server(lab)
+    lab.python(lab.server, "-m", "tests.lab.traffic", "sink", "--port", "5300",
+               "--duration", "60", name="sink").wait_output("listening")
+    server = str(lab.links[0].server4)
+    go = tmp_path / "go"
+    held = lab.python(lab.client, "-m", "tests.lab.traffic", "client", server, str(PORT),
+                      "--hold", "10", "--start-after", str(go), "--timeout", "30",
+                      name="held")
+    (token,) = wait_tokens(lab, 1)
+    time.sleep(0.5)  # its CREATED is handled: the connection is bound
+    daemon.send_signal(signal.SIGSTOP)
+    try:
+        flooders = [lab.python(lab.client, "-m", "tests.lab.traffic", "flood", server,
+                               "5300", "--seconds", "3", name="flooder") for _ in range(2)]
+        assert all(f.wait(30) == 0 for f in flooders)
+        go.touch()
+        time.sleep(1.0)  # the data is acknowledged: ESTABLISHED, into a full socket
+    finally:
+        daemon.send_signal(signal.SIGCONT)
+    daemon.wait_output(r"Resynchronised after lost events", timeout=30)
+    assert held.wait(40) == 0
+    assert json.loads(held.output())["info"]["subflows"] == 1
+    assert f"Connection {token:08x} was established while events were lost." \
+        in daemon.output()
+    assert daemon.stop() == 0

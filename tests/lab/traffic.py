@@ -110,12 +110,18 @@ def serve(port: int, bind: str, duration: float) -> int:
 
 def client(addr: str, port: int, nbytes: int, hold: float, bind: str | None,
            timeout: float, wait_subflows: int = 0, stream: float = 0.0,
-           rate: int = 1 << 20) -> int:
+           rate: int = 1 << 20, start_after: str | None = None) -> int:
     sock = socket.socket(_family(addr), socket.SOCK_STREAM, IPPROTO_MPTCP)
     sock.settimeout(timeout)
     if bind:
         sock.bind((bind, 0))
     sock.connect((addr, port))
+    # Optionally send nothing until a file exists (bounded): the client's
+    # ESTABLISHED event waits for the first data acknowledged.
+    start_deadline = time.monotonic() + timeout
+    while start_after and not os.path.exists(start_after) \
+            and time.monotonic() < start_deadline:
+        time.sleep(0.01)
     sock.sendall(b"hello\n")
     reply = b""
     while not reply.endswith(b"\n"):
@@ -412,6 +418,9 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--stream", type=float, default=0.0,
                    help="then keep sending for this many seconds, at --rate")
     c.add_argument("--rate", type=int, default=1 << 20, help="bytes a second for --stream")
+    c.add_argument("--start-after", default=None, metavar="FILE",
+                   help="after connecting, send nothing until FILE exists (bounded by "
+                   "--timeout)")
     k = sub.add_parser("sink", help="accept and close MPTCP connections at once")
     k.add_argument("--port", type=int, default=5300)
     k.add_argument("--duration", type=float, default=60.0)
@@ -448,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.mode == "flood":
         return flood(args.addr, args.port, args.seconds)
     return client(args.addr, args.port, args.nbytes, args.hold, args.bind, args.timeout,
-                  args.wait_subflows, args.stream, args.rate)
+                  args.wait_subflows, args.stream, args.rate, args.start_after)
 
 
 if __name__ == "__main__":

@@ -196,13 +196,40 @@ def test_reconcile_closes_vanished_and_adopts_missed_connections(
     d.reconcile({TOKEN2: (LADDR, RADDR, False, True),
                  TOKEN3: (LADDR, RADDR6, True, True)})
     calls = [(hook, args.get("token")) for _, hook, args in recording.CALLS]
-    assert calls == [("connection_closed", TOKEN1), ("new_connection", TOKEN3),
-                     ("connection_established", TOKEN3)]
-    assert recording.CALLS[1][2]["server_side"] is True
+    # TOKEN2's ESTABLISHED was lost too: its plugin gets it.
+    assert calls == [("connection_closed", TOKEN1), ("connection_established", TOKEN2),
+                     ("new_connection", TOKEN3), ("connection_established", TOKEN3)]
+    assert recording.CALLS[2][2]["server_side"] is True
     assert d.bindings == {TOKEN2: "plugin_one", TOKEN3: "plugin_one"}
     assert f"Connection {TOKEN1:08x} closed while events were lost." in caplog.text
+    assert f"Connection {TOKEN2:08x} was established while events were lost." in caplog.text
     assert f'Connection {TOKEN3:08x} was created while events were lost; adopted by ' \
         '"plugin_one".' in caplog.text
+
+
+def test_a_lost_established_is_given_once_by_the_reconciliation(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A bound connection whose ESTABLISHED was lost gets it from the
+    listing, if that shows it established, and only then; its own
+    ESTABLISHED, read later (it was still unread), is not dispatched again.
+    One already told gets nothing more."""
+    d = dispatcher(load(fixture_dir(tmp_path, "priority")))
+    for token in (TOKEN1, TOKEN2, TOKEN3):
+        d.dispatch(ev.ConnectionCreated(token, LADDR, RADDR))
+    d.dispatch(ev.ConnectionEstablished(TOKEN1, LADDR, RADDR))
+    recording.CALLS.clear()
+    d.begin_reconcile()
+    d.reconcile({TOKEN1: (LADDR, RADDR, False, True), TOKEN2: (LADDR, RADDR, False, True),
+                 TOKEN3: (LADDR, RADDR, False, False)})
+    assert [(hook, args.get("token")) for _, hook, args in recording.CALLS] == [
+        ("connection_established", TOKEN2)]
+    assert recording.CALLS[0][2]["laddr"] == LADDR and recording.CALLS[0][2]["raddr"] == RADDR
+    recording.CALLS.clear()
+    for token in (TOKEN1, TOKEN2, TOKEN3):
+        d.dispatch(ev.ConnectionEstablished(token, LADDR, RADDR))
+    assert [(hook, args.get("token")) for _, hook, args in recording.CALLS] == [
+        ("connection_established", TOKEN3)]
+    assert "Unable to match token to plugin." not in caplog.text
 
 
 def test_an_adopted_connections_late_created_is_not_dispatched_again(

@@ -7,7 +7,10 @@
 * Listener events go to the default path manager.
 * The joined subflows of each bound connection are remembered from
   ``new_subflow`` to ``subflow_closed``, so that a reconciliation after lost
-  events can tell the plugin about the subflows that came or went unseen.
+  events can tell the plugin about the subflows that came or went unseen;
+  so are the bound connections not yet established, so that one whose
+  ``connection_established`` was lost gets it from the reconciliation (once:
+  its own ESTABLISHED, read later, is not dispatched again).
 * Network-monitor events (:data:`~mptcpd.events.NetworkEvent`) go to every
   plugin, in priority order.
 
@@ -57,8 +60,11 @@ class Dispatcher:
         self._subflows: dict[int, dict[tuple[SockAddr, SockAddr], ev._SubflowEvent]] = {}
         #: Tokens with subflow events since :meth:`begin_reconcile`.
         self._recent_subflows: set[int] | None = None
+        #: Bound connections whose plugin has not had connection_established.
+        self._unestablished: set[int] = set()
         self._handlers: dict[type, Callable[[Any], None]] = {
             ev.ConnectionCreated: self._created,
+            ev.ConnectionEstablished: self._established,
             ev.ConnectionClosed: self._closed,
             ev.SubflowEstablished: self._subflow_established,
             ev.SubflowClosed: self._subflow_closed,
@@ -97,8 +103,19 @@ class Dispatcher:
             self._adopted.discard(event.token)
             return
         self._bindings[event.token] = plugin
+        self._unestablished.add(event.token)
         if self._recent is not None:
             self._recent.add(event.token)
+        self.registry.call_event(plugin, event, self.pm)
+
+    def _established(self, event: ev.ConnectionEstablished) -> None:
+        plugin = self._bindings.get(event.token)
+        if plugin is None:
+            log.error("Unable to match token to plugin.")
+            return
+        if event.token not in self._unestablished:
+            return  # the reconciliation after lost events gave it already
+        self._unestablished.discard(event.token)
         self.registry.call_event(plugin, event, self.pm)
 
     def _closed(self, event: ev.ConnectionClosed) -> None:
@@ -111,6 +128,7 @@ class Dispatcher:
         finally:
             del self._bindings[event.token]
             self._subflows.pop(event.token, None)
+            self._unestablished.discard(event.token)
             self._adopted.discard(event.token)
             if self._recent is not None:
                 self._recent.add(event.token)
@@ -188,6 +206,10 @@ class Dispatcher:
         ``connection_established``).  Connections with subflow events while
         the listing was made are left alone.
 
+        A bound connection that the listing shows established and whose
+        plugin has not had ``connection_established`` (its ESTABLISHED was
+        lost) gets it, after its subflows.
+
         ``closing``: connections whose ``ConnectionClosed`` is still to be
         dispatched (read but not yet handled); a bound one is left to it.
         """
@@ -208,6 +230,12 @@ class Dispatcher:
             for token in [t for t in self._bindings if t in live and t not in leave]:
                 self._reconcile_subflows(token, listed.get(token, {}), live[token][2],
                                          at_startup)
+        for token in [t for t in self._unestablished if t in live and live[t][3]
+                      and t not in recent and t not in closing]:
+            laddr, raddr, server_side, _established = live[token]
+            log.warning("Connection %08x was established while events were lost.", token)
+            self.dispatch(ev.ConnectionEstablished(Token(token), laddr, raddr,
+                                                   server_side=server_side))
         if self.default is None:
             return
         for token, (laddr, raddr, server_side, established) in live.items():
