@@ -18,7 +18,6 @@ import json
 import re
 import shutil
 import signal
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from tests.lab import Lab, LabTimeout, Process, wait_for
 from mptcpd.netlink.genl_commands import CommandChannel
 from mptcpd.pm.path_manager import PathManager
 from mptcpd.types import SockAddr
+from tests.integration.test_control import mptcpctl
 from tests.integration.test_daemon import READY, daemon_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -553,7 +553,8 @@ def test_a_connection_whose_established_was_lost_still_gets_its_subflow(
     waits for it).  The resync gives the plugin the connection_established
     it missed, from the kernel's listing, and the subflow is opened.  Before,
     a bound connection never had it, and stayed on one path."""
-    daemon = start_sspi(lab, tmp_path)
+    control = tmp_path / "ctl" / "control"
+    daemon = start_sspi(lab, tmp_path, config=f"[core]\ncontrol-socket={control}\n")
     start_server(lab)
     lab.python(lab.server, "-m", "tests.lab.traffic", "sink", "--port", "5300",
                "--duration", "60", name="sink").wait_output("listening")
@@ -563,14 +564,28 @@ def test_a_connection_whose_established_was_lost_still_gets_its_subflow(
                       "--hold", "10", "--start-after", str(go), "--timeout", "30",
                       name="held")
     (token,) = wait_tokens(lab, 1)
-    time.sleep(0.5)  # its CREATED is handled: the connection is bound
+    # Its CREATED is handled: the connection is bound to sspi.
+    wait_for(lambda: [c for c in mptcpctl(control, "connections")
+                      if c["token"] == token and c["plugin"] == "sspi"], 10,
+             what="the connection bound to sspi")
     daemon.send_signal(signal.SIGSTOP)
     try:
         flooders = [lab.python(lab.client, "-m", "tests.lab.traffic", "flood", server,
                                "5300", "--seconds", "3", name="flooder") for _ in range(2)]
         assert all(f.wait(30) == 0 for f in flooders)
+
+        def sequence() -> tuple[str, str] | None:
+            """The held connection's (write_seq, snd_una), from ``ss -Mni``."""
+            m = re.search(rf"token:{token:08x} write_seq:([0-9a-f]+) snd_una:([0-9a-f]+)",
+                          lab.exec(lab.client, "ss", "-MniH").stdout)
+            return (m.group(1), m.group(2)) if m else None
+
+        before = sequence()
+        assert before is not None
         go.touch()
-        time.sleep(1.0)  # the data is acknowledged: ESTABLISHED, into a full socket
+        # Its first data acknowledged: ESTABLISHED, into a full socket.
+        wait_for(lambda: (now := sequence()) is not None and now[0] != before[0]
+                 and now[0] == now[1], 10, what="the held connection's data acknowledged")
     finally:
         daemon.send_signal(signal.SIGCONT)
     daemon.wait_output(r"Resynchronised after lost events", timeout=30)
