@@ -126,8 +126,10 @@ from mptcpd.plugin import (
     RetryPolicy,
     SockAddr,
     Token,
+    announcement_answered,
+    close_subflow,
     hookimpl,
-    resend_refused,
+    withdraw_announcement,
 )
 
 if TYPE_CHECKING:
@@ -502,14 +504,9 @@ class SingleSubflowPerInterface:
         if self.connections.get(conn.token) is not conn:
             return
         loop = conn.announce_loop = future.get_loop()
-        delay = ANNOUNCE_INTERVAL
-        if not future.cancelled() and isinstance(future.exception(), QueueFull):
-            if conn.announced.get(local_id) == local:
-                del conn.announced[local_id]
-            conn.announce_refusals += 1
-            delay = self.retry.after_refusal(conn.announce_refusals, 0.0)
-        else:
-            conn.announce_refusals = 0
+        delay, conn.announce_refusals = announcement_answered(
+            future, conn.announced, local_id, local, conn.announce_refusals, self.retry,
+            ANNOUNCE_INTERVAL)
         conn.announce_after = loop.time() + delay
         if next(self._to_announce(conn, pm), None) is None:
             conn.announcing = False  # a later address waits out the interval
@@ -539,16 +536,9 @@ class SingleSubflowPerInterface:
         asked for again while the daemon's full queue refuses it."""
         key = (plain(laddr), plain(raddr))
         conn.closing.add(key)
-        try:
-            future = pm.remove_subflow(conn.token, laddr, raddr)
-        except (ValueError, OSError) as exc:
-            log.warning("Unable to close subflow %s -> %s: %s", laddr, raddr, exc)
-            return
-        if future.done():  # refused by the full queue, or nothing
-            resend_refused(
-                future, lambda: pm.remove_subflow(conn.token, laddr, raddr),
-                lambda: self.connections.get(conn.token) is conn and key in conn.closing,
-                self.retry, conn.resend_timers, log)
+        close_subflow(pm, conn.token, laddr, raddr,
+                      lambda: self.connections.get(conn.token) is conn and key in conn.closing,
+                      self.retry, conn.resend_timers, log)
 
     # -- connection events ---------------------------------------------------
 
@@ -663,17 +653,10 @@ class SingleSubflowPerInterface:
                   pm: PathManager) -> None:
         """Withdraw the announcement of ``local`` (while the ID is not
         announced again on the connection)."""
-        try:
-            future = pm.remove_addr(None, local_id, conn.token)
-        except (ValueError, OSError) as exc:
-            log.warning("Unable to withdraw %s: %s", local, exc)
-            return
-        if future.done():
-            resend_refused(
-                future, lambda: pm.remove_addr(None, local_id, conn.token),
-                lambda: (self.connections.get(conn.token) is conn
-                         and local_id not in conn.announced),
-                self.retry, conn.resend_timers, log)
+        withdraw_announcement(pm, conn.token, local_id, local,
+                              lambda: (self.connections.get(conn.token) is conn
+                                       and local_id not in conn.announced),
+                              self.retry, conn.resend_timers, log)
 
     # -- network monitor events ----------------------------------------------
 

@@ -44,10 +44,13 @@ from mptcpd.pm.keeper import (
     RetryPolicy,
     SubflowKeeper,
     Wanted,
+    announcement_answered,
+    close_subflow,
     refused_by_queue,
     resend_refused,
     usable_addresses,
     usable_interfaces,
+    withdraw_announcement,
 )
 from mptcpd.types import (
     AddressId,
@@ -89,12 +92,15 @@ __all__ = [
     "SubflowKeeper",
     "Token",
     "Wanted",
+    "announcement_answered",
+    "close_subflow",
     "hookimpl",
     "keeper_hooks",
     "refused_by_queue",
     "resend_refused",
     "usable_addresses",
     "usable_interfaces",
+    "withdraw_announcement",
 ]
 
 _F = TypeVar("_F", bound=Callable[..., Any])

@@ -336,6 +336,55 @@ def resend_refused(future: asyncio.Future[Any], send: Callable[[], asyncio.Futur
     timers.add(handle)
 
 
+def close_subflow(pm: PathManager, token: int, laddr: SockAddr, raddr: SockAddr,
+                  wanted: Callable[[], bool], retry: RetryPolicy,
+                  timers: set[asyncio.TimerHandle], log: logging.Logger) -> None:
+    """``pm.remove_subflow(token, laddr, raddr)``, sent again while the
+    daemon's full queue refuses it and ``wanted()`` (:func:`resend_refused`);
+    an argument or a family the daemon rejects is logged as a warning."""
+    try:
+        future = pm.remove_subflow(token, laddr, raddr)
+    except (ValueError, OSError) as exc:
+        log.warning("Unable to close subflow %s -> %s: %s", laddr, raddr, exc)
+        return
+    if future.done():  # refused by the full queue (taken: not done yet)
+        resend_refused(future, lambda: pm.remove_subflow(token, laddr, raddr), wanted,
+                       retry, timers, log)
+
+
+def withdraw_announcement(pm: PathManager, token: int, local_id: int, local: SockAddr,
+                          wanted: Callable[[], bool], retry: RetryPolicy,
+                          timers: set[asyncio.TimerHandle], log: logging.Logger) -> None:
+    """``pm.remove_addr(None, local_id, token)`` (the announcement of
+    ``local``), sent again as :func:`close_subflow` is."""
+    try:
+        future = pm.remove_addr(None, local_id, token)
+    except (ValueError, OSError) as exc:
+        log.warning("Unable to withdraw %s: %s", local, exc)
+        return
+    if future.done():
+        resend_refused(future, lambda: pm.remove_addr(None, local_id, token), wanted,
+                       retry, timers, log)
+
+
+def announcement_answered(future: asyncio.Future[Any], announced: dict[Any, SockAddr],
+                          local_id: int, local: SockAddr, refusals: int,
+                          retry: RetryPolicy,
+                          interval: float = ANNOUNCE_INTERVAL) -> tuple[float, int]:
+    """The answer to an announcement of ``local`` (ID ``local_id``) came:
+    how long until the next announcement of the connection may leave, and
+    the refusals in a row now.  One the daemon's full queue refused was never
+    made: it leaves ``announced`` (to be made again) and the next waits the
+    refusals' backoff (:meth:`RetryPolicy.after_refusal`); otherwise
+    ``interval``."""
+    if not refused_by_queue(future):
+        return interval, 0
+    if announced.get(local_id) == local:
+        del announced[local_id]
+    refusals += 1
+    return retry.after_refusal(refusals, 0.0), refusals
+
+
 WantFunction = Callable[[KeptConnection, "PathManager"], list[Wanted]]
 
 
@@ -505,33 +554,18 @@ class SubflowKeeper:
             return
         key = (plain(kept.laddr), plain(kept.raddr))
         conn.closing.add(key)
-        try:
-            future = pm.remove_subflow(conn.token, kept.laddr, kept.raddr)
-        except (ValueError, OSError) as exc:
-            self.log.warning("Unable to close subflow %s -> %s: %s", kept.laddr, kept.raddr,
-                             exc)
-            return
-        if future.done():
-            resend_refused(
-                future, lambda: pm.remove_subflow(conn.token, kept.laddr, kept.raddr),
-                lambda: self.connections.get(conn.token) is conn and key in conn.closing,
-                self.retry, conn.resend_timers, self.log)
+        close_subflow(pm, conn.token, kept.laddr, kept.raddr,
+                      lambda: self.connections.get(conn.token) is conn and key in conn.closing,
+                      self.retry, conn.resend_timers, self.log)
 
     def _withdraw(self, conn: KeptConnection, local_id: int, local: SockAddr,
                   pm: PathManager) -> None:
         """Withdraw the announcement of ``local`` (while the ID is not
         announced again on the connection)."""
-        try:
-            future = pm.remove_addr(None, local_id, conn.token)
-        except (ValueError, OSError) as exc:
-            self.log.warning("Unable to withdraw %s: %s", local, exc)
-            return
-        if future.done():
-            resend_refused(
-                future, lambda: pm.remove_addr(None, local_id, conn.token),
-                lambda: (self.connections.get(conn.token) is conn
-                         and local_id not in conn.announced),
-                self.retry, conn.resend_timers, self.log)
+        withdraw_announcement(pm, conn.token, local_id, local,
+                              lambda: (self.connections.get(conn.token) is conn
+                                       and local_id not in conn.announced),
+                              self.retry, conn.resend_timers, self.log)
 
     # -- announcing (server side) ----------------------------------------------------
 
@@ -570,15 +604,8 @@ class SubflowKeeper:
                    local: SockAddr, future: asyncio.Future[Any]) -> None:
         if self.connections.get(conn.token) is not conn:
             return
-        delay = ANNOUNCE_INTERVAL
-        if not future.cancelled() and isinstance(future.exception(), QueueFull):
-            # Never sent: announced again, after a backoff (see the module).
-            if conn.announced.get(local_id) == local:
-                del conn.announced[local_id]
-            conn.announce_refusals += 1
-            delay = self.retry.after_refusal(conn.announce_refusals, 0.0)
-        else:
-            conn.announce_refusals = 0
+        delay, conn.announce_refusals = announcement_answered(
+            future, conn.announced, local_id, local, conn.announce_refusals, self.retry)
         conn.announce_timer = future.get_loop().call_later(delay, self._announce_due, conn, pm)
 
     def _announce_due(self, conn: KeptConnection, pm: PathManager) -> None:
