@@ -575,8 +575,9 @@ def test_a_connection_whose_established_was_lost_still_gets_its_subflow(
         assert all(f.wait(30) == 0 for f in flooders)
 
         def sequence() -> tuple[str, str] | None:
-            """The held connection's (write_seq, snd_una), from ``ss -Mni``."""
-            m = re.search(rf"token:{token:08x} write_seq:([0-9a-f]+) snd_una:([0-9a-f]+)",
+            """The held connection's (write_seq, snd_una), from ``ss -Mni``
+            (which prints the token without leading zeros)."""
+            m = re.search(rf"token:{token:x} write_seq:([0-9a-f]+) snd_una:([0-9a-f]+)",
                           lab.exec(lab.client, "ss", "-MniH").stdout)
             return (m.group(1), m.group(2)) if m else None
 
