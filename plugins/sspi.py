@@ -376,17 +376,18 @@ class SingleSubflowPerInterface:
         subflow (the channel has logged the error); it is tried again later."""
 
         def done(future: asyncio.Future[Any]) -> None:
-            target = plain(subflow.raddr)
-            full = not future.cancelled() and isinstance(future.exception(), QueueFull)
-            if not full:
-                conn.refusals.pop((index, target), None)
-            refused = full or future.cancelled() or future.exception() is not None
-            if refused and subflow.pending and conn.subflows.get(index) is subflow:
+            cancelled = future.cancelled()  # the connection closed
+            error = None if cancelled else future.exception()
+            full = isinstance(error, QueueFull)
+            if conn.refusals and not full:
+                conn.refusals.pop((index, plain(subflow.raddr)), None)
+            if (cancelled or error is not None) and subflow.pending \
+                    and conn.subflows.get(index) is subflow:
                 del conn.subflows[index]
                 if full:
-                    self._not_sent(conn, index, target, pm)
-                elif not future.cancelled():  # cancelled: the connection closed
-                    self._failed(conn, index, target, pm)
+                    self._not_sent(conn, index, plain(subflow.raddr), pm)
+                elif not cancelled:
+                    self._failed(conn, index, plain(subflow.raddr), pm)
 
         return done
 

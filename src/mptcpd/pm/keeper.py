@@ -473,11 +473,12 @@ class SubflowKeeper:
     def _answered(self, conn: KeptConnection, kept: Kept, pm: PathManager,
                   future: asyncio.Future[Any]) -> None:
         """The kernel answered a subflow creation: a refusal frees the slot."""
-        full = not future.cancelled() and isinstance(future.exception(), QueueFull)
+        error = None if future.cancelled() else future.exception()
+        full = isinstance(error, QueueFull)
         if not full and kept.key is not None and kept.key in conn.slots:
             conn.slots[kept.key].refusals = 0
-        refused = full or future.cancelled() or future.exception() is not None
-        if refused and kept.pending and kept in conn.subflows:
+        if (future.cancelled() or error is not None) and kept.pending \
+                and kept in conn.subflows:
             conn.subflows.remove(kept)
             if full:
                 self._not_sent(conn, kept, pm)
