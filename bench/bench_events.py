@@ -226,6 +226,7 @@ def bench_sspi(conns: int, runs: int = 5) -> dict[str, Any]:
         registry = PluginRegistry()
         load_plugins(registry, str(ROOT / "plugins"), ["sspi"], entry_points=False)
         dispatcher = Dispatcher(registry, pm, registry.select_default("sspi"))
+        pm.observe_creations(dispatcher.subflow_creation)  # as the daemon does
         registry.init_all(pm)
         return dispatcher, commands, SockAddr(first), SockAddr(second)
 

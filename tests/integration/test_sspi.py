@@ -595,3 +595,53 @@ def test_a_connection_whose_established_was_lost_still_gets_its_subflow(
     assert f"Connection {token:08x} was established while events were lost." \
         in daemon.output()
     assert daemon.stop() == 0
+
+
+@pytest.mark.lab(links=2, path_manager="userspace")
+def test_a_pending_subflow_whose_failure_was_lost_is_tried_again(
+        lab: Lab, tmp_path: Path) -> None:
+    """sspi creates a subflow; the kernel takes the creation, and the join
+    waits for the server's answer (none comes: a blackhole route).  The
+    daemon is frozen, a flood of connections fills its event socket, and
+    then the join fails (destroyed with ``ss -K``): its SUB_CLOSED is lost.
+    The resync finds that the creation the kernel took is gone, and gives
+    sspi the ``subflow_closed`` it missed; sspi tries the subflow again, and
+    this time it is established.  Before, the subflow stayed pending until
+    the connection closed, and the interface carried no subflow."""
+    second = lab.links[1]
+    daemon = start_sspi(lab, tmp_path, config="[core]\n[plugin sspi]\nretry-base = 0.2\n")
+    start_server(lab)
+    lab.python(lab.server, "-m", "tests.lab.traffic", "sink", "--port", "5300",
+               "--duration", "60", name="sink").wait_output("listening")
+    server = str(lab.links[0].server4)
+    # The server cannot answer the join from the second link.
+    lab.ip(lab.server, "route", "add", "blackhole", f"{second.client4}/32")
+    (held,) = start_clients(lab, 1, 0, hold=15)
+    (token,) = wait_tokens(lab, 1)
+
+    def joining() -> str:
+        """The join from the second link waiting for its SYN-ACK (``ss``)."""
+        return lab.exec(lab.client, "ss", "-tnH", "state", "syn-sent",
+                        "src", str(second.client4)).stdout.strip()
+
+    wait_for(joining, 10, what="the join in SYN_SENT")
+    daemon.send_signal(signal.SIGSTOP)
+    try:
+        flooders = [lab.python(lab.client, "-m", "tests.lab.traffic", "flood", server,
+                               "5300", "--seconds", "3", name="flooder") for _ in range(2)]
+        assert all(f.wait(30) == 0 for f in flooders)
+        # The join fails into a full socket; the server can answer the next one.
+        lab.exec(lab.client, "ss", "-K", "-tn", "state", "syn-sent",
+                 "src", str(second.client4))
+        wait_for(lambda: not joining(), 10, what="the join destroyed")
+        lab.ip(lab.server, "route", "del", "blackhole", f"{second.client4}/32")
+    finally:
+        daemon.send_signal(signal.SIGCONT)
+    daemon.wait_output(r"Resynchronised after lost events", timeout=30)
+    wait_for(lambda: one_per_interface(lab, {token}), timeout=20,
+             what="the subflow on the second link")
+    assert held.wait(40) == 0
+    assert json.loads(held.output())["info"]["subflows"] == 1
+    assert f"of connection {token:08x}, created by its plugin, ended while events " \
+        "were lost." in daemon.output()
+    assert daemon.stop() == 0

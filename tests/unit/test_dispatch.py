@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ import pytest
 
 from mptcpd import events as ev
 from mptcpd.daemon.dispatch import Dispatcher
+from mptcpd.errors import QueueFull
 from mptcpd.netlink import diag
 from mptcpd.netlink.diag import MptcpSubflow
 from mptcpd.plugin import PluginInfo, hookimpl
@@ -288,6 +290,7 @@ def test_reconcile_leaves_a_vanished_connection_to_its_waiting_close(
 SUB_L1 = SockAddr(ipaddress.ip_address("198.51.100.1"), 40001)
 SUB_L2 = SockAddr(ipaddress.ip_address("198.51.100.1"), 40002)
 SUB_L3 = SockAddr(ipaddress.ip_address("198.51.100.1"), 40003)
+CREATED_FROM = SockAddr(SUB_L1.ip)  # what a plugin asks for: no local port
 
 
 def listed(token: int, laddr: SockAddr, raddr: SockAddr = RADDR, *, state: int = 1,
@@ -396,3 +399,155 @@ def test_a_closed_connection_forgets_its_subflows(tmp_path: Path) -> None:
     d.dispatch(ev.ConnectionClosed(TOKEN1))
     assert d.subflows(TOKEN1) == []
     assert d._subflows == {}
+
+
+# -- subflow creations followed ---------------------------------------------------
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+def create(d: Dispatcher, token: int, raddr: SockAddr, loop: asyncio.AbstractEventLoop,
+           answer: Exception | bool = True) -> asyncio.Future[None]:
+    """A plugin's subflow creation from ``CREATED_FROM`` (the channel hands
+    out a future not yet done), then its answer: success (``True``), none
+    yet (``False``) or an error."""
+    future: asyncio.Future[None] = loop.create_future()
+    d.subflow_creation(token, CREATED_FROM, raddr, 2, 0, future)
+    if isinstance(answer, Exception):
+        future.set_exception(answer)
+        future.exception()
+    elif answer:
+        future.set_result(None)
+    return future
+
+
+LIVE1 = {TOKEN1: (LADDR, RADDR, False, True)}
+
+
+def test_a_creation_the_kernel_took_that_is_no_longer_listed_failed_unseen(
+        tmp_path: Path, loop: asyncio.AbstractEventLoop,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A creation the kernel had taken when the listings began and that they
+    do not show in any state: its SUB_CLOSED was lost, and the plugin gets
+    it, once; the real one, if it was only waiting to be read, is not
+    dispatched again."""
+    d = dispatcher(load(fixture_dir(tmp_path, "priority")))
+    d.dispatch(ev.ConnectionCreated(TOKEN1, LADDR, RADDR))
+    create(d, TOKEN1, RADDR, loop)
+    assert d.creations(TOKEN1) == [(CREATED_FROM, RADDR)]
+    recording.CALLS.clear()
+    d.begin_reconcile()
+    d.reconcile(LIVE1, subflows=[listed(TOKEN1, LADDR, flags=diag.MPTCP_SUBFLOW_FLAG_MCAP_LOC)])
+    assert subflow_calls() == [("subflow_closed", TOKEN1, CREATED_FROM, False)]
+    assert d.creations(TOKEN1) == []
+    assert f"Subflow {CREATED_FROM} -> {RADDR} of connection {TOKEN1:08x}, created by " \
+        "its plugin, ended while events were lost." in caplog.text
+    recording.CALLS.clear()
+    d.dispatch(ev.SubflowClosed(TOKEN1, SUB_L1, RADDR, False, error=111))
+    d.begin_reconcile()
+    d.reconcile(LIVE1, subflows=[])
+    assert subflow_calls() == []
+    # A later subflow on the same path is news again.
+    d.dispatch(ev.SubflowClosed(TOKEN1, SUB_L1, RADDR, False, error=111))
+    assert subflow_calls() == [("subflow_closed", TOKEN1, SUB_L1, False)]
+
+
+def test_creations_that_may_still_succeed_or_were_refused_are_not_reported(
+        tmp_path: Path, loop: asyncio.AbstractEventLoop) -> None:
+    d = dispatcher(load(fixture_dir(tmp_path, "priority")))
+    for token in (TOKEN1, TOKEN2):
+        d.dispatch(ev.ConnectionCreated(token, LADDR, RADDR))
+    # Listed while its handshake goes on.
+    create(d, TOKEN1, RADDR, loop)
+    # Not answered when the listings began: the kernel may have taken it after.
+    unanswered = create(d, TOKEN1, RADDR6, loop, answer=False)
+    # Refused: the channel has said so, and the plugin knows.
+    create(d, TOKEN1, SockAddr(RADDR.ip, 80), loop, OSError(22, "Invalid argument"))
+    # Refused at once by the full queue: never followed.
+    refused: asyncio.Future[None] = loop.create_future()
+    refused.set_exception(QueueFull())
+    refused.exception()
+    d.subflow_creation(TOKEN1, CREATED_FROM, SockAddr(RADDR.ip, 81), 2, 0, refused)
+    # Its connection had a subflow event while the listings were made.
+    create(d, TOKEN2, RADDR, loop)
+    # Not a connection of the dispatcher's.
+    create(d, TOKEN3, RADDR, loop)
+    assert d.creations(TOKEN3) == []
+    assert len(d.creations(TOKEN1)) == 3
+    recording.CALLS.clear()
+    d.begin_reconcile()
+    unanswered.set_result(None)
+    d.dispatch(ev.SubflowEstablished(TOKEN2, SUB_L2, RADDR6, False))
+    d.reconcile({TOKEN1: (LADDR, RADDR, False, True), TOKEN2: (LADDR, RADDR, False, True)},
+                subflows=[listed(TOKEN1, SUB_L1, state=2)])
+    assert subflow_calls() == [("new_subflow", TOKEN2, SUB_L2, False)]
+    assert d.creations(TOKEN1) == [(CREATED_FROM, RADDR), (CREATED_FROM, RADDR6)]
+    assert d.creations(TOKEN2) == [(CREATED_FROM, RADDR)]
+
+
+def test_a_creation_is_followed_until_a_subflow_on_its_path_closes(
+        tmp_path: Path, loop: asyncio.AbstractEventLoop) -> None:
+    """A SUB_CLOSED on a creation's path, IPv4-mapped or not, ends the
+    following of the oldest creation there; a closed connection drops its
+    creations.  An established one stays followed (its subflow is known
+    then, and is not reported closed while it is listed)."""
+    d = dispatcher(load(fixture_dir(tmp_path, "priority")))
+    d.dispatch(ev.ConnectionCreated(TOKEN1, LADDR, RADDR))
+    for _ in range(2):
+        create(d, TOKEN1, RADDR, loop)
+    mapped = SockAddr(ipaddress.ip_address(f"::ffff:{SUB_L1.ip}"), SUB_L1.port)
+    rmapped = SockAddr(ipaddress.ip_address(f"::ffff:{RADDR.ip}"), RADDR.port)
+    d.dispatch(ev.SubflowClosed(TOKEN1, mapped, rmapped, False, error=111))
+    assert d.creations(TOKEN1) == [(CREATED_FROM, RADDR)]
+    d.dispatch(ev.SubflowEstablished(TOKEN1, SUB_L2, RADDR, False))
+    assert d.creations(TOKEN1) == [(CREATED_FROM, RADDR)]
+    recording.CALLS.clear()
+    d.begin_reconcile()
+    d.reconcile(LIVE1, subflows=[listed(TOKEN1, SUB_L2)])
+    assert subflow_calls() == []
+    d.dispatch(ev.SubflowClosed(TOKEN1, SUB_L2, RADDR, False))
+    assert d.creations(TOKEN1) == []
+    create(d, TOKEN1, RADDR, loop)
+    d.dispatch(ev.ConnectionClosed(TOKEN1))
+    assert d.creations(TOKEN1) == [] and d._creating == {}
+
+
+def test_a_creation_whose_subflow_closed_unseen_is_reported_once(
+        tmp_path: Path, loop: asyncio.AbstractEventLoop) -> None:
+    """Established, then closed while events were lost: the plugin gets
+    one subflow_closed, for the subflow it was told of."""
+    d = dispatcher(load(fixture_dir(tmp_path, "priority")))
+    d.dispatch(ev.ConnectionCreated(TOKEN1, LADDR, RADDR))
+    create(d, TOKEN1, RADDR, loop)
+    d.dispatch(ev.SubflowEstablished(TOKEN1, SUB_L1, RADDR, False))
+    recording.CALLS.clear()
+    d.begin_reconcile()
+    d.reconcile(LIVE1, subflows=[])
+    assert subflow_calls() == [("subflow_closed", TOKEN1, SUB_L1, False)]
+    assert d.creations(TOKEN1) == []
+
+
+def test_a_subflow_event_the_reconciliation_reported_is_not_dispatched_again(
+        tmp_path: Path) -> None:
+    """The listings can be newer than the events still waiting to be read:
+    a subflow the reconciliation reported established, or closed, is not
+    reported again by its own event read afterwards."""
+    d = dispatcher(load(fixture_dir(tmp_path, "priority")))
+    d.dispatch(ev.ConnectionCreated(TOKEN1, LADDR, RADDR))
+    d.dispatch(ev.SubflowEstablished(TOKEN1, SUB_L1, RADDR, False))
+    recording.CALLS.clear()
+    d.begin_reconcile()
+    d.reconcile(LIVE1, subflows=[listed(TOKEN1, SUB_L2)])
+    assert subflow_calls() == [("subflow_closed", TOKEN1, SUB_L1, False),
+                               ("new_subflow", TOKEN1, SUB_L2, False)]
+    recording.CALLS.clear()
+    # Their own events, read now.
+    d.dispatch(ev.SubflowClosed(TOKEN1, SUB_L1, RADDR, False))
+    d.dispatch(ev.SubflowEstablished(TOKEN1, SUB_L2, RADDR, False))
+    assert subflow_calls() == []
+    d.dispatch(ev.SubflowClosed(TOKEN1, SUB_L2, RADDR, False))
+    assert subflow_calls() == [("subflow_closed", TOKEN1, SUB_L2, False)]

@@ -261,3 +261,22 @@ async def test_an_ignored_failed_future_is_not_reported_as_unretrieved(
     gc.collect()
     await asyncio.sleep(0)
     assert "exception was never retrieved" not in caplog.text
+
+
+async def test_the_observer_is_told_of_each_subflow_creation_queued() -> None:
+    """The daemon's dispatcher follows each creation to its subflow event
+    (to tell a plugin of one whose failure was lost): it is told of every
+    creation queued, with the channel's future, and of nothing else."""
+    pm, kernel, _ = manager()
+    seen: list[tuple[Any, ...]] = []
+    pm.observe_creations(lambda *args: seen.append(args))
+    future = pm.add_subflow(TOKEN, 1, 2, A4, R4)
+    pm.remove_subflow(TOKEN, A4, R4)
+    pm.add_addr_no_listener(A4, 1, TOKEN)
+    with pytest.raises(ValueError):
+        pm.add_subflow(TOKEN, 256, 2, A4, R4)
+    assert seen == [(TOKEN, A4, R4, 1, 2, kernel.futures[0])]
+    assert future is kernel.futures[0]
+    pm.observe_creations(None)
+    pm.add_subflow(TOKEN, 1, 2, A4, R4)
+    assert len(seen) == 1

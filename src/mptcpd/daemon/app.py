@@ -197,6 +197,7 @@ class Daemon:
             listener_manager=self.listener_manager,
         )
         self.dispatcher = Dispatcher(self.registry, self.pm)
+        self.pm.observe_creations(self.dispatcher.subflow_creation)
         self.watcher = kernel.watcher(self._family_appeared, self._family_vanished)
         self.watcher.on_failure = self._fail
         self.reader: Reader | None = None

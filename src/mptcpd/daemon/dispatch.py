@@ -11,6 +11,13 @@
   so are the bound connections not yet established, so that one whose
   ``connection_established`` was lost gets it from the reconciliation (once:
   its own ESTABLISHED, read later, is not dispatched again).
+* So are the subflow creations plugins ask for (``pm.add_subflow``), from
+  the command until a subflow on their path closes: one that the kernel
+  took, and of which neither the listing after lost events nor the
+  subflows its plugin was told of show anything, failed unseen, and its
+  plugin gets the ``subflow_closed`` it missed.  A subflow event that a
+  reconciliation has reported already, and that was only waiting to be
+  read, is not dispatched again.
 * Network-monitor events (:data:`~mptcpd.events.NetworkEvent`) go to every
   plugin, in priority order.
 
@@ -31,9 +38,33 @@ from mptcpd.plugins.registry import Plugin, PluginRegistry
 from mptcpd.types import AddressId, SockAddr, Token
 
 if TYPE_CHECKING:
+    import asyncio
+
     from mptcpd.netlink.diag import MptcpSubflow
 
 log = logging.getLogger(__name__)
+
+#: A subflow as the dispatcher keys it: (local, remote) address, IPv4-mapped
+#: ones as IPv4; a creation's local port is 0.
+_Key = tuple[SockAddr, SockAddr]
+
+
+#: A subflow creation handed to the command channel and not yet reported by
+#: a subflow event: (laddr, raddr, local ID, remote ID, the command's future),
+#: as the plugin asked (a plain tuple: one is made per creation).
+_Creation = tuple[SockAddr, SockAddr, int, int, "asyncio.Future[Any]"]
+
+
+def _on_path(creation: _Creation, key: _Key) -> bool:
+    """Whether the subflow ``key`` is on the path of ``creation`` (whose
+    local port was not chosen yet)."""
+    return creation[1].unmapped() == key[1] and creation[0].unmapped().ip == key[0].ip
+
+
+def _refused(creation: _Creation) -> bool:
+    """Whether the creation's command failed or was dropped: no subflow came of it."""
+    future = creation[4]
+    return future.done() and (future.cancelled() or future.exception() is not None)
 
 
 class Dispatcher:
@@ -62,6 +93,14 @@ class Dispatcher:
         self._recent_subflows: set[int] | None = None
         #: Bound connections whose plugin has not had connection_established.
         self._unestablished: set[int] = set()
+        #: token -> the subflow creations of its plugin no event reported yet.
+        self._creating: dict[int, list[_Creation]] = {}
+        #: The futures of the creations the kernel had answered when the
+        #: listings of the reconciliation under way began.
+        self._taken: set[asyncio.Future[Any]] = set()
+        #: token -> subflows a reconciliation reported closed, whose own
+        #: SUB_CLOSED may still be read (a creation's key has local port 0).
+        self._reported_closed: dict[int, set[_Key]] = {}
         self._handlers: dict[type, Callable[[Any], None]] = {
             ev.ConnectionCreated: self._created,
             ev.ConnectionEstablished: self._established,
@@ -128,6 +167,8 @@ class Dispatcher:
         finally:
             del self._bindings[event.token]
             self._subflows.pop(event.token, None)
+            self._creating.pop(event.token, None)
+            self._reported_closed.pop(event.token, None)
             self._unestablished.discard(event.token)
             self._adopted.discard(event.token)
             if self._recent is not None:
@@ -143,7 +184,13 @@ class Dispatcher:
             log.error("Unable to match token to plugin.")
             return
         key = (event.laddr.unmapped(), event.raddr.unmapped())
-        self._subflows.setdefault(event.token, {})[key] = event
+        known = self._subflows.setdefault(event.token, {})
+        if key in known:
+            # A reconciliation after lost events reported it already.
+            log.debug("Subflow %s -> %s of connection %08x: reported already.",
+                      event.laddr, event.raddr, event.token)
+            return
+        known[key] = event
         if self._recent_subflows is not None:
             self._recent_subflows.add(event.token)
         self.registry.call_event(plugin, event, self.pm)
@@ -153,12 +200,65 @@ class Dispatcher:
         if plugin is None:
             log.error("Unable to match token to plugin.")
             return
+        key = (event.laddr.unmapped(), event.raddr.unmapped())
+        if event.token in self._reported_closed and self._reported_already(event.token, key):
+            log.debug("Subflow %s -> %s of connection %08x: its close was reported "
+                      "already.", event.laddr, event.raddr, event.token)
+            return
         known = self._subflows.get(event.token)
         if known is not None:
-            known.pop((event.laddr.unmapped(), event.raddr.unmapped()), None)
+            known.pop(key, None)
+        if event.token in self._creating:
+            self._reported(event.token, key)
         if self._recent_subflows is not None:
             self._recent_subflows.add(event.token)
         self.registry.call_event(plugin, event, self.pm)
+
+    # -- subflow creations -----------------------------------------------------
+
+    def subflow_creation(self, token: int, laddr: SockAddr, raddr: SockAddr,
+                         loc_id: int, rem_id: int, future: asyncio.Future[Any]) -> None:
+        """A plugin asked for a subflow ``laddr``→``raddr`` of ``token``
+        (SUBFLOW_CREATE, answered by ``future``): followed until a subflow
+        on its path closes, or its connection does (the path manager's
+        observer).  Nothing else is done for it on the way: a burst of
+        connections makes one each."""
+        if token not in self._bindings or future.done():
+            return  # not a connection the daemon dispatches, or refused at once
+        creations = self._creating.get(token)
+        if creations is None:
+            self._creating[token] = [(laddr, raddr, loc_id, rem_id, future)]
+            return
+        creations[:] = [c for c in creations if not _refused(c)]
+        creations.append((laddr, raddr, loc_id, rem_id, future))
+
+    def _reported(self, token: int, key: _Key) -> None:
+        """The subflow ``key`` of ``token`` closed: the oldest creation on
+        that path is no longer followed."""
+        creations = self._creating[token]
+        for i, creation in enumerate(creations):
+            if _on_path(creation, key):
+                del creations[i]
+                break
+        if not creations:
+            del self._creating[token]
+
+    def _reported_already(self, token: int, key: _Key) -> bool:
+        """Whether a reconciliation reported the subflow ``key`` of
+        ``token`` closed (forgotten once asked)."""
+        closed = self._reported_closed[token]
+        for k in (key, (SockAddr(key[0].ip), key[1])):
+            if k in closed:
+                closed.discard(k)
+                if not closed:
+                    del self._reported_closed[token]
+                return True
+        return False
+
+    def creations(self, token: int) -> list[tuple[SockAddr, SockAddr]]:
+        """The subflows of a bound connection its plugin asked for, and not
+        known closed (for inspection)."""
+        return [(c[0], c[1]) for c in self._creating.get(token, ())]
 
     def subflows(self, token: int) -> list[tuple[SockAddr, SockAddr]]:
         """The joined subflows of a bound connection that its plugin was
@@ -176,11 +276,18 @@ class Dispatcher:
         """
         self._recent = set()
         self._recent_subflows = set()
+        self._taken = set()
+        for token, creations in list(self._creating.items()):
+            creations[:] = [c for c in creations if not _refused(c)]
+            if not creations:
+                del self._creating[token]
+            self._taken.update(c[4] for c in creations if c[4].done())
 
     def reconcile_cancel(self) -> None:
         """Stop noting connections: the listing failed."""
         self._recent = None
         self._recent_subflows = None
+        self._taken = set()
 
     def reconcile(self, live: dict[int, tuple[SockAddr, SockAddr, bool, bool]],
                   at_startup: bool = False,
@@ -217,6 +324,7 @@ class Dispatcher:
         if not at_startup:
             self.resyncs += 1
         recent_subflows, self._recent_subflows = self._recent_subflows or set(), None
+        taken, self._taken = self._taken, set()
         listed: dict[int, dict[tuple[SockAddr, SockAddr], MptcpSubflow]] = {}
         for sf in subflows or ():
             if not sf.initial:
@@ -230,6 +338,9 @@ class Dispatcher:
             for token in [t for t in self._bindings if t in live and t not in leave]:
                 self._reconcile_subflows(token, listed.get(token, {}), live[token][2],
                                          at_startup)
+                if token in self._creating:
+                    self._reconcile_creations(token, listed.get(token, {}), live[token][2],
+                                              taken)
         for token in [t for t in self._unestablished if t in live and live[t][3]
                       and t not in recent and t not in closing]:
             laddr, raddr, server_side, _established = live[token]
@@ -271,6 +382,7 @@ class Dispatcher:
             self._subflow_closed(ev.SubflowClosed(
                 old.token, old.laddr, old.raddr, old.backup, loc_id=old.loc_id,
                 rem_id=old.rem_id, if_idx=old.if_idx, server_side=old.server_side))
+            self._reported_closed.setdefault(token, set()).add(key)
         for key, sf in now.items():
             if key in known or not sf.established:
                 continue
@@ -284,6 +396,39 @@ class Dispatcher:
                 Token(token), sf.laddr, sf.raddr, sf.backup,
                 loc_id=AddressId(sf.local_id), rem_id=AddressId(sf.remote_id),
                 if_idx=sf.ifindex or None, server_side=server_side))
+
+    def _reconcile_creations(self, token: int, now: dict[_Key, MptcpSubflow],
+                             server_side: bool, taken: set[asyncio.Future[Any]]) -> None:
+        """Tell the plugin of ``token`` of the subflows it asked for that
+        the kernel took before the listings began (their futures are in
+        ``taken``), of which nothing is listed ``now`` (in any state), and
+        whose plugin was told of no subflow on their path (the subflows it
+        was told of and that are gone are closed by now): they failed, and
+        their SUB_CLOSED was lost."""
+        gone: list[_Creation] = []
+        kept: list[_Creation] = []
+        known = self._subflows.get(token, {})
+        for creation in self._creating[token]:
+            if creation[4] in taken and not any(_on_path(creation, k) for k in now) \
+                    and not any(_on_path(creation, k) for k in known):
+                gone.append(creation)
+            else:
+                kept.append(creation)
+        if not gone:
+            return
+        if kept:
+            self._creating[token] = kept
+        else:
+            del self._creating[token]
+        plugin = self._bindings[token]
+        for laddr, raddr, loc_id, rem_id, _future in gone:
+            log.warning("Subflow %s -> %s of connection %08x, created by its plugin, "
+                        "ended while events were lost.", laddr, raddr, token)
+            self._reported_closed.setdefault(token, set()).add(
+                (SockAddr(laddr.unmapped().ip), raddr.unmapped()))
+            self.registry.call_event(plugin, ev.SubflowClosed(
+                Token(token), laddr, raddr, False, loc_id=AddressId(loc_id),
+                rem_id=AddressId(rem_id), server_side=server_side), self.pm)
 
     # -- network monitor events (broadcast) ---------------------------------
 

@@ -46,6 +46,11 @@ class Commands(Protocol):
                token: int | None = None) -> asyncio.Future[Any]: ...
 
 
+#: Told of each subflow creation queued: ``(token, laddr, raddr, local_id,
+#: remote_id, future)`` (the daemon's dispatcher follows it to its subflow).
+CreationObserver = Callable[[int, SockAddr, SockAddr, int, int, "asyncio.Future[Any]"], None]
+
+
 def _int(value: object, low: int, high: int, what: str) -> int:
     if type(value) is not int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -223,6 +228,7 @@ class PathManager:
             listener_manager if listener_manager is not None else ListenerManager()
         )
         self._ready = False
+        self._creation_observer: CreationObserver | None = None
 
     # -- state -------------------------------------------------------------
 
@@ -234,6 +240,11 @@ class PathManager:
     def set_ready(self, ready: bool) -> None:
         """Called by the daemon when the family appears or vanishes."""
         self._ready = ready
+
+    def observe_creations(self, observer: CreationObserver | None) -> None:
+        """Called by the daemon: ``observer`` is told of every subflow
+        creation queued (:meth:`add_subflow`), with its future."""
+        self._creation_observer = observer
 
     @property
     def network_monitor(self) -> NetworkView:
@@ -336,8 +347,11 @@ class PathManager:
         _sockaddr(raddr, "raddr")
         backup = _bool(backup, "backup")
         self._check_ready("mptcpd_pm_add_subflow")
-        return self._submit("add_subflow",
-                            (token, local_id, remote_id, laddr, raddr, backup), token)
+        future = self._submit("add_subflow",
+                              (token, local_id, remote_id, laddr, raddr, backup), token)
+        if self._creation_observer is not None:
+            self._creation_observer(token, laddr, raddr, local_id, remote_id, future)
+        return future
 
     def set_backup(self, token: int, laddr: SockAddr, raddr: SockAddr,
                    backup: bool) -> asyncio.Future[Any]:
