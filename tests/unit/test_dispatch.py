@@ -551,3 +551,26 @@ def test_a_subflow_event_the_reconciliation_reported_is_not_dispatched_again(
     assert subflow_calls() == []
     d.dispatch(ev.SubflowClosed(TOKEN1, SUB_L2, RADDR, False))
     assert subflow_calls() == [("subflow_closed", TOKEN1, SUB_L2, False)]
+
+
+def test_creations_on_one_path_are_counted_against_its_listed_subflows(
+        tmp_path: Path, loop: asyncio.AbstractEventLoop) -> None:
+    """ndiffports opens several subflows on one path: of three creations
+    there, two listed (one established, one still in its handshake), one is
+    gone; its late SUB_CLOSED is not dispatched again, the next one is."""
+    d = dispatcher(load(fixture_dir(tmp_path, "priority")))
+    d.dispatch(ev.ConnectionCreated(TOKEN1, LADDR, RADDR))
+    for _ in range(3):
+        create(d, TOKEN1, RADDR, loop)
+    d.dispatch(ev.SubflowEstablished(TOKEN1, SUB_L1, RADDR, False))
+    recording.CALLS.clear()
+    d.begin_reconcile()
+    d.reconcile(LIVE1, subflows=[listed(TOKEN1, SUB_L1), listed(TOKEN1, SUB_L2, state=2)])
+    assert subflow_calls() == [("subflow_closed", TOKEN1, CREATED_FROM, False)]
+    assert len(d.creations(TOKEN1)) == 2
+    recording.CALLS.clear()
+    d.dispatch(ev.SubflowClosed(TOKEN1, SUB_L3, RADDR, False, error=111))
+    assert subflow_calls() == []
+    d.dispatch(ev.SubflowClosed(TOKEN1, SUB_L2, RADDR, False, error=111))
+    assert subflow_calls() == [("subflow_closed", TOKEN1, SUB_L2, False)]
+    assert len(d.creations(TOKEN1)) == 1

@@ -12,12 +12,12 @@
   ``connection_established`` was lost gets it from the reconciliation (once:
   its own ESTABLISHED, read later, is not dispatched again).
 * So are the subflow creations plugins ask for (``pm.add_subflow``), from
-  the command until a subflow on their path closes: one that the kernel
-  took, and of which neither the listing after lost events nor the
-  subflows its plugin was told of show anything, failed unseen, and its
-  plugin gets the ``subflow_closed`` it missed.  A subflow event that a
-  reconciliation has reported already, and that was only waiting to be
-  read, is not dispatched again.
+  the command until a subflow on their path closes: those the kernel took
+  beyond the subflows the listing after lost events shows on their path
+  (in any state) failed unseen, and their plugin gets the
+  ``subflow_closed`` it missed.  A subflow event that a reconciliation has
+  reported already, and that was only waiting to be read, is not
+  dispatched again.
 * Network-monitor events (:data:`~mptcpd.events.NetworkEvent`) go to every
   plugin, in priority order.
 
@@ -100,7 +100,7 @@ class Dispatcher:
         self._taken: set[asyncio.Future[Any]] = set()
         #: token -> subflows a reconciliation reported closed, whose own
         #: SUB_CLOSED may still be read (a creation's key has local port 0).
-        self._reported_closed: dict[int, set[_Key]] = {}
+        self._reported_closed: dict[int, list[_Key]] = {}
         self._handlers: dict[type, Callable[[Any], None]] = {
             ev.ConnectionCreated: self._created,
             ev.ConnectionEstablished: self._established,
@@ -249,7 +249,7 @@ class Dispatcher:
         closed = self._reported_closed[token]
         for k in (key, (SockAddr(key[0].ip), key[1])):
             if k in closed:
-                closed.discard(k)
+                closed.remove(k)
                 if not closed:
                     del self._reported_closed[token]
                 return True
@@ -382,7 +382,7 @@ class Dispatcher:
             self._subflow_closed(ev.SubflowClosed(
                 old.token, old.laddr, old.raddr, old.backup, loc_id=old.loc_id,
                 rem_id=old.rem_id, if_idx=old.if_idx, server_side=old.server_side))
-            self._reported_closed.setdefault(token, set()).add(key)
+            self._reported_closed.setdefault(token, []).append(key)
         for key, sf in now.items():
             if key in known or not sf.established:
                 continue
@@ -401,19 +401,31 @@ class Dispatcher:
                              server_side: bool, taken: set[asyncio.Future[Any]]) -> None:
         """Tell the plugin of ``token`` of the subflows it asked for that
         the kernel took before the listings began (their futures are in
-        ``taken``), of which nothing is listed ``now`` (in any state), and
-        whose plugin was told of no subflow on their path (the subflows it
-        was told of and that are gone are closed by now): they failed, and
-        their SUB_CLOSED was lost."""
+        ``taken``) and that the listing ``now`` (in any state) has no
+        subflow for: they failed, and their SUB_CLOSED was lost.
+
+        Creations are matched to the listed subflows path by path (local
+        IP, remote address), the oldest first: a path may carry several
+        (ndiffports), and only those beyond what is listed there are gone.
+        Those not yet answered when the listings began may be listed too;
+        they are neither reported nor counted.  (The subflows the plugin
+        was told of and that are not listed have had their
+        ``subflow_closed``, which ended a creation on their path.)"""
+        listed: dict[_Key, int] = {}
+        for local, remote in now:
+            path = (SockAddr(local.ip), remote)
+            listed[path] = listed.get(path, 0) + 1
         gone: list[_Creation] = []
         kept: list[_Creation] = []
-        known = self._subflows.get(token, {})
         for creation in self._creating[token]:
-            if creation[4] in taken and not any(_on_path(creation, k) for k in now) \
-                    and not any(_on_path(creation, k) for k in known):
-                gone.append(creation)
-            else:
+            path = (SockAddr(creation[0].unmapped().ip), creation[1].unmapped())
+            if creation[4] not in taken:
                 kept.append(creation)
+            elif listed.get(path, 0):
+                listed[path] -= 1
+                kept.append(creation)
+            else:
+                gone.append(creation)
         if not gone:
             return
         if kept:
@@ -424,7 +436,7 @@ class Dispatcher:
         for laddr, raddr, loc_id, rem_id, _future in gone:
             log.warning("Subflow %s -> %s of connection %08x, created by its plugin, "
                         "ended while events were lost.", laddr, raddr, token)
-            self._reported_closed.setdefault(token, set()).add(
+            self._reported_closed.setdefault(token, []).append(
                 (SockAddr(laddr.unmapped().ip), raddr.unmapped()))
             self.registry.call_event(plugin, ev.SubflowClosed(
                 Token(token), laddr, raddr, False, loc_id=AddressId(loc_id),
