@@ -49,9 +49,10 @@ log = logging.getLogger(__name__)
 _Key = tuple[SockAddr, SockAddr]
 
 
-#: A subflow creation handed to the command channel and not yet reported by
-#: a subflow event: (laddr, raddr, local ID, remote ID, the command's future),
-#: as the plugin asked (a plain tuple: one is made per creation).
+#: A subflow creation handed to the command channel, followed until a
+#: subflow on its path closes: (laddr, raddr, local ID, remote ID, the
+#: command's future), as the plugin asked (a plain tuple: one is made per
+#: creation).
 _Creation = tuple[SockAddr, SockAddr, int, int, "asyncio.Future[Any]"]
 
 
@@ -93,13 +94,15 @@ class Dispatcher:
         self._recent_subflows: set[int] | None = None
         #: Bound connections whose plugin has not had connection_established.
         self._unestablished: set[int] = set()
-        #: token -> the subflow creations of its plugin no event reported yet.
+        #: token -> the subflow creations of its plugin, oldest first, until a
+        #: subflow on their path closes.
         self._creating: dict[int, list[_Creation]] = {}
         #: The futures of the creations the kernel had answered when the
         #: listings of the reconciliation under way began.
         self._taken: set[asyncio.Future[Any]] = set()
         #: token -> subflows a reconciliation reported closed, whose own
-        #: SUB_CLOSED may still be read (a creation's key has local port 0).
+        #: SUB_CLOSED may still be read (a creation's key has local port 0);
+        #: until it is, or a subflow starts on that path again.
         self._reported_closed: dict[int, list[_Key]] = {}
         self._handlers: dict[type, Callable[[Any], None]] = {
             ev.ConnectionCreated: self._created,
@@ -191,6 +194,8 @@ class Dispatcher:
                       event.laddr, event.raddr, event.token)
             return
         known[key] = event
+        if event.token in self._reported_closed:
+            self._path_again(event.token, key)
         if self._recent_subflows is not None:
             self._recent_subflows.add(event.token)
         self.registry.call_event(plugin, event, self.pm)
@@ -225,6 +230,8 @@ class Dispatcher:
         connections makes one each."""
         if token not in self._bindings or future.done():
             return  # not a connection the daemon dispatches, or refused at once
+        if token in self._reported_closed:
+            self._path_again(token, (SockAddr(laddr.unmapped().ip), raddr.unmapped()))
         creations = self._creating.get(token)
         if creations is None:
             self._creating[token] = [(laddr, raddr, loc_id, rem_id, future)]
@@ -254,6 +261,16 @@ class Dispatcher:
                     del self._reported_closed[token]
                 return True
         return False
+
+    def _path_again(self, token: int, key: _Key) -> None:
+        """A subflow starts on the path ``key`` of ``token`` (a creation, a
+        SUB_ESTABLISHED): a close a reconciliation reported there is no
+        longer waited for; the next SUB_CLOSED there is this one's."""
+        closed = self._reported_closed[token]
+        if key in closed:
+            closed.remove(key)
+            if not closed:
+                del self._reported_closed[token]
 
     def creations(self, token: int) -> list[tuple[SockAddr, SockAddr]]:
         """The subflows of a bound connection its plugin asked for, and not
