@@ -124,6 +124,8 @@ class Endpoint:
     inflight: int = 0  #: commands about it waiting for their answers
     target: bool = False  #: in the kernel once they are all applied
     gone: bool = False  #: its address went; dropped once out of the kernel
+    #: its addition waits in the backlog (never sent): a removal cancels it.
+    add_waiting: bool = False
     #: the address as the state file writes it (made once, not per write).
     text: str = dataclasses.field(init=False, repr=False, compare=False)
 
@@ -464,7 +466,11 @@ class AddressAdvertiser:
         #: the latest limits are sent when it comes up).  While it is not
         #: empty nothing goes straight to the queue, so the kernel still sees
         #: the changes in their order: an endpoint's removal before the
-        #: addition of a new address that reuses its ID.
+        #: addition of a new address that reuses its ID.  An addition still
+        #: waiting here when its endpoint is to be removed is taken out, and
+        #: the removal never made: addresses that come and go while the queue
+        #: is full leave nothing behind, and the backlog holds at most one
+        #: addition per endpoint however long the churn lasts.
         self.backlog: collections.deque[tuple[Endpoint | None, bool]] = collections.deque()
         self.limits: Limits | None = None  #: the latest limits asked for
         self._limits_waiting = False  #: the backlog holds the limits' entry
@@ -624,13 +630,37 @@ class AddressAdvertiser:
         # takes it for its own after a restart.
         if wanted and self.journal.wanted(endpoint.text) != endpoint.id:
             self._record(endpoint)
+        if endpoint.add_waiting and not wanted:
+            # Its addition never left: neither it nor the removal is made.
+            log.debug("Endpoint %d (%s): its addition had not left; dropped.",
+                      endpoint.id, endpoint.addr)
+            self.backlog.remove((endpoint, True))
+            endpoint.add_waiting = False
+            endpoint.inflight -= 1
+            endpoint.target = False
+            self._settle(endpoint)
+            if endpoint.gone and not endpoint.inflight and not endpoint.in_kernel:
+                self._forget(pm, endpoint)
+            return
         # Counted as asked for from now, whether it leaves now or from the backlog.
         endpoint.inflight += 1
         endpoint.target = wanted
         if self.backlog:
-            self.backlog.append((endpoint, wanted))
+            self._wait(endpoint, wanted)
         else:
             self._send(pm, endpoint, wanted)
+
+    def _wait(self, endpoint: Endpoint, wanted: bool, first: bool = False,
+              unsent: bool = True) -> None:
+        """Put the command that makes ``endpoint`` ``wanted`` in the backlog:
+        at its end, or ``first``.  An addition the kernel certainly never
+        had (``unsent``) is cancelled by a removal while it waits."""
+        if first:
+            self.backlog.appendleft((endpoint, wanted))
+        else:
+            self.backlog.append((endpoint, wanted))
+        if wanted and unsent:
+            endpoint.add_waiting = True
 
     def _send(self, pm: PathManager, endpoint: Endpoint, wanted: bool) -> bool:
         """Hand the command that makes ``endpoint`` ``wanted`` in the kernel to
@@ -652,7 +682,7 @@ class AddressAdvertiser:
                 log.error("Unable to stop advertising IP address.")
             return True
         if refused_by_queue(future):
-            self.backlog.appendleft((endpoint, wanted))
+            self._wait(endpoint, wanted, first=True)
             self._retry_later(pm)
             return False
         future.add_done_callback(functools.partial(self._answered, pm, endpoint, wanted))
@@ -674,8 +704,11 @@ class AddressAdvertiser:
                 self._limits_waiting = False
                 if not self._send_limits(pm):
                     return
-            elif not self._send(pm, endpoint, wanted):
-                return
+            else:
+                if wanted:
+                    endpoint.add_waiting = False
+                if not self._send(pm, endpoint, wanted):
+                    return
 
     def _answered(self, pm: PathManager, endpoint: Endpoint, wanted: bool,
                   future: asyncio.Future[Any]) -> None:
@@ -685,7 +718,7 @@ class AddressAdvertiser:
         error = future.exception()
         if isinstance(error, (QueueFull, NotReady)):
             # Not sent (or not known to be): again, in its turn.
-            self.backlog.append((endpoint, wanted))
+            self._wait(endpoint, wanted, unsent=isinstance(error, QueueFull))
             self._retry_later(pm)
             return
         endpoint.inflight -= 1

@@ -164,8 +164,9 @@ def test_a_full_command_queue_keeps_the_endpoint_commands_in_order(lab: Lab) -> 
     The commands it refused are sent again in the order they were made: a
     new address never gets the ID of an endpoint still in the kernel
     (``EBUSY``), no removal meets an endpoint already gone, and every
-    address ends with its endpoint and the limits counting it."""
-    daemon = start(lab, config="[core]\ncommand-queue-size = 4\n")
+    address ends with its endpoint and the limits counting it.  An address
+    that comes and goes while its addition waits makes no command at all."""
+    daemon = start(lab, "-d", config="[core]\ncommand-queue-size = 4\n")
     base = lab_addresses(lab)
     wait_endpoints(lab, base)
     dev = lab.links[0].client_if
@@ -180,6 +181,7 @@ def test_a_full_command_queue_keeps_the_endpoint_commands_in_order(lab: Lab) -> 
              20, what="limits 8")
     output = daemon.output()
     assert "Command queue full" in output  # the churn did overflow it
+    assert "its addition had not left; dropped." in output
     for wrong in ("Unable to advertise", "resource busy", "address not found"):
         assert wrong not in output, output
     assert daemon.stop() == 0

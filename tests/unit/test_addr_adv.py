@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from mptcpd.errors import KernelError, QueueFull
+from mptcpd.errors import KernelError, NotReady, QueueFull
 from mptcpd.plugins.loader import load_plugins
 from mptcpd.plugins.registry import PluginRegistry
 from mptcpd.pm.id_manager import IdManager
@@ -891,3 +891,53 @@ async def test_limits_refused_by_a_full_queue_are_sent_again(
     pm.futures["set_limits"][-1].set_exception(QueueFull())
     await asyncio.sleep(0.03)
     assert pm.commands()[-1] == ("set_limits", ([(1, 2), (0, 0)],))
+
+
+async def test_addresses_that_come_and_go_while_the_queue_is_full_leave_nothing(
+        plugin: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An address churn while the daemon's queue refuses commands: each
+    addition still waiting in the backlog when its address goes is taken
+    out, and no removal is made for it.  The backlog does not grow with the
+    churn; once the queue takes commands again only the lasting address and
+    the latest limits go out, and the churned addresses' IDs are free."""
+    monkeypatch.setattr(plugin, "RETRY_DELAY", 3600)  # sent by hand below
+    pm = FakePM()
+    await started(plugin, pm)
+    plugin.new_local_address(IF3, A2, pm)
+    await answer(pm, "add")
+    await answer(pm, "set_limits")
+    pm.full = True
+    plugin.new_local_address(IF2, A1, pm)  # lasts
+    for i in range(200):
+        addr = SockAddr(ipaddress.ip_address(f"203.0.113.{i % 250 + 1}"))
+        plugin.new_local_address(IF2, addr, pm)
+        plugin.delete_local_address(IF2, addr, pm)
+        assert len(plugin._advertiser.backlog) <= 3
+    assert pm.id_manager.lookup(SockAddr(ipaddress.ip_address("203.0.113.1"))) == 0
+    pm.full = False
+    sent = len(pm.calls)
+    plugin._advertiser._send_backlog(pm)
+    assert pm.calls[sent:] == [("set_limits", ([(1, 4), (0, 0)],)), ("add", (A1, 2, 0, 2))]
+    assert not plugin._advertiser.backlog
+    await answer(pm, "add")
+    assert says(plugin) == {A2: 1, A1: 2}
+    assert not plugin._advertiser.retiring
+
+
+async def test_an_addition_whose_fate_is_unknown_is_removed_after_all(
+        plugin: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An addition that failed with NotReady may have reached the kernel:
+    waiting in the backlog, it is not cancelled by the removal, which
+    follows it."""
+    monkeypatch.setattr(plugin, "RETRY_DELAY", 3600)
+    pm = FakePM()
+    await started(plugin, pm)
+    await answer(pm, "set_limits")
+    plugin.new_local_address(IF2, A1, pm)
+    pm.futures["add"][-1].set_exception(NotReady("mptcpd_pm_add_addr"))
+    await asyncio.sleep(0)
+    assert plugin._advertiser.backlog
+    plugin.delete_local_address(IF2, A1, pm)
+    sent = len(pm.calls)
+    plugin._advertiser._send_backlog(pm)
+    assert [c[0] for c in pm.calls[sent:] if c[0] != "set_limits"] == ["add", "remove"]
