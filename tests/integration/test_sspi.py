@@ -18,6 +18,7 @@ import json
 import re
 import shutil
 import signal
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -644,4 +645,48 @@ def test_a_pending_subflow_whose_failure_was_lost_is_tried_again(
     assert json.loads(held.output())["info"]["subflows"] == 1
     assert f"of connection {token:08x}, created by its plugin, ended while events " \
         "were lost." in daemon.output()
+    assert daemon.stop() == 0
+
+
+@pytest.mark.lab(links=2, path_manager="userspace")
+def test_a_connection_adopted_before_its_first_data_waits_for_its_established(
+        lab: Lab, tmp_path: Path) -> None:
+    """A client connection whose CREATED was lost (the daemon frozen, a flood
+    filling its event socket) is adopted by the resync before it has sent
+    data: its socket is established (the handshake), the connection is not
+    (the kernel's ESTABLISHED comes with the first data exchange, and it
+    refuses subflows before: ENOTCONN).  It is adopted without
+    connection_established, which its own ESTABLISHED brings once data
+    flows, and sspi then opens its subflow, at the first try.  Before, the
+    resync gave connection_established at once: sspi's subflow was refused
+    (``Transport endpoint is not connected``) and tried again a second later."""
+    daemon = start_sspi(lab, tmp_path)
+    start_server(lab)
+    lab.python(lab.server, "-m", "tests.lab.traffic", "sink", "--port", "5300",
+               "--duration", "60", name="sink").wait_output("listening")
+    server = str(lab.links[0].server4)
+    go = tmp_path / "go"
+    daemon.send_signal(signal.SIGSTOP)
+    try:
+        flooders = [lab.python(lab.client, "-m", "tests.lab.traffic", "flood", server,
+                               "5300", "--seconds", "3", name="flooder") for _ in range(2)]
+        assert all(f.wait(30) == 0 for f in flooders)
+        held = lab.python(lab.client, "-m", "tests.lab.traffic", "client", server, str(PORT),
+                          "--hold", "8", "--start-after", str(go), "--timeout", "30",
+                          name="held")
+        (token,) = wait_tokens(lab, 1)
+    finally:
+        daemon.send_signal(signal.SIGCONT)
+    daemon.wait_output(rf"Connection {token:08x} was created while events were lost; "
+                       r'adopted by "sspi"\.', timeout=30)
+    time.sleep(0.5)  # what a premature connection_established would have done, done
+    assert one_per_interface(lab, {token}) is None
+    go.touch()
+    wait_for(lambda: one_per_interface(lab, {token}), timeout=10,
+             what="the adopted connection's subflow")
+    assert held.wait(40) == 0
+    assert json.loads(held.output())["info"]["subflows"] == 1
+    output = daemon.output()
+    assert "Transport endpoint is not connected" not in output
+    assert mib(lab, lab.client)["MPTcpExtMPJoinSynTx"] == 1
     assert daemon.stop() == 0

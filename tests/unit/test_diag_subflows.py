@@ -147,6 +147,36 @@ def test_captured_initial_subflows() -> None:
     assert server.laddr.port == 5201 and server.raddr.port == client.laddr.port
 
 
+def test_the_captured_initial_subflows_are_fully_established() -> None:
+    """Both captures were taken after the traffic client's data exchange."""
+    assert all(sf.fully_established for name in ("client", "server")
+               for sf in subflows(CAPTURED[name]))
+
+
+def test_a_connection_is_fully_established_as_its_initial_subflow_says() -> None:
+    """The connection state, established from the TCP handshake on, is not
+    what the ESTABLISHED event means: a client's connection is fully
+    established once data was exchanged, which its initial subflow's flag
+    tells (a capture before data: 0x83; after: 0xc3)."""
+    local, remote = (SockAddr(ipaddress.ip_address("192.0.2.1"), 40000),
+                     SockAddr(ipaddress.ip_address("192.0.2.2"), 5201))
+
+    def conn(token: int, state: int = 1) -> diag.MptcpConnection:
+        return diag.MptcpConnection(token=token, laddr=local, raddr=remote, state=state,
+                                    established=state == 1)
+
+    def sf(token: int, flags: int) -> MptcpSubflow:
+        return MptcpSubflow(token=token, laddr=local, raddr=remote, state=1, flags=flags)
+
+    connections = [conn(1), conn(2), conn(3), conn(4), conn(5, state=2)]
+    listed = [sf(1, 0x83),                # a client before its first data
+              sf(2, 0xC3),                # after
+              sf(3, JOIN | 0xC0),         # its initial subflow gone, a join left
+              sf(5, 0x83)]                # still in its handshake
+    assert diag.fully_established(connections, listed) == {2, 3, 4}
+    assert diag.fully_established(connections, None) == {1, 2, 3, 4}
+
+
 def test_a_joined_backup_subflow() -> None:
     (sf,) = subflows(BUILT["joined backup, ipv4, bound"])
     assert sf == MptcpSubflow(

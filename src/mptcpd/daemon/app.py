@@ -50,6 +50,7 @@ from mptcpd.errors import KernelError, NotReady
 from mptcpd.netlink.diag import (
     MptcpConnection,
     MptcpSubflow,
+    fully_established,
     list_mptcp_connections,
     list_mptcp_subflows,
 )
@@ -583,9 +584,13 @@ class Daemon:
         # one listed with token 0: the kernel lists that for a connection
         # whose token is not set yet or already released (seen under a
         # connection flood: SYN_SENT from 0.0.0.0, and CLOSE), and no
-        # event carries it.
+        # event carries it.  Established means what the kernel's
+        # ESTABLISHED means: a client connection's socket is established
+        # from its handshake on, the connection only once data was
+        # exchanged (before, the kernel refuses subflows: ENOTCONN).
+        established = fully_established(connections, subflows)
         self.dispatcher.reconcile({
-            c.token: (c.laddr, c.raddr, c.server_side, c.established)
+            c.token: (c.laddr, c.raddr, c.server_side, c.token in established)
             for c in connections if not c.fallback and c.token
         }, at_startup=at_startup, subflows=subflows, closing=closing)
         if at_startup:

@@ -313,7 +313,8 @@ class Dispatcher:
         """Bring the token bindings in line with the connections that exist.
 
         ``live`` maps each live connection's token to ``(laddr, raddr,
-        server_side, established)`` (from sock_diag).  Called after a
+        server_side, established)`` (from sock_diag; established as the
+        kernel's ESTABLISHED means it: :func:`~mptcpd.netlink.diag.fully_established`).  Called after a
         receive overrun lost events: a bound connection that no longer
         exists gets the ``connection_closed`` it missed; a live one that is
         not bound is adopted by the default path manager, which gets the

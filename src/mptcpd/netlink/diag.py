@@ -53,7 +53,7 @@ import os
 import socket
 import struct
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
 from mptcpd.netlink import nla
@@ -77,6 +77,7 @@ __all__ = [
     "decode_datagram",
     "decode_mptcp_info",
     "dump_family",
+    "fully_established",
     "list_mptcp_connections",
     "list_mptcp_subflows",
     "parse_datagram",
@@ -250,6 +251,33 @@ class MptcpSubflow:
     @property
     def established(self) -> bool:
         return self.state == TCP_ESTABLISHED
+
+    @property
+    def fully_established(self) -> bool:
+        """MPTCP-level established (``MPTCP_SUBFLOW_FLAG_FULLY_ESTABLISHED``):
+        for a connection's initial subflow, what the kernel's ESTABLISHED
+        event reports; a client's comes with its first data exchange, after
+        the TCP handshake."""
+        return bool(self.flags & MPTCP_SUBFLOW_FLAG_FULLY_ESTABLISHED)
+
+
+def fully_established(connections: Iterable[MptcpConnection],
+                      subflows: Iterable[MptcpSubflow] | None) -> set[int]:
+    """The tokens of ``connections`` that are fully established, as the
+    kernel's ESTABLISHED event means it: the MPTCP socket is in
+    ``TCP_ESTABLISHED`` (:attr:`MptcpConnection.established`, which a client
+    connection reaches with its TCP handshake) and, from the ``subflows``
+    listing, its initial subflow is :attr:`~MptcpSubflow.fully_established`
+    (a client's, once data was exchanged).  When it is not listed (gone,
+    joins remaining: a join needs a fully established connection; or none
+    of its subflows listed), or without a listing, the socket state alone
+    decides."""
+    initial: dict[int, bool] = {}  # token -> its initial subflow's flag
+    for sf in subflows or ():
+        if sf.initial:
+            initial[sf.token] = initial.get(sf.token, False) or sf.fully_established
+    return {c.token for c in connections
+            if c.established and (subflows is None or initial.get(c.token, True))}
 
 
 @dataclasses.dataclass(slots=True)
