@@ -820,19 +820,27 @@ async def test_a_change_costs_the_same_however_many_endpoints_are_retiring(
     assert says(plugin) == {}
 
 
-async def test_a_refused_removal_holds_back_the_addition_that_reuses_its_id(
-        plugin: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Once the daemon's queue refuses a command, the later ones wait behind
-    it and all leave in their order: the kernel removes endpoint 1 before it
-    is asked for the new address that took ID 1 (the other way round it
-    refuses the addition with EBUSY, the ID being in use)."""
-    monkeypatch.setattr(plugin, "RETRY_DELAY", 0.01)
+async def a2_then_a_full_queue(plugin: Any, monkeypatch: pytest.MonkeyPatch,
+                               retry_delay: float) -> FakePM:
+    """A2's endpoint (ID 1) and the limits answered; then the daemon's queue
+    refuses every command, and the backlog is retried after ``retry_delay``."""
+    monkeypatch.setattr(plugin, "RETRY_DELAY", retry_delay)
     pm = FakePM()
     await started(plugin, pm)
     plugin.new_local_address(IF3, A2, pm)
     await answer(pm, "add")
     await answer(pm, "set_limits")
     pm.full = True
+    return pm
+
+
+async def test_a_refused_removal_holds_back_the_addition_that_reuses_its_id(
+        plugin: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once the daemon's queue refuses a command, the later ones wait behind
+    it and all leave in their order: the kernel removes endpoint 1 before it
+    is asked for the new address that took ID 1 (the other way round it
+    refuses the addition with EBUSY, the ID being in use)."""
+    pm = await a2_then_a_full_queue(plugin, monkeypatch, retry_delay=0.01)
     plugin.delete_local_address(IF3, A2, pm)  # ID 1 free again at once, as in C
     assert pm.refused == [("set_limits", ([(1, 2), (0, 0)],))]
     pm.full = False  # room again, before the retry
@@ -900,13 +908,7 @@ async def test_addresses_that_come_and_go_while_the_queue_is_full_leave_nothing(
     out, and no removal is made for it.  The backlog does not grow with the
     churn; once the queue takes commands again only the lasting address and
     the latest limits go out, and the churned addresses' IDs are free."""
-    monkeypatch.setattr(plugin, "RETRY_DELAY", 3600)  # sent by hand below
-    pm = FakePM()
-    await started(plugin, pm)
-    plugin.new_local_address(IF3, A2, pm)
-    await answer(pm, "add")
-    await answer(pm, "set_limits")
-    pm.full = True
+    pm = await a2_then_a_full_queue(plugin, monkeypatch, retry_delay=3600)  # sent by hand
     plugin.new_local_address(IF2, A1, pm)  # lasts
     for i in range(200):
         addr = SockAddr(ipaddress.ip_address(f"203.0.113.{i % 250 + 1}"))
