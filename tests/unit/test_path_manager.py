@@ -264,9 +264,9 @@ async def test_an_ignored_failed_future_is_not_reported_as_unretrieved(
 
 
 async def test_the_observer_is_told_of_each_subflow_creation_queued() -> None:
-    """The daemon's dispatcher follows each creation to its subflow event
-    (to tell a plugin of one whose failure was lost): it is told of every
-    creation queued, with the channel's future, and of nothing else."""
+    """The daemon's dispatcher follows each creation (to tell a plugin of
+    one whose failure was lost in an overrun): it is told of every creation
+    queued, with the channel's future, and of nothing else."""
     pm, kernel, _ = manager()
     seen: list[tuple[Any, ...]] = []
     pm.observe_creations(lambda *args: seen.append(args))

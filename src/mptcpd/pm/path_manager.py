@@ -47,7 +47,8 @@ class Commands(Protocol):
 
 
 #: Told of each subflow creation queued: ``(token, laddr, raddr, local_id,
-#: remote_id, future)`` (the daemon's dispatcher follows it to its subflow).
+#: remote_id, future)`` (the daemon's dispatcher, which follows it: see
+#: :meth:`mptcpd.daemon.dispatch.Dispatcher.subflow_creation`).
 CreationObserver = Callable[[int, SockAddr, SockAddr, int, int, "asyncio.Future[Any]"], None]
 
 
