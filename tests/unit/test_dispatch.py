@@ -600,3 +600,19 @@ def test_a_subflow_tried_again_on_a_path_reported_closed_is_news(
     recording.CALLS.clear()
     d.dispatch(ev.SubflowClosed(TOKEN1, SUB_L1, RADDR, False))
     assert subflow_calls() == [("subflow_closed", TOKEN1, SUB_L1, False)]
+
+
+def test_a_subflow_on_a_path_whose_creation_was_reported_closed_is_news(
+        tmp_path: Path, loop: asyncio.AbstractEventLoop) -> None:
+    """A creation reported closed whose own SUB_CLOSED never comes; a
+    subflow on that path comes from elsewhere (the peer's join, another
+    tool), and closes: its SUB_CLOSED reaches the plugin."""
+    d = dispatcher(load(fixture_dir(tmp_path, "priority")))
+    d.dispatch(ev.ConnectionCreated(TOKEN1, LADDR, RADDR))
+    create(d, TOKEN1, RADDR, loop)
+    d.begin_reconcile()
+    d.reconcile(LIVE1, subflows=[])
+    d.dispatch(ev.SubflowEstablished(TOKEN1, SUB_L2, RADDR, False))
+    recording.CALLS.clear()
+    d.dispatch(ev.SubflowClosed(TOKEN1, SUB_L2, RADDR, False))
+    assert subflow_calls() == [("subflow_closed", TOKEN1, SUB_L2, False)]

@@ -267,10 +267,11 @@ class Dispatcher:
         SUB_ESTABLISHED): a close a reconciliation reported there is no
         longer waited for; the next SUB_CLOSED there is this one's."""
         closed = self._reported_closed[token]
-        if key in closed:
-            closed.remove(key)
-            if not closed:
-                del self._reported_closed[token]
+        for k in (key, (SockAddr(key[0].ip), key[1])):
+            if k in closed:
+                closed.remove(k)
+        if not closed:
+            del self._reported_closed[token]
 
     def creations(self, token: int) -> list[tuple[SockAddr, SockAddr]]:
         """The subflows of a bound connection its plugin asked for, and not
