@@ -576,43 +576,29 @@ def test_creations_on_one_path_are_counted_against_its_listed_subflows(
     assert len(d.creations(TOKEN1)) == 1
 
 
-def test_a_subflow_tried_again_on_a_path_reported_closed_is_news(
-        tmp_path: Path, loop: asyncio.AbstractEventLoop) -> None:
-    """The reconciliation reported a creation closed, and its own SUB_CLOSED
-    was lost for good: the plugin tries the path again, and the failure of
-    that attempt reaches it (it is not taken for the lost one)."""
+@pytest.mark.parametrize("again", ["created", "established", "same ports"])
+def test_a_subflow_started_again_on_a_path_reported_closed_is_news(
+        tmp_path: Path, loop: asyncio.AbstractEventLoop, again: str) -> None:
+    """The reconciliation reported a subflow closed, and its own SUB_CLOSED
+    was lost for good.  A subflow that starts on that path again (the
+    plugin's next creation there, one established from elsewhere: the
+    peer's join, another tool; or, for a subflow the plugin was told of,
+    one on the same addresses and ports) and closes: its SUB_CLOSED reaches
+    the plugin (it is not taken for the lost one)."""
     d = dispatcher(load(fixture_dir(tmp_path, "priority")))
     d.dispatch(ev.ConnectionCreated(TOKEN1, LADDR, RADDR))
-    create(d, TOKEN1, RADDR, loop)
+    if again == "same ports":
+        d.dispatch(ev.SubflowEstablished(TOKEN1, SUB_L1, RADDR, False))
+    else:
+        create(d, TOKEN1, RADDR, loop)
     d.begin_reconcile()
     d.reconcile(LIVE1, subflows=[])
+    closing = SUB_L1 if again == "same ports" else SUB_L2
+    if again == "created":
+        create(d, TOKEN1, RADDR, loop)
+    else:
+        d.dispatch(ev.SubflowEstablished(TOKEN1, closing, RADDR, False))
     recording.CALLS.clear()
-    create(d, TOKEN1, RADDR, loop)
-    d.dispatch(ev.SubflowClosed(TOKEN1, SUB_L2, RADDR, False, error=111))
-    assert subflow_calls() == [("subflow_closed", TOKEN1, SUB_L2, False)]
+    d.dispatch(ev.SubflowClosed(TOKEN1, closing, RADDR, False, error=111))
+    assert subflow_calls() == [("subflow_closed", TOKEN1, closing, False)]
     assert d.creations(TOKEN1) == []
-    # The same for a subflow the plugin was told of, started again on the
-    # same addresses and ports.
-    d.dispatch(ev.SubflowEstablished(TOKEN1, SUB_L1, RADDR, False))
-    d.begin_reconcile()
-    d.reconcile(LIVE1, subflows=[])
-    d.dispatch(ev.SubflowEstablished(TOKEN1, SUB_L1, RADDR, False))
-    recording.CALLS.clear()
-    d.dispatch(ev.SubflowClosed(TOKEN1, SUB_L1, RADDR, False))
-    assert subflow_calls() == [("subflow_closed", TOKEN1, SUB_L1, False)]
-
-
-def test_a_subflow_on_a_path_whose_creation_was_reported_closed_is_news(
-        tmp_path: Path, loop: asyncio.AbstractEventLoop) -> None:
-    """A creation reported closed whose own SUB_CLOSED never comes; a
-    subflow on that path comes from elsewhere (the peer's join, another
-    tool), and closes: its SUB_CLOSED reaches the plugin."""
-    d = dispatcher(load(fixture_dir(tmp_path, "priority")))
-    d.dispatch(ev.ConnectionCreated(TOKEN1, LADDR, RADDR))
-    create(d, TOKEN1, RADDR, loop)
-    d.begin_reconcile()
-    d.reconcile(LIVE1, subflows=[])
-    d.dispatch(ev.SubflowEstablished(TOKEN1, SUB_L2, RADDR, False))
-    recording.CALLS.clear()
-    d.dispatch(ev.SubflowClosed(TOKEN1, SUB_L2, RADDR, False))
-    assert subflow_calls() == [("subflow_closed", TOKEN1, SUB_L2, False)]

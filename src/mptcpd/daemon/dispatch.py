@@ -195,7 +195,7 @@ class Dispatcher:
             return
         known[key] = event
         if event.token in self._reported_closed:
-            self._path_again(event.token, key)
+            self._unreport(event.token, key, every=True)
         if self._recent_subflows is not None:
             self._recent_subflows.add(event.token)
         self.registry.call_event(plugin, event, self.pm)
@@ -206,7 +206,7 @@ class Dispatcher:
             log.error("Unable to match token to plugin.")
             return
         key = (event.laddr.unmapped(), event.raddr.unmapped())
-        if event.token in self._reported_closed and self._reported_already(event.token, key):
+        if event.token in self._reported_closed and self._unreport(event.token, key, False):
             log.debug("Subflow %s -> %s of connection %08x: its close was reported "
                       "already.", event.laddr, event.raddr, event.token)
             return
@@ -231,7 +231,7 @@ class Dispatcher:
         if token not in self._bindings or future.done():
             return  # not a connection the daemon dispatches, or refused at once
         if token in self._reported_closed:
-            self._path_again(token, (SockAddr(laddr.unmapped().ip), raddr.unmapped()))
+            self._unreport(token, (SockAddr(laddr.unmapped().ip), raddr.unmapped()), every=True)
         creations = self._creating.get(token)
         if creations is None:
             self._creating[token] = [(laddr, raddr, loc_id, rem_id, future)]
@@ -250,28 +250,24 @@ class Dispatcher:
         if not creations:
             del self._creating[token]
 
-    def _reported_already(self, token: int, key: _Key) -> bool:
-        """Whether a reconciliation reported the subflow ``key`` of
-        ``token`` closed (forgotten once asked)."""
+    def _unreport(self, token: int, key: _Key, every: bool) -> bool:
+        """Stop waiting for the SUB_CLOSED of subflow ``key`` of ``token``
+        whose close a reconciliation reported (or of a creation on its path:
+        local port 0); the first one found, or ``every`` one.  Whether there
+        was one.  A SUB_CLOSED asks for the first (it is that one, read
+        late); a subflow starting on the path for every one (the next
+        SUB_CLOSED there is its own)."""
         closed = self._reported_closed[token]
+        found = False
         for k in (key, (SockAddr(key[0].ip), key[1])):
             if k in closed:
                 closed.remove(k)
-                if not closed:
-                    del self._reported_closed[token]
-                return True
-        return False
-
-    def _path_again(self, token: int, key: _Key) -> None:
-        """A subflow starts on the path ``key`` of ``token`` (a creation, a
-        SUB_ESTABLISHED): a close a reconciliation reported there is no
-        longer waited for; the next SUB_CLOSED there is this one's."""
-        closed = self._reported_closed[token]
-        for k in (key, (SockAddr(key[0].ip), key[1])):
-            if k in closed:
-                closed.remove(k)
+                found = True
+                if not every:
+                    break
         if not closed:
             del self._reported_closed[token]
+        return found
 
     def creations(self, token: int) -> list[tuple[SockAddr, SockAddr]]:
         """The subflows of a bound connection its plugin asked for, and not
@@ -315,7 +311,8 @@ class Dispatcher:
 
         ``live`` maps each live connection's token to ``(laddr, raddr,
         server_side, established)`` (from sock_diag; established as the
-        kernel's ESTABLISHED means it: :func:`~mptcpd.netlink.diag.fully_established`).  Called after a
+        kernel's ESTABLISHED means it, see
+        :func:`~mptcpd.netlink.diag.fully_established`).  Called after a
         receive overrun lost events: a bound connection that no longer
         exists gets the ``connection_closed`` it missed; a live one that is
         not bound is adopted by the default path manager, which gets the
