@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 from collections import defaultdict
 from pathlib import Path
 
@@ -270,3 +271,45 @@ def test_a_join_reset_by_the_peer_is_re_created(lab: Lab, tmp_path: Path) -> Non
     (again,) = after[token][(str(second.client4), str(lab.links[0].server4))]
     assert again.lport != join.lport
     assert error_lines(daemon) == []
+
+
+@pytest.mark.lab(links=2, path_manager="userspace")
+def test_a_connection_adopted_after_lost_events_takes_its_peers_announcements(
+        lab: Lab, tmp_path: Path) -> None:
+    """The daemon is frozen while a flood of connections fills its event
+    socket; a connection opened then is established and the peer announces
+    its second address to it: all its events are lost.  The kernel keeps no
+    list of a peer's announcements for the userspace PM, so the resync that
+    adopts it cannot find that address; fullmesh gets the address the same
+    peer announced on the connection opened before, and the adopted
+    connection gets its whole mesh.  Before, it had the subflow to the
+    peer's initial address only."""
+    daemon = start_plugin(lab, tmp_path, "fullmesh")
+    start_server(lab, 2)
+    lab.python(lab.server, "-m", "tests.lab.traffic", "sink", "--port", "5300",
+               "--duration", "60", name="sink").wait_output("listening")
+    full = mesh(lab, [1, 2])
+    start_clients(lab, 1, 0, hold=30)
+    (first,) = wait_tokens(lab, 1)
+    wait_mesh(lab, {first}, full)
+    server = str(lab.links[0].server4)
+    daemon.send_signal(signal.SIGSTOP)
+    try:
+        flooders = [lab.python(lab.client, "-m", "tests.lab.traffic", "flood", server,
+                               "5300", "--seconds", "3", name="flooder") for _ in range(2)]
+        assert all(f.wait(30) == 0 for f in flooders)
+        announced = mib(lab, lab.client).get("MPTcpExtAddAddr", 0)
+        start_clients(lab, 1, 0, hold=30)
+        (second,) = wait_tokens(lab, 2) - {first}
+        # The peer's ADD_ADDR to it has come: its ANNOUNCED is lost.
+        wait_for(lambda: mib(lab, lab.client).get("MPTcpExtAddAddr", 0) > announced, 10,
+                 what="the second address announced to the new connection")
+    finally:
+        daemon.send_signal(signal.SIGCONT)
+    daemon.wait_output(rf"Connection {second:08x} was created while events were lost; "
+                       r'adopted by "fullmesh"\.', timeout=30)
+    wait_mesh(lab, {first, second}, full)
+    assert f"Connection {second:08x}: the addresses its peer {server}:{PORT} announced on " \
+        f"its other connections are taken as announced to it too: " \
+        f"{lab.links[1].server4}:{PORT} (id 1)." in daemon.output()
+    assert daemon.stop() == 0

@@ -285,6 +285,126 @@ def test_reconcile_leaves_a_vanished_connection_to_its_waiting_close(
     assert "Unable to match token to plugin." not in caplog.text
 
 
+# -- announcements of adopted connections -------------------------------------------
+
+PEER_ADDR2 = SockAddr(ipaddress.ip_address("203.0.113.2"))
+PEER_ADDR3 = SockAddr(ipaddress.ip_address("203.0.113.3"), 8080)
+OTHER_PEER = SockAddr(RADDR.ip, RADDR.port + 1)  # the same host, another service
+
+
+def address_calls() -> list[tuple[str, object, object, object]]:
+    return [(hook, args["token"], args["addr_id"], args.get("addr"))
+            for _, hook, args in recording.CALLS if "address" in hook]
+
+
+def test_an_adopted_connection_gets_what_its_peer_announced_on_its_other_connections(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Its own ANNOUNCED were lost with its CREATED: the plugin gets, before
+    connection_established, the addresses its peer (the initial subflow's
+    remote address and port) announced and has not removed on the live
+    connections, the latest per ID, and nothing from another peer."""
+    caplog.set_level(logging.INFO)
+    d = dispatcher(load(fixture_dir(tmp_path, "priority")))
+    for token, raddr in ((TOKEN1, RADDR), (TOKEN2, OTHER_PEER)):
+        d.dispatch(ev.ConnectionCreated(token, LADDR, raddr))
+    d.dispatch(ev.AddressAnnounced(TOKEN1, 2, PEER_ADDR2))
+    d.dispatch(ev.AddressAnnounced(TOKEN1, 5, RADDR6))
+    d.dispatch(ev.AddressRemoved(TOKEN1, 5))
+    d.dispatch(ev.AddressAnnounced(TOKEN1, 3, PEER_ADDR3))
+    d.dispatch(ev.AddressAnnounced(TOKEN2, 4, RADDR6))
+    assert d.announced(TOKEN1) == {2: PEER_ADDR2, 3: PEER_ADDR3}
+    recording.CALLS.clear()
+    d.begin_reconcile()
+    d.reconcile({TOKEN1: (LADDR, RADDR, False, True), TOKEN2: (LADDR, OTHER_PEER, False, True),
+                 TOKEN3: (LADDR, RADDR, False, True)})
+    assert [(hook, args.get("token")) for _, hook, args in recording.CALLS] == [
+        ("connection_established", TOKEN1), ("connection_established", TOKEN2),
+        ("new_connection", TOKEN3), ("new_address", TOKEN3), ("new_address", TOKEN3),
+        ("connection_established", TOKEN3)]
+    assert address_calls() == [("new_address", TOKEN3, 2, PEER_ADDR2),
+                               ("new_address", TOKEN3, 3, PEER_ADDR3)]
+    assert d.announced(TOKEN3) == {2: PEER_ADDR2, 3: PEER_ADDR3}
+    assert f"Connection {TOKEN3:08x}: the addresses its peer {RADDR} announced on its " \
+        f"other connections are taken as announced to it too: {PEER_ADDR2} (id 2), " \
+        f"{PEER_ADDR3} (id 3)." in caplog.text
+
+
+def test_announcements_of_closed_connections_and_mapped_peers(tmp_path: Path) -> None:
+    """What a closed connection's peer announced is forgotten with it; a
+    peer seen as IPv4-mapped IPv6 on one connection is the same peer."""
+    mapped = SockAddr(ipaddress.ip_address(f"::ffff:{RADDR.ip}"), RADDR.port)
+    d = dispatcher(load(fixture_dir(tmp_path, "priority")))
+    d.dispatch(ev.ConnectionCreated(TOKEN1, LADDR, RADDR))
+    d.dispatch(ev.AddressAnnounced(TOKEN1, 2, PEER_ADDR2))
+    d.dispatch(ev.ConnectionClosed(TOKEN1))
+    recording.CALLS.clear()
+    d.reconcile({TOKEN3: (LADDR, RADDR, False, True)})
+    assert address_calls() == []
+    assert d.announced(TOKEN1) == {}
+    d.dispatch(ev.ConnectionCreated(TOKEN1, LADDR, mapped))
+    d.dispatch(ev.AddressAnnounced(TOKEN1, 2, PEER_ADDR2))
+    recording.CALLS.clear()
+    d.reconcile({TOKEN1: (LADDR, mapped, False, True), TOKEN2: (LADDR, RADDR, False, True),
+                 TOKEN3: (LADDR, RADDR, False, True)})
+    assert address_calls() == [("new_address", TOKEN2, 2, PEER_ADDR2)]
+
+
+def test_an_assumed_announcement_read_late_is_not_dispatched_again(tmp_path: Path) -> None:
+    """The adopted connection's own ANNOUNCED, still unread when the listing
+    was taken, arrives after the adoption gave it: not dispatched again,
+    once.  A different address under that ID, a later announcement of it
+    again, and one after its removal are news."""
+    d = dispatcher(load(fixture_dir(tmp_path, "priority")))
+    d.dispatch(ev.ConnectionCreated(TOKEN1, LADDR, RADDR))
+    d.dispatch(ev.AddressAnnounced(TOKEN1, 2, PEER_ADDR2))
+    d.dispatch(ev.AddressAnnounced(TOKEN1, 3, PEER_ADDR3))
+    d.begin_reconcile()
+    d.reconcile({TOKEN1: (LADDR, RADDR, False, False), TOKEN2: (LADDR, RADDR, False, False)})
+    recording.CALLS.clear()
+    d.dispatch(ev.ConnectionCreated(TOKEN2, LADDR, RADDR))  # read late: skipped too
+    d.dispatch(ev.AddressAnnounced(TOKEN2, 2, PEER_ADDR2))
+    d.dispatch(ev.AddressAnnounced(TOKEN2, 2, PEER_ADDR2))
+    d.dispatch(ev.AddressAnnounced(TOKEN2, 3, RADDR6))
+    d.dispatch(ev.AddressRemoved(TOKEN2, 3))
+    d.dispatch(ev.AddressAnnounced(TOKEN2, 3, PEER_ADDR3))
+    assert address_calls() == [("new_address", TOKEN2, 2, PEER_ADDR2),
+                               ("new_address", TOKEN2, 3, RADDR6),
+                               ("address_removed", TOKEN2, 3, None),
+                               ("new_address", TOKEN2, 3, PEER_ADDR3)]
+
+
+def test_an_adopted_connection_follows_what_its_peer_announces_elsewhere_later(
+        tmp_path: Path) -> None:
+    """Adopted when nothing was known of its peer (at startup here), a
+    connection takes what the peer announces on another connection later,
+    and its removal there, for the addresses it has not had its own
+    ANNOUNCED of; another peer's announcements are not taken, and a closed
+    connection takes nothing more."""
+    d = dispatcher(load(fixture_dir(tmp_path, "priority")))
+    d.reconcile({TOKEN2: (LADDR, RADDR, False, True), TOKEN3: (LADDR, OTHER_PEER, False, True)},
+                at_startup=True)
+    d.dispatch(ev.ConnectionCreated(TOKEN1, LADDR, RADDR))
+    recording.CALLS.clear()
+    d.dispatch(ev.AddressAnnounced(TOKEN1, 2, PEER_ADDR2))
+    d.dispatch(ev.AddressAnnounced(TOKEN2, 3, PEER_ADDR3))  # its own
+    d.dispatch(ev.AddressAnnounced(TOKEN1, 3, PEER_ADDR3))
+    assert address_calls() == [("new_address", TOKEN1, 2, PEER_ADDR2),
+                               ("new_address", TOKEN2, 2, PEER_ADDR2),
+                               ("new_address", TOKEN2, 3, PEER_ADDR3),
+                               ("new_address", TOKEN1, 3, PEER_ADDR3)]
+    recording.CALLS.clear()
+    d.dispatch(ev.AddressRemoved(TOKEN1, 3))  # TOKEN2 had its own: left to it
+    d.dispatch(ev.AddressRemoved(TOKEN1, 2))
+    assert address_calls() == [("address_removed", TOKEN1, 3, None),
+                               ("address_removed", TOKEN1, 2, None),
+                               ("address_removed", TOKEN2, 2, None)]
+    assert d.announced(TOKEN2) == {3: PEER_ADDR3}
+    d.dispatch(ev.ConnectionClosed(TOKEN2))
+    recording.CALLS.clear()
+    d.dispatch(ev.AddressAnnounced(TOKEN1, 2, PEER_ADDR2))
+    assert address_calls() == [("new_address", TOKEN1, 2, PEER_ADDR2)]
+
+
 # -- subflows reconciled ----------------------------------------------------------
 
 SUB_L1 = SockAddr(ipaddress.ip_address("198.51.100.1"), 40001)

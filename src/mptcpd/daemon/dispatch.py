@@ -18,6 +18,16 @@
   ``subflow_closed`` it missed.  A subflow event that a reconciliation has
   reported already, and that was only waiting to be read, is not
   dispatched again.
+* So are the addresses each bound connection's peer announced (until it
+  removes them, or the connection closes).  A connection adopted after lost
+  events (or at startup) has lost its own announcements (the kernel keeps
+  no list of a peer's announcements for the userspace PM): its plugin gets
+  the ``new_address`` of each address its peer (the remote address and
+  port of the initial subflow) announced on its other live connections,
+  at its adoption and whenever the peer announces one there later, and
+  the ``address_removed`` of such an address when the peer removes it
+  there: the best knowledge there is.  Its own ANNOUNCED of one of them,
+  if read later, is not dispatched again.
 * Network-monitor events (:data:`~mptcpd.events.NetworkEvent`) go to every
   plugin, in priority order.
 
@@ -104,12 +114,25 @@ class Dispatcher:
         #: SUB_CLOSED may still be read (a creation's key has local port 0);
         #: until it is, or a subflow starts on that path again.
         self._reported_closed: dict[int, list[_Key]] = {}
+        #: token -> the remote address of its initial subflow (its peer).
+        self._peers: dict[int, SockAddr] = {}
+        #: token -> address ID -> address, as its peer announced them (or,
+        #: for an adopted connection, as its peer announced them elsewhere).
+        self._announced: dict[int, dict[int, SockAddr]] = {}
+        #: Peer -> the adopted connections to it, whose own announcements
+        #: were lost: they take those the peer makes on other connections.
+        self._orphans: dict[SockAddr, set[int]] = {}
+        #: token -> the IDs of the addresses an adopted connection took from
+        #: its peer's other connections, and has not had its own ANNOUNCED of.
+        self._assumed: dict[int, set[int]] = {}
         self._handlers: dict[type, Callable[[Any], None]] = {
             ev.ConnectionCreated: self._created,
             ev.ConnectionEstablished: self._established,
             ev.ConnectionClosed: self._closed,
             ev.SubflowEstablished: self._subflow_established,
             ev.SubflowClosed: self._subflow_closed,
+            ev.AddressAnnounced: self._address_announced,
+            ev.AddressRemoved: self._address_removed,
             ev.ListenerCreated: self._listener,
             ev.ListenerClosed: self._listener,
         }
@@ -145,6 +168,7 @@ class Dispatcher:
             self._adopted.discard(event.token)
             return
         self._bindings[event.token] = plugin
+        self._peers[event.token] = event.raddr
         self._unestablished.add(event.token)
         if self._recent is not None:
             self._recent.add(event.token)
@@ -169,6 +193,16 @@ class Dispatcher:
             self.registry.call_event(plugin, event, self.pm)
         finally:
             del self._bindings[event.token]
+            peer = self._peers.pop(event.token)
+            if self._announced:
+                self._announced.pop(event.token, None)
+            if self._orphans:
+                self._assumed.pop(event.token, None)
+                orphans = self._orphans.get(peer.unmapped())
+                if orphans is not None:
+                    orphans.discard(event.token)
+                    if not orphans:
+                        del self._orphans[peer.unmapped()]
             self._subflows.pop(event.token, None)
             self._creating.pop(event.token, None)
             self._reported_closed.pop(event.token, None)
@@ -218,6 +252,76 @@ class Dispatcher:
         if self._recent_subflows is not None:
             self._recent_subflows.add(event.token)
         self.registry.call_event(plugin, event, self.pm)
+
+    def _address_announced(self, event: ev.AddressAnnounced) -> None:
+        plugin = self._bindings.get(event.token)
+        if plugin is None:
+            log.error("Unable to match token to plugin.")
+            return
+        known = self._announced.setdefault(event.token, {})
+        assumed = self._assumed.get(event.token)
+        if assumed is not None and event.addr_id in assumed:
+            assumed.discard(event.addr_id)
+            if known.get(event.addr_id) == event.addr:
+                # Its plugin has it, from the peer's other connections.
+                log.debug("Address %s (id %d) of connection %08x: reported already.",
+                          event.addr, event.addr_id, event.token)
+                return
+        known[event.addr_id] = event.addr
+        self.registry.call_event(plugin, event, self.pm)
+        if self._orphans:
+            for token in self._siblings(event.token):
+                log.debug("Connection %08x: address %s (id %d), which its peer announced "
+                          "on connection %08x, is taken as announced to it too.", token,
+                          event.addr, event.addr_id, event.token)
+                self._assume(token, event.addr_id, event.addr)
+
+    def _address_removed(self, event: ev.AddressRemoved) -> None:
+        plugin = self._bindings.get(event.token)
+        if plugin is None:
+            log.error("Unable to match token to plugin.")
+            return
+        known = self._announced.get(event.token)
+        if known is not None:
+            known.pop(event.addr_id, None)
+        assumed = self._assumed.get(event.token)
+        if assumed is not None:
+            assumed.discard(event.addr_id)
+        self.registry.call_event(plugin, event, self.pm)
+        if self._orphans:
+            for token in self._siblings(event.token):
+                assumed = self._assumed.get(token)
+                if assumed is None or event.addr_id not in assumed:
+                    continue
+                assumed.discard(event.addr_id)
+                self._announced[token].pop(event.addr_id, None)
+                log.debug("Connection %08x: address id %d, which its peer removed on "
+                          "connection %08x, is taken as removed from it too.", token,
+                          event.addr_id, event.token)
+                self.registry.call_event(self._bindings[token], ev.AddressRemoved(
+                    Token(token), event.addr_id), self.pm)
+
+    def _siblings(self, token: int) -> list[int]:
+        """The adopted connections (but ``token``) to the peer of ``token``."""
+        orphans = self._orphans.get(self._peers[token].unmapped())
+        return [t for t in orphans if t != token] if orphans else []
+
+    def _assume(self, token: int, addr_id: int, addr: SockAddr) -> None:
+        """Give the plugin of the adopted ``token`` the ``new_address`` of an
+        address its peer announced on another connection, unless it has it."""
+        known = self._announced.setdefault(token, {})
+        if known.get(addr_id) == addr:
+            return
+        known[addr_id] = addr
+        self._assumed.setdefault(token, set()).add(addr_id)
+        self.registry.call_event(self._bindings[token], ev.AddressAnnounced(
+            Token(token), AddressId(addr_id), addr), self.pm)
+
+    def announced(self, token: int) -> dict[int, SockAddr]:
+        """The addresses (by ID) the peer of a bound connection announced
+        and has not removed, or that are taken as announced to an adopted
+        one (for inspection)."""
+        return dict(self._announced.get(token, {}))
 
     # -- subflow creations -----------------------------------------------------
 
@@ -365,6 +469,7 @@ class Dispatcher:
                                                    server_side=server_side))
         if self.default is None:
             return
+        peers: dict[SockAddr, dict[int, SockAddr]] | None = None
         for token, (laddr, raddr, server_side, established) in live.items():
             if token in self._bindings or token in recent:
                 continue
@@ -381,9 +486,38 @@ class Dispatcher:
             # that opens paths when a connection is established learns first
             # of those it already has.
             self._reconcile_subflows(token, listed.get(token, {}), server_side, at_startup)
+            if peers is None:
+                peers = self._peer_book()
+            self._adopt_announcements(token, raddr, peers)
             if established:
                 self.dispatch(ev.ConnectionEstablished(Token(token), laddr, raddr,
                                                        server_side=server_side))
+
+    def _peer_book(self) -> dict[SockAddr, dict[int, SockAddr]]:
+        """Peer -> address ID -> address, of what each peer announced on the
+        bound connections (the latest one per ID)."""
+        book: dict[SockAddr, dict[int, SockAddr]] = {}
+        for token, addrs in self._announced.items():
+            if addrs:
+                book.setdefault(self._peers[token].unmapped(), {}).update(addrs)
+        return book
+
+    def _adopt_announcements(self, token: int, raddr: SockAddr,
+                             peers: dict[SockAddr, dict[int, SockAddr]]) -> None:
+        """``token``, just adopted, lost its peer's announcements with its
+        events: its plugin gets those its peer ``raddr`` made on its other
+        connections (``peers``: :meth:`_peer_book`), now and as they come,
+        until its own are read."""
+        peer = raddr.unmapped()
+        self._orphans.setdefault(peer, set()).add(token)
+        book = peers.get(peer)
+        if not book:
+            return
+        log.info("Connection %08x: the addresses its peer %s announced on its other "
+                 "connections are taken as announced to it too: %s.", token, raddr,
+                 ", ".join(f"{addr} (id {addr_id})" for addr_id, addr in book.items()))
+        for addr_id, addr in book.items():
+            self._assume(token, addr_id, addr)
 
     def _reconcile_subflows(self, token: int,
                             now: dict[tuple[SockAddr, SockAddr], MptcpSubflow],
