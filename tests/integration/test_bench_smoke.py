@@ -74,3 +74,20 @@ def test_bench_pms_smoke_serves_every_connection(lab_available: None, tmp_path: 
         assert "error" not in run, (name, run)
         assert run["served"] == 10 and run["errors"] == 0, (name, run)
         assert run["p50_ms"] is not None and run["cpu_us_per_conn"] > 0
+
+
+def test_bench_overrun_smoke_reports_each_plugin(lab_available: None, tmp_path: Path) -> None:
+    """The overrun soak's quickest form: a short flood, a few connections."""
+    out = tmp_path / "overrun.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_overrun.py"), "--plugins", "sspi,fullmesh",
+         "--conns", "10", "--rate", "10", "--flooders", "1", "--flood-seconds", "1",
+         "--json", str(out)], capture_output=True, text=True, timeout=180, check=False)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {"sspi", "fullmesh"}
+    for name, (run,) in results.items():
+        assert "error" not in run, (name, run)
+        assert run["opened"] == 10 and run["daemon_alive"], (name, run)
+        assert run["events_lost"] >= 0 and isinstance(run["log"], dict)
+    assert results["sspi"][0]["served"] == 10  # one extra subflow each, lost events or not

@@ -1,0 +1,143 @@
+"""Overrun soak: do the client path managers' connections still get their
+subflows while a connection flood keeps overrunning the daemon's event socket?
+
+Each round builds a fresh two-link lab (IPv4).  The server runs the
+in-kernel PM, announces its link-2 address (a ``signal`` endpoint) and holds
+the connections; the client runs the userspace PM and this mptcpd with one
+plugin.  ``--flooders`` processes open and close MPTCP connections to a
+sink as fast as they can for ``--flood-seconds``, while ``--conns``
+connections open at ``--rate`` a second, each closing once it has the extra
+subflows its plugin gives it (or after ``--deadline`` seconds):
+
+* ``sspi``, ``failover``: one, from the second link to the peer's initial
+  address;
+* ``ndiffports`` (``subflows=4``): three, on the initial address pair;
+* ``fullmesh``: three, every client address to every server address; the
+  second server address is known only from the peer's announcement, which
+  the flood's overruns lose for most connections.
+
+Reported per plugin: connections opened, served (their subflows within the
+deadline), the served ones' connect → served p50 / max, events lost (the
+socket's drop counter), and the daemon's log lines of interest, counted.
+What the kernel did is read by the connection client itself
+(``tests.lab.traffic conns``: ``MPTCP_INFO`` subflow counts), not from the
+daemon.  Needs root.
+
+    .venv/bin/python bench/bench_overrun.py [--plugins sspi,fullmesh,ndiffports,failover]
+        [--rounds 1] [--conns 600] [--rate 100] [--flooders 2] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "src"), str(ROOT / "bench")]
+
+from bench_load import Daemon, lab_for, pct, py_env, run_conns, run_meta  # noqa: E402
+from tests.lab import LabError  # noqa: E402
+
+#: Extra subflows each plugin gives a client connection in this lab.
+WANT = {"sspi": 1, "failover": 1, "ndiffports": 3, "fullmesh": 3}
+#: Log lines that say nothing about the run (start, stop).
+QUIET = re.compile(r"ready|initialized|exited|listening|The kernel uses|existed at startup")
+
+
+def one_round(plugin: str, o: argparse.Namespace) -> dict[str, Any]:
+    lab = lab_for("userspace", "kernel")
+    try:
+        settings = {"ndiffports": "subflows=4\n",
+                    "failover": f"backup-interfaces={lab.links[1].client_if}\n"}.get(plugin, "")
+        link = lab.links[1]
+        lab.ip(lab.server, "mptcp", "endpoint", "add", str(link.server4), "dev",
+               link.server_if, "signal")
+        for args in (("hold", "--bind", "0.0.0.0", "--port", "5201"), ("sink", "--port", "5300")):
+            lab.python(lab.server, "-m", "tests.lab.traffic", *args, "--duration", "600",
+                       name=args[0], env=py_env()).wait_output("listening")
+        daemon = Daemon(lab, "ours", lab.client,
+                        [f"--path-manager={plugin}", f"--load-plugins={plugin}"], "",
+                        config=f"[core]\n[plugin {plugin}]\n{settings}")
+        server = str(lab.links[0].server4)
+        flooders = [lab.python(lab.client, "-m", "tests.lab.traffic", "flood", server, "5300",
+                               "--seconds", str(o.flood_seconds), name="flooder", env=py_env())
+                    for _ in range(o.flooders)]
+        res = run_conns(lab, lab.client, server, o.conns, rate=o.rate, want=WANT[plugin],
+                        deadline=o.deadline)
+        for flooder in flooders:
+            flooder.wait(o.flood_seconds + 30)
+        drops, alive = daemon.drops(), daemon.proc.popen.poll() is None
+        log = daemon.log()
+        daemon.stop()
+    finally:
+        lab.close()
+    served = [(t_served - t_connect) * 1e3 for t_connect, _ok, t_served, _tok, _sub, _err
+              in res["conns"] if t_served is not None]
+    lines: collections.Counter[str] = collections.Counter()
+    for line in log.splitlines():
+        if not QUIET.search(line):
+            lines[re.sub(r"\b[0-9a-f]{8}\b|\d+", "N", line)[:160]] += 1
+    return {
+        "connections": o.conns, "opened": sum(1 for c in res["conns"] if c[3] is not None),
+        "served": len(served), "served_pct": 100.0 * len(served) / o.conns,
+        "p50_ms": pct(served, 0.5), "max_ms": max(served, default=None),
+        "events_lost": drops, "daemon_alive": alive,
+        "log": dict(lines.most_common(30)),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--plugins", default="sspi,fullmesh,ndiffports,failover")
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--conns", type=int, default=600)
+    parser.add_argument("--rate", type=float, default=100.0, help="connections a second")
+    parser.add_argument("--deadline", type=float, default=20.0,
+                        help="a connection is served when it has its subflows within this")
+    parser.add_argument("--flooders", type=int, default=2)
+    parser.add_argument("--flood-seconds", type=float, default=6.0)
+    parser.add_argument("--json", dest="json_file")
+    o = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("needs root (network namespaces)", file=sys.stderr)
+        return 1
+    for plugin in o.plugins.split(","):
+        if plugin not in WANT:
+            parser.error(f"unknown plugin {plugin!r} (one of {', '.join(WANT)})")
+    results: dict[str, list[dict[str, Any]]] = {}
+    for number in range(o.rounds):
+        for plugin in o.plugins.split(","):
+            try:
+                result = one_round(plugin, o)
+            except LabError as exc:
+                result = {"error": str(exc)}
+            results.setdefault(plugin, []).append(result)
+            print(f"# {plugin} round {number + 1}: "
+                  + json.dumps({k: v for k, v in result.items() if k != "log"}),
+                  file=sys.stderr, flush=True)
+            for line, count in result.get("log", {}).items():
+                print(f"#   {count:6d} {line}", file=sys.stderr, flush=True)
+    print(f"\n{'plugin':11s} {'served':>13s} {'p50 ms':>8s} {'max ms':>8s} {'events lost':>12s}")
+    for plugin, runs in results.items():
+        for r in runs:
+            if "error" in r:
+                print(f"{plugin:11s} error: {r['error']}")
+                continue
+            p50 = "—" if r["p50_ms"] is None else f"{r['p50_ms']:.0f}"
+            top = "—" if r["max_ms"] is None else f"{r['max_ms']:.0f}"
+            print(f"{plugin:11s} {r['served']:>5d}/{r['connections']:<4d} ({r['served_pct']:3.0f} %)"
+                  f" {p50:>8s} {top:>8s} {r['events_lost']:>12d}")
+    if o.json_file:
+        Path(o.json_file).write_text(json.dumps({"meta": run_meta(o), "results": results},
+                                                indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
