@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mptcpd import events as ev
-from mptcpd.daemon.dispatch import Dispatcher
+from mptcpd.daemon.dispatch import MAX_REMEMBERED_ADDRESSES, Dispatcher
 from mptcpd.errors import QueueFull
 from mptcpd.netlink import diag
 from mptcpd.netlink.diag import MptcpSubflow
@@ -403,6 +403,30 @@ def test_an_adopted_connection_follows_what_its_peer_announces_elsewhere_later(
     recording.CALLS.clear()
     d.dispatch(ev.AddressAnnounced(TOKEN1, 2, PEER_ADDR2))
     assert address_calls() == [("new_address", TOKEN1, 2, PEER_ADDR2)]
+
+
+def test_a_peer_announcing_every_id_is_remembered_up_to_the_bound(tmp_path: Path) -> None:
+    """Every announcement is dispatched; the dispatcher remembers the first
+    :data:`MAX_REMEMBERED_ADDRESSES` IDs of a connection (and their later
+    changes), so a peer announcing 256 addresses on each of many
+    connections costs it a bounded amount each."""
+    d = dispatcher(load(fixture_dir(tmp_path, "priority")))
+    d.dispatch(ev.ConnectionCreated(TOKEN1, LADDR, RADDR))
+    recording.CALLS.clear()
+    for addr_id in range(256):
+        d.dispatch(ev.AddressAnnounced(TOKEN1, addr_id, SockAddr(f"203.0.113.{addr_id}")))
+    d.dispatch(ev.AddressAnnounced(TOKEN1, 3, PEER_ADDR3))
+    assert len(address_calls()) == 257
+    remembered = {**{i: SockAddr(f"203.0.113.{i}") for i in range(MAX_REMEMBERED_ADDRESSES)},
+                  3: PEER_ADDR3}
+    assert d.announced(TOKEN1) == remembered
+    # An adopted connection to that peer takes those it remembers, and no
+    # more of what the peer announces there later.
+    d.reconcile({TOKEN1: (LADDR, RADDR, False, False), TOKEN2: (LADDR, RADDR, False, False)})
+    recording.CALLS.clear()
+    d.dispatch(ev.AddressAnnounced(TOKEN1, 200, SockAddr("203.0.113.250")))
+    assert address_calls() == [("new_address", TOKEN1, 200, SockAddr("203.0.113.250"))]
+    assert d.announced(TOKEN2) == remembered
 
 
 # -- subflows reconciled ----------------------------------------------------------

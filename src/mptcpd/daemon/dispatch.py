@@ -66,6 +66,13 @@ _Key = tuple[SockAddr, SockAddr]
 _Creation = tuple[SockAddr, SockAddr, int, int, "asyncio.Future[Any]"]
 
 
+#: The addresses of each connection's peer the dispatcher remembers (for
+#: the connections adopted after lost events), as many as the kernel's
+#: in-kernel PM accepts (``add_addr_accepted`` is at most 8): a peer may
+#: announce up to 256 on each connection, and each is still dispatched.
+MAX_REMEMBERED_ADDRESSES = 8
+
+
 def _on_path(creation: _Creation, key: _Key) -> bool:
     """Whether the subflow ``key`` is on the path of ``creation`` (whose
     local port was not chosen yet)."""
@@ -267,7 +274,8 @@ class Dispatcher:
                 log.debug("Address %s (id %d) of connection %08x: reported already.",
                           event.addr, event.addr_id, event.token)
                 return
-        known[event.addr_id] = event.addr
+        if len(known) < MAX_REMEMBERED_ADDRESSES or event.addr_id in known:
+            known[event.addr_id] = event.addr
         self.registry.call_event(plugin, event, self.pm)
         if self._orphans:
             for token in self._siblings(event.token):
@@ -308,9 +316,11 @@ class Dispatcher:
 
     def _assume(self, token: int, addr_id: int, addr: SockAddr) -> None:
         """Give the plugin of the adopted ``token`` the ``new_address`` of an
-        address its peer announced on another connection, unless it has it."""
+        address its peer announced on another connection, unless it has it
+        (or has as many as are remembered: a guess is not worth more)."""
         known = self._announced.setdefault(token, {})
-        if known.get(addr_id) == addr:
+        if known.get(addr_id) == addr or (
+                len(known) >= MAX_REMEMBERED_ADDRESSES and addr_id not in known):
             return
         known[addr_id] = addr
         self._assumed.setdefault(token, set()).add(addr_id)
