@@ -313,3 +313,31 @@ def test_a_connection_adopted_after_lost_events_takes_its_peers_announcements(
         f"its other connections are taken as announced to it too: " \
         f"{lab.links[1].server4}:{PORT} (id 1)." in daemon.output()
     assert daemon.stop() == 0
+
+
+@pytest.mark.lab(links=2, path_manager="userspace")
+def test_a_connection_older_than_the_daemon_meshes_once_its_peer_announces_again(
+        lab: Lab, tmp_path: Path) -> None:
+    """A connection made before mptcpd started (a restart, say) had its
+    peer's announcement when no daemon listened: adopted at startup, it
+    knows the peer's initial address only.  Once the same peer announces
+    its second address on a new connection, the old one takes it too and
+    gets its whole mesh.  Before, it never had the paths to that address."""
+    start_server(lab, 2)
+    full = mesh(lab, [1, 2])
+    start_clients(lab, 1, 0, hold=40)
+    (old,) = wait_tokens(lab, 1)
+    wait_for(lambda: mib(lab, lab.client).get("MPTcpExtAddAddr", 0) >= 1, 10,
+             what="the second address announced to the first connection")
+    daemon = start_plugin(lab, tmp_path, "fullmesh")
+    daemon.wait_output(rf"Connection {old:08x} existed before mptcpd started", timeout=10)
+    first = mesh(lab, [1])
+    wait_mesh(lab, {old}, first)
+    start_clients(lab, 1, 0, hold=30)
+    (new,) = wait_tokens(lab, 2) - {old}
+    wait_mesh(lab, {old, new}, full)
+    assert f"Connection {old:08x}: address {lab.links[1].server4}:{PORT} (id 1), which " \
+        f"its peer announced on connection {new:08x}, is taken as announced to it too." \
+        in daemon.output()  # (-d)
+    assert error_lines(daemon) == []
+    assert daemon.stop() == 0
