@@ -279,10 +279,7 @@ class Dispatcher:
         self.registry.call_event(plugin, event, self.pm)
         if self._orphans:
             for token in self._siblings(event.token):
-                log.debug("Connection %08x: address %s (id %d), which its peer announced "
-                          "on connection %08x, is taken as announced to it too.", token,
-                          event.addr, event.addr_id, event.token)
-                self._assume(token, event.addr_id, event.addr)
+                self._assume(token, event.addr_id, event.addr, event.token)
 
     def _address_removed(self, event: ev.AddressRemoved) -> None:
         plugin = self._bindings.get(event.token)
@@ -314,14 +311,20 @@ class Dispatcher:
         orphans = self._orphans.get(self._peers[token].unmapped())
         return [t for t in orphans if t != token] if orphans else []
 
-    def _assume(self, token: int, addr_id: int, addr: SockAddr) -> None:
+    def _assume(self, token: int, addr_id: int, addr: SockAddr,
+                source: int | None = None) -> None:
         """Give the plugin of the adopted ``token`` the ``new_address`` of an
-        address its peer announced on another connection, unless it has it
-        (or has as many as are remembered: a guess is not worth more)."""
+        address its peer announced on another connection (``source``, when
+        it is news from there), unless it has it (or has as many as are
+        remembered: a guess is not worth more)."""
         known = self._announced.setdefault(token, {})
         if known.get(addr_id) == addr or (
                 len(known) >= MAX_REMEMBERED_ADDRESSES and addr_id not in known):
             return
+        if source is not None:
+            log.debug("Connection %08x: address %s (id %d), which its peer announced "
+                      "on connection %08x, is taken as announced to it too.", token,
+                      addr, addr_id, source)
         known[addr_id] = addr
         self._assumed.setdefault(token, set()).add(addr_id)
         self.registry.call_event(self._bindings[token], ev.AddressAnnounced(
