@@ -36,7 +36,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "src"), str(ROOT / "bench")]
 
-from bench_load import pct, run_meta  # noqa: E402
+from bench_load import pct, write_json  # noqa: E402
 from tests.lab import Lab, LabError, wait_for  # noqa: E402
 
 PORT = 5201
@@ -154,9 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"{mode:10s} {len(ok):>3d}/{len(values):<3d} {statistics.median(ok):8.0f} "
               f"{pct(ok, 0.9):8.0f} {max(ok):8.0f}")
-    if o.json_file:
-        Path(o.json_file).write_text(json.dumps({"meta": run_meta(o), "results": results},
-                                                indent=1))
+    write_json(o, results)
     return 0
 
 

@@ -648,6 +648,14 @@ def run_meta(o: argparse.Namespace) -> dict[str, Any]:
             "args": {k: v for k, v in vars(o).items() if k != "json_file"}}
 
 
+def write_json(o: argparse.Namespace, results: Any) -> None:
+    """Write a benchmark's ``results`` with the run's :func:`run_meta` to
+    the file of ``--json`` (``o.json_file``), if one was given."""
+    if o.json_file:
+        Path(o.json_file).write_text(json.dumps({"meta": run_meta(o), "results": results},
+                                                indent=1))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("scenario", choices=[*SCENARIOS, "all", "smoke"])

@@ -41,7 +41,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "src"), str(ROOT / "bench")]
 
-from bench_load import Daemon, lab_for, pct, py_env, run_conns, run_meta  # noqa: E402
+from bench_load import Daemon, lab_for, pct, py_env, run_conns, write_json  # noqa: E402
 from tests.lab import LabError  # noqa: E402
 
 #: Extra subflows each plugin gives a client connection in this lab.
@@ -133,9 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             top = "—" if r["max_ms"] is None else f"{r['max_ms']:.0f}"
             print(f"{plugin:11s} {r['served']:>5d}/{r['connections']:<4d} ({r['served_pct']:3.0f} %)"
                   f" {p50:>8s} {top:>8s} {r['events_lost']:>12d}")
-    if o.json_file:
-        Path(o.json_file).write_text(json.dumps({"meta": run_meta(o), "results": results},
-                                                indent=1))
+    write_json(o, results)
     return 0
 
 

@@ -27,7 +27,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "src"), str(ROOT / "bench")]
 
-from bench_load import Daemon, lab_for, pct, py_env, run_conns, run_meta  # noqa: E402
+from bench_load import Daemon, lab_for, pct, py_env, run_conns, write_json  # noqa: E402
 from tests.lab import LabError  # noqa: E402
 
 #: plugin -> (its [plugin NAME] settings, whether the server announces link 2).
@@ -107,9 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"{plugin:12s} {med('served_pct'):9.1f} {med('p50_ms'):8.0f} "
               f"{med('p90_ms'):8.0f} {med('cpu_us_per_conn'):12.0f}")
-    if o.json_file:
-        Path(o.json_file).write_text(json.dumps({"meta": run_meta(o), "results": results},
-                                                indent=1))
+    write_json(o, results)
     return 0
 
 

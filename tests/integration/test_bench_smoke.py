@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from tests.lab import list_namespaces
 
@@ -62,13 +63,19 @@ def test_bench_load_smoke_runs_every_scenario(lab_available: None, tmp_path: Pat
     assert not [ns for ns in list_namespaces() if ns.startswith(f"mptcpd-lab-{proc.pid}-")]
 
 
-def test_bench_pms_smoke_serves_every_connection(lab_available: None, tmp_path: Path) -> None:
-    out = tmp_path / "pms.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "bench_pms.py"), "--conns", "10", "--runs", "1",
-         "--json", str(out)], capture_output=True, text=True, timeout=180, check=False)
+def run_bench(tmp_path: Path, script: str, *args: str) -> dict[str, Any]:
+    """Run ``bench/<script>`` with ``args`` (bounded); the results of its JSON."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args,
+                           "--json", str(out)],
+                          capture_output=True, text=True, timeout=180, check=False)
     assert proc.returncode == 0, proc.stderr
-    results = json.loads(out.read_text())["results"]
+    results: dict[str, Any] = json.loads(out.read_text())["results"]
+    return results
+
+
+def test_bench_pms_smoke_serves_every_connection(lab_available: None, tmp_path: Path) -> None:
+    results = run_bench(tmp_path, "bench_pms.py", "--conns", "10", "--runs", "1")
     assert set(results) == {"fullmesh", "ndiffports"}
     for name, (run,) in results.items():
         assert "error" not in run, (name, run)
@@ -78,13 +85,9 @@ def test_bench_pms_smoke_serves_every_connection(lab_available: None, tmp_path: 
 
 def test_bench_overrun_smoke_reports_each_plugin(lab_available: None, tmp_path: Path) -> None:
     """The overrun soak's quickest form: a short flood, a few connections."""
-    out = tmp_path / "overrun.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "bench_overrun.py"), "--plugins", "sspi,fullmesh",
-         "--conns", "10", "--rate", "10", "--flooders", "1", "--flood-seconds", "1",
-         "--json", str(out)], capture_output=True, text=True, timeout=180, check=False)
-    assert proc.returncode == 0, proc.stderr
-    results = json.loads(out.read_text())["results"]
+    results = run_bench(tmp_path, "bench_overrun.py", "--plugins", "sspi,fullmesh",
+                        "--conns", "10", "--rate", "10", "--flooders", "1",
+                        "--flood-seconds", "1")
     assert set(results) == {"sspi", "fullmesh"}
     for name, (run,) in results.items():
         assert "error" not in run, (name, run)

@@ -284,12 +284,6 @@ def bound(log_path: Path) -> set[int]:
     return live
 
 
-def flood(lab: Lab, seconds: float) -> list[Process]:
-    server = str(lab.links[0].server4)
-    return [lab.python(lab.client, "-m", "tests.lab.traffic", "flood", server, "5300",
-                       "--seconds", str(seconds), name="flooder") for _ in range(2)]
-
-
 def test_an_overrun_during_the_resync_is_resynchronised_too(
         lab: Lab, tmp_path: Path) -> None:
     """Events lost while the daemon resynchronises after lost events.
@@ -332,7 +326,7 @@ def test_an_overrun_during_the_resync_is_resynchronised_too(
         daemon.send_signal(signal.SIGSTOP)
         try:
             churn(lab, part)  # addr_adv's removals will queue ahead of the dump
-            assert all(f.wait(30) == 0 for f in flood(lab, 3))
+            assert all(f.wait(30) == 0 for f in lab.flood(3))
         finally:
             daemon.send_signal(signal.SIGCONT)
         wait_for(lambda: overruns() > seen, 30, what="the first overrun")
@@ -340,7 +334,7 @@ def test_an_overrun_during_the_resync_is_resynchronised_too(
         seen, done = overruns(), passes()
         reruns = daemon.output().count("it will run again")
         try:
-            flooders = flood(lab, 3)
+            flooders = lab.flood(3)
             if held is None:
                 held = lab.python(lab.client, "-m", "tests.lab.traffic", "client", server,
                                   "5201", "--hold", "120", name="held")
@@ -403,13 +397,13 @@ def test_a_connection_whose_close_was_lost_behind_its_waiting_events_is_closed(
         for _ in range(200):  # bounded: a few 50 ms floods half fill the socket
             if netlink_rmem(daemon.pid) > rcvbuf // 2:
                 break
-            assert all(f.wait(30) == 0 for f in flood(lab, 0.05))
+            assert all(f.wait(30) == 0 for f in lab.flood(0.05))
         else:
             raise AssertionError(f"the event socket holds {netlink_rmem(daemon.pid)} bytes")
         held = lab.python(lab.client, "-m", "tests.lab.traffic", "client", server, "5201",
                           "--hold", "120", name="held")
         wait_for(lambda: mptcp_tokens(lab, lab.client), 20, what="the held connection")
-        assert all(f.wait(30) == 0 for f in flood(lab, 2))
+        assert all(f.wait(30) == 0 for f in lab.flood(2))
         assert netlink_drops(daemon.pid) > 0
         held.stop()  # its CLOSED is dropped
     finally:

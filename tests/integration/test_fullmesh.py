@@ -295,9 +295,7 @@ def test_a_connection_adopted_after_lost_events_takes_its_peers_announcements(
     server = str(lab.links[0].server4)
     daemon.send_signal(signal.SIGSTOP)
     try:
-        flooders = [lab.python(lab.client, "-m", "tests.lab.traffic", "flood", server,
-                               "5300", "--seconds", "3", name="flooder") for _ in range(2)]
-        assert all(f.wait(30) == 0 for f in flooders)
+        assert all(f.wait(30) == 0 for f in lab.flood(3))
         announced = mib(lab, lab.client).get("MPTcpExtAddAddr", 0)
         start_clients(lab, 1, 0, hold=30)
         (second,) = wait_tokens(lab, 2) - {first}

@@ -32,8 +32,7 @@ def test_an_overrun_is_recovered_and_missed_connections_adopted(
 
     daemon.send_signal(signal.SIGSTOP)
     try:
-        flooders = [lab.python(lab.client, "-m", "tests.lab.traffic", "flood", server_addr,
-                               "5300", "--seconds", "3", name="flooder") for _ in range(2)]
+        flooders = lab.flood(3)
         assert all(f.wait(30) == 0 for f in flooders)
         flood = sum(int(f.output().split()[-1]) for f in flooders)
         held = lab.python(lab.client, "-m", "tests.lab.traffic", "client", server_addr,

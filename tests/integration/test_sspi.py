@@ -571,9 +571,7 @@ def test_a_connection_whose_established_was_lost_still_gets_its_subflow(
              what="the connection bound to sspi")
     daemon.send_signal(signal.SIGSTOP)
     try:
-        flooders = [lab.python(lab.client, "-m", "tests.lab.traffic", "flood", server,
-                               "5300", "--seconds", "3", name="flooder") for _ in range(2)]
-        assert all(f.wait(30) == 0 for f in flooders)
+        assert all(f.wait(30) == 0 for f in lab.flood(3))
 
         def sequence() -> tuple[str, str] | None:
             """The held connection's (write_seq, snd_una), from ``ss -Mni``
@@ -614,7 +612,6 @@ def test_a_pending_subflow_whose_failure_was_lost_is_tried_again(
     start_server(lab)
     lab.python(lab.server, "-m", "tests.lab.traffic", "sink", "--port", "5300",
                "--duration", "60", name="sink").wait_output("listening")
-    server = str(lab.links[0].server4)
     # The server cannot answer the join from the second link.
     lab.ip(lab.server, "route", "add", "blackhole", f"{second.client4}/32")
     (held,) = start_clients(lab, 1, 0, hold=15)
@@ -628,9 +625,7 @@ def test_a_pending_subflow_whose_failure_was_lost_is_tried_again(
     wait_for(joining, 10, what="the join in SYN_SENT")
     daemon.send_signal(signal.SIGSTOP)
     try:
-        flooders = [lab.python(lab.client, "-m", "tests.lab.traffic", "flood", server,
-                               "5300", "--seconds", "3", name="flooder") for _ in range(2)]
-        assert all(f.wait(30) == 0 for f in flooders)
+        assert all(f.wait(30) == 0 for f in lab.flood(3))
         # The join fails into a full socket; the server can answer the next one.
         lab.exec(lab.client, "ss", "-K", "-tn", "state", "syn-sent",
                  "src", str(second.client4))
@@ -668,9 +663,7 @@ def test_a_connection_adopted_before_its_first_data_waits_for_its_established(
     go = tmp_path / "go"
     daemon.send_signal(signal.SIGSTOP)
     try:
-        flooders = [lab.python(lab.client, "-m", "tests.lab.traffic", "flood", server,
-                               "5300", "--seconds", "3", name="flooder") for _ in range(2)]
-        assert all(f.wait(30) == 0 for f in flooders)
+        assert all(f.wait(30) == 0 for f in lab.flood(3))
         held = lab.python(lab.client, "-m", "tests.lab.traffic", "client", server, str(PORT),
                           "--hold", "8", "--start-after", str(go), "--timeout", "30",
                           name="held")

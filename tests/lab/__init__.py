@@ -407,6 +407,16 @@ class Lab:
         env["PYTHONPATH"] = os.pathsep.join(paths)
         return self.spawn(ns, sys.executable, *args, name=name, env=env)
 
+    def flood(self, seconds: float, flooders: int = 2, port: int = 5300) -> list[Process]:
+        """Start ``flooders`` processes in the client that open and reset
+        MPTCP connections to the server's first address and ``port`` back to
+        back for ``seconds`` (``tests.lab.traffic flood``; a ``sink`` must
+        listen there): enough to overrun a daemon's event socket."""
+        server = str(self.links[0].server4)
+        return [self.python(self.client, "-m", "tests.lab.traffic", "flood", server, str(port),
+                            "--seconds", str(seconds), name="flooder")
+                for _ in range(flooders)]
+
     def start_mptcpd(self, *args: str, ns: str | None = None,
                      config: str | None = None,
                      env: dict[str, str] | None = None) -> Process:
