@@ -59,6 +59,37 @@ class StderrHandler(logging.Handler):
             self.handleError(record)
 
 
+class Tally:
+    """The per-item messages of one pass over many items (a resync after
+    lost events goes over every connection): the first :attr:`limit` of
+    each kind at their level, the rest at DEBUG, and :meth:`summary` tells
+    how many went there.  A flood of 10^5 connections must not become 10^5
+    warnings: journald would drop the service's messages, those that
+    matter with them."""
+
+    def __init__(self, logger: logging.Logger, limit: int = 20) -> None:
+        self.logger = logger
+        self.limit = limit
+        #: kind -> [messages so far, their level]
+        self._counts: dict[str, list[int]] = {}
+
+    def log(self, level: int, kind: str, msg: str, *args: Any) -> None:
+        """Log ``msg % args`` at ``level``, or at DEBUG past the limit of its
+        ``kind`` (the plural phrase the summary gives, "connection(s) …")."""
+        entry = self._counts.setdefault(kind, [0, level])
+        entry[0] += 1
+        self.logger.log(level if entry[0] <= self.limit else logging.DEBUG, msg, *args,
+                        stacklevel=2)
+
+    def summary(self) -> None:
+        """One message per kind that went past its limit, at its level."""
+        for kind, (count, level) in self._counts.items():
+            if count > self.limit:
+                self.logger.log(level, "%d more %s (logged at debug level).",
+                                count - self.limit, kind)
+        self._counts.clear()
+
+
 def _can_connect(path: str) -> bool:
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         try:

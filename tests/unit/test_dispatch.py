@@ -209,6 +209,24 @@ def test_reconcile_closes_vanished_and_adopts_missed_connections(
         '"plugin_one".' in caplog.text
 
 
+def test_a_reconciliation_of_many_connections_logs_the_first_and_counts_the_rest(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A flood lost the CLOSED of a thousand connections: twenty warnings
+    name the first ones, one counts the others (their lines are at debug
+    level), and every plugin still gets its connection_closed."""
+    d = dispatcher(load(fixture_dir(tmp_path, "priority")))
+    for token in range(1, 1001):
+        d.dispatch(ev.ConnectionCreated(token, LADDR, RADDR))
+    recording.CALLS.clear()
+    caplog.set_level(logging.INFO)
+    d.reconcile({})
+    assert recording.counts("plugin_one") == {"connection_closed": 1000}
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"Connection {token:08x} closed while events were lost."
+                        for token in range(1, 21)] + [
+        "980 more connection(s) closed while events were lost (logged at debug level)."]
+
+
 def test_a_lost_established_is_given_once_by_the_reconciliation(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A bound connection whose ESTABLISHED was lost gets it from the

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from systemd.journal import JournalHandler  # type: ignore[import-untyped]
 
-from mptcpd.log import reset_logging, setup_logging
+from mptcpd.log import Tally, reset_logging, setup_logging
 
 log = logging.getLogger("mptcpd.test")
 plugin_log = logging.getLogger("mptcpd.plugins.sample")
@@ -223,3 +223,32 @@ def test_syslog_going_away_is_silent(
     os.unlink(path)
     log.error("lost")
     assert capsys.readouterr() == ("", "")
+
+
+def test_a_tally_logs_the_first_of_each_kind_and_counts_the_rest(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Per kind, the first ``limit`` messages at their level, the rest at
+    DEBUG (with the caller as their function), and one summary per kind
+    that went past its limit; a summary starts the count again."""
+    caplog.set_level(logging.DEBUG, logger="mptcpd.test")
+    tally = Tally(logging.getLogger("mptcpd.test"), limit=3)
+
+    def closed(number: int) -> None:
+        tally.log(logging.WARNING, "connection(s) closed", "Connection %d closed.", number)
+
+    for number in range(5):
+        closed(number)
+    tally.log(logging.INFO, "connection(s) adopted", "Connection %d adopted.", 9)
+    tally.summary()
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.WARNING, "Connection 0 closed."), (logging.WARNING, "Connection 1 closed."),
+        (logging.WARNING, "Connection 2 closed."), (logging.DEBUG, "Connection 3 closed."),
+        (logging.DEBUG, "Connection 4 closed."), (logging.INFO, "Connection 9 adopted."),
+        (logging.WARNING, "2 more connection(s) closed (logged at debug level)."),
+    ]
+    assert caplog.records[3].funcName == "closed"
+    caplog.clear()
+    closed(5)
+    tally.summary()
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.WARNING, "Connection 5 closed.")]

@@ -47,6 +47,7 @@ from mptcpd.daemon.network_manager import warn_if_clashing
 from mptcpd.daemon.network import NetworkFeed, RtnlSource
 from mptcpd.daemon.systemd import Notifier
 from mptcpd.errors import KernelError, NotReady
+from mptcpd.log import Tally
 from mptcpd.netlink.diag import (
     MptcpConnection,
     MptcpSubflow,
@@ -609,10 +610,14 @@ class Daemon:
         plugin is not left bound to a dead connection).  Returns every
         connection whose CLOSED is now on its way, to be left to it."""
         reader.fill()  # the CLOSEDs sent while the listing was taken
+        tally = Tally(log)
         for token, index in reader.queued_tokens(mark, listed).items():
-            log.warning("Connection %08x closed while events were lost; its "
-                        "waiting events are handled, then its close.", token)
+            tally.log(logging.WARNING, "connection(s) closed while events were lost, "
+                      "their waiting events handled before their close",
+                      "Connection %08x closed while events were lost; its "
+                      "waiting events are handled, then its close.", token)
             reader.close_after(token, index)
+        tally.summary()
         return reader.closing
 
     def _close_reader(self) -> None:

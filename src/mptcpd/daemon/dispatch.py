@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from mptcpd import events as ev
 from mptcpd import hookspecs
+from mptcpd.log import Tally
 from mptcpd.plugins.registry import Plugin, PluginRegistry
 from mptcpd.types import AddressId, SockAddr, Token
 
@@ -132,6 +133,8 @@ class Dispatcher:
         #: token -> the IDs of the addresses an adopted connection took from
         #: its peer's other connections, and has not had its own ANNOUNCED of.
         self._assumed: dict[int, set[int]] = {}
+        #: The messages of the reconciliation under way (a new one per pass).
+        self._tally = Tally(log)
         self._handlers: dict[type, Callable[[Any], None]] = {
             ev.ConnectionCreated: self._created,
             ev.ConnectionEstablished: self._established,
@@ -453,6 +456,16 @@ class Dispatcher:
         ``closing``: connections whose ``ConnectionClosed`` is still to be
         dispatched (read but not yet handled); a bound one is left to it.
         """
+        self._tally = Tally(log)
+        try:
+            self._reconcile(live, at_startup, subflows, closing)
+        finally:
+            self._tally.summary()
+
+    def _reconcile(self, live: dict[int, tuple[SockAddr, SockAddr, bool, bool]],
+                   at_startup: bool, subflows: Sequence[MptcpSubflow] | None,
+                   closing: Collection[int]) -> None:
+        note = self._tally.log
         recent, self._recent = self._recent or set(), None
         if not at_startup:
             self.resyncs += 1
@@ -464,7 +477,8 @@ class Dispatcher:
                 listed.setdefault(sf.token, {})[(sf.laddr.unmapped(), sf.raddr.unmapped())] = sf
         for token in [t for t in self._bindings
                       if t not in live and t not in recent and t not in closing]:
-            log.warning("Connection %08x closed while events were lost.", token)
+            note(logging.WARNING, "connection(s) closed while events were lost",
+                 "Connection %08x closed while events were lost.", token)
             self._closed(ev.ConnectionClosed(Token(token)))
         if subflows is not None:
             leave = recent | recent_subflows
@@ -477,7 +491,8 @@ class Dispatcher:
         for token in [t for t in self._unestablished if t in live and live[t][3]
                       and t not in recent and t not in closing]:
             laddr, raddr, server_side, _established = live[token]
-            log.warning("Connection %08x was established while events were lost.", token)
+            note(logging.WARNING, "connection(s) established while events were lost",
+                 "Connection %08x was established while events were lost.", token)
             self.dispatch(ev.ConnectionEstablished(Token(token), laddr, raddr,
                                                    server_side=server_side))
         if self.default is None:
@@ -487,11 +502,13 @@ class Dispatcher:
             if token in self._bindings or token in recent:
                 continue
             if at_startup:
-                log.info('Connection %08x existed before mptcpd started; adopted by "%s".',
-                         token, self.default.name)
+                note(logging.INFO, "connection(s) that existed before mptcpd started",
+                     'Connection %08x existed before mptcpd started; adopted by "%s".',
+                     token, self.default.name)
             else:
-                log.warning("Connection %08x was created while events were lost; "
-                            'adopted by "%s".', token, self.default.name)
+                note(logging.WARNING, "connection(s) created while events were lost",
+                     "Connection %08x was created while events were lost; "
+                     'adopted by "%s".', token, self.default.name)
             self._created(ev.ConnectionCreated(Token(token), laddr, raddr,
                                                server_side=server_side))
             self._adopted.add(token)
@@ -526,9 +543,11 @@ class Dispatcher:
         book = peers.get(peer)
         if not book:
             return
-        log.info("Connection %08x: the addresses its peer %s announced on its other "
-                 "connections are taken as announced to it too: %s.", token, raddr,
-                 ", ".join(f"{addr} (id {addr_id})" for addr_id, addr in book.items()))
+        self._tally.log(
+            logging.INFO, "adopted connection(s) taking their peer's announcements",
+            "Connection %08x: the addresses its peer %s announced on its other "
+            "connections are taken as announced to it too: %s.", token, raddr,
+            ", ".join(f"{addr} (id {addr_id})" for addr_id, addr in book.items()))
         for addr_id, addr in book.items():
             self._assume(token, addr_id, addr)
 
@@ -540,8 +559,9 @@ class Dispatcher:
         known = self._subflows.get(token, {})
         for key in [k for k in known if k not in now]:
             old = known[key]
-            log.warning("Subflow %s -> %s of connection %08x closed while events "
-                        "were lost.", old.laddr, old.raddr, token)
+            self._tally.log(logging.WARNING, "subflow(s) closed while events were lost",
+                            "Subflow %s -> %s of connection %08x closed while events "
+                            "were lost.", old.laddr, old.raddr, token)
             self._subflow_closed(ev.SubflowClosed(
                 old.token, old.laddr, old.raddr, old.backup, loc_id=old.loc_id,
                 rem_id=old.rem_id, if_idx=old.if_idx, server_side=old.server_side))
@@ -550,11 +570,13 @@ class Dispatcher:
             if key in known or not sf.established:
                 continue
             if at_startup:
-                log.info("Subflow %s -> %s of connection %08x existed before "
-                         "mptcpd started.", sf.laddr, sf.raddr, token)
+                self._tally.log(logging.INFO, "subflow(s) that existed before mptcpd started",
+                                "Subflow %s -> %s of connection %08x existed before "
+                                "mptcpd started.", sf.laddr, sf.raddr, token)
             else:
-                log.warning("Subflow %s -> %s of connection %08x was established "
-                            "while events were lost.", sf.laddr, sf.raddr, token)
+                self._tally.log(logging.WARNING, "subflow(s) established while events were "
+                                "lost", "Subflow %s -> %s of connection %08x was established "
+                                "while events were lost.", sf.laddr, sf.raddr, token)
             self._subflow_established(ev.SubflowEstablished(
                 Token(token), sf.laddr, sf.raddr, sf.backup,
                 loc_id=AddressId(sf.local_id), rem_id=AddressId(sf.remote_id),
@@ -597,8 +619,10 @@ class Dispatcher:
             del self._creating[token]
         plugin = self._bindings[token]
         for laddr, raddr, loc_id, rem_id, _future in gone:
-            log.warning("Subflow %s -> %s of connection %08x, created by its plugin, "
-                        "ended while events were lost.", laddr, raddr, token)
+            self._tally.log(logging.WARNING, "subflow(s) created by their plugin that "
+                            "ended while events were lost",
+                            "Subflow %s -> %s of connection %08x, created by its plugin, "
+                            "ended while events were lost.", laddr, raddr, token)
             self._reported_closed.setdefault(token, []).append(
                 (SockAddr(laddr.unmapped().ip), raddr.unmapped()))
             self.registry.call_event(plugin, ev.SubflowClosed(
