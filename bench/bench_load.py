@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import statistics
 import sys
@@ -291,7 +292,14 @@ def unmapped(addr: str | None) -> str | None:
 
 
 def invalid_tokens(log: str) -> int:
-    return sum(1 for line in log.splitlines() if "invalid token" in line.lower())
+    """Commands the kernel refused with ``invalid token``: a line each, and
+    the repeats a line counts (``… (N more time(s) within 10 s)``)."""
+    total = 0
+    for line in log.splitlines():
+        if "invalid token" in line.lower():
+            more = re.search(r"\((\d+) more time\(s\) within", line)
+            total += int(more.group(1)) if more else 1
+    return total
 
 
 def overrun_lines(log: str) -> int:

@@ -516,6 +516,25 @@ async def test_userspace_pm_errors_name_the_operation(
     assert lines[1].startswith("remove_subflow: ")
 
 
+@pytest.mark.lab(links=2, path_manager="userspace")
+async def test_a_flood_of_one_refusal_logs_ten_lines_and_a_count(
+        lab: Lab, caplog: pytest.LogCaptureFixture) -> None:
+    """Twenty-five commands for a connection the kernel does not know: each
+    fails with its error, the first ten are logged one by one, the other
+    fifteen are counted into one line when the window ends (here: the
+    channel closes); another refusal has its own ten."""
+    caplog.set_level(logging.ERROR, LOGGER)
+    async with path_manager(lab) as (pm, _ch):
+        results = await asyncio.gather(
+            *(pm.add_addr_no_listener(sa(lab.links[1].client4), 5, BAD_TOKEN)
+              for _ in range(25)),
+            pm.kpm_get_addr(42), return_exceptions=True)
+        assert all(isinstance(r, KernelError) for r in results)
+    assert error_lines(caplog) == ["announce: invalid token: Invalid argument"] * 10 + [
+        "get_addr: address not found: Invalid argument",
+        "announce: invalid token: Invalid argument (15 more time(s) within 10 s)"]
+
+
 # -- the daemon: nothing is sent for a connection already closed ---------------------
 
 

@@ -996,3 +996,26 @@ def test_random_answers_never_break_the_channel(answers: list[bytes], which: int
             loop.close()
     finally:
         logging.disable(logging.NOTSET)
+
+
+async def test_repeated_refusals_are_counted_when_their_window_ends(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The error lines of the channel: ERROR_REPEATS of a text one by one,
+    the rest counted and told when the window's timer ends it; the next
+    refusal then starts a window of its own."""
+    monkeypatch.setattr(genl_commands, "ERROR_WINDOW", 0.05)
+    caplog.set_level(logging.ERROR, genl_commands.log.name)
+    errors = genl_commands._Errors()
+    loop = asyncio.get_running_loop()
+    for _ in range(genl_commands.ERROR_REPEATS + 3):
+        errors.log("announce: invalid token: Invalid argument", loop)
+    errors.log("get_addr: address not found: Invalid argument", loop)
+    assert len(caplog.records) == genl_commands.ERROR_REPEATS + 1
+    await asyncio.sleep(0.2)
+    assert caplog.records[-1].getMessage() == (
+        "announce: invalid token: Invalid argument (3 more time(s) within 0.05 s)")
+    caplog.clear()
+    errors.log("announce: invalid token: Invalid argument", loop)
+    errors.flush()
+    assert [r.getMessage() for r in caplog.records] == [
+        "announce: invalid token: Invalid argument"]

@@ -120,6 +120,12 @@ DEFAULT_MAX_QUEUE = 4096
 DEFAULT_MAX_IN_FLIGHT = 64
 #: Seconds between two "command queue full" warnings.
 QUEUE_FULL_WARNING_INTERVAL = 1.0
+#: The kernel's refusals of one text (``announce: invalid token: Invalid
+#: argument``) logged one by one within :data:`ERROR_WINDOW` seconds; the
+#: repeats past them are counted and told in one line when it ends (a flood
+#: of connections closed unseen made thousands of the same line).
+ERROR_REPEATS = 10
+ERROR_WINDOW = 10.0
 #: Commands whose ``sendmsg`` blocks for milliseconds (kernel 6.18: DEL_ADDR
 #: and a non-empty FLUSH_ADDRS, 8-30 ms each; every other command returns in
 #: under 0.2 ms): sent from a worker thread, never from the loop.
@@ -274,6 +280,42 @@ def open_socket(netns: str | None = None) -> socket.socket:
     return sock
 
 
+class _Errors:
+    """The channel's error lines: each text at most :data:`ERROR_REPEATS`
+    times in a window of :data:`ERROR_WINDOW` seconds, then counted; the
+    count is told when the window ends (:meth:`flush`), and the next
+    refusal starts a new window."""
+
+    def __init__(self) -> None:
+        #: text -> [logged one by one, held back], in the window under way
+        self._window: dict[str, list[int]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def log(self, text: str, loop: asyncio.AbstractEventLoop | None) -> None:
+        if not self._window and loop is not None:
+            self._timer = loop.call_later(ERROR_WINDOW, self.flush)
+        counts = self._window.get(text)
+        if counts is None:
+            if len(self._window) >= 256:  # bounded, whatever the texts
+                self.flush()
+            counts = self._window[text] = [0, 0]
+        if counts[0] < ERROR_REPEATS:
+            counts[0] += 1
+            log.error("%s", text)
+        else:
+            counts[1] += 1
+
+    def flush(self) -> None:
+        """End the window: one line per text with repeats held back."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        window, self._window = self._window, {}
+        for text, (_logged, held) in window.items():
+            if held:
+                log.error("%s (%d more time(s) within %g s)", text, held, ERROR_WINDOW)
+
+
 class CommandChannel:
     """Asynchronous ``mptcp_pm`` command socket; see the module docstring.
 
@@ -345,6 +387,7 @@ class CommandChannel:
         self._held = 0  #: :meth:`hold` calls not yet released
         self._timer: asyncio.TimerHandle | None = None
         self._warn_handle: asyncio.TimerHandle | None = None
+        self._errors = _Errors()
         self._unreported = 0
         self._next_warning = 0.0
         self._buf = bytearray(_RECV_SIZE)
@@ -673,7 +716,7 @@ class CommandChannel:
                 return
             req = reqs[0]
             error = KernelError(req.command.op, exc.errno or errno.EIO)
-            log.error("%s", error)
+            self._errors.log(str(error), self._loop)
             _settle_exception(req.future, error)
             return
         self._sent(reqs)
@@ -784,7 +827,7 @@ class CommandChannel:
         req = reqs[0]
         error = KernelError(req.command.op, exc.errno or errno.EIO)
         if not req.future.done():
-            log.error("%s", error)
+            self._errors.log(str(error), self._loop)
         _settle_exception(req.future, error)
 
     def _on_timer(self) -> None:
@@ -910,7 +953,7 @@ class CommandChannel:
                 self._await_send()
         error = KernelError(req.command.op, code)
         if not req.future.done():
-            log.error("%s", error)
+            self._errors.log(str(error), self._loop)
             _settle_exception(req.future, error)
 
     def _finish(self, req: _Request, code: int, extack: str | None) -> None:
@@ -936,7 +979,7 @@ class CommandChannel:
             return
         if code:
             error = KernelError(req.command.op, code, extack)
-            log.error("%s", error)
+            self._errors.log(str(error), self._loop)
             _settle_exception(future, error)
             return
         kind = req.command.kind
@@ -971,6 +1014,7 @@ class CommandChannel:
                 handle.cancel()
         self._flush_handle = self._timer = self._warn_handle = None
         self._warn_dropped_now()
+        self._errors.flush()
         pending = (list(self._inflight) + self._outgoing + [r for r, _ in self._resend]
                    + list(self._queue))
         self._inflight.clear()
