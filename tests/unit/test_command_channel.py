@@ -1019,3 +1019,21 @@ async def test_repeated_refusals_are_counted_when_their_window_ends(
     errors.flush()
     assert [r.getMessage() for r in caplog.records] == [
         "announce: invalid token: Invalid argument"]
+
+
+async def test_a_window_of_too_many_texts_ends_early_and_the_next_has_its_timer(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past MAX_ERROR_TEXTS distinct texts the window ends at once (its
+    counts told), and the window the next text starts ends by its timer."""
+    monkeypatch.setattr(genl_commands, "ERROR_WINDOW", 0.05)
+    monkeypatch.setattr(genl_commands, "MAX_ERROR_TEXTS", 2)
+    caplog.set_level(logging.ERROR, genl_commands.log.name)
+    errors = genl_commands._Errors()
+    loop = asyncio.get_running_loop()
+    for text in ("a", "b", "c"):
+        for _ in range(genl_commands.ERROR_REPEATS + 1):
+            errors.log(text, loop)
+    assert [r.getMessage() for r in caplog.records if "more" in r.getMessage()] == [
+        "a (1 more time(s) within 0.05 s)", "b (1 more time(s) within 0.05 s)"]
+    await asyncio.sleep(0.2)
+    assert caplog.records[-1].getMessage() == "c (1 more time(s) within 0.05 s)"

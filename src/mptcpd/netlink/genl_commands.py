@@ -126,6 +126,8 @@ QUEUE_FULL_WARNING_INTERVAL = 1.0
 #: of connections closed unseen made thousands of the same line).
 ERROR_REPEATS = 10
 ERROR_WINDOW = 10.0
+#: Texts one window counts at most: past them, it ends early.
+MAX_ERROR_TEXTS = 256
 #: Commands whose ``sendmsg`` blocks for milliseconds (kernel 6.18: DEL_ADDR
 #: and a non-empty FLUSH_ADDRS, 8-30 ms each; every other command returns in
 #: under 0.2 ms): sent from a worker thread, never from the loop.
@@ -292,12 +294,12 @@ class _Errors:
         self._timer: asyncio.TimerHandle | None = None
 
     def log(self, text: str, loop: asyncio.AbstractEventLoop | None) -> None:
-        if not self._window and loop is not None:
-            self._timer = loop.call_later(ERROR_WINDOW, self.flush)
         counts = self._window.get(text)
         if counts is None:
-            if len(self._window) >= 256:  # bounded, whatever the texts
+            if len(self._window) >= MAX_ERROR_TEXTS:  # bounded, whatever the texts
                 self.flush()
+            if not self._window and loop is not None:  # a window starts
+                self._timer = loop.call_later(ERROR_WINDOW, self.flush)
             counts = self._window[text] = [0, 0]
         if counts[0] < ERROR_REPEATS:
             counts[0] += 1
