@@ -455,6 +455,11 @@ class Dispatcher:
 
         ``closing``: connections whose ``ConnectionClosed`` is still to be
         dispatched (read but not yet handled); a bound one is left to it.
+
+        An adopted connection also gets the addresses its peer announced on
+        the other connections (see the module docstring).  The messages
+        name the first 20 connections or subflows of each kind, and count
+        the rest (:class:`~mptcpd.log.Tally`).
         """
         self._tally = Tally(log)
         try:
