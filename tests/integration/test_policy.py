@@ -5,6 +5,7 @@ interfaces, address classes, per-interface flags."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 from pathlib import Path
 
@@ -300,7 +301,7 @@ def test_sspi_opens_no_subflow_on_a_denied_interface(lab: Lab, tmp_path: Path) -
     directory.chmod(0o755)
     (directory / "sspi.py").write_bytes((ROOT / "plugins" / "sspi.py").read_bytes())
     (directory / "sspi.py").chmod(0o644)
-    daemon = lab.start_mptcpd("--log=stderr", f"--plugin-dir={directory}",
+    daemon = lab.start_mptcpd("--log=stderr", "-d", f"--plugin-dir={directory}",
                               "--load-plugins=sspi", "--path-manager=sspi",
                               config="[interfaces]\ndeny=c3\n", env=daemon_env())
     daemon.wait_output(READY, timeout=20)
@@ -318,6 +319,10 @@ def test_sspi_opens_no_subflow_on_a_denied_interface(lab: Lab, tmp_path: Path) -
         assert client.wait(60) == 0
         info = json.loads(client.output())["info"]
         assert info["subflows"] == 1 and info.get("subflows_total", 2) == 2, info
-    # One join per connection (c2's); none was even tried from c3.
-    assert sspi.mib(lab, lab.client)["MPTcpExtMPJoinSynTx"] == count
+    # None was even tried from c3: every join the kernel started is one sspi
+    # asked for (its debug line), from c2 (one per connection, and once
+    # more for a join that failed and was tried again, as once under load).
+    created = re.findall(r"creating a subflow on .*? from (\S+) \(id", daemon.output())
+    assert len(created) >= count and set(created) == {str(lab.links[1].client4)}, created
+    assert sspi.mib(lab, lab.client)["MPTcpExtMPJoinSynTx"] == len(created)
     assert daemon.stop() == 0
