@@ -18,23 +18,34 @@ subflows its plugin gives it (or after ``--deadline`` seconds):
 
 Reported per plugin: connections opened, served (their subflows within the
 deadline), the served ones' connect → served p50 / max, events lost (the
-socket's drop counter), and the daemon's log lines of interest, counted.
+socket's drop counter), and the daemon's log lines (all, and those of
+interest counted).
+
+``--server`` adds ``sspi-server``: sspi on the server, the flood against
+it, the client's in-kernel PM joining from its second link to the server's
+initial address (a duplicate on that interface, which sspi closes).  It
+reports the duplicate joins still open once the flood is over (polled
+while the connections are held, until none is left), events lost and log
+lines.
 What the kernel did is read by the connection client itself
 (``tests.lab.traffic conns``: ``MPTCP_INFO`` subflow counts), not from the
 daemon.  Needs root.
 
     .venv/bin/python bench/bench_overrun.py [--plugins sspi,fullmesh,ndiffports,failover]
-        [--rounds 1] [--conns 600] [--rate 100] [--flooders 2] [--json FILE]
+        [--server] [--rounds 1] [--conns 600] [--rate 100] [--flooders 2] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import json
 import os
 import re
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,17 +90,68 @@ def one_round(plugin: str, o: argparse.Namespace) -> dict[str, Any]:
         lab.close()
     served = [(t_served - t_connect) * 1e3 for t_connect, _ok, t_served, _tok, _sub, _err
               in res["conns"] if t_served is not None]
-    lines: collections.Counter[str] = collections.Counter()
-    for line in log.splitlines():
-        if not QUIET.search(line):
-            lines[re.sub(r"\b[0-9a-f]{8}\b|\d+", "N", line)[:160]] += 1
     return {
         "connections": o.conns, "opened": sum(1 for c in res["conns"] if c[3] is not None),
         "served": len(served), "served_pct": 100.0 * len(served) / o.conns,
         "p50_ms": pct(served, 0.5), "max_ms": max(served, default=None),
-        "events_lost": drops, "daemon_alive": alive,
-        "log": dict(lines.most_common(30)),
+        "events_lost": drops, "daemon_alive": alive, "log_lines": len(log.splitlines()),
+        "log": count_lines(log),
     }
+
+
+def server_round(o: argparse.Namespace) -> dict[str, Any]:
+    """sspi on the server, the flood against it: the client's in-kernel PM
+    joins from its second link to the server's initial address, which sspi
+    closes as a duplicate on that interface.  Counted while the connections
+    are held: the duplicate joins still open once the flood is over and
+    the daemon has caught up (polled until none is left, or the
+    connections close), and the daemon's log lines."""
+    lab = lab_for("kernel", "userspace")
+    try:
+        second = lab.links[1]
+        lab.ip(lab.client, "mptcp", "endpoint", "add", str(second.client4), "dev",
+               second.client_if, "subflow")
+        lab.ip(lab.client, "mptcp", "limits", "set", "subflows", "8", "add_addr_accepted", "0")
+        for args in (("hold", "--bind", "0.0.0.0", "--port", "5201"), ("sink", "--port", "5300")):
+            lab.python(lab.server, "-m", "tests.lab.traffic", *args, "--duration", "600",
+                       name=args[0], env=py_env()).wait_output("listening")
+        daemon = Daemon(lab, "ours", lab.server, ["--path-manager=sspi", "--load-plugins=sspi"],
+                        "")
+        server = str(lab.links[0].server4)
+        flooders = [lab.python(lab.client, "-m", "tests.lab.traffic", "flood", server, "5300",
+                               "--seconds", str(o.flood_seconds), name="flooder", env=py_env())
+                    for _ in range(o.flooders)]
+        conns = lab.python(lab.client, "-m", "tests.lab.traffic", "conns", server, "5201",
+                           "--count", str(o.conns), "--rate", str(o.rate), "--deadline",
+                           str(o.deadline), name="conns", env=py_env())
+        for flooder in flooders:
+            flooder.wait(o.flood_seconds + 30)
+        # The duplicate joins: server's initial address <- client's second link.
+        dups = ["ss", "-tnH", "state", "established", "src", server, "dst", str(second.client4)]
+        left, polls = -1, 0
+        while conns.popen.poll() is None and polls < 4 * (o.deadline + 60):
+            left = len(lab.exec(lab.server, *dups).stdout.splitlines())
+            polls += 1
+            if not left:
+                break
+            time.sleep(0.25)
+        conns.wait(o.conns / o.rate + o.deadline + 60)
+        drops, alive = daemon.drops(), daemon.proc.popen.poll() is None
+        log = daemon.log()
+        daemon.stop()
+    finally:
+        lab.close()
+    return {"connections": o.conns, "duplicates_left": left, "events_lost": drops,
+            "daemon_alive": alive, "log_lines": len(log.splitlines()), "log": count_lines(log)}
+
+
+def count_lines(log: str) -> dict[str, int]:
+    """The daemon's log lines of interest, numbers and tokens masked, counted."""
+    lines: collections.Counter[str] = collections.Counter()
+    for line in log.splitlines():
+        if not QUIET.search(line):
+            lines[re.sub(r"\b[0-9a-f]{8}\b|\d+", "N", line)[:160]] += 1
+    return dict(lines.most_common(30))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="a connection is served when it has its subflows within this")
     parser.add_argument("--flooders", type=int, default=2)
     parser.add_argument("--flood-seconds", type=float, default=6.0)
+    parser.add_argument("--server", action="store_true",
+                        help="also sspi on the server side (key sspi-server)")
     parser.add_argument("--json", dest="json_file")
     o = parser.parse_args(argv)
     if os.geteuid() != 0:
@@ -111,10 +175,14 @@ def main(argv: list[str] | None = None) -> int:
         if plugin not in WANT:
             parser.error(f"unknown plugin {plugin!r} (one of {', '.join(WANT)})")
     results: dict[str, list[dict[str, Any]]] = {}
+    rounds: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+        (plugin, functools.partial(one_round, plugin, o)) for plugin in o.plugins.split(",")]
+    if o.server:
+        rounds.append(("sspi-server", functools.partial(server_round, o)))
     for number in range(o.rounds):
-        for plugin in o.plugins.split(","):
+        for plugin, run in rounds:
             try:
-                result = one_round(plugin, o)
+                result = run()
             except LabError as exc:
                 result = {"error": str(exc)}
             results.setdefault(plugin, []).append(result)
@@ -128,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
         for r in runs:
             if "error" in r:
                 print(f"{plugin:11s} error: {r['error']}")
+                continue
+            if "duplicates_left" in r:
+                print(f"{plugin:11s} duplicate joins left {r['duplicates_left']}, "
+                      f"{r['log_lines']} log lines, {r['events_lost']} events lost")
                 continue
             p50 = "—" if r["p50_ms"] is None else f"{r['p50_ms']:.0f}"
             top = "—" if r["max_ms"] is None else f"{r['max_ms']:.0f}"

@@ -86,11 +86,14 @@ def test_bench_pms_smoke_serves_every_connection(lab_available: None, tmp_path: 
 def test_bench_overrun_smoke_reports_each_plugin(lab_available: None, tmp_path: Path) -> None:
     """The overrun soak's quickest form: a short flood, a few connections."""
     results = run_bench(tmp_path, "bench_overrun.py", "--plugins", "sspi,fullmesh",
-                        "--conns", "10", "--rate", "10", "--flooders", "1",
-                        "--flood-seconds", "1")
-    assert set(results) == {"sspi", "fullmesh"}
+                        "--server", "--conns", "10", "--rate", "10", "--deadline", "5",
+                        "--flooders", "1", "--flood-seconds", "1")
+    assert set(results) == {"sspi", "fullmesh", "sspi-server"}
     for name, (run,) in results.items():
         assert "error" not in run, (name, run)
-        assert run["opened"] == 10 and run["daemon_alive"], (name, run)
+        assert run["daemon_alive"] and run["log_lines"] > 0, (name, run)
         assert run["events_lost"] >= 0 and isinstance(run["log"], dict)
+    assert results["sspi-server"][0]["duplicates_left"] >= 0  # measured while held
+    for name in ("sspi", "fullmesh"):
+        assert results[name][0]["opened"] == 10
     assert results["sspi"][0]["served"] == 10  # one extra subflow each, lost events or not
