@@ -375,16 +375,28 @@ def client_burst(impl: str, o: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def server_burst(impl: str, o: argparse.Namespace) -> dict[str, Any]:
-    """sspi on the server; the client's in-kernel PM joins from its second
-    link to the server's initial address, which sspi closes as a duplicate
-    on that interface: that join's SUB_ESTABLISHED → SUB_CLOSED."""
+def duplicate_join_lab() -> Lab:
+    """A lab for sspi on the server: the client's in-kernel PM joins from its
+    second link to the server's initial address, a duplicate on that
+    interface (sspi closes it)."""
     lab = lab_for("kernel", "userspace")
     try:
         second = lab.links[1]
         lab.ip(lab.client, "mptcp", "endpoint", "add", str(second.client4), "dev",
                second.client_if, "subflow")
         lab.ip(lab.client, "mptcp", "limits", "set", "subflows", "8", "add_addr_accepted", "0")
+    except BaseException:
+        lab.close()
+        raise
+    return lab
+
+
+def server_burst(impl: str, o: argparse.Namespace) -> dict[str, Any]:
+    """sspi on the server (:func:`duplicate_join_lab`): that join's
+    SUB_ESTABLISHED → SUB_CLOSED."""
+    lab = duplicate_join_lab()
+    try:
+        second = lab.links[1]
         server = lab.python(lab.server, "-m", "tests.lab.traffic", "hold", "--bind", "0.0.0.0", "--duration",
                             "600", name="hold", env=py_env())
         server.wait_output("listening")

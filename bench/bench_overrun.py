@@ -52,7 +52,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "src"), str(ROOT / "bench")]
 
-from bench_load import Daemon, lab_for, pct, py_env, run_conns, write_json  # noqa: E402
+from bench_load import (  # noqa: E402
+    Daemon,
+    duplicate_join_lab,
+    lab_for,
+    pct,
+    py_env,
+    run_conns,
+    write_json,
+)
 from tests.lab import LabError  # noqa: E402
 
 #: Extra subflows each plugin gives a client connection in this lab.
@@ -106,12 +114,9 @@ def server_round(o: argparse.Namespace) -> dict[str, Any]:
     are held: the duplicate joins still open once the flood is over and
     the daemon has caught up (polled until none is left, or the
     connections close), and the daemon's log lines."""
-    lab = lab_for("kernel", "userspace")
+    lab = duplicate_join_lab()
     try:
         second = lab.links[1]
-        lab.ip(lab.client, "mptcp", "endpoint", "add", str(second.client4), "dev",
-               second.client_if, "subflow")
-        lab.ip(lab.client, "mptcp", "limits", "set", "subflows", "8", "add_addr_accepted", "0")
         for args in (("hold", "--bind", "0.0.0.0", "--port", "5201"), ("sink", "--port", "5300")):
             lab.python(lab.server, "-m", "tests.lab.traffic", *args, "--duration", "600",
                        name=args[0], env=py_env()).wait_output("listening")
