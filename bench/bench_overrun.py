@@ -84,9 +84,7 @@ def one_round(plugin: str, o: argparse.Namespace) -> dict[str, Any]:
                         [f"--path-manager={plugin}", f"--load-plugins={plugin}"], "",
                         config=f"[core]\n[plugin {plugin}]\n{settings}")
         server = str(lab.links[0].server4)
-        flooders = [lab.python(lab.client, "-m", "tests.lab.traffic", "flood", server, "5300",
-                               "--seconds", str(o.flood_seconds), name="flooder", env=py_env())
-                    for _ in range(o.flooders)]
+        flooders = lab.flood(o.flood_seconds, o.flooders)
         res = run_conns(lab, lab.client, server, o.conns, rate=o.rate, want=WANT[plugin],
                         deadline=o.deadline)
         for flooder in flooders:
@@ -123,9 +121,7 @@ def server_round(o: argparse.Namespace) -> dict[str, Any]:
         daemon = Daemon(lab, "ours", lab.server, ["--path-manager=sspi", "--load-plugins=sspi"],
                         "")
         server = str(lab.links[0].server4)
-        flooders = [lab.python(lab.client, "-m", "tests.lab.traffic", "flood", server, "5300",
-                               "--seconds", str(o.flood_seconds), name="flooder", env=py_env())
-                    for _ in range(o.flooders)]
+        flooders = lab.flood(o.flood_seconds, o.flooders)
         conns = lab.python(lab.client, "-m", "tests.lab.traffic", "conns", server, "5201",
                            "--count", str(o.conns), "--rate", str(o.rate), "--deadline",
                            str(o.deadline), name="conns", env=py_env())

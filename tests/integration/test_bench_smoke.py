@@ -92,7 +92,6 @@ def test_bench_overrun_smoke_reports_each_plugin(lab_available: None, tmp_path: 
     for name, (run,) in results.items():
         assert "error" not in run, (name, run)
         assert run["daemon_alive"] and run["log_lines"] > 0, (name, run)
-        assert run["events_lost"] >= 0 and isinstance(run["log"], dict)
     assert results["sspi-server"][0]["duplicates_left"] >= 0  # measured while held
     for name in ("sspi", "fullmesh"):
         assert results[name][0]["opened"] == 10
