@@ -28,9 +28,11 @@ its own netlink sockets inside that namespace and measures:
 ``--impl ours``, ``c`` or ``both`` (default both when the C daemon is
 installed): the C daemon is Debian's mptcpd (``apt-get install mptcpd
 mptcpd-plugins``), run only inside the lab namespace with its plugin
-directory.  Needs root.  Figures are indicative on a shared machine.
+directory.  ``--floor`` adds ``bench/floor_pm.py addr`` in the daemon's
+place: the least a Python process can do for addr_adv (not a path
+manager).  Needs root.  Figures are indicative on a shared machine.
 
-    .venv/bin/python bench/bench_addr.py [--impl both] [--cycles 200] [--churn 2000] [--json out.json]
+    .venv/bin/python bench/bench_addr.py [--impl both] [--floor] [--cycles 200] [--churn 2000] [--json out.json]
 """
 
 from __future__ import annotations
@@ -302,7 +304,13 @@ def start(lab: Lab, impl: str, c_daemon: str, notify: str | None = None,
     try:
         env["MPTCPD_STATE_DIR"] = str(lab.workdir / f"state-{impl}")
         t0 = time.monotonic()
-        if impl == "c":
+        if impl == "floor":
+            env["PYTHONPATH"] = str(ROOT / "src")
+            proc = lab.python(lab.client, str(ROOT / "bench" / "floor_pm.py"), "addr",
+                              name="floor", env=env)
+            proc.wait_output("floor ready", timeout=15)
+            ready = time.monotonic() - t0
+        elif impl == "c":
             proc = lab.spawn(lab.client, c_daemon, "--log=stderr",
                              f"--plugin-dir={C_PLUGIN_DIR}", *DAEMON_ARGS, name="c-mptcpd",
                              env=env)
@@ -368,7 +376,8 @@ def run_impl(impl: str, args: argparse.Namespace) -> dict[str, Any]:
                                        "min": min(readies) * 1e3, "runs": len(readies)}
         nl = Netlink(lab.client)
         try:
-            wait_for(lambda: len(nl.endpoints()) >= 1, 10, what="the startup endpoint")
+            if impl != "floor":  # it leaves the addresses already there alone
+                wait_for(lambda: len(nl.endpoints()) >= 1, 10, what="the startup endpoint")
             wait_idle(pid)
             mem = memory(pid)
             result["idle_rss_kb"] = mem["VmRSS"]
@@ -412,6 +421,8 @@ def run_impl(impl: str, args: argparse.Namespace) -> dict[str, Any]:
                      30, what="the churn's endpoints to go")
             wait_idle(pid, quiet=0.3)
             c1 = cpu_ns(pid)
+            if proc.popen.poll() is not None:
+                raise RuntimeError(f"{impl} exited:\n{proc.output()}")
             result["churn_cpu_per_event_us"] = (c1 - c0) / (2 * args.churn) / 1e3
             result["churn_drain_s"] = time.monotonic() - churn_sent
             # The C mptcpd closes its rtnetlink socket on an overrun (and
@@ -471,6 +482,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     have_c = Path(C_DAEMON).exists() and Path(C_PLUGIN_DIR).is_dir()
     parser.add_argument("--impl", choices=("ours", "c", "both"), default="both" if have_c else "ours")
+    parser.add_argument("--floor", action="store_true",
+                        help="also run bench/floor_pm.py addr: the least a Python process "
+                        "can do for addr_adv (not a path manager)")
     parser.add_argument("--c-daemon", default=C_DAEMON)
     parser.add_argument("--cycles", type=int, default=200)
     parser.add_argument("--churn", type=int, default=2000)
@@ -483,15 +497,18 @@ def main() -> int:
         print("needs root and iproute2", file=sys.stderr)
         return 2
     impls = ["ours", "c"] if args.impl == "both" else [args.impl]
+    if args.floor:
+        impls.append("floor")
     results = {impl: run_impl(impl, args) for impl in impls}
     width = max(len(name) for name, _ in FIGURES)
+    ratio = "ours" in impls and "c" in impls
     print(f"{'':{width}}  " + "  ".join(f"{impl:>9}" for impl in impls)
-          + ("      ratio" if len(impls) == 2 else ""))
+          + ("  ours / c" if ratio else ""))
     for name, get in FIGURES:
-        values = [get(results[impl]) for impl in impls]
-        line = f"{name:{width}}  " + "  ".join(f"{v:9.3f}" for v in values)
-        if len(values) == 2 and values[1]:
-            line += f"  {values[0] / values[1]:9.2f}×"
+        values = {impl: get(results[impl]) for impl in impls}
+        line = f"{name:{width}}  " + "  ".join(f"{v:9.3f}" for v in values.values())
+        if ratio and values["c"]:
+            line += f"  {values['ours'] / values['c']:8.2f}×"
         print(line)
     for impl in impls:
         if results[impl]["overruns_logged"]:

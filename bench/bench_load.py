@@ -14,8 +14,9 @@ to a receive overrun from the kernel's per-socket drop counter
     .venv/bin/python bench/bench_load.py all --floor --runs 5   # medians of 5 runs
 
 Scenarios: client-burst, server-burst, churn, addr, startup, served-rate.
-``--floor`` adds, to the two bursts, the lab's floor: ``bench/floor_pm.py``,
-the least a Python process can do there (see bench/README.md).
+``--floor`` adds, to the two bursts and to addr, the lab's floor:
+``bench/floor_pm.py``, the least a Python process can do there (see
+bench/README.md).
 """
 
 from __future__ import annotations
@@ -615,7 +616,7 @@ def fmt(v: Any) -> str:
 
 
 #: The scenarios bench/floor_pm.py can stand in for a daemon in.
-FLOORED = ("client-burst", "server-burst")
+FLOORED = ("client-burst", "server-burst", "addr")
 
 
 def print_table(results: dict[str, dict[str, Any]]) -> None:
@@ -682,7 +683,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--impl", choices=("ours", "c", "both"), default="both")
     parser.add_argument("--json", dest="json_file")
     parser.add_argument("--floor", action="store_true",
-                        help="also run the two bursts with bench/floor_pm.py: the least a "
+                        help="also run the two bursts and addr with bench/floor_pm.py: the least a "
                         "Python process can do in this lab")
     parser.add_argument("--runs", type=int, default=1, metavar="N",
                         help="run each scenario N times, the implementations taking "

@@ -16,6 +16,13 @@ client of ``bench_load.py client-burst``.
 ``DUP_LOCAL`` to ``DUP_REMOTE``, SUBFLOW_DESTROY of it, as sspi does on the
 server of ``bench_load.py server-burst``.
 
+``addr``: on each ``RTM_NEWADDR`` of a global address, ADD_ADDR of an
+endpoint for it (flags ``subflow``, its interface, an ID of its own); on
+each ``RTM_DELADDR`` of one of those, DEL_ADDR of its ID, as addr_adv does
+in ``bench_addr.py`` (``--addr-flags=subflow``).  The addresses already
+there when it starts get no endpoint (the benchmark adds and deletes its
+own).
+
 Prints ``floor ready`` once it listens.  Runs until killed, or for
 :data:`DURATION` seconds.
 """
@@ -23,6 +30,7 @@ Prints ``floor ready`` once it listens.  Runs until killed, or for
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import socket
 import struct
@@ -65,25 +73,85 @@ async def open_sockets() -> tuple[socket.socket, socket.socket, int]:
                       groups[C.MPTCP_PM_EV_GRP_NAME])
     commands = nlsock.netlink_socket(nlsock.NETLINK_GENERIC)
     commands.bind((0, 0))
-    events.setblocking(True)
-    # A kernel-side receive timeout (no poll before each recv, as Python's
-    # own timeout would add): recv raises BlockingIOError once a second.
-    events.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 1, 0))
+    blocking(events)
     return events, commands, family
 
 
+#: rtnetlink: the address groups, messages and attributes the addr floor reads.
+RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR = 0x10, 0x100
+RTM_NEWADDR, RTM_DELADDR = 20, 21
+IFA_ADDRESS, IFA_LOCAL = 1, 2
+_IFADDRMSG = struct.Struct("=BBBBI").unpack_from
+_NLMSGHDR = struct.Struct("=IH").unpack_from
+
+
+def addr_floor() -> int:
+    events, commands, family = asyncio.run(open_sockets())
+    events.close()
+    route = nlsock.netlink_socket(nlsock.NETLINK_ROUTE)
+    route.bind((0, RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR))
+    blocking(route)
+    ids: dict[bytes, int] = {}
+    free = list(range(255, 0, -1))
+    seq = 0
+    print("floor ready", flush=True)
+    for data in datagrams(route):
+        off = 0
+        while off + 16 <= len(data):
+            length, mtype = _NLMSGHDR(data, off)
+            if length < 16:
+                break
+            end, off_next = off + length, off + ((length + 3) & ~3)
+            if mtype in (RTM_NEWADDR, RTM_DELADDR) and length >= 24:
+                _fam, _plen, _flags, scope, index = _IFADDRMSG(data, off + 16)
+                raw = None
+                at = off + 24
+                while at + 4 <= end and scope == 0:
+                    alen, kind = _ATTR(data, at)
+                    if alen < 4:
+                        break
+                    if kind == IFA_LOCAL or (kind == IFA_ADDRESS and raw is None):
+                        raw = data[at + 4:at + alen]
+                    at += (alen + 3) & ~3
+                seq += 1
+                if raw is not None and mtype == RTM_NEWADDR and raw not in ids and free:
+                    ids[raw] = free.pop()
+                    commands.send(pm_codec.kpm_add_addr(
+                        family, seq, 1, SockAddr(ipaddress.ip_address(raw)), ids[raw],
+                        C.MPTCP_PM_ADDR_FLAG_SUBFLOW, index))
+                elif raw is not None and mtype == RTM_DELADDR and raw in ids:
+                    free.append(ids[raw])
+                    commands.send(pm_codec.kpm_remove_addr(family, seq, 1, ids.pop(raw)))
+            off = off_next
+    return 0
+
+
+def blocking(sock: socket.socket) -> None:
+    """Reads block, with a kernel-side receive timeout (no poll before each
+    recv, as Python's own timeout would add): recv raises BlockingIOError
+    once a second."""
+    sock.setblocking(True)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 1, 0))
+
+
 def datagrams(events: socket.socket) -> Iterator[bytes]:
-    """What the event socket receives, for :data:`DURATION` seconds."""
+    """What the socket receives, for :data:`DURATION` seconds.  An overrun
+    (ENOBUFS) is passed over: what it lost stays lost."""
     deadline = time.monotonic() + DURATION
     while time.monotonic() < deadline:
         try:
             yield events.recv(65536)
         except BlockingIOError:
             continue
+        except OSError as exc:
+            if exc.errno != errno.ENOBUFS:
+                raise
 
 
 def main(argv: list[str]) -> int:
     mode, *addrs = argv
+    if mode == "addr":
+        return addr_floor()
     events, commands, family = asyncio.run(open_sockets())
     ip = ipaddress.ip_address
     seq = 0

@@ -32,7 +32,7 @@ def test_bench_load_smoke_runs_every_scenario(lab_available: None, tmp_path: Pat
     assert set(results) == {"client-burst", "server-burst", "churn", "addr", "startup",
                             "served-rate"}
     for name, by_impl in results.items():
-        floored = name in ("client-burst", "server-burst")
+        floored = name in ("client-burst", "server-burst", "addr")
         assert list(by_impl) == (["ours", "floor"] if floored else ["ours"]), name
         for impl, result in by_impl.items():
             assert "error" not in result, (name, impl, result)
@@ -42,6 +42,9 @@ def test_bench_load_smoke_runs_every_scenario(lab_available: None, tmp_path: Pat
     assert floor["served"] == floor["connections"] == 20
     floor = results["server-burst"]["floor"]
     assert floor["duplicate_joins"] == 20 and floor["closed"] == 20
+    # ... and addr_adv's: every address got its endpoint.
+    floor = results["addr"]["floor"]
+    assert floor["endpoint_added"] == floor["rounds"]
     burst = results["client-burst"]["ours"]
     assert burst["opened"] == burst["connections"] == 20
     assert burst["served"] == 20 and burst["served_pct"] == 100.0
