@@ -14,7 +14,7 @@ import pytest
 from mptcpd.netlink.diag import list_mptcp_subflows
 
 from tests.integration.test_fullmesh import paths, start_plugin, start_server
-from tests.integration.test_sspi import PORT, error_lines, tx_bytes, wait_tokens
+from tests.integration.test_sspi import PORT, error_lines, mib, tx_bytes, wait_tokens
 from tests.lab import Lab, wait_for
 
 MB = 1 << 20
@@ -94,4 +94,28 @@ def test_a_transfer_survives_the_primary_carrier_loss_on_the_backup_link_and_bac
     assert result["info"]["bytes_acked"] >= result["sent"]
     print("per-link tx bytes:", {"both up": both_up, "primary lost": failed_over,
                                  "primary back": back})
+    assert error_lines(daemon) == []
+
+
+@pytest.mark.lab(links=2, path_manager="userspace")
+def test_a_backup_subflow_asks_for_backup_in_its_join(lab: Lab, tmp_path: Path) -> None:
+    """``pm.add_subflow(…, backup=True)`` sends the backup flag (the C mptcpd
+    leaves it out): the join's SYN carries MP_JOIN's B bit, so the subflow is
+    a backup from its first packet, before failover's MP_PRIO (which it
+    still sends: the kernel's events carry the peer's flag, not ours, and a
+    kernel before 6.11 ignores the flag)."""
+    primary, backup = lab.links
+    daemon = start_plugin(lab, tmp_path, "failover", f"backup-interfaces={backup.client_if}\n")
+    start_server(lab)
+    client = lab.python(lab.client, "-m", "tests.lab.traffic", "client",
+                        str(primary.server4), str(PORT), "--wait-subflows", "1",
+                        "--hold", "3", "--timeout", "30", name="client")
+    wait_tokens(lab, 1)
+    wait_for(lambda: peer_sees_backup(lab, str(backup.client4)), timeout=10,
+             what="the server to see the backup subflow as backup")
+    assert peer_sees_backup(lab, str(primary.client4)) is False
+    server = mib(lab, lab.server)
+    assert server["MPTcpExtMPJoinSynRx"] == 1
+    assert server["MPTcpExtMPJoinSynBackupRx"] == 1  # the B bit, in the join's SYN
+    assert client.wait(30) == 0, client.output()
     assert error_lines(daemon) == []

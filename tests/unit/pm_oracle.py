@@ -265,15 +265,16 @@ def msg_remove(token: int, loc_id: int) -> mptcp_pm_cmd_msg:
 
 
 def msg_subflow_create(token: int, laddr: SockAddr, local_id: int,
-                       raddr: SockAddr, remote_id: int) -> mptcp_pm_cmd_msg:
-    """SUBFLOW_CREATE: TOKEN ; A(family, laddr, lport≠0, local_id≠0) ;
-    R(family, raddr, rport≠0, remote_id≠0)."""
+                       raddr: SockAddr, remote_id: int, backup: bool = False) -> mptcp_pm_cmd_msg:
+    """SUBFLOW_CREATE: TOKEN ; A(family, laddr, lport≠0, local_id≠0,
+    FLAGS=BACKUP if ``backup``) ; R(family, raddr, rport≠0, remote_id≠0)."""
     _check_token(token)
     _check_id(local_id)
     _check_id(remote_id)
     return new_message(c.MPTCP_PM_CMD_SUBFLOW_CREATE, [
         ("MPTCP_PM_ATTR_TOKEN", token),
-        ("MPTCP_PM_ATTR_ADDR", addr_nest(laddr, local_id)),
+        ("MPTCP_PM_ATTR_ADDR",
+         addr_nest(laddr, local_id, c.MPTCP_PM_ADDR_FLAG_BACKUP if backup else 0)),
         ("MPTCP_PM_ATTR_ADDR_REMOTE", addr_nest(raddr, remote_id)),
     ])
 
@@ -406,7 +407,7 @@ BUILDERS: dict[str, Any] = {
     "add_addr_no_listener": lambda addr, id, token: msg_announce(addr, id, token),
     "remove_addr": lambda addr, id, token: msg_remove(token, id),
     "add_subflow": lambda token, lid, rid, laddr, raddr, backup=False:
-        msg_subflow_create(token, laddr, lid, raddr, rid),
+        msg_subflow_create(token, laddr, lid, raddr, rid, backup),
     "set_backup": lambda token, laddr, raddr, backup:
         msg_set_flags(laddr, c.MPTCP_PM_ADDR_FLAG_BACKUP if backup else 0, token, raddr),
     "remove_subflow": lambda token, laddr, raddr: msg_subflow_destroy(token, laddr, raddr),

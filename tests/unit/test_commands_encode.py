@@ -279,16 +279,20 @@ def test_remove_is_token_then_loc_id_and_sends_no_address() -> None:
     assert enc("remove_addr", None, 7, TOKEN) == want
 
 
-def test_subflow_create_with_and_without_ids_backup_not_sent() -> None:
-    want = genl(
-        c.MPTCP_PM_CMD_SUBFLOW_CREATE, REQ_ACK,
-        u32(c.MPTCP_PM_ATTR_TOKEN, TOKEN),
-        nest(A, family(socket.AF_INET), addr4("192.0.2.1"), u8(c.MPTCP_PM_ADDR_ATTR_ID, 3)),
-        nest(R, family(socket.AF_INET), addr4("198.51.100.2"),
-             u16(c.MPTCP_PM_ADDR_ATTR_PORT, 5201), u8(c.MPTCP_PM_ADDR_ATTR_ID, 1)),
-    )
-    assert enc("add_subflow", TOKEN, 3, 1, V4, R4, False) == want
-    assert enc("add_subflow", TOKEN, 3, 1, V4, R4, True) == want
+def test_subflow_create_with_and_without_ids_and_backup() -> None:
+    def want(*backup: bytes) -> bytes:
+        return genl(
+            c.MPTCP_PM_CMD_SUBFLOW_CREATE, REQ_ACK,
+            u32(c.MPTCP_PM_ATTR_TOKEN, TOKEN),
+            nest(A, family(socket.AF_INET), addr4("192.0.2.1"), u8(c.MPTCP_PM_ADDR_ATTR_ID, 3),
+                 *backup),
+            nest(R, family(socket.AF_INET), addr4("198.51.100.2"),
+                 u16(c.MPTCP_PM_ADDR_ATTR_PORT, 5201), u8(c.MPTCP_PM_ADDR_ATTR_ID, 1)),
+        )
+    assert enc("add_subflow", TOKEN, 3, 1, V4, R4, False) == want()
+    # The C mptcpd leaves the backup flag out; it is the local address's.
+    assert enc("add_subflow", TOKEN, 3, 1, V4, R4, True) == want(
+        u32(c.MPTCP_PM_ADDR_ATTR_FLAGS, c.MPTCP_PM_ADDR_FLAG_BACKUP))
     got = enc("add_subflow", TOKEN, 0, 0, V4, R4)
     assert struct.pack("=HH", 5, c.MPTCP_PM_ADDR_ATTR_ID) not in got
 

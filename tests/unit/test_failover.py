@@ -34,8 +34,8 @@ def test_backup_interfaces_get_backup_subflows(tmp_path: Path) -> None:
     assert [(c[4], c[5], c[6]) for c in pm.take("add_subflow")] == [
         (SockAddr("198.51.100.1"), SERVER, True), (SockAddr("203.0.113.1"), SERVER, False)]
     pm.answer_all()
-    # add_subflow sends no backup flag (as upstream): the kernel reports the
-    # join as a regular one, and failover marks it backup at once (MP_PRIO).
+    # The kernel reports the peer's flag, not the one the join asked for:
+    # failover marks it backup at once all the same (MP_PRIO).
     fo.new_subflow(T1, JOIN2, SERVER, backup=False)
     fo.new_subflow(T1, JOIN3, SERVER, backup=False)
     assert pm.take() == [("set_backup", T1, JOIN2, SERVER, True)]

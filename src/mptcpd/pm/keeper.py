@@ -188,9 +188,10 @@ class Wanted:
     :ivar laddr: the local address (port 0: any port).
     :ivar raddr: the peer's address and port.
     :ivar remote_id: the peer's ID of ``raddr`` (0 for its initial address).
-    :ivar backup: passed to ``pm.add_subflow`` (which, as the C mptcpd,
-        does not send it: a plugin that wants a backup subflow marks it with
-        ``pm.set_backup`` once established, as failover does).
+    :ivar backup: passed to ``pm.add_subflow``: the join asks for backup
+        priority (Linux 6.11 and later; an older kernel leaves it out, and
+        the events tell the peer's flag, not ours, so failover also marks
+        the subflow with ``pm.set_backup`` once established).
     """
 
     key: Hashable

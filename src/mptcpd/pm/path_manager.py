@@ -339,8 +339,11 @@ class PathManager:
     def add_subflow(self, token: int, local_id: int, remote_id: int,
                     laddr: SockAddr, raddr: SockAddr, backup: bool = False) -> asyncio.Future[Any]:
         """Create a subflow from ``laddr`` to ``raddr`` (SUBFLOW_CREATE; both
-        addresses required, IDs 0 to leave them out; ``backup`` is not sent,
-        as upstream)."""
+        addresses required, IDs 0 to leave them out).  With ``backup`` the
+        subflow asks for backup priority from its first packet (the
+        MP_JOIN's B bit, the backup flag of its local address): the C
+        mptcpd leaves it out, and a plugin had to send :meth:`set_backup`
+        once the subflow was established."""
         token = _token(token)
         local_id = _int(local_id, 0, 255, "local_id")
         remote_id = _int(remote_id, 0, 255, "remote_id")
