@@ -264,7 +264,8 @@ def subflow_closed(token: Token, laddr: SockAddr, raddr: SockAddr, pm: PathManag
 
 @hookimpl
 def subflow_priority(token: Token, laddr: SockAddr, raddr: SockAddr, backup: bool) -> None:
-    """Remember a subflow's backup priority."""
+    """Remember the peer's backup request for a subflow (its MP_PRIO): the
+    peer's, not this side's priority, which failover alone sets."""
     _keeper.subflow_priority(token, laddr, raddr, backup)
 
 

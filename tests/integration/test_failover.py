@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from mptcpd.netlink.diag import list_mptcp_subflows
+from mptcpd.types import SockAddr
 
+from tests.integration.test_daemon import READY, daemon_env, plugin_dir, recorded
 from tests.integration.test_fullmesh import paths, start_plugin, start_server
 from tests.integration.test_sspi import PORT, error_lines, mib, tx_bytes, wait_tokens
 from tests.lab import Lab, wait_for
@@ -119,3 +121,56 @@ def test_a_backup_subflow_asks_for_backup_in_its_join(lab: Lab, tmp_path: Path) 
     assert server["MPTcpExtMPJoinSynBackupRx"] == 1  # the B bit, in the join's SYN
     assert client.wait(30) == 0, client.output()
     assert error_lines(daemon) == []
+
+
+@pytest.mark.lab(links=2, path_manager="userspace")
+def test_the_hooks_backup_is_the_peers_request_live_and_adopted(
+        lab: Lab, tmp_path: Path) -> None:
+    """The ``backup`` of ``new_subflow`` and ``subflow_priority`` is the
+    kernel's flag: whether the *peer* asked for a backup subflow (MP_JOIN's B
+    bit, MP_PRIO).  A daemon that adopts the subflow at startup reports the
+    same (sock_diag's remote flag, not its own side's)."""
+    primary, backup = lab.links
+    lab.set_path_manager(lab.server, "userspace")
+    calls = tmp_path / "server-calls.jsonl"
+    (tmp_path / "server").mkdir()
+    server_plugins = plugin_dir(tmp_path / "server", "recorder")
+    server_daemon = lab.start_mptcpd("--log=stderr", f"--plugin-dir={server_plugins}",
+                                     ns=lab.server, config="[core]\n",
+                                     env=daemon_env(MPTCPD_RECORDER_LOG=str(calls)))
+    server_daemon.wait_output(READY, timeout=20)
+    client_daemon = start_plugin(lab, tmp_path, "failover",
+                                 f"backup-interfaces={backup.client_if}\n")
+    server = lab.python(lab.server, "-m", "tests.lab.traffic", "server", "--port", str(PORT),
+                        "--duration", "60")
+    server.wait_output("listening")
+    client = lab.python(lab.client, "-m", "tests.lab.traffic", "client",
+                        str(primary.server4), str(PORT), "--wait-subflows", "1",
+                        "--hold", "10", "--timeout", "30", name="client")
+    join = str(backup.client4)
+
+    def hooks(path: Path, name: str) -> list[bool]:
+        """The ``backup`` of the server's ``name`` calls for the join (the
+        recorder writes addresses as ``ip|port``, IPv4 peers mapped)."""
+        return [c["args"]["backup"] for c in recorded(path) if c["hook"] == name
+                and str(SockAddr(c["args"]["raddr"].split("|")[0]).unmapped().ip) == join]
+
+    # Live: the join came with the B bit, then failover's MP_PRIO.
+    wait_for(lambda: hooks(calls, "subflow_priority"), timeout=15,
+             what="the server's subflow_priority for the client's MP_PRIO")
+    assert hooks(calls, "new_subflow") == [True]
+    assert hooks(calls, "subflow_priority") == [True]
+    assert server_daemon.stop() == 0
+    # Adopted by a new daemon: the same value (the server's own side asked
+    # for nothing).
+    adopted = tmp_path / "adopted-calls.jsonl"
+    again = lab.start_mptcpd("--log=stderr", f"--plugin-dir={server_plugins}",
+                             ns=lab.server, config="[core]\n",
+                             env=daemon_env(MPTCPD_RECORDER_LOG=str(adopted)))
+    again.wait_output(READY, timeout=20)
+    wait_for(lambda: hooks(adopted, "new_subflow"), timeout=10,
+             what="the adopted join's new_subflow")
+    assert hooks(adopted, "new_subflow") == [True]
+    assert again.stop() == 0
+    assert client.wait(60) == 0, client.output()
+    assert error_lines(client_daemon) == []

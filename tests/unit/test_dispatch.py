@@ -474,13 +474,15 @@ def test_reconcile_tells_the_plugin_of_subflows_that_came_and_went_unseen(
     d.dispatch(ev.SubflowEstablished(TOKEN1, SUB_L2, RADDR, False))
     assert d.subflows(TOKEN1) == [(SUB_L1, RADDR), (SUB_L2, RADDR)]
     recording.CALLS.clear()
-    # Lost: SUB_L2 closed, SUB_L3 established (backup); the initial subflow
-    # and one still being set up are no news; another token's is not ours.
+    # Lost: SUB_L2 closed, SUB_L3 established (the peer asked for it to be
+    # a backup: ``backup`` is the peer's flag, as in the kernel's events);
+    # the initial subflow and one still being set up are no news; another
+    # token's is not ours.
     d.reconcile({TOKEN1: (LADDR, RADDR, False, True)}, subflows=[
         listed(TOKEN1, LADDR, flags=diag.MPTCP_SUBFLOW_FLAG_MCAP_LOC),
         listed(TOKEN1, SUB_L1),
         listed(TOKEN1, SUB_L3, flags=diag.MPTCP_SUBFLOW_FLAG_JOIN_LOC
-               | diag.MPTCP_SUBFLOW_FLAG_BKUP_LOC),
+               | diag.MPTCP_SUBFLOW_FLAG_BKUP_REM),
         listed(TOKEN1, SockAddr(SUB_L1.ip, 40004), state=2),
         listed(TOKEN2, SUB_L1),
     ])

@@ -46,8 +46,8 @@ def test_losing_the_last_primary_promotes_a_backup_and_its_return_demotes_it(
     fo, pm = setup(tmp_path, C2)
     pm.answer_all()
     pm.take()
-    fo.new_subflow(T1, JOIN2, SERVER, backup=True)
-    assert pm.take() == []
+    fo.new_subflow(T1, JOIN2, SERVER, backup=False)
+    assert pm.take() == [("set_backup", T1, JOIN2, SERVER, True)]
     fo.link_down(not_running(C1))
     assert pm.take() == [("set_backup", T1, INITIAL, SERVER, True),
                          ("set_backup", T1, JOIN2, SERVER, False)]
@@ -60,8 +60,9 @@ def test_no_promotion_while_another_primary_works(tmp_path: Path) -> None:
     fo, pm = setup(tmp_path, C2, C3)
     pm.answer_all()
     pm.take()
-    fo.new_subflow(T1, JOIN2, SERVER, backup=True)
+    fo.new_subflow(T1, JOIN2, SERVER, backup=False)
     fo.new_subflow(T1, JOIN3, SERVER)
+    assert pm.take() == [("set_backup", T1, JOIN2, SERVER, True)]
     fo.link_down(not_running(C1))
     assert pm.take() == []
     # The last primary closes (its interface still up: it is retried later),
@@ -72,6 +73,28 @@ def test_no_promotion_while_another_primary_works(tmp_path: Path) -> None:
     # A primary joins again: the backup is demoted.
     fo.new_subflow(T1, SockAddr("203.0.113.1", 41004), SERVER)
     assert pm.take("set_backup") == [("set_backup", T1, JOIN2, SERVER, True)]
+
+
+def test_the_peers_backup_requests_are_not_taken_for_its_own(tmp_path: Path) -> None:
+    """The kernel's events carry the peer's flag (its MP_JOIN's B bit, its
+    MP_PRIO), not this side's priority: a peer that asks for backup changes
+    nothing failover decides."""
+    fo, pm = setup(tmp_path, C2)
+    pm.answer_all()
+    pm.take()
+    # The peer answered the backup join with the B bit: failover still
+    # marks it, as its own priority is not in the event.
+    fo.new_subflow(T1, JOIN2, SERVER, backup=True)
+    assert pm.take() == [("set_backup", T1, JOIN2, SERVER, True)]
+    # The peer asks for the primary subflow to be a backup (MP_PRIO): not a
+    # reason to "restore" it, nor to promote the backup.
+    fo.subflow_priority(T1, INITIAL, SERVER, backup=True)
+    fo.new_subflow(T1, SockAddr("192.0.2.1", 41009), SERVER, backup=True)
+    assert pm.take("set_backup") == []
+    # And the failover itself still works from its own priorities.
+    fo.link_down(not_running(C1))
+    assert pm.take("set_backup") == [("set_backup", T1, INITIAL, SERVER, True),
+                                     ("set_backup", T1, JOIN2, SERVER, False)]
 
 
 def test_an_interface_whose_own_flags_say_backup_is_a_backup_interface(

@@ -582,8 +582,10 @@ class Dispatcher:
                 self._tally.log(logging.WARNING, "subflow(s) established while events were "
                                 "lost", "Subflow %s -> %s of connection %08x was established "
                                 "while events were lost.", sf.laddr, sf.raddr, token)
+            # ``backup`` as the kernel's events carry it: the peer's request
+            # (its MP_JOIN's B bit or MP_PRIO), not this side's.
             self._subflow_established(ev.SubflowEstablished(
-                Token(token), sf.laddr, sf.raddr, sf.backup,
+                Token(token), sf.laddr, sf.raddr, sf.backup_remote,
                 loc_id=AddressId(sf.local_id), rem_id=AddressId(sf.remote_id),
                 if_idx=sf.ifindex or None, server_side=server_side))
 

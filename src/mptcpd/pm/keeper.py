@@ -210,7 +210,12 @@ class Kept:
     :ivar key: the slot it fills (None: not opened by the keeper).
     :ivar pending: opened by the keeper, not reported established yet.
     :ivar initial: the connection's initial subflow.
-    :ivar backup: its backup priority as last known.
+    :ivar backup: this side's backup priority, as the plugin last asked for
+        it (``pm.set_backup``); False once the subflow is established, for
+        the kernel's events do not tell it (a join created with ``backup``
+        asked for it in its SYN, which not every kernel honours).
+    :ivar peer_backup: the peer asked for it to be a backup (its MP_JOIN's B
+        bit or its MP_PRIO): the ``backup`` of the kernel's events.
     """
 
     laddr: SockAddr
@@ -219,6 +224,7 @@ class Kept:
     pending: bool = False
     initial: bool = False
     backup: bool = False
+    peer_backup: bool = False
     #: loop time it was reported established (None: not yet).
     since: float | None = None
 
@@ -684,13 +690,13 @@ class SubflowKeeper:
         for kept in conn.subflows:  # the oldest pending one on that path
             if kept.pending and kept.same_path(laddr, raddr):
                 kept.laddr, kept.raddr, kept.pending = laddr, raddr, False
-                kept.backup = bool(backup)
+                kept.backup, kept.peer_backup = False, bool(backup)
                 self.established(conn, kept, pm)
                 return
         if any(plain(k.laddr) == plain(laddr) and plain(k.raddr) == plain(raddr)
                for k in conn.subflows):
             return  # known already (adoption reports it again)
-        conn.subflows.append(Kept(laddr, raddr, backup=bool(backup)))
+        conn.subflows.append(Kept(laddr, raddr, peer_backup=bool(backup)))
 
     def established(self, conn: KeptConnection, kept: Kept, pm: PathManager) -> None:
         """A subflow the keeper opened is established."""
@@ -726,7 +732,7 @@ class SubflowKeeper:
             return
         for kept in conn.subflows:
             if plain(kept.laddr) == plain(laddr) and plain(kept.raddr) == plain(raddr):
-                kept.backup = bool(backup)
+                kept.peer_backup = bool(backup)  # the peer's MP_PRIO
 
     # -- network events ------------------------------------------------------------------
 
