@@ -9,12 +9,12 @@ address when it set ``deny_join_id0``), as sspi does.  Interfaces whose
 names match one of the ``backup-interfaces`` globs, or whose own address
 flags (an ``[interface GLOB]`` group of ``mptcpd.conf``, e.g.
 ``addr-flags=subflow,backup``) have ``backup``, are *backup* interfaces:
-their subflows are backup subflows: created with ``backup`` (from Linux
-6.11 on their MP_JOIN asks for it, a backup from the first packet) and
+their subflows are backup subflows: created with ``backup`` (their MP_JOIN
+asks for it, on Linux 6.18 at least: a backup from the first packet) and
 marked so once established all the same (``pm.set_backup``: MP_PRIO; the
-kernel's events carry the peer's flag, not ours, and an older kernel leaves
-the request out), so that neither end schedules data on them while a
-primary subflow works.
+kernel's events carry the peer's flag, not this side's, so whether the
+kernel honoured the request is not known), so that neither end schedules
+data on them while a primary subflow works.
 
 * When a connection has no working primary subflow any more (its last one
   closed, or the interfaces of all of them lost their carrier), failover

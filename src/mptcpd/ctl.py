@@ -649,7 +649,8 @@ def subflow() -> None:
 @click.argument("remote")
 @click.option("--local-id", type=int, default=0)
 @click.option("--remote-id", type=int, default=0)
-@click.option("--backup", is_flag=True)
+@click.option("--backup", is_flag=True,
+              help="The join asks the peer to take it as a backup from its first packet.")
 @pass_ctx
 def subflow_add(ctx: _Context, token: str, local: str, remote: str, local_id: int,
                 remote_id: int, backup: bool) -> None:

@@ -105,7 +105,7 @@ def test_a_backup_subflow_asks_for_backup_in_its_join(lab: Lab, tmp_path: Path) 
     leaves it out): the join's SYN carries MP_JOIN's B bit, so the subflow is
     a backup from its first packet, before failover's MP_PRIO (which it
     still sends: the kernel's events carry the peer's flag, not ours, and a
-    kernel before 6.11 ignores the flag)."""
+    kernel may not honour the flag)."""
     primary, backup = lab.links
     daemon = start_plugin(lab, tmp_path, "failover", f"backup-interfaces={backup.client_if}\n")
     start_server(lab)

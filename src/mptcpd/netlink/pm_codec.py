@@ -186,7 +186,7 @@ def add_subflow(family: int, seq: int, flags: int, token: int, local_id: int,
                 backup: bool = False) -> bytes:
     """SUBFLOW_CREATE: TOKEN ; A(laddr, lport≠0, local_id≠0, FLAGS=BACKUP if
     ``backup``) ; R(raddr, rport≠0, remote_id≠0).  The C mptcpd leaves
-    ``backup`` out; the kernel (since 6.11) makes the join ask for backup
+    ``backup`` out; the kernel (6.18 does) makes the join ask for backup
     priority from its SYN (MP_JOIN's B bit) when it is there."""
     body = (_token(token) + _nest(_A, laddr, laddr.port, local_id, _BACKUP if backup else 0)
             + _nest(_R, raddr, raddr.port, remote_id))

@@ -189,9 +189,10 @@ class Wanted:
     :ivar raddr: the peer's address and port.
     :ivar remote_id: the peer's ID of ``raddr`` (0 for its initial address).
     :ivar backup: passed to ``pm.add_subflow``: the join asks for backup
-        priority (Linux 6.11 and later; an older kernel leaves it out, and
-        the events tell the peer's flag, not ours, so failover also marks
-        the subflow with ``pm.set_backup`` once established).
+        priority in its SYN (seen on Linux 6.18; a kernel that does not
+        honour it leaves it out, and the events tell the peer's flag, not
+        ours, so failover also marks the subflow with ``pm.set_backup``
+        once established).
     """
 
     key: Hashable
