@@ -133,6 +133,7 @@ def test_a_command_the_full_queue_refused_is_sent_again_while_wanted(
         resend_refused(send(), send, lambda: True, policy, timers)
         assert not refused_by_queue(sent[2])
         sent[2].set_exception(OSError(22, "Invalid argument"))
+        sent[2].exception()  # read, as the daemon's channel marks its failures
         clock.advance(1)
         assert len(sent) == 3 and not timers
         # Cancelled with what it was about (the connection closed).
