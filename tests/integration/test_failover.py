@@ -116,9 +116,10 @@ def test_a_backup_subflow_asks_for_backup_in_its_join(lab: Lab, tmp_path: Path) 
     wait_for(lambda: peer_sees_backup(lab, str(backup.client4)), timeout=10,
              what="the server to see the backup subflow as backup")
     assert peer_sees_backup(lab, str(primary.client4)) is False
+    # Every join (all from the backup interface: failover opens none from
+    # the initial one's) had the B bit in its SYN.
     server = mib(lab, lab.server)
-    assert server["MPTcpExtMPJoinSynRx"] == 1
-    assert server["MPTcpExtMPJoinSynBackupRx"] == 1  # the B bit, in the join's SYN
+    assert server["MPTcpExtMPJoinSynBackupRx"] == server["MPTcpExtMPJoinSynRx"] >= 1
     assert client.wait(30) == 0, client.output()
     assert error_lines(daemon) == []
 
