@@ -332,3 +332,36 @@ def test_bad_settings_are_errors_naming_the_key_and_unknown_keys_warned(
             '"1.5s", "2m", "1h"); using 1.0.') in messages
     established(fm)
     assert len(subflows(pm)) == 2
+
+
+def test_a_join_completed_after_its_address_flapped_is_kept_once_per_path(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The address of a pending join goes and comes back: the keeper gives
+    the join up and asks for a new one, but the kernel may complete the
+    first all the same (its SYN retransmitted once the address is back).
+    Whichever comes first fills the path's slot; the other is closed, one
+    too many.  Seen under a flood, whose lost events hid the first one's
+    fate: up to seven subflows on one path."""
+    caplog.set_level(logging.INFO, logger="mptcpd.plugins.fullmesh")
+    pm = FakePathManager(interfaces=[C1, C2ONE])
+    fm = load(tmp_path, pm)
+    established(fm)
+    assert subflows(pm) == [("198.51.100.1", "192.0.2.2:5201")]
+    pm.settle()
+    fm.delete_local_address(C2ONE, SockAddr("198.51.100.1"))
+    assert pm.take() == []  # the pending join is given up, not closed
+    fm.new_local_address(C2ONE, SockAddr("198.51.100.1"))
+    assert subflows(pm) == [("198.51.100.1", "192.0.2.2:5201")]
+    pm.settle()
+    old, new = SockAddr("198.51.100.1", 41001), SockAddr("198.51.100.1", 41002)
+    fm.new_subflow(T1, old, SERVER, backup=False)  # takes the new one's slot
+    assert pm.take() == []
+    fm.new_subflow(T1, new, SERVER, backup=False)
+    assert pm.take() == [("remove_subflow", T1, new, SERVER)]
+    assert any(f"closing the subflow {new} -> {SERVER}, one too many" in r.getMessage()
+               for r in caplog.records)
+    # Its close is no loss: nothing is re-created.
+    fm.subflow_closed(T1, new, SERVER)
+    pm.settle()
+    assert pm.take() == []
+

@@ -88,3 +88,38 @@ def test_a_lost_subflow_is_retried_and_the_carrier_closes_and_restores_them(
     nd.link_up(C1)
     assert len(sent(pm)) == 2
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+
+def test_joins_given_up_with_their_address_fill_free_slots_and_no_more(
+        tmp_path: Path, clock: Clock) -> None:  # noqa: F811 (the fixture)
+    """The address of two pending joins goes and comes back: the keeper gives
+    them up and asks for two new ones, one of which the kernel refuses; the
+    kernel completes the two given up all the same.  They take the slots
+    (so the refused one's retry is not made), and the new one that
+    completes too is one too many: closed."""
+    pm = FakePathManager(interfaces=[C1, C2], loop=clock.loop,
+                         settings={"ndiffports": {"subflows": "3", "retry-base": "100ms"}})
+    nd = load(tmp_path, pm, "ndiffports")
+    established(nd)
+    pm.answer_all()
+    pm.take()
+    local = SockAddr("192.0.2.1")
+    nd.delete_local_address(C1, local)
+    assert pm.take() == []  # pending: given up, not closed
+    nd.new_local_address(C1, local)
+    first, second = pm.commands
+    pm.take()
+    first.answer()
+    second.refuse(errno.ETIMEDOUT)
+    pm.settle()
+    assert clock.timers() == [0.1]  # the refused one's retry
+    for port in (41001, 41002):  # the two given up, completed after all
+        nd.new_subflow(T1, SockAddr("192.0.2.1", port), SERVER)
+    clock.advance(0.1)
+    assert pm.take() == []  # both slots are filled: no retry
+    nd.new_subflow(T1, SockAddr("192.0.2.1", 41003), SERVER)  # the first new one
+    assert pm.take() == [("remove_subflow", T1, SockAddr("192.0.2.1", 41003), SERVER)]
+    # A join on that path that the keeper never asked for is left alone.
+    nd.new_subflow(T1, SockAddr("192.0.2.1", 41004), SERVER)
+    assert pm.take() == []

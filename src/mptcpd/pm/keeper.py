@@ -20,6 +20,16 @@ it lives here, public through :mod:`mptcpd.plugin`:
 Who closed a subflow matters: those the keeper closes itself are expected
 (no error is logged when their ``subflow_closed`` arrives).
 
+A pending subflow whose address goes is given up, not closed: there is
+nothing to close yet.  The kernel may still complete it (its SYN goes out
+again once the address is back), while the keeper has asked for a new one
+on the address's return.  So the keeper remembers what it gave up
+(:attr:`KeptConnection.abandoned`): such a join, when it is reported
+established, fills a free slot of its path, or is closed as one too many
+when the path's slots are all held again.  (An address flapping under a
+connection flood left up to seven subflows on one fullmesh path.)  A join
+on a path that the keeper did not open is left alone.
+
 Re-creating lost subflows
 =========================
 
@@ -63,6 +73,9 @@ from mptcpd.types import Interface, SockAddr
 if TYPE_CHECKING:
     from mptcpd.plugin import PathManager, PluginSettings
 
+#: Creations given up while pending that a connection remembers (the
+#: oldest are forgotten first).
+MAX_ABANDONED = 64
 #: Seconds between the kernel's answer to one announcement of a connection
 #: and the next one (a peer running the in-kernel PM drops an ADD_ADDR that
 #: arrives while it still acts on the previous one).
@@ -252,6 +265,10 @@ class KeptConnection:
     announced: dict[int, SockAddr] = dataclasses.field(default_factory=dict)
     #: subflows the keeper closed, as plain (laddr, raddr), until their event.
     closing: set[tuple[SockAddr, SockAddr]] = dataclasses.field(default_factory=set)
+    #: creations the keeper gave up while they were pending (their address
+    #: went), as (local IP, plain raddr), oldest first: the kernel may still
+    #: complete them (the SYN goes out again once the address is back).
+    abandoned: list[tuple[SockAddr, SockAddr]] = dataclasses.field(default_factory=list)
     announcing: bool = False
     announce_timer: asyncio.TimerHandle | None = None
     #: announcements in a row the daemon's full queue refused.
@@ -485,13 +502,16 @@ class SubflowKeeper:
         full = isinstance(error, QueueFull)
         if not full and kept.key is not None and kept.key in conn.slots:
             conn.slots[kept.key].refusals = 0
-        if (future.cancelled() or error is not None) and kept.pending \
-                and kept in conn.subflows:
-            conn.subflows.remove(kept)
-            if full:
-                self._not_sent(conn, kept, pm)
-            else:
-                self.lost(conn, kept, pm)
+        if (future.cancelled() or error is not None) and kept.pending:
+            if kept in conn.subflows:
+                conn.subflows.remove(kept)
+                if full:
+                    self._not_sent(conn, kept, pm)
+                else:
+                    self.lost(conn, kept, pm)
+            elif (path := (SockAddr(plain(kept.laddr).ip), plain(kept.raddr))) \
+                    in conn.abandoned:
+                conn.abandoned.remove(path)  # given up, and refused: nothing comes of it
 
     def _not_sent(self, conn: KeptConnection, kept: Kept, pm: PathManager) -> None:
         """The daemon's full queue refused the creation: asked for again after
@@ -556,10 +576,14 @@ class SubflowKeeper:
 
 
     def close(self, conn: KeptConnection, kept: Kept, pm: PathManager) -> None:
-        """Forget ``kept`` and close it (a pending one is left to fail)."""
+        """Forget ``kept`` and close it (a pending one is left to fail, and
+        remembered in case it does not: :meth:`new_subflow`)."""
         if kept in conn.subflows:
             conn.subflows.remove(kept)
         if kept.pending:
+            if kept.key is not None:
+                del conn.abandoned[:-MAX_ABANDONED + 1]
+                conn.abandoned.append((SockAddr(plain(kept.laddr).ip), plain(kept.raddr)))
             return
         key = (plain(kept.laddr), plain(kept.raddr))
         conn.closing.add(key)
@@ -697,7 +721,28 @@ class SubflowKeeper:
         if any(plain(k.laddr) == plain(laddr) and plain(k.raddr) == plain(raddr)
                for k in conn.subflows):
             return  # known already (adoption reports it again)
-        conn.subflows.append(Kept(laddr, raddr, peer_backup=bool(backup)))
+        kept = Kept(laddr, raddr, peer_backup=bool(backup))
+        path = (SockAddr(plain(laddr).ip), plain(raddr))
+        if path in conn.abandoned:
+            # A creation the keeper gave up (its address went while it was
+            # pending) that the kernel completed all the same once the
+            # address was back.  It fills a free slot of its path; on a path
+            # whose slots are all held again, it is one too many.
+            conn.abandoned.remove(path)
+            held = {k.key for k in conn.subflows if k.key is not None}
+            for wanted in self.want(conn, pm) if conn.established else ():
+                if wanted.key not in held and plain(wanted.laddr).ip == path[0].ip \
+                        and plain(wanted.raddr) == path[1]:
+                    kept.key = wanted.key
+                    conn.subflows.append(kept)
+                    self.established(conn, kept, pm)
+                    return
+            if any(k.key is not None and k.same_path(laddr, raddr) for k in conn.subflows):
+                self.log.info("Connection %08x: closing the subflow %s -> %s, one too many "
+                              "on its path.", token, laddr, raddr)
+                self.close(conn, kept, pm)
+                return
+        conn.subflows.append(kept)
 
     def established(self, conn: KeptConnection, kept: Kept, pm: PathManager) -> None:
         """A subflow the keeper opened is established."""
@@ -717,6 +762,9 @@ class SubflowKeeper:
         if kept is None:  # a join that never got established
             kept = next((k for k in conn.subflows if k.pending and k.same_path(laddr, raddr)),
                         None)
+        if kept is None and (key[0].with_port(0), key[1]) in conn.abandoned:
+            conn.abandoned.remove((key[0].with_port(0), key[1]))  # it failed after all
+            return
         if kept is None:
             self.log.debug("Connection %08x: closed subflow %s -> %s was not tracked.",
                            token, laddr, raddr)
