@@ -343,3 +343,38 @@ def test_a_connection_older_than_the_daemon_meshes_once_its_peer_announces_again
         in daemon.output()  # (-d)
     assert error_lines(daemon) == []
     assert daemon.stop() == 0
+
+
+@pytest.mark.lab(links=2, path_manager="userspace")
+def test_a_join_held_up_while_its_address_flapped_leaves_one_subflow_on_its_path(
+        lab: Lab, tmp_path: Path) -> None:
+    """The second link drops everything the client sends (a pfifo of no
+    room), so the join from it waits in SYN-SENT; its address goes and comes
+    back: fullmesh gives the join up and asks for a new one.  Once the link
+    passes again the kernel completes both; the path keeps one subflow, the
+    other is closed as one too many."""
+    daemon = start_plugin(lab, tmp_path, "fullmesh")
+    start_server(lab)
+    first, second = lab.links
+    lab.exec(lab.client, "tc", "qdisc", "add", "dev", second.client_if, "root", "pfifo",
+             "limit", "0")
+    (client,) = start_clients(lab, 1, 0, hold=20)
+    (token,) = wait_tokens(lab, 1)
+
+    def joins_waiting() -> list[str]:
+        out = lab.exec(lab.client, "ss", "-tanH", "state", "syn-sent").stdout
+        return [line for line in out.splitlines() if f" {second.client4}:" in line]
+
+    wait_for(joins_waiting, timeout=10, what="the join waiting in SYN-SENT")
+    address = f"{second.client4}/{second.subnet4.prefixlen}"
+    lab.ip(lab.client, "addr", "del", address, "dev", second.client_if)
+    lab.ip(lab.client, "addr", "add", address, "dev", second.client_if)
+    wait_for(lambda: len(joins_waiting()) == 2, timeout=10,
+             what="the new join beside the one given up")
+    lab.exec(lab.client, "tc", "qdisc", "del", "dev", second.client_if, "root")
+    daemon.wait_output(rf"Connection {token:08x}: closing the subflow {second.client4}:\d+ -> "
+                       rf"{first.server4}:{PORT}, one too many on its path\.", timeout=15)
+    wait_mesh(lab, {token}, {(str(first.client4), str(first.server4)),
+                             (str(second.client4), str(first.server4))})
+    assert client.wait(40) == 0, client.output()
+    assert error_lines(daemon) == []
