@@ -81,7 +81,9 @@ kernel closes those); ``link_down``, ``delete_interface`` and
 ``delete_local_address`` close this host's joins on the dead interface or
 address (and free a deleted address's ID); ``link_up`` and
 ``new_local_address`` fill interfaces that have no subflow again (and, on
-the server side, announce new addresses).
+the server side, announce new addresses).  A join closed because its
+address went does not count as tried: its interface is tried afresh with
+its next usable address (the same one back, after an address flap).
 
 Differences from the C sspi (mptcpd 0.12/0.13)
 ==============================================
@@ -668,12 +670,17 @@ class SingleSubflowPerInterface:
             if subflow is not None and not subflow.initial:
                 self._close_subflow(conn, index, pm)
 
+    @staticmethod
+    def _afresh(conn: Connection, index: int) -> None:
+        """``conn`` may try interface ``index`` again, at once."""
+        conn.attempted = {pair for pair in conn.attempted if pair[0] != index}
+        conn.failures = {k: n for k, n in conn.failures.items() if k[0] != index}
+        conn.due = {k: when for k, when in conn.due.items() if k[0] != index}
+
     def link_up(self, index: int, pm: PathManager) -> None:
         """The interface runs again: every connection may try it afresh."""
         for conn in self.connections.values():
-            conn.attempted = {pair for pair in conn.attempted if pair[0] != index}
-            conn.failures = {k: n for k, n in conn.failures.items() if k[0] != index}
-            conn.due = {k: when for k, when in conn.due.items() if k[0] != index}
+            self._afresh(conn, index)
             self._fill(conn, pm)
             self._announce(conn, pm)
 
@@ -684,9 +691,18 @@ class SingleSubflowPerInterface:
 
     def delete_local_address(self, addr: SockAddr, pm: PathManager) -> None:
         for conn in self.connections.values():
+            closed = False
             for index, subflow in list(conn.subflows.items()):
                 if plain(subflow.laddr).ip == addr.ip and not subflow.initial:
                     self._close_subflow(conn, index, pm)
+                    # Not a failure of the interface: it is tried afresh
+                    # with its next usable address (this one back, say:
+                    # once per connection would leave an address flap
+                    # without its subflow for good).
+                    self._afresh(conn, index)
+                    closed = True
+            if closed:
+                self._fill(conn, pm)
             for local_id, local in list(conn.announced.items()):
                 if local.ip == addr.ip:
                     del conn.announced[local_id]

@@ -585,11 +585,33 @@ def test_delete_local_address_closes_joins_and_withdraws_announcements(
     announce_all(pm, sspi_module(registry))
     c3_id = pm.id_manager.lookup(sa("203.0.113.1"))
     pm.calls.clear()
-    d.broadcast(ev.LocalAddressRemoved(C3, sa("203.0.113.1")))
+    gone = Interface(C3.index, C3.name, READY, addrs=())  # as the monitor shows it then
+    pm.network_monitor.replace(gone)
+    d.broadcast(ev.LocalAddressRemoved(gone, sa("203.0.113.1")))
     assert pm.take() == [
         ("remove_subflow", T1, made["203.0.113.1"], SERVER),
         ("remove_addr", None, c3_id, T2),
     ]
+
+
+def test_an_address_that_goes_and_comes_back_gets_its_join_again(
+        d: Dispatcher, pm: FakePM, caplog: pytest.LogCaptureFixture) -> None:
+    """Its join was closed because the address went, not refused: the
+    interface is tried afresh when it has a usable address again (it used
+    to count as tried, and the connection stayed without it for good)."""
+    open_client(d)
+    made = joins_established(d, pm)
+    addr = sa("198.51.100.1")
+    gone = Interface(C2.index, C2.name, READY, addrs=())
+    pm.network_monitor.replace(gone)
+    d.broadcast(ev.LocalAddressRemoved(gone, addr))
+    assert pm.take() == [("remove_subflow", T1, made["198.51.100.1"], SERVER)]
+    d.dispatch(ev.SubflowClosed(T1, made["198.51.100.1"], SERVER, backup=False))
+    assert pm.take() == []  # the interface has no usable address now
+    pm.network_monitor.replace(C2)
+    d.broadcast(ev.LocalAddressAdded(C2, addr))
+    assert [c[4:] for c in pm.take()] == [(addr, SERVER)]
+    assert log_lines(caplog, logging.ERROR) == []
 
 
 def test_new_local_address_fills_an_interface_that_had_none(
