@@ -27,17 +27,28 @@ initial address (a duplicate on that interface, which sspi closes).  It
 reports the duplicate joins still open once the flood is over (polled
 while the connections are held, until none is left), events lost and log
 lines.
+``--flap`` replaces the client rounds by address flaps: the connections
+(``--conns`` at ``--rate``) are opened first and held; then, during the
+flood, the client's second address is deleted and added back (0.3 s
+without, 0.5 s with) until the flood ends.  Once it is over, each held
+connection should have its plugin's subflows again, exactly: counted from
+the kernel's sock_diag listing (established subflows per token) every
+second for up to 30 s.  Reported: connections exact, with one too many, or
+short, and the seconds until all were exact.
+
 What the kernel did is read by the connection client itself
-(``tests.lab.traffic conns``: ``MPTCP_INFO`` subflow counts), not from the
-daemon.  Needs root.
+(``tests.lab.traffic conns``: ``MPTCP_INFO`` subflow counts), or from
+sock_diag (``--flap``), not from the daemon.  Needs root.
 
     .venv/bin/python bench/bench_overrun.py [--plugins sspi,fullmesh,ndiffports,failover]
-        [--server] [--rounds 1] [--conns 600] [--rate 100] [--flooders 2] [--json FILE]
+        [--server] [--flap] [--rounds 1] [--conns 600] [--rate 100] [--flooders 2]
+        [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import collections
 import functools
 import json
@@ -61,7 +72,8 @@ from bench_load import (  # noqa: E402
     run_conns,
     write_json,
 )
-from tests.lab import LabError  # noqa: E402
+from mptcpd.netlink.diag import list_mptcp_subflows  # noqa: E402
+from tests.lab import Lab, LabError  # noqa: E402
 
 #: Extra subflows each plugin gives a client connection in this lab.
 WANT = {"sspi": 1, "failover": 1, "ndiffports": 3, "fullmesh": 3}
@@ -69,7 +81,9 @@ WANT = {"sspi": 1, "failover": 1, "ndiffports": 3, "fullmesh": 3}
 QUIET = re.compile(r"ready|initialized|exited|listening|The kernel uses|existed at startup")
 
 
-def one_round(plugin: str, o: argparse.Namespace) -> dict[str, Any]:
+def client_lab(plugin: str) -> tuple[Lab, Daemon]:
+    """The lab of a client round, its servers listening and ``plugin``'s
+    daemon ready in the client."""
     lab = lab_for("userspace", "kernel")
     try:
         settings = {"ndiffports": "subflows=4\n",
@@ -83,6 +97,15 @@ def one_round(plugin: str, o: argparse.Namespace) -> dict[str, Any]:
         daemon = Daemon(lab, "ours", lab.client,
                         [f"--path-manager={plugin}", f"--load-plugins={plugin}"], "",
                         config=f"[core]\n[plugin {plugin}]\n{settings}")
+    except BaseException:
+        lab.close()
+        raise
+    return lab, daemon
+
+
+def one_round(plugin: str, o: argparse.Namespace) -> dict[str, Any]:
+    lab, daemon = client_lab(plugin)
+    try:
         server = str(lab.links[0].server4)
         flooders = lab.flood(o.flood_seconds, o.flooders)
         res = run_conns(lab, lab.client, server, o.conns, rate=o.rate, want=WANT[plugin],
@@ -102,6 +125,67 @@ def one_round(plugin: str, o: argparse.Namespace) -> dict[str, Any]:
         "p50_ms": pct(served, 0.5), "max_ms": max(served, default=None),
         "events_lost": drops, "daemon_alive": alive, "log_lines": len(log.splitlines()),
         "log": count_lines(log),
+    }
+
+
+def subflow_counts(lab: Lab, port: int = 5201) -> dict[int, int]:
+    """Established subflows per connection token in the client, of the
+    connections to the server's ``port`` (sock_diag)."""
+    counts: dict[int, int] = collections.Counter()
+    for sf in asyncio.run(list_mptcp_subflows(lab.client)):
+        if sf.established and sf.token and sf.raddr.port == port:
+            counts[sf.token] += 1
+    return dict(counts)
+
+
+def flap_round(plugin: str, o: argparse.Namespace) -> dict[str, Any]:
+    """Held connections, then the flood with the client's second address
+    flapping; then how many connections have their subflows again."""
+    lab, daemon = client_lab(plugin)
+    try:
+        want = WANT[plugin] + 1  # the initial subflow too
+        server = str(lab.links[0].server4)
+        hold = o.flood_seconds + 90
+        conns = lab.python(lab.client, "-m", "tests.lab.traffic", "conns", server, "5201",
+                           "--count", str(o.conns), "--rate", str(o.rate), "--want-subflows",
+                           "99", "--deadline", str(hold), name="conns", env=py_env())
+        deadline = time.monotonic() + o.conns / o.rate + 30
+        while len(subflow_counts(lab)) < o.conns and time.monotonic() < deadline:
+            time.sleep(0.5)
+        link = lab.links[1]
+        address = f"{link.client4}/{link.subnet4.prefixlen}"
+        flooders = lab.flood(o.flood_seconds, o.flooders)
+        flaps, end = 0, time.monotonic() + o.flood_seconds
+        while time.monotonic() < end:
+            lab.ip(lab.client, "addr", "del", address, "dev", link.client_if)
+            time.sleep(0.3)
+            lab.ip(lab.client, "addr", "add", address, "dev", link.client_if)
+            time.sleep(0.5)
+            flaps += 1
+        for flooder in flooders:
+            flooder.wait(o.flood_seconds + 30)
+        over = time.monotonic()
+        settled: float | None = None
+        counts: dict[int, int] = {}
+        while time.monotonic() - over < 30:
+            counts = subflow_counts(lab)
+            if counts and all(n == want for n in counts.values()):
+                settled = time.monotonic() - over
+                break
+            time.sleep(1.0)
+        drops, alive = daemon.drops(), daemon.proc.popen.poll() is None
+        log = daemon.log()
+        conns.stop()
+        daemon.stop()
+    finally:
+        lab.close()
+    return {
+        "connections": o.conns, "held": len(counts), "flaps": flaps,
+        "exact": sum(1 for n in counts.values() if n == want),
+        "too_many": sum(1 for n in counts.values() if n > want),
+        "short": sum(1 for n in counts.values() if n < want),
+        "settled_s": settled, "events_lost": drops, "daemon_alive": alive,
+        "log_lines": len(log.splitlines()), "log": count_lines(log),
     }
 
 
@@ -167,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flood-seconds", type=float, default=6.0)
     parser.add_argument("--server", action="store_true",
                         help="also sspi on the server side (key sspi-server)")
+    parser.add_argument("--flap", action="store_true",
+                        help="client rounds with held connections and the second address "
+                        "flapping during the flood")
     parser.add_argument("--json", dest="json_file")
     o = parser.parse_args(argv)
     if os.geteuid() != 0:
@@ -176,8 +263,9 @@ def main(argv: list[str] | None = None) -> int:
         if plugin not in WANT:
             parser.error(f"unknown plugin {plugin!r} (one of {', '.join(WANT)})")
     results: dict[str, list[dict[str, Any]]] = {}
+    client_round = flap_round if o.flap else one_round
     rounds: list[tuple[str, Callable[[], dict[str, Any]]]] = [
-        (plugin, functools.partial(one_round, plugin, o)) for plugin in o.plugins.split(",")]
+        (plugin, functools.partial(client_round, plugin, o)) for plugin in o.plugins.split(",")]
     if o.server:
         rounds.append(("sspi-server", functools.partial(server_round, o)))
     for number in range(o.rounds):
@@ -197,6 +285,12 @@ def main(argv: list[str] | None = None) -> int:
         for r in runs:
             if "error" in r:
                 print(f"{plugin:11s} error: {r['error']}")
+                continue
+            if "too_many" in r:
+                took = "—" if r["settled_s"] is None else f"{r['settled_s']:.0f} s"
+                print(f"{plugin:11s} exact {r['exact']}/{r['connections']}, one too many or "
+                      f"more {r['too_many']}, short {r['short']} ({r['flaps']} flaps; all exact "
+                      f"after {took}), {r['events_lost']} events lost")
                 continue
             if "duplicates_left" in r:
                 print(f"{plugin:11s} duplicate joins left {r['duplicates_left']}, "

@@ -615,6 +615,14 @@ class SingleSubflowPerInterface:
         index = self._interface_index(pm, laddr)
         if index is None:
             log.error("Unable to track new subflow.")
+            if not conn.server_side:
+                # A join from an address this host no longer has (one given
+                # up while pending when the address went, completed after
+                # all): closed like the joins of a removed address, not left
+                # untracked for good.
+                log.info("Connection %08x: closing the subflow %s -> %s: its address is "
+                         "not on this host.", token, laddr, raddr)
+                self._remove_subflow(conn, laddr, raddr, pm)
             return
         current = conn.subflows.get(index)
         if current is None:

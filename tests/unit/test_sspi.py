@@ -614,6 +614,24 @@ def test_an_address_that_goes_and_comes_back_gets_its_join_again(
     assert log_lines(caplog, logging.ERROR) == []
 
 
+def test_a_join_from_an_address_the_host_no_longer_has_is_closed(
+        d: Dispatcher, pm: FakePM, caplog: pytest.LogCaptureFixture) -> None:
+    """A join given up while pending when its address went, that the kernel
+    completes all the same, is reported from an address no interface has:
+    C logs it (kept) and leaves it untracked for good; it is closed."""
+    open_client(d)
+    joins_established(d, pm)
+    gone = Interface(C2.index, C2.name, READY, addrs=())
+    pm.network_monitor.replace(gone)
+    late = sa("198.51.100.1", 41999)
+    d.dispatch(ev.SubflowEstablished(T1, late, SERVER, backup=False))
+    assert pm.take() == [("remove_subflow", T1, late, SERVER)]
+    assert log_lines(caplog, logging.ERROR) == ["No network interface with given IP address.",
+                                                "Unable to track new subflow."]
+    d.dispatch(ev.SubflowClosed(T1, late, SERVER, backup=False))  # its close: expected
+    assert pm.take() == []
+
+
 def test_new_local_address_fills_an_interface_that_had_none(
         d: Dispatcher, pm: FakePM) -> None:
     bare = Interface(7, "c6", READY)
