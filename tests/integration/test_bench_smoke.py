@@ -99,3 +99,17 @@ def test_bench_overrun_smoke_reports_each_plugin(lab_available: None, tmp_path: 
     for name in ("sspi", "fullmesh"):
         assert results[name][0]["opened"] == 10
     assert results["sspi"][0]["served"] == 10  # one extra subflow each, lost events or not
+
+
+def test_bench_overrun_flap_smoke_counts_each_connections_subflows(
+        lab_available: None, tmp_path: Path) -> None:
+    """The address-flap soak's quickest form: held connections, one flap or
+    two during a short flood; each connection's subflows counted (sspi lost
+    its join for good at each flap before)."""
+    results = run_bench(tmp_path, "bench_overrun.py", "--flap", "--plugins", "sspi",
+                        "--conns", "10", "--rate", "20", "--flooders", "1",
+                        "--flood-seconds", "1.5")
+    (run,) = results["sspi"]
+    assert "error" not in run, run
+    assert run["daemon_alive"] and run["flaps"] >= 1 and run["held"] == 10, run
+    assert run["exact"] == 10, run  # each has its join back, and one only
