@@ -434,39 +434,13 @@ def test_both_ends_running_sspi_settle_on_one_subflow_per_interface_each(
 
 
 @pytest.mark.lab(links=3, path_manager="userspace")
-def test_carrier_loss_closes_the_joins_there_and_recovery_restores_them(
-        lab: Lab, tmp_path: Path) -> None:
-    daemon = start_sspi(lab, tmp_path)
-    start_server(lab)
-    start_clients(lab, 3, 0, hold=40)
-    tokens = wait_tokens(lab, 3)
-    before = wait_for(lambda: one_per_interface(lab, tokens), timeout=15,
-                      what="one subflow per interface")
-    third = lab.links[2]
-
-    lab.set_carrier(third, False)
-
-    def third_closed() -> bool:
-        table = by_interface(lab, subflow_sockets(lab, lab.client))
-        return all(third.client_if not in table[token] for token in tokens)
-
-    wait_for(third_closed, timeout=10, what=f"the joins on {third.client_if} to close")
-    lab.set_carrier(third, True)
-    after = wait_for(lambda: one_per_interface(lab, tokens), timeout=15,
-                     what=f"new joins on {third.client_if}")
-    for token in tokens:
-        assert after[token][third.client_if][0].lport != before[token][third.client_if][0].lport
-        for link in lab.links[:2]:  # the other links were not touched
-            assert keys(after[token])[link.client_if] == keys(before[token])[link.client_if]
-    assert error_lines(daemon) == []
-
-
-@pytest.mark.lab(links=3, path_manager="userspace")
-def test_an_address_that_goes_and_comes_back_gets_its_joins_again(
-        lab: Lab, tmp_path: Path) -> None:
-    """The address of the third link goes (its carrier stays): the joins from
-    it close.  Once it is back, every connection gets its join there again
-    (sspi used to count the interface as tried, and left it without one)."""
+@pytest.mark.parametrize("loss", ["carrier", "address"])
+def test_a_lost_link_closes_the_joins_there_and_its_return_restores_them(
+        lab: Lab, tmp_path: Path, loss: str) -> None:
+    """The third link loses its carrier, or its address (the carrier stays):
+    the joins there close.  Once it is back, every connection gets its join
+    there again (after an address flap sspi used to count the interface as
+    tried, and left it without one)."""
     daemon = start_sspi(lab, tmp_path)
     start_server(lab)
     start_clients(lab, 3, 0, hold=40)
@@ -475,18 +449,26 @@ def test_an_address_that_goes_and_comes_back_gets_its_joins_again(
                       what="one subflow per interface")
     third = lab.links[2]
     address = f"{third.client4}/{third.subnet4.prefixlen}"
-    lab.ip(lab.client, "addr", "del", address, "dev", third.client_if)
+    if loss == "carrier":
+        lab.set_carrier(third, False)
+    else:
+        lab.ip(lab.client, "addr", "del", address, "dev", third.client_if)
 
     def third_closed() -> bool:
         table = by_interface(lab, subflow_sockets(lab, lab.client))
         return all(third.client_if not in table[token] for token in tokens)
 
-    wait_for(third_closed, timeout=10, what=f"the joins from {third.client4} to close")
-    lab.ip(lab.client, "addr", "add", address, "dev", third.client_if)
+    wait_for(third_closed, timeout=10, what=f"the joins on {third.client_if} to close")
+    if loss == "carrier":
+        lab.set_carrier(third, True)
+    else:
+        lab.ip(lab.client, "addr", "add", address, "dev", third.client_if)
     after = wait_for(lambda: one_per_interface(lab, tokens), timeout=15,
-                     what=f"new joins from {third.client4}")
+                     what=f"new joins on {third.client_if}")
     for token in tokens:
         assert after[token][third.client_if][0].lport != before[token][third.client_if][0].lport
+        for link in lab.links[:2]:  # the other links were not touched
+            assert keys(after[token])[link.client_if] == keys(before[token])[link.client_if]
     assert error_lines(daemon) == []
 
 
