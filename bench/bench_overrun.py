@@ -27,6 +27,7 @@ initial address (a duplicate on that interface, which sspi closes).  It
 reports the duplicate joins still open once the flood is over (polled
 while the connections are held, until none is left), events lost and log
 lines.
+
 ``--flap`` replaces the client rounds by address flaps: the connections
 (``--conns`` at ``--rate``) are opened first and held; then, during the
 flood, the client's second address is deleted and added back (0.3 s
