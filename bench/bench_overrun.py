@@ -35,14 +35,16 @@ without, 0.5 s with) until the flood ends.  Once it is over, each held
 connection should have its plugin's subflows again, exactly: counted from
 the kernel's sock_diag listing (established subflows per token) every
 second for up to 30 s.  Reported: connections exact, with one too many, or
-short, and the seconds until all were exact.
+short, and the seconds until all were exact.  ``--carrier`` flaps the
+second link's carrier instead (the server end of its veth down, then up),
+the address staying.
 
 What the kernel did is read by the connection client itself
 (``tests.lab.traffic conns``: ``MPTCP_INFO`` subflow counts), or from
 sock_diag (``--flap``), not from the daemon.  Needs root.
 
     .venv/bin/python bench/bench_overrun.py [--plugins sspi,fullmesh,ndiffports,failover]
-        [--server] [--flap] [--rounds 1] [--conns 600] [--rate 100] [--flooders 2]
+        [--server] [--flap [--carrier]] [--rounds 1] [--conns 600] [--rate 100] [--flooders 2]
         [--json FILE]
 """
 
@@ -158,9 +160,15 @@ def flap_round(plugin: str, o: argparse.Namespace) -> dict[str, Any]:
         flooders = lab.flood(o.flood_seconds, o.flooders)
         flaps, end = 0, time.monotonic() + o.flood_seconds
         while time.monotonic() < end:
-            lab.ip(lab.client, "addr", "del", address, "dev", link.client_if)
+            if o.carrier:
+                lab.ip(lab.server, "link", "set", link.server_if, "down")
+            else:
+                lab.ip(lab.client, "addr", "del", address, "dev", link.client_if)
             time.sleep(0.3)
-            lab.ip(lab.client, "addr", "add", address, "dev", link.client_if)
+            if o.carrier:
+                lab.ip(lab.server, "link", "set", link.server_if, "up")
+            else:
+                lab.ip(lab.client, "addr", "add", address, "dev", link.client_if)
             time.sleep(0.5)
             flaps += 1
         for flooder in flooders:
@@ -255,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flap", action="store_true",
                         help="client rounds with held connections and the second address "
                         "flapping during the flood")
+    parser.add_argument("--carrier", action="store_true",
+                        help="with --flap: flap the second link's carrier, not its address")
     parser.add_argument("--json", dest="json_file")
     o = parser.parse_args(argv)
     if os.geteuid() != 0:
