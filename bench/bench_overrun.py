@@ -157,18 +157,18 @@ def flap_round(plugin: str, o: argparse.Namespace) -> dict[str, Any]:
             time.sleep(0.5)
         link = lab.links[1]
         address = f"{link.client4}/{link.subnet4.prefixlen}"
+        if o.carrier:  # the server end of the veth: the client's link loses its carrier
+            down = (lab.server, "link", "set", link.server_if, "down")
+            up = (lab.server, "link", "set", link.server_if, "up")
+        else:
+            down = (lab.client, "addr", "del", address, "dev", link.client_if)
+            up = (lab.client, "addr", "add", address, "dev", link.client_if)
         flooders = lab.flood(o.flood_seconds, o.flooders)
         flaps, end = 0, time.monotonic() + o.flood_seconds
         while time.monotonic() < end:
-            if o.carrier:
-                lab.ip(lab.server, "link", "set", link.server_if, "down")
-            else:
-                lab.ip(lab.client, "addr", "del", address, "dev", link.client_if)
+            lab.ip(*down)
             time.sleep(0.3)
-            if o.carrier:
-                lab.ip(lab.server, "link", "set", link.server_if, "up")
-            else:
-                lab.ip(lab.client, "addr", "add", address, "dev", link.client_if)
+            lab.ip(*up)
             time.sleep(0.5)
             flaps += 1
         for flooder in flooders:

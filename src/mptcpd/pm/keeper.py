@@ -299,6 +299,21 @@ class KeptConnection:
                 result.append((addr, rid))
         return result
 
+    def abandon(self, laddr: SockAddr, raddr: SockAddr) -> None:
+        """Record a pending join the keeper gave up (the oldest records go
+        first, past :data:`MAX_ABANDONED`)."""
+        del self.abandoned[:-MAX_ABANDONED + 1]
+        self.abandoned.append(_path(laddr, raddr))
+
+    def unabandon(self, laddr: SockAddr, raddr: SockAddr) -> bool:
+        """Drop one record of a join given up on that path; whether there
+        was one."""
+        path = _path(laddr, raddr)
+        if path not in self.abandoned:
+            return False
+        self.abandoned.remove(path)
+        return True
+
     def has_path(self, laddr: SockAddr, raddr: SockAddr) -> bool:
         """Whether a subflow (pending or not) goes from ``laddr``'s IP to ``raddr``."""
         return any(kept.same_path(laddr, raddr) for kept in self.subflows)
@@ -314,6 +329,12 @@ class KeptConnection:
         for timer in self.resend_timers:
             timer.cancel()
         self.resend_timers.clear()
+
+
+def _path(laddr: SockAddr, raddr: SockAddr) -> tuple[SockAddr, SockAddr]:
+    """A join's path as :attr:`KeptConnection.abandoned` records it: the
+    local IP (no port) and the plain remote address."""
+    return SockAddr(plain(laddr).ip), plain(raddr)
 
 
 def refused_by_queue(future: asyncio.Future[Any]) -> bool:
@@ -509,9 +530,8 @@ class SubflowKeeper:
                     self._not_sent(conn, kept, pm)
                 else:
                     self.lost(conn, kept, pm)
-            elif (path := (SockAddr(plain(kept.laddr).ip), plain(kept.raddr))) \
-                    in conn.abandoned:
-                conn.abandoned.remove(path)  # given up, and refused: nothing comes of it
+            else:  # given up, and refused: nothing comes of it
+                conn.unabandon(kept.laddr, kept.raddr)
 
     def _not_sent(self, conn: KeptConnection, kept: Kept, pm: PathManager) -> None:
         """The daemon's full queue refused the creation: asked for again after
@@ -582,8 +602,7 @@ class SubflowKeeper:
             conn.subflows.remove(kept)
         if kept.pending:
             if kept.key is not None:
-                del conn.abandoned[:-MAX_ABANDONED + 1]
-                conn.abandoned.append((SockAddr(plain(kept.laddr).ip), plain(kept.raddr)))
+                conn.abandon(kept.laddr, kept.raddr)
             return
         key = (plain(kept.laddr), plain(kept.raddr))
         conn.closing.add(key)
@@ -722,17 +741,15 @@ class SubflowKeeper:
                for k in conn.subflows):
             return  # known already (adoption reports it again)
         kept = Kept(laddr, raddr, peer_backup=bool(backup))
-        path = (SockAddr(plain(laddr).ip), plain(raddr))
-        if path in conn.abandoned:
+        if conn.unabandon(laddr, raddr):
+            path = _path(laddr, raddr)
             # A creation the keeper gave up (its address went while it was
             # pending) that the kernel completed all the same once the
             # address was back.  It fills a free slot of its path; on a path
             # whose slots are all held again, it is one too many.
-            conn.abandoned.remove(path)
             held = {k.key for k in conn.subflows if k.key is not None}
             for wanted in self.want(conn, pm) if conn.established else ():
-                if wanted.key not in held and plain(wanted.laddr).ip == path[0].ip \
-                        and plain(wanted.raddr) == path[1]:
+                if wanted.key not in held and _path(wanted.laddr, wanted.raddr) == path:
                     kept.key = wanted.key
                     conn.subflows.append(kept)
                     self.established(conn, kept, pm)
@@ -762,9 +779,8 @@ class SubflowKeeper:
         if kept is None:  # a join that never got established
             kept = next((k for k in conn.subflows if k.pending and k.same_path(laddr, raddr)),
                         None)
-        if kept is None and (key[0].with_port(0), key[1]) in conn.abandoned:
-            conn.abandoned.remove((key[0].with_port(0), key[1]))  # it failed after all
-            return
+        if kept is None and conn.unabandon(laddr, raddr):
+            return  # a join given up, failed after all
         if kept is None:
             self.log.debug("Connection %08x: closed subflow %s -> %s was not tracked.",
                            token, laddr, raddr)
