@@ -34,10 +34,13 @@ flood, the client's second address is deleted and added back (0.3 s
 without, 0.5 s with) until the flood ends.  Once it is over, each held
 connection should have its plugin's subflows again, exactly: counted from
 the kernel's sock_diag listing (established subflows per token) every
-second for up to 30 s.  Reported: connections exact, with one too many, or
-short, and the seconds until all were exact.  ``--carrier`` flaps the
-second link's carrier instead (the server end of its veth down, then up),
-the address staying.
+tenth of a second for up to 30 s.  Reported: connections exact, with one
+too many, or short, the seconds until all were exact, and how many were
+exact at the first count.  ``--carrier`` flaps the second link's carrier
+instead (the server end of its veth down, then up), the address staying.
+
+``--debug`` runs the client's daemon with ``-d``; ``--log-dir`` keeps
+each round's daemon log there (``PLUGIN-N.log``).
 
 What the kernel did is read by the connection client itself
 (``tests.lab.traffic conns``: ``MPTCP_INFO`` subflow counts), or from
@@ -45,7 +48,7 @@ sock_diag (``--flap``), not from the daemon.  Needs root.
 
     .venv/bin/python bench/bench_overrun.py [--plugins sspi,fullmesh,ndiffports,failover]
         [--server] [--flap [--carrier]] [--rounds 1] [--conns 600] [--rate 100] [--flooders 2]
-        [--json FILE]
+        [--debug] [--log-dir DIR] [--json FILE]
 """
 
 from __future__ import annotations
@@ -84,9 +87,9 @@ WANT = {"sspi": 1, "failover": 1, "ndiffports": 3, "fullmesh": 3}
 QUIET = re.compile(r"ready|initialized|exited|listening|The kernel uses|existed at startup")
 
 
-def client_lab(plugin: str) -> tuple[Lab, Daemon]:
+def client_lab(plugin: str, debug: bool = False) -> tuple[Lab, Daemon]:
     """The lab of a client round, its servers listening and ``plugin``'s
-    daemon ready in the client."""
+    daemon ready in the client (with ``-d`` if ``debug``)."""
     lab = lab_for("userspace", "kernel")
     try:
         settings = {"ndiffports": "subflows=4\n",
@@ -98,7 +101,8 @@ def client_lab(plugin: str) -> tuple[Lab, Daemon]:
             lab.python(lab.server, "-m", "tests.lab.traffic", *args, "--duration", "600",
                        name=args[0], env=py_env()).wait_output("listening")
         daemon = Daemon(lab, "ours", lab.client,
-                        [f"--path-manager={plugin}", f"--load-plugins={plugin}"], "",
+                        [f"--path-manager={plugin}", f"--load-plugins={plugin}",
+                         *(["-d"] if debug else [])], "",
                         config=f"[core]\n[plugin {plugin}]\n{settings}")
     except BaseException:
         lab.close()
@@ -107,7 +111,7 @@ def client_lab(plugin: str) -> tuple[Lab, Daemon]:
 
 
 def one_round(plugin: str, o: argparse.Namespace) -> dict[str, Any]:
-    lab, daemon = client_lab(plugin)
+    lab, daemon = client_lab(plugin, o.debug)
     try:
         server = str(lab.links[0].server4)
         flooders = lab.flood(o.flood_seconds, o.flooders)
@@ -117,6 +121,7 @@ def one_round(plugin: str, o: argparse.Namespace) -> dict[str, Any]:
             flooder.wait(o.flood_seconds + 30)
         drops, alive = daemon.drops(), daemon.proc.popen.poll() is None
         log = daemon.log()
+        keep_log(o, plugin, log)
         daemon.stop()
     finally:
         lab.close()
@@ -144,7 +149,7 @@ def subflow_counts(lab: Lab, port: int = 5201) -> dict[int, int]:
 def flap_round(plugin: str, o: argparse.Namespace) -> dict[str, Any]:
     """Held connections, then the flood with the client's second address
     flapping; then how many connections have their subflows again."""
-    lab, daemon = client_lab(plugin)
+    lab, daemon = client_lab(plugin, o.debug)
     try:
         want = WANT[plugin] + 1  # the initial subflow too
         server = str(lab.links[0].server4)
@@ -176,14 +181,17 @@ def flap_round(plugin: str, o: argparse.Namespace) -> dict[str, Any]:
         over = time.monotonic()
         settled: float | None = None
         counts: dict[int, int] = {}
+        first: dict[int, int] | None = None
         while time.monotonic() - over < 30:
             counts = subflow_counts(lab)
+            first = counts if first is None else first
             if counts and all(n == want for n in counts.values()):
                 settled = time.monotonic() - over
                 break
-            time.sleep(1.0)
+            time.sleep(0.1)
         drops, alive = daemon.drops(), daemon.proc.popen.poll() is None
         log = daemon.log()
+        keep_log(o, plugin, log)
         conns.stop()
         daemon.stop()
     finally:
@@ -193,7 +201,9 @@ def flap_round(plugin: str, o: argparse.Namespace) -> dict[str, Any]:
         "exact": sum(1 for n in counts.values() if n == want),
         "too_many": sum(1 for n in counts.values() if n > want),
         "short": sum(1 for n in counts.values() if n < want),
-        "settled_s": settled, "events_lost": drops, "daemon_alive": alive,
+        "settled_s": settled,
+        "exact_when_over": sum(1 for n in (first or {}).values() if n == want),
+        "events_lost": drops, "daemon_alive": alive,
         "log_lines": len(log.splitlines()), "log": count_lines(log),
     }
 
@@ -232,11 +242,21 @@ def server_round(o: argparse.Namespace) -> dict[str, Any]:
         conns.wait(o.conns / o.rate + o.deadline + 60)
         drops, alive = daemon.drops(), daemon.proc.popen.poll() is None
         log = daemon.log()
+        keep_log(o, "sspi-server", log)
         daemon.stop()
     finally:
         lab.close()
     return {"connections": o.conns, "duplicates_left": left, "events_lost": drops,
             "daemon_alive": alive, "log_lines": len(log.splitlines()), "log": count_lines(log)}
+
+
+def keep_log(o: argparse.Namespace, plugin: str, log: str) -> None:
+    """Write a round's daemon log into ``--log-dir``, if given."""
+    if o.log_dir:
+        directory = Path(o.log_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        number = len(list(directory.glob(f"{plugin}-*.log"))) + 1
+        (directory / f"{plugin}-{number}.log").write_text(log)
 
 
 def count_lines(log: str) -> dict[str, int]:
@@ -265,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
                         "flapping during the flood")
     parser.add_argument("--carrier", action="store_true",
                         help="with --flap: flap the second link's carrier, not its address")
+    parser.add_argument("--debug", action="store_true", help="the client daemon runs with -d")
+    parser.add_argument("--log-dir", help="keep each round's daemon log in this directory")
     parser.add_argument("--json", dest="json_file")
     o = parser.parse_args(argv)
     if os.geteuid() != 0:
@@ -298,10 +320,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{plugin:11s} error: {r['error']}")
                 continue
             if "too_many" in r:
-                took = "—" if r["settled_s"] is None else f"{r['settled_s']:.0f} s"
+                took = "—" if r["settled_s"] is None else f"{r['settled_s']:.1f} s"
                 print(f"{plugin:11s} exact {r['exact']}/{r['connections']}, one too many or "
                       f"more {r['too_many']}, short {r['short']} ({r['flaps']} flaps; all exact "
-                      f"after {took}), {r['events_lost']} events lost")
+                      f"after {took}, {r['exact_when_over']} at once), "
+                      f"{r['events_lost']} events lost")
                 continue
             if "duplicates_left" in r:
                 print(f"{plugin:11s} duplicate joins left {r['duplicates_left']}, "
