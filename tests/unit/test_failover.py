@@ -147,3 +147,22 @@ def test_a_priority_change_the_full_queue_refused_is_sent_again(
         assert pm.take() == []
     finally:
         clock.loop.close()
+
+
+def test_a_backup_join_given_up_at_a_carrier_loss_and_reported_meanwhile_is_closed(
+        tmp_path: Path) -> None:
+    """The backup interface loses its carrier while its join is pending: the
+    join is given up.  A resync after lost events reports it established
+    while the carrier is still gone: it is closed (not kept, untracked, as a
+    second backup join once a new one is opened at the carrier's return)."""
+    fo, pm = setup(tmp_path, C2)
+    assert [(c[4], c[6]) for c in pm.take("add_subflow")] == [(SockAddr("198.51.100.1"), True)]
+    pm.answer_all()
+    fo.link_down(not_running(C2))
+    assert pm.take() == []  # pending: nothing to close yet
+    fo.new_subflow(T1, JOIN2, SERVER, backup=True)
+    assert pm.take() == [("remove_subflow", T1, JOIN2, SERVER)]
+    fo.subflow_closed(T1, JOIN2, SERVER)
+    fo.link_up(C2)
+    assert [(c[4], c[6]) for c in pm.take("add_subflow")] == [(SockAddr("198.51.100.1"), True)]
+    assert pm.take() == []

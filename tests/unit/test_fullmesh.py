@@ -365,3 +365,29 @@ def test_a_join_completed_after_its_address_flapped_is_kept_once_per_path(
     pm.settle()
     assert pm.take() == []
 
+
+
+def test_a_join_given_up_and_reported_while_its_address_is_gone_is_closed(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A join given up while pending (its address went) that a resync
+    after lost events reports established while the address is still gone:
+    its path is not wanted, so it is closed, and a new join is opened when
+    the address is back.  Left open, it was untracked and held its path
+    for good (seen under a flood: two joins on each path of every
+    connection)."""
+    caplog.set_level(logging.INFO, logger="mptcpd.plugins.fullmesh")
+    pm = FakePathManager(interfaces=[C1, C2ONE])
+    fm = load(tmp_path, pm)
+    established(fm)
+    assert subflows(pm) == [("198.51.100.1", "192.0.2.2:5201")]
+    pm.settle()
+    fm.delete_local_address(C2ONE, SockAddr("198.51.100.1"))
+    assert pm.take() == []  # given up, not closed
+    late = SockAddr("198.51.100.1", 41001)
+    fm.new_subflow(T1, late, SERVER, backup=False)
+    assert pm.take() == [("remove_subflow", T1, late, SERVER)]
+    assert any(f"closing the subflow {late} -> {SERVER}, given up while pending, on a path "
+               "not wanted now" in r.getMessage() for r in caplog.records)
+    fm.subflow_closed(T1, late, SERVER)
+    fm.new_local_address(C2ONE, SockAddr("198.51.100.1"))
+    assert subflows(pm) == [("198.51.100.1", "192.0.2.2:5201")]

@@ -25,10 +25,12 @@ nothing to close yet.  The kernel may still complete it (its SYN goes out
 again once the address is back), while the keeper has asked for a new one
 on the address's return.  So the keeper remembers what it gave up
 (:attr:`KeptConnection.abandoned`): such a join, when it is reported
-established, fills a free slot of its path, or is closed as one too many
-when the path's slots are all held again.  (An address flapping under a
-connection flood left up to seven subflows on one fullmesh path.)  A join
-on a path that the keeper did not open is left alone.
+established, fills a free slot of its path, or is closed: as one too many
+when the path's slots are all held again, or because its path is not
+wanted at that moment (its address or its interface's carrier is still
+gone; the keeper opens a new one when it is back).  (An address flapping
+under a connection flood left up to seven subflows on one fullmesh path.)
+A join on a path that the keeper did not open is left alone.
 
 Re-creating lost subflows
 =========================
@@ -754,11 +756,16 @@ class SubflowKeeper:
                     conn.subflows.append(kept)
                     self.established(conn, kept, pm)
                     return
-            if any(k.key is not None and k.same_path(laddr, raddr) for k in conn.subflows):
-                self.log.info("Connection %08x: closing the subflow %s -> %s, one too many "
-                              "on its path.", token, laddr, raddr)
-                self.close(conn, kept, pm)
-                return
+            # No free slot: the path's slots are all held again, or the path
+            # is not wanted now (its address or interface is still gone).
+            # Left open, it would hold the path, untracked, for good.
+            why = ("one too many on its path"
+                   if any(k.key is not None and k.same_path(laddr, raddr) for k in conn.subflows)
+                   else "given up while pending, on a path not wanted now")
+            self.log.info("Connection %08x: closing the subflow %s -> %s, %s.", token, laddr,
+                          raddr, why)
+            self.close(conn, kept, pm)
+            return
         conn.subflows.append(kept)
 
     def established(self, conn: KeptConnection, kept: Kept, pm: PathManager) -> None:
