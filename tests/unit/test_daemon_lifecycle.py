@@ -189,6 +189,9 @@ class FakeReader:
     def close_after(self, token: int, index: int) -> None:
         raise AssertionError("nothing is queued")
 
+    def queued_subflows_established(self, before: int) -> list[Any]:
+        return []
+
     async def open(self) -> None:
         ORDER.append("reader open")
 

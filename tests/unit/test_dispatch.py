@@ -717,6 +717,45 @@ def test_a_subflow_event_the_reconciliation_reported_is_not_dispatched_again(
     assert subflow_calls() == [("subflow_closed", TOKEN1, SUB_L2, False)]
 
 
+def test_a_subflow_established_and_gone_before_the_listing_is_not_news_when_read(
+        tmp_path: Path) -> None:
+    """SUB_ESTABLISHED events still waiting to be read when the listings
+    began are older than them: a subflow they no longer show came and went
+    unseen, and its event, read late, is not dispatched (its SUB_CLOSED was
+    lost: the plugin would keep it for good).  Seen under a flood: a
+    subflow reported closed by one resync, then "established" by its own
+    event, read after it, held a fullmesh path that had no subflow.  One
+    the listing shows, or an event not waiting then, is dispatched as
+    ever; so is a later subflow on the same path."""
+    d = dispatcher(load(fixture_dir(tmp_path, "priority")))
+    d.dispatch(ev.ConnectionCreated(TOKEN1, LADDR, RADDR))
+    d.dispatch(ev.SubflowEstablished(TOKEN1, SUB_L1, RADDR, False))
+    recording.CALLS.clear()
+    waiting = [ev.SubflowEstablished(TOKEN1, laddr, RADDR, False) for laddr in (SUB_L1, SUB_L2)]
+    waiting.append(ev.SubflowEstablished(TOKEN2, SUB_L1, RADDR, False))  # not live
+    d.begin_reconcile()
+    d.reconcile(LIVE1, subflows=[listed(TOKEN1, SUB_L3)], stale=waiting)
+    assert subflow_calls() == [("subflow_closed", TOKEN1, SUB_L1, False),
+                               ("new_subflow", TOKEN1, SUB_L3, False)]
+    recording.CALLS.clear()
+    for event in waiting[:2]:  # read now
+        d.dispatch(event)
+    d.dispatch(ev.SubflowClosed(TOKEN1, SUB_L1, RADDR, False))
+    d.dispatch(ev.SubflowEstablished(TOKEN1, SUB_L3, RADDR, False))  # reported already
+    assert subflow_calls() == []
+    assert d.subflows(TOKEN1) == [(SUB_L3, RADDR)]
+    # Once read, the same addresses and ports are a new subflow's.
+    d.dispatch(ev.SubflowEstablished(TOKEN1, SUB_L2, RADDR, False))
+    assert subflow_calls() == [("new_subflow", TOKEN1, SUB_L2, False)]
+    # The next reconciliation starts afresh; a closed connection forgets.
+    d.begin_reconcile()
+    d.reconcile(LIVE1, subflows=[listed(TOKEN1, SUB_L2), listed(TOKEN1, SUB_L3)],
+                stale=[ev.SubflowEstablished(TOKEN1, SUB_L1, RADDR, False)])
+    assert d._stale == {TOKEN1: {(SUB_L1, RADDR)}}
+    d.dispatch(ev.ConnectionClosed(TOKEN1))
+    assert d._stale == {}
+
+
 def test_creations_on_one_path_are_counted_against_its_listed_subflows(
         tmp_path: Path, loop: asyncio.AbstractEventLoop) -> None:
     """ndiffports opens several subflows on one path: of three creations

@@ -849,3 +849,31 @@ def test_a_close_is_handed_out_after_the_waiting_events_of_a_connection() -> Non
     assert got == [decode_message(d) for d in first[1:]] + [ev.ConnectionClosed(Token(7)),
                                                              decode_message(created(8))]
     assert reader.closing == set() and reader.backlog == 0
+
+
+def test_the_subflows_established_before_a_mark_are_found_and_stay_queued() -> None:
+    """What the resync asks of the reader for subflows: the SUB_ESTABLISHED
+    events of the datagrams received before a mark and not yet handed out,
+    decoded (a datagram of several messages too); they are still handed
+    out in their turn."""
+    def sub(cmd: int, port: int) -> bytes:
+        return build(cmd, [a if a[0] != "MPTCP_ATTR_SPORT" else (a[0], port) for a in FULL_V4]
+                     + [("MPTCP_ATTR_BACKUP", 0)])
+
+    first = [sub(C.MPTCP_EVENT_SUB_ESTABLISHED, 40001), sub(C.MPTCP_EVENT_SUB_ESTABLISHED, 40002),
+             sub(C.MPTCP_EVENT_SUB_CLOSED, 40002),
+             sub(C.MPTCP_EVENT_SUB_CLOSED, 40003) + sub(C.MPTCP_EVENT_SUB_ESTABLISHED, 40004)]
+    reader = EventReader()
+    reader._raw = cast(socket.socket, _Queue(first))
+    mark = reader.fill()
+    reader._raw = cast(socket.socket, _Queue([sub(C.MPTCP_EVENT_SUB_ESTABLISHED, 40005)]))
+    reader.fill()
+    assert reader.take(1) == [decode_message(first[0])]  # handed out already
+    found = reader.queued_subflows_established(mark)
+    assert [e.laddr.port for e in found] == [40002, 40004]
+    assert all(type(e) is ev.SubflowEstablished for e in found)
+    got = reader.take(32)
+    assert [(type(e).__name__, e.laddr.port) for e in got] == [  # type: ignore[union-attr]
+        ("SubflowEstablished", 40002), ("SubflowClosed", 40002), ("SubflowClosed", 40003),
+        ("SubflowEstablished", 40004), ("SubflowEstablished", 40005)]
+    assert reader.queued_subflows_established(reader.received) == []

@@ -132,6 +132,7 @@ class Reader(Protocol):
     def fill(self) -> int: ...
     def queued_tokens(self, before: int, skip: Collection[int] = ()) -> dict[int, int]: ...
     def close_after(self, token: int, index: int) -> None: ...
+    def queued_subflows_established(self, before: int) -> list[ev.SubflowEstablished]: ...
     async def open(self) -> None: ...
     def close(self) -> None: ...
     def batches(self) -> AsyncIterator[list[ev.Event]]: ...
@@ -579,8 +580,12 @@ class Daemon:
             log.warning("Unable to list the MPTCP subflows %s: %s", when, exc)
             subflows = None
         closing: Collection[int] = ()
+        stale: Sequence[ev.SubflowEstablished] = ()
         if reader is not None and reader is self.reader:
             closing = self._close_the_unlisted(reader, mark, {c.token for c in connections})
+            if subflows is not None:
+                # Older than the listings: those it no longer shows are gone.
+                stale = reader.queued_subflows_established(mark)
         # No events exist for a connection that fell back to TCP, nor for
         # one listed with token 0: the kernel lists that for a connection
         # whose token is not set yet or already released (seen under a
@@ -593,7 +598,7 @@ class Daemon:
         self.dispatcher.reconcile({
             c.token: (c.laddr, c.raddr, c.server_side, c.token in established)
             for c in connections if not c.fallback and c.token
-        }, at_startup=at_startup, subflows=subflows, closing=closing)
+        }, at_startup=at_startup, subflows=subflows, closing=closing, stale=stale)
         if at_startup:
             log.info("%d MPTCP connection(s) existed at startup.", len(connections))
         else:

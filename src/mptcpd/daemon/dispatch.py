@@ -17,7 +17,10 @@
   (in any state) failed unseen, and their plugin gets the
   ``subflow_closed`` it missed.  A subflow event that a reconciliation has
   reported already, and that was only waiting to be read, is not
-  dispatched again.
+  dispatched again; nor is a SUB_ESTABLISHED that was waiting to be read
+  when the listing was taken, of a subflow the listing no longer shows (it
+  came and went unseen; its SUB_CLOSED may have been lost, and the plugin
+  would keep a closed subflow for a live one).
 * So are the addresses each bound connection's peer announced (until it
   removes them, or the connection closes).  A connection adopted after lost
   events (or at startup) has lost its own announcements (the kernel keeps
@@ -122,6 +125,10 @@ class Dispatcher:
         #: SUB_CLOSED may still be read (a creation's key has local port 0);
         #: until it is, or a subflow starts on that path again.
         self._reported_closed: dict[int, list[_Key]] = {}
+        #: token -> subflows whose SUB_ESTABLISHED was waiting to be read when
+        #: a reconciliation's listing no longer showed them: they came and
+        #: went unseen, and that event, read late, is not news.
+        self._stale: dict[int, set[_Key]] = {}
         #: token -> the remote address of its initial subflow (its peer).
         self._peers: dict[int, SockAddr] = {}
         #: token -> address ID -> address, as its peer announced them (or,
@@ -216,6 +223,8 @@ class Dispatcher:
             self._subflows.pop(event.token, None)
             self._creating.pop(event.token, None)
             self._reported_closed.pop(event.token, None)
+            if self._stale:
+                self._stale.pop(event.token, None)
             self._unestablished.discard(event.token)
             self._adopted.discard(event.token)
             if self._recent is not None:
@@ -231,6 +240,15 @@ class Dispatcher:
             log.error("Unable to match token to plugin.")
             return
         key = (event.laddr.unmapped(), event.raddr.unmapped())
+        stale = self._stale.get(event.token) if self._stale else None
+        if stale is not None and key in stale:
+            stale.discard(key)
+            if not stale:
+                del self._stale[event.token]
+            log.debug("Subflow %s -> %s of connection %08x: established and gone before "
+                      "the listing after lost events; not reported.", event.laddr,
+                      event.raddr, event.token)
+            return
         known = self._subflows.setdefault(event.token, {})
         if key in known:
             # A reconciliation after lost events reported it already.
@@ -426,7 +444,8 @@ class Dispatcher:
     def reconcile(self, live: dict[int, tuple[SockAddr, SockAddr, bool, bool]],
                   at_startup: bool = False,
                   subflows: Sequence[MptcpSubflow] | None = None,
-                  closing: Collection[int] = ()) -> None:
+                  closing: Collection[int] = (),
+                  stale: Sequence[ev.SubflowEstablished] = ()) -> None:
         """Bring the token bindings in line with the connections that exist.
 
         ``live`` maps each live connection's token to ``(laddr, raddr,
@@ -456,6 +475,14 @@ class Dispatcher:
         ``closing``: connections whose ``ConnectionClosed`` is still to be
         dispatched (read but not yet handled); a bound one is left to it.
 
+        ``stale``: the SUB_ESTABLISHED events still waiting to be read that
+        the kernel sent before the listings began.  Those of a live
+        connection whose subflow ``subflows`` does not show (in any state)
+        came and went unseen: when read, they are not dispatched (the
+        plugin would take a closed subflow for a live one, its SUB_CLOSED
+        having been lost).  A subflow the plugin was told of and that is
+        gone gets its ``subflow_closed`` from the reconciliation, as any.
+
         An adopted connection also gets the addresses its peer announced on
         the other connections (see the module docstring).  The messages
         name the first 20 connections or subflows of each kind, and count
@@ -463,13 +490,14 @@ class Dispatcher:
         """
         self._tally = Tally(log)
         try:
-            self._reconcile(live, at_startup, subflows, closing)
+            self._reconcile(live, at_startup, subflows, closing, stale)
         finally:
             self._tally.summary()
 
     def _reconcile(self, live: dict[int, tuple[SockAddr, SockAddr, bool, bool]],
                    at_startup: bool, subflows: Sequence[MptcpSubflow] | None,
-                   closing: Collection[int]) -> None:
+                   closing: Collection[int],
+                   stale: Sequence[ev.SubflowEstablished]) -> None:
         note = self._tally.log
         recent, self._recent = self._recent or set(), None
         if not at_startup:
@@ -480,6 +508,12 @@ class Dispatcher:
         for sf in subflows or ():
             if not sf.initial:
                 listed.setdefault(sf.token, {})[(sf.laddr.unmapped(), sf.raddr.unmapped())] = sf
+        self._stale = {}
+        if subflows is not None:
+            for event in stale:
+                key = (event.laddr.unmapped(), event.raddr.unmapped())
+                if event.token in live and key not in listed.get(event.token, {}):
+                    self._stale.setdefault(event.token, set()).add(key)
         for token in [t for t in self._bindings
                       if t not in live and t not in recent and t not in closing]:
             note(logging.WARNING, "connection(s) closed while events were lost",

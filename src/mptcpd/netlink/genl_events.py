@@ -42,7 +42,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Collection
 from typing import Self
 
-from mptcpd.events import ConnectionClosed, Event
+from mptcpd.events import ConnectionClosed, Event, SubflowEstablished
 from mptcpd.netlink import constants as C
 from mptcpd.netlink.event_codec import (
     OVERRUN,
@@ -478,6 +478,28 @@ class EventReader:
                 for token in event_tokens(chunk.mem, start, end, family_id):
                     if token not in closing and token not in skip:
                         out[token] = index
+                start = end
+                index += 1
+        return out
+
+    def queued_subflows_established(self, before: int) -> list[SubflowEstablished]:
+        """The ``SUB_ESTABLISHED`` events of the datagrams still in the
+        backlog and received before datagram ``before``, decoded; they stay
+        in the backlog, to be handed out in their turn.  A listing taken
+        after datagram ``before`` was received is newer than they are."""
+        out: list[SubflowEstablished] = []
+        index = self.received - self.backlog
+        family_id, cmd = self.family_id, C.MPTCP_EVENT_SUB_ESTABLISHED
+        for chunk in self._chunks:
+            start, mem = chunk.start, chunk.mem
+            for end in chunk.ends[chunk.read:]:
+                if index >= before:
+                    return out
+                end &= ~_HAS_CLOSED
+                if end - start >= 20 and (mem[start + 16] == cmd
+                                          or (_u32(mem, start)[0] + 3) & ~3 < end - start):
+                    out += [event for event in decode_datagram(mem, end, family_id, start)
+                            if type(event) is SubflowEstablished]
                 start = end
                 index += 1
         return out
