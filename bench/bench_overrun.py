@@ -203,6 +203,10 @@ def flap_round(plugin: str, o: argparse.Namespace) -> dict[str, Any]:
         "short": sum(1 for n in counts.values() if n < want),
         "settled_s": settled,
         "exact_when_over": sum(1 for n in (first or {}).values() if n == want),
+        # The first connections not exact at the end, with their subflows:
+        # the tokens to look for in the daemon's log.
+        "not_exact": dict(list((f"{token:08x}", n) for token, n in counts.items()
+                               if n != want)[:20]),
         "events_lost": drops, "daemon_alive": alive,
         "log_lines": len(log.splitlines()), "log": count_lines(log),
     }
