@@ -27,6 +27,7 @@ from mptcpd.netlink.diag import (
     MptcpDiagUnsupported,
     MptcpSubflow,
     dump_family,
+    find_mptcp_connections,
     list_mptcp_connections,
     list_mptcp_subflows,
 )
@@ -144,6 +145,28 @@ def test_lists_the_live_connections_on_both_sides(lab: Lab, version: int) -> Non
     wait_for(lambda: listing(lab.client) == [], 10, what="client side to be empty")
     wait_for(lambda: listing(lab.server) == [], 10, what="server side to be empty")
     assert ss_rows(lab, lab.client) == set()
+
+
+def test_connections_are_found_by_token_with_their_side(lab: Lab) -> None:
+    """A lookup by token (what the resync asks for the connections a dump
+    did not show: a dump can miss live ones under churn) finds the live
+    ones, as the dump lists them, on both sides; an unknown token is not
+    found, more than one datagram of lookups is answered in full, and no
+    token gives nothing."""
+    start_server(lab)
+    servers = [lab.links[0].server4, lab.links[1].server4]
+    for ip in servers:
+        start_client(lab, ip)
+    ours = wait_for(lambda: established(lab.client, 2), 10, what="two connections")
+    theirs = wait_for(lambda: established(lab.server, 2), 10, what="server side")
+    unknown = [t for t in range(1, 200) if t not in {c.token for c in ours + theirs}]
+    for ns, listed in ((lab.client, ours), (lab.server, theirs)):
+        tokens = [c.token for c in listed]
+        found = asyncio.run(find_mptcp_connections(unknown[:100] + tokens, ns))
+        assert {(c.token, c.laddr, c.raddr, c.state, c.server_side) for c in found} == {
+            (c.token, c.laddr, c.raddr, c.state, ns == lab.server) for c in listed}
+        assert len(found) == 2
+    assert asyncio.run(find_mptcp_connections([], lab.client)) == []
 
 
 def test_a_listener_alone_lists_nothing(lab: Lab) -> None:

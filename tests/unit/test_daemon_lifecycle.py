@@ -241,6 +241,10 @@ async def no_subflows() -> list[MptcpSubflow]:
     return []
 
 
+async def none_found(tokens: Collection[int]) -> list[MptcpConnection]:
+    return []
+
+
 def record_state(state: str) -> bool:
     ORDER.append(state.replace("\n", " "))
     return True
@@ -272,7 +276,7 @@ def make_daemon(tmp_path: Path) -> Daemon:
     kernel = KernelSide(check_kernel=kernel_ok, path_manager=lambda: "kernel",
                         channel=FakeChannel, watcher=FakeWatcher, reader=FakeReader,
                         rtnl=FakeRtnl, list_connections=no_connections,
-                        list_subflows=no_subflows,
+                        list_subflows=no_subflows, find_connections=none_found,
                         network_manager=lambda: None)
     daemon = Daemon(config, notifier=Notifier(send=record_state), kernel=kernel)
     daemon.lock = NamespaceLock(tmp_path / "mptcpd.lock")  # never the host's /run
@@ -684,6 +688,46 @@ async def test_connections_listed_with_token_0_are_not_adopted(
     serving = await serve_until_ready(daemon, list_connections=connections)
     assert set(daemon.dispatcher.bindings) == {0x1234}
     assert "00000000" not in caplog.text
+    daemon.stop()
+    assert await asyncio.wait_for(serving, 10) == 0
+
+
+@pytest.mark.parametrize("found", [True, False])
+async def test_a_bound_connection_the_dump_missed_is_looked_up_before_it_counts_as_closed(
+        daemon: Daemon, caplog: pytest.LogCaptureFixture, found: bool) -> None:
+    """A dump of the connections can miss a live one under churn (it walks
+    the kernel's token table in slices).  A bound connection the resync's
+    listing does not show is looked up by its token: found, it stays bound
+    (it was taken for closed, and adopted again at the next resync, its
+    plugin's state lost); not found, it closed while events were lost."""
+    from ipaddress import ip_address
+
+    from mptcpd.types import SockAddr
+
+    conn = MptcpConnection(token=0x1234, laddr=SockAddr(ip_address("192.0.2.1"), 40000),
+                           raddr=SockAddr(ip_address("192.0.2.2"), 5201), state=1,
+                           established=True)
+    listings: list[int] = []
+    looked_up: list[list[int]] = []
+
+    async def listing() -> list[MptcpConnection]:
+        listings.append(len(listings))
+        return [conn] if len(listings) == 1 else []  # at startup, then missed
+
+    async def find(tokens: Collection[int]) -> list[MptcpConnection]:
+        looked_up.append(list(tokens))
+        return [conn] if found else []
+
+    caplog.set_level(logging.INFO, "mptcpd")
+    serving = await serve_until_ready(daemon, reader=OverrunReader, list_connections=listing,
+                                      find_connections=find)
+    reader = OverrunReader.last
+    assert reader is not None and 0x1234 in daemon.dispatcher.bindings
+    reader.overrun(1)
+    await until(lambda: "Resynchronised after lost events" in caplog.text)
+    assert looked_up == [[0x1234]]
+    assert (0x1234 in daemon.dispatcher.bindings) is found
+    assert ("Connection 00001234 closed while events were lost." in caplog.text) is not found
     daemon.stop()
     assert await asyncio.wait_for(serving, 10) == 0
 

@@ -51,6 +51,7 @@ from mptcpd.log import Tally
 from mptcpd.netlink.diag import (
     MptcpConnection,
     MptcpSubflow,
+    find_mptcp_connections,
     fully_established,
     list_mptcp_connections,
     list_mptcp_subflows,
@@ -159,6 +160,10 @@ class KernelSide:
     #: the live MPTCP connections (sock_diag).
     list_connections: Callable[[], Awaitable[Sequence[MptcpConnection]]] = (
         list_mptcp_connections)
+    #: tokens -> those of their MPTCP connections that are live (sock_diag
+    #: lookups: a dump can miss a live connection under churn).
+    find_connections: Callable[[Collection[int]], Awaitable[Sequence[MptcpConnection]]] = (
+        find_mptcp_connections)
     #: the subflows of the live MPTCP connections (sock_diag).
     list_subflows: Callable[[], Awaitable[Sequence[MptcpSubflow]]] = list_mptcp_subflows
     #: logs whether NetworkManager manages the endpoints too.
@@ -573,6 +578,7 @@ class Daemon:
             self.dispatcher.reconcile_cancel()
             log.warning("Unable to list the MPTCP connections %s: %s", when, exc)
             return False
+        connections = await self._found_unlisted(reader, mark, connections, when)
         subflows: Sequence[MptcpSubflow] | None
         try:
             subflows = await self.kernel.list_subflows()
@@ -605,6 +611,32 @@ class Daemon:
             log.info("Resynchronised %s: %d live MPTCP connection(s).",
                      when, len(connections))
         return True
+
+    async def _found_unlisted(self, reader: Reader | None, mark: int,
+                              connections: Sequence[MptcpConnection],
+                              when: str) -> Sequence[MptcpConnection]:
+        """``connections`` and those the dump did not show that the kernel
+        still has, of the bound connections and of those whose events wait
+        in the reader (their CLOSED not among them): each looked up by its
+        token.  The dump walks the kernel's token table in slices and,
+        under churn, can miss a live connection, which would then be taken
+        for closed (and adopted again at the next resync, its plugin's state
+        lost)."""
+        listed = {c.token for c in connections}
+        closing = reader.closing if reader is not None else set()
+        unlisted = [t for t in self.dispatcher.bindings if t not in listed and t not in closing]
+        if reader is not None and reader is self.reader:
+            unlisted += reader.queued_tokens(mark, listed | set(unlisted))
+        if not unlisted:
+            return connections
+        try:
+            found = await self.kernel.find_connections(unlisted)
+        except Exception as exc:  # then the dump's word stands
+            log.warning("Unable to look up the MPTCP connections %s: %s", when, exc)
+            return connections
+        if found:
+            log.debug("%d live MPTCP connection(s) the listing %s missed.", len(found), when)
+        return [*connections, *(c for c in found if c.token not in listed)]
 
     @staticmethod
     def _close_the_unlisted(reader: Reader, mark: int, listed: set[int]) -> Collection[int]:

@@ -116,12 +116,19 @@ NLMSG_NOOP = 1
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
 NLM_F_REQUEST = 0x1
+NLM_F_ACK = 0x4
 NLM_F_DUMP = 0x300
 _NLMSG_HDR = struct.Struct("=IHHII")
 _NLMSG_HDRLEN = _NLMSG_HDR.size
 #: ``struct inet_diag_req_v2``: family, protocol, ext, pad, states, then
 #: ``struct inet_diag_sockid`` (48 bytes, all zero: any socket).
 _REQ_V2 = struct.Struct("=BBBxI48x")
+#: The same with the sockid's ``idiag_cookie[0]`` (its last 8 bytes are the
+#: cookie): where the MPTCP handler's one-socket lookup takes the token.
+_REQ_V2_COOKIE = struct.Struct("=BBBxI40xI4x")
+#: Exact lookups sent in one datagram (their replies must fit the socket's
+#: receive buffer: some 400 bytes each).
+_LOOKUPS_PER_SEND = 64
 #: ``struct inet_diag_msg``: family, state, timer, retrans, sport, dport (both
 #: network order), src and dst (16 bytes each), then if, cookie, expires,
 #: rqueue, wqueue, uid, inode (not read but the interface).
@@ -328,6 +335,19 @@ def build_request(family: int, protocol: int = IPPROTO_MPTCP, seq: int = 0,
     header = _NLMSG_HDR.pack(length, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP,
                              seq, 0)
     return header + body + attr
+
+
+def build_lookup_request(token: int, seq: int = 0) -> bytes:
+    """The request for the one MPTCP connection of ``token`` (no dump: the
+    kernel's MPTCP handler looks the token up), with ``INET_DIAG_INFO``,
+    acknowledged: the kernel answers with the connection and an
+    acknowledgement, or with ``ENOENT``."""
+    body = _REQ_V2_COOKIE.pack(socket.AF_INET, 0, 1 << (INET_DIAG_INFO - 1),
+                               STATES_NO_LISTEN, token)
+    attr = nla.encode(INET_DIAG_REQ_PROTOCOL, struct.pack("=I", IPPROTO_MPTCP))
+    length = _NLMSG_HDRLEN + len(body) + len(attr)
+    return _NLMSG_HDR.pack(length, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_ACK,
+                           seq, 0) + body + attr
 
 
 def build_subflow_request(family: int, seq: int = 0) -> bytes:
@@ -621,6 +641,72 @@ async def list_mptcp_subflows(
         return subflows
 
     return await _listing(dumps, "TCP socket diagnostics", netns, timeout)
+
+
+async def find_mptcp_connections(
+    tokens: Iterable[int], netns: str | None = None, *,
+    timeout: float | None = DEFAULT_TIMEOUT
+) -> list[MptcpConnection]:
+    """The MPTCP connections of ``tokens`` that the kernel still has, each
+    looked up by its token (not a dump).
+
+    A dump walks the kernel's token table in slices, and under heavy
+    churn it can miss a live connection (the connections closed before the
+    walk's position move it); a lookup cannot.  The side of each connection
+    comes from a dump of the listeners.  Same ``netns``, ``timeout`` and
+    errors as :func:`list_mptcp_connections`.
+    """
+    wanted = list(dict.fromkeys(tokens))
+
+    async def lookups(sock: socket.socket) -> list[MptcpConnection]:
+        listeners: set[SockAddr] = set()
+        for seq, family in enumerate((socket.AF_INET, socket.AF_INET6), 1):
+            await dump_family(sock, family, listeners=listeners, seq=seq, netns=netns)
+        found: list[MptcpConnection] = []
+        loop = asyncio.get_running_loop()
+        for first in range(0, len(wanted), _LOOKUPS_PER_SEND):
+            batch = wanted[first:first + _LOOKUPS_PER_SEND]
+            seqs = range(3 + first, 3 + first + len(batch))
+            await loop.sock_sendall(sock, b"".join(
+                build_lookup_request(token, seq) for token, seq in zip(batch, seqs)))
+            answered: set[int] = set()
+            while len(answered) < len(batch):
+                data = await loop.sock_recv(sock, _RECV_SIZE)
+                if not data:
+                    raise OSError(errno.EIO, f"sock_diag socket closed{_where(netns)}")
+                found += _decode_lookups(data, seqs, answered, netns)
+        known = set(wanted)
+        return [_with_side(c, listeners) for c in found if c.token in known]
+
+    if not wanted:
+        return []
+    return await _listing(lookups, "MPTCP socket diagnostics", netns, timeout)
+
+
+def _decode_lookups(data: bytes, seqs: range, answered: set[int],
+                    netns: str | None) -> list[MptcpConnection]:
+    """The connections in one datagram of answers to lookups numbered
+    ``seqs``; the numbers answered (acknowledged, or not found) are added to
+    ``answered``.  An error other than ``ENOENT`` raises :class:`OSError`."""
+    batch = DiagBatch()
+    offset, size = 0, len(data)
+    while offset + _NLMSG_HDRLEN <= size:
+        length, kind, _flags, seq, _pid = _NLMSG_HDR.unpack_from(data, offset)
+        if length < _NLMSG_HDRLEN or offset + length > size:
+            log.warning("MPTCP diag: message of %d bytes at offset %d does not fit "
+                        "the %d-byte datagram; rest skipped", length, offset, size)
+            break
+        if seq in seqs:
+            if kind == SOCK_DIAG_BY_FAMILY:
+                _decode_reply(data, offset, offset + length, batch)
+            elif kind == NLMSG_ERROR:
+                code = (abs(_I32.unpack_from(data, offset + _NLMSG_HDRLEN)[0])
+                        if length >= _NLMSG_HDRLEN + 4 else errno.EIO)
+                if code not in (0, errno.ENOENT):
+                    raise _error(code, netns)
+                answered.add(seq)
+        offset += (length + 3) & ~3
+    return batch.connections
 
 
 _T = TypeVar("_T")
