@@ -245,6 +245,10 @@ async def none_found(tokens: Collection[int]) -> list[MptcpConnection]:
     return []
 
 
+async def no_subflow_found(paths: Collection[Any]) -> list[MptcpSubflow]:
+    return []
+
+
 def record_state(state: str) -> bool:
     ORDER.append(state.replace("\n", " "))
     return True
@@ -277,6 +281,7 @@ def make_daemon(tmp_path: Path) -> Daemon:
                         channel=FakeChannel, watcher=FakeWatcher, reader=FakeReader,
                         rtnl=FakeRtnl, list_connections=no_connections,
                         list_subflows=no_subflows, find_connections=none_found,
+                        find_subflows=no_subflow_found,
                         network_manager=lambda: None)
     daemon = Daemon(config, notifier=Notifier(send=record_state), kernel=kernel)
     daemon.lock = NamespaceLock(tmp_path / "mptcpd.lock")  # never the host's /run
@@ -728,6 +733,53 @@ async def test_a_bound_connection_the_dump_missed_is_looked_up_before_it_counts_
     assert looked_up == [[0x1234]]
     assert (0x1234 in daemon.dispatcher.bindings) is found
     assert ("Connection 00001234 closed while events were lost." in caplog.text) is not found
+    daemon.stop()
+    assert await asyncio.wait_for(serving, 10) == 0
+
+
+@pytest.mark.parametrize("found", [True, False])
+async def test_a_subflow_the_dump_missed_is_looked_up_before_it_counts_as_closed(
+        daemon: Daemon, caplog: pytest.LogCaptureFixture, found: bool) -> None:
+    """So are the joined subflows its plugin was told of on a live
+    connection (by their addresses and interface): found, the plugin is
+    not told it closed (it would open another one on its path)."""
+    from ipaddress import ip_address
+
+    from mptcpd.netlink.diag import MPTCP_SUBFLOW_FLAG_JOIN_LOC
+    from mptcpd.types import SockAddr
+
+    server = SockAddr(ip_address("192.0.2.2"), 5201)
+    conn = MptcpConnection(token=0x1234, laddr=SockAddr(ip_address("192.0.2.1"), 40000),
+                           raddr=server, state=1, established=True)
+    join = MptcpSubflow(token=0x1234, laddr=SockAddr(ip_address("198.51.100.1"), 40001),
+                        raddr=server, state=1, ifindex=3, local_id=2, remote_id=0,
+                        flags=MPTCP_SUBFLOW_FLAG_JOIN_LOC)
+    subflow_listings: list[int] = []
+    looked_up: list[list[Any]] = []
+
+    async def connections() -> list[MptcpConnection]:
+        return [conn]
+
+    async def subflows() -> list[MptcpSubflow]:
+        subflow_listings.append(len(subflow_listings))
+        return [join] if len(subflow_listings) == 1 else []  # at startup, then missed
+
+    async def find(paths: Collection[Any]) -> list[MptcpSubflow]:
+        looked_up.append(list(paths))
+        return [join] if found else []
+
+    caplog.set_level(logging.INFO, "mptcpd")
+    serving = await serve_until_ready(daemon, reader=OverrunReader,
+                                      list_connections=connections, list_subflows=subflows,
+                                      find_subflows=find)
+    reader = OverrunReader.last
+    assert reader is not None
+    assert daemon.dispatcher.subflows(0x1234) == [(join.laddr, server)]
+    reader.overrun(1)
+    await until(lambda: "Resynchronised after lost events" in caplog.text)
+    assert looked_up == [[(join.laddr, server, 3)]]
+    assert bool(daemon.dispatcher.subflows(0x1234)) is found
+    assert ("closed while events were lost" in caplog.text) is not found
     daemon.stop()
     assert await asyncio.wait_for(serving, 10) == 0
 

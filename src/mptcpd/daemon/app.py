@@ -52,6 +52,7 @@ from mptcpd.netlink.diag import (
     MptcpConnection,
     MptcpSubflow,
     find_mptcp_connections,
+    find_mptcp_subflows,
     fully_established,
     list_mptcp_connections,
     list_mptcp_subflows,
@@ -67,7 +68,7 @@ from mptcpd.pm.listener_manager import ListenerManager
 from mptcpd.pm.network_monitor import NetworkMonitor
 from mptcpd.pm.policy import Policy
 from mptcpd.pm.path_manager import PathManager
-from mptcpd.types import NotifyFlags
+from mptcpd.types import NotifyFlags, SockAddr
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,10 @@ class KernelSide:
         find_mptcp_connections)
     #: the subflows of the live MPTCP connections (sock_diag).
     list_subflows: Callable[[], Awaitable[Sequence[MptcpSubflow]]] = list_mptcp_subflows
+    #: (laddr, raddr, ifindex) paths -> those of their subflows that are
+    #: live (sock_diag lookups, as ``find_connections``).
+    find_subflows: Callable[[Collection[tuple[SockAddr, SockAddr, int]]],
+                            Awaitable[Sequence[MptcpSubflow]]] = find_mptcp_subflows
     #: logs whether NetworkManager manages the endpoints too.
     network_manager: Callable[[], object] = warn_if_clashing
 
@@ -585,6 +590,8 @@ class Daemon:
         except Exception as exc:  # the connections are reconciled all the same
             log.warning("Unable to list the MPTCP subflows %s: %s", when, exc)
             subflows = None
+        else:
+            subflows = await self._found_unlisted_subflows(subflows, connections, when)
         closing: Collection[int] = ()
         stale: Sequence[ev.SubflowEstablished] = ()
         if reader is not None and reader is self.reader:
@@ -637,6 +644,32 @@ class Daemon:
         if found:
             log.debug("%d live MPTCP connection(s) the listing %s missed.", len(found), when)
         return [*connections, *(c for c in found if c.token not in listed)]
+
+    async def _found_unlisted_subflows(self, subflows: Sequence[MptcpSubflow],
+                                       connections: Sequence[MptcpConnection],
+                                       when: str) -> Sequence[MptcpSubflow]:
+        """``subflows`` and those the dump did not show that the kernel still
+        has, of the joined subflows plugins were told of on the live
+        connections: each looked up by its addresses (as
+        :meth:`_found_unlisted` looks connections up)."""
+        live = {c.token for c in connections}
+        listed = {(sf.token, sf.laddr.unmapped(), sf.raddr.unmapped()) for sf in subflows}
+        unlisted = [(laddr, raddr, ifindex)
+                    for token, laddr, raddr, ifindex in self.dispatcher.joined()
+                    if token in live
+                    and (token, laddr.unmapped(), raddr.unmapped()) not in listed]
+        if not unlisted:
+            return subflows
+        try:
+            found = await self.kernel.find_subflows(unlisted)
+        except Exception as exc:  # then the dump's word stands
+            log.warning("Unable to look up the MPTCP subflows %s: %s", when, exc)
+            return subflows
+        if found:
+            log.debug("%d live subflow(s) the listing %s missed.", len(found), when)
+        return [*subflows, *(sf for sf in found
+                             if (sf.token, sf.laddr.unmapped(), sf.raddr.unmapped())
+                             not in listed)]
 
     @staticmethod
     def _close_the_unlisted(reader: Reader, mark: int, listed: set[int]) -> Collection[int]:

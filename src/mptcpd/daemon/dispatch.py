@@ -417,6 +417,13 @@ class Dispatcher:
         told of and not yet told closed (for inspection)."""
         return [(e.laddr, e.raddr) for e in self._subflows.get(token, {}).values()]
 
+    def joined(self) -> list[tuple[int, SockAddr, SockAddr, int]]:
+        """Every joined subflow a plugin was told of and not yet told
+        closed: (token, laddr, raddr, the interface it is bound to, 0 for
+        none), as its event gave them."""
+        return [(token, e.laddr, e.raddr, e.if_idx or 0)
+                for token, known in self._subflows.items() for e in known.values()]
+
     # -- reconciliation after lost events ------------------------------------
 
     def begin_reconcile(self) -> None:

@@ -126,6 +126,12 @@ _REQ_V2 = struct.Struct("=BBBxI48x")
 #: The same with the sockid's ``idiag_cookie[0]`` (its last 8 bytes are the
 #: cookie): where the MPTCP handler's one-socket lookup takes the token.
 _REQ_V2_COOKIE = struct.Struct("=BBBxI40xI4x")
+#: ``struct inet_diag_req_v2`` with a whole ``struct inet_diag_sockid``:
+#: family, protocol, ext, pad, states, sport and dport (network order), src
+#: and dst (16 bytes each), if, cookie[2].
+_REQ_V2_SOCKID = struct.Struct("=BBBxI2H16s16sI2I")
+#: ``INET_DIAG_NOCOOKIE``: a lookup by addresses, whatever the socket's cookie.
+_NOCOOKIE = 0xFFFFFFFF
 #: Exact lookups sent in one datagram (their replies must fit the socket's
 #: receive buffer: some 400 bytes each).
 _LOOKUPS_PER_SEND = 64
@@ -345,6 +351,27 @@ def build_lookup_request(token: int, seq: int = 0) -> bytes:
     body = _REQ_V2_COOKIE.pack(socket.AF_INET, 0, 1 << (INET_DIAG_INFO - 1),
                                STATES_NO_LISTEN, token)
     attr = nla.encode(INET_DIAG_REQ_PROTOCOL, struct.pack("=I", IPPROTO_MPTCP))
+    length = _NLMSG_HDRLEN + len(body) + len(attr)
+    return _NLMSG_HDR.pack(length, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_ACK,
+                           seq, 0) + body + attr
+
+
+def build_subflow_lookup(laddr: SockAddr, raddr: SockAddr, ifindex: int = 0,
+                        seq: int = 0) -> bytes:
+    """The request for the one TCP socket from ``laddr`` to ``raddr``, bound
+    to interface ``ifindex`` (0: to none; the kernel matches a bound
+    socket only with its interface), an IPv4-mapped pair looked up as IPv4
+    (where the kernel hashes it), as
+    :func:`build_subflow_request` asks for each, acknowledged: the kernel
+    answers with the socket and an acknowledgement, or with ``ENOENT``."""
+    local, remote = laddr.unmapped(), raddr.unmapped()
+    family = socket.AF_INET if local.ip.version == 4 else socket.AF_INET6
+    body = _REQ_V2_SOCKID.pack(family, 0, 1 << (INET_DIAG_INFO - 1), STATES_NO_LISTEN,
+                               socket.htons(local.port), socket.htons(remote.port),
+                               local.ip.packed.ljust(16, b"\0"),
+                               remote.ip.packed.ljust(16, b"\0"), ifindex, _NOCOOKIE,
+                               _NOCOOKIE)
+    attr = nla.encode(INET_DIAG_REQ_PROTOCOL, struct.pack("=I", socket.IPPROTO_TCP))
     length = _NLMSG_HDRLEN + len(body) + len(attr)
     return _NLMSG_HDR.pack(length, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_ACK,
                            seq, 0) + body + attr
@@ -662,33 +689,64 @@ async def find_mptcp_connections(
         listeners: set[SockAddr] = set()
         for seq, family in enumerate((socket.AF_INET, socket.AF_INET6), 1):
             await dump_family(sock, family, listeners=listeners, seq=seq, netns=netns)
-        found: list[MptcpConnection] = []
-        loop = asyncio.get_running_loop()
-        for first in range(0, len(wanted), _LOOKUPS_PER_SEND):
-            batch = wanted[first:first + _LOOKUPS_PER_SEND]
-            seqs = range(3 + first, 3 + first + len(batch))
-            await loop.sock_sendall(sock, b"".join(
-                build_lookup_request(token, seq) for token, seq in zip(batch, seqs)))
-            answered: set[int] = set()
-            while len(answered) < len(batch):
-                data = await loop.sock_recv(sock, _RECV_SIZE)
-                if not data:
-                    raise OSError(errno.EIO, f"sock_diag socket closed{_where(netns)}")
-                found += _decode_lookups(data, seqs, answered, netns)
+        requests = [build_lookup_request(token, seq) for seq, token in enumerate(wanted, 3)]
+        batch = await _lookups(sock, requests, 3, netns)
         known = set(wanted)
-        return [_with_side(c, listeners) for c in found if c.token in known]
+        return [_with_side(c, listeners) for c in batch.connections if c.token in known]
 
     if not wanted:
         return []
     return await _listing(lookups, "MPTCP socket diagnostics", netns, timeout)
 
 
-def _decode_lookups(data: bytes, seqs: range, answered: set[int],
-                    netns: str | None) -> list[MptcpConnection]:
-    """The connections in one datagram of answers to lookups numbered
-    ``seqs``; the numbers answered (acknowledged, or not found) are added to
-    ``answered``.  An error other than ``ENOENT`` raises :class:`OSError`."""
-    batch = DiagBatch()
+async def find_mptcp_subflows(
+    paths: Iterable[tuple[SockAddr, SockAddr, int]], netns: str | None = None, *,
+    timeout: float | None = DEFAULT_TIMEOUT
+) -> list[MptcpSubflow]:
+    """The subflows of ``paths`` (local and remote address and port, and the
+    interface the subflow is bound to, as its events and sock_diag give it:
+    0 for none) that the kernel still has, each looked up by them (not a
+    dump, which can miss a live socket under churn, as
+    :func:`find_mptcp_connections` says).  Same ``netns``, ``timeout`` and
+    errors as :func:`list_mptcp_subflows`."""
+    wanted = list(dict.fromkeys(paths))
+
+    async def lookups(sock: socket.socket) -> list[MptcpSubflow]:
+        requests = [build_subflow_lookup(laddr, raddr, ifindex, seq)
+                    for seq, (laddr, raddr, ifindex) in enumerate(wanted, 1)]
+        return (await _lookups(sock, requests, 1, netns, subflows=True)).subflows
+
+    if not wanted:
+        return []
+    return await _listing(lookups, "TCP socket diagnostics", netns, timeout)
+
+
+async def _lookups(sock: socket.socket, requests: list[bytes], first_seq: int,
+                   netns: str | None, subflows: bool = False) -> DiagBatch:
+    """Send the acknowledged one-socket ``requests`` (numbered from
+    ``first_seq`` on, :data:`_LOOKUPS_PER_SEND` to a datagram) and gather
+    what the kernel found."""
+    loop = asyncio.get_running_loop()
+    result = DiagBatch()
+    for first in range(0, len(requests), _LOOKUPS_PER_SEND):
+        chunk = requests[first:first + _LOOKUPS_PER_SEND]
+        seqs = range(first_seq + first, first_seq + first + len(chunk))
+        await loop.sock_sendall(sock, b"".join(chunk))
+        answered: set[int] = set()
+        while len(answered) < len(chunk):
+            data = await loop.sock_recv(sock, _RECV_SIZE)
+            if not data:
+                raise OSError(errno.EIO, f"sock_diag socket closed{_where(netns)}")
+            _decode_lookups(data, seqs, answered, netns, result, subflows)
+    return result
+
+
+def _decode_lookups(data: bytes, seqs: range, answered: set[int], netns: str | None,
+                    batch: DiagBatch, subflows: bool) -> None:
+    """The sockets in one datagram of answers to lookups numbered ``seqs``
+    into ``batch``; the numbers answered (acknowledged, or not found) are
+    added to ``answered``.  An error other than ``ENOENT`` raises
+    :class:`OSError`."""
     offset, size = 0, len(data)
     while offset + _NLMSG_HDRLEN <= size:
         length, kind, _flags, seq, _pid = _NLMSG_HDR.unpack_from(data, offset)
@@ -698,7 +756,7 @@ def _decode_lookups(data: bytes, seqs: range, answered: set[int],
             break
         if seq in seqs:
             if kind == SOCK_DIAG_BY_FAMILY:
-                _decode_reply(data, offset, offset + length, batch)
+                _decode_reply(data, offset, offset + length, batch, subflows)
             elif kind == NLMSG_ERROR:
                 code = (abs(_I32.unpack_from(data, offset + _NLMSG_HDRLEN)[0])
                         if length >= _NLMSG_HDRLEN + 4 else errno.EIO)
@@ -706,7 +764,6 @@ def _decode_lookups(data: bytes, seqs: range, answered: set[int],
                     raise _error(code, netns)
                 answered.add(seq)
         offset += (length + 3) & ~3
-    return batch.connections
 
 
 _T = TypeVar("_T")
