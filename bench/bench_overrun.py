@@ -182,12 +182,14 @@ def flap_round(plugin: str, o: argparse.Namespace) -> dict[str, Any]:
         settled: float | None = None
         counts: dict[int, int] = {}
         first: dict[int, int] | None = None
+        last: dict[int, int] = {}  # the count before the exact one
         while time.monotonic() - over < 30:
             counts = subflow_counts(lab)
             first = counts if first is None else first
             if counts and all(n == want for n in counts.values()):
                 settled = time.monotonic() - over
                 break
+            last = counts
             time.sleep(0.1)
         drops, alive = daemon.drops(), daemon.proc.popen.poll() is None
         log = daemon.log()
@@ -207,6 +209,9 @@ def flap_round(plugin: str, o: argparse.Namespace) -> dict[str, Any]:
         # the tokens to look for in the daemon's log.
         "not_exact": dict(list((f"{token:08x}", n) for token, n in counts.items()
                                if n != want)[:20]),
+        # ... and the last to become exact, with their subflows before.
+        "last_exact": dict(list((f"{token:08x}", n) for token, n in last.items()
+                                if n != want)[:20]) if settled else {},
         "events_lost": drops, "daemon_alive": alive,
         "log_lines": len(log.splitlines()), "log": count_lines(log),
     }
