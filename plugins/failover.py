@@ -304,9 +304,9 @@ def new_interface(pm: PathManager) -> None:
 
 
 @hookimpl
-def new_local_address(pm: PathManager) -> None:
-    """An address came (back): fill the gaps."""
-    _keeper.refill(pm)
+def new_local_address(addr: SockAddr, pm: PathManager) -> None:
+    """An address came (back): its slots start afresh; fill the gaps."""
+    _keeper.address_back(addr, pm)
 
 
 @hookimpl

@@ -384,8 +384,9 @@ def keeper_hooks(keeper: Callable[[], SubflowKeeper]) -> dict[str, Callable[...,
     that ``keeper()`` returns at that moment (so a plugin may make a new
     keeper in its ``plugin_init``): ``link_down`` and ``delete_interface``
     to :meth:`~SubflowKeeper.interface_lost`, ``link_up`` to
-    :meth:`~SubflowKeeper.interface_back`, ``new_interface`` and
-    ``new_local_address`` to :meth:`~SubflowKeeper.refill`,
+    :meth:`~SubflowKeeper.interface_back`, ``new_interface`` to
+    :meth:`~SubflowKeeper.refill`, ``new_local_address`` to
+    :meth:`~SubflowKeeper.address_back`,
     ``delete_local_address`` to :meth:`~SubflowKeeper.address_lost`, the
     others to the keeper's method of the same name.  A plugin adds them to
     its module, next to its own ``plugin_init`` and ``plugin_exit``::
@@ -449,8 +450,8 @@ def keeper_hooks(keeper: Callable[[], SubflowKeeper]) -> dict[str, Callable[...,
         keeper().refill(pm)
 
     @hookimpl
-    def new_local_address(pm: PathManager) -> None:
-        keeper().refill(pm)
+    def new_local_address(addr: SockAddr, pm: PathManager) -> None:
+        keeper().address_back(addr, pm)
 
     @hookimpl
     def delete_local_address(addr: SockAddr, pm: PathManager) -> None:

@@ -391,3 +391,24 @@ def test_a_join_given_up_and_reported_while_its_address_is_gone_is_closed(
     fm.subflow_closed(T1, late, SERVER)
     fm.new_local_address(C2ONE, SockAddr("198.51.100.1"))
     assert subflows(pm) == [("198.51.100.1", "192.0.2.2:5201")]
+
+
+def test_a_join_refused_while_its_address_was_gone_is_opened_at_once_when_it_is_back(
+        tmp_path: Path, clock: Clock) -> None:
+    """The address went while the join's creation was on its way: the
+    kernel refuses it (EADDRNOTAVAIL) before the keeper hears that the
+    address went, which counts as a failure of the slot.  When the address
+    comes back, its slots start afresh and the join is opened at once, not
+    after the backoff (under an address flapping during a flood, that
+    backoff kept connections short for up to a second after the flood)."""
+    pm = retrying_pm(clock, **{"retry-base": "1s"})
+    fm = load(tmp_path, pm)
+    established(fm)
+    (cmd,) = pm.commands
+    pm.take()
+    cmd.refuse(errno.EADDRNOTAVAIL)
+    pm.settle()
+    assert clock.timers() == [1.0]
+    fm.delete_local_address(C2ONE, SockAddr("198.51.100.1"))
+    fm.new_local_address(C2ONE, SockAddr("198.51.100.1"))
+    assert subflows(pm) == [("198.51.100.1", "192.0.2.2:5201")]

@@ -44,8 +44,9 @@ still offered), it is opened again after a backoff (:class:`RetryPolicy`):
 one, never more than ``cap``; after ``attempts`` retries that all failed,
 the slot is given up.  A subflow that stayed established for ``cap``
 seconds or more clears its slot's failures.  When an interface's carrier
-comes back (``link_up``) the slots of its addresses start afresh and are
-opened at once.  Each connection has at most one retry timer, at the
+comes back (``link_up``), or an address comes back, the slots of its
+addresses start afresh and are opened at once (a join the kernel refused
+while the address was gone says nothing of its path).  Each connection has at most one retry timer, at the
 earliest due slot; it is cancelled when the connection closes.
 
 A creation or an announcement the daemon could not send (its command queue
@@ -824,6 +825,16 @@ class SubflowKeeper:
         for conn in self.connections.values():
             for slot in conn.slots.values():
                 if slot.laddr.ip in ips:
+                    slot.failures, slot.due = 0, 0.0
+        self.refill(pm)
+
+    def address_back(self, addr: SockAddr, pm: PathManager) -> None:
+        """An address came (back): the slots from its IP start afresh (a
+        join refused while it was gone, ``EADDRNOTAVAIL``, says nothing of
+        its path), and every connection's gaps are filled at once."""
+        for conn in self.connections.values():
+            for slot in conn.slots.values():
+                if slot.laddr.ip == addr.ip:
                     slot.failures, slot.due = 0, 0.0
         self.refill(pm)
 
