@@ -174,6 +174,7 @@ class FakeReader:
     def __init__(self, on_overrun: Callable[[int], None] | None = None) -> None:
         self.overrun_pending = False
         self.overruns = 0
+        self.backlog = 0
         self._closed = asyncio.Event()
         self.closing: set[int] = set()
 
@@ -614,6 +615,7 @@ class OverrunReader(FakeReader):
 
     def overrun(self, count: int) -> None:
         self.overrun_pending = True
+        self.overruns += 1
         self.on_overrun(count)
 
 
@@ -833,6 +835,7 @@ async def test_a_pass_waiting_out_its_gap_covers_what_is_lost_meanwhile(
     serving = await serve_until_ready(daemon, reader=OverrunReader, list_connections=listing)
     reader = OverrunReader.last
     assert reader is not None and len(starts) == 1  # at startup
+    reader.backlog = 1  # the flood goes on: events always wait
     async with asyncio.timeout(10):
         for count in range(1, 5):  # lost again as soon as each pass is done
             reader.overrun(count)
@@ -847,6 +850,44 @@ async def test_a_pass_waiting_out_its_gap_covers_what_is_lost_meanwhile(
     assert gaps[0] >= 0.3 and gaps[1] >= 0.6  # waited (at least) the schedule's gaps
     assert caplog.text.count("Events are still being lost: the next resync waits") == 2
     assert "it will run again" not in caplog.text
+    daemon.stop()
+    assert await asyncio.wait_for(serving, 10) == 0
+
+
+async def test_a_pass_waiting_out_its_gap_starts_once_the_flood_is_over(
+        daemon: Daemon, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pass waiting out its gap starts as soon as the event socket lost
+    nothing for RESYNC_QUIET s and no event waits: the flood is over, and
+    the plugins learn now what they missed (they waited up to 4 s: after a
+    flood with an address flapping, fullmesh connections had one join too
+    many that long)."""
+    monkeypatch.setattr(app, "RESYNC_MIN_GAP", 2.0)
+    loop = asyncio.get_running_loop()
+    starts: list[float] = []
+
+    async def listing() -> list[MptcpConnection]:
+        starts.append(loop.time())
+        return []
+
+    caplog.set_level(logging.DEBUG, "mptcpd")
+    serving = await serve_until_ready(daemon, reader=OverrunReader, list_connections=listing)
+    reader = OverrunReader.last
+    assert reader is not None
+    reader.backlog = 5
+    async with asyncio.timeout(10):
+        for count in (1, 2, 3):
+            reader.overrun(count)
+            while count < 3 and len(starts) < count + 1:
+                await asyncio.sleep(0.005)
+        await asyncio.sleep(0.2)
+        assert len(starts) == 3  # the third pass waits its gap: events wait
+        over = loop.time()
+        reader.backlog = 0  # the flood is over, its events handled
+        while len(starts) < 4:
+            await asyncio.sleep(0.005)
+    assert starts[3] - over < 0.5  # not the 2 s gap
+    assert "The event socket is quiet again: resynchronising now." in caplog.text
     daemon.stop()
     assert await asyncio.wait_for(serving, 10) == 0
 

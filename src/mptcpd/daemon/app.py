@@ -89,6 +89,11 @@ DRAIN_TIMEOUT = 2.0
 RESYNC_MIN_GAP = 0.25
 RESYNC_MAX_GAP = 4.0
 RESYNC_STREAK_WINDOW = 5.0
+#: A pass waiting out its gap starts at once when the event socket lost
+#: nothing for this long and no event waits to be handled: the flood is
+#: over, and the plugins learn what they missed now, not up to
+#: RESYNC_MAX_GAP later.
+RESYNC_QUIET = 0.05
 
 
 class StartupError(Exception):
@@ -129,6 +134,9 @@ class Reader(Protocol):
 
     overrun_pending: bool
     closing: set[int]
+    #: overruns seen, and datagrams received and not yet handed out.
+    overruns: int
+    backlog: int
 
     def closed_tokens(self) -> set[int]: ...
     def fill(self) -> int: ...
@@ -547,16 +555,33 @@ class Daemon:
 
     async def _resync_gap(self, loop: asyncio.AbstractEventLoop) -> None:
         """Before a resync pass: wait out the gap a flood of lost events
-        calls for (:meth:`_resync_wait`), events being handled meanwhile;
-        whatever is lost until the pass starts, it covers."""
+        calls for (:meth:`_resync_wait`), events being handled meanwhile,
+        or less once the flood is over (:meth:`_until_quiet`); whatever is
+        lost until the pass starts, it covers."""
         wait = self._resync_wait(loop.time())
         if wait > 0:
             log.info("Events are still being lost: the next resync waits %.2f s.", wait)
             self._resync_waiting = True
             try:
-                await asyncio.sleep(wait)
+                await self._until_quiet(loop, loop.time() + wait)
             finally:
                 self._resync_waiting = False
+
+    async def _until_quiet(self, loop: asyncio.AbstractEventLoop, end: float) -> None:
+        """Wait until loop time ``end``, or until the event socket has lost
+        nothing for :data:`RESYNC_QUIET` s with no event waiting to be
+        handled (a flood over: the gap has done its job)."""
+        reader = self.reader
+        seen = reader.overruns if reader is not None else 0
+        while (left := end - loop.time()) > 0:
+            await asyncio.sleep(min(RESYNC_QUIET, left))
+            reader = self.reader
+            if reader is None:
+                continue
+            if reader.overruns == seen and not reader.backlog and left > RESYNC_QUIET:
+                log.debug("The event socket is quiet again: resynchronising now.")
+                return
+            seen = reader.overruns
 
     def _resync_wait(self, now: float) -> float:
         """How long a resync pass starting at loop time ``now`` waits
