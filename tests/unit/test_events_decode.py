@@ -485,6 +485,55 @@ def test_drops_after_the_overrun_until_the_queue_is_empty_are_another_overrun(
     assert calls == [1, 2, 3]
 
 
+class _Paused:
+    """A stand-in socket whose queue overran while the reader was paused:
+    its pending error is ENOBUFS until read (``SO_ERROR``)."""
+
+    def __init__(self, datagrams: list[bytes]) -> None:
+        self.items = list(datagrams)
+        self.error = errno.ENOBUFS
+        self.asked = 0
+
+    def recv_into(self, buf: bytearray) -> int:
+        if not self.items:
+            raise BlockingIOError
+        item = self.items.pop(0)
+        buf[:len(item)] = item
+        return len(item)
+
+    def getsockopt(self, level: int, name: int, size: int = 0) -> Any:
+        if name == socket.SO_ERROR:
+            self.asked += 1
+            error, self.error = self.error, 0
+            return error
+        return struct.pack("=9I", *[0] * 8, 7)[:size]  # SO_MEMINFO: 7 dropped
+
+
+def test_an_overrun_while_reading_is_paused_is_reported_before_the_backlog_is_through(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The backlog is full, so reading is paused, and the socket overruns
+    meanwhile: the overrun is reported while the backlog is worked through
+    (the resync starts then), not once it is (a full backlog under a flood
+    took 1.3 s, and the path managers learnt that late what they had
+    missed).  Asked once per list handed out, and not again once known."""
+    calls: list[int] = []
+    reader = EventReader(on_overrun=calls.append, max_pending=4)
+    datagrams = [build(C.MPTCP_EVENT_CLOSED, [("MPTCP_ATTR_TOKEN", i)]) for i in range(8)]
+    fake = _Paused(datagrams)
+    reader._raw = cast(socket.socket, fake)
+    reader._on_readable()
+    assert reader.backlog == 8 and calls == []
+    caplog.set_level(logging.WARNING, LOGGER)
+    assert reader.take(1) == [ev.ConnectionClosed(Token(0))]
+    assert calls == [1] and reader.overrun_pending and fake.asked == 1
+    assert caplog.records[-1].getMessage() == (
+        "MPTCP event socket receive buffer overrun (ENOBUFS), events were lost; "
+        "overrun #1, resynchronising")
+    reader.take(1)
+    assert fake.asked == 1  # known: not asked again until the queue is drained
+    assert reader.take(32) == [ev.ConnectionClosed(Token(i)) for i in range(2, 8)]
+
+
 async def test_reader_pauses_when_the_consumer_lags_and_resumes() -> None:
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:

@@ -35,6 +35,7 @@ import asyncio
 import errno
 import logging
 import mmap
+import os
 import socket
 import struct
 from array import array
@@ -435,9 +436,32 @@ class EventReader:
                     closing.difference_update(tokens)
         if taken:
             self.backlog -= taken
-            if not self._reading and not self._closed and self.backlog < self._resume_at:
-                self._start_reading()
+            if not self._reading and not self._closed:
+                if self.backlog < self._resume_at:
+                    self._start_reading()
+                elif self._drops is None:
+                    self._overrun_while_paused()
         return out
+
+    def _overrun_while_paused(self) -> None:
+        """Reading is paused (the backlog is full) and the socket may have
+        overrun meanwhile: its ``ENOBUFS`` is taken now (``SO_ERROR``), not
+        once the backlog is worked through (up to :data:`MAX_PENDING`
+        events, a second or more under a flood), so that the owner's resync
+        can start at once.  One system call per list handed out while
+        paused."""
+        raw = self._raw
+        if raw is None:
+            return
+        try:
+            error = raw.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        except OSError:
+            return
+        if error == errno.ENOBUFS:
+            self._drops = self._drop_count()
+            self._overrun()
+        elif error:
+            log.error("MPTCP event socket receive failed: %s", os.strerror(error))
 
     def fill(self) -> int:
         """Read everything the socket holds into the backlog, however long it
