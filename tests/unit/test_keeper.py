@@ -22,7 +22,7 @@ OWN = {"plugin_init", "plugin_exit", "pm_ready", "pm_not_ready", "listener_creat
 #: hook -> the keeper method it calls.
 ROUTES = {"link_down": "interface_lost", "delete_interface": "interface_lost",
           "link_up": "interface_back", "new_interface": "refill",
-          "new_local_address": "refill", "delete_local_address": "address_lost"}
+          "new_local_address": "address_back", "delete_local_address": "address_lost"}
 
 
 class Recorder:
