@@ -342,14 +342,7 @@ def test_a_join_completed_after_its_address_flapped_is_kept_once_per_path(
     Whichever comes first fills the path's slot; the other is closed, one
     too many.  Seen under a flood, whose lost events hid the first one's
     fate: up to seven subflows on one path."""
-    caplog.set_level(logging.INFO, logger="mptcpd.plugins.fullmesh")
-    pm = FakePathManager(interfaces=[C1, C2ONE])
-    fm = load(tmp_path, pm)
-    established(fm)
-    assert subflows(pm) == [("198.51.100.1", "192.0.2.2:5201")]
-    pm.settle()
-    fm.delete_local_address(C2ONE, SockAddr("198.51.100.1"))
-    assert pm.take() == []  # the pending join is given up, not closed
+    fm, pm = join_given_up(tmp_path, caplog)
     fm.new_local_address(C2ONE, SockAddr("198.51.100.1"))
     assert subflows(pm) == [("198.51.100.1", "192.0.2.2:5201")]
     pm.settle()
@@ -366,6 +359,20 @@ def test_a_join_completed_after_its_address_flapped_is_kept_once_per_path(
     assert pm.take() == []
 
 
+def join_given_up(tmp_path: Path,
+                  caplog: pytest.LogCaptureFixture) -> tuple[PluginDriver, FakePathManager]:
+    """fullmesh with a connection whose join from 198.51.100.1 was given up
+    while pending: its address went (a pending join is not closed)."""
+    caplog.set_level(logging.INFO, logger="mptcpd.plugins.fullmesh")
+    pm = FakePathManager(interfaces=[C1, C2ONE])
+    fm = load(tmp_path, pm)
+    established(fm)
+    assert subflows(pm) == [("198.51.100.1", "192.0.2.2:5201")]
+    pm.settle()
+    fm.delete_local_address(C2ONE, SockAddr("198.51.100.1"))
+    assert pm.take() == []
+    return fm, pm
+
 
 def test_a_join_given_up_and_reported_while_its_address_is_gone_is_closed(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -375,14 +382,7 @@ def test_a_join_given_up_and_reported_while_its_address_is_gone_is_closed(
     the address is back.  Left open, it was untracked and held its path
     for good (seen under a flood: two joins on each path of every
     connection)."""
-    caplog.set_level(logging.INFO, logger="mptcpd.plugins.fullmesh")
-    pm = FakePathManager(interfaces=[C1, C2ONE])
-    fm = load(tmp_path, pm)
-    established(fm)
-    assert subflows(pm) == [("198.51.100.1", "192.0.2.2:5201")]
-    pm.settle()
-    fm.delete_local_address(C2ONE, SockAddr("198.51.100.1"))
-    assert pm.take() == []  # given up, not closed
+    fm, pm = join_given_up(tmp_path, caplog)
     late = SockAddr("198.51.100.1", 41001)
     fm.new_subflow(T1, late, SERVER, backup=False)
     assert pm.take() == [("remove_subflow", T1, late, SERVER)]

@@ -29,7 +29,7 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from mptcpd import events as ev
 from mptcpd import hookspecs
@@ -94,6 +94,10 @@ RESYNC_STREAK_WINDOW = 5.0
 #: over, and the plugins learn what they missed now, not up to
 #: RESYNC_MAX_GAP later.
 RESYNC_QUIET = 0.05
+
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
 
 
 class StartupError(Exception):
@@ -659,15 +663,10 @@ class Daemon:
         unlisted = [t for t in self.dispatcher.bindings if t not in listed and t not in closing]
         if reader is not None and reader is self.reader:
             unlisted += reader.queued_tokens(mark, listed | set(unlisted))
-        if not unlisted:
+        found = await self._look_up("connections", self.kernel.find_connections, unlisted,
+                                    when)
+        if not found:
             return connections
-        try:
-            found = await self.kernel.find_connections(unlisted)
-        except Exception as exc:  # then the dump's word stands
-            log.warning("Unable to look up the MPTCP connections %s: %s", when, exc)
-            return connections
-        if found:
-            log.debug("%d live MPTCP connection(s) the listing %s missed.", len(found), when)
         return [*connections, *(c for c in found if c.token not in listed)]
 
     async def _found_unlisted_subflows(self, subflows: Sequence[MptcpSubflow],
@@ -683,18 +682,29 @@ class Daemon:
                     for token, laddr, raddr, ifindex in self.dispatcher.joined()
                     if token in live
                     and (token, laddr.unmapped(), raddr.unmapped()) not in listed]
-        if not unlisted:
+        found = await self._look_up("subflows", self.kernel.find_subflows, unlisted, when)
+        if not found:
             return subflows
-        try:
-            found = await self.kernel.find_subflows(unlisted)
-        except Exception as exc:  # then the dump's word stands
-            log.warning("Unable to look up the MPTCP subflows %s: %s", when, exc)
-            return subflows
-        if found:
-            log.debug("%d live subflow(s) the listing %s missed.", len(found), when)
         return [*subflows, *(sf for sf in found
                              if (sf.token, sf.laddr.unmapped(), sf.raddr.unmapped())
                              not in listed)]
+
+    @staticmethod
+    async def _look_up(what: str, find: Callable[[list[_K]], Awaitable[Sequence[_V]]],
+                       unlisted: list[_K], when: str) -> Sequence[_V]:
+        """What ``find`` finds live of the ``unlisted`` (``what``: MPTCP
+        connections or subflows); none when the lookups fail (logged: then
+        the dump's word stands)."""
+        if not unlisted:
+            return ()
+        try:
+            found = await find(unlisted)
+        except Exception as exc:
+            log.warning("Unable to look up the MPTCP %s %s: %s", what, when, exc)
+            return ()
+        if found:
+            log.debug("%d live MPTCP %s the listing %s missed.", len(found), what, when)
+        return found
 
     @staticmethod
     def _close_the_unlisted(reader: Reader, mark: int, listed: set[int]) -> Collection[int]:

@@ -53,7 +53,7 @@ import os
 import socket
 import struct
 import sys
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import TypeVar
 
 from mptcpd.netlink import nla
@@ -537,14 +537,7 @@ def decode_datagram(data: bytes, seq: int | None = None,
     """
     batch = DiagBatch()
     data = bytes(data)
-    offset = 0
-    size = len(data)
-    while offset + _NLMSG_HDRLEN <= size:
-        length, kind, _flags, msg_seq, _pid = _NLMSG_HDR.unpack_from(data, offset)
-        if length < _NLMSG_HDRLEN or offset + length > size:
-            log.warning("MPTCP diag: message of %d bytes at offset %d does not fit "
-                        "the %d-byte datagram; rest skipped", length, offset, size)
-            break
+    for offset, length, kind, msg_seq in _messages(data):
         end = offset + length
         if seq is None or msg_seq == seq:
             if kind == SOCK_DIAG_BY_FAMILY:
@@ -563,8 +556,22 @@ def decode_datagram(data: bytes, seq: int | None = None,
                         raise _error(-code, netns)
                     batch.done = True
                     break
-        offset += (length + 3) & ~3
     return batch
+
+
+def _messages(data: bytes) -> Iterator[tuple[int, int, int, int]]:
+    """The offset, length, type and sequence number of each netlink message
+    of one datagram; a message whose length does not fit the datagram ends
+    it, with a warning."""
+    offset, size = 0, len(data)
+    while offset + _NLMSG_HDRLEN <= size:
+        length, kind, _flags, seq, _pid = _NLMSG_HDR.unpack_from(data, offset)
+        if length < _NLMSG_HDRLEN or offset + length > size:
+            log.warning("MPTCP diag: message of %d bytes at offset %d does not fit "
+                        "the %d-byte datagram; rest skipped", length, offset, size)
+            return
+        yield offset, length, kind, seq
+        offset += (length + 3) & ~3
 
 
 def parse_datagram(data: bytes) -> list[MptcpConnection]:
@@ -747,13 +754,7 @@ def _decode_lookups(data: bytes, seqs: range, answered: set[int], netns: str | N
     into ``batch``; the numbers answered (acknowledged, or not found) are
     added to ``answered``.  An error other than ``ENOENT`` raises
     :class:`OSError`."""
-    offset, size = 0, len(data)
-    while offset + _NLMSG_HDRLEN <= size:
-        length, kind, _flags, seq, _pid = _NLMSG_HDR.unpack_from(data, offset)
-        if length < _NLMSG_HDRLEN or offset + length > size:
-            log.warning("MPTCP diag: message of %d bytes at offset %d does not fit "
-                        "the %d-byte datagram; rest skipped", length, offset, size)
-            break
+    for offset, length, kind, seq in _messages(data):
         if seq in seqs:
             if kind == SOCK_DIAG_BY_FAMILY:
                 _decode_reply(data, offset, offset + length, batch, subflows)
@@ -763,7 +764,6 @@ def _decode_lookups(data: bytes, seqs: range, answered: set[int], netns: str | N
                 if code not in (0, errno.ENOENT):
                     raise _error(code, netns)
                 answered.add(seq)
-        offset += (length + 3) & ~3
 
 
 _T = TypeVar("_T")
