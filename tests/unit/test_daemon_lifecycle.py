@@ -15,7 +15,7 @@ import errno
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -699,6 +699,43 @@ async def test_connections_listed_with_token_0_are_not_adopted(
     assert await asyncio.wait_for(serving, 10) == 0
 
 
+def missed_by_the_resync(items: list[Any], found: bool) -> tuple[
+        Callable[[], Awaitable[list[Any]]], Callable[[Collection[Any]], Awaitable[list[Any]]],
+        list[list[Any]]]:
+    """A listing that shows ``items`` at startup and misses them at the
+    resync, a lookup that finds them (if ``found``), and the lookups it was
+    asked for."""
+    listings: list[int] = []
+    looked_up: list[list[Any]] = []
+
+    async def listing() -> list[Any]:
+        listings.append(len(listings))
+        return items if len(listings) == 1 else []
+
+    async def find(keys: Collection[Any]) -> list[Any]:
+        looked_up.append(list(keys))
+        return items if found else []
+
+    return listing, find, looked_up
+
+
+async def resync_once(daemon: Daemon, caplog: pytest.LogCaptureFixture,
+                      known: Callable[[], bool], **kernel: Any) -> bool:
+    """Serve ``daemon`` with these kernel parts; once it is ready (and
+    ``known()`` holds), one overrun and its resync; then stop.  Whether
+    ``known()`` still held after the resync."""
+    caplog.set_level(logging.INFO, "mptcpd")
+    serving = await serve_until_ready(daemon, reader=OverrunReader, **kernel)
+    reader = OverrunReader.last
+    assert reader is not None and known()
+    reader.overrun(1)
+    await until(lambda: "Resynchronised after lost events" in caplog.text)
+    still = known()
+    daemon.stop()
+    assert await asyncio.wait_for(serving, 10) == 0
+    return still
+
+
 @pytest.mark.parametrize("found", [True, False])
 async def test_a_bound_connection_the_dump_missed_is_looked_up_before_it_counts_as_closed(
         daemon: Daemon, caplog: pytest.LogCaptureFixture, found: bool) -> None:
@@ -714,29 +751,11 @@ async def test_a_bound_connection_the_dump_missed_is_looked_up_before_it_counts_
     conn = MptcpConnection(token=0x1234, laddr=SockAddr(ip_address("192.0.2.1"), 40000),
                            raddr=SockAddr(ip_address("192.0.2.2"), 5201), state=1,
                            established=True)
-    listings: list[int] = []
-    looked_up: list[list[int]] = []
-
-    async def listing() -> list[MptcpConnection]:
-        listings.append(len(listings))
-        return [conn] if len(listings) == 1 else []  # at startup, then missed
-
-    async def find(tokens: Collection[int]) -> list[MptcpConnection]:
-        looked_up.append(list(tokens))
-        return [conn] if found else []
-
-    caplog.set_level(logging.INFO, "mptcpd")
-    serving = await serve_until_ready(daemon, reader=OverrunReader, list_connections=listing,
-                                      find_connections=find)
-    reader = OverrunReader.last
-    assert reader is not None and 0x1234 in daemon.dispatcher.bindings
-    reader.overrun(1)
-    await until(lambda: "Resynchronised after lost events" in caplog.text)
-    assert looked_up == [[0x1234]]
-    assert (0x1234 in daemon.dispatcher.bindings) is found
+    listing, find, looked_up = missed_by_the_resync([conn], found)
+    bound = await resync_once(daemon, caplog, lambda: 0x1234 in daemon.dispatcher.bindings,
+                              list_connections=listing, find_connections=find)
+    assert looked_up == [[0x1234]] and bound is found
     assert ("Connection 00001234 closed while events were lost." in caplog.text) is not found
-    daemon.stop()
-    assert await asyncio.wait_for(serving, 10) == 0
 
 
 @pytest.mark.parametrize("found", [True, False])
@@ -756,34 +775,16 @@ async def test_a_subflow_the_dump_missed_is_looked_up_before_it_counts_as_closed
     join = MptcpSubflow(token=0x1234, laddr=SockAddr(ip_address("198.51.100.1"), 40001),
                         raddr=server, state=1, ifindex=3, local_id=2, remote_id=0,
                         flags=MPTCP_SUBFLOW_FLAG_JOIN_LOC)
-    subflow_listings: list[int] = []
-    looked_up: list[list[Any]] = []
+    subflows, find, looked_up = missed_by_the_resync([join], found)
 
     async def connections() -> list[MptcpConnection]:
         return [conn]
 
-    async def subflows() -> list[MptcpSubflow]:
-        subflow_listings.append(len(subflow_listings))
-        return [join] if len(subflow_listings) == 1 else []  # at startup, then missed
-
-    async def find(paths: Collection[Any]) -> list[MptcpSubflow]:
-        looked_up.append(list(paths))
-        return [join] if found else []
-
-    caplog.set_level(logging.INFO, "mptcpd")
-    serving = await serve_until_ready(daemon, reader=OverrunReader,
-                                      list_connections=connections, list_subflows=subflows,
-                                      find_subflows=find)
-    reader = OverrunReader.last
-    assert reader is not None
-    assert daemon.dispatcher.subflows(0x1234) == [(join.laddr, server)]
-    reader.overrun(1)
-    await until(lambda: "Resynchronised after lost events" in caplog.text)
-    assert looked_up == [[(join.laddr, server, 3)]]
-    assert bool(daemon.dispatcher.subflows(0x1234)) is found
+    known = await resync_once(
+        daemon, caplog, lambda: daemon.dispatcher.subflows(0x1234) == [(join.laddr, server)],
+        list_connections=connections, list_subflows=subflows, find_subflows=find)
+    assert looked_up == [[(join.laddr, server, 3)]] and known is found
     assert ("closed while events were lost" in caplog.text) is not found
-    daemon.stop()
-    assert await asyncio.wait_for(serving, 10) == 0
 
 
 def test_resyncs_in_a_row_back_off_then_start_afresh_after_a_quiet_while(
