@@ -46,8 +46,9 @@ the slot is given up.  A subflow that stayed established for ``cap``
 seconds or more clears its slot's failures.  When an interface's carrier
 comes back (``link_up``), or an address comes back, the slots of its
 addresses start afresh and are opened at once (a join the kernel refused
-while the address was gone says nothing of its path).  Each connection has at most one retry timer, at the
-earliest due slot; it is cancelled when the connection closes.
+while the address was gone says nothing of its path).  Each connection has
+at most one retry timer, at the earliest due slot; it is cancelled when the
+connection closes.
 
 A creation or an announcement the daemon could not send (its command queue
 was full: :class:`~mptcpd.errors.QueueFull`) is not a failure: the kernel
