@@ -10,7 +10,6 @@ import ipaddress
 import logging
 import socket
 import struct
-from collections.abc import Collection
 from typing import Any, cast
 
 import pytest
@@ -927,51 +926,3 @@ def test_the_subflows_established_before_a_mark_are_found_and_stay_queued() -> N
         ("SubflowEstablished", 40002), ("SubflowClosed", 40002), ("SubflowClosed", 40003),
         ("SubflowEstablished", 40004), ("SubflowEstablished", 40005)]
     assert reader.queued_subflows_established(reader.received) == []
-
-
-def test_the_tokens_of_waiting_datagrams_are_kept_between_asks() -> None:
-    """queued_tokens keeps what it found of each datagram until it is handed
-    out (every resync pass asks, about much the same backlog): asked again
-    after datagrams were handed out, received, or their connection's
-    CLOSED read, it answers as a scan from scratch does."""
-    from array import array
-
-    def created(token: int) -> bytes:
-        return build(C.MPTCP_EVENT_CREATED, [("MPTCP_ATTR_TOKEN", token)] + FULL_V4[1:])
-
-    def closed(token: int) -> bytes:
-        return build(C.MPTCP_EVENT_CLOSED, [("MPTCP_ATTR_TOKEN", token)])
-
-    datagrams = [created(t) for t in range(1, 30)]
-    datagrams[5] = closed(3)  # a lone CLOSED
-    datagrams[9] = created(40) + created(41)  # several tokens
-    datagrams[12] = created(42) + closed(42)
-    reader = EventReader()
-
-    def from_scratch(before: int, skip: Collection[int] = ()) -> dict[int, int]:
-        kept = reader._scan_start, reader._scan_tokens, reader._scan_several
-        reader._scan_start = reader.received - reader.backlog
-        reader._scan_tokens, reader._scan_several = array("q"), {}
-        try:
-            return reader.queued_tokens(before, skip)
-        finally:
-            reader._scan_start, reader._scan_tokens, reader._scan_several = kept
-
-    def ask(before: int, skip: Collection[int] = ()) -> dict[int, int]:
-        answer = reader.queued_tokens(before, skip)
-        assert answer == from_scratch(before, skip)
-        return answer
-
-    reader._raw = cast(socket.socket, _Queue(datagrams[:12]))
-    mark = reader.fill()
-    assert ask(mark) == {**{t: t - 1 for t in range(1, 10) if t not in (3, 6)},
-                         40: 9, 41: 9, 11: 10, 12: 11}
-    assert ask(4) == {1: 0, 2: 1, 4: 3}  # 3 is closing
-    reader._raw = cast(socket.socket, _Queue(datagrams[12:]))
-    later = reader.fill()
-    reader.take(7)
-    assert ask(mark) == {8: 7, 9: 8, 40: 9, 41: 9, 11: 10, 12: 11}
-    assert ask(later, {9, 41}) == {**{t: t - 1 for t in range(8, 30) if t not in (9, 10, 13)},
-                                    40: 9}
-    reader.take(100)
-    assert ask(later) == {} and len(reader._scan_tokens) == 0

@@ -106,10 +106,6 @@ DATAGRAM_ROOM = 65536
 #: Set in a backlog entry (a datagram's end offset) when the datagram holds a
 #: ``CLOSED`` event.
 _HAS_CLOSED = 1 << 31
-#: A datagram's entry in :meth:`EventReader._scanned` (tokens are 32-bit):
-#: no token (or a lone CLOSED), or more than one.
-_NONE = -1
-_SEVERAL = -2
 _u32 = struct.Struct("=I").unpack_from
 _len_type = struct.Struct("=IH").unpack_from
 
@@ -226,10 +222,6 @@ class EventReader:
         #: received (datagram ``i`` is the ``i``-th received, from 0).
         self.backlog = 0
         self.received = 0
-        #: :meth:`_scanned`'s tokens of the datagrams from ``_scan_start`` on.
-        self._scan_start = 0
-        self._scan_tokens: array[int] = array("q")
-        self._scan_several: dict[int, tuple[int, ...]] = {}
         #: Connections whose CLOSED was lost: index of a datagram -> the
         #: tokens to hand out a ConnectionClosed for right after it.
         self._close_after: dict[int, list[int]] = {}
@@ -490,74 +482,29 @@ class EventReader:
         """The connections that the datagrams still in the backlog and
         received before datagram ``before`` are about, leaving out those
         whose CLOSED waits too (:attr:`closing`) and those in ``skip``:
-        token -> index of the last such datagram.
-
-        The tokens of each datagram are found once and kept until it is
-        handed out (:meth:`_scanned`): every resync pass asks, and one that
-        runs again at once (events were lost during the last) asks about
-        much the same backlog (a full one: 75 ms to scan, 4-6 ms again)."""
+        token -> index of the last such datagram."""
         out: dict[int, int] = {}
         closing = self.closing
-        index, tokens, several = self._scanned(before)
-        for token in tokens:
-            if index >= before:
-                break
-            if token >= 0:
-                if token not in closing and token not in skip:
-                    out[token] = index
-            elif token == _SEVERAL:
-                for each in several[index]:
-                    if each not in closing and each not in skip:
-                        out[each] = index
-            index += 1
-        return out
-
-    def _scanned(self, before: int) -> tuple[int, array[int], dict[int, tuple[int, ...]]]:
-        """The tokens of the datagrams in the backlog from its first on, up
-        to datagram ``before`` at least (or its end): the index of the first,
-        one entry per datagram (its one token, :data:`_NONE` for none or for
-        a lone CLOSED, :data:`_SEVERAL` for more than one, found in the dict
-        under the datagram's index).  Kept from one call to the next; what
-        was handed out meanwhile is dropped, only the datagrams not scanned
-        yet are read."""
-        front = self.received - self.backlog
-        tokens, several = self._scan_tokens, self._scan_several
-        drop = front - self._scan_start
-        if drop > 0:
-            del tokens[:drop]
-            for index in [i for i in several if i < front]:
-                del several[index]
-            self._scan_start = front
-        want = min(before, self.received)
-        index = front
+        index = self.received - self.backlog
         family_id = self.family_id
         for chunk in self._chunks:
             start = chunk.start
             for end in chunk.ends[chunk.read:]:
-                if index >= want:
-                    return front, tokens, several
-                if index - front < len(tokens):  # scanned before
-                    start = end & ~_HAS_CLOSED
-                    index += 1
-                    continue
-                found: list[int] = []
+                if index >= before:
+                    return out
                 if end & _HAS_CLOSED:
                     end &= ~_HAS_CLOSED
-                    if (_u32(chunk.mem, start)[0] + 3) & ~3 < end - start:
-                        found = event_tokens(chunk.mem, start, end, family_id)
-                    # else one message, a CLOSED: its connection is closing.
-                else:
-                    found = event_tokens(chunk.mem, start, end, family_id)
-                if len(found) == 1:
-                    tokens.append(found[0])
-                elif found:
-                    tokens.append(_SEVERAL)
-                    several[index] = tuple(found)
-                else:
-                    tokens.append(_NONE)
+                    if (_u32(chunk.mem, start)[0] + 3) & ~3 >= end - start:
+                        # One message, a CLOSED: its connection is closing.
+                        start = end
+                        index += 1
+                        continue
+                for token in event_tokens(chunk.mem, start, end, family_id):
+                    if token not in closing and token not in skip:
+                        out[token] = index
                 start = end
                 index += 1
-        return front, tokens, several
+        return out
 
     def queued_subflows_established(self, before: int) -> list[SubflowEstablished]:
         """The ``SUB_ESTABLISHED`` events of the datagrams still in the
