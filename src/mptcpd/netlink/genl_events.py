@@ -40,7 +40,7 @@ import socket
 import struct
 from array import array
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from typing import Self
 
 from mptcpd.events import ConnectionClosed, Event, SubflowEstablished
@@ -478,6 +478,22 @@ class EventReader:
                 break
         return self.received
 
+    def _waiting(self, before: int) -> Iterator[tuple[mmap.mmap, int, int, bool, int]]:
+        """The datagrams still in the backlog and received before datagram
+        ``before``, oldest first: their memory, start and end offsets,
+        whether they hold a CLOSED, and their index."""
+        index = self.received - self.backlog
+        for chunk in self._chunks:
+            start = chunk.start
+            for end in chunk.ends[chunk.read:]:
+                if index >= before:
+                    return
+                has_closed = bool(end & _HAS_CLOSED)
+                end &= ~_HAS_CLOSED
+                yield chunk.mem, start, end, has_closed, index
+                start = end
+                index += 1
+
     def queued_tokens(self, before: int, skip: Collection[int] = ()) -> dict[int, int]:
         """The connections that the datagrams still in the backlog and
         received before datagram ``before`` are about, leaving out those
@@ -485,25 +501,13 @@ class EventReader:
         token -> index of the last such datagram."""
         out: dict[int, int] = {}
         closing = self.closing
-        index = self.received - self.backlog
         family_id = self.family_id
-        for chunk in self._chunks:
-            start = chunk.start
-            for end in chunk.ends[chunk.read:]:
-                if index >= before:
-                    return out
-                if end & _HAS_CLOSED:
-                    end &= ~_HAS_CLOSED
-                    if (_u32(chunk.mem, start)[0] + 3) & ~3 >= end - start:
-                        # One message, a CLOSED: its connection is closing.
-                        start = end
-                        index += 1
-                        continue
-                for token in event_tokens(chunk.mem, start, end, family_id):
-                    if token not in closing and token not in skip:
-                        out[token] = index
-                start = end
-                index += 1
+        for mem, start, end, has_closed, index in self._waiting(before):
+            if has_closed and (_u32(mem, start)[0] + 3) & ~3 >= end - start:
+                continue  # one message, a CLOSED: its connection is closing
+            for token in event_tokens(mem, start, end, family_id):
+                if token not in closing and token not in skip:
+                    out[token] = index
         return out
 
     def queued_subflows_established(self, before: int) -> list[SubflowEstablished]:
@@ -512,20 +516,12 @@ class EventReader:
         in the backlog, to be handed out in their turn.  A listing taken
         after datagram ``before`` was received is newer than they are."""
         out: list[SubflowEstablished] = []
-        index = self.received - self.backlog
         family_id, cmd = self.family_id, C.MPTCP_EVENT_SUB_ESTABLISHED
-        for chunk in self._chunks:
-            start, mem = chunk.start, chunk.mem
-            for end in chunk.ends[chunk.read:]:
-                if index >= before:
-                    return out
-                end &= ~_HAS_CLOSED
-                if end - start >= 20 and (mem[start + 16] == cmd
-                                          or (_u32(mem, start)[0] + 3) & ~3 < end - start):
-                    out += [event for event in decode_datagram(mem, end, family_id, start)
-                            if type(event) is SubflowEstablished]
-                start = end
-                index += 1
+        for mem, start, end, _closed, _index in self._waiting(before):
+            if end - start >= 20 and (mem[start + 16] == cmd
+                                      or (_u32(mem, start)[0] + 3) & ~3 < end - start):
+                out += [event for event in decode_datagram(mem, end, family_id, start)
+                        if type(event) is SubflowEstablished]
         return out
 
     def close_after(self, token: int, index: int) -> None:
