@@ -146,6 +146,13 @@ def subflow_counts(lab: Lab, port: int = 5201) -> dict[int, int]:
     return dict(counts)
 
 
+def off_count(counts: dict[int, int], want: int) -> dict[str, int]:
+    """The first 20 connections of ``counts`` without ``want`` subflows:
+    token (hex, as the daemon logs it) -> their subflows."""
+    off = [(f"{token:08x}", n) for token, n in counts.items() if n != want]
+    return dict(off[:20])
+
+
 def flap_round(plugin: str, o: argparse.Namespace) -> dict[str, Any]:
     """Held connections, then the flood with the client's second address
     flapping; then how many connections have their subflows again."""
@@ -205,13 +212,11 @@ def flap_round(plugin: str, o: argparse.Namespace) -> dict[str, Any]:
         "short": sum(1 for n in counts.values() if n < want),
         "settled_s": settled,
         "exact_when_over": sum(1 for n in (first or {}).values() if n == want),
-        # The first connections not exact at the end, with their subflows:
-        # the tokens to look for in the daemon's log.
-        "not_exact": dict(list((f"{token:08x}", n) for token, n in counts.items()
-                               if n != want)[:20]),
-        # ... and the last to become exact, with their subflows before.
-        "last_exact": dict(list((f"{token:08x}", n) for token, n in last.items()
-                                if n != want)[:20]) if settled else {},
+        # The tokens to look for in the daemon's log: the connections not
+        # exact at the end, and the last to become exact (their subflows
+        # before).
+        "not_exact": off_count(counts, want),
+        "last_exact": off_count(last, want) if settled else {},
         "events_lost": drops, "daemon_alive": alive,
         "log_lines": len(log.splitlines()), "log": count_lines(log),
     }
