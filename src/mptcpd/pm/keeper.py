@@ -822,20 +822,19 @@ class SubflowKeeper:
     def interface_back(self, interface: Interface, pm: PathManager) -> None:
         """The interface's carrier is back: the slots of its addresses start
         afresh, and every connection's gaps are filled at once."""
-        ips = {addr.ip for addr in interface.addrs}
-        for conn in self.connections.values():
-            for slot in conn.slots.values():
-                if slot.laddr.ip in ips:
-                    slot.failures, slot.due = 0, 0.0
-        self.refill(pm)
+        self._afresh({addr.ip for addr in interface.addrs}, pm)
 
     def address_back(self, addr: SockAddr, pm: PathManager) -> None:
         """An address came (back): the slots from its IP start afresh (a
         join refused while it was gone, ``EADDRNOTAVAIL``, says nothing of
         its path), and every connection's gaps are filled at once."""
+        self._afresh({addr.ip}, pm)
+
+    def _afresh(self, ips: set[Any], pm: PathManager) -> None:
+        """The slots from ``ips`` start afresh; every gap is filled."""
         for conn in self.connections.values():
             for slot in conn.slots.values():
-                if slot.laddr.ip == addr.ip:
+                if slot.laddr.ip in ips:
                     slot.failures, slot.due = 0, 0.0
         self.refill(pm)
 
