@@ -192,6 +192,15 @@ class Daemon:
     def log(self) -> str:
         return self.proc.output()
 
+    def finish(self) -> str:
+        """Stop the daemon; its whole log.  Read after the exit: our daemon
+        logs a kernel refusal's text at most ten times in ten seconds and
+        tells the count of the repeats it held back when that window ends,
+        or at exit (``invalid token`` counted from a log read before the
+        stop missed those of the windows still open)."""
+        self.stop()
+        return self.log()
+
     def settle(self, quiet: float = 0.5, timeout: float = 30.0) -> None:
         """Wait until the daemon used no CPU for ``quiet`` s (bounded)."""
         deadline = time.monotonic() + timeout
@@ -292,15 +301,21 @@ def unmapped(addr: str | None) -> str | None:
     return addr
 
 
-def invalid_tokens(log: str) -> int:
-    """Commands the kernel refused with ``invalid token``: a line each, and
-    the repeats a line counts (``… (N more time(s) within 10 s)``)."""
+def refusals(log: str, text: str) -> int:
+    """Commands the kernel refused with ``text`` (lower case) in the error:
+    a line each, and the repeats a line counts (``… (N more time(s) within
+    10 s)``)."""
     total = 0
     for line in log.splitlines():
-        if "invalid token" in line.lower():
+        if text in line.lower():
             more = re.search(r"\((\d+) more time\(s\) within", line)
             total += int(more.group(1)) if more else 1
     return total
+
+
+def invalid_tokens(log: str) -> int:
+    """Commands sent for a connection the kernel no longer has."""
+    return refusals(log, "invalid token")
 
 
 def overrun_lines(log: str) -> int:
@@ -335,8 +350,7 @@ def client_burst(impl: str, o: argparse.Namespace) -> dict[str, Any]:
         events = watcher.result()
         hwm = daemon.hwm_kb()
         drops, alive = daemon.drops(), daemon.proc.popen.poll() is None
-        log = daemon.log()
-        daemon.stop()
+        log = daemon.finish()
     finally:
         lab.close()
     first = first_sub_established(events["events"])
@@ -414,8 +428,7 @@ def server_burst(impl: str, o: argparse.Namespace) -> dict[str, Any]:
         ticks = [b - a for a, b in zip(ticks0, daemon.user_sys_ticks())]
         events = watcher.result()
         drops, alive = daemon.drops(), daemon.proc.popen.poll() is None
-        log = daemon.log()
-        daemon.stop()
+        log = daemon.finish()
     finally:
         lab.close()
     dup_addr = (str(lab.links[0].server4), str(second.client4))
@@ -459,8 +472,7 @@ def churn(impl: str, o: argparse.Namespace) -> dict[str, Any]:
         alive = daemon.proc.popen.poll() is None
         rss1, hwm = daemon.rss_kb(), daemon.hwm_kb()
         events = watcher.result()
-        log = daemon.log()
-        daemon.stop()
+        log = daemon.finish()
     finally:
         lab.close()
     total = events["total"]
@@ -471,7 +483,11 @@ def churn(impl: str, o: argparse.Namespace) -> dict[str, Any]:
         "cpu_us_per_handled_event": cpu / 1e3 / max(total - drops, 1),
         "events_lost": drops, "daemon_alive": alive, "overrun_log_lines": overrun_lines(log),
         "peak_rss_kb": hwm, "rss_growth_b_per_conn": (rss1 - rss0) * 1024 / max(made, 1),
-        "invalid_token": invalid_tokens(log), "watcher_drops": events["drops"],
+        "invalid_token": invalid_tokens(log),
+        # A subflow asked for a connection that is closing: the kernel has
+        # the token still, and refuses the join (ENOTCONN).
+        "not_connected": refusals(log, "transport endpoint is not connected"),
+        "watcher_drops": events["drops"],
     }
 
 
@@ -595,6 +611,7 @@ ROWS = [
     ("churn", "peak_rss_kb", "churn: peak RSS KiB"),
     ("churn", "rss_growth_b_per_conn", "churn: RSS growth B/conn"),
     ("churn", "invalid_token", "churn: invalid token errors"),
+    ("churn", "not_connected", "churn: not connected errors"),
     ("addr", "add_to_endpoint_p50_ms", "addr_adv: address→endpoint p50 ms"),
     ("addr", "cpu_us_per_addr_event", "addr_adv: CPU µs/address event"),
     ("addr", "churn_cpu_us_per_event", "addr_adv churn: CPU µs/event"),

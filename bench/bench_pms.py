@@ -57,8 +57,7 @@ def one_run(plugin: str, o: argparse.Namespace) -> dict[str, Any]:
                         deadline=o.deadline)
         daemon.settle()
         cpu = daemon.cpu() - cpu0
-        log = daemon.log()
-        daemon.stop()
+        log = daemon.finish()
     finally:
         lab.close()
     lat = [(t_served - t_connect) * 1e3 for t_connect, _ok, t_served, _tok, _sub, _err

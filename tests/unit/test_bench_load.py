@@ -51,3 +51,15 @@ def test_one_run_is_itself_and_all_failed_is_the_first_error(bench_load: ModuleT
     assert bench_load.combine([one]) is one
     out = bench_load.combine([{"error": "first"}, {"error": "second"}])
     assert out["error"] == "first" and (out["runs"], out["failed_runs"]) == (2, 2)
+
+
+def test_refusals_count_the_repeats_a_line_held_back(bench_load: ModuleType) -> None:
+    log = "\n".join([
+        "mptcpd[1]: add_subflow: invalid token: Invalid argument",
+        "mptcpd[1]: add_subflow: connect error: -107: Transport endpoint is not connected",
+        "mptcpd[1]: add_subflow: invalid token: Invalid argument",
+        "mptcpd[1]: add_subflow: invalid token: Invalid argument (5 more time(s) within 10 s)",
+    ])
+    assert bench_load.invalid_tokens(log) == 7
+    assert bench_load.refusals(log, "transport endpoint is not connected") == 1
+    assert bench_load.refusals("", "invalid token") == 0
