@@ -129,6 +129,10 @@ TARGETS: list[Target] = [
     Target("sock_diag", *_from_test("test_diag_fuzz")),
     # sock_diag's subflow listing: decode_datagram(subflows=True) (+ pyroute2)
     Target("sock_diag-subflows", *_from_test("test_diag_subflows")),
+    # sock_diag's answers to one-socket lookups (connections by token,
+    # subflows by path): found, answered, or OSError
+    Target("sock_diag-lookups", *_from_test("test_diag_fuzz", "LOOKUP_CASES",
+                                            "check_lookups", "LOOKUP_ALLOWED")),
     # nlctrl: the family watcher, decode_family_groups, lookup_family (+ pyroute2)
     Target("nlctrl", *_from_test("test_family_fuzz")),
     # the attribute walker under every strict codec

@@ -5,15 +5,19 @@ with random fields and attributes, and random datagrams answered to a whole
 :func:`~mptcpd.netlink.diag.list_mptcp_connections` call.  Properties: the
 decoder returns its result or raises :class:`OSError`, never another
 exception; well-framed replies decode as the pyroute2 oracle decodes them.
+The answers to one-socket lookups (:func:`~mptcpd.netlink.diag.find_mptcp_connections`,
+:func:`~mptcpd.netlink.diag.find_mptcp_subflows`) are read exactly when
+intact, and never raise anything but :class:`OSError`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 import struct
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from mptcpd.netlink import diag
@@ -191,3 +195,117 @@ def check(case: tuple[bytes, bool]) -> DiagBatch:
         if framed:
             assert (batch.connections, batch.listeners, batch.done) == diag_oracle.decode(data)
     return batch
+
+
+# -- answers to lookups (bench/fuzz_long.py's ``sock_diag-lookups``) ---------------
+
+#: The numbers of the lookups under test; answers come for these and others.
+LOOKUP_SEQS = range(3, 7)
+_CODES = [0, -errno.ENOENT, errno.ENOENT, -errno.EPERM, -errno.EINVAL, -(2 ** 31),
+          2 ** 31 - 1, -4095, -4096, 4096]
+_REPLIES = [CLIENT_V4, CLIENT_V6, SERVER_V6]
+
+
+def _numbered(capture: bytes, seq: int) -> bytes:
+    """``capture`` with every message of it numbered ``seq``."""
+    buf, offset = bytearray(capture), 0
+    while offset + 16 <= len(buf):
+        struct.pack_into("=I", buf, offset + 8, seq)
+        offset += (struct.unpack_from("=I", buf, offset)[0] + 3) & ~3
+    return bytes(buf)
+
+
+@st.composite
+def _answer(draw: st.DrawFn) -> tuple[str, int, int, bytes]:
+    """One message: a socket found, an acknowledgement or error (its code,
+    or none), or junk; with its sequence number."""
+    seq = draw(st.integers(LOOKUP_SEQS.start - 2, LOOKUP_SEQS.stop + 1))
+    kind = draw(st.sampled_from(["reply", "error", "short error", "junk"]))
+    if kind == "reply":
+        return kind, seq, 0, _numbered(draw(st.sampled_from(_REPLIES)), seq)
+    if kind == "junk":
+        return kind, seq, 0, draw(st.binary(max_size=64))
+    if kind == "short error":
+        return kind, seq, 0, _error_message(seq, None)
+    code = draw(st.one_of(st.sampled_from(_CODES), st.integers(-(2 ** 31), 2 ** 31 - 1)))
+    return kind, seq, code, _error_message(seq, code, draw(st.booleans()))
+
+
+def _error_message(seq: int, code: int | None, with_request: bool = False) -> bytes:
+    """An ``NLMSG_ERROR`` numbered ``seq``: its code (None: too short for
+    one), and the request's header after it or not."""
+    payload = b"" if code is None else struct.pack("=i", code) + bytes(16 * with_request)
+    return NLMSG_HDR.pack(16 + len(payload), diag.NLMSG_ERROR, 0, seq, 0) + payload
+
+
+def _intact(*answers: tuple[str, int, int, bytes]) -> tuple[
+        bytes, bool, list[tuple[str, int, int, bytes]]]:
+    return b"".join(m for *_, m in answers), False, list(answers)
+
+
+@st.composite
+def _lookup_case(draw: st.DrawFn) -> tuple[bytes, bool, list[tuple[str, int, int, bytes]]]:
+    """A datagram of answers, whether the subflow lookups read it, and its
+    messages (none when it was mutated: then only the bounds are known)."""
+    answers = draw(st.lists(_answer(), min_size=1, max_size=5))
+    data = b"".join(m + bytes(-len(m) % 4) for *_, m in answers)
+    if any(kind == "junk" for kind, *_ in answers) or draw(st.booleans()):
+        buf = bytearray(data)
+        for _ in range(draw(st.integers(0, 6)) if buf else 0):
+            buf[draw(st.integers(0, len(buf) - 1))] = draw(st.integers(0, 255))
+        return bytes(buf[:draw(st.integers(0, len(buf)))]), draw(st.booleans()), []
+    return data, draw(st.booleans()), answers
+
+
+LOOKUP_CASES = _lookup_case()
+LOOKUP_ALLOWED: tuple[type[BaseException], ...] = (OSError,)
+
+
+def check_lookups(case: tuple[bytes, bool, list[tuple[str, int, int, bytes]]]) -> DiagBatch:
+    """``_decode_lookups`` on one datagram: what it found, or an
+    :class:`OSError` with an error number 1..4095; only the numbers asked
+    count as answered, and an intact datagram is read exactly: an
+    acknowledgement or ``ENOENT`` answers its lookup, any other error (or
+    one too short for its code: ``EIO``) raises, and every socket found for
+    a number asked is kept."""
+    data, subflows, answers = case
+    answered: set[int] = set()
+    batch = DiagBatch()
+    asked = [a for a in answers if a[1] in LOOKUP_SEQS]
+    failing = [a for a in asked if a[0] == "short error"
+               or a[0] == "error" and abs(a[2]) not in (0, errno.ENOENT)]
+    with no_hang():
+        try:
+            diag._decode_lookups(data, LOOKUP_SEQS, answered, None, batch, subflows)
+        except OSError as exc:
+            assert exc.errno is not None and 0 < exc.errno <= 4095, exc
+            assert failing or not answers, (exc, answers)
+            raise
+    assert answered <= set(LOOKUP_SEQS)
+    found = batch.subflows if subflows else batch.connections
+    assert all(isinstance(x, diag.MptcpSubflow if subflows else diag.MptcpConnection)
+               for x in found)
+    assert not (batch.connections if subflows else batch.subflows)
+    if answers:
+        assert not failing, answers
+        assert answered == {seq for kind, seq, _, _ in asked if kind == "error"}
+        if not subflows:
+            assert len(found) == sum(len(decode_datagram(m).connections)
+                                     for kind, _, _, m in asked if kind == "reply")
+    return batch
+
+
+@FUZZ
+@given(LOOKUP_CASES)
+@example(_intact(("reply", 3, 0, _numbered(CLIENT_V4, 3)),
+                 ("error", 3, 0, _error_message(3, 0)),
+                 ("error", 4, -errno.ENOENT, _error_message(4, -errno.ENOENT, True)),
+                 ("error", 9, -errno.EPERM, _error_message(9, -errno.EPERM))))
+@example(_intact(("error", 5, -errno.EPERM, _error_message(5, -errno.EPERM))))
+@example(_intact(("short error", 6, 0, _error_message(6, None))))
+def test_answers_to_lookups_are_read_or_refused_with_oserror(
+        case: tuple[bytes, bool, list[tuple[str, int, int, bytes]]]) -> None:
+    try:
+        check_lookups(case)
+    except LOOKUP_ALLOWED:
+        pass

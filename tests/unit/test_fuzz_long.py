@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "fuzz_long.py"
 PARSERS = {"events", "command-replies", "command-channel", "rtnetlink", "sock_diag",
-           "sock_diag-subflows",
+           "sock_diag-subflows", "sock_diag-lookups",
            "nlctrl", "nla", "config-settings", "config", "state-file"}
 
 
