@@ -230,14 +230,15 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     logging.disable(logging.CRITICAL)  # the parsers' warnings come by the thousand
     failed = False
-    print(f"{'parser':<16} {'cases':>8} {'results':>8} {'doc.err':>8} {'failures':>8} "
+    width = max(len(t.name) for t in TARGETS)
+    print(f"{'parser':<{width}} {'cases':>8} {'results':>8} {'doc.err':>8} {'failures':>8} "
           f"{'s':>7}  outcome")
     for target in TARGETS:
         if args.target and target.name not in args.target:
             continue
         report = run_target(target, args.cases, run_seed)
         outcome = "ok" if report.failure is None else "FAILED"
-        print(f"{report.name:<16} {report.cases:>8} {report.results:>8} "
+        print(f"{report.name:<{width}} {report.cases:>8} {report.results:>8} "
               f"{report.documented_errors:>8} {report.failures:>8} {report.seconds:>7.1f}  "
               f"{outcome}", flush=True)
         if report.failure is not None:
