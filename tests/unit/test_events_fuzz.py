@@ -18,7 +18,7 @@ import struct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mptcpd.events import ConnectionClosed
+from mptcpd.events import ConnectionClosed, SubflowEstablished
 from mptcpd.netlink import constants as C
 from mptcpd.netlink.event_codec import OVERRUN, decode_datagram, decode_message
 from mptcpd.netlink.genl_events import EventReader
@@ -139,9 +139,16 @@ def test_captures_followed_by_garbage_still_decode(index: int, garbage: bytes) -
     assert out[:1] == [EXPECTED[index]]
 
 
+def several_messages() -> st.SearchStrategy[bytes]:
+    """One datagram of two or three captured event messages (each padded to
+    4 bytes, as the kernel lays messages out)."""
+    return st.builds(lambda parts: b"".join(p + bytes(-len(p) % 4) for p in parts),
+                     st.lists(st.sampled_from(CAPTURES), min_size=2, max_size=3))
+
+
 @settings(FUZZ, max_examples=500)
 @given(st.lists(st.one_of(st.binary(max_size=128), st.sampled_from(CAPTURES),
-                          mutated_capture()), min_size=1, max_size=8),
+                          mutated_capture(), several_messages()), min_size=1, max_size=8),
        st.sampled_from([None, FAMILY_ID]))
 def test_reader_receive_path_survives_any_datagram(datagrams: list[bytes],
                                                    family_id: int | None) -> None:
@@ -172,6 +179,10 @@ def test_reader_receive_path_survives_any_datagram(datagrams: list[bytes],
         # relies on it).
         about = {e.token for e in expected if hasattr(e, "token")}
         assert about <= set(reader.queued_tokens(reader.received)) | reader.closing
+        # The subflows established that a resync finds waiting are those the
+        # decoder will hand out.
+        assert reader.queued_subflows_established(reader.received) == [
+            e for e in expected if isinstance(e, SubflowEstablished)]
         assert reader.take(1 << 30) == expected
         assert reader.closing == set() and reader.backlog == 0
     finally:
