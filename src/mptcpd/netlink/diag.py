@@ -335,12 +335,17 @@ def build_request(family: int, protocol: int = IPPROTO_MPTCP, seq: int = 0,
     ``INET_DIAG_REQ_PROTOCOL``."""
     # sdiag_protocol 0 has no inet_diag handler: a kernel that ignored the
     # protocol attribute answers ENOENT instead of dumping another protocol.
-    body = _REQ_V2.pack(family, 0, ext, states)
+    return _request(_REQ_V2.pack(family, 0, ext, states), protocol, NLM_F_DUMP, seq)
+
+
+def _request(body: bytes, protocol: int, flags: int, seq: int) -> bytes:
+    """A whole ``SOCK_DIAG_BY_FAMILY`` request: ``body`` (a ``struct
+    inet_diag_req_v2``), then ``protocol`` in ``INET_DIAG_REQ_PROTOCOL``;
+    ``flags`` besides ``NLM_F_REQUEST``."""
     attr = nla.encode(INET_DIAG_REQ_PROTOCOL, struct.pack("=I", protocol))
     length = _NLMSG_HDRLEN + len(body) + len(attr)
-    header = _NLMSG_HDR.pack(length, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP,
-                             seq, 0)
-    return header + body + attr
+    return _NLMSG_HDR.pack(length, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | flags,
+                           seq, 0) + body + attr
 
 
 def build_lookup_request(token: int, seq: int = 0) -> bytes:
@@ -350,10 +355,7 @@ def build_lookup_request(token: int, seq: int = 0) -> bytes:
     acknowledgement, or with ``ENOENT``."""
     body = _REQ_V2_COOKIE.pack(socket.AF_INET, 0, 1 << (INET_DIAG_INFO - 1),
                                STATES_NO_LISTEN, token)
-    attr = nla.encode(INET_DIAG_REQ_PROTOCOL, struct.pack("=I", IPPROTO_MPTCP))
-    length = _NLMSG_HDRLEN + len(body) + len(attr)
-    return _NLMSG_HDR.pack(length, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_ACK,
-                           seq, 0) + body + attr
+    return _request(body, IPPROTO_MPTCP, NLM_F_ACK, seq)
 
 
 def build_subflow_lookup(laddr: SockAddr, raddr: SockAddr, ifindex: int = 0,
@@ -371,10 +373,7 @@ def build_subflow_lookup(laddr: SockAddr, raddr: SockAddr, ifindex: int = 0,
                                local.ip.packed.ljust(16, b"\0"),
                                remote.ip.packed.ljust(16, b"\0"), ifindex, _NOCOOKIE,
                                _NOCOOKIE)
-    attr = nla.encode(INET_DIAG_REQ_PROTOCOL, struct.pack("=I", socket.IPPROTO_TCP))
-    length = _NLMSG_HDRLEN + len(body) + len(attr)
-    return _NLMSG_HDR.pack(length, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_ACK,
-                           seq, 0) + body + attr
+    return _request(body, socket.IPPROTO_TCP, NLM_F_ACK, seq)
 
 
 def build_subflow_request(family: int, seq: int = 0) -> bytes:
